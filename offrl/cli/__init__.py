@@ -1,0 +1,49 @@
+"""`offrl` command line: parse, call the Python API, print. No logic of its own.
+
+Each subcommand lives in its own module with a ``register(subparsers)`` function that adds its parser
+and sets ``func`` (called with the parsed namespace, returns an exit code or None).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from offrl.errors import UserError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (not usage + error) and exits with 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from offrl import __version__
+    from offrl.cli import bench, datasets, evaluate, report, train
+
+    parser = _Parser(prog="offrl", description="Offline RL on datasets: CQL and DQN with trustworthy reports.")
+    parser.add_argument("--version", action="version", version=f"offrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in (datasets, train, evaluate, report, bench):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except UserError as err:
+        print(f"offrl: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("offrl: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)

@@ -1,0 +1,24 @@
+"""Errors that are the user's to fix.
+
+A :class:`UserError` carries one line that names the file or option at fault and what to do about it.
+The CLI prints it to stderr and exits with status 2, without a traceback. Internal bugs raise anything
+else and keep their traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UserError"]
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a file, an option, a config value): one line, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        # Keep it to one line: the CLI promises a single line per error.
+        super().__init__(" ".join(str(message).split()))
+
+    @property
+    def message(self) -> str:
+        return str(self)

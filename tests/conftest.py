@@ -1,0 +1,27 @@
+"""Shared test set-up: every test gets its own cache and Minari root, so nothing leaks between tests
+or into the user's home directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path_factory.mktemp("offrl-env")
+    monkeypatch.setenv("OFFRL_CACHE", str(base / "cache"))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(base / "minari"))
+    monkeypatch.setenv("OFFRL_RUNS", str(base / "runs"))
+    # pytest-xdist runs two workers on two cores: one thread each avoids oversubscription.
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(1)
