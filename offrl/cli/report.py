@@ -1,7 +1,59 @@
-"""`offrl report` (placeholder until its issue lands: registers nothing)."""
+"""``offrl report``: run directories -> one self-contained HTML report with PNGs (a thin layer over
+:func:`offrl.report.build_report`)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import Any
 
-def register(subparsers) -> None:  # noqa: ANN001
-    return None
+__all__ = ["register"]
+
+EPILOG = """\
+examples:
+  offrl report runs/                                   (every run under runs/, any depth)
+  offrl report runs/offrl__pendulum__medium-v0 --out reports/pendulum --smooth 3
+  offrl report runs/ --group-by cql.min_q_weight        (one curve per value of a config key)
+"""
+
+
+def _smooth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of evaluations, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 (no smoothing) or more, got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``report`` subcommand."""
+    p = subparsers.add_parser(
+        "report",
+        help="aggregate run directories into an HTML report (curves, CIs, summary table)",
+        description="Read run directories (config.yaml, metrics.csv, summary.json), aggregate seeds "
+        "(mean, IQM, bootstrap 95%% CI) and write OUT/index.html plus PNG figures. Runs still going or "
+        "crashed are shown with what they logged.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders that contain them")
+    p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: ./report)")
+    p.add_argument("--group-by", default=None, metavar="KEY",
+                   help="aggregate by algo, dataset or a dotted config key (default: same config except seed)")
+    p.add_argument("--smooth", type=_smooth, default=1, metavar="N",
+                   help="trailing mean over N evaluations per run before aggregating (default 1: none)")
+    p.add_argument("--title", default="offrl report", help="page title")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from offrl.report import build_report
+
+    report = build_report(args.runs, args.out, group_by=args.group_by, smooth=args.smooth, title=args.title)
+    for warning in report.warnings:
+        print(f"offrl: warning: {warning}", file=sys.stderr)
+    n = len(report.runs)
+    print(f"report: {report.html} ({n} run(s), {len(report.summary)} experiment(s), {len(report.figures)} figure(s))")
+    return 0

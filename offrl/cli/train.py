@@ -1,7 +1,139 @@
-"""`offrl train` (placeholder until its issue lands: registers nothing)."""
+"""``offrl train``: train CQL / discrete CQL / DQN on a dataset (a thin layer over :func:`offrl.train`)."""
 
 from __future__ import annotations
 
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
 
-def register(subparsers) -> None:  # noqa: ANN001
-    return None
+__all__ = ["register"]
+
+EPILOG = """\
+examples:
+  offrl train --dataset offrl/pendulum/medium-v0
+  offrl train --dataset offrl/cartpole/medium-v0 --algo dqn --steps 20000 --seed 1
+  offrl train --dataset d4rl-hopper.hdf5 --set cql.min_q_weight=5 --set eval.seed=100
+  offrl train --config runs/<dataset>/<algo>/<name>/config.yaml --name repro   (reproduce a run)
+  offrl train --resume runs/<dataset>/<algo>/<name>                            (continue a stopped run)
+
+Config keys (for --set and --config): see a run's config.yaml; the algorithm's hyperparameters are under
+cql., discrete_cql. or dqn. Layers, later wins: defaults < bundled per-dataset config < --config <
+flags < --set. Ctrl-C (or SIGTERM) stops cleanly after a checkpoint; a second Ctrl-C aborts.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or positive, got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand."""
+    p = subparsers.add_parser(
+        "train",
+        help="train CQL / discrete CQL / DQN on a dataset into a run folder",
+        description="Train an offline RL agent on a dataset. Writes runs/<dataset>/<algo>/<name>/ with "
+        "config.yaml, metrics.csv, checkpoints/, summary.json and report.html, then prints the final score.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", metavar="PATH_OR_ID",
+                   help="bundled id (offrl/pendulum/medium-v0), Minari id or folder, or a D4RL-style HDF5 file")
+    p.add_argument("--algo", choices=("auto", "cql", "discrete-cql", "dqn"), default=None,
+                   help="algorithm; auto (default) = cql for continuous actions, discrete-cql for discrete")
+    p.add_argument("--steps", type=_positive_int, metavar="N", help="gradient steps (config key offline_steps)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="transitions per gradient step")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of torch, numpy, random and the sampler (default 0)")
+    p.add_argument("--device", metavar="auto|cpu|cuda", help="where to train (default auto: cuda if available)")
+    p.add_argument("--eval-every", type=_non_negative_int, metavar="N",
+                   help="evaluate in the dataset's env every N steps and at the end (0: never)")
+    p.add_argument("--eval-episodes", type=_positive_int, metavar="K", help="episodes per evaluation")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (a run's config.yaml works)")
+    p.add_argument("--set", dest="dotlist", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, type-checked (repeatable), e.g. --set cql.min_q_weight=5")
+    p.add_argument("--out", metavar="DIR", help="runs folder (default $OFFRL_RUNS or ./runs)")
+    p.add_argument("--name", metavar="NAME", help="run name (default seed<S>-<UTC timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its latest checkpoint (same config; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept a changed config (e.g. more --steps) or changed dataset")
+    p.add_argument("--logger", choices=("csv", "tensorboard", "wandb"), default=None,
+                   help="also log to TensorBoard or W&B (offline); metrics.csv is always written")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cache-dir", metavar="DIR", help="converted-dataset cache (default $OFFRL_CACHE or ~/.cache/offrl)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Call :func:`offrl.train` with the parsed flags and print where the run went and its score."""
+    from offrl.api import train
+
+    if args.dataset is None and args.config is None and args.resume is None:
+        from offrl.errors import UserError
+
+        raise UserError("--dataset: required (e.g. --dataset offrl/pendulum/medium-v0), or --config / --resume")
+
+    def started(path: Path) -> None:
+        verb = "resuming" if args.resume else "training"
+        print(f"offrl: {verb} in {path}", file=sys.stderr, flush=True)
+
+    result = train(
+        args.dataset,
+        args.algo,
+        config=args.config,
+        dotlist=args.dotlist,
+        out=args.out,
+        name=args.name,
+        resume=args.resume,
+        force=args.force,
+        command=["offrl", *sys.argv[1:]],
+        on_start=started,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        logger=args.logger,
+        progress=False if args.no_progress else None,
+        cache_dir=args.cache_dir,
+    )
+    summary = result.summary
+    print(f"run: {result.dir}")
+    print(_score_line(summary))
+    return 0 if summary.get("status") in ("completed", "stopped") else 1
+
+
+def _fmt(x: Any, spec: str = ".1f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _score_line(summary: dict[str, Any]) -> str:
+    """``completed 5000 steps (312.4 updates/s): final return -412.3 (normalized 71.2), best ..., data ...``."""
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    data = summary.get("dataset") or {}
+    parts = [f"{summary.get('status')} {summary.get('steps')} steps ({_fmt(summary.get('updates_per_s'))} updates/s)"]
+    if final:
+        parts.append(f"final return {_fmt(final.get('return_mean'))} (normalized {_fmt(final.get('normalized_score'))})")
+        parts.append(f"best {_fmt(best.get('return_mean'))} at step {best.get('step')}")
+    else:
+        parts.append("no evaluation (--eval-every 0)")
+    parts.append(f"dataset mean return {_fmt(data.get('mean_return'))}")
+    return ": ".join(parts[:1]) + ": " + ", ".join(parts[1:])

@@ -1,0 +1,261 @@
+"""Continuous CQL: a TanhNormal actor, twin Q critics, automatic entropy tuning, and the CQL(H) penalty
+with a fixed weight or a Lagrange multiplier (Kumar et al. 2020, https://arxiv.org/abs/2006.04779).
+
+The loss is :class:`OfflineCQLLoss`, a torchrl ``CQLLoss`` whose conservative penalty follows the
+authors' code (and CORL's ``cql.py``) where torchrl 0.14 departs from it:
+
+* the log-sum-exp runs over all ``3 * num_random`` sampled actions of a state (random, pi(s), pi(s'));
+  torchrl takes it over the three sources of each sample separately;
+* actions sampled at ``s'`` are scored at ``s`` (``Q(s, a'~pi(.|s'))``), as in the paper's importance sampling;
+* with ``with_lagrange`` the multiplier ``alpha_prime`` scales the penalty (torchrl learns it but never
+  applies it), and its own loss sees the penalty detached, so one backward pass over the summed losses
+  updates critics and multiplier correctly;
+* actions are rescaled to ``[-1, 1]`` inside the loss, so the uniform proposal and the tanh squashing match
+  any box action space (Pendulum's is ``[-2, 2]``); :func:`build` returns a policy that scales back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.data import Bounded
+from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import CQLLoss, SoftUpdate
+
+from offrl.algos._common import AlgoParts, make_mlp, named_adam, orthogonal_init_, seeded
+from offrl.errors import UserError
+
+__all__ = ["CQLConfig", "OfflineCQLLoss", "ActionRescale", "build", "build_from_dataset"]
+
+# Keep dataset actions strictly inside the tanh's range: the BC warm start takes log pi(a|s) of them, and
+# atanh(+-1) is infinite (datasets clip actions to the bounds).
+_ACTION_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class CQLConfig:
+    """Continuous CQL hyperparameters. Defaults are for MuJoCo-size tasks; sources in the comments.
+
+    CORL = tinkoff-ai/CORL ``algorithms/offline/cql.py``; paper = Kumar et al. 2020, appendix F.
+    """
+
+    hidden_sizes: tuple[int, ...] = (256, 256, 256)  # CORL (3 x 256 for actor and critics); paper App. F
+    activation: str = "relu"  # paper / CORL
+    orthogonal_init: bool = True  # CORL orthogonal_init
+    actor_lr: float = 3e-5  # CORL policy_lr (the authors' code; the paper's text says 1e-4)
+    critic_lr: float = 3e-4  # CORL qf_lr; paper
+    alpha_lr: float = 3e-4  # entropy temperature lr (torchrl sota-implementations/cql)
+    alpha_prime_lr: float = 3e-4  # Lagrange multiplier lr (CORL uses qf_lr)
+    gamma: float = 0.99  # CORL discount
+    tau: float = 5e-3  # CORL soft_target_update_rate (SoftUpdate every step)
+    alpha_init: float = 1.0  # SAC/CQL initial temperature
+    fixed_alpha: bool = False  # False = automatic entropy tuning (CORL use_automatic_entropy_tuning)
+    target_entropy: float | None = None  # None = -action_dim (SAC heuristic)
+    min_q_weight: float = 10.0  # CQL alpha; CORL cql_alpha=10 (paper: 5 or 10 on gym)
+    temperature: float = 1.0  # CQL(H) log-sum-exp temperature; CORL cql_temp
+    num_random: int = 10  # actions sampled per state for the penalty; CORL cql_n_actions, paper
+    with_lagrange: bool = False  # CORL cql_lagrange (paper uses it on AntMaze/Adroit)
+    target_action_gap: float = 5.0  # Lagrange threshold tau; paper 5.0 (AntMaze), 10.0 (Kitchen)
+    max_q_backup: bool = False  # CORL cql_max_target_backup
+    deterministic_backup: bool = True  # no entropy in the target; CORL backup_entropy=False
+    bc_steps: int = 0  # behaviour-cloning warm start (paper policy_eval_start; CORL bc_steps, default 0)
+    loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
+    scale_lb: float = 1e-4  # lower bound of the actor's std
+    fused: bool = False  # use offrl.algos.fused.FusedCQLLoss (same constructor/outputs as CQLLoss)
+
+
+class ActionRescale(nn.Module):
+    """Maps actions from ``[-1, 1]`` to the env's box ``[low, high]`` (the inverse of the loss's scaling)."""
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half", (high - low) / 2)
+
+    def forward(self, action: torch.Tensor) -> torch.Tensor:
+        return self.action_center + self.action_half * action
+
+
+class OfflineCQLLoss(CQLLoss):
+    """torchrl ``CQLLoss`` with the authors' CQL(H) penalty, a working Lagrange multiplier and action
+    rescaling (see the module docstring). Same outputs as ``CQLLoss`` plus ``alpha_prime`` and
+    ``cql_gap`` (the unweighted E[logsumexp Q] - E[Q(s, a_data)], averaged over the critics)."""
+
+    def __init__(self, actor_network: Any, qvalue_network: Any, *, action_low: torch.Tensor | None = None,
+                 action_high: torch.Tensor | None = None, **kwargs: Any) -> None:
+        super().__init__(actor_network, qvalue_network, **kwargs)
+        low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32)
+        high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32)
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half", (high - low) / 2)
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_actor", "loss_actor_bc", "loss_qvalue", "loss_cql", "loss_alpha", "alpha", "entropy",
+                "cql_gap"]
+        if self.with_lagrange:
+            keys += ["loss_alpha_prime", "alpha_prime"]
+        return keys
+
+    @out_keys.setter
+    def out_keys(self, values: Any) -> None:  # CQLLoss.__init__ assigns it
+        pass
+
+    def _unit_actions(self, tensordict: TensorDictBase) -> TensorDictBase:
+        td = tensordict.copy()  # shallow: the caller's batch keeps its env-scale actions
+        action = td.get(self.tensor_keys.action)
+        unit = (action - self.action_center) / self.action_half
+        td.set(self.tensor_keys.action, unit.clamp(-1 + _ACTION_EPS, 1 - _ACTION_EPS))
+        return td
+
+    def cql_gaps(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """Per critic ``E_s[T * logsumexp_a (Q(s,a) - log mu(a)) / T] - E[Q(s, a_data)]``, shape ``[2]``.
+
+        The ``3 * num_random`` proposals per state are uniform actions and pi(.|s), pi(.|s') samples, each
+        importance-weighted by its density (CQL(H), paper eq. 4 / App. F). Expects ``q_loss`` to have
+        written ``pred_q1``/``pred_q2``.
+        """
+        keys = self.tensor_keys
+        pred_q = torch.stack([tensordict.get(keys.pred_q1), tensordict.get(keys.pred_q2)]).reshape(2, -1)
+        n_batch, n_rand = pred_q.shape[-1], self.num_random
+        curr_td, curr_logp = self._get_policy_actions(tensordict.copy(), self.actor_network_params, n_rand)
+        next_td, next_logp = self._get_policy_actions(tensordict.get("next").copy(), self.actor_network_params,
+                                                      n_rand)
+        curr_action = curr_td.get(keys.action)
+        act_dim = curr_action.shape[-1]
+        random_td = curr_td.clone(False)
+        random_td.set(keys.action, torch.empty_like(curr_action).uniform_(-1, 1))
+        next_at_s = curr_td.clone(False)  # Q(s, a' ~ pi(.|s')): the authors' importance sampling
+        next_at_s.set(keys.action, next_td.get(keys.action))
+        q_in = torch.cat([random_td, curr_td, next_at_s], 0).select(*self.qvalue_network.in_keys, strict=False)
+        q = self._vmap_qvalue_networkN0(q_in, self.qvalue_network_params).get(keys.state_action_value)
+        q = q.reshape(2, 3, n_batch, n_rand)
+        log_density = torch.stack([
+            torch.full_like(curr_logp, -act_dim * math.log(2.0)),  # uniform on [-1, 1]^d
+            curr_logp.detach(),
+            next_logp.detach(),
+        ]).reshape(1, 3, n_batch, n_rand)
+        cat_q = (q - log_density).permute(0, 2, 1, 3).reshape(2, n_batch, 3 * n_rand)
+        lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
+        return (lse - pred_q).mean(-1)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
+        from tensordict import TensorDict
+
+        td = self._unit_actions(tensordict)
+        loss_qvalue, metadata = self.q_loss(td)
+        gaps = self.cql_gaps(td)
+        out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue}
+        if self.with_lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            slack = self.min_q_weight * gaps - self.target_action_gap
+            # critics minimise alpha' * slack; alpha' maximises it (gradient ascent via the minus sign)
+            out["loss_cql"] = (alpha_prime.detach() * slack).sum()
+            out["loss_alpha_prime"] = -0.5 * (alpha_prime * slack.detach()).sum()
+        else:
+            out["loss_cql"] = self.min_q_weight * gaps.sum()
+        out["loss_actor_bc"], _ = self.actor_bc_loss(td)
+        out["loss_actor"], actor_metadata = self.actor_loss(td)
+        out["loss_alpha"], _ = self.alpha_loss(actor_metadata, mask_tensordict=td)
+        out["alpha"] = self._alpha
+        out["entropy"] = -actor_metadata[self.tensor_keys.log_prob].mean()
+        out["cql_gap"] = gaps.detach().mean()
+        if self.with_lagrange:
+            out["alpha_prime"] = self.log_alpha_prime.detach().exp()
+        # let callers (the trainer's Q statistics, prioritized buffers) see what torchrl's loss exposes
+        tensordict.set(self.tensor_keys.pred_q1, td.get(self.tensor_keys.pred_q1))
+        tensordict.set(self.tensor_keys.pred_q2, td.get(self.tensor_keys.pred_q2))
+        tensordict.set(self.tensor_keys.priority, metadata["td_error"].max(0).values)
+        return TensorDict(out)
+
+
+def _box_bounds(action_spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    low = getattr(action_spec, "low", None)
+    high = getattr(action_spec, "high", None)
+    if low is None or high is None:
+        raise UserError("CQL needs a continuous (box) action space; use algo 'discrete-cql' or 'dqn' for "
+                        "discrete actions")
+    low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise UserError("CQL needs finite action bounds (the actor squashes with tanh); rescale the dataset's "
+                        "actions to a bounded box")
+    return low, high
+
+
+def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
+          device: torch.device | str = "cpu", seed: int | None = None) -> AlgoParts:
+    """Actor, twin critics, :class:`OfflineCQLLoss`, one Adam (groups actor/critic/alpha[/alpha_prime]) and
+    a SoftUpdate. ``action_spec``: a torchrl ``Bounded`` spec (``low``/``high``) in env units."""
+    if len(observation_shape) != 1:
+        raise UserError(f"CQL's MLPs need flat observations, got shape {tuple(observation_shape)}; flatten them")
+    low, high = _box_bounds(action_spec)
+    obs_dim, act_dim = int(observation_shape[0]), int(low.numel())
+    low, high = low.reshape(act_dim).to(device), high.reshape(act_dim).to(device)
+    unit_spec = Bounded(low=-torch.ones(act_dim), high=torch.ones(act_dim), shape=(act_dim,), device=device)
+    with seeded(seed):
+        actor_net = nn.Sequential(
+            make_mlp(obs_dim, 2 * act_dim, cfg.hidden_sizes, cfg.activation, device),
+            NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=cfg.scale_lb),
+        )
+        q_net = make_mlp(obs_dim + act_dim, 1, cfg.hidden_sizes, cfg.activation, device)
+        if cfg.orthogonal_init:
+            orthogonal_init_(actor_net[0])
+            orthogonal_init_(q_net, last_gain=1.0)
+        actor = ProbabilisticActor(
+            TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+            in_keys=["loc", "scale"], spec=unit_spec, distribution_class=TanhNormal,
+            distribution_kwargs={"low": unit_spec.space.low, "high": unit_spec.space.high, "tanh_loc": False},
+            return_log_prob=False,
+        )
+        qvalue = ValueOperator(q_net, in_keys=["observation", "action"])
+    loss_kwargs: dict[str, Any] = dict(
+        loss_function=cfg.loss_function, alpha_init=cfg.alpha_init, fixed_alpha=cfg.fixed_alpha,
+        action_spec=unit_spec, target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,
+        temperature=cfg.temperature, min_q_weight=cfg.min_q_weight, max_q_backup=cfg.max_q_backup,
+        deterministic_backup=cfg.deterministic_backup, num_random=cfg.num_random,
+        with_lagrange=cfg.with_lagrange, lagrange_thresh=cfg.target_action_gap,
+    )
+    if cfg.fused:
+        try:
+            from offrl.algos.fused import FusedCQLLoss  # written by the performance work; optional
+        except ImportError as exc:
+            raise UserError("CQLConfig.fused=true needs offrl.algos.fused (not installed in this version); "
+                            "set fused=false") from exc
+        if not (torch.allclose(low, -torch.ones_like(low)) and torch.allclose(high, torch.ones_like(high))):
+            raise UserError("CQLConfig.fused=true supports action bounds [-1, 1] only; set fused=false")
+        loss: CQLLoss = FusedCQLLoss(actor, qvalue, **loss_kwargs)
+    else:
+        loss = OfflineCQLLoss(actor, qvalue, action_low=low, action_high=high, **loss_kwargs)
+    loss.make_value_estimator(gamma=cfg.gamma)
+    loss.to(device)
+    groups = {
+        "actor": list(loss.actor_network_params.values(True, True)),
+        "critic": list(loss.qvalue_network_params.values(True, True)),
+        "alpha": [loss.log_alpha] if isinstance(loss.log_alpha, nn.Parameter) else [],
+    }
+    lrs = {"actor": cfg.actor_lr, "critic": cfg.critic_lr, "alpha": cfg.alpha_lr, "alpha_prime": cfg.alpha_prime_lr}
+    if cfg.with_lagrange:
+        groups["alpha_prime"] = [loss.log_alpha_prime]
+    optimizer = named_adam(groups, lrs)
+    rescale = TensorDictModule(ActionRescale(low, high), in_keys=["action"], out_keys=["action"])
+    policy = TensorDictSequential(actor, rescale)
+    return AlgoParts(
+        loss_module=loss, optimizer=optimizer, target_net_updater=SoftUpdate(loss, tau=cfg.tau),
+        policy=policy, exploration_policy=policy, config=cfg, trainer_kwargs={"bc_steps": cfg.bc_steps},
+    )
+
+
+def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | str = "cpu",
+                       seed: int | None = None) -> AlgoParts:
+    """:func:`build` with shapes and bounds read from an ``OfflineDataset`` (its ``data``)."""
+    from offrl.algos._spec import action_spec_from_dataset
+
+    obs = dataset.data.get("observation")
+    return build(cfg, observation_shape=tuple(obs.shape[1:]), action_spec=action_spec_from_dataset(dataset),
+                 device=device, seed=seed)

@@ -1,0 +1,305 @@
+"""``offrl.train``: one call from a dataset to a finished run directory, and :class:`Run` to read it back.
+
+The CLI's ``offrl train`` is a thin layer over :func:`train`. A run goes:
+compose the config (:func:`offrl.config.compose_config`) -> load the dataset -> build the trainer ->
+create the run folder atomically (nothing is written before everything above succeeded) -> train ->
+``summary.json`` -> ``report.html`` (when :mod:`offrl.report` provides ``write_run_report``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from offrl.config import TrainerConfig, compose_config, config_to_yaml, diff_configs, load_yaml
+from offrl.errors import UserError
+from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available, read_metrics
+from offrl.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LATEST_CHECKPOINT,
+    METRICS_FILE,
+    check_writable,
+    create_run_dir,
+    default_run_name,
+    is_run_dir,
+    package_versions,
+    read_summary,
+    run_dir_path,
+    runs_root,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+__all__ = ["Run", "train"]
+
+#: Friendly keyword names of :func:`train` (and CLI flags) -> config keys.
+ALIASES = {
+    "steps": "offline_steps",
+    "eval_every": "eval.interval",
+    "eval_episodes": "eval.episodes",
+    "cache_dir": "dataset.cache_dir",
+    "progress": "progress_bar",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory: ``dir``, and its ``summary`` (dict), ``metrics`` (DataFrame) and ``config``."""
+
+    dir: Path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Run:
+        """Open an existing run folder (``UserError`` if it is not one)."""
+        path = Path(path)
+        if not is_run_dir(path):
+            raise UserError(f"{path}: not an offrl run folder (no {CONFIG_FILE} and {CHECKPOINT_DIR}/)")
+        return cls(path)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``: status, steps, updates/s, final and best score, dataset, references."""
+        return read_summary(self.dir)
+
+    @property
+    def metrics(self):  # -> pandas.DataFrame
+        """``metrics.csv`` as a tidy DataFrame (one row per logged step; NaN where a value was not logged)."""
+        return read_metrics(self.dir / METRICS_FILE)
+
+    @property
+    def config(self) -> DictConfig:
+        """The fully resolved ``config.yaml`` (hyperparameters plus run metadata)."""
+        return OmegaConf.load(self.dir / CONFIG_FILE)  # type: ignore[return-value]
+
+    @property
+    def checkpoint(self) -> Path:
+        """``checkpoints/latest.pt`` (may not exist before the first checkpoint)."""
+        return self.dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
+
+    def __str__(self) -> str:
+        return str(self.dir)
+
+
+def train(
+    dataset: str | os.PathLike[str] | None = None,
+    algo: str | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    dotlist: Sequence[str] = (),
+    out: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    command: Sequence[str] | None = None,
+    on_start: Callable[[Path], None] | None = None,
+    **overrides: Any,
+) -> Run:
+    """Train on a dataset and return the finished :class:`Run`.
+
+    Args:
+        dataset: a bundled id (``offrl/pendulum/medium-v0``), Minari id or folder, or HDF5 file.
+        algo: ``auto`` (default: CQL for continuous actions, discrete CQL for discrete), ``cql``,
+            ``discrete-cql`` or ``dqn``.
+        config: a YAML file of config keys (a run's ``config.yaml`` works too).
+        dotlist: ``key=value`` overrides (the CLI's ``--set``), type-checked.
+        out, name: the run goes to ``<out>/<dataset slug>/<algo>/<name>`` (``out`` default
+            ``$OFFRL_RUNS`` or ``./runs``; ``name`` default ``seed<S>-<timestamp>``).
+        resume: a run folder to continue from its latest checkpoint; a changed config is refused
+            unless ``force``.
+        command: the command line to record (default: this Python call).
+        on_start: called with the run folder once it exists, before training.
+        **overrides: config keys by name, dotted or nested: ``steps=2000``, ``batch_size=128``,
+            ``seed=1``, ``device="cpu"``, ``eval_every=500``, ``eval_episodes=5``, ``logger="csv"``,
+            ``progress=False``, ``cache_dir=...``, ``cql={"min_q_weight": 5}``, ``**{"dqn.lr": 1e-4}``.
+    """
+    values = {ALIASES.get(k, k): v for k, v in overrides.items() if v is not None}
+    if command is None:
+        shown = ", ".join([repr(str(dataset))] + [f"{k}={v!r}" for k, v in overrides.items()])
+        command = [f"offrl.train({shown})"]
+    if resume is not None:
+        return _resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
+                       overrides=values, force=force, command=command, on_start=on_start)
+
+    cfg, data = compose_config(None if dataset is None else str(dataset), algo, config_file=config,
+                               overrides=values, dotlist=dotlist)
+    check_writable(runs_root(out))
+    run_name = name or default_run_name(cfg.seed)
+    path = run_dir_path(out, data.name, cfg.algo, run_name)
+    if path.exists():
+        raise UserError(f"--name {run_name}: run folder {path} already exists; pick another --name or --resume it")
+    check_logger_available(cfg.logger)
+
+    # Build everything before the folder exists: a bad input then leaves nothing behind. The logger and
+    # the checkpoint path point into the future folder; neither writes before training starts.
+    logger = TidyCSVLogger(run_name, path) if cfg.enable_logging else None
+    parts = cfg.build_components(dataset=data, logger=logger, save_trainer_file=path / CHECKPOINT_DIR / LATEST_CHECKPOINT)
+    meta = {"versions": package_versions(), "command": list(command),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    create_run_dir(path, {CONFIG_FILE: config_to_yaml(cfg, meta)})
+    if logger is not None:
+        attach_mirrors(logger, cfg.logger, path, run_name)
+    return _train_in(path, cfg, parts, logger, resumed=0, on_start=on_start)
+
+
+def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist: Sequence[str],
+            overrides: Mapping[str, Any], force: bool, command: Sequence[str],
+            on_start: Callable[[Path], None] | None) -> Run:
+    """Continue ``path`` from ``checkpoints/latest.pt`` with the same (or, with ``force``, a changed) config."""
+    if not path.is_dir() or not is_run_dir(path):
+        raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
+                        "pass a folder printed by 'offrl train'")
+    saved_full = OmegaConf.load(path / CONFIG_FILE)
+    saved = load_yaml(path / CONFIG_FILE, option="--resume")
+    saved_dataset = OmegaConf.select(saved, "dataset.id")
+    if dataset is not None and str(dataset) != saved_dataset and not force:
+        raise UserError(f"--resume {path}: the run trained on {saved_dataset}, not {dataset}; drop --dataset "
+                        "(or --force to switch)")
+    cfg, data = compose_config(None if dataset is None else str(dataset),
+                               algo if algo not in (None, "auto") else None, config_file=config,
+                               overrides=overrides, dotlist=dotlist, base=saved)
+    old, _ = _saved_as_config(saved, cfg)
+    changed = diff_configs(old, cfg)
+    if changed and not force:
+        raise UserError(f"--resume {path}: config differs from the run's in {', '.join(changed)}; "
+                        "resume without changes, or add --force to continue with the new values")
+    if saved.get("dataset", {}).get("digest") not in (None, data.digest) and not force:
+        raise UserError(f"--resume {path}: the dataset's content changed since the run started (digest); "
+                        "add --force to continue on the new data")
+    check_logger_available(cfg.logger)
+
+    run_name = path.name
+    logger = TidyCSVLogger(run_name, path) if cfg.enable_logging else None
+    latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
+    parts = cfg.build_components(dataset=data, logger=logger, save_trainer_file=latest)
+    if latest.exists():
+        # Restores networks, optimizers, counters, RNGs, sampler and the logger's position (which cuts
+        # metrics.csv back to the rows written before this checkpoint).
+        parts.trainer.load_from_file(latest)
+    elif (path / METRICS_FILE).exists():
+        (path / METRICS_FILE).unlink()  # killed before its first checkpoint: start over
+    if changed:
+        meta = {k: saved_full[k] for k in ("versions", "created") if k in saved_full}
+        meta = OmegaConf.to_container(OmegaConf.create(meta)) if meta else {}
+        meta.update({"command": list(command), "versions": package_versions()})
+        write_text_atomic(path / CONFIG_FILE, config_to_yaml(cfg, meta))
+    if logger is not None:
+        attach_mirrors(logger, cfg.logger, path, run_name)
+    resumed = int(read_summary(path).get("resumed", 0)) + 1
+    return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
+
+
+def _saved_as_config(saved: DictConfig, like: TrainerConfig) -> tuple[TrainerConfig, None]:
+    """The saved config through the same schema (so defaults added since compare equal)."""
+    from offrl.config import _merge, _structured
+
+    node = _merge(_structured(type(like)), saved, f"--resume {CONFIG_FILE}")
+    obj = OmegaConf.to_object(node)
+    assert isinstance(obj, TrainerConfig)
+    return obj, None
+
+
+def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, resumed: int,
+              on_start: Callable[[Path], None] | None) -> Run:
+    """Train, then write ``summary.json`` (whatever happened) and the report."""
+    trainer = parts.trainer
+    if on_start is not None:
+        on_start(path)
+    start_step = int(trainer.step)
+    t0 = time.perf_counter()
+    status = "crashed"
+    write_json_atomic(path / "summary.json", _summary(path, cfg, parts, "running", start_step, start_step, 0.0,
+                                                      logger, resumed))
+    try:
+        trainer.train()
+        status = "stopped" if getattr(trainer, "stopped", False) else "completed"
+    except KeyboardInterrupt:
+        status = "stopped"
+        raise
+    finally:
+        if logger is not None:
+            logger.close()
+        write_json_atomic(path / "summary.json", _summary(path, cfg, parts, status, start_step, int(trainer.step),
+                                                          time.perf_counter() - t0, logger, resumed))
+    _write_report(path)
+    return Run(path)
+
+
+def _summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_step: int, step: int,
+             seconds: float, logger: TidyCSVLogger | None, resumed: int) -> dict[str, Any]:
+    """summary.json (docs/contracts.md): status, steps, speed, final/best eval, dataset, references."""
+    metrics = read_metrics(path / METRICS_FILE)
+    final = best = None
+    if "eval_return_mean" in metrics and metrics["eval_return_mean"].notna().any():
+        evals = metrics[metrics["eval_return_mean"].notna()]
+        final = _eval_row(evals.iloc[-1])
+        best = _eval_row(evals.loc[evals["eval_return_mean"].idxmax()])
+    info = parts.dataset.info.to_dict()
+    done = step - start_step
+    return {
+        "status": status,
+        "algo": cfg.algo,
+        "seed": cfg.seed,
+        "steps": step,
+        "target_steps": cfg.offline_steps,
+        "updates_per_s": done / seconds if seconds > 0 and done > 0 else None,
+        "wall_time": logger.wall_time if logger is not None else seconds,
+        "resumed": resumed,
+        "device": parts.device,
+        "final": final,
+        "best": best,
+        "dataset": {"id": parts.dataset.name, "digest": parts.dataset.digest,
+                    "mean_return": _mean_return(info.get("episode_return")),
+                    "episodes": info.get("episodes"), "transitions": info.get("transitions")},
+        "ref": {"min": info.get("ref_min_score"), "max": info.get("ref_max_score"),
+                "source": info.get("ref_source")},
+    }
+
+
+def _eval_row(row: Any) -> dict[str, Any]:
+    def num(key: str) -> float | None:
+        value = row.get(key)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    return {"step": int(row["step"]), "return_mean": num("eval_return_mean"), "return_std": num("eval_return_std"),
+            "length_mean": num("eval_length_mean"), "normalized_score": num("eval_normalized_score")}
+
+
+def _mean_return(stats: Any) -> float | None:
+    """The behaviour policy's mean episode return from the dataset info (a stats dict or a number)."""
+    if stats is None:
+        return None
+    if isinstance(stats, Mapping):
+        stats = stats.get("mean")
+    try:
+        return float(stats)
+    except (TypeError, ValueError):
+        return None
+
+
+def _write_report(path: Path) -> None:
+    """``report.html`` for the run, when the report module provides it; a failing report never loses a run."""
+    try:
+        from offrl.report import write_run_report  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    try:
+        write_run_report(path)
+    except UserError:
+        raise
+    except Exception as err:  # the run is complete; say so and keep it
+        print(f"offrl: warning: report for {path} failed ({type(err).__name__}: {err})", file=sys.stderr)
+
+
+def format_command(argv: Sequence[str]) -> str:
+    """A command line as one shell-quoted string (for messages)."""
+    return " ".join(shlex.quote(a) for a in argv)

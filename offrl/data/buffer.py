@@ -1,0 +1,150 @@
+"""torchrl replay buffers over a converted dataset: memmapped, read-only, seeded and resumable.
+
+The buffer is a plain :class:`torchrl.data.TensorDictReplayBuffer` whose storage is the dataset itself
+(a :class:`DatasetStorage`, no copy into RAM unless ``in_memory=True``). Sampling draws from a dedicated
+``torch.Generator``, so ``rb.state_dict()`` carries the generator and sampler state (plus any prefetched
+batches) and ``load_state_dict`` makes a resumed run draw the same batches. The storage's own state is
+its identity (length), never its contents: checkpoints stay small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import (
+    ImmutableDatasetWriter,
+    RandomSampler,
+    SamplerWithoutReplacement,
+    TensorDictReplayBuffer,
+    TensorStorage,
+)
+from torchrl.data.replay_buffers.samplers import Sampler
+
+from offrl.data.layout import RowLayout
+from offrl.errors import UserError
+
+__all__ = ["DatasetStorage", "make_replay_buffer", "SAMPLERS"]
+
+SAMPLERS = ("random", "without_replacement")
+_GPU_FILL = 0.8  # move the dataset to the GPU only if it takes at most this share of free memory
+
+
+class DatasetStorage(TensorStorage):
+    """A :class:`TensorStorage` over an existing, read-only dataset.
+
+    ``state_dict()`` records only the length (a checkpoint must not embed the dataset);
+    ``load_state_dict`` checks that a resumed buffer sits on a dataset of the same length.
+    """
+
+    def __init__(
+        self,
+        data: TensorDictBase,
+        *,
+        rows: torch.Tensor | None = None,
+        layout: RowLayout | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(data, device=device)
+        self._rows = rows  # the packed uint8 [N, row_bytes] records that ``data`` views, if any
+        self._layout = layout
+
+    def get(self, index: Any) -> Any:
+        # Fast path for the samplers' 1-D index tensors: one index_select on the packed rows (one
+        # contiguous record per transition), or one per leaf, instead of generic TensorDict indexing.
+        if isinstance(index, torch.Tensor) and index.ndim == 1 and index.dtype in (torch.int64, torch.int32):
+            index = index.to(device=self.device, dtype=torch.long)
+            if self._rows is not None and self._layout is not None:
+                return self._layout.view(torch.index_select(self._rows, 0, index))
+            return self._storage._fast_apply(
+                lambda t: torch.index_select(t, 0, index), batch_size=[index.shape[0]], propagate_lock=False
+            )
+        return super().get(index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"offrl_dataset_len": len(self)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("offrl_dataset_len")
+        if saved is not None and int(saved) != len(self):
+            raise UserError(
+                f"the checkpoint's replay buffer was built on a dataset of {saved} transitions but this one "
+                f"has {len(self)}; resume with the same dataset"
+            )
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """The same memory seen as a plain tensor: ops on the MemoryMappedTensor subclass cost more."""
+    return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
+
+
+def _make_sampler(sampler: str | Sampler | None) -> Sampler:
+    if sampler is None or sampler == "random":
+        return RandomSampler()
+    if sampler == "without_replacement":
+        return SamplerWithoutReplacement(drop_last=False)
+    if isinstance(sampler, Sampler):
+        return sampler
+    raise UserError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)} or a torchrl Sampler")
+
+
+def make_replay_buffer(
+    data: TensorDictBase,
+    batch_size: int,
+    *,
+    rows: torch.Tensor | None = None,
+    layout: RowLayout | None = None,
+    device: str | torch.device | None = None,
+    sampler: str | Sampler | None = None,
+    prefetch: int | None = None,
+    seed: int | None = None,
+    in_memory: bool = False,
+) -> TensorDictReplayBuffer:
+    """A read-only TensorDictReplayBuffer sampling ``batch_size`` transitions from ``data``.
+
+    ``rows``/``layout``: the packed records ``data`` is a view of (see :mod:`offrl.data.layout`), for
+    fast sampling. ``device``: batches arrive there; on a GPU the whole dataset is moved once when it
+    fits in 80% of free memory, otherwise each batch is copied. ``in_memory``: copy the dataset into RAM
+    first. ``seed``: deterministic sampling (without it the generator is seeded from torch's global RNG,
+    so its state is still saved and restored).
+    """
+    if batch_size <= 0:
+        raise UserError(f"batch_size must be positive, got {batch_size}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if rows is not None and layout is None:
+        raise ValueError("rows need their layout")
+    per_batch_cast = False
+    target = torch.device("cpu")
+    if dev.type != "cpu":
+        tensors = [rows] if rows is not None else list(data.values(include_nested=True, leaves_only=True))
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else nbytes / _GPU_FILL
+        if nbytes <= _GPU_FILL * free:
+            target = dev
+        else:
+            per_batch_cast = True
+    if rows is not None:
+        rows = _plain(rows)
+        if target != torch.device("cpu"):
+            rows = rows.to(target)
+        elif in_memory:
+            rows = rows.clone()
+        data = layout.view(rows)
+    elif target != torch.device("cpu"):
+        data = data.to(target)
+    else:
+        data = data.apply(lambda t: _plain(t.clone() if in_memory else t))
+    generator = torch.Generator(device=target)
+    generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    rb = TensorDictReplayBuffer(
+        storage=DatasetStorage(data, rows=rows, layout=layout, device=target),
+        sampler=_make_sampler(sampler),
+        writer=ImmutableDatasetWriter(),
+        batch_size=batch_size,
+        prefetch=prefetch,
+        generator=generator,
+    )
+    if per_batch_cast:
+        rb.append_transform(lambda td: td.to(dev, non_blocking=True))
+    return rb

@@ -1,0 +1,368 @@
+"""Conversion of a source into a memmapped TED TensorDict, and the on-disk cache that holds it.
+
+The cache lives in ``cache_dir``, else ``$OFFRL_CACHE``, else ``~/.cache/offrl``::
+
+    sources/<sha1 of the source path>.json   size + mtime_ns -> content digest (the fast path)
+    datasets/<slug>-<digest16>-c<version>-g<gamma>/{td/, info.json}
+    locks/<key>.lock
+
+An entry is keyed by the source's content digest (SHA-256 of its files), the converter version and
+gamma (``mc_return`` depends on it). It is built in a temporary sibling directory and renamed into
+place, under a file lock, so concurrent conversions of the same dataset produce one valid entry and a
+failed conversion leaves nothing behind.
+
+Memory: rows stream from the reader in chunks and are written with ``pwrite`` into the memmap files
+(not through a mapping), so the process's resident memory stays bounded by the chunk, not the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from offrl.data.health import HealthStats
+from offrl.data.layout import RowLayout
+from offrl.data.source import RawSource, leaf_specs, tree_leaves
+from offrl.errors import UserError
+
+__all__ = [
+    "CONVERTER_VERSION",
+    "DEFAULT_CHUNK_BYTES",
+    "cache_root",
+    "content_digest",
+    "cache_key",
+    "discounted_returns",
+    "convert_to_dir",
+    "build_cache",
+    "space_summary",
+    "ted_layout",
+]
+
+CONVERTER_VERSION = 1
+DEFAULT_CHUNK_BYTES = 32 << 20  # ~32 MB of transitions per chunk (x ~3 for temporaries)
+_HASH_BLOCK = 8 << 20
+
+
+# --------------------------------------------------------------------------- cache location and keys
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$OFFRL_CACHE``, else ``~/.cache/offrl``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("OFFRL_CACHE")
+    return Path(env).expanduser() if env else Path("~/.cache/offrl").expanduser()
+
+
+def ensure_writable(root: Path) -> None:
+    """Create the cache folders, or raise a UserError saying how to point offrl elsewhere."""
+    try:
+        for sub in ("sources", "datasets", "locks"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        probe = root / "locks" / f".probe-{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"{root}: cache directory is not writable ({err.strerror or err}); pass --cache-dir DIR or set OFFRL_CACHE"
+        ) from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def content_digest(files: list[Path], root: Path | None = None) -> str:
+    """SHA-256 over the files' bytes (and names). With ``root``, reuse a digest whose size+mtime match."""
+    stats = [f.stat() for f in files]
+    fingerprint = [[str(f.resolve()), s.st_size, s.st_mtime_ns] for f, s in zip(files, stats, strict=True)]
+    index = None
+    if root is not None:
+        index = root / "sources" / (hashlib.sha1(str(files[0].resolve()).encode()).hexdigest() + ".json")
+        try:
+            entry = json.loads(index.read_text())
+            if entry.get("fingerprint") == fingerprint:
+                return str(entry["digest"])
+        except (OSError, ValueError, KeyError):
+            pass
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(_HASH_BLOCK):
+                h.update(block)
+    digest = h.hexdigest()
+    if index is not None:
+        try:
+            _atomic_write_text(index, json.dumps({"fingerprint": fingerprint, "digest": digest}))
+        except OSError:
+            pass  # the fast path is an optimisation; a read-only index only costs a re-hash
+    return digest
+
+
+def cache_key(name: str, digest: str, gamma: float) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__"))[:80]
+    return f"{slug}-{digest[:16]}-c{CONVERTER_VERSION}-g{gamma:g}"
+
+
+# --------------------------------------------------------------------------- numerics
+def discounted_returns(reward: np.ndarray, done: np.ndarray, gamma: float, carry: float = 0.0) -> tuple[np.ndarray, float]:
+    """Return-to-go ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` for a chunk, vectorised.
+
+    ``carry`` is ``G`` of the row just after the chunk (0 at the end of the data); returns ``(G, G[0])``
+    so chunks can be processed back to front. A log-depth scan composes the affine maps
+    ``x -> r_t + a_t x`` (Hillis-Steele), so no Python loop over rows and no gamma**t underflow.
+    """
+    b = np.asarray(reward, dtype=np.float64).copy()
+    a = np.where(np.asarray(done, bool), 0.0, float(gamma))
+    n = b.shape[0]
+    shift = 1
+    while shift < n:
+        b[:-shift] += a[:-shift] * b[shift:]
+        a[:-shift] = a[:-shift] * a[shift:]
+        shift *= 2
+    g = b + a * carry
+    return g, (float(g[0]) if n else carry)
+
+
+# --------------------------------------------------------------------------- spaces
+def space_summary(space: gym.Space) -> dict[str, Any]:
+    """``{"kind": "discrete", "n": ...}`` or ``{"kind": "continuous", "shape", "low", "high"}``."""
+    if isinstance(space, gym.spaces.Discrete):
+        return {"kind": "discrete", "n": int(space.n)}
+    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+
+    def scalar_or_list(x: np.ndarray) -> Any:
+        vals = [v if np.isfinite(v) else (float("inf") if v > 0 else float("-inf")) for v in x.reshape(-1).tolist()]
+        return vals[0] if len(set(vals)) == 1 else vals
+
+    return {"kind": "continuous", "shape": list(space.shape), "low": scalar_or_list(low), "high": scalar_or_list(high)}
+
+
+def ted_layout(obs_space: gym.Space, act_space: gym.Space) -> RowLayout:
+    """The packed-row layout of every TED leaf for these spaces (see :mod:`offrl.data.layout`)."""
+    leaves: list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]] = []
+    for path, shape, dtype in leaf_specs(obs_space):
+        leaves.append((("observation", *path), shape, dtype))
+        leaves.append((("next", "observation", *path), shape, dtype))
+    if isinstance(act_space, gym.spaces.Discrete):
+        leaves.append((("action",), (), np.dtype(np.int64)))
+    else:
+        leaves.append((("action",), tuple(act_space.shape), np.dtype(np.float32)))
+    leaves += [
+        (("next", "reward"), (1,), np.dtype(np.float32)),
+        (("mc_return",), (1,), np.dtype(np.float32)),
+        (("episode",), (), np.dtype(np.int64)),
+        (("step",), (), np.dtype(np.int64)),
+        (("next", "done"), (1,), np.dtype(np.bool_)),
+        (("next", "terminated"), (1,), np.dtype(np.bool_)),
+        (("next", "truncated"), (1,), np.dtype(np.bool_)),
+    ]
+    return RowLayout.build(leaves)
+
+
+def _pwrite_all(fd: int, buf: np.ndarray, offset: int) -> None:
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):  # pwrite may write less than asked for very large buffers
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _pread_into(fd: int, buf: np.ndarray, offset: int) -> None:
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise RuntimeError("unexpected end of the rows file")
+        done += got
+
+
+def default_chunk_rows(raw: RawSource) -> int:
+    """Rows per chunk so that one chunk of packed rows is about ``DEFAULT_CHUNK_BYTES``."""
+    return max(1024, DEFAULT_CHUNK_BYTES // ted_layout(raw.observation_space, raw.action_space).row_bytes)
+
+
+# --------------------------------------------------------------------------- conversion
+def convert_to_dir(raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int | None = None, allow_nan: bool = False) -> dict[str, Any]:
+    """Stream ``raw`` into ``dest/td`` (memmapped TED TensorDict); write and return ``dest/info.json``'s payload."""
+    chunk_rows = int(chunk_rows or default_chunk_rows(raw))
+    n = raw.transitions
+    layout = ted_layout(raw.observation_space, raw.action_space)
+    rows_td = TensorDict({"rows": torch.zeros(1, layout.row_bytes, dtype=torch.uint8)}, batch_size=[1])
+    rows_td = rows_td.expand(n).memmap_like(dest / "td", num_threads=0)
+    fd = os.open(rows_td["rows"].filename, os.O_RDWR)
+    del rows_td  # never touched through the mapping: rows go in with pwrite, so RSS stays bounded
+    R = layout.row_bytes
+    stats = HealthStats()
+    row = 0
+    episode, step, prev_done = -1, -1, True
+    try:
+        try:
+            for chunk in raw.iter_chunks(chunk_rows):
+                m = len(chunk["reward"])
+                if row + m > n:
+                    raise RuntimeError(f"reader yielded more rows than it counted ({row + m} > {n})")
+                term = np.asarray(chunk["terminated"], bool)
+                trunc = np.asarray(chunk["truncated"], bool) & ~term
+                done = term | trunc
+                # Episode ids and in-episode steps, carried across chunk boundaries.
+                starts = np.r_[prev_done, done[:-1]]
+                ep = episode + np.cumsum(starts)
+                idx = np.arange(m)
+                last_start = np.maximum.accumulate(np.where(starts, idx, -1))
+                st = np.where(last_start >= 0, idx - last_start, step + 1 + idx)
+                episode, step, prev_done = int(ep[-1]), int(st[-1]), bool(done[-1])
+
+                ted = {
+                    "observation": chunk["observation"],
+                    "next_observation": chunk["next_observation"],
+                    "action": chunk["action"],
+                    "reward": chunk["reward"],
+                    "terminated": term,
+                    "truncated": trunc,
+                    "done": done,
+                    "episode": ep,
+                    "step": st,
+                }
+                stats.update(ted)
+                if stats.nonfinite and not allow_nan:
+                    key = next(iter(stats.nonfinite))
+                    raise UserError(
+                        f"{raw.path}: NaN/inf values in {key} (rows {row}..{row + m - 1}); fix the data or pass "
+                        "--allow-nan (load_dataset(..., allow_nan=True)) to accept them"
+                    )
+                values = {("observation", *p): v for p, v in tree_leaves(chunk["observation"])}
+                values.update({("next", "observation", *p): v for p, v in tree_leaves(chunk["next_observation"])})
+                values.update(
+                    {
+                        ("action",): chunk["action"],
+                        ("next", "reward"): chunk["reward"],
+                        ("next", "terminated"): term,
+                        ("next", "truncated"): trunc,
+                        ("next", "done"): done,
+                        ("episode",): ep,
+                        ("step",): st,
+                    }
+                )
+                _pwrite_all(fd, layout.pack(values, m), row * R)
+                row += m
+        except OSError as err:  # h5py raises OSError when a chunk of a damaged file cannot be read
+            raise UserError(
+                f"{raw.path}: truncated or corrupt HDF5 data ({str(err).splitlines()[0] if str(err) else err}); "
+                "re-create or re-download it"
+            ) from None
+        if row != n:
+            raise RuntimeError(f"reader yielded {row} rows but counted {n}")
+
+        # Monte-Carlo return-to-go, back to front: read rows, fill mc_return, write them back.
+        carry = 0.0
+        buf = np.empty((min(chunk_rows, n), R), dtype=np.uint8)
+        for s in reversed(range(0, n, chunk_rows)):
+            m = min(chunk_rows, n - s)
+            part = buf[:m]
+            _pread_into(fd, part, s * R)
+            g, carry = discounted_returns(
+                layout.np_view(part, ("next", "reward"))[:, 0], layout.np_view(part, ("next", "done"))[:, 0], gamma, carry
+            )
+            layout.np_view(part, ("mc_return",))[:, 0] = g
+            _pwrite_all(fd, part, s * R)
+    finally:
+        os.close(fd)
+
+    from minari.serialization import serialize_space  # minari's JSON form of gymnasium spaces
+
+    obs_specs = leaf_specs(raw.observation_space)
+    max_steps = raw.metadata.get("max_episode_steps")
+    info = {
+        "converter_version": CONVERTER_VERSION,
+        "format": raw.format,
+        "name": raw.name,
+        "source": str(raw.path),
+        "gamma": gamma,
+        **stats.summary(),
+        "source_rows": raw.source_rows,
+        "dropped_rows": raw.dropped_rows,
+        "had_next_observations": raw.had_next_observations,
+        "observation_shape": (
+            list(obs_specs[0][1]) if obs_specs[0][0] == () else {"/".join(p): list(s) for p, s, _ in obs_specs}
+        ),
+        "observation_dtype": (
+            str(obs_specs[0][2]) if obs_specs[0][0] == () else {"/".join(p): str(d) for p, _, d in obs_specs}
+        ),
+        "action_space": space_summary(raw.action_space),
+        "layout": layout.to_json(),
+        "observation_space_json": serialize_space(raw.observation_space),
+        "action_space_json": serialize_space(raw.action_space),
+        "nonfinite": int(sum(stats.nonfinite.values())),
+        "warnings": stats.warnings(
+            max_episode_steps=max_steps,
+            # Minari's next observations are the next row by construction; only a file's own
+            # next_observations can disagree with it.
+            had_next_observations=raw.had_next_observations and raw.format != "minari",
+        ),
+        "metadata": raw.metadata,
+    }
+    _atomic_write_text(dest / "info.json", json.dumps(info, indent=1, default=_json_default))
+    return info
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def build_cache(
+    raw_factory: Any,
+    files: list[Path],
+    name: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    gamma: float = 0.99,
+    chunk_rows: int | None = None,
+    allow_nan: bool = False,
+) -> tuple[Path, str, bool]:
+    """Return ``(entry dir, digest, converted_now)``, converting with ``raw_factory()`` on a cache miss.
+
+    ``raw_factory`` validates and opens the source (a :class:`RawSource`); it is only called on a miss.
+    """
+    from filelock import FileLock
+
+    root = cache_root(cache_dir)
+    ensure_writable(root)
+    digest = content_digest(files, root)
+    key = cache_key(name, digest, gamma)
+    final = root / "datasets" / key
+    if (final / "info.json").is_file():
+        return final, digest, False
+    with FileLock(str(root / "locks" / f"{key}.lock")):
+        if (final / "info.json").is_file():  # another process finished it while we waited
+            return final, digest, False
+        raw: RawSource = raw_factory()
+        tmp = root / "datasets" / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            info = convert_to_dir(raw, tmp, gamma=gamma, chunk_rows=chunk_rows, allow_nan=allow_nan)
+            info["digest"] = digest
+            _atomic_write_text(tmp / "info.json", json.dumps(info, indent=1, default=_json_default))
+            if final.exists():  # a stale, incomplete entry (no info.json): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final, digest, True

@@ -1,0 +1,300 @@
+"""Reader for D4RL-style HDF5 files and d3rlpy's HDF5 export. Never downloads anything.
+
+Layout: flat arrays ``observations`` [N, ...], ``actions``, ``rewards``, ``terminals``; optional
+``timeouts``, ``next_observations``, ``infos`` (group or dataset, ignored), ``metadata`` (group) and, in
+d3rlpy's export, ``episode_terminals``, ``discrete_action`` and ``version``. Rewards and flags may be
+``(N,)`` or ``(N, 1)``, float or bool.
+
+Episode ends are ``terminals | timeouts | episode_terminals``. A ``terminals`` end is ``terminated``; any
+other end is ``truncated`` (a time limit: the critic bootstraps through it).
+
+**The cut-last-row rule.** Without ``next_observations`` a row's next observation is the next row of
+the same episode. The last row of an episode that was *cut* (a timeout, a d3rlpy episode end without a
+terminal, or the end of the file) has no successor in the file, so it is dropped and the row before it
+becomes the episode's last transition, marked ``truncated``. The last row of a *terminated* episode is
+kept: it is never bootstrapped, so its next observation (a copy of its own observation) is never used.
+With ``next_observations`` every row is kept; the file's last row, if it ends no episode, is marked
+``truncated``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import h5py
+import numpy as np
+
+from offrl.data.source import Chunk, RawSource, storage_dtype
+from offrl.errors import UserError
+
+__all__ = ["read_d4rl", "open_hdf5", "is_minari_file"]
+
+REQUIRED = ("observations", "actions", "rewards", "terminals")
+FLAG_KEYS = ("terminals", "timeouts", "episode_terminals")
+_FLAG_CHUNK = 1 << 20  # rows of flags read at a time in the counting pass (a few MB)
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """Open an HDF5 file read-only, turning every way it can fail into a one-line UserError."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise UserError(f"{path}: cannot read the file (permission denied); fix its permissions") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    if not h5py.is_hdf5(path):
+        raise UserError(f"{path}: not an HDF5 file; expected a D4RL-style .hdf5 file or a Minari dataset folder")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise UserError(f"{path}: truncated or corrupt HDF5 file ({_first_line(err)}); re-create or re-download it") from None
+
+
+def is_minari_file(f: h5py.File) -> bool:
+    """A Minari ``main_data.hdf5`` holds ``episode_<i>`` groups instead of flat arrays."""
+    return "observations" not in f and any(k.startswith("episode_") for k in f.keys())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _py(value: Any) -> Any:
+    """HDF5 attribute/scalar → plain Python (bytes decoded, numpy scalars unwrapped)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        if value.shape == ():
+            return _py(value[()])
+        if value.size <= 64:
+            return [_py(v) for v in value.tolist()]
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _metadata(f: h5py.File) -> dict[str, Any]:
+    """Root attributes plus the ``metadata`` group's attributes and small datasets, flattened by name."""
+    meta: dict[str, Any] = {k: _py(v) for k, v in f.attrs.items()}
+    group = f.get("metadata")
+    if isinstance(group, h5py.Group):
+        meta.update({k: _py(v) for k, v in group.attrs.items()})
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.size <= 64:
+                meta[name] = _py(obj[()])
+
+        group.visititems(visit)
+    for key in ("version", "discrete_action"):
+        if key in f and isinstance(f[key], h5py.Dataset) and f[key].shape == ():
+            meta[key] = _py(f[key][()])
+    return meta
+
+
+def _pick(meta: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        for key, value in meta.items():
+            if key.split("/")[-1] == name and value is not None:
+                return value
+    return None
+
+
+def _row_count(ds: h5py.Dataset, n: int, key: str, path: Path, *, per_row: bool) -> None:
+    """Check ``ds`` has ``n`` rows; ``per_row``: exactly one value per row ((N,) or (N, 1))."""
+    if ds.ndim == 0 or ds.shape[0] != n:
+        got = "a scalar" if ds.ndim == 0 else f"{ds.shape[0]} rows"
+        raise UserError(f"{path}: '{key}' has {got} but 'observations' has {n}; all arrays need the same length")
+    if per_row and int(np.prod(ds.shape[1:], dtype=np.int64)) != 1:
+        raise UserError(f"{path}: '{key}' has shape {ds.shape}; expected ({n},) or ({n}, 1)")
+
+
+def _flat(values: np.ndarray) -> np.ndarray:
+    return values.reshape(values.shape[0])
+
+
+def read_d4rl(path: Path) -> RawSource:
+    """Validate a D4RL-style / d3rlpy HDF5 file and describe it; data are streamed later, in chunks."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        if is_minari_file(f):
+            raise UserError(f"{path}: this is a Minari main_data.hdf5; pass its dataset folder ({path.parent.parent})")
+        for key in REQUIRED:
+            if key not in f or not isinstance(f[key], h5py.Dataset):
+                raise UserError(
+                    f"{path}: missing required key '{key}' (a D4RL-style file needs {', '.join(REQUIRED)})"
+                )
+        obs = f["observations"]
+        if obs.ndim == 0:
+            raise UserError(f"{path}: 'observations' is a scalar; expected an array of shape (N, ...)")
+        n = int(obs.shape[0])
+        if n == 0:
+            raise UserError(f"{path}: zero transitions (the arrays are empty)")
+        if obs.dtype.kind not in "fiub":
+            raise UserError(f"{path}: 'observations' has dtype {obs.dtype}; expected numbers")
+        _row_count(f["actions"], n, "actions", path, per_row=False)
+        _row_count(f["rewards"], n, "rewards", path, per_row=True)
+        flags = [k for k in FLAG_KEYS if k in f]
+        for key in flags:
+            if not isinstance(f[key], h5py.Dataset):
+                raise UserError(f"{path}: '{key}' is a group; expected a flag array of shape ({n},)")
+            _row_count(f[key], n, key, path, per_row=True)
+        has_next = "next_observations" in f
+        if has_next:
+            nxt = f["next_observations"]
+            if not isinstance(nxt, h5py.Dataset) or nxt.shape != obs.shape:
+                shape = getattr(nxt, "shape", "a group")
+                raise UserError(f"{path}: 'next_observations' has shape {shape}; expected {obs.shape} like 'observations'")
+
+        meta = _metadata(f)
+        fmt = "d3rlpy" if ("episode_terminals" in f or "discrete_action" in f or "version" in meta) else "d4rl"
+        act = f["actions"]
+        discrete = bool(meta.get("discrete_action", False)) or act.dtype.kind in "iu"
+        if discrete and int(np.prod(act.shape[1:], dtype=np.int64)) != 1:
+            raise UserError(f"{path}: discrete 'actions' have shape {act.shape}; expected ({n},) or ({n}, 1) indices")
+        if act.dtype.kind not in "fiub":
+            raise UserError(f"{path}: 'actions' has dtype {act.dtype}; expected numbers")
+
+        # Counting pass over the flags only (a few bytes per row), plus the action range.
+        kept = 0
+        lo = hi = None
+        for s in range(0, n, _FLAG_CHUNK):
+            e = min(s + _FLAG_CHUNK, n)
+            rows = _rows(f, flags, s, e, n, has_next)
+            kept += int(rows["keep"].sum())
+            a = np.asarray(act[s:e])
+            if discrete:
+                a = _flat(a)
+                if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+                    raise UserError(f"{path}: 'actions' are marked discrete but hold non-integer values")
+            a_lo, a_hi = np.nanmin(a, axis=0), np.nanmax(a, axis=0)
+            lo = a_lo if lo is None else np.minimum(lo, a_lo)
+            hi = a_hi if hi is None else np.maximum(hi, a_hi)
+        if kept == 0:
+            raise UserError(
+                f"{path}: zero transitions after dropping cut episode ends (every episode has one row "
+                "and no 'next_observations'); add 'next_observations' to the file"
+            )
+
+        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(obs.shape[1:]), dtype=storage_dtype_of(obs.dtype))
+        if discrete:
+            if float(lo) < 0:
+                raise UserError(f"{path}: discrete 'actions' contain negative indices ({float(lo):g})")
+            n_act = int(_pick(meta, "action_size", "n_actions") or int(hi) + 1)
+            act_space: gym.Space = gym.spaces.Discrete(n_act)
+        else:
+            act_shape = tuple(act.shape[1:]) or (1,)
+            lo = np.broadcast_to(np.asarray(lo, np.float32), act_shape)
+            hi = np.broadcast_to(np.asarray(hi, np.float32), act_shape)
+            # D4RL files carry no action space: when the data lie in [-1, 1] (every MuJoCo task) say so,
+            # otherwise report the observed range.
+            if np.all(lo >= -1) and np.all(hi <= 1):
+                lo, hi = np.full(act_shape, -1.0, np.float32), np.full(act_shape, 1.0, np.float32)
+            act_space = gym.spaces.Box(lo, hi, shape=act_shape, dtype=np.float32)
+
+    metadata = {
+        "env_id": _pick(meta, "env_id", "env_name", "env"),
+        "ref_min_score": _float_or_none(_pick(meta, "ref_min_score")),
+        "ref_max_score": _float_or_none(_pick(meta, "ref_max_score")),
+        "max_episode_steps": _int_or_none(_pick(meta, "max_episode_steps")),
+        "dataset_id": _pick(meta, "dataset_id", "dataset_name"),
+    }
+    if fmt == "d3rlpy":
+        metadata["d3rlpy_version"] = meta.get("version")
+
+    def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
+        with open_hdf5(path) as f:
+            for s in range(0, n, chunk_rows):
+                chunk = _chunk(f, flags, s, min(s + chunk_rows, n), n, has_next, discrete)
+                if len(chunk["reward"]):
+                    yield chunk
+
+    return RawSource(
+        format=fmt,
+        path=path,
+        files=[path],
+        name=path.stem,
+        transitions=kept,
+        source_rows=n,
+        observation_space=obs_space,
+        action_space=act_space,
+        had_next_observations=has_next,
+        iter_chunks=iter_chunks,
+        metadata=metadata,
+    )
+
+
+def storage_dtype_of(dtype: np.dtype) -> Any:
+    return storage_dtype(gym.spaces.Box(0, 1, shape=(1,), dtype=dtype))
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _rows(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool) -> dict[str, np.ndarray]:
+    """Per-row bookkeeping for rows ``[s, e)``: which rows are kept and how each kept row ends.
+
+    Reads one row past ``e`` (when there is one): whether row ``i`` is the last kept row of its
+    episode depends on whether row ``i + 1`` is kept.
+    """
+    stop = min(e + 1, n)
+    term = _flat(np.asarray(f["terminals"][s:stop])) != 0
+    end = term.copy()
+    for key in flags[1:]:
+        end |= _flat(np.asarray(f[key][s:stop])) != 0
+    index = np.arange(s, stop)
+    keep_all = term | (~end & (index < n - 1)) if not has_next else np.ones(stop - s, bool)
+    keep = keep_all[: e - s]
+    keep_next = np.zeros(e - s, bool)
+    keep_next[: stop - s - 1] = keep_all[1:]
+    term, end = term[: e - s], end[: e - s]
+    # Without next_observations a kept non-terminal row never has `end`, so this reduces to "its
+    # successor was dropped"; with them, timeouts and the file's last row are the truncations.
+    truncated = keep & ~term & (end | ~keep_next)
+    return {"keep": keep, "terminated": term & keep, "truncated": truncated}
+
+
+def _chunk(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool, discrete: bool) -> Chunk:
+    rows = _rows(f, flags, s, e, n, has_next)
+    keep = rows["keep"]
+    stop = min(e + 1, n)
+    obs_ext = np.asarray(f["observations"][s:stop])
+    obs = obs_ext[: e - s]
+    if has_next:
+        nxt = np.asarray(f["next_observations"][s:e])
+    else:
+        nxt = np.empty_like(obs)
+        nxt[: stop - s - 1] = obs_ext[1:]
+        if stop == e:  # the file's last row: no successor (it is dropped unless terminated)
+            nxt[-1] = obs[-1]
+        term = rows["terminated"]
+        nxt[term] = obs[term]  # a terminated row's next observation is never bootstrapped
+    act = np.asarray(f["actions"][s:e])
+    act = _flat(act).astype(np.int64) if discrete else act.reshape(e - s, -1) if act.ndim == 1 else act
+    reward = _flat(np.asarray(f["rewards"][s:e]))
+    return {
+        "observation": obs[keep],
+        "next_observation": nxt[keep],
+        "action": act[keep],
+        "reward": reward[keep],
+        "terminated": rows["terminated"][keep],
+        "truncated": rows["truncated"][keep],
+    }

@@ -1,0 +1,114 @@
+"""What a reader hands the converter: a described source and an iterator of transition chunks.
+
+Readers (:mod:`offrl.data.d4rl`, :mod:`offrl.data.minari`) open a file or folder, validate it, count the
+transitions the conversion will keep, and then stream them in chunks of at most ``chunk_rows`` rows.
+A chunk is a plain dict of numpy arrays, already in output order:
+
+``observation`` / ``next_observation`` (an array, or a nested dict of arrays for Dict spaces),
+``action``, ``reward`` (float, ``[n]``), ``terminated`` and ``truncated`` (bool, ``[n]``). A row with
+``terminated | truncated`` is the last row of its episode in the converted data.
+
+The converter adds ``episode``, ``step``, ``done`` and ``mc_return`` and writes the TED layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from offrl.errors import UserError
+
+__all__ = ["Chunk", "RawSource", "leaf_specs", "check_space", "storage_dtype", "tree_map"]
+
+Chunk = dict[str, Any]
+
+
+@dataclass
+class RawSource:
+    """A validated dataset source, ready to be streamed into the converter."""
+
+    format: str  # "d4rl", "d3rlpy" or "minari"
+    path: Path  # what the user pointed at (file, or the Minari dataset folder)
+    files: list[Path]  # files whose bytes make up the content digest
+    name: str  # id or file stem
+    transitions: int  # rows the conversion keeps (after the cut-last-row rule)
+    source_rows: int  # rows in the source
+    observation_space: gym.Space
+    action_space: gym.Space
+    had_next_observations: bool
+    iter_chunks: Callable[[int], Iterator[Chunk]]
+    metadata: dict[str, Any] = field(default_factory=dict)  # env_id, env_spec, ref_*_score, ...
+
+    @property
+    def dropped_rows(self) -> int:
+        return self.source_rows - self.transitions
+
+
+def check_space(space: gym.Space, what: str, where: Path | str) -> None:
+    """Raise a UserError for spaces the TED layout cannot hold (Text, Graph, Tuple, Sequence, ...)."""
+    if isinstance(space, gym.spaces.Dict):
+        for key, sub in space.spaces.items():
+            check_space(sub, f"{what}[{key!r}]", where)
+        return
+    if what.startswith("action") and not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
+        raise UserError(
+            f"{where}: unsupported {what} space {type(space).__name__}; offrl supports Box (continuous) and "
+            "Discrete actions"
+        )
+    if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)):
+        raise UserError(
+            f"{where}: unsupported {what} space {type(space).__name__}; offrl supports Box, Discrete, "
+            "MultiBinary, MultiDiscrete and Dict of those"
+        )
+
+
+def storage_dtype(space: gym.Space) -> np.dtype:
+    """dtype a leaf of this space is stored with: float32 for floating Box, int64 for indices, else its own."""
+    if isinstance(space, gym.spaces.Discrete):
+        return np.dtype(np.int64)
+    dtype = np.dtype(space.dtype)
+    if dtype.kind == "f":
+        return np.dtype(np.float32)
+    if dtype.kind == "b":
+        return np.dtype(np.bool_)
+    return dtype  # uint8 images and integer vectors stay as they are
+
+
+def leaf_specs(space: gym.Space, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]]:
+    """Flatten a (possibly nested Dict) space into ``(key path, per-row shape, storage dtype)`` leaves."""
+    if isinstance(space, gym.spaces.Dict):
+        out = []
+        for key, sub in space.spaces.items():
+            out.extend(leaf_specs(sub, (*prefix, str(key))))
+        return out
+    shape = () if isinstance(space, gym.spaces.Discrete) else tuple(int(s) for s in space.shape)
+    return [(prefix, shape, storage_dtype(space))]
+
+
+def tree_map(fn: Callable[[np.ndarray], Any], tree: Any) -> Any:
+    """Apply ``fn`` to every array of a nested dict (or to a bare array)."""
+    if isinstance(tree, dict):
+        return {k: tree_map(fn, v) for k, v in tree.items()}
+    return fn(tree)
+
+
+def tree_leaves(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Yield ``(key path, array)`` for every array of a nested dict (a bare array has path ``()``)."""
+    if isinstance(tree, dict):
+        for key, sub in tree.items():
+            yield from tree_leaves(sub, (*prefix, key))
+    else:
+        yield prefix, tree
+
+
+def tree_concat(trees: list[Any]) -> Any:
+    """Concatenate a list of equally structured nested dicts of arrays along the first axis."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: tree_concat([t[k] for t in trees]) for k in first}
+    return np.concatenate(trees, axis=0)

@@ -1,0 +1,86 @@
+"""The ``evaluator(policy, step) -> dict`` a trainer calls at every evaluation.
+
+One call = the env evaluation (``eval_*`` columns) plus the off-policy diagnostics (``diag_*`` columns),
+ready to be merged into the metrics row of that step. The same episode seeds are used at every step
+(common random numbers), so differences between steps are the policy's, not the initial states'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+
+from offrl.evaluation.diagnostics import (
+    Critic,
+    critic_from_loss,
+    eval_diagnostics,
+    heldout_split,
+    offline_diagnostics,
+)
+from offrl.evaluation.rollout import EvalResult, evaluate
+
+__all__ = ["Evaluator"]
+
+
+class Evaluator:
+    """Evaluate a policy in the dataset's env and compute the critic diagnostics.
+
+    ``dataset``: an OfflineDataset (env, references, ``data`` with ``mc_return``/``step``, ``info.gamma``).
+    ``critic``: a torchrl loss module (CQLLoss / DiscreteCQLLoss / DQNLoss), a :class:`Critic`, or None
+    (no ``diag_*`` columns). ``heldout``: the TED rows for the TD error; default: a seeded split of whole
+    episodes (:func:`heldout_split`). ``env``: an env id overriding the dataset's (``--env``).
+    ``episodes=0`` skips the env and returns only the diagnostics.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        critic: Any = None,
+        episodes: int = 10,
+        seed: int = 0,
+        env: Any = None,
+        device: str | torch.device = "cpu",
+        gamma: float | None = None,
+        heldout: TensorDictBase | None = None,
+        ref: Any = None,
+    ) -> None:
+        self.dataset = dataset
+        self.critic: Critic | None = None
+        if critic is not None:
+            self.critic = critic if isinstance(critic, Critic) else critic_from_loss(critic)
+        self.episodes, self.seed, self.device = episodes, seed, device
+        self.env = env if env is not None else dataset
+        self.ref = ref if ref is not None else (dataset if env is not None else None)
+        info = getattr(dataset, "info", None)
+        self.gamma = float(gamma if gamma is not None else getattr(info, "gamma", None) or 0.99)
+        self.last_result: EvalResult | None = None
+        self._heldout = heldout
+        self._s0: TensorDictBase | None = None
+
+    def _diag_data(self) -> tuple[TensorDictBase, TensorDictBase]:
+        if self._heldout is None or self._s0 is None:
+            data = self.dataset.data
+            if self._heldout is None:
+                _, idx = heldout_split(data, seed=self.seed)
+                self._heldout = data[idx].to(self.device)
+            s0_rows = torch.nonzero(data["step"].reshape(-1) == 0).reshape(-1)[:4096]
+            self._s0 = data[s0_rows].to(self.device)
+        return self._heldout, self._s0
+
+    def __call__(self, policy: Any, step: int) -> dict[str, float]:
+        row: dict[str, float] = {}
+        if self.critic is not None:
+            heldout, s0 = self._diag_data()
+            row.update(offline_diagnostics(self.critic, heldout, gamma=self.gamma, s0=s0))
+        if self.episodes > 0:
+            result = evaluate(
+                policy, self.env, episodes=self.episodes, seed=self.seed, device=self.device, ref=self.ref, gamma=self.gamma
+            )
+            self.last_result = result
+            row.update(result.metrics())
+            if self.critic is not None:
+                row.update(eval_diagnostics(self.critic, result))
+        return row

@@ -1,0 +1,247 @@
+"""Runs -> groups of seeds -> tidy tables (curves and summary rows) that plots and HTML render."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from offrl.report.runs import Run
+from offrl.report.stats import CURVE_RESAMPLES, bootstrap_ci, iqm, stratified_bootstrap_ci
+
+__all__ = ["Group", "ScoreUnit", "aggregate_table", "curve", "group_runs", "run_table", "summary_table"]
+
+NORMALIZED, RAW = "eval_normalized_score", "eval_return_mean"
+
+
+@dataclass(frozen=True)
+class ScoreUnit:
+    """The score column shown for a dataset: normalized when every run has references, else raw return."""
+
+    column: str
+    label: str
+
+    @property
+    def normalized(self) -> bool:
+        return self.column == NORMALIZED
+
+
+@dataclass
+class Group:
+    """Seeds of one experiment (dataset + the config, or the ``--group-by`` value)."""
+
+    dataset: str
+    label: str
+    runs: list[Run]
+    unit: ScoreUnit
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def status_text(self) -> str:
+        counts = Counter(r.status for r in self.runs)
+        others = [f"{n} {s}" for s, n in sorted(counts.items()) if s != "completed"]
+        return f"{len(self.runs)}" + (f" ({', '.join(others)})" if others else "")
+
+
+def _has_refs(run: Run) -> bool:
+    col = run.metrics.get(NORMALIZED)
+    if col is not None and col.notna().any():
+        return True
+    ref = run.ref()
+    return ref.get("min") is not None and ref.get("max") is not None
+
+
+def _score_units(runs: Sequence[Run], warnings: list[str]) -> dict[str, ScoreUnit]:
+    units: dict[str, ScoreUnit] = {}
+    for ds in sorted({r.dataset for r in runs}):
+        members = [r for r in runs if r.dataset == ds]
+        with_refs = [r for r in members if _has_refs(r)]
+        if with_refs and len(with_refs) == len(members):
+            units[ds] = ScoreUnit(NORMALIZED, "normalized score (0 = ref min, 100 = ref max)")
+        else:
+            if with_refs:
+                warnings.append(
+                    f"{ds}: {len(with_refs)} of {len(members)} runs have reference scores; all shown as raw returns"
+                )
+            units[ds] = ScoreUnit(RAW, "return (raw: no reference scores)")
+    return units
+
+
+def group_runs(runs: Sequence[Run], group_by: str | None, warnings: list[str]) -> list[Group]:
+    """Group runs into experiments. ``group_by``: None (same dataset and config except the seed),
+    ``"algo"``, ``"dataset"``, or a dotted config key (e.g. ``cql.min_q_weight``)."""
+    units = _score_units(runs, warnings)
+    buckets: dict[tuple[Any, ...], list[Run]] = {}
+    for run in runs:
+        if group_by in (None, "", "config"):
+            key: tuple[Any, ...] = (run.dataset, run.identity)
+        elif group_by == "algo":
+            key = (run.dataset, run.algo)
+        elif group_by == "dataset":
+            key = (run.dataset,)
+        else:
+            key = (run.dataset, run.algo, repr(run.flat_config.get(group_by, "n/a")))
+        buckets.setdefault(key, []).append(run)
+    if group_by not in (None, "", "config", "algo", "dataset") and not any(group_by in r.flat_config for r in runs):
+        from offrl.errors import UserError
+
+        keys = sorted({k for r in runs for k in r.flat_config})[:12]
+        raise UserError(f"--group-by {group_by}: no run has this config key; use algo, dataset or one of {', '.join(keys)}, ...")
+    groups: list[Group] = []
+    for key, members in buckets.items():
+        ds = key[0]
+        if group_by == "dataset":
+            label = "+".join(sorted({r.algo for r in members}))
+        elif group_by in (None, "", "config"):
+            label = members[0].algo
+            siblings = [k for k in buckets if k[0] == ds and dict(k[1]).get("algo") == dict(key[1]).get("algo")]
+            if len(siblings) > 1:  # same algorithm with different settings: name what differs
+                mine = dict(key[1])
+                differing = sorted({k for s in siblings for k, v in s[1] if mine.get(k) != v})
+                label += " (" + ", ".join(f"{k}={_short(mine.get(k, 'n/a'))}" for k in differing[:3]) + ")"
+        elif group_by == "algo":
+            label = members[0].algo
+        else:
+            label = f"{members[0].algo} {group_by}={_short(key[2])}"
+        groups.append(Group(ds, label, sorted(members, key=lambda r: str(r.seed)), units[ds]))
+    return sorted(groups, key=lambda g: (g.dataset, g.label))
+
+
+def _short(v: Any) -> str:
+    s = str(v).strip("'\"")
+    return s if len(s) <= 24 else s[:21] + "..."
+
+
+def run_evals(run: Run, column: str) -> pd.DataFrame:
+    """The evaluation rows of a run: ``step``, ``value``, ``phase`` (finite values only)."""
+    m = run.metrics
+    if column not in m.columns:
+        return pd.DataFrame({"step": pd.Series(dtype=float), "value": pd.Series(dtype=float), "phase": pd.Series(dtype=object)})
+    rows = m[np.isfinite(m[column].astype(float))]
+    return pd.DataFrame({"step": rows["step"].to_numpy(), "value": rows[column].to_numpy(dtype=float), "phase": rows["phase"].to_numpy()})
+
+
+def last_and_best(run: Run, column: str) -> tuple[float, float]:
+    """Last and best evaluation score of a run; from summary.json when the metrics hold none."""
+    ev = run_evals(run, column)
+    if len(ev):
+        return float(ev["value"].iloc[-1]), float(ev["value"].max())
+    key = "normalized_score" if column == NORMALIZED else "return_mean"
+    s = run.summary or {}
+    return _num((s.get("final") or {}).get(key)), _num((s.get("best") or {}).get(key))
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def curve(group: Group, column: str, *, smooth: int = 1, ci: bool = True) -> pd.DataFrame:
+    """Mean over seeds per step with a bootstrap 95% CI (``CURVE_RESAMPLES`` resamples, seeded).
+
+    Each run is smoothed first (trailing mean over ``smooth`` points). Returns columns ``step``, ``mean``,
+    ``low``, ``high``, ``n`` (seeds with a value at that step).
+    """
+    series = []
+    for i, run in enumerate(group.runs):
+        ev = run_evals(run, column)
+        if not len(ev):
+            continue
+        ev = ev.groupby("step", as_index=False)["value"].last()
+        values = ev["value"].rolling(max(1, smooth), min_periods=1).mean() if smooth > 1 else ev["value"]
+        series.append(pd.Series(values.to_numpy(), index=ev["step"].to_numpy(), name=i))
+    if not series:
+        return pd.DataFrame(columns=["step", "mean", "low", "high", "n"])
+    wide = pd.concat(series, axis=1).sort_index()
+    rows = []
+    for step, vals in wide.iterrows():
+        v = vals.to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        lo, hi = bootstrap_ci(v, reps=CURVE_RESAMPLES, seed=0) if ci and v.size > 1 else (math.nan, math.nan)
+        rows.append((float(step), float(v.mean()), lo, hi, int(v.size)))
+    return pd.DataFrame(rows, columns=["step", "mean", "low", "high", "n"])
+
+
+def online_switch(group: Group) -> float | None:
+    """First gradient step logged in the online phase (offline-to-online runs), else None."""
+    steps = [r.metrics.loc[r.metrics["phase"] == "online", "step"].min() for r in group.runs if len(r.metrics)]
+    steps = [s for s in steps if s == s]  # drop NaN (no online rows)
+    return float(min(steps)) if steps else None
+
+
+def _fmt_ci(values: np.ndarray) -> dict[str, float]:
+    v = values[np.isfinite(values)]
+    if not v.size:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "iqm": math.nan}
+    lo, hi = bootstrap_ci(v) if v.size > 1 else (math.nan, math.nan)
+    return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v))}
+
+
+def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
+    """One row per dataset × group: last and best (mean, IQM, 95% CI over seeds), seeds, steps, updates/s,
+    and the behaviour policy's mean return from the dataset."""
+    rows = []
+    for g in groups:
+        lb = np.array([last_and_best(r, g.unit.column) for r in g.runs], dtype=float).reshape(-1, 2)
+        last, best = _fmt_ci(lb[:, 0]), _fmt_ci(lb[:, 1])
+        behaviour = np.nanmean([r.behaviour_return for r in g.runs]) if any(
+            np.isfinite(r.behaviour_return) for r in g.runs) else math.nan
+        ref = next((r.ref() for r in g.runs if r.ref().get("min") is not None), {})
+        behaviour_norm = math.nan
+        if g.unit.normalized and ref and np.isfinite(behaviour) and ref["max"] != ref["min"]:
+            behaviour_norm = 100.0 * (behaviour - float(ref["min"])) / (float(ref["max"]) - float(ref["min"]))
+        ups = [r.updates_per_s for r in g.runs if np.isfinite(r.updates_per_s)]
+        rows.append({
+            "dataset": g.dataset, "group": g.label, "unit": g.unit.column, "seeds": g.status_text,
+            "n_seeds": len(g.runs), "steps": int(np.median([r.steps for r in g.runs])),
+            "updates_per_s": float(np.mean(ups)) if ups else math.nan,
+            **{f"last_{k}": v for k, v in last.items()}, **{f"best_{k}": v for k, v in best.items()},
+            "behaviour_return": behaviour, "behaviour_normalized": behaviour_norm,
+            "ref_source": ref.get("source") if ref else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def aggregate_table(groups: Sequence[Group]) -> pd.DataFrame:
+    """Across datasets with reference scores, per algorithm label: IQM and mean of the last normalized
+    score with a stratified (by dataset) bootstrap 95% CI, rliable-style."""
+    by_label: dict[str, list[np.ndarray]] = {}
+    for g in groups:
+        if not g.unit.normalized:
+            continue
+        last = np.array([last_and_best(r, g.unit.column)[0] for r in g.runs], dtype=float)
+        by_label.setdefault(g.label, []).append(last[np.isfinite(last)])
+    rows = []
+    for label, strata in sorted(by_label.items()):
+        flat = np.concatenate(strata) if strata else np.array([])
+        if not flat.size:
+            continue
+        iqm_lo, iqm_hi = stratified_bootstrap_ci(strata, iqm)
+        mean_lo, mean_hi = stratified_bootstrap_ci(strata)
+        rows.append({
+            "group": label, "datasets": len(strata), "runs": int(flat.size),
+            "iqm": float(iqm(flat)), "iqm_low": iqm_lo, "iqm_high": iqm_hi,
+            "mean": float(flat.mean()), "mean_low": mean_lo, "mean_high": mean_hi,
+        })
+    return pd.DataFrame(rows)
+
+
+def run_table(groups: Sequence[Group]) -> pd.DataFrame:
+    """Every run: where it is, its status, how far it got, its last and best score."""
+    rows = []
+    for g in groups:
+        for r in g.runs:
+            last, best = last_and_best(r, g.unit.column)
+            rows.append({
+                "dataset": g.dataset, "group": g.label, "seed": r.seed, "status": r.status, "steps": r.steps,
+                "last": last, "best": best, "unit": g.unit.column, "path": str(r.path), "warnings": len(r.warnings),
+            })
+    return pd.DataFrame(rows)

@@ -1,0 +1,98 @@
+"""Run directories -> one HTML report with PNGs: ``build_report`` (many runs) and ``write_run_report``
+(the report.html a trainer writes into its own run directory when it ends)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from offrl.errors import UserError
+from offrl.report import html as html_page
+from offrl.report.aggregate import aggregate_table, group_runs, run_table, summary_table
+from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
+from offrl.report.runs import Run, load_run, load_runs
+
+__all__ = ["Report", "build_report", "write_run_report"]
+
+
+@dataclass
+class Report:
+    """What was written, and the tables behind it (handy in notebooks and tests)."""
+
+    html: Path
+    figures: list[Path]
+    summary: pd.DataFrame
+    aggregate: pd.DataFrame
+    runs: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _render(runs: Sequence[Run], out: Path, html_name: str, *, group_by: str | None, smooth: int,
+            title: str) -> Report:
+    if smooth < 1:
+        raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")
+    warnings = [w for r in runs for w in r.warnings]
+    groups = group_runs(runs, group_by, warnings)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create the report folder ({err.strerror}); choose another --out") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out {out}: not writable; choose another --out")
+    figures: list[Figure] = [plot_scores(groups, out, smooth=smooth)]
+    for make in (plot_diagnostics, plot_losses, plot_alpha):
+        fig = make(groups, out)
+        if fig is not None:
+            figures.append(fig)
+    summary, aggregate, table = summary_table(groups), aggregate_table(groups), run_table(groups)
+    page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
+                            warnings=warnings, group_by=group_by, smooth=smooth)
+    path = out / html_name
+    _write_text_atomic(path, page)
+    return Report(path, [f.path for f in figures], summary, aggregate, table, warnings)
+
+
+def build_report(
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str] = "report",
+    *,
+    group_by: str | None = None,
+    smooth: int = 1,
+    title: str = "offrl report",
+) -> Report:
+    """Read every run directory under ``paths``, aggregate seeds and write ``<out>/index.html`` + PNGs.
+
+    ``group_by``: None (seeds of the same dataset and config), ``"algo"``, ``"dataset"`` or a dotted config
+    key. ``smooth``: trailing mean over that many evaluations per run before aggregating.
+    """
+    if not paths:
+        raise UserError("offrl report: give at least one run directory or a folder of runs")
+    runs = load_runs(paths)
+    return _render(runs, Path(out), "index.html", group_by=group_by, smooth=smooth, title=title)
+
+
+def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``report.html`` (+ PNGs) into a single run directory; returns the HTML path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run directory")
+    run = load_run(run_dir)
+    title = f"offrl run · {run.dataset} · {run.algo} · seed {run.seed}"
+    return _render([run], run_dir, "report.html", group_by=None, smooth=1, title=title).html

@@ -1,0 +1,186 @@
+"""One self-contained HTML page: inline CSS, images as data URIs, no script, no network.
+
+A Content-Security-Policy meta tag forbids every fetch except ``data:`` images, so the page cannot leak a
+request even if a label contained a URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+from offrl.report.plots import Figure
+from offrl.report.stats import CURVE_RESAMPLES, TABLE_RESAMPLES
+
+__all__ = ["render"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+main{max-width:1200px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 8px;border-bottom:1px solid #d8dce3;padding-bottom:4px}
+.meta{color:#5b6475;font-size:.9em}
+table{border-collapse:collapse;width:100%;background:#fff;font-size:.86em;box-shadow:0 1px 2px rgba(0,0,0,.06)}
+th,td{padding:6px 9px;border-bottom:1px solid #e6e9ee;text-align:right;vertical-align:top}
+th{background:#eef1f5;font-weight:600;position:sticky;top:0}
+td.l,th.l{text-align:left}
+tr.ds td{background:#f0f3f8;font-weight:600;text-align:left}
+.ci{color:#6b7385;font-size:.85em;white-space:nowrap}
+.raw{color:#9a5b00;font-size:.8em}
+.badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:.8em;color:#fff;background:#6b7385}
+.completed{background:#2e7d32}.running{background:#1565c0}.crashed{background:#c62828}.stopped{background:#ef6c00}
+.incomplete{background:#8e24aa}
+.warn{background:#fff8e1;border:1px solid #f3d27a;padding:8px 14px;border-radius:6px;font-size:.86em}
+.warn li{margin:2px 0}
+figure{margin:18px 0;background:#fff;padding:12px;box-shadow:0 1px 2px rgba(0,0,0,.06)}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{color:#5b6475;font-size:.86em;margin-top:6px}
+.path{font-family:ui-monospace,monospace;font-size:.8em;color:#5b6475;word-break:break-all}
+.note{color:#5b6475;font-size:.86em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x: Any, digits: int = 1) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    if math.isnan(v):
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def _score(row: pd.Series, prefix: str) -> str:
+    mean, lo, hi = row[f"{prefix}_mean"], row[f"{prefix}_low"], row[f"{prefix}_high"]
+    cell = _num(mean)
+    if not (isinstance(lo, float) and math.isnan(lo)):
+        cell += f' <span class="ci">[{_num(lo)}, {_num(hi)}]</span>'
+    if row.get("unit") == "eval_return_mean":
+        cell += ' <span class="raw">raw</span>'
+    return cell
+
+
+def _summary(table: pd.DataFrame) -> str:
+    if table.empty:
+        return '<p class="note">No runs.</p>'
+    head = ("<tr><th class='l'>Algorithm</th><th>Seeds</th><th>Steps</th><th>Updates/s</th>"
+            "<th>Last (mean [95% CI])</th><th>Best (mean [95% CI])</th><th>IQM last</th>"
+            "<th>Behaviour policy</th><th class='l'>References</th></tr>")
+    body = []
+    for ds, part in table.groupby("dataset", sort=True):
+        body.append(f"<tr class='ds'><td colspan='9'>{_e(ds)}</td></tr>")
+        for _, row in part.iterrows():
+            beh = _num(row["behaviour_return"])
+            if not math.isnan(row["behaviour_normalized"]):
+                beh = f"{_num(row['behaviour_normalized'])} <span class='ci'>(return {beh})</span>"
+            elif beh != "–":
+                beh += ' <span class="raw">raw</span>'
+            body.append(
+                f"<tr><td class='l'>{_e(row['group'])}</td><td>{_e(row['seeds'])}</td><td>{int(row['steps']):,}</td>"
+                f"<td>{_num(row['updates_per_s'])}</td><td>{_score(row, 'last')}</td><td>{_score(row, 'best')}</td>"
+                f"<td>{_num(row['last_iqm'])}</td><td>{beh}</td>"
+                f"<td class='l'>{_e(row['ref_source'] if isinstance(row['ref_source'], str) else 'none: raw returns')}</td></tr>"
+            )
+    return f"<table id='summary'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _aggregate(table: pd.DataFrame) -> str:
+    if table.empty:
+        return ""
+    rows = "".join(
+        f"<tr><td class='l'>{_e(r['group'])}</td><td>{int(r['datasets'])}</td><td>{int(r['runs'])}</td>"
+        f"<td>{_num(r['iqm'])} <span class='ci'>[{_num(r['iqm_low'])}, {_num(r['iqm_high'])}]</span></td>"
+        f"<td>{_num(r['mean'])} <span class='ci'>[{_num(r['mean_low'])}, {_num(r['mean_high'])}]</span></td></tr>"
+        for _, r in table.iterrows()
+    )
+    return (
+        "<h2>Across datasets (normalized score, last evaluation)</h2>"
+        "<table id='aggregate'><thead><tr><th class='l'>Algorithm</th><th>Datasets</th><th>Runs</th>"
+        "<th>IQM [95% CI]</th><th>Mean [95% CI]</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        "<p class='note'>Stratified bootstrap over seeds within each dataset; only datasets with reference scores.</p>"
+    )
+
+
+def _runs(table: pd.DataFrame) -> str:
+    rows = "".join(
+        f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td><td>{_e(r['seed'])}</td>"
+        f"<td class='l'><span class='badge {_e(r['status'])}'>{_e(r['status'])}</span></td><td>{int(r['steps']):,}</td>"
+        f"<td>{_num(r['last'])}</td><td>{_num(r['best'])}</td><td>{int(r['warnings']) or ''}</td>"
+        f"<td class='l path'>{_e(r['path'])}</td></tr>"
+        for _, r in table.iterrows()
+    )
+    return (
+        "<table id='runs'><thead><tr><th class='l'>Dataset</th><th class='l'>Algorithm</th><th>Seed</th>"
+        "<th class='l'>Status</th><th>Steps</th><th>Last</th><th>Best</th><th>Warnings</th><th class='l'>Run directory</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _figure(fig: Figure) -> str:
+    data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
+    return (f"<figure><img src='data:image/png;base64,{data}' alt='{_e(fig.title)}'>"
+            f"<figcaption><b>{_e(fig.title)}.</b> {_e(fig.caption)} <span class='path'>({_e(fig.path.name)})</span>"
+            "</figcaption></figure>")
+
+
+def render(
+    *,
+    title: str,
+    summary: pd.DataFrame,
+    aggregate: pd.DataFrame,
+    runs: pd.DataFrame,
+    figures: Sequence[Figure],
+    warnings: Sequence[str],
+    group_by: str | None,
+    smooth: int,
+) -> str:
+    """The whole page as a string."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    n_runs, n_ds = len(runs), runs["dataset"].nunique() if len(runs) else 0
+    statuses = runs["status"].value_counts().to_dict() if len(runs) else {}
+    status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    warn = ""
+    if warnings:
+        items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+        warn = f"<h2>Warnings</h2><div class='warn' id='warnings'><ul>{items}</ul></div>"
+    method = (
+        f"Seeds of the same dataset and configuration (grouping: {_e(group_by or 'full config except seed')}) are "
+        f"aggregated. Table intervals: percentile bootstrap 95% CI over seeds, {TABLE_RESAMPLES:,} resamples, "
+        f"seed 0; curves: {CURVE_RESAMPLES:,} resamples per step. IQM = mean of the middle 50% of seeds "
+        "(25% trimmed mean). <i>Last</i> = final evaluation, <i>best</i> = best evaluation of each run (an optimistic "
+        "figure: it selects on the evaluation itself). Normalized score = 100 × (R − ref min) / (ref max − ref min); "
+        "datasets without reference scores show raw returns, marked <span class='raw'>raw</span>. "
+        "Runs without summary.json are <span class='badge incomplete'>incomplete</span> (still running or killed); "
+        "they are shown with what they logged."
+        + (f" Each run's curve is smoothed over {smooth} evaluations." if smooth > 1 else "")
+    )
+    figs = "".join(_figure(f) for f in figures)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title><style>{_CSS}</style></head>
+<body><main>
+<h1>{_e(title)}</h1>
+<p class="meta">{n_runs} run(s) on {n_ds} dataset(s) ({_e(status_text)}) · generated {now} by offrl</p>
+<h2>Summary per dataset × algorithm</h2>
+{_summary(summary)}
+<p class="note">{method}</p>
+{_aggregate(aggregate)}
+<h2>Figures</h2>
+{figs or '<p class="note">Nothing to plot yet.</p>'}
+<h2>Runs</h2>
+{_runs(runs)}
+{warn}
+</main></body></html>
+"""

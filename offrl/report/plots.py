@@ -1,0 +1,203 @@
+"""PNG figures of a report (matplotlib, Agg backend: no display needed).
+
+Every figure has one row (or panel) per dataset, one colour per group (consistent across figures), and is
+written atomically. Figures whose columns no run logged are skipped rather than drawn empty.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: reports are written on headless machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from offrl.report.aggregate import Group, curve, online_switch  # noqa: E402
+
+__all__ = ["Figure", "colours", "plot_alpha", "plot_diagnostics", "plot_losses", "plot_scores"]
+
+DPI = 100
+
+
+class Figure:
+    """A written PNG: its path and a one-line caption for the HTML."""
+
+    def __init__(self, path: Path, title: str, caption: str) -> None:
+        self.path, self.title, self.caption = path, title, caption
+
+
+def colours(groups: Sequence[Group]) -> dict[str, tuple[float, ...]]:
+    """A stable colour per group label (tab10, by sorted label)."""
+    cmap = plt.get_cmap("tab10")
+    return {label: cmap(i % 10) for i, label in enumerate(sorted({g.label for g in groups}))}
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=DPI, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _datasets(groups: Sequence[Group]) -> list[str]:
+    return sorted({g.dataset for g in groups})
+
+
+def _has(groups: Sequence[Group], column: str) -> bool:
+    return any(column in r.metrics.columns and r.metrics[column].notna().any() for g in groups for r in g.runs)
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _mark_online(ax: plt.Axes, groups: Sequence[Group]) -> None:
+    switches = [s for s in (online_switch(g) for g in groups) if s is not None]
+    if switches:
+        ax.axvline(min(switches), color="0.3", ls="--", lw=1)
+        ax.annotate("online →", (min(switches), 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=8, color="0.3")
+
+
+def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figure:
+    """Score vs gradient step per dataset (the per-dataset panel): mean over seeds with a 95% CI band."""
+    datasets = _datasets(groups)
+    colour = colours(groups)
+    rows, cols = _grid(len(datasets))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False, layout="constrained")
+    for ax, ds in zip(axes.flat, datasets):
+        members = [g for g in groups if g.dataset == ds]
+        for g in members:
+            c = curve(g, g.unit.column, smooth=smooth)
+            if not len(c):
+                continue
+            label = f"{g.label} (n={g.status_text})"
+            ax.plot(c["step"], c["mean"], color=colour[g.label], lw=1.8, label=label,
+                    marker="o" if len(c) < 3 else None, ms=4)
+            ax.fill_between(c["step"], c["low"], c["high"], color=colour[g.label], alpha=0.2, lw=0)
+            beh = [r.behaviour_return for r in g.runs if np.isfinite(r.behaviour_return)]
+            if beh and not g.unit.normalized:
+                ax.axhline(np.mean(beh), color=colour[g.label], ls=":", lw=1)
+        _mark_online(ax, members)
+        ax.set_title(ds, fontsize=10)
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel(members[0].unit.label if members else "", fontsize=8)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no evaluation logged yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.set_visible(False)
+    fig.suptitle("Evaluation score vs gradient step (mean over seeds, 95% bootstrap CI)", fontsize=11)
+    path = out / "scores.png"
+    _save(fig, path)
+    smooth_note = f", each run smoothed over {smooth} evaluations" if smooth > 1 else ""
+    return Figure(path, "Learning curves",
+                  f"Deterministic-policy evaluation score per dataset; band = 95% bootstrap CI over seeds{smooth_note}. "
+                  "Dashed line: switch to online fine-tuning.")
+
+
+def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Path, name: str,
+           title: str, caption: str, styles: Sequence[str] = ("-", "--", ":", "-.")) -> Figure | None:
+    """A grid: rows = datasets, columns = panels; each panel plots mean-over-seeds lines of some columns."""
+    panels = [(col, label) for col, label in columns if _has(groups, col)]
+    if not panels:
+        return None
+    datasets = _datasets(groups)
+    colour = colours(groups)
+    fig, axes = plt.subplots(len(datasets), len(panels), figsize=(4.2 * len(panels), 3.0 * len(datasets)),
+                             squeeze=False, layout="constrained")
+    for i, ds in enumerate(datasets):
+        members = [g for g in groups if g.dataset == ds]
+        for j, (col, label) in enumerate(panels):
+            ax = axes[i, j]
+            for g in members:
+                c = curve(g, col, ci=False)
+                if len(c):
+                    ax.plot(c["step"], c["mean"], color=colour[g.label], lw=1.4, label=g.label)
+            _mark_online(ax, members)
+            ax.set_title(f"{label}\n{ds}" if len(datasets) > 1 else label, fontsize=9)
+            ax.set_xlabel("gradient step", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if i == 0 and j == 0 and ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    path = out / name
+    _save(fig, path)
+    return Figure(path, title, caption)
+
+
+def plot_losses(groups: Sequence[Group], out: Path) -> Figure | None:
+    """Every ``loss_*`` column, mean over seeds."""
+    cols = sorted({c for g in groups for r in g.runs for c in r.metrics.columns if c.startswith("loss_")})
+    return _lines(groups, [(c, c) for c in cols[:6]], out, "losses.png", "Training losses",
+                  "Mean over seeds of each logged loss term (rows averaged over the logging interval).")
+
+
+def plot_alpha(groups: Sequence[Group], out: Path) -> Figure | None:
+    """SAC temperature ``alpha`` and CQL Lagrange multiplier ``alpha_prime``."""
+    return _lines(groups, [("alpha", "alpha (entropy temperature)"), ("alpha_prime", "alpha' (CQL multiplier)")],
+                  out, "alpha.png", "alpha and alpha'", "Entropy temperature and CQL Lagrange multiplier, mean over seeds.")
+
+
+def plot_diagnostics(groups: Sequence[Group], out: Path) -> Figure | None:
+    """Q estimate vs achieved return, Q on data vs policy actions, held-out TD error."""
+    datasets = _datasets(groups)
+    panels = [
+        ("V(s0): estimate vs achieved", [("diag_v_s0_eval", "V(s0) eval states", "-"), ("diag_v_s0", "V(s0) data", "-."),
+                                         ("diag_achieved_return_s0", "achieved (disc.)", "--"),
+                                         ("diag_mc_return_s0", "dataset MC return", ":")]),
+        ("Q: dataset vs policy actions", [("diag_q_data", "Q(s, a_data)", "-"), ("diag_q_policy", "Q(s, π(s))", "--")]),
+        ("TD error (held-out, MSE)", [("diag_td_error", "TD error", "-")]),
+    ]
+    panels = [(t, [s for s in series if _has(groups, s[0])]) for t, series in panels]
+    panels = [(t, s) for t, s in panels if s]
+    if not panels:
+        return None
+    colour = colours(groups)
+    fig, axes = plt.subplots(len(datasets), len(panels), figsize=(4.6 * len(panels), 3.2 * len(datasets)),
+                             squeeze=False, layout="constrained")
+    for i, ds in enumerate(datasets):
+        members = [g for g in groups if g.dataset == ds]
+        for j, (title, series) in enumerate(panels):
+            ax = axes[i, j]
+            for g in members:
+                for col, name, ls in series:
+                    c = curve(g, col, ci=False)
+                    if len(c):
+                        ax.plot(c["step"], c["mean"], color=colour[g.label], ls=ls, lw=1.4)
+            if title.startswith("TD"):
+                ax.set_yscale("log") if all((curve(g, "diag_td_error", ci=False)["mean"] > 0).all() for g in members) else None
+            _mark_online(ax, members)
+            ax.set_title(f"{title}\n{ds}" if len(datasets) > 1 else title, fontsize=9)
+            ax.set_xlabel("gradient step", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            # line style = quantity (legend in grey), colour = group (named in the first panel of a row)
+            handles = [Line2D([], [], color="0.25", ls=ls, label=name) for _, name, ls in series] if len(series) > 1 else []
+            if j == 0:
+                handles += [Line2D([], [], color=colour[g.label], lw=3, label=g.label) for g in members]
+            if handles:
+                ax.legend(handles=handles, fontsize=6.5, loc="best")
+    fig.suptitle("Critic diagnostics: does Q over-estimate?", fontsize=11)
+    path = out / "diagnostics.png"
+    _save(fig, path)
+    return Figure(path, "Q estimate vs achieved return",
+                  "V(s0) = Q(s0, π(s0)) against the discounted return the policy achieved and the dataset's "
+                  "Monte-Carlo return; Q on dataset vs policy actions; TD error on held-out transitions.")

@@ -1,0 +1,173 @@
+"""Run directories: where a training run lives, created atomically, read back by reports and resume.
+
+Layout (docs/contracts.md, "Run directory"): ``<out>/<dataset slug>/<algo>/<name>/`` holding
+``config.yaml``, ``metrics.csv``, ``checkpoints/{latest.pt, step_<N>.pt}`` and ``summary.json``.
+The folder is built under a temporary sibling and renamed into place, so an error before training starts
+leaves nothing behind, and a folder that exists is always a complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from offrl.errors import UserError
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "LATEST_CHECKPOINT",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "check_writable",
+    "create_run_dir",
+    "dataset_slug",
+    "default_run_name",
+    "is_run_dir",
+    "package_versions",
+    "read_summary",
+    "run_dir_path",
+    "runs_root",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+LATEST_CHECKPOINT = "latest.pt"
+
+
+def runs_root(out: str | os.PathLike[str] | None = None) -> Path:
+    """Where runs go: ``out``, else ``$OFFRL_RUNS``, else ``./runs``."""
+    if out:
+        return Path(out).expanduser()
+    env = os.environ.get("OFFRL_RUNS")
+    return Path(env).expanduser() if env else Path("runs")
+
+
+def dataset_slug(name: str) -> str:
+    """A dataset id as one folder name: ``offrl/pendulum/medium-v0`` -> ``offrl__pendulum__medium-v0``."""
+    return name.strip("/").replace("/", "__").replace("\\", "__")
+
+
+def default_run_name(seed: int) -> str:
+    """``seed<S>-<YYYYmmdd-HHMMSS>`` (UTC)."""
+    return f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def run_dir_path(out: str | os.PathLike[str] | None, dataset: str, algo: str, name: str) -> Path:
+    """``<out>/<dataset slug>/<algo>/<name>``."""
+    if not name or "/" in name or name in (".", ".."):
+        raise UserError(f"--name {name!r}: a run name must be a single folder name (no '/')")
+    return runs_root(out) / dataset_slug(dataset) / algo / name
+
+
+def check_writable(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Fail early, with a user error, if runs cannot be created under ``path`` (its existing ancestor)."""
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {path}: {probe} is not a folder; choose another output folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: folder {probe} is not writable; choose a writable output folder")
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename (no torn files)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """JSON version of :func:`write_text_atomic` (NaN written as null, so any JSON reader accepts it)."""
+    write_text_atomic(path, json.dumps(_nan_to_none(payload), indent=2, sort_keys=False) + "\n")
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def create_run_dir(path: str | os.PathLike[str], files: Mapping[str, str]) -> Path:
+    """Create the run folder ``path`` with ``files`` (name -> text) and an empty ``checkpoints/``, atomically.
+
+    Raises :class:`UserError` if the folder exists or cannot be written.
+    """
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"--name: run folder {path} already exists; pick another --name or --resume it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise UserError(f"--out: cannot create {path.parent} ({err.strerror}); choose a writable folder") from None
+    try:
+        (tmp / CHECKPOINT_DIR).mkdir()
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run folder is an ordinary folder
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """True for a folder made by :func:`create_run_dir` (it has ``config.yaml`` and ``checkpoints/``)."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir()
+
+
+def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run's ``summary.json`` as a dict (empty if the run has none yet)."""
+    file = Path(path) / SUMMARY_FILE
+    if not file.exists():
+        return {}
+    return json.loads(file.read_text())
+
+
+def package_versions() -> dict[str, str]:
+    """Versions that decide a run's numbers: offrl, torch, torchrl, tensordict, numpy, gymnasium, python."""
+    out: dict[str, str] = {}
+    for dist in ("offrl", "torch", "torchrl", "tensordict", "numpy", "gymnasium", "minari"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    out["python"] = platform.python_version()
+    return out

@@ -1,0 +1,595 @@
+"""The training loop shared by :class:`~offrl.trainers.CQLTrainer` and :class:`~offrl.trainers.DQNTrainer`.
+
+One gradient step, read top to bottom (:meth:`OfflineTrainer._run`):
+
+    sample -> loss -> backward -> clip -> optimizer step -> target update
+           -> every log_interval: log one row (means since the last row)
+           -> every eval_interval: evaluator(policy, step), merged into the row
+           -> every save_trainer_interval: checkpoint
+           -> stop requested? checkpoint and return
+
+Offline, ``offline_steps`` such steps sample from ``replay_buffer``. With a collector, they are followed by
+the online phase: collect ``frames_per_batch`` env steps, extend the buffer, anneal epsilon, do
+``optim_steps_per_batch`` steps, until ``total_frames`` frames (``frame_skip`` frames per env step).
+
+The update (:meth:`update`) is built from tensor operations only, with no Python branch on tensor values
+(the behaviour-cloning switch is a ``torch.where`` on a step tensor), so it can be compiled or captured.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from offrl.errors import UserError
+from offrl.trainers.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["OfflineTrainer", "Evaluator"]
+
+Evaluator = Callable[[Any, int], dict[str, float]]
+
+CHECKPOINT_FORMAT = 1
+_PHASES = ("sample", "forward", "backward", "optim", "target", "eval", "log")
+
+
+def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(f"{name} must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return int(value)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch / numpy / python RNG states, in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), int(np_state["pos"]),
+                         int(np_state["has_gauss"]), float(np_state["cached_gaussian"])))
+    py = state["python"]
+    random.setstate((py[0], tuple(int(x) for x in py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+class OfflineTrainer:
+    """Base of the CQL and DQN trainers: validation, the loop, logging, evaluation and checkpoints.
+
+    Subclasses define :meth:`_check_loss` and :meth:`_loss_terms` (how a loss module's outputs combine into
+    the total loss and which metrics they yield). Arguments: see ``docs/contracts.md`` (Trainers).
+    """
+
+    _algo_name = "offrl"
+
+    def __init__(
+        self,
+        *,
+        collector: Any = None,
+        total_frames: int = 0,
+        frame_skip: int = 1,
+        optim_steps_per_batch: int = 1,
+        loss_module: Any,
+        optimizer: torch.optim.Optimizer | None = None,
+        logger: Any = None,
+        clip_grad_norm: bool = True,
+        clip_norm: float | None = None,
+        progress_bar: bool = True,
+        seed: int | None = None,
+        save_trainer_interval: int = 10000,
+        log_interval: int = 10000,
+        save_trainer_file: str | Path | None = None,
+        replay_buffer: Any = None,
+        enable_logging: bool = True,
+        log_rewards: bool = True,
+        log_actions: bool = False,
+        log_observations: bool = False,
+        target_net_updater: Any = None,
+        async_collection: bool = False,
+        log_timings: bool = False,
+        offline_steps: int = 0,
+        evaluator: Evaluator | None = None,
+        eval_interval: int = 0,
+        policy: Any = None,
+        keep_checkpoints: bool = False,
+        device: torch.device | str | None = None,
+        handle_signals: bool = True,
+        greedy_module: Any = None,
+        reward_key: Any = "reward",
+        done_key: Any = "done",
+        episode_reward_key: Any = "reward_sum",
+        action_key: Any = "action",
+        observation_key: Any = "observation",
+    ) -> None:
+        self._check_loss(loss_module)
+        self.loss_module = loss_module
+        self.collector = collector
+        self.total_frames = _positive_int("total_frames", total_frames, allow_zero=True)
+        self.frame_skip = _positive_int("frame_skip", frame_skip)
+        self.optim_steps_per_batch = _positive_int("optim_steps_per_batch", optim_steps_per_batch)
+        self.offline_steps = _positive_int("offline_steps", offline_steps, allow_zero=True)
+        self.log_interval = _positive_int("log_interval", log_interval)
+        self.save_trainer_interval = _positive_int("save_trainer_interval", save_trainer_interval)
+        self.eval_interval = _positive_int("eval_interval", eval_interval, allow_zero=True)
+        if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+            raise UserError(f"clip_norm must be a positive number or None, got {clip_norm!r}")
+        if collector is None and self.offline_steps == 0:
+            raise UserError("offline_steps must be > 0 when no collector is given (there is nothing else to do)")
+        if collector is not None and self.total_frames == 0:
+            raise UserError("total_frames must be > 0 when a collector is given")
+        if replay_buffer is None:
+            raise UserError("replay_buffer is required: the trainer samples every update from it "
+                            "(OfflineDataset.replay_buffer(batch_size) for a dataset)")
+        if async_collection:
+            raise UserError("async_collection=True is not supported by offrl's trainers yet; leave it False "
+                            "(collection and updates alternate)")
+        if evaluator is not None and policy is None:
+            raise UserError("an evaluator needs policy= (the deterministic policy, e.g. AlgoParts.policy)")
+        self.replay_buffer = replay_buffer
+        self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(loss_module.parameters(), lr=3e-4)
+        self.target_net_updater = target_net_updater
+        self.greedy_module = greedy_module
+        self.logger = logger
+        self.clip_grad_norm = bool(clip_grad_norm)
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.progress_bar = bool(progress_bar)
+        self.seed = seed
+        self.save_trainer_file = None if save_trainer_file is None else Path(save_trainer_file)
+        self.keep_checkpoints = bool(keep_checkpoints)
+        self.enable_logging = bool(enable_logging)
+        self.log_rewards = bool(log_rewards)
+        self.log_actions = bool(log_actions)
+        self.log_observations = bool(log_observations)
+        self.async_collection = False
+        self.log_timings = bool(log_timings)
+        self.evaluator = evaluator
+        self.policy = policy
+        self.handle_signals = bool(handle_signals)
+        self.reward_key, self.done_key, self.episode_reward_key = reward_key, done_key, episode_reward_key
+        self.action_key, self.observation_key = action_key, observation_key
+        if device is None:
+            device = next(iter(loss_module.parameters())).device
+        self.device = torch.device(device)
+
+        # counters (all part of the checkpoint)
+        self._step = 0
+        self._frames = 0
+        self._last_eval_step = -1
+        self._saved_step = -1
+        self._step_t = torch.zeros((), dtype=torch.int64, device=self.device)  # the update's own counter
+        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_n = 0
+        self._timings: dict[str, float] = dict.fromkeys(_PHASES, 0.0)
+        self._stop_reason: str | None = None
+        self._stop_requested = False
+        self.last_row: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+
+        if seed is not None:
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            if hasattr(replay_buffer, "set_rng"):
+                replay_buffer.set_rng(torch.Generator().manual_seed(seed))
+
+    # ----------------------------------------------------------------------------------- subclass hooks
+    def _check_loss(self, loss_module: Any) -> None:
+        raise NotImplementedError
+
+    def _loss_terms(self, loss_td: TensorDictBase, batch: TensorDictBase
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total loss, metrics)`` from the loss module's output; tensor ops only."""
+        raise NotImplementedError
+
+    def _prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
+        return batch
+
+    # --------------------------------------------------------------------------------------- the update
+    def _forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss_td = self.loss_module(batch)
+        total, metrics = self._loss_terms(loss_td, batch)
+        metrics.update(self._batch_stats(batch))
+        return total, metrics
+
+    def _backward(self, total: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+
+    def _optim(self) -> dict[str, torch.Tensor]:
+        """Clip (torchrl's semantics) per param group, log the norms before clipping, step."""
+        norms: dict[str, torch.Tensor] = {}
+        for i, group in enumerate(self.optimizer.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if self.clip_grad_norm and self.clip_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+            else:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+                if self.clip_norm is not None:
+                    torch.nn.utils.clip_grad_value_(params, self.clip_norm)
+            norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
+        norms["grad_norm"] = torch.stack(list(norms.values())).pow(2).sum().sqrt()
+        self.optimizer.step()
+        return norms
+
+    def _target(self) -> None:
+        if self.target_net_updater is not None:
+            self.target_net_updater.step()
+        self._step_t += 1
+
+    def update(self, batch: TensorDictBase) -> TensorDictBase:
+        """One gradient step on ``batch``; returns a TensorDict of detached scalar metrics."""
+        total, metrics = self._forward(batch)
+        self._backward(total)
+        metrics.update(self._optim())
+        self._target()
+        return TensorDict({k: v.detach() for k, v in metrics.items()})
+
+    def _batch_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        stats: dict[str, torch.Tensor] = {}
+        pairs = [(self.log_rewards, "reward", ("next", self.reward_key)),
+                 (self.log_actions, "action", self.action_key),
+                 (self.log_observations, "observation", self.observation_key)]
+        for enabled, name, key in pairs:
+            value = batch.get(key, None) if enabled else None
+            if isinstance(value, torch.Tensor):
+                value = value.detach().float()
+                stats[f"{name}_mean"] = value.mean()
+                stats[f"{name}_std"] = value.std()
+        return stats
+
+    # -------------------------------------------------------------------------------------- the loop
+    @property
+    def step(self) -> int:
+        """Gradient steps done so far."""
+        return self._step
+
+    @property
+    def frames(self) -> int:
+        """Environment frames collected so far (online phase)."""
+        return self._frames
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop_requested
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    def planned_steps(self) -> int | None:
+        """Total gradient steps this run will do (None when the collector's batch size is unknown)."""
+        if self.collector is None:
+            return self.offline_steps
+        fpb = getattr(self.collector, "frames_per_batch", None) or getattr(
+            self.collector, "requested_frames_per_batch", None)
+        if not fpb:
+            return None
+        batches = math.ceil(self.total_frames / (int(fpb) * self.frame_skip))
+        return self.offline_steps + batches * self.optim_steps_per_batch
+
+    def request_stop(self, reason: str | None = None) -> None:
+        """Stop at the next loop boundary, after writing a checkpoint (when ``save_trainer_file`` is set)."""
+        self._stop_requested = True
+        self._stop_reason = reason or "requested"
+
+    def train(self) -> dict[str, float]:
+        """Run to the end (or to a stop request); returns the last logged row."""
+        for _ in self.iterate():
+            pass
+        return self.last_row
+
+    def iterate(self) -> Iterator[tuple[int, dict[str, float]]]:
+        """Train, yielding ``(step, row)`` for each logged row (the loop behind :meth:`train`)."""
+        from tqdm.auto import tqdm
+
+        restore = self._install_signal_handlers()
+        self._stop_requested = False
+        self._stop_reason = None
+        self._pbar = tqdm(total=self.planned_steps(), initial=self._step, disable=not self.progress_bar,
+                          desc=self._algo_name, unit="step", dynamic_ncols=True, leave=False)
+        self._t_row = time.perf_counter()
+        self._step_row = self._step
+        try:
+            yield from self._run()
+        finally:
+            self._pbar.close()
+            restore()
+
+    def _run(self) -> Iterator[tuple[int, dict[str, float]]]:
+        # offline phase
+        while self._step < self.offline_steps:
+            t0 = time.perf_counter()
+            batch = self._sample()
+            self._timings["sample"] += time.perf_counter() - t0
+            yield from self._train_step(batch, "offline")
+            if self._stop_requested:
+                self._checkpoint_now()
+                return
+        # online phase: collect, extend, train
+        if self.collector is not None and self._frames < self.total_frames:
+            for data in self.collector:
+                self._frames += data.numel() * self.frame_skip
+                self.replay_buffer.extend(data.reshape(-1))
+                if self.greedy_module is not None:
+                    self.greedy_module.step(data.numel())
+                self._online_stats = self._collect_stats(data)
+                for _ in range(self.optim_steps_per_batch):
+                    t0 = time.perf_counter()
+                    batch = self._sample()
+                    self._timings["sample"] += time.perf_counter() - t0
+                    yield from self._train_step(batch, "online")
+                    if self._stop_requested:
+                        self._checkpoint_now()
+                        return
+                if hasattr(self.collector, "update_policy_weights_"):
+                    self.collector.update_policy_weights_()
+                if self._frames >= self.total_frames:
+                    break
+            if hasattr(self.collector, "shutdown"):
+                self.collector.shutdown()
+        # the end: flush a partial row, a final evaluation, a final checkpoint
+        phase = "online" if self.collector is not None else "offline"
+        row: dict[str, float] = {}
+        if self._acc_n:
+            row.update(self._flush_metrics())
+        if self.evaluator is not None and self.eval_interval and self._last_eval_step != self._step:
+            row.update(self._evaluate())
+        if row:
+            self._emit(row, phase)
+        self._checkpoint_now()
+        if row:
+            yield self._step, row
+
+    def _checkpoint_now(self) -> None:
+        """Save unless there is no checkpoint file or this step is already saved."""
+        if self.save_trainer_file is not None and self._saved_step != self._step:
+            self.save()
+
+    def _sample(self) -> TensorDictBase:
+        batch = self.replay_buffer.sample()
+        if batch.device != self.device:
+            batch = batch.to(self.device, non_blocking=True)
+        return self._prepare_batch(batch)
+
+    def _train_step(self, batch: TensorDictBase, phase: str) -> Iterator[tuple[int, dict[str, float]]]:
+        if self.log_timings:  # the same pieces as update(), timed one by one
+            t0 = time.perf_counter()
+            total, metrics = self._forward(batch)
+            t1 = time.perf_counter()
+            self._backward(total)
+            t2 = time.perf_counter()
+            metrics.update(self._optim())
+            t3 = time.perf_counter()
+            self._target()
+            t4 = time.perf_counter()
+            for name, dt in zip(("forward", "backward", "optim", "target"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                self._timings[name] += dt
+            metrics = {k: v.detach() for k, v in metrics.items()}
+        else:
+            metrics = dict(self.update(batch).items())
+        self._step += 1
+        self._pbar.update(1)
+        self._accumulate(metrics)
+
+        step = self._step
+        row: dict[str, float] = {}
+        if step % self.log_interval == 0:
+            row.update(self._flush_metrics())
+        if self.evaluator is not None and self.eval_interval and step % self.eval_interval == 0:
+            row.update(self._evaluate())
+        if row:
+            self._emit(row, phase)
+        if step % self.save_trainer_interval == 0:
+            self._checkpoint_now()
+        if row:
+            yield step, row
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        for key, value in metrics.items():
+            self._acc[key] = self._acc[key] + value if key in self._acc else value.clone()
+        self._acc_n += 1
+
+    def _flush_metrics(self) -> dict[str, float]:
+        """Means since the last row (one device sync here, none per step), timings, throughput."""
+        n = max(self._acc_n, 1)
+        row = {key: float(value) / n for key, value in self._acc.items()}
+        now = time.perf_counter()
+        steps = self._step - self._step_row
+        row["updates_per_s"] = steps / max(now - self._t_row, 1e-9)
+        if self.log_timings:
+            for phase in _PHASES:
+                row[f"time_{phase}"] = self._timings[phase] / max(steps, 1)
+            self._timings = dict.fromkeys(_PHASES, 0.0)
+        if self.collector is not None and self._frames:
+            row["frames"] = float(self._frames)
+            row.update(getattr(self, "_online_stats", {}))
+        if self.greedy_module is not None:
+            row["epsilon"] = float(self.greedy_module.eps)
+        self._acc, self._acc_n = {}, 0
+        self._t_row, self._step_row = now, self._step
+        return row
+
+    def _collect_stats(self, data: TensorDictBase) -> dict[str, float]:
+        """Returns of the episodes that ended in a collected batch (needs a RewardSum transform)."""
+        ep_reward = data.get(("next", self.episode_reward_key), None)
+        done = data.get(("next", self.done_key), None)
+        if ep_reward is None or done is None or not bool(done.any()):
+            return {}
+        return {"episode_reward_mean": float(ep_reward[done].float().mean())}
+
+    def _evaluate(self) -> dict[str, float]:
+        """Run the evaluator with the RNG states saved and restored, so evaluating never changes training."""
+        t0 = time.perf_counter()
+        saved = rng_state()
+        try:
+            with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+                result = self.evaluator(self.policy, self._step)
+        finally:
+            set_rng_state(saved)
+        self._timings["eval"] += time.perf_counter() - t0
+        self._last_eval_step = self._step
+        self.last_eval = {k: float(v) for k, v in dict(result).items()}
+        return dict(self.last_eval)
+
+    def _emit(self, row: dict[str, float], phase: str) -> None:
+        t0 = time.perf_counter()
+        self.last_row = dict(row)
+        if self.enable_logging and self.logger is not None:
+            if hasattr(self.logger, "log_row"):
+                self.logger.log_row(self._step, phase, dict(row))
+            else:
+                for name, value in row.items():
+                    self.logger.log_scalar(name, value, step=self._step)
+        postfix = {k: f"{row[k]:.3g}" for k in ("loss_qvalue", "loss_actor", "loss", "loss_cql") if k in row}
+        if "updates_per_s" in row:
+            postfix["it/s"] = f"{row['updates_per_s']:.0f}"
+        eval_key = next((k for k in ("eval_normalized_score", "eval_return_mean") if k in self.last_eval), None)
+        if eval_key:
+            postfix["eval"] = f"{self.last_eval[eval_key]:.1f}"
+        self._pbar.set_postfix(postfix, refresh=False)
+        self._timings["log"] += time.perf_counter() - t0
+
+    # ---------------------------------------------------------------------------------------- signals
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        """SIGINT/SIGTERM -> request_stop (checkpoint, clean exit); a second signal aborts."""
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_requested:  # the second Ctrl-C: give up now
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
+                raise KeyboardInterrupt
+            self.request_stop(signal.Signals(signum).name)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def _replay_buffer_state(self) -> dict[str, Any] | None:
+        rb = self.replay_buffer
+        sampler = getattr(rb, "_sampler", None)
+        writer = getattr(rb, "_writer", None)
+        gen = getattr(rb, "_rng", None)
+        state: dict[str, Any] = {
+            "sampler": sampler.state_dict() if sampler is not None else {},
+            "writer": writer.state_dict() if writer is not None and self.collector is not None else {},
+            "rng": gen.get_state() if gen is not None else None,
+        }
+        return state
+
+    def _load_replay_buffer_state(self, state: dict[str, Any] | None) -> None:
+        if not state:
+            return
+        rb = self.replay_buffer
+        if state.get("sampler") and getattr(rb, "_sampler", None) is not None:
+            rb._sampler.load_state_dict(state["sampler"])
+        if state.get("writer") and getattr(rb, "_writer", None) is not None:
+            rb._writer.load_state_dict(state["writer"])
+        if state.get("rng") is not None:
+            gen = torch.Generator()
+            gen.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8))
+            rb.set_rng(gen)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (see docs/contracts.md, Checkpoints)."""
+        updater = self.target_net_updater
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "algo": self._algo_name,
+            "step": self._step,
+            "frames": self._frames,
+            "step_tensor": self._step_t.detach().cpu().clone(),
+            "last_eval_step": self._last_eval_step,
+            "loss_module": self.loss_module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "target_net_updater": {"counter": int(getattr(updater, "counter", 0) or 0)},
+            "greedy_module": self.greedy_module.state_dict() if self.greedy_module is not None else {},
+            "replay_buffer": self._replay_buffer_state(),
+            "rng": rng_state(),
+            "metrics_acc": {"n": self._acc_n, "sums": {k: v.detach().cpu() for k, v in self._acc.items()}},
+            "logger": self.logger.state_dict() if hasattr(self.logger, "state_dict") else {},
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next :meth:`train` continues from its step."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}; it was "
+                            "written by another offrl version")
+        if state.get("algo") not in (None, self._algo_name):
+            raise UserError(f"this checkpoint was written by {state['algo']}, not {self._algo_name}; resume it "
+                            "with the same algorithm")
+        try:
+            self.loss_module.load_state_dict(state["loss_module"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"checkpoint does not match this trainer's networks/optimizer ({exc}); resume with "
+                            "the configuration that wrote it") from exc
+        if self.target_net_updater is not None and hasattr(self.target_net_updater, "counter"):
+            self.target_net_updater.counter = int(state["target_net_updater"]["counter"])
+        if self.greedy_module is not None and state.get("greedy_module"):
+            self.greedy_module.load_state_dict(state["greedy_module"])
+        self._load_replay_buffer_state(state.get("replay_buffer"))
+        self._step = int(state["step"])
+        self._frames = int(state["frames"])
+        self._step_t.copy_(torch.as_tensor(state["step_tensor"]))
+        self._last_eval_step = int(state.get("last_eval_step", -1))
+        acc = state.get("metrics_acc") or {}
+        self._acc = {k: torch.as_tensor(v).to(self.device) for k, v in (acc.get("sums") or {}).items()}
+        self._acc_n = int(acc.get("n", 0))
+        if state.get("logger") and hasattr(self.logger, "load_state_dict"):
+            self.logger.load_state_dict(state["logger"])
+        set_rng_state(state["rng"])
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint (atomically) to ``path`` or ``save_trainer_file``; with ``keep_checkpoints``
+        also ``step_<N><suffix>`` beside it."""
+        target = Path(path) if path is not None else self.save_trainer_file
+        if target is None:
+            raise UserError("no checkpoint path: pass save_trainer_file= to the trainer or a path to save()")
+        state = self.state_dict()
+        save_checkpoint(state, target)
+        self._saved_step = self._step
+        if self.keep_checkpoints:
+            save_checkpoint(state, target.with_name(f"step_{self._step}{target.suffix}"))
+        return target
+
+    def load_from_file(self, file: str | Path, **kwargs: Any) -> OfflineTrainer:
+        """Load a checkpoint file (``CKPT_BACKEND=torch``: ``torch.load`` with ``weights_only=True`` unless
+        overridden in ``kwargs``; memmap directories ignore ``kwargs``) into this trainer."""
+        self.load_state_dict(load_checkpoint(file, **kwargs))
+        return self

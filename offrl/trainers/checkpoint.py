@@ -1,0 +1,132 @@
+"""Trainer checkpoints: atomic writes, two backends chosen by ``CKPT_BACKEND`` (torchrl's convention).
+
+* ``torch`` (default): one ``torch.save`` file. Its content is plain containers of tensors and Python
+  scalars, so ``torch.load(..., weights_only=True)`` (the default here) reads it.
+* ``memmap``: a tensordict memory-mapped directory. Nested dicts, lists and tuples are encoded as nested
+  TensorDicts with typed keys (``s:`` / ``i:`` for str / int dict keys, ``#i`` for sequence items), Python
+  scalars as non-tensor leaves, and decoded back into the same structure on load.
+
+Writes go to a hidden temporary sibling and are moved into place with ``os.replace``, so a reader (or a
+resume after SIGKILL) never sees a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import NonTensorData, TensorDict, TensorDictBase
+
+from offrl.errors import UserError
+
+__all__ = ["ckpt_backend", "save_checkpoint", "load_checkpoint"]
+
+_SEQ_TYPE = "__seq_type__"
+
+
+def ckpt_backend() -> str:
+    """The checkpoint backend from ``CKPT_BACKEND`` (``torch`` or ``memmap``)."""
+    backend = os.environ.get("CKPT_BACKEND", "torch").strip().lower() or "torch"
+    if backend not in ("torch", "memmap"):
+        raise UserError(f"CKPT_BACKEND={backend!r} is not a checkpoint backend; use 'torch' or 'memmap'")
+    return backend
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, backend: str | None = None) -> Path:
+    """Write ``state`` atomically to ``path`` with ``backend`` (default: ``CKPT_BACKEND``)."""
+    path = Path(path)
+    backend = backend or ckpt_backend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        if backend == "torch":
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            _encode(state).memmap(tmp)
+            # A directory cannot be replaced atomically while non-empty: move the old one aside first.
+            old = None
+            if path.exists():
+                old = _tmp_sibling(path)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`. ``kwargs`` go to ``torch.load``
+    (``weights_only=True`` unless given); with the memmap backend (a directory) they are ignored."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a trainer checkpoint")
+    if path.is_dir():
+        return _decode(TensorDict.load_memmap(path))
+    kwargs.setdefault("weights_only", True)
+    kwargs.setdefault("map_location", "cpu")
+    try:
+        state = torch.load(path, **kwargs)
+    except (EOFError, RuntimeError) as exc:
+        raise UserError(f"checkpoint {path} is not a readable torch checkpoint ({exc.__class__.__name__}); "
+                        "pass a file written by offrl") from exc
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} does not hold a trainer state dict")
+    return state
+
+
+def _encode(obj: Any) -> TensorDictBase:
+    td = TensorDict()
+    if isinstance(obj, dict):
+        items = [((f"s:{k}" if isinstance(k, str) else f"i:{int(k)}"), v) for k, v in obj.items()]
+    else:
+        td.set(_SEQ_TYPE, NonTensorData(type(obj).__name__))
+        items = [(f"#{i}", v) for i, v in enumerate(obj)]
+    for key, value in items:
+        if isinstance(value, torch.Tensor):
+            td.set(key, value.detach().cpu())
+        elif isinstance(value, (dict, list, tuple)):
+            td.set(key, _encode(value))
+        else:
+            td.set(key, NonTensorData(value))
+    return td
+
+
+def _decode(td: TensorDictBase) -> Any:
+    keys = list(td.keys())
+    if _SEQ_TYPE in keys:
+        kind = td.get(_SEQ_TYPE).data if hasattr(td.get(_SEQ_TYPE), "data") else td.get(_SEQ_TYPE)
+        n = len(keys) - 1
+        items = [_leaf(td, f"#{i}") for i in range(n)]
+        return tuple(items) if kind == "tuple" else items
+    out: dict[Any, Any] = {}
+    for key in keys:
+        name = key[2:]
+        out[name if key.startswith("s:") else int(name)] = _leaf(td, key)
+    return out
+
+
+def _leaf(td: TensorDictBase, key: str) -> Any:
+    if td.is_non_tensor(key) if hasattr(td, "is_non_tensor") else False:
+        return td.get_non_tensor(key)
+    value = td.get(key)
+    if isinstance(value, NonTensorData):
+        return value.data
+    if isinstance(value, TensorDictBase):
+        return _decode(value)
+    # a plain tensor, not a view of the memmap file: optimizers update their state in place
+    return value.clone().as_subclass(torch.Tensor)

@@ -1,0 +1,123 @@
+"""``CQLTrainer``: torchrl's CQLTrainer API over offrl's loop, for continuous CQL (``CQLLoss`` and its
+subclasses) and discrete CQL (``DiscreteCQLLoss``), offline from a replay buffer and online with a collector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.objectives import CQLLoss, DiscreteCQLLoss
+
+from offrl.errors import UserError
+from offrl.trainers.base import Evaluator, OfflineTrainer
+
+__all__ = ["CQLTrainer"]
+
+
+def _q_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
+    q = q.detach().float()
+    return {"q_data_mean": q.mean(), "q_data_std": q.std(), "q_data_max": q.max(), "q_data_min": q.min()}
+
+
+class CQLTrainer(OfflineTrainer):
+    """Conservative Q-Learning trainer (torchrl ``CQLTrainer`` parameters, same meaning and defaults).
+
+    offrl additions: ``collector`` may be None (offline: ``offline_steps`` gradient steps from
+    ``replay_buffer``); ``bc_steps`` (behaviour-cloning warm start of the actor, continuous CQL);
+    ``evaluator``/``eval_interval``/``policy``; ``keep_checkpoints``; ``device``; ``handle_signals``.
+    Intervals count gradient steps. See docs/contracts.md (Trainers).
+    """
+
+    _algo_name = "cql"
+
+    def __init__(
+        self,
+        *,
+        collector: Any = None,
+        total_frames: int = 0,
+        frame_skip: int = 1,
+        optim_steps_per_batch: int = 1,
+        loss_module: CQLLoss | DiscreteCQLLoss,
+        optimizer: torch.optim.Optimizer | None = None,
+        logger: Any = None,
+        clip_grad_norm: bool = True,
+        clip_norm: float | None = None,
+        progress_bar: bool = True,
+        seed: int | None = None,
+        save_trainer_interval: int = 10000,
+        log_interval: int = 10000,
+        save_trainer_file: str | Path | None = None,
+        replay_buffer: Any = None,
+        enable_logging: bool = True,
+        log_rewards: bool = True,
+        log_actions: bool = True,
+        log_observations: bool = False,
+        target_net_updater: Any = None,
+        async_collection: bool = False,
+        log_timings: bool = False,
+        offline_steps: int = 0,
+        bc_steps: int = 0,
+        evaluator: Evaluator | None = None,
+        eval_interval: int = 0,
+        policy: Any = None,
+        keep_checkpoints: bool = False,
+        device: torch.device | str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        if isinstance(bc_steps, bool) or not isinstance(bc_steps, int) or bc_steps < 0:
+            raise UserError(f"bc_steps must be an integer >= 0, got {bc_steps!r}")
+        if bc_steps and isinstance(loss_module, DiscreteCQLLoss):
+            raise UserError("bc_steps warms up an actor; discrete CQL has none, set bc_steps=0")
+        self.bc_steps = bc_steps
+        super().__init__(
+            collector=collector, total_frames=total_frames, frame_skip=frame_skip,
+            optim_steps_per_batch=optim_steps_per_batch, loss_module=loss_module, optimizer=optimizer,
+            logger=logger, clip_grad_norm=clip_grad_norm, clip_norm=clip_norm, progress_bar=progress_bar,
+            seed=seed, save_trainer_interval=save_trainer_interval, log_interval=log_interval,
+            save_trainer_file=save_trainer_file, replay_buffer=replay_buffer, enable_logging=enable_logging,
+            log_rewards=log_rewards, log_actions=log_actions, log_observations=log_observations,
+            target_net_updater=target_net_updater, async_collection=async_collection, log_timings=log_timings,
+            offline_steps=offline_steps, evaluator=evaluator, eval_interval=eval_interval, policy=policy,
+            keep_checkpoints=keep_checkpoints, device=device, handle_signals=handle_signals,
+        )
+        self._discrete = isinstance(loss_module, DiscreteCQLLoss)
+
+    def _check_loss(self, loss_module: Any) -> None:
+        if not isinstance(loss_module, (CQLLoss, DiscreteCQLLoss)):
+            raise UserError(f"CQLTrainer drives torchrl's CQLLoss or DiscreteCQLLoss, not "
+                            f"{type(loss_module).__name__}; use DQNTrainer for DQNLoss")
+
+    def _loss_terms(self, loss_td: TensorDictBase, batch: TensorDictBase
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        metrics = {k: v.detach() for k, v in loss_td.items() if k.startswith("loss_")}
+        keys = self.loss_module.tensor_keys
+        if self._discrete:
+            total = loss_td.get("loss_qvalue") + loss_td.get("loss_cql")
+            q_all = batch.get(keys.pred_val)
+            action = batch.get(keys.action)
+            if action.ndim < q_all.ndim:  # int64 indices [B] (the dataset layout)
+                action = action.unsqueeze(-1)
+            metrics.update(_q_stats(q_all.gather(-1, action.long()) if not torch.is_floating_point(action)
+                                    else (q_all * action).sum(-1)))
+            metrics["td_error"] = batch.get(keys.priority).detach().mean()
+            for key in ("cql_gap", "target_value"):
+                if key in loss_td.keys():
+                    metrics[key] = loss_td.get(key).detach()
+            return total, metrics
+        # continuous: the actor trains on behaviour cloning for the first bc_steps updates (CQL paper's
+        # policy_eval_start), switched by a tensor compare so the update stays branch-free
+        loss_actor = torch.where(self._step_t < self.bc_steps, loss_td.get("loss_actor_bc"),
+                                 loss_td.get("loss_actor"))
+        total = loss_actor + loss_td.get("loss_qvalue") + loss_td.get("loss_cql") + loss_td.get("loss_alpha")
+        if "loss_alpha_prime" in loss_td.keys():
+            total = total + loss_td.get("loss_alpha_prime")
+        for key in ("alpha", "entropy", "cql_gap", "alpha_prime"):
+            if key in loss_td.keys():
+                metrics[key] = loss_td.get(key).detach()
+        if "alpha_prime" not in metrics and getattr(self.loss_module, "with_lagrange", False):
+            metrics["alpha_prime"] = self.loss_module.log_alpha_prime.detach().exp()
+        metrics.update(_q_stats(batch.get(keys.pred_q1)))
+        metrics["td_error"] = batch.get(keys.priority).detach().mean()
+        return total, metrics

@@ -1,0 +1,163 @@
+"""build_report / write_run_report on real run directories, and the `offrl report` command."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_run
+
+from offrl.errors import UserError
+from offrl.report import build_report, load_run, write_run_report
+from offrl.report.aggregate import group_runs, online_switch
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _offrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("offrl")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def _last_scores(root: Path, dataset: str, algo: str) -> list[float]:
+    """The last normalized score of each seed, read straight from the CSVs."""
+    out = []
+    for csv in sorted((root / dataset.replace("/", "__") / algo).glob("*/metrics.csv")):
+        df = pd.read_csv(csv)
+        out.append(float(df["eval_normalized_score"].dropna().iloc[-1]))
+    return out
+
+
+def test_report_aggregates_seeds_and_writes_a_self_contained_page(runs_root: Path, tmp_path: Path):
+    rep = build_report([runs_root], tmp_path / "out")
+    table = rep.summary.set_index(["dataset", "group"])
+    row = table.loc[("offrl/cartpole/mixed-v0", "discrete-cql")]
+    lasts = _last_scores(runs_root, "offrl/cartpole/mixed-v0", "discrete-cql")
+    assert row["last_mean"] == pytest.approx(np.mean(lasts))
+    assert row["last_low"] <= np.mean(lasts) <= row["last_high"]
+    assert min(lasts) - 1e-9 <= row["last_low"] and row["last_high"] <= max(lasts) + 1e-9
+    assert row["n_seeds"] == 3 and row["steps"] == 1000 and row["updates_per_s"] == pytest.approx(50.0)
+    assert row["behaviour_normalized"] == pytest.approx(40.0)  # fixture: behaviour at 40% of the range
+    # the run without summary.json counts, labelled, with what it logged (600 steps)
+    dqn = table.loc[("offrl/cartpole/mixed-v0", "dqn")]
+    assert dqn["seeds"] == "3 (1 incomplete)"
+    runs = rep.runs.set_index(["group", "seed"])
+    assert runs.loc[("dqn", 2), "status"] == "incomplete" and runs.loc[("dqn", 2), "steps"] == 600
+    # files: PNGs beside the page, embedded in it; nothing fetched from elsewhere
+    names = {p.name for p in rep.figures}
+    assert {"scores.png", "losses.png", "alpha.png", "diagnostics.png"} <= names
+    for p in rep.figures:
+        assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000
+    page = rep.html.read_text()
+    srcs = re.findall(r"""src=['"]([^'"]+)""", page)
+    assert len(srcs) == len(rep.figures) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in page and "https://" not in page
+    assert "10,000 resamples" in page
+    assert not list((tmp_path / "out").glob("*.tmp"))  # atomic writes left nothing behind
+
+
+def test_aggregate_across_datasets_only_uses_normalized_scores(runs_root: Path, tmp_path: Path):
+    for seed in range(2):
+        make_run(runs_root, dataset="other/raw-v0", seed=seed, refs=False, final_score=500.0)
+    rep = build_report([runs_root], tmp_path / "out")
+    raw = rep.summary.set_index("dataset").loc["other/raw-v0"]
+    assert raw["unit"] == "eval_return_mean"  # labelled raw, not mixed into normalized numbers
+    cql = rep.aggregate.set_index("group").loc["cql"]
+    assert cql["datasets"] == 1 and cql["runs"] == 3  # only the pendulum runs have references
+    assert "raw" in rep.html.read_text()
+
+
+def test_mixed_references_within_a_dataset_fall_back_to_raw_returns(tmp_path: Path):
+    root = tmp_path / "runs"
+    make_run(root, seed=0, refs=True)
+    make_run(root, seed=1, refs=False)
+    rep = build_report([root], tmp_path / "out")
+    assert rep.summary["unit"].tolist() == ["eval_return_mean"]
+    assert any("1 of 2 runs have reference scores" in w for w in rep.warnings)
+
+
+def test_group_by_algo_dataset_and_config_key(tmp_path: Path):
+    root = tmp_path / "runs"
+    for seed in range(2):
+        make_run(root, seed=seed, extra_config={"min_q_weight": 1.0})
+        make_run(root, seed=seed + 10, extra_config={"min_q_weight": 10.0})
+    runs = [load_run(p) for p in sorted(root.rglob("metrics.csv"))]
+    runs = [load_run(p.parent) for p in sorted(root.rglob("metrics.csv"))]
+    warnings: list[str] = []
+    by_config = group_runs(runs, None, warnings)
+    assert sorted(g.label for g in by_config) == ["cql (cql.min_q_weight=1.0)", "cql (cql.min_q_weight=10.0)"]
+    assert [len(g.runs) for g in by_config] == [2, 2]
+    assert [len(g.runs) for g in group_runs(runs, "algo", warnings)] == [4]
+    assert [len(g.runs) for g in group_runs(runs, "dataset", warnings)] == [4]
+    keyed = group_runs(runs, "cql.min_q_weight", warnings)
+    assert sorted(g.label for g in keyed) == ["cql cql.min_q_weight=1.0", "cql cql.min_q_weight=10.0"]
+    with pytest.raises(UserError, match="--group-by no.such"):
+        group_runs(runs, "no.such", warnings)
+
+
+def test_damaged_metrics_and_nan_are_reported_not_fatal(tmp_path: Path):
+    root = tmp_path / "runs"
+    good = make_run(root, seed=0)
+    bad = make_run(root, seed=1, nan_loss_from=600)
+    lines = (bad / "metrics.csv").read_text().splitlines()
+    lines.insert(3, "garbage,with,too,many,fields" + ",x" * 40)
+    lines[5] = lines[5].replace(lines[5].split(",")[2], "oops", 1)  # text in the wall_time column
+    text = "\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2]  # torn last line (killed mid-write)
+    (bad / "metrics.csv").write_text(text)
+    (good / "summary.json").write_text("{not json")
+    run = load_run(bad)
+    assert any("damaged line" in w for w in run.warnings)
+    assert any("non-numeric" in w for w in run.warnings)
+    assert any("NaN losses" in w and "step 600" in w for w in run.warnings)
+    assert run.metrics["eval_normalized_score"].notna().sum() == 5  # every evaluation row survived
+    assert load_run(good).status == "incomplete" and any("not valid JSON" in w for w in load_run(good).warnings)
+    result = _offrl("report", str(root), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warn_lines = [ln for ln in result.stderr.splitlines() if ln]
+    assert warn_lines and all(ln.startswith("offrl: warning: ") for ln in warn_lines)
+    assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_online_phase_switch_is_found(tmp_path: Path):
+    root = tmp_path / "runs"
+    make_run(root, seed=0, online_from=700)
+    make_run(root, seed=1, online_from=800)
+    groups = group_runs([load_run(p.parent) for p in root.rglob("metrics.csv")], None, [])
+    assert online_switch(groups[0]) == 700.0
+
+
+def test_write_run_report_into_the_run_directory(tmp_path: Path):
+    run = make_run(tmp_path / "runs", seed=4, status=None)  # written even for a run that has no summary yet
+    html = write_run_report(run)
+    assert html == run / "report.html" and html.is_file()
+    assert (run / "scores.png").read_bytes()[:8] == PNG_MAGIC
+    assert "seed 4" in html.read_text() and "incomplete" in html.read_text()
+
+
+@pytest.mark.parametrize("setup", ["empty", "no_runs", "missing"])
+def test_report_bad_input_is_one_line_exit_2(tmp_path: Path, setup: str):
+    target = tmp_path / "in"
+    if setup != "missing":
+        target.mkdir()
+    if setup == "no_runs":
+        (target / "notes.txt").write_text("not a run")
+        (target / "sub").mkdir()
+    result = _offrl("report", str(target), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("offrl: error: ") and str(target) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_cli_writes_index_and_rejects_bad_smooth(runs_root: Path, tmp_path: Path):
+    result = _offrl("report", str(runs_root), "--out", "rep", "--smooth", "2", "--group-by", "algo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "rep" / "index.html").is_file() and "index.html" in result.stdout
+    bad = _offrl("report", str(runs_root), "--smooth", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

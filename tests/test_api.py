@@ -1,0 +1,105 @@
+"""``offrl.train`` end to end on small real datasets: the run folder, its files, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from train_helpers import TINY_CQL, TINY_DQN, cartpole_file, pendulum_file
+
+from offrl.api import Run, train
+from offrl.errors import UserError
+
+#: Columns that measure the machine, not the learning: excluded from equality checks.
+TIMING = ("wall_time", "updates_per_s")
+
+
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=[c for c in df.columns if c in TIMING or c.startswith("time_")])
+
+
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory):
+    return str(pendulum_file(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="module")
+def cartpole(tmp_path_factory):
+    return str(cartpole_file(tmp_path_factory.mktemp("data")))
+
+
+def small_cql(pendulum, out, name, **kw):
+    return train(pendulum, out=out, name=name, steps=20, batch_size=16, eval_every=10, eval_episodes=1,
+                 progress=False, dotlist=[*TINY_CQL, "save_trainer_interval=10"], **kw)
+
+
+def test_run_folder_contents(pendulum, tmp_path):
+    run = small_cql(pendulum, tmp_path, "a", seed=3)
+    assert isinstance(run, Run)
+    assert run.dir == tmp_path / "pendulum-random" / "cql" / "a"
+    names = {p.name for p in run.dir.iterdir()}
+    assert {"config.yaml", "metrics.csv", "summary.json", "checkpoints"} <= names
+    assert {"latest.pt", "step_10.pt", "step_20.pt"} <= {p.name for p in (run.dir / "checkpoints").iterdir()}
+    assert not [p for p in run.dir.parent.iterdir() if p.name.startswith(".")], "temporary sibling left"
+
+    config = yaml.safe_load((run.dir / "config.yaml").read_text())
+    assert config["seed"] == 3 and config["algo"] == "cql" and config["offline_steps"] == 20
+    assert config["dataset"]["digest"] and config["dataset"]["id"] == pendulum
+    assert config["cql"]["hidden_sizes"] == [16, 16] and "min_q_weight" in config["cql"]
+    assert {"torch", "torchrl", "tensordict", "offrl", "python"} <= set(config["versions"])
+    assert config["command"] and config["created"]
+
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary == run.summary
+    assert summary["status"] == "completed" and summary["steps"] == 20 and summary["seed"] == 3
+    assert summary["updates_per_s"] > 0
+    assert summary["final"]["step"] == 20 and summary["best"]["step"] in (10, 20)
+    assert summary["dataset"]["digest"] == config["dataset"]["digest"]
+    assert summary["dataset"]["mean_return"] < 0  # random Pendulum returns are negative
+
+    metrics = run.metrics
+    assert list(metrics.columns[:3]) == ["step", "phase", "wall_time"]
+    assert metrics["step"].tolist() == [5, 10, 15, 20]
+    assert (metrics["phase"] == "offline").all()
+    assert {"loss_qvalue", "loss_actor", "alpha"} <= set(metrics.columns)
+    evals = metrics.dropna(subset=["eval_return_mean"])
+    assert evals["step"].tolist() == [10, 20]
+    assert summary["final"]["return_mean"] == pytest.approx(evals["eval_return_mean"].iloc[-1])
+    assert run.config.dataset.digest == config["dataset"]["digest"]
+    assert Run.load(run.dir).summary["steps"] == 20
+
+
+def test_same_seed_same_metrics_other_seed_differs(pendulum, tmp_path):
+    a = comparable(small_cql(pendulum, tmp_path, "a", seed=1).metrics)
+    b = comparable(small_cql(pendulum, tmp_path, "b", seed=1).metrics)
+    c = comparable(small_cql(pendulum, tmp_path, "c", seed=2).metrics)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["loss_qvalue"].equals(c["loss_qvalue"])
+
+
+def test_weights_match_between_identical_runs(cartpole, tmp_path):
+    runs = [train(cartpole, "dqn", out=tmp_path, name=n, steps=15, batch_size=8, eval_every=0, progress=False,
+                  dotlist=TINY_DQN) for n in ("x", "y")]
+    states = [torch.load(r.checkpoint, weights_only=True)["loss_module"] for r in runs]
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+    assert runs[0].summary["final"] is None  # no evaluation asked for
+
+
+def test_bad_input_leaves_no_run_folder(pendulum, tmp_path):
+    with pytest.raises(UserError, match="continuous actions"):
+        train(pendulum, "dqn", out=tmp_path, name="bad")
+    with pytest.raises(UserError, match="cql.nope"):
+        train(pendulum, out=tmp_path, name="bad", dotlist=["cql.nope=1"])
+    with pytest.raises(UserError, match="--steps"):
+        train(pendulum, out=tmp_path, name="bad", steps=0)
+    assert list(tmp_path.iterdir()) == []
+    small_cql(pendulum, tmp_path, "taken")
+    with pytest.raises(UserError, match="already exists"):
+        small_cql(pendulum, tmp_path, "taken")
+    with pytest.raises(UserError, match="not an offrl run"):
+        Run.load(tmp_path)

@@ -1,0 +1,82 @@
+"""``offrl train`` through the real console script in a subprocess: help, a run, and every bad input
+(exit 2, one line on stderr, no traceback, no run folder left behind)."""
+
+from __future__ import annotations
+
+import pytest
+from train_helpers import TINY_DCQL, cartpole_file, offrl_cli, pendulum_file
+
+FLAGS = ["--dataset", "--algo", "--steps", "--batch-size", "--seed", "--device", "--eval-every",
+         "--eval-episodes", "--config", "--set", "--out", "--name", "--resume", "--force", "--logger",
+         "--no-progress", "--cache-dir"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {"pendulum": str(pendulum_file(root)), "cartpole": str(cartpole_file(root))}
+
+
+def test_help_documents_every_flag():
+    result = offrl_cli("train", "--help")
+    assert result.returncode == 0
+    for flag in FLAGS:
+        assert flag in result.stdout, flag
+    assert "auto" in result.stdout and "discrete-cql" in result.stdout
+
+
+def test_a_run_prints_its_folder_and_score(data, tmp_path):
+    result = offrl_cli("train", "--dataset", data["cartpole"], "--steps", "30", "--batch-size", "16",
+                       "--eval-every", "15", "--eval-episodes", "1", "--out", str(tmp_path), "--name", "r",
+                       "--no-progress", *[a for s in TINY_DCQL for a in ("--set", s)])
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "cartpole-random" / "discrete-cql" / "r"
+    assert f"run: {run}" in result.stdout
+    assert "completed 30 steps" in result.stdout and "final return" in result.stdout
+    assert (run / "summary.json").exists() and (run / "checkpoints" / "latest.pt").exists()
+    assert "Traceback" not in result.stderr
+
+
+BAD = [
+    (["--algo", "sac"], "invalid choice"),
+    (["--algo", "dqn"], "continuous actions"),
+    (["--set", "cql.nope=1"], "cql.nope"),
+    (["--set", "cql.min_q_weight=lots"], "cql.min_q_weight"),
+    (["--set", "batch_size=1.5"], "batch_size"),
+    (["--steps", "0"], "--steps"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--logger", "tensorboard"], "offrl[tensorboard]"),
+    (["--config", "/nonexistent/c.yaml"], "--config"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_exit_2_one_line(data, tmp_path, extra, message):
+    if "tensorboard" in extra:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is not None:
+            pytest.skip("tensorboard is installed")
+    out = tmp_path / "runs"
+    result = offrl_cli("train", "--dataset", data["pendulum"], "--out", str(out), "--no-progress", *extra)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.rglob("*")), "a bad input must leave no run folder"
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notarun").mkdir()
+    result = offrl_cli("train", "--resume", str(tmp_path / "notarun"))
+    assert result.returncode == 2 and "not an offrl run" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_output_folder(data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = offrl_cli("train", "--dataset", data["pendulum"], "--out", str(blocker / "runs"), "--no-progress")
+    assert result.returncode == 2 and "--out" in result.stderr and "Traceback" not in result.stderr
+    assert blocker.read_text() == ""
