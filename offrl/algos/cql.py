@@ -17,6 +17,7 @@ authors' code (and CORL's ``cql.py``) where torchrl 0.14 departs from it:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +189,41 @@ def _box_bounds(action_spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return low, high
 
 
+@torch.no_grad()
+def _orthogonal_stacked_(params: Any, last_gain: float = 1.0) -> None:
+    """CORL's orthogonal init on stacked critic parameters (``[n_critics, out, in]``)."""
+    items = list(params.items(True, True))
+    weights = [v for k, v in items if (k[-1] if isinstance(k, tuple) else k).endswith("weight")]
+    for j, weight in enumerate(weights):
+        gain = last_gain if j == len(weights) - 1 else math.sqrt(2.0)
+        for i in range(weight.shape[0]):
+            nn.init.orthogonal_(weight.data[i], gain=gain)
+    for k, v in items:
+        if (k[-1] if isinstance(k, tuple) else k).endswith("bias"):
+            v.data.zero_()
+
+
+def _make_loss(cfg: CQLConfig, actor: Any, qvalue: Any, low: torch.Tensor, high: torch.Tensor,
+               unit_spec: Bounded) -> CQLLoss:
+    loss_kwargs: dict[str, Any] = dict(
+        loss_function=cfg.loss_function, alpha_init=cfg.alpha_init, fixed_alpha=cfg.fixed_alpha,
+        action_spec=unit_spec, target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,
+        temperature=cfg.temperature, min_q_weight=cfg.min_q_weight, max_q_backup=cfg.max_q_backup,
+        deterministic_backup=cfg.deterministic_backup, num_random=cfg.num_random,
+        with_lagrange=cfg.with_lagrange, lagrange_thresh=cfg.target_action_gap,
+    )
+    if cfg.fused:
+        try:
+            from offrl.algos.fused import FusedCQLLoss  # written by the performance work; optional
+        except ImportError as exc:
+            raise UserError("CQLConfig.fused=true needs offrl.algos.fused (not installed in this version); "
+                            "set fused=false") from exc
+        if not (torch.allclose(low, -torch.ones_like(low)) and torch.allclose(high, torch.ones_like(high))):
+            raise UserError("CQLConfig.fused=true supports action bounds [-1, 1] only; set fused=false")
+        return FusedCQLLoss(actor, qvalue, **loss_kwargs)
+    return OfflineCQLLoss(actor, qvalue, action_low=low, action_high=high, **loss_kwargs)
+
+
 def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
           device: torch.device | str = "cpu", seed: int | None = None) -> AlgoParts:
     """Actor, twin critics, :class:`OfflineCQLLoss`, one Adam (groups actor/critic/alpha[/alpha_prime]) and
@@ -206,7 +242,6 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
         q_net = make_mlp(obs_dim + act_dim, 1, cfg.hidden_sizes, cfg.activation, device)
         if cfg.orthogonal_init:
             orthogonal_init_(actor_net[0])
-            orthogonal_init_(q_net, last_gain=1.0)
         actor = ProbabilisticActor(
             TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
             in_keys=["loc", "scale"], spec=unit_spec, distribution_class=TanhNormal,
@@ -214,24 +249,13 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
             return_log_prob=False,
         )
         qvalue = ValueOperator(q_net, in_keys=["observation", "action"])
-    loss_kwargs: dict[str, Any] = dict(
-        loss_function=cfg.loss_function, alpha_init=cfg.alpha_init, fixed_alpha=cfg.fixed_alpha,
-        action_spec=unit_spec, target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,
-        temperature=cfg.temperature, min_q_weight=cfg.min_q_weight, max_q_backup=cfg.max_q_backup,
-        deterministic_backup=cfg.deterministic_backup, num_random=cfg.num_random,
-        with_lagrange=cfg.with_lagrange, lagrange_thresh=cfg.target_action_gap,
-    )
-    if cfg.fused:
-        try:
-            from offrl.algos.fused import FusedCQLLoss  # written by the performance work; optional
-        except ImportError as exc:
-            raise UserError("CQLConfig.fused=true needs offrl.algos.fused (not installed in this version); "
-                            "set fused=false") from exc
-        if not (torch.allclose(low, -torch.ones_like(low)) and torch.allclose(high, torch.ones_like(high))):
-            raise UserError("CQLConfig.fused=true supports action bounds [-1, 1] only; set fused=false")
-        loss: CQLLoss = FusedCQLLoss(actor, qvalue, **loss_kwargs)
-    else:
-        loss = OfflineCQLLoss(actor, qvalue, action_low=low, action_high=high, **loss_kwargs)
+        # the loss draws the second critic's initial weights: keep that inside the seeded block too
+        loss = _make_loss(cfg, actor, qvalue, low, high, unit_spec)
+        if cfg.orthogonal_init:  # ... and with torch's default init: redo it for every critic copy
+            _orthogonal_stacked_(loss.qvalue_network_params)
+            with warnings.catch_warnings():  # "no target updater yet": it is created below
+                warnings.simplefilter("ignore", UserWarning)
+                loss.target_qvalue_network_params.data.copy_(loss.qvalue_network_params.data)
     loss.make_value_estimator(gamma=cfg.gamma)
     loss.to(device)
     groups = {

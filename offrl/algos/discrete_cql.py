@@ -141,8 +141,8 @@ def build(cfg: DiscreteCQLConfig, *, observation_shape: tuple[int, ...], action_
     with seeded(seed):
         qnet = make_q_network(int(observation_shape[0]), spec, cfg.hidden_sizes, cfg.activation, cfg.dueling,
                               device)
-    loss = WeightedDiscreteCQLLoss(qnet, min_q_weight=cfg.min_q_weight, loss_function=cfg.loss_function,
-                                   delay_value=True, action_space=spec)
+        loss = WeightedDiscreteCQLLoss(qnet, min_q_weight=cfg.min_q_weight, loss_function=cfg.loss_function,
+                                       delay_value=True, action_space=spec)
     loss.make_value_estimator(gamma=cfg.gamma)
     optimizer = named_adam({"value": list(loss.value_network_params.values(True, True))}, {"value": cfg.lr})
     return AlgoParts(loss_module=loss, optimizer=optimizer, target_net_updater=_target_updater(cfg, loss),

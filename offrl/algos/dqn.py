@@ -51,8 +51,8 @@ def build(cfg: DQNConfig, *, observation_shape: tuple[int, ...], action_spec: An
     with seeded(seed):
         qnet = make_q_network(int(observation_shape[0]), spec, cfg.hidden_sizes, cfg.activation, cfg.dueling,
                               device)
-    loss = DQNLoss(qnet, loss_function=cfg.loss_function, delay_value=True, double_dqn=cfg.double_dqn,
-                   action_space=spec)
+        loss = DQNLoss(qnet, loss_function=cfg.loss_function, delay_value=True, double_dqn=cfg.double_dqn,
+                       action_space=spec)
     loss.make_value_estimator(gamma=cfg.gamma)
     optimizer = named_adam({"value": list(loss.value_network_params.values(True, True))}, {"value": cfg.lr})
     greedy = EGreedyModule(spec, eps_init=float(cfg.eps_init), eps_end=float(cfg.eps_end),

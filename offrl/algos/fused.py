@@ -440,18 +440,34 @@ class FusedDQNLoss(_LeanQMixin, DQNLoss):
 
 class FusedDiscreteCQLLoss(_LeanQMixin, DiscreteCQLLoss):
     """torchrl's :class:`~torchrl.objectives.DiscreteCQLLoss` with a lean forward (same constructor and
-    outputs: ``loss_qvalue``, ``loss_cql``, ``td_error``, ``pred_value``, ``target_value``)."""
+    outputs: ``loss_qvalue``, ``loss_cql``, ``td_error``, ``pred_value``, ``target_value``).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Args:
+        target_network_bootstrap: torchrl 0.14's DiscreteCQLLoss builds its TD(0) estimator on a copy of
+            the Q-network that holds the *online* parameters, so the TD target never reads the target
+            network (``delay_value`` only creates an unused copy). ``False`` (default) reproduces that
+            exactly; ``True`` bootstraps from the target network like DQN and d3rlpy's DiscreteCQL.
+        *args, **kwargs: as for ``DiscreteCQLLoss``.
+    """
+
+    def __init__(self, *args: Any, target_network_bootstrap: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.target_network_bootstrap = target_network_bootstrap
         self._init_lean()
 
     def _lean_target_params(self) -> TensorDictBase:
-        return self._cached_detached_target_value_params
+        if self.target_network_bootstrap:
+            return self._cached_detached_target_value_params
+        return self.value_network_params  # read under no_grad, as torchrl's estimator does
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         if not self._lean_ok(tensordict):
+            if self.target_network_bootstrap:
+                raise ValueError(
+                    "target_network_bootstrap=True needs the lean path (an MLP QValueActor, TD(0) value "
+                    "estimator, reduction='mean', a 1-D batch); torchrl's forward bootstraps online"
+                )
             return super().forward(tensordict)
         q, q_a, target = self._lean_terms(tensordict)
         td_error = (q_a - target).pow(2).unsqueeze(-1)

@@ -1,7 +1,162 @@
-"""`offrl datasets` (placeholder until its issue lands: registers nothing)."""
+"""`offrl datasets {info,list,convert,make}`: inspect, list, convert and regenerate datasets."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+from typing import Any
 
-def register(subparsers) -> None:  # noqa: ANN001
-    return None
+__all__ = ["register"]
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="HDF5 file, Minari dataset folder, bundled id or Minari id")
+    p.add_argument("--cache-dir", help="where converted datasets are cached (default: $OFFRL_CACHE or ~/.cache/offrl)")
+    p.add_argument("--allow-nan", action="store_true", help="accept NaN/inf values in the data (an error by default)")
+    p.add_argument("--gamma", type=float, default=0.99, help="discount of the stored Monte-Carlo returns (default 0.99)")
+    p.add_argument("--chunk-size", type=int, default=None, help="rows per conversion chunk (bounds memory)")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``datasets`` command and its subcommands."""
+    parser = subparsers.add_parser("datasets", help="inspect, list, convert and regenerate datasets")
+    sub = parser.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    info = sub.add_parser("info", help="shapes, spaces, episode statistics, references and health warnings")
+    _add_load_options(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--env", help="evaluation env id (overrides the dataset's)")
+    info.add_argument("--ref-min-score", type=float, help="reference minimum score (overrides metadata and tables)")
+    info.add_argument("--ref-max-score", type=float, help="reference maximum score (overrides metadata and tables)")
+    info.set_defaults(func=_info)
+
+    lst = sub.add_parser("list", help="bundled, local Minari and cached datasets")
+    lst.add_argument("--cache-dir", help="cache to list (default: $OFFRL_CACHE or ~/.cache/offrl)")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(func=_list)
+
+    conv = sub.add_parser("convert", help="convert a dataset into the cache (memmapped TED layout)")
+    _add_load_options(conv)
+    conv.set_defaults(func=_convert)
+
+    make = sub.add_parser("make", help="regenerate a bundled dataset from its recipe (bit-identical for its seed)")
+    make.add_argument("name", help="recipe name, e.g. offrl/pendulum/medium-v0 or pendulum/medium")
+    make.add_argument("--root", help="write under this folder instead of the bundled datasets folder")
+    make.set_defaults(func=_make)
+
+
+def _load(args: argparse.Namespace, **extra: Any) -> Any:
+    from offrl.data.dataset import load_dataset
+
+    if args.chunk_size is not None and args.chunk_size <= 0:
+        from offrl.errors import UserError
+
+        raise UserError(f"--chunk-size must be a positive number of rows, got {args.chunk_size}")
+    return load_dataset(
+        args.source,
+        cache_dir=args.cache_dir,
+        allow_nan=args.allow_nan,
+        chunk_size=args.chunk_size,
+        gamma=args.gamma,
+        **extra,
+    )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return "-" if value is None else str(value)
+
+
+def _info(args: argparse.Namespace) -> int:
+    ds = _load(args, env=args.env, ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score)
+    payload = ds.info.to_dict()
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+        return 0
+    rows = [
+        ("name", payload["name"]),
+        ("format", payload["format"]),
+        ("source", payload["source"]),
+        ("transitions", payload["transitions"]),
+        ("episodes", payload["episodes"]),
+        ("terminated / truncated", f"{payload['terminated']} / {payload['truncated']}"),
+        ("dropped rows (cut ends)", payload["dropped_rows"]),
+        ("observation", f"{_fmt(payload['observation_shape'])} {_fmt(payload['observation_dtype'])}"),
+        ("action space", _fmt(payload["action_space"])),
+        ("episode length", _fmt(payload["episode_length"])),
+        ("episode return", _fmt(payload["episode_return"])),
+        ("reward", _fmt(payload["reward"])),
+        ("env", f"{_fmt(payload['env_id'])} ({_fmt(payload['env_source'])})"),
+        ("max episode steps", _fmt(payload["max_episode_steps"])),
+        (
+            "reference scores",
+            f"min={_fmt(payload['ref_min_score'])} max={_fmt(payload['ref_max_score'])} "
+            f"(source: {_fmt(payload['ref_source'])})",
+        ),
+        ("gamma (mc_return)", _fmt(payload["gamma"])),
+        ("digest", payload["digest"][:16]),
+        ("cache", payload["cache"]),
+    ]
+    if payload.get("env_note"):
+        rows.append(("env note", payload["env_note"]))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    warnings = payload["warnings"]
+    print(f"{'warnings':<{width}}  {'none' if not warnings else len(warnings)}")
+    for w in warnings:
+        print(f"  - {w}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from offrl.data.catalog import bundled_root, list_bundled
+    from offrl.data.convert import cache_root
+    from offrl.data.dataset import cached_entries
+    from offrl.data.minari import list_local_minari, minari_root
+
+    listing = {
+        "bundled": {"root": str(bundled_root()), "datasets": list_bundled()},
+        "minari": {"root": str(minari_root()), "datasets": list_local_minari()},
+        "cached": {"root": str(cache_root(args.cache_dir)), "datasets": cached_entries(args.cache_dir)},
+    }
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for title, key in (("bundled datasets", "bundled"), ("local Minari datasets", "minari")):
+        section = listing[key]
+        print(f"{title} ({section['root']}):")
+        for name in section["datasets"]:
+            print(f"  {name}")
+        if not section["datasets"]:
+            print("  (none)")
+    cached = listing["cached"]
+    print(f"cached conversions ({cached['root']}):")
+    for entry in cached["datasets"]:
+        print(f"  {entry['name']}  {entry['format']}  {entry['transitions']} transitions  gamma={entry['gamma']}  <- {entry['source']}")
+    if not cached["datasets"]:
+        print("  (none)")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    ds = _load(args)
+    print(f"{ds.name}: {ds.info.transitions} transitions, {ds.info.episodes} episodes -> {ds.cache_path}")
+    for w in ds.info.warnings:
+        print(f"  warning: {w}")
+    return 0
+
+
+def _make(args: argparse.Namespace) -> int:
+    from offrl.data.generate import make_bundled
+
+    path = make_bundled(args.name, args.root)
+    print(path)
+    return 0

@@ -24,23 +24,24 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-import torch
-from tensordict import TensorDict
 
 from offrl.data.health import HealthStats
-from offrl.data.layout import RowLayout
 from offrl.data.source import RawSource, leaf_specs, tree_leaves
 from offrl.errors import UserError
+
+if TYPE_CHECKING:
+    from offrl.data.layout import RowLayout
 
 __all__ = [
     "CONVERTER_VERSION",
     "DEFAULT_CHUNK_BYTES",
     "cache_root",
     "content_digest",
+    "remember_digest",
     "cache_key",
     "discounted_returns",
     "convert_to_dir",
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 CONVERTER_VERSION = 1
-DEFAULT_CHUNK_BYTES = 32 << 20  # ~32 MB of transitions per chunk (x ~3 for temporaries)
+DEFAULT_CHUNK_BYTES = 8 << 20  # ~8 MB of packed rows per chunk; temporaries make the peak a few times that
 _HASH_BLOCK = 8 << 20
 
 
@@ -83,16 +84,21 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _fingerprint(files: list[Path]) -> list[list[Any]]:
+    return [[str(f.resolve()), st.st_size, st.st_mtime_ns] for f, st in ((f, f.stat()) for f in files)]
+
+
+def _index_path(files: list[Path], root: Path) -> Path:
+    return root / "sources" / (hashlib.sha1(str(files[0].resolve()).encode()).hexdigest() + ".json")
+
+
 def content_digest(files: list[Path], root: Path | None = None) -> str:
-    """SHA-256 over the files' bytes (and names). With ``root``, reuse a digest whose size+mtime match."""
-    stats = [f.stat() for f in files]
-    fingerprint = [[str(f.resolve()), s.st_size, s.st_mtime_ns] for f, s in zip(files, stats, strict=True)]
-    index = None
+    """SHA-256 over the files' bytes (and names). With ``root``, reuse a remembered digest whose
+    size + mtime still match (the fast path: a cached load never re-reads the source)."""
     if root is not None:
-        index = root / "sources" / (hashlib.sha1(str(files[0].resolve()).encode()).hexdigest() + ".json")
         try:
-            entry = json.loads(index.read_text())
-            if entry.get("fingerprint") == fingerprint:
+            entry = json.loads(_index_path(files, root).read_text())
+            if entry.get("fingerprint") == _fingerprint(files):
                 return str(entry["digest"])
         except (OSError, ValueError, KeyError):
             pass
@@ -102,13 +108,15 @@ def content_digest(files: list[Path], root: Path | None = None) -> str:
         with open(f, "rb") as fh:
             while block := fh.read(_HASH_BLOCK):
                 h.update(block)
-    digest = h.hexdigest()
-    if index is not None:
-        try:
-            _atomic_write_text(index, json.dumps({"fingerprint": fingerprint, "digest": digest}))
-        except OSError:
-            pass  # the fast path is an optimisation; a read-only index only costs a re-hash
-    return digest
+    return h.hexdigest()
+
+
+def remember_digest(files: list[Path], root: Path, digest: str) -> None:
+    """Record ``digest`` for the files' current size + mtime (only for sources that converted fine)."""
+    try:
+        _atomic_write_text(_index_path(files, root), json.dumps({"fingerprint": _fingerprint(files), "digest": digest}))
+    except OSError:
+        pass  # the fast path is an optimisation; a read-only index only costs a re-hash
 
 
 def cache_key(name: str, digest: str, gamma: float) -> str:
@@ -152,6 +160,8 @@ def space_summary(space: gym.Space) -> dict[str, Any]:
 
 def ted_layout(obs_space: gym.Space, act_space: gym.Space) -> RowLayout:
     """The packed-row layout of every TED leaf for these spaces (see :mod:`offrl.data.layout`)."""
+    from offrl.data.layout import RowLayout
+
     leaves: list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]] = []
     for path, shape, dtype in leaf_specs(obs_space):
         leaves.append((("observation", *path), shape, dtype))
@@ -197,6 +207,9 @@ def default_chunk_rows(raw: RawSource) -> int:
 # --------------------------------------------------------------------------- conversion
 def convert_to_dir(raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int | None = None, allow_nan: bool = False) -> dict[str, Any]:
     """Stream ``raw`` into ``dest/td`` (memmapped TED TensorDict); write and return ``dest/info.json``'s payload."""
+    import torch  # imported here so validation errors never wait for torch
+    from tensordict import TensorDict
+
     chunk_rows = int(chunk_rows or default_chunk_rows(raw))
     n = raw.transitions
     layout = ted_layout(raw.observation_space, raw.action_space)
@@ -343,16 +356,19 @@ def build_cache(
     from filelock import FileLock
 
     root = cache_root(cache_dir)
-    ensure_writable(root)
     digest = content_digest(files, root)
     key = cache_key(name, digest, gamma)
     final = root / "datasets" / key
     if (final / "info.json").is_file():
+        remember_digest(files, root, digest)
         return final, digest, False
+    # Validate the source before touching the cache: a bad input leaves nothing behind.
+    raw: RawSource = raw_factory()
+    ensure_writable(root)
     with FileLock(str(root / "locks" / f"{key}.lock")):
         if (final / "info.json").is_file():  # another process finished it while we waited
+            remember_digest(files, root, digest)
             return final, digest, False
-        raw: RawSource = raw_factory()
         tmp = root / "datasets" / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -365,4 +381,5 @@ def build_cache(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    remember_digest(files, root, digest)
     return final, digest, True

@@ -20,6 +20,7 @@ With ``next_observations`` every row is kept; the file's last row, if it ends no
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 from offrl.data.source import Chunk, RawSource, storage_dtype
 from offrl.errors import UserError
 
-__all__ = ["read_d4rl", "open_hdf5", "is_minari_file"]
+__all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors"]
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
 FLAG_KEYS = ("terminals", "timeouts", "episode_terminals")
@@ -53,6 +54,17 @@ def open_hdf5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as err:
+        raise UserError(f"{path}: truncated or corrupt HDF5 file ({_first_line(err)}); re-create or re-download it") from None
+
+
+@contextmanager
+def hdf5_errors(path: Path) -> Iterator[None]:
+    """Turn h5py's OSError/KeyError on a damaged file into a one-line UserError naming it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, KeyError, RuntimeError) as err:
         raise UserError(f"{path}: truncated or corrupt HDF5 file ({_first_line(err)}); re-create or re-download it") from None
 
 
@@ -123,7 +135,7 @@ def _flat(values: np.ndarray) -> np.ndarray:
 def read_d4rl(path: Path) -> RawSource:
     """Validate a D4RL-style / d3rlpy HDF5 file and describe it; data are streamed later, in chunks."""
     path = Path(path)
-    with open_hdf5(path) as f:
+    with open_hdf5(path) as f, hdf5_errors(path):
         if is_minari_file(f):
             raise UserError(f"{path}: this is a Minari main_data.hdf5; pass its dataset folder ({path.parent.parent})")
         for key in REQUIRED:
@@ -210,7 +222,7 @@ def read_d4rl(path: Path) -> RawSource:
         metadata["d3rlpy_version"] = meta.get("version")
 
     def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
-        with open_hdf5(path) as f:
+        with open_hdf5(path) as f, hdf5_errors(path):
             for s in range(0, n, chunk_rows):
                 chunk = _chunk(f, flags, s, min(s + chunk_rows, n), n, has_next, discrete)
                 if len(chunk["reward"]):

@@ -13,22 +13,24 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-import torch
-from tensordict import TensorDict
-from torchrl.data import TensorDictReplayBuffer
 
 from offrl.data import catalog
-from offrl.data.buffer import make_replay_buffer
 from offrl.data.convert import build_cache, cache_root
-from offrl.data.d4rl import is_minari_file, open_hdf5, read_d4rl
-from offrl.data.layout import RowLayout
+from offrl.data.d4rl import hdf5_errors, is_minari_file, open_hdf5, read_d4rl
 from offrl.data.minari import minari_data_dir, minari_root, read_minari
 from offrl.data.source import RawSource
 from offrl.errors import UserError
+
+if TYPE_CHECKING:  # torch and torchrl load lazily: validation errors should not wait for them
+    import torch
+    from tensordict import TensorDict
+    from torchrl.data import TensorDictReplayBuffer
+
+    from offrl.data.layout import RowLayout
 
 __all__ = ["DatasetInfo", "OfflineDataset", "load_dataset", "resolve_source", "ResolvedSource"]
 
@@ -115,7 +117,7 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
                     "<name>-vN dataset folder or an HDF5 file"
                 )
             return _minari_source(data_dir, _minari_name(data_dir), path)
-        with open_hdf5(path) as f:
+        with open_hdf5(path) as f, hdf5_errors(path):
             minari_file = is_minari_file(f)
         if minari_file:
             return _minari_source(path.parent, _minari_name(path.parent), path.parent.parent)
@@ -134,7 +136,7 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
             return _minari_source(data_dir, text, candidate)
     looked.append(f"Minari datasets in {minari_root()} (MINARI_DATASETS_PATH)")
     if text.endswith((".hdf5", ".h5")) or os.sep in text and path.is_absolute():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file (see `offrl datasets list` for the datasets offrl can find)")
     raise UserError(
         f"dataset {text!r} not found: no such file or folder, and not among {' or '.join(looked)}; "
         "see `offrl datasets list`"
@@ -188,6 +190,8 @@ class OfflineDataset:
         in_memory: bool = False,
     ) -> TensorDictReplayBuffer:
         """A torchrl TensorDictReplayBuffer over the memmapped data (see :func:`offrl.data.buffer.make_replay_buffer`)."""
+        from offrl.data.buffer import make_replay_buffer
+
         return make_replay_buffer(
             self.data,
             batch_size,
@@ -277,6 +281,10 @@ def load_dataset(
             f"{resolved.path}: {stored['nonfinite']} NaN/inf values in the data; fix the data or pass --allow-nan "
             "(load_dataset(..., allow_nan=True)) to accept them"
         )
+    from tensordict import TensorDict
+
+    from offrl.data.layout import RowLayout
+
     layout = RowLayout.from_json(stored["layout"])
     rows = TensorDict.load_memmap(entry / "td")["rows"]
     data = layout.view(rows)

@@ -113,6 +113,10 @@ def load_recipes(path: str | Path | None = None) -> tuple[dict[str, Recipe], dic
         raise UserError(
             f"{path}: cannot read the dataset recipes ({exc.strerror}); restore datasets/recipes.yaml"
         ) from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix the file") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with 'references' and 'datasets'; fix the file")
     recipes: dict[str, Recipe] = {}
     for name, entry in (raw.get("datasets") or {}).items():
         where = f"{path}: datasets.{name}"
@@ -120,8 +124,17 @@ def load_recipes(path: str | Path | None = None) -> tuple[dict[str, Recipe], dic
         unknown = set(entry) - known
         if unknown:
             raise UserError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        missing = {"env_id", "policy", "seed"} - set(entry)
+        if missing:
+            raise UserError(f"{where}: missing keys {sorted(missing)}")
+        if entry["policy"] not in ("random", "expert"):
+            raise UserError(f"{where}: policy must be 'random' or 'expert', got {entry['policy']!r}")
         if (entry.get("episodes") is None) == (entry.get("min_transitions") is None):
             raise UserError(f"{where}: give exactly one of 'episodes' or 'min_transitions'")
+        if entry.get("episodes") is None and any(
+            isinstance(entry.get(k), (list, tuple)) for k in ("epsilon", "noise_std")
+        ):
+            raise UserError(f"{where}: a [start, end] noise schedule needs 'episodes', not 'min_transitions'")
         recipes[name] = Recipe(
             name=name,
             env_id=str(entry["env_id"]),
@@ -250,16 +263,23 @@ def make_bundled(name: str, root: str | Path | None = None) -> Path:
             "ref_max_score": "mean return of the noise-free scripted expert",
         },
     }
-    path = write_minari_dataset(
-        root / recipe.name,
-        _episodes(recipe, env),
-        dataset_id=recipe.name,
-        env_spec=env.spec,
-        observation_space=env.observation_space,
-        action_space=env.action_space,
-        extra_metadata=extra,
-    )
-    env.close()
+    try:
+        path = write_minari_dataset(
+            root / recipe.name,
+            _episodes(recipe, env),
+            dataset_id=recipe.name,
+            env_spec=env.spec,
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            extra_metadata=extra,
+        )
+    except OSError as exc:  # not writable, a file in the way, disk full
+        raise UserError(
+            f"{exc.filename or root}: cannot write the dataset ({exc.strerror}); regenerate elsewhere with "
+            "--root DIR (or OFFRL_DATASETS)"
+        ) from None
+    finally:
+        env.close()
     return path
 
 

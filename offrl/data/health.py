@@ -8,11 +8,12 @@ pass gathers the episode and reward statistics shown by ``offrl datasets info``.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from tensordict import TensorDictBase
+
+if TYPE_CHECKING:
+    from tensordict import TensorDictBase
 
 __all__ = ["HealthStats", "check", "REWARD_SCALE_LIMIT"]
 
@@ -230,9 +231,10 @@ def _rows_close(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _to_numpy(tree: Any) -> Any:
+    from tensordict import TensorDictBase
+
     if isinstance(tree, TensorDictBase):
         return {k: _to_numpy(v) for k, v in tree.items()}
-    assert isinstance(tree, torch.Tensor)
     return tree.detach().cpu().numpy()
 
 

@@ -25,7 +25,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offrl.data.d4rl import open_hdf5
+from offrl.data.d4rl import hdf5_errors, open_hdf5
 from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, storage_dtype, tree_concat
 from offrl.errors import UserError
 
@@ -132,7 +132,7 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
     """Validate a Minari dataset's ``data/`` folder and describe it; episodes are streamed later."""
     where = shown or data_dir.parent
     main = data_dir / "main_data.hdf5"
-    with open_hdf5(main) as f:
+    with open_hdf5(main) as f, hdf5_errors(main):
         meta, version = _load_metadata(data_dir, f)
         if meta.get("data_format") not in (None, "hdf5"):
             raise UserError(
@@ -213,7 +213,7 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
     def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
         pending: list[Chunk] = []
         rows = 0
-        with open_hdf5(main) as f:
+        with open_hdf5(main) as f, hdf5_errors(main):
             for _, key in episodes:
                 ep = f[key]
                 t = int(ep["rewards"].shape[0])

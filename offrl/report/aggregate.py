@@ -48,25 +48,32 @@ class Group:
         return f"{len(self.runs)}" + (f" ({', '.join(others)})" if others else "")
 
 
-def _has_refs(run: Run) -> bool:
+def _has_refs(run: Run) -> bool | None:
+    """True: the run's scores can be normalized; False: it has returns but no references; None: it
+    logged no evaluation yet, so it does not decide."""
     col = run.metrics.get(NORMALIZED)
     if col is not None and col.notna().any():
         return True
     ref = run.ref()
-    return ref.get("min") is not None and ref.get("max") is not None
+    if ref.get("min") is not None and ref.get("max") is not None:
+        return True
+    returns = run.metrics.get(RAW)
+    if (returns is not None and returns.notna().any()) or (run.summary or {}).get("final"):
+        return False
+    return None
 
 
 def _score_units(runs: Sequence[Run], warnings: list[str]) -> dict[str, ScoreUnit]:
     units: dict[str, ScoreUnit] = {}
     for ds in sorted({r.dataset for r in runs}):
-        members = [r for r in runs if r.dataset == ds]
-        with_refs = [r for r in members if _has_refs(r)]
-        if with_refs and len(with_refs) == len(members):
+        states = [_has_refs(r) for r in runs if r.dataset == ds]
+        with_refs, without = states.count(True), states.count(False)
+        if with_refs and not without:
             units[ds] = ScoreUnit(NORMALIZED, "normalized score (0 = ref min, 100 = ref max)")
         else:
             if with_refs:
                 warnings.append(
-                    f"{ds}: {len(with_refs)} of {len(members)} runs have reference scores; all shown as raw returns"
+                    f"{ds}: {with_refs} of {with_refs + without} runs have reference scores; all shown as raw returns"
                 )
             units[ds] = ScoreUnit(RAW, "return (raw: no reference scores)")
     return units

@@ -73,13 +73,27 @@ def _mark_online(ax: plt.Axes, groups: Sequence[Group]) -> None:
                     xytext=(3, -12), textcoords="offset points", fontsize=8, color="0.3")
 
 
+def _behaviour(members: Sequence[Group]) -> float | None:
+    """The dataset's behaviour-policy mean return, in the unit of the panel (normalized when it is)."""
+    runs = [r for g in members for r in g.runs if np.isfinite(r.behaviour_return)]
+    if not runs:
+        return None
+    value = float(np.mean([r.behaviour_return for r in runs]))
+    if members[0].unit.normalized:
+        ref = next((r.ref() for r in runs if r.ref().get("min") is not None), None)
+        if not ref or ref["max"] == ref["min"]:
+            return None
+        value = 100.0 * (value - float(ref["min"])) / (float(ref["max"]) - float(ref["min"]))
+    return value
+
+
 def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figure:
     """Score vs gradient step per dataset (the per-dataset panel): mean over seeds with a 95% CI band."""
     datasets = _datasets(groups)
     colour = colours(groups)
     rows, cols = _grid(len(datasets))
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False, layout="constrained")
-    for ax, ds in zip(axes.flat, datasets):
+    for ax, ds in zip(axes.flat, datasets, strict=False):  # a grid may have spare cells
         members = [g for g in groups if g.dataset == ds]
         for g in members:
             c = curve(g, g.unit.column, smooth=smooth)
@@ -89,9 +103,9 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figur
             ax.plot(c["step"], c["mean"], color=colour[g.label], lw=1.8, label=label,
                     marker="o" if len(c) < 3 else None, ms=4)
             ax.fill_between(c["step"], c["low"], c["high"], color=colour[g.label], alpha=0.2, lw=0)
-            beh = [r.behaviour_return for r in g.runs if np.isfinite(r.behaviour_return)]
-            if beh and not g.unit.normalized:
-                ax.axhline(np.mean(beh), color=colour[g.label], ls=":", lw=1)
+        beh = _behaviour(members)
+        if beh is not None:
+            ax.axhline(beh, color="0.35", ls=":", lw=1.2, label="behaviour policy (dataset)")
         _mark_online(ax, members)
         ax.set_title(ds, fontsize=10)
         ax.set_xlabel("gradient step")
@@ -109,7 +123,7 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figur
     smooth_note = f", each run smoothed over {smooth} evaluations" if smooth > 1 else ""
     return Figure(path, "Learning curves",
                   f"Deterministic-policy evaluation score per dataset; band = 95% bootstrap CI over seeds{smooth_note}. "
-                  "Dashed line: switch to online fine-tuning.")
+                  "Dotted: the dataset's behaviour policy; dashed: switch to online fine-tuning.")
 
 
 def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Path, name: str,
@@ -144,8 +158,8 @@ def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Pat
 
 
 def plot_losses(groups: Sequence[Group], out: Path) -> Figure | None:
-    """Every ``loss_*`` column, mean over seeds."""
-    cols = sorted({c for g in groups for r in g.runs for c in r.metrics.columns if c.startswith("loss_")})
+    """Every ``loss``/``loss_*`` column (at most six), mean over seeds."""
+    cols = sorted({c for g in groups for r in g.runs for c in r.metrics.columns if c == "loss" or c.startswith("loss_")})
     return _lines(groups, [(c, c) for c in cols[:6]], out, "losses.png", "Training losses",
                   "Mean over seeds of each logged loss term (rows averaged over the logging interval).")
 
@@ -178,7 +192,7 @@ def plot_diagnostics(groups: Sequence[Group], out: Path) -> Figure | None:
         for j, (title, series) in enumerate(panels):
             ax = axes[i, j]
             for g in members:
-                for col, name, ls in series:
+                for col, _name, ls in series:
                     c = curve(g, col, ci=False)
                     if len(c):
                         ax.plot(c["step"], c["mean"], color=colour[g.label], ls=ls, lw=1.4)

@@ -54,11 +54,13 @@ def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
 def rng_state() -> dict[str, Any]:
     """torch / numpy / python RNG states, in types ``torch.load(weights_only=True)`` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
+        # as a tensor: 625 ints would be 625 leaves in a memmap checkpoint
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -72,7 +74,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), int(np_state["pos"]),
                          int(np_state["has_gauss"]), float(np_state["cached_gaussian"])))
     py = state["python"]
-    random.setstate((py[0], tuple(int(x) for x in py[1]), py[2]))
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
@@ -311,7 +313,8 @@ class OfflineTrainer:
         restore = self._install_signal_handlers()
         self._stop_requested = False
         self._stop_reason = None
-        self._pbar = tqdm(total=self.planned_steps(), initial=self._step, disable=not self.progress_bar,
+        self._planned = self.planned_steps()
+        self._pbar = tqdm(total=self._planned, initial=self._step, disable=not self.progress_bar,
                           desc=self._algo_name, unit="step", dynamic_ncols=True, leave=False)
         self._t_row = time.perf_counter()
         self._step_row = self._step
@@ -398,10 +401,11 @@ class OfflineTrainer:
         self._accumulate(metrics)
 
         step = self._step
+        last = step == self._planned  # the last step logs its partial interval and evaluates, in one row
         row: dict[str, float] = {}
-        if step % self.log_interval == 0:
+        if step % self.log_interval == 0 or last:
             row.update(self._flush_metrics())
-        if self.evaluator is not None and self.eval_interval and step % self.eval_interval == 0:
+        if self.evaluator is not None and self.eval_interval and (step % self.eval_interval == 0 or last):
             row.update(self._evaluate())
         if row:
             self._emit(row, phase)

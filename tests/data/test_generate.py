@@ -261,3 +261,11 @@ def test_generate_module_cli_reports_user_errors(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("offrl: error: no recipe named"), proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_unwritable_root_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output root should be")
+    with pytest.raises(UserError, match="cannot write the dataset .*regenerate elsewhere with --root"):
+        make_bundled("offrl/cartpole/expert-v0", root=blocker)
+    assert blocker.read_text().startswith("a file")

@@ -1,0 +1,92 @@
+"""Rebuilding a trained policy from a run directory or a checkpoint, for ``offrl eval``.
+
+A checkpoint holds parameters only (docs/contracts.md, "Checkpoints"); the networks' shapes come from the
+run's ``config.yaml`` and its dataset, so the run directory (``<run>/checkpoints/<file>``) must be intact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from offrl.errors import UserError
+
+if TYPE_CHECKING:
+    from offrl.evaluation.rollout import EvalResult
+
+__all__ = ["LoadedPolicy", "evaluate_checkpoint", "load_policy"]
+
+
+@dataclass
+class LoadedPolicy:
+    policy: Any  # deterministic TensorDictModule: observation -> action
+    dataset: Any  # the run's OfflineDataset (env, reference scores)
+    config: Any  # the run's TrainerConfig
+    step: int | None  # gradient step of the checkpoint
+    checkpoint: Path
+    run_dir: Path
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
+    """(run_dir, checkpoint) from a run directory or a checkpoint path."""
+    if not path.exists():
+        raise UserError(f"{path}: no such run directory or checkpoint")
+    if path.is_dir() and (path / "config.yaml").is_file():
+        ckpt = path / "checkpoints" / "latest.pt"
+        if not ckpt.exists():
+            raise UserError(f"{path}: no checkpoints/latest.pt in this run directory; the run saved no checkpoint yet")
+        return path, ckpt
+    # a checkpoint file (torch backend) or directory (memmap backend) inside <run>/checkpoints/
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{path}: cannot find the run's config.yaml next to this checkpoint "
+                        "(expected <run>/checkpoints/<file>); pass the run directory")
+    return run_dir, path
+
+
+def load_policy(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedPolicy:
+    """Rebuild the deterministic policy saved in ``path`` (a run directory or one of its checkpoints)."""
+    run_dir, ckpt = _locate(Path(path))  # before the heavy imports: a wrong path fails fast
+    from offrl.config import compose_config
+    from offrl.trainers.checkpoint import load_checkpoint
+
+    cfg, dataset = compose_config(config_file=run_dir / "config.yaml", overrides={"device": device})
+    module = importlib.import_module(f"offrl.algos.{cfg.algo.replace('-', '_')}")
+    parts = module.build_from_dataset(cfg.algo_config, dataset, device=device)
+    state = load_checkpoint(ckpt)
+    if "loss_module" not in state:
+        raise UserError(f"{ckpt}: not an offrl trainer checkpoint (no 'loss_module' entry)")
+    try:
+        parts.loss_module.load_state_dict(state["loss_module"])
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{ckpt}: does not match the networks of {run_dir / 'config.yaml'} "
+                        f"({str(err).splitlines()[0]}); was the config edited after training?") from None
+    step = state.get("step")
+    return LoadedPolicy(parts.policy, dataset, cfg, int(step) if step is not None else None, ckpt, run_dir)
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    episodes: int = 10,
+    seed: int = 0,
+    env: str | None = None,
+    device: str = "cpu",
+) -> tuple[EvalResult, LoadedPolicy]:
+    """Evaluate a saved policy in its dataset's env (or ``env``), with the dataset's reference scores."""
+    _locate(Path(path))  # a wrong path fails before torch is even imported
+    if env is not None:  # an env that cannot be made fails before the dataset load and network rebuild
+        from offrl.evaluation._envs import make_env
+
+        make_env(env).close()
+    from offrl.evaluation.rollout import evaluate
+
+    loaded = load_policy(path, device=device)
+    target = env if env is not None else loaded.dataset
+    gamma = getattr(loaded.config.algo_config, "gamma", None) or 0.99
+    result = evaluate(loaded.policy, target, episodes=episodes, seed=seed, device=device, ref=loaded.dataset,
+                      gamma=gamma)
+    return result, loaded

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+
+from offrl.data import load_dataset
+
+
+@pytest.fixture(scope="session")
+def _engine_cache(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("engine-cache")
+
+
+@pytest.fixture(scope="session")
+def cartpole_medium(_engine_cache):
+    return load_dataset("offrl/cartpole/medium-v0", cache_dir=_engine_cache)
+
+
+@pytest.fixture(scope="session")
+def cartpole_mixed(_engine_cache):
+    return load_dataset("offrl/cartpole/mixed-v0", cache_dir=_engine_cache)
+
+
+@pytest.fixture(scope="session")
+def pendulum_medium(_engine_cache):
+    return load_dataset("offrl/pendulum/medium-v0", cache_dir=_engine_cache)

@@ -1,0 +1,97 @@
+"""Replay buffers over the memmapped data: no copy, seeded sampling, and a state that resumes exactly."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from datafiles import write_d4rl
+from tensordict import MemoryMappedTensor
+from torchrl.data import TensorDictReplayBuffer
+
+from offrl.data import load_dataset
+from offrl.errors import UserError
+
+
+@pytest.fixture
+def ds(tmp_path):
+    write_d4rl(tmp_path / "d.hdf5", lengths=(50, 30, 70, 40), terminal=(False, True, False, True), next_observations=True)
+    return load_dataset(tmp_path / "d.hdf5")
+
+
+def _indices(rb, n):
+    return [rb.sample()["index"].clone() for _ in range(n)]
+
+
+def test_buffer_is_a_torchrl_buffer_over_the_memmap(ds):
+    assert isinstance(ds.rows, MemoryMappedTensor)  # the cache file, mapped, not loaded
+    rb = ds.replay_buffer(16, seed=0)
+    assert isinstance(rb, TensorDictReplayBuffer)
+    assert len(rb) == len(ds)
+    assert rb._storage._rows.data_ptr() == ds.rows.data_ptr()  # no copy
+    batch = rb.sample()
+    assert batch.batch_size == torch.Size([16])
+    index = batch["index"]
+    for key in ds.data.keys(include_nested=True, leaves_only=True):
+        assert torch.equal(batch.get(key), ds.data.get(key)[index]), key
+    with pytest.raises(RuntimeError):
+        rb.extend(batch)  # the dataset is read-only
+
+
+def test_in_memory_copy_samples_the_same(ds):
+    mapped = ds.replay_buffer(32, seed=5)
+    ram = ds.replay_buffer(32, seed=5, in_memory=True)
+    assert ram._storage._rows.data_ptr() != ds.rows.data_ptr()
+    a, b = mapped.sample(), ram.sample()
+    assert torch.equal(a["index"], b["index"])
+    assert torch.equal(a["observation"], b["observation"])
+
+
+def test_seeded_sampling_is_deterministic(ds):
+    a = _indices(ds.replay_buffer(8, seed=3), 5)
+    b = _indices(ds.replay_buffer(8, seed=3), 5)
+    c = _indices(ds.replay_buffer(8, seed=4), 5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "prefetch"), [("random", None), ("without_replacement", None), ("random", 2)]
+)
+def test_state_dict_resumes_the_same_batches(ds, sampler, prefetch):
+    rb = ds.replay_buffer(8, seed=0, sampler=sampler, prefetch=prefetch)
+    _indices(rb, 4)
+    blob = io.BytesIO()
+    torch.save(rb.state_dict(), blob)
+    expected = _indices(rb, 6)
+
+    # A fresh process would build a new buffer (another seed even) and restore the saved state.
+    resumed = ds.replay_buffer(8, seed=123, sampler=sampler, prefetch=prefetch)
+    blob.seek(0)
+    resumed.load_state_dict(torch.load(blob, weights_only=False))
+    got = _indices(resumed, 6)
+    assert all(torch.equal(x, y) for x, y in zip(expected, got, strict=True))
+    # The checkpointed state does not embed the dataset.
+    assert blob.getbuffer().nbytes < 64_000
+
+
+def test_without_replacement_visits_every_transition_once_per_epoch(ds):
+    rb = ds.replay_buffer(10, seed=0, sampler="without_replacement")
+    seen = torch.cat(_indices(rb, len(ds) // 10))
+    assert sorted(seen.tolist()) == list(range(len(ds)))
+
+
+def test_state_from_another_dataset_is_refused(ds, tmp_path):
+    write_d4rl(tmp_path / "other.hdf5", lengths=(5, 5), terminal=(True, True))
+    other = load_dataset(tmp_path / "other.hdf5")
+    state = ds.replay_buffer(4, seed=0).state_dict()
+    with pytest.raises(UserError, match="same dataset"):
+        other.replay_buffer(4, seed=0).load_state_dict(state)
+
+
+def test_bad_buffer_options(ds):
+    with pytest.raises(UserError, match="unknown sampler"):
+        ds.replay_buffer(4, sampler="prioritized-ish")
+    with pytest.raises(UserError, match="batch_size"):
+        ds.replay_buffer(0)

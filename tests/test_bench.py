@@ -1,0 +1,75 @@
+"""`offrl bench`: runs end to end through the console script (tiny sizes; figures are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from offrl import bench
+from offrl.errors import UserError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _offrl() -> list[str]:
+    exe = Path(sys.executable).with_name("offrl")
+    return [str(exe)] if exe.exists() else [shutil.which("offrl") or "offrl"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RL_WARNINGS": "False"}
+    return subprocess.run([*_offrl(), "bench", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_console_script_json_cql():
+    proc = _run("cql", "--updates", "2", "--batch", "16", "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    env = report["environment"]
+    assert env["threads"] == 1 and env["device"] == "cpu"
+    assert {"torch", "torchrl", "tensordict", "offrl"} <= set(env["versions"])
+    (result,) = report["results"]
+    assert result["workload"] == "cql" and result["batch"] == 16 and result["updates"] == 2
+    assert result["updates_per_s"] > 0
+
+
+def test_console_script_text_discrete():
+    proc = _run("dqn", "--updates", "3", "--batch", "8", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "updates/s" in proc.stdout and "threads 1" in proc.stdout
+
+
+def test_user_error_is_one_line_exit_2():
+    proc = _run("dqn", "--updates", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--updates" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("workload", ["discrete-cql", "dqn"])
+@pytest.mark.parametrize("reference", [False, True])
+def test_bench_workload_in_process(workload, reference):
+    result = bench.bench_workload(workload, updates=2, batch=8, reference=reference, n_transitions=2_000)
+    assert result["updates_per_s"] > 0 and result["workload"] == workload
+
+
+def test_bf16_workload_runs():
+    result = bench.bench_workload("cql", updates=1, batch=8, precision="bf16", n_transitions=2_000)
+    assert result["precision"] == "bf16"
+
+
+def test_data_benchmark_absent_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "offrl.data.bench", None)  # makes the import fail
+    with pytest.raises(UserError, match="offrl bench data"):
+        bench.run_bench(["data"], threads=None)
+
+
+def test_unknown_workload_is_a_user_error():
+    with pytest.raises(UserError, match="unknown workload"):
+        bench.bench_workload("sac", updates=1)

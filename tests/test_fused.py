@@ -1,0 +1,303 @@
+"""The fused losses compute what torchrl's losses compute: same losses, same gradients (issue 6, section 5).
+
+Each pair runs on the same parameters, batch and random state. In float64 they agree to ~1e-12 (the
+algebra is identical); in float32 within 1e-5 relative (norm of the difference over the norm of the
+reference, per loss term: element-wise ratios are meaningless for gradients that cancel to ~0).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from tensordict.nn.distributions import NormalParamExtractor
+from torchrl.data import Bounded, Categorical, Composite, OneHot
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import MLP, ProbabilisticActor, QValueActor, TanhNormal, ValueOperator
+from torchrl.objectives import CQLLoss, DiscreteCQLLoss, DQNLoss, HardUpdate, SoftUpdate
+
+from offrl.algos.fused import (
+    FusedCQLLoss,
+    FusedDiscreteCQLLoss,
+    FusedDQNLoss,
+    default_loss_keys,
+    make_adam,
+    make_update,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+OBS, ACT, HIDDEN, BATCH = 5, 3, 32, 16
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _batch(n: int, obs_dim: int, action: torch.Tensor, seed: int = 1) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.get_default_dtype()
+    terminated = torch.zeros(n, 1, dtype=torch.bool)
+    terminated[::5] = True  # some terminal transitions: the target must not bootstrap through them
+    return TensorDict(
+        {
+            "observation": torch.randn(n, obs_dim, generator=g, dtype=dtype),
+            "action": action,
+            "next": {
+                "observation": torch.randn(n, obs_dim, generator=g, dtype=dtype),
+                "reward": torch.randn(n, 1, generator=g, dtype=dtype),
+                "done": terminated.clone(),
+                "terminated": terminated,
+            },
+        },
+        [n],
+    )
+
+
+def _cql_nets(critic=None):
+    torch.manual_seed(0)
+    spec = Bounded(-torch.ones(ACT), torch.ones(ACT), (ACT,))
+    actor_net = torch.nn.Sequential(
+        MLP(num_cells=[HIDDEN, HIDDEN], out_features=2 * ACT, activation_class=torch.nn.ReLU),
+        NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
+    )
+    actor = ProbabilisticActor(
+        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"], spec=spec, distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high, "tanh_loc": False},
+        default_interaction_type=ExplorationType.RANDOM,
+    )
+    qvalue = ValueOperator(
+        in_keys=["observation", "action"], out_keys=["state_action_value"],
+        module=critic if critic is not None else MLP(num_cells=[HIDDEN, HIDDEN], out_features=1,
+                                                     activation_class=torch.nn.ReLU),
+    )
+    g = torch.Generator().manual_seed(2)
+    data = _batch(BATCH, OBS, torch.rand(BATCH, ACT, generator=g, dtype=torch.get_default_dtype()) * 1.8 - 0.9)
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        td0 = data[:4].clone()
+        actor(td0)
+        qvalue(td0)
+    return actor, qvalue, data
+
+
+def _pair(ref_cls, fused_cls, nets, kwargs, gamma=0.99):
+    """The same loss twice (reference, fused) with identical parameters and perturbed targets."""
+    losses = []
+    for cls in (ref_cls, fused_cls):
+        loss = cls(*copy.deepcopy(nets), **kwargs)
+        loss.make_value_estimator(gamma=gamma)
+        losses.append(loss)
+    losses[1].load_state_dict(losses[0].state_dict())
+    for loss in losses:  # make target and online parameters differ, identically on both
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for name, buf in sorted(loss.named_buffers()):
+                if name.startswith("target_") and buf.is_floating_point():
+                    buf.add_(0.05 * torch.randn(buf.shape, generator=g, dtype=buf.dtype))
+    return losses
+
+
+def _run(loss, data, keys, seed=123):
+    """Outputs and per-term gradients (zeros where a term does not reach a parameter)."""
+    torch.manual_seed(seed)
+    td = data.clone()
+    out = loss(td)
+    params = list(loss.parameters())
+    grads = {}
+    for key in keys:
+        g = torch.autograd.grad(out[key], params, retain_graph=True, allow_unused=True)
+        grads[key] = torch.cat([(torch.zeros_like(p) if gi is None else gi).flatten() for gi, p in zip(g, params, strict=True)])
+    return out, grads, td
+
+
+def _assert_same(ref, fused, rtol):
+    (o1, g1, td1), (o2, g2, td2) = ref, fused
+    assert set(o1.keys()) == set(o2.keys())
+    for key in o1.keys():
+        torch.testing.assert_close(o2[key], o1[key], rtol=rtol, atol=rtol * (1 + o1[key].abs().max().item()))
+    for key, g in g1.items():
+        assert g.norm() > 0, key
+        rel = ((g2[key] - g).norm() / g.norm()).item()
+        assert rel <= rtol, f"gradient of {key}: relative difference {rel:.2e}"
+    torch.testing.assert_close(td2["td_error"], td1["td_error"], rtol=rtol, atol=rtol)
+
+
+CQL_CASES = list(itertools.product([True, False], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("with_lagrange,max_q_backup,deterministic_backup", CQL_CASES)
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_cql_matches_torchrl(request, with_lagrange, max_q_backup, deterministic_backup, precision):
+    if precision == "float64":
+        request.getfixturevalue("float64")
+    actor, qvalue, data = _cql_nets()
+    kwargs = dict(loss_function="l2", num_random=4, with_lagrange=with_lagrange, lagrange_thresh=5.0,
+                  max_q_backup=max_q_backup, deterministic_backup=deterministic_backup)
+    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), kwargs)
+    assert fused.fused
+    keys = ["loss_actor", "loss_actor_bc", "loss_qvalue", "loss_cql", "loss_alpha"]
+    if with_lagrange:
+        keys.append("loss_alpha_prime")
+    rtol = 1e-5 if precision == "float32" else 1e-10
+    _assert_same(_run(ref, data, keys), _run(fused, data, keys), rtol)
+
+
+def test_cql_smooth_l1_and_temperature():
+    actor, qvalue, data = _cql_nets()
+    kwargs = dict(num_random=3, temperature=0.7, min_q_weight=2.0, with_lagrange=True, lagrange_thresh=1.0)
+    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), kwargs)
+    keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha", "loss_alpha_prime"]
+    _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)
+
+
+class _Critic(torch.nn.Module):
+    """Not an MLP: the fused loss must fall back to torchrl's forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(OBS + ACT, 1)
+
+    def forward(self, obs, act):
+        return self.linear(torch.cat([obs, act], -1))
+
+
+def test_cql_falls_back_outside_the_fast_path():
+    actor, qvalue, data = _cql_nets(critic=_Critic())
+    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), dict(num_random=3))
+    assert not fused.fused
+    keys = ["loss_actor", "loss_qvalue", "loss_cql"]
+    _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-7)
+
+
+def _q_nets(action_space: str, action: torch.Tensor):
+    torch.manual_seed(0)
+    spec = OneHot(3) if action_space == "one-hot" else Categorical(3)
+    qnet = QValueActor(
+        module=MLP(in_features=OBS, num_cells=[HIDDEN, HIDDEN], out_features=3, activation_class=torch.nn.ReLU),
+        spec=Composite(action=spec), in_keys=["observation"],
+    )
+    data = _batch(BATCH, OBS, action)
+    with torch.no_grad():
+        qnet(data[:4].clone())
+    return qnet, data
+
+
+def _discrete_action(action_space: str) -> torch.Tensor:
+    idx = torch.randint(0, 3, (BATCH,), generator=torch.Generator().manual_seed(3))
+    return torch.nn.functional.one_hot(idx, 3) if action_space == "one-hot" else idx
+
+
+@pytest.mark.parametrize("action_space", ["one-hot", "categorical"])
+@pytest.mark.parametrize("loss_function", ["l2", "smooth_l1"])
+def test_dqn_matches_torchrl(action_space, loss_function):
+    qnet, data = _q_nets(action_space, _discrete_action(action_space))
+    ref, fused = _pair(DQNLoss, FusedDQNLoss, (qnet,), dict(loss_function=loss_function, delay_value=True))
+    assert fused.fused
+    _assert_same(_run(ref, data, ["loss"]), _run(fused, data, ["loss"]), 1e-5)
+
+
+@pytest.mark.parametrize("action_space", ["one-hot", "categorical"])
+def test_discrete_cql_matches_torchrl(action_space):
+    qnet, data = _q_nets(action_space, _discrete_action(action_space))
+    kwargs = dict(loss_function="l2", delay_value=True, action_space=action_space)
+    ref, fused = _pair(DiscreteCQLLoss, FusedDiscreteCQLLoss, (qnet,), kwargs)
+    assert fused.fused
+    keys = ["loss_qvalue", "loss_cql"]
+    _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)
+
+
+def test_dqn_double_dqn_falls_back():
+    qnet, data = _q_nets("categorical", _discrete_action("categorical"))
+    ref, fused = _pair(DQNLoss, FusedDQNLoss, (qnet,), dict(delay_value=True, double_dqn=True))
+    assert not fused.fused
+    _assert_same(_run(ref, data, ["loss"]), _run(fused, data, ["loss"]), 1e-7)
+
+
+def _plain_loop(loss, optimizer, target, keys, clip_norm):
+    def update(batch):
+        out = loss(batch)
+        sum(out[k] for k in keys).backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(loss.parameters()), clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        target.step()
+        return out
+
+    return update
+
+
+@pytest.mark.parametrize("algo", ["cql", "dqn", "discrete-cql"])
+def test_make_update_is_the_plain_loop(algo):
+    """Several steps of make_update(fused loss) leave the same parameters and targets as torchrl's loop."""
+    if algo == "cql":
+        actor, qvalue, data = _cql_nets()
+        ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue),
+                           dict(loss_function="l2", num_random=4, with_lagrange=True, lagrange_thresh=5.0,
+                                deterministic_backup=False))
+        targets = [SoftUpdate(m, tau=0.05) for m in (ref, fused)]
+        clip = 1.0
+    else:
+        space = "one-hot" if algo == "dqn" else "categorical"
+        qnet, data = _q_nets(space, _discrete_action(space))
+        ref_cls, fused_cls = (DQNLoss, FusedDQNLoss) if algo == "dqn" else (DiscreteCQLLoss, FusedDiscreteCQLLoss)
+        kwargs = dict(delay_value=True) if algo == "dqn" else dict(delay_value=True, action_space=space)
+        ref, fused = _pair(ref_cls, fused_cls, (qnet,), kwargs)
+        targets = (
+            [HardUpdate(m, value_network_update_interval=2) for m in (ref, fused)]
+            if algo == "dqn" else [SoftUpdate(m, tau=0.05) for m in (ref, fused)]
+        )
+        clip = None
+    keys = default_loss_keys(ref)
+    ref_update = _plain_loop(ref, torch.optim.Adam(ref.parameters(), lr=1e-3), targets[0], keys, clip)
+    fused_update = make_update(fused, torch.optim.Adam(fused.parameters(), lr=1e-3), targets[1], clip_norm=clip)
+    for step in range(5):
+        torch.manual_seed(step)
+        ref_out = ref_update(data.clone())
+        torch.manual_seed(step)
+        metrics = fused_update(data.clone())
+        for key in keys:
+            assert not metrics[key].requires_grad
+            torch.testing.assert_close(metrics[key], ref_out[key].detach(), rtol=1e-4, atol=1e-5)
+    if clip is not None:
+        assert metrics["grad_norm"].ndim == 0
+    ref_state, fused_state = ref.state_dict(), fused.state_dict()
+    for key, value in ref_state.items():
+        torch.testing.assert_close(fused_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    if algo == "dqn":
+        assert targets[0].counter == targets[1].counter
+
+
+def test_make_update_bf16_and_fused_adam():
+    actor, qvalue, data = _cql_nets()
+    loss = FusedCQLLoss(actor, qvalue, num_random=3, with_lagrange=True, lagrange_thresh=5.0)
+    loss.make_value_estimator(gamma=0.99)
+    update = make_update(loss, make_adam(loss.parameters(), lr=3e-4), SoftUpdate(loss, tau=0.005),
+                         clip_norm=10.0, precision="bf16")
+    before = [p.detach().clone() for p in loss.parameters()]
+    for _ in range(3):
+        metrics = update(data.clone())
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in loss.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, loss.parameters(), strict=True))
+    with pytest.raises(ValueError, match="precision"):
+        make_update(loss, make_adam(loss.parameters(), lr=1e-3), precision="fp16")
+
+
+def test_discrete_cql_target_network_bootstrap_is_half_dqn():
+    """With target_network_bootstrap=True the TD part is DQN's (target network), halved as torchrl does."""
+    qnet, data = _q_nets("categorical", _discrete_action("categorical"))
+    dqn, dcql = _pair(DQNLoss, FusedDiscreteCQLLoss, (qnet,), dict(delay_value=True, action_space="categorical"))
+    dcql.target_network_bootstrap = True
+    (o1, g1, _), (o2, g2, _) = _run(dqn, data, ["loss"]), _run(dcql, data, ["loss_qvalue"])
+    torch.testing.assert_close(o2["loss_qvalue"], 0.5 * o1["loss"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(g2["loss_qvalue"], 0.5 * g1["loss"], rtol=1e-5, atol=1e-7)

@@ -1,0 +1,86 @@
+"""The collector path: collect frames_per_batch env steps, extend the buffer, anneal epsilon, train."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from engine_helpers import SMALL_CQL, SMALL_DQN, ListLogger
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import GymEnv
+
+from offrl.algos import cql, dqn
+from offrl.errors import UserError
+from offrl.trainers import CQLTrainer, DQNTrainer
+
+
+def _cartpole_dqn(seed=0):
+    env = GymEnv("CartPole-v1", categorical_action_encoding=True)
+    env.set_seed(seed)
+    parts = dqn.build(SMALL_DQN, observation_shape=(4,), action_spec=env.action_spec, seed=seed)
+    return env, parts
+
+
+def test_dqn_collects_trains_and_anneals_epsilon():
+    env, parts = _cartpole_dqn()
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=20, total_frames=-1)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=16)
+    log = ListLogger()
+    trainer = DQNTrainer(collector=collector, total_frames=100, frame_skip=2, optim_steps_per_batch=2,
+                         loss_module=parts.loss_module, optimizer=parts.optimizer,
+                         target_net_updater=parts.target_net_updater, greedy_module=parts.greedy_module,
+                         replay_buffer=rb, logger=log, log_interval=2, seed=0, progress_bar=False)
+    assert trainer.planned_steps() == math.ceil(100 / (20 * 2)) * 2
+    before = {k: v.clone() for k, v in parts.loss_module.state_dict().items()}
+    trainer.train()
+    assert trainer.frames == 120 and trainer.step == 6  # 3 batches of 20 env steps x frame_skip 2
+    assert len(rb) == 60
+    # epsilon decays once per collected env step: 1 - 0.95 * 60 / 100
+    assert float(parts.greedy_module.eps) == pytest.approx(1.0 - 0.95 * 60 / 100, abs=1e-5)
+    assert [(s, p) for s, p, _ in log.rows] == [(2, "online"), (4, "online"), (6, "online")]
+    assert log.rows[-1][2]["frames"] == 120 and "epsilon" in log.rows[-1][2]
+    after = parts.loss_module.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("value_network"))
+
+
+def test_offline_steps_then_online_phase():
+    env, parts = _cartpole_dqn()
+    warm = Collector(env, parts.exploration_policy, frames_per_batch=50, total_frames=50)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=16)
+    for data in warm:
+        rb.extend(data.reshape(-1))
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=10, total_frames=-1)
+    log = ListLogger()
+    trainer = DQNTrainer(collector=collector, total_frames=20, loss_module=parts.loss_module,
+                         optimizer=parts.optimizer, target_net_updater=parts.target_net_updater,
+                         replay_buffer=rb, logger=log, log_interval=1, offline_steps=3, progress_bar=False)
+    trainer.train()
+    assert [p for _, p, _ in log.rows] == ["offline"] * 3 + ["online"] * 2
+    assert len(rb) == 70
+
+
+def test_cql_online_with_continuous_collector():
+    env = GymEnv("Pendulum-v1")
+    env.set_seed(0)
+    parts = cql.build(SMALL_CQL, observation_shape=(3,), action_spec=env.action_spec, seed=0)
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=16, total_frames=-1)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=8)
+    log = ListLogger()
+    trainer = CQLTrainer(collector=collector, total_frames=32, loss_module=parts.loss_module,
+                         optimizer=parts.optimizer, target_net_updater=parts.target_net_updater,
+                         replay_buffer=rb, logger=log, log_interval=1, progress_bar=False)
+    trainer.train()
+    assert trainer.step == 2 and len(rb) == 32
+    actions = rb[:].get("action")
+    assert actions.abs().max() <= 2.0 and actions.abs().max() > 1.0  # the env's [-2, 2] box, rescaled policy
+    assert all(p == "online" for _, p, _ in log.rows)
+
+
+def test_collector_needs_total_frames():
+    env, parts = _cartpole_dqn()
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=10, total_frames=-1)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100), batch_size=4)
+    with pytest.raises(UserError, match="total_frames"):
+        DQNTrainer(collector=collector, loss_module=parts.loss_module, replay_buffer=rb)
