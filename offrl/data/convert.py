@@ -3,7 +3,7 @@
 The cache lives in ``cache_dir``, else ``$OFFRL_CACHE``, else ``~/.cache/offrl``::
 
     sources/<sha1 of the source path>.json   size + mtime_ns -> content digest (the fast path)
-    datasets/<slug>-<digest16>-c<version>-g<gamma>/{td/, info.json}
+    datasets/<slug>-<digest16>-c<version>-g<gamma>/{rows.memmap, info.json}
     locks/<key>.lock
 
 An entry is keyed by the source's content digest (SHA-256 of its files), the converter version and
@@ -50,9 +50,10 @@ __all__ = [
     "ted_layout",
 ]
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 DEFAULT_CHUNK_BYTES = 8 << 20  # ~8 MB of packed rows per chunk; temporaries make the peak a few times that
 _HASH_BLOCK = 8 << 20
+ROWS_FILE = "rows.memmap"  # uint8 [N, row_bytes], see offrl.data.layout
 
 
 # --------------------------------------------------------------------------- cache location and keys
@@ -206,17 +207,14 @@ def default_chunk_rows(raw: RawSource) -> int:
 
 # --------------------------------------------------------------------------- conversion
 def convert_to_dir(raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int | None = None, allow_nan: bool = False) -> dict[str, Any]:
-    """Stream ``raw`` into ``dest/td`` (memmapped TED TensorDict); write and return ``dest/info.json``'s payload."""
-    import torch  # imported here so validation errors never wait for torch
-    from tensordict import TensorDict
-
+    """Stream ``raw`` into ``dest/rows.memmap`` (packed TED rows); write and return ``dest/info.json``'s payload."""
     chunk_rows = int(chunk_rows or default_chunk_rows(raw))
     n = raw.transitions
     layout = ted_layout(raw.observation_space, raw.action_space)
-    rows_td = TensorDict({"rows": torch.zeros(1, layout.row_bytes, dtype=torch.uint8)}, batch_size=[1])
-    rows_td = rows_td.expand(n).memmap_like(dest / "td", num_threads=0)
-    fd = os.open(rows_td["rows"].filename, os.O_RDWR)
-    del rows_td  # never touched through the mapping: rows go in with pwrite, so RSS stays bounded
+    # One flat file of packed rows, written with pwrite (never through a mapping, so RSS stays bounded
+    # by the chunk); it is opened later as a tensordict MemoryMappedTensor. No torch needed here.
+    fd = os.open(dest / ROWS_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    os.ftruncate(fd, n * layout.row_bytes)
     R = layout.row_bytes
     stats = HealthStats()
     row = 0

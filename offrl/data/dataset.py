@@ -147,23 +147,35 @@ class OfflineDataset:
     """A converted dataset: a memmapped TED TensorDict (``.data``), its :class:`DatasetInfo` and helpers."""
 
     def __init__(
-        self,
-        data: TensorDict,
-        info: DatasetInfo,
-        *,
-        source: Path,
-        cache_path: Path,
-        metadata: dict[str, Any],
-        rows: torch.Tensor | None = None,
-        layout: RowLayout | None = None,
+        self, info: DatasetInfo, *, source: Path, cache_path: Path, metadata: dict[str, Any], layout: RowLayout
     ) -> None:
-        self.data = data
-        self.rows = rows  # packed uint8 [N, row_bytes] records that ``data`` views (memmapped)
-        self.layout = layout
         self.info = info
         self.source = source
         self.cache_path = cache_path
         self.metadata = metadata
+        self.layout = layout  # where each TED leaf sits inside a packed row
+        self._rows: torch.Tensor | None = None
+        self._data: TensorDict | None = None
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The packed ``uint8 [N, row_bytes]`` records, memory-mapped from the cache (opened on first use)."""
+        if self._rows is None:
+            import torch
+            from tensordict import MemoryMappedTensor
+
+            from offrl.data.convert import ROWS_FILE
+
+            shape = torch.Size([self.info.transitions, self.layout.row_bytes])
+            self._rows = MemoryMappedTensor.from_filename(self.cache_path / ROWS_FILE, dtype=torch.uint8, shape=shape)
+        return self._rows
+
+    @property
+    def data(self) -> TensorDict:
+        """The TED TensorDict (``batch_size=[N]``): strided views into :attr:`rows`, no copy."""
+        if self._data is None:
+            self._data = self.layout.view(self.rows)
+        return self._data
 
     @property
     def name(self) -> str:
@@ -281,13 +293,9 @@ def load_dataset(
             f"{resolved.path}: {stored['nonfinite']} NaN/inf values in the data; fix the data or pass --allow-nan "
             "(load_dataset(..., allow_nan=True)) to accept them"
         )
-    from tensordict import TensorDict
-
     from offrl.data.layout import RowLayout
 
     layout = RowLayout.from_json(stored["layout"])
-    rows = TensorDict.load_memmap(entry / "td")["rows"]
-    data = layout.view(rows)
     meta = stored.get("metadata") or {}
     ref_min, ref_max, ref_source = catalog.reference_scores(
         stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score
@@ -332,7 +340,7 @@ def load_dataset(
         env_note=resolution.note if resolution else None,
         extra={"env_override": env} if env else {},
     )
-    return OfflineDataset(data, info, source=resolved.path, cache_path=entry, metadata=stored, rows=rows, layout=layout)
+    return OfflineDataset(info, source=resolved.path, cache_path=entry, metadata=stored, layout=layout)
 
 
 def cached_entries(cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:

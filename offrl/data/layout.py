@@ -13,11 +13,13 @@ Fields are placed largest itemsize first and aligned to their itemsize; ``row_by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from tensordict import TensorDict
+
+if TYPE_CHECKING:  # torch loads lazily: reading a layout (``offrl datasets info``) does not need it
+    import torch
+    from tensordict import TensorDict
 
 __all__ = ["Field", "RowLayout"]
 
@@ -45,6 +47,8 @@ class Field:
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    import torch
+
     return torch.from_numpy(np.zeros(1, dtype=dtype)).dtype
 
 
@@ -55,10 +59,17 @@ class RowLayout:
         self.fields = fields
         self.row_bytes = row_bytes
         self._by_key = {f.key: f for f in fields}
-        # Precomputed torch views: (key path, torch dtype, element offset, numel, shape).
-        self._views = [
-            (f.key, _torch_dtype(f.np_dtype), f.offset // f.np_dtype.itemsize, f.numel, f.shape) for f in fields
-        ]
+        self._views_cache: list[tuple[tuple[str, ...], Any, int, int, tuple[int, ...]]] | None = None
+
+    @property
+    def _views(self) -> list[tuple[tuple[str, ...], Any, int, int, tuple[int, ...]]]:
+        """Precomputed torch views: (key path, torch dtype, element offset, numel, shape)."""
+        if self._views_cache is None:
+            self._views_cache = [
+                (f.key, _torch_dtype(f.np_dtype), f.offset // f.np_dtype.itemsize, f.numel, f.shape)
+                for f in self.fields
+            ]
+        return self._views_cache
 
     @classmethod
     def build(cls, leaves: list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]]) -> RowLayout:
@@ -110,7 +121,7 @@ class RowLayout:
     def view(self, rows: torch.Tensor) -> TensorDict:
         """The TED TensorDict of strided views into ``rows`` (``uint8 [n, row_bytes]``); no copy."""
         n = rows.shape[0]
-        typed: dict[torch.dtype, torch.Tensor] = {}
+        typed: dict[Any, torch.Tensor] = {}
         root: dict[str, Any] = {}
         for key, dtype, start, numel, shape in self._views:
             t = typed.get(dtype)
@@ -126,11 +137,17 @@ class RowLayout:
             for part in key[:-1]:
                 node = node.setdefault(part, {})
             node[key[-1]] = leaf
-        return _to_td(root, torch.Size([n]), rows.device)
+        return _to_td(root, rows.shape[:1], rows.device)
+
+
+_TD: Any = None  # tensordict.TensorDict, imported on first use
 
 
 def _to_td(tree: dict[str, Any], batch_size: torch.Size, device: torch.device) -> TensorDict:
+    global _TD
+    if _TD is None:
+        from tensordict import TensorDict as _TD
     # TensorDict._new_unsafe skips per-leaf validation, which dominates the cost of building a small
     # batch; the views are built above with the right batch dimension. (tensordict is pinned to 0.14.)
     source = {k: _to_td(v, batch_size, device) if isinstance(v, dict) else v for k, v in tree.items()}
-    return TensorDict._new_unsafe(source, batch_size=batch_size, device=device)
+    return _TD._new_unsafe(source, batch_size=batch_size, device=device)

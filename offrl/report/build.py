@@ -62,6 +62,8 @@ def _render(runs: Sequence[Run], out: Path, html_name: str, *, group_by: str | N
         if fig is not None:
             figures.append(fig)
     summary, aggregate, table = summary_table(groups), aggregate_table(groups), run_table(groups)
+    if len(runs) == 1:  # a single run: the across-datasets table would only repeat the summary row
+        aggregate = aggregate.iloc[0:0]
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
                             warnings=warnings, group_by=group_by, smooth=smooth)
     path = out / html_name

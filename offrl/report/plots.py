@@ -92,7 +92,8 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figur
     datasets = _datasets(groups)
     colour = colours(groups)
     rows, cols = _grid(len(datasets))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(max(7.5, 5.2 * cols), 3.6 * rows), squeeze=False,
+                             layout="constrained")
     for ax, ds in zip(axes.flat, datasets, strict=False):  # a grid may have spare cells
         members = [g for g in groups if g.dataset == ds]
         for g in members:
@@ -117,7 +118,7 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figur
             ax.text(0.5, 0.5, "no evaluation logged yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
     for ax in list(axes.flat)[len(datasets):]:
         ax.set_visible(False)
-    fig.suptitle("Evaluation score vs gradient step (mean over seeds, 95% bootstrap CI)", fontsize=11)
+    fig.suptitle("Evaluation score (mean over seeds, 95% bootstrap CI)", fontsize=11)
     path = out / "scores.png"
     _save(fig, path)
     smooth_note = f", each run smoothed over {smooth} evaluations" if smooth > 1 else ""
@@ -142,8 +143,9 @@ def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Pat
             ax = axes[i, j]
             for g in members:
                 c = curve(g, col, ci=False)
-                if len(c):
-                    ax.plot(c["step"], c["mean"], color=colour[g.label], lw=1.4, label=g.label)
+                if len(c):  # a marker keeps a single logged point visible
+                    ax.plot(c["step"], c["mean"], color=colour[g.label], lw=1.4, label=g.label,
+                            marker="o" if len(c) < 3 else None, ms=4)
             _mark_online(ax, members)
             ax.set_title(f"{label}\n{ds}" if len(datasets) > 1 else label, fontsize=9)
             ax.set_xlabel("gradient step", fontsize=8)
@@ -195,9 +197,13 @@ def plot_diagnostics(groups: Sequence[Group], out: Path) -> Figure | None:
                 for col, _name, ls in series:
                     c = curve(g, col, ci=False)
                     if len(c):
-                        ax.plot(c["step"], c["mean"], color=colour[g.label], ls=ls, lw=1.4)
-            if title.startswith("TD"):
-                ax.set_yscale("log") if all((curve(g, "diag_td_error", ci=False)["mean"] > 0).all() for g in members) else None
+                        ax.plot(c["step"], c["mean"], color=colour[g.label], ls=ls, lw=1.4,
+                                marker="o" if len(c) < 3 else None, ms=4)
+            if title.startswith("TD"):  # log scale only when the error spans orders of magnitude
+                td = np.concatenate([curve(g, "diag_td_error", ci=False)["mean"].to_numpy(dtype=float) for g in members])
+                td = td[np.isfinite(td)]
+                if td.size and td.min() > 0 and td.max() / td.min() > 20:
+                    ax.set_yscale("log")
             _mark_online(ax, members)
             ax.set_title(f"{title}\n{ds}" if len(datasets) > 1 else title, fontsize=9)
             ax.set_xlabel("gradient step", fontsize=8)

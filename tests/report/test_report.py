@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_run
+from report_helpers import make_run
 
 from offrl.errors import UserError
 from offrl.report import build_report, load_run, load_runs, write_run_report

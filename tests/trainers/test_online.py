@@ -25,7 +25,7 @@ def _cartpole_dqn(seed=0):
 
 def test_dqn_collects_trains_and_anneals_epsilon():
     env, parts = _cartpole_dqn()
-    collector = Collector(env, parts.exploration_policy, frames_per_batch=20, total_frames=-1)
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=20, total_frames=-1, auto_register_policy_transforms=False)
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=16)
     log = ListLogger()
     trainer = DQNTrainer(collector=collector, total_frames=100, frame_skip=2, optim_steps_per_batch=2,
@@ -47,11 +47,11 @@ def test_dqn_collects_trains_and_anneals_epsilon():
 
 def test_offline_steps_then_online_phase():
     env, parts = _cartpole_dqn()
-    warm = Collector(env, parts.exploration_policy, frames_per_batch=50, total_frames=50)
+    warm = Collector(env, parts.exploration_policy, frames_per_batch=50, total_frames=50, auto_register_policy_transforms=False)
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=16)
     for data in warm:
         rb.extend(data.reshape(-1))
-    collector = Collector(env, parts.exploration_policy, frames_per_batch=10, total_frames=-1)
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=10, total_frames=-1, auto_register_policy_transforms=False)
     log = ListLogger()
     trainer = DQNTrainer(collector=collector, total_frames=20, loss_module=parts.loss_module,
                          optimizer=parts.optimizer, target_net_updater=parts.target_net_updater,
@@ -65,7 +65,7 @@ def test_cql_online_with_continuous_collector():
     env = GymEnv("Pendulum-v1")
     env.set_seed(0)
     parts = cql.build(SMALL_CQL, observation_shape=(3,), action_spec=env.action_spec, seed=0)
-    collector = Collector(env, parts.exploration_policy, frames_per_batch=16, total_frames=-1)
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=16, total_frames=-1, auto_register_policy_transforms=False)
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=8)
     log = ListLogger()
     trainer = CQLTrainer(collector=collector, total_frames=32, loss_module=parts.loss_module,
@@ -80,7 +80,7 @@ def test_cql_online_with_continuous_collector():
 
 def test_collector_needs_total_frames():
     env, parts = _cartpole_dqn()
-    collector = Collector(env, parts.exploration_policy, frames_per_batch=10, total_frames=-1)
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=10, total_frames=-1, auto_register_policy_transforms=False)
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100), batch_size=4)
     with pytest.raises(UserError, match="total_frames"):
         DQNTrainer(collector=collector, loss_module=parts.loss_module, replay_buffer=rb)

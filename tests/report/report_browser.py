@@ -97,14 +97,15 @@ def visit(url: str, script: str, *, width: int = 1280, height: int = 2400, timeo
     profile = tempfile.mkdtemp(prefix="offrl-chromium-")
 
     def child_fds() -> None:
-        # move both ends above 10 first: the parent's pipe fds may themselves be 3 or 4
+        # Move both ends above 10 first (the parent's pipe fds may themselves be 3 or 4), then onto 3/4.
+        # close_fds=False keeps them across exec; every other Python fd is close-on-exec anyway.
         r, w = fcntl.fcntl(to_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_w, fcntl.F_DUPFD, 10)
         os.dup2(r, 3)
         os.dup2(w, 4)
 
     proc = subprocess.Popen(
         [binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-        pass_fds=(3, 4), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        close_fds=False, preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     os.close(to_r)
     os.close(from_w)
