@@ -201,7 +201,7 @@ class TrainerConfig:
         device = resolve_device(self.device)
         module = _algo_module(self.algo)
         _seed_everything(self.seed)  # network initialisation comes from the run's seed too
-        parts = module.build_from_dataset(self.algo_config, dataset, device=str(device))
+        parts = module.build_from_dataset(self.algo_config, dataset, device=str(device), seed=self.seed)
         replay_buffer = dataset.replay_buffer(self.batch_size, device=device, seed=self.seed)
         if evaluator is None and self.eval.interval > 0:
             try:  # fail before anything is written, not at the first evaluation
@@ -426,7 +426,8 @@ def _to_container(cfg: TrainerConfig | DictConfig) -> dict[str, Any]:
 
 
 def diff_configs(old: TrainerConfig | DictConfig, new: TrainerConfig | DictConfig,
-                 *, ignore: Sequence[str] = ("progress_bar", "dataset.cache_dir", "dataset.path")) -> list[str]:
+                 *, ignore: Sequence[str] = ("progress_bar", "logger", "dataset.cache_dir", "dataset.path"),
+                 ) -> list[str]:
     """Dotted keys whose values differ between two configs (``ignore``: keys that do not change results)."""
     a = _flatten(_to_container(old))
     b = _flatten(_to_container(new))

@@ -6,7 +6,7 @@ tidy ``metrics.csv``: one row per logged step with ``step``, ``phase``, ``wall_t
 metric (empty cells read back as NaN). It can mirror every scalar to other torchrl loggers (TensorBoard,
 W&B), so the tidy CSV is always written whatever ``--logger`` says.
 
-Its position (rows written, columns, the row still being filled, elapsed time) is part of
+Its position (rows written, columns, the last row, elapsed time) is part of
 ``state_dict()``; ``load_state_dict()`` cuts ``metrics.csv`` back to that position, so a resumed run
 rewrites exactly the rows the interrupted one logged after its last checkpoint.
 """
@@ -66,12 +66,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class _TidyCSVFile:
-    """The experiment object: an append-only CSV whose header can grow (rewritten once per new column)."""
+    """The experiment object: an append-only CSV, one line per (step, phase).
+
+    A row for the same step and phase as the last line is merged into that line (rewritten in place), so
+    every row is on disk as soon as it is logged. A new column rewrites the file once with a wider header.
+    """
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
         self.columns: list[str] = list(columns)
         self.rows = 0
+        self.last: dict[str, Any] | None = None  # the last line's values, for merging
+        self._last_len = 0  # bytes of the last line, newline included
         self._fh: io.TextIOBase | None = None
 
     def _open(self) -> io.TextIOBase:
@@ -82,14 +88,28 @@ class _TidyCSVFile:
             self._fh = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the run
         return self._fh
 
+    def _line(self, row: Mapping[str, Any]) -> str:
+        return ",".join(_format(row.get(c)) for c in self.columns) + "\n"
+
     def write_row(self, row: Mapping[str, Any]) -> None:
+        last = self.last
+        merge = last is not None and (last["step"], last["phase"]) == (row["step"], row["phase"])
+        if merge:
+            row = {**last, **row}
         new = [k for k in row if k not in self.columns]
         if new:
             self._grow(new)
         fh = self._open()
-        fh.write(",".join(_format(row.get(c)) for c in self.columns) + "\n")
+        if merge:
+            fh.flush()
+            fh.truncate(os.fstat(fh.fileno()).st_size - self._last_len)
+        else:
+            self.rows += 1
+        line = self._line(row)
+        fh.write(line)
         fh.flush()
-        self.rows += 1
+        self.last = dict(row)
+        self._last_len = len(line.encode())
 
     def _grow(self, new: Sequence[str]) -> None:
         """Add columns: rewrite the file with the wider header, old rows padded with empty cells."""
@@ -100,8 +120,9 @@ class _TidyCSVFile:
         lines = self.path.read_text().splitlines()[1 : self.rows + 1]
         pad = "," * len(new)
         _atomic_write_text(self.path, "\n".join([",".join(self.columns), *(ln + pad for ln in lines)]) + "\n")
+        self._last_len += len(pad)
 
-    def truncate(self, rows: int, columns: Sequence[str]) -> None:
+    def truncate(self, rows: int, columns: Sequence[str], last: Mapping[str, Any] | None) -> None:
         """Keep the first ``rows`` data rows under the header ``columns``; drop everything after.
 
         Columns added after the checkpoint are dropped too (the file may have been widened since).
@@ -121,6 +142,8 @@ class _TidyCSVFile:
             kept.append(",".join(cells[position[c]] if c in position else "" for c in columns))
         self.columns = list(columns)
         self.rows = rows
+        self.last = None if last is None else dict(last)
+        self._last_len = len(kept[-1].encode()) + 1 if kept else 0
         _atomic_write_text(self.path, "\n".join([",".join(self.columns), *kept]) + "\n")
 
     def flush(self) -> None:
@@ -136,8 +159,8 @@ class _TidyCSVFile:
 class TidyCSVLogger(Logger):
     """A torchrl logger writing one tidy CSV (``<log_dir>/metrics.csv``), one row per logged step.
 
-    Scalars logged for the same step (through :meth:`log_scalar` or :meth:`log_row`) merge into one row;
-    the row is written when a later step arrives or on :meth:`close`. ``mirrors`` are other torchrl
+    Scalars logged for the same step and phase (through :meth:`log_scalar` or :meth:`log_row`) merge into
+    one row; every row is on disk as soon as it is logged (``tail -f`` works). ``mirrors`` are other torchrl
     loggers that receive every scalar as well (``name`` with ``phase/`` prefix, e.g. ``offline/loss_qvalue``).
 
     Args:
@@ -164,7 +187,6 @@ class TidyCSVLogger(Logger):
         super().__init__(exp_name=exp_name, log_dir=str(log_dir))
         self.phase = phase
         self.mirrors = list(mirrors)
-        self._pending: dict[str, Any] | None = None
         self._t0 = time.perf_counter()
         self._elapsed_before = 0.0  # wall time of earlier sessions of this run (resume)
 
@@ -183,31 +205,29 @@ class TidyCSVLogger(Logger):
         return self._elapsed_before + time.perf_counter() - self._t0
 
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
-        """Add one scalar to the row of ``step`` (default: the row being filled, else step 0)."""
-        if step is None:
-            step = self._pending["step"] if self._pending is not None else 0
-        self.log_row(int(step), self.phase, {name: value})
+        """Add one scalar to the row of ``step`` (default: the last row's step, else 0)."""
+        self.log_row(self._default_step() if step is None else int(step), self.phase, {name: value})
+
+    def _default_step(self) -> int:
+        last = self.experiment.last
+        return int(last["step"]) if last is not None else 0
 
     def log_row(self, step: int, phase: str, metrics: Mapping[str, Any]) -> None:
-        """Log several metrics for one step at once (the trainer's fast path); tensors become floats."""
+        """Log several metrics for one step at once (the trainer's fast path); tensors become floats.
+
+        The row is on disk when this returns; a second call for the same step and phase merges into it.
+        """
         values = _make_metrics_safe(dict(metrics))
-        step = int(step)
-        if self._pending is not None and (self._pending["step"] != step or self._pending["phase"] != phase):
-            self._write_pending()
-        if self._pending is None:
-            self._pending = {"step": step, "phase": phase}
-        self._pending.update(values)
-        self._pending["wall_time"] = round(self.wall_time, 6)
+        row = {"step": int(step), "phase": phase, "wall_time": round(self.wall_time, 6), **values}
+        self.experiment.write_row(row)
         for mirror in self.mirrors:
             for name, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    mirror.log_scalar(f"{phase}/{name}", value, step=step)
+                    mirror.log_scalar(f"{phase}/{name}", value, step=int(step))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, *, keys_sep: str = "/"):
         safe = _make_metrics_safe(metrics, keys_sep=keys_sep)  # type: ignore[arg-type]
-        if step is None:
-            step = self._pending["step"] if self._pending is not None else 0
-        self.log_row(int(step), self.phase, safe)
+        self.log_row(self._default_step() if step is None else int(step), self.phase, safe)
         return safe
 
     def log_hparams(self, cfg: Any) -> None:
@@ -223,22 +243,16 @@ class TidyCSVLogger(Logger):
         for mirror in self.mirrors:
             mirror.log_histogram(name, data, **kwargs)
 
-    def _write_pending(self) -> None:
-        if self._pending is not None:
-            self.experiment.write_row(self._pending)
-            self._pending = None
-
     def flush(self, timeout: float | None = None) -> None:
-        """Flush the file; the row still being filled stays pending (it is part of ``state_dict``)."""
+        """Flush the file and the mirrors."""
         self.experiment.flush()
         for mirror in self.mirrors:
             mirror.flush()
 
     def close(self, timeout: float | None = None) -> None:  # type: ignore[override]
-        """Write the pending row and close the file and the mirrors."""
+        """Close the file and the mirrors."""
         if self._service_shutdown:
             return
-        self._write_pending()
         self.experiment.close()
         for mirror in self.mirrors:
             try:
@@ -254,17 +268,15 @@ class TidyCSVLogger(Logger):
         return {
             "rows": self.experiment.rows,
             "columns": list(self.experiment.columns),
-            "pending": None if self._pending is None else dict(self._pending),
+            "last": None if self.experiment.last is None else dict(self.experiment.last),
             "wall_time": self.wall_time,
         }
 
     def _load_checkpoint_state(self, state_dict: Mapping[str, Any]) -> None:
-        """Cut ``metrics.csv`` back to the checkpoint's position and restore the pending row and clock."""
+        """Cut ``metrics.csv`` back to the checkpoint's position and restore its last row and clock."""
         if not state_dict:
             return
-        self.experiment.truncate(int(state_dict["rows"]), state_dict["columns"])
-        pending = state_dict.get("pending")
-        self._pending = None if pending is None else dict(pending)
+        self.experiment.truncate(int(state_dict["rows"]), state_dict["columns"], state_dict.get("last"))
         self._elapsed_before = float(state_dict.get("wall_time", 0.0))
         self._t0 = time.perf_counter()
 

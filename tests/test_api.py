@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pandas as pd
@@ -41,7 +42,7 @@ def test_run_folder_contents(pendulum, tmp_path):
     assert isinstance(run, Run)
     assert run.dir == tmp_path / "pendulum-random" / "cql" / "a"
     names = {p.name for p in run.dir.iterdir()}
-    assert {"config.yaml", "metrics.csv", "summary.json", "checkpoints"} <= names
+    assert {"config.yaml", "metrics.csv", "summary.json", "checkpoints", "report.html"} <= names
     assert {"latest.pt", "step_10.pt", "step_20.pt"} <= {p.name for p in (run.dir / "checkpoints").iterdir()}
     assert not [p for p in run.dir.parent.iterdir() if p.name.startswith(".")], "temporary sibling left"
 
@@ -97,6 +98,13 @@ def test_bad_input_leaves_no_run_folder(pendulum, tmp_path):
         train(pendulum, out=tmp_path, name="bad", dotlist=["cql.nope=1"])
     with pytest.raises(UserError, match="--steps"):
         train(pendulum, out=tmp_path, name="bad", steps=0)
+    with pytest.raises(UserError, match="--config"):
+        train(pendulum, out=tmp_path, config=tmp_path / "missing.yaml")
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(UserError, match=r"offrl\[tensorboard\]"):
+            train(pendulum, out=tmp_path, logger="tensorboard", dotlist=TINY_CQL)
+    with pytest.raises(UserError, match="dataset.env_id"):  # no evaluation env: caught before any file
+        train(pendulum, out=tmp_path, eval_every=5)
     assert list(tmp_path.iterdir()) == []
     small_cql(pendulum, tmp_path, "taken")
     with pytest.raises(UserError, match="already exists"):

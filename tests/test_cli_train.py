@@ -37,26 +37,19 @@ def test_a_run_prints_its_folder_and_score(data, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+# Each costs a Python start with torch; the other bad values are checked in-process (test_api, test_config).
 BAD = [
     (["--algo", "sac"], "invalid choice"),
     (["--algo", "dqn"], "continuous actions"),
     (["--set", "cql.nope=1"], "cql.nope"),
-    (["--set", "cql.min_q_weight=lots"], "cql.min_q_weight"),
     (["--set", "batch_size=1.5"], "batch_size"),
     (["--steps", "0"], "--steps"),
     (["--batch-size", "-3"], "--batch-size"),
-    (["--logger", "tensorboard"], "offrl[tensorboard]"),
-    (["--config", "/nonexistent/c.yaml"], "--config"),
 ]
 
 
 @pytest.mark.parametrize(("extra", "message"), BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_input_exit_2_one_line(data, tmp_path, extra, message):
-    if "tensorboard" in extra:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is not None:
-            pytest.skip("tensorboard is installed")
     out = tmp_path / "runs"
     result = offrl_cli("train", "--dataset", data["pendulum"], "--out", str(out), "--no-progress", *extra)
     assert result.returncode == 2, result.stderr

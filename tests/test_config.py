@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+from train_helpers import TINY_CQL, cartpole_file, pendulum_file
 
 from offrl.config import (
     CQLTrainerConfig,
@@ -15,7 +17,6 @@ from offrl.config import (
     load_yaml,
 )
 from offrl.errors import UserError
-from train_helpers import TINY_CQL, cartpole_file, pendulum_file
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_dataclasses_are_structured_configs():
     assert OmegaConf.get_type(node.cql).__name__ == "CQLConfig"
     dqn = OmegaConf.structured(DQNTrainerConfig)
     assert dqn.algo == "dqn" and "dqn" in dqn and "cql" not in dqn
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         node.batch_size = "many"  # typed like the dataclass
 
 

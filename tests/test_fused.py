@@ -301,3 +301,18 @@ def test_discrete_cql_target_network_bootstrap_is_half_dqn():
     (o1, g1, _), (o2, g2, _) = _run(dqn, data, ["loss"]), _run(dcql, data, ["loss_qvalue"])
     torch.testing.assert_close(o2["loss_qvalue"], 0.5 * o1["loss"], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(g2["loss_qvalue"], 0.5 * g1["loss"], rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_autocast_keeps_outputs_fp32_and_close():
+    """bf16 runs the critics' hidden matmuls in bfloat16 only: losses stay float32 and near fp32's."""
+    actor, qvalue, data = _cql_nets()
+    loss = FusedCQLLoss(actor, qvalue, num_random=3, with_lagrange=True, lagrange_thresh=5.0)
+    loss.make_value_estimator(gamma=0.99)
+    torch.manual_seed(0)
+    ref = loss(data.clone())
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss(data.clone())
+    for key in ("loss_qvalue", "loss_cql", "loss_actor", "loss_alpha_prime"):
+        assert low[key].dtype == torch.float32
+        torch.testing.assert_close(low[key], ref[key], rtol=5e-2, atol=5e-2)

@@ -19,6 +19,7 @@ def test_rows_merge_per_step_and_read_back_exactly(tmp_path):
     log.log_scalar("loss_actor", -1.0 / 3.0, step=100)  # same step: same row
     log.log_row(100, "offline", {"eval_return_mean": 12.5, "eval_normalized_score": 40.0})
     log.log_row(200, "offline", {"loss_qvalue": 0.2, "loss_cql": 3.0})  # a new column appears later
+    log.log_row(200, "offline", {"eval_return_mean": 7.0, "eval_new": 1.5})  # merge + widen at once
     log.close()
 
     df = pd.read_csv(tmp_path / "run" / "metrics.csv")
@@ -29,7 +30,8 @@ def test_rows_merge_per_step_and_read_back_exactly(tmp_path):
     assert df.loc[0, "loss_qvalue"] == torch.tensor(0.1234567890123).item()  # bit-exact float round trip
     assert df.loc[0, "loss_actor"] == -1.0 / 3.0
     assert df.loc[0, "eval_return_mean"] == 12.5
-    assert math.isnan(df.loc[1, "eval_return_mean"])  # no evaluation on that row
+    assert df.loc[1, "eval_return_mean"] == 7.0 and df.loc[1, "eval_new"] == 1.5 and df.loc[1, "loss_qvalue"] == 0.2
+    assert math.isnan(df.loc[0, "eval_new"])
     assert math.isnan(df.loc[0, "loss_cql"]) and df.loc[1, "loss_cql"] == 3.0
     assert (df["wall_time"] >= 0).all()
 
@@ -38,18 +40,17 @@ def test_state_dict_restores_position_and_truncates(tmp_path):
     log = TidyCSVLogger("exp", tmp_path)
     for step in (10, 20):
         log.log_row(step, "offline", {"loss": float(step)})
-    log.log_row(30, "offline", {"loss": 30.0})  # pending (not yet written) at checkpoint time
+    log.log_row(30, "offline", {"loss": 30.0})
     state = log.state_dict()
     # After the checkpoint the run goes on, then dies without closing (SIGKILL).
     log.log_row(40, "offline", {"loss": 40.0, "late_col": 1.0})
     log.log_row(50, "offline", {"loss": 50.0})
-    log.experiment.flush()
-    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [10, 20, 30, 40]
+    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [10, 20, 30, 40, 50]  # on disk at once
 
     resumed = TidyCSVLogger("exp", tmp_path)
     resumed.load_state_dict(state)
-    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [10, 20]
-    resumed.log_row(30, "offline", {"eval_return_mean": 1.0})  # merges into the restored pending row
+    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [10, 20, 30]
+    resumed.log_row(30, "offline", {"eval_return_mean": 1.0})  # same step: merges into the last row
     resumed.log_row(40, "offline", {"loss": 40.0})
     resumed.close()
     df = pd.read_csv(tmp_path / "metrics.csv")

@@ -171,28 +171,60 @@ def _resolve(plan: _Plan, params: TensorDictBase) -> list:
     ]
 
 
-def _mlp_forward(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
-    """One network: ``x`` [N, in] -> [N, out] with the weights in ``params``."""
-    return _chain(_resolve(plan, params), x)
+def _mlp_forward(steps: list, x: Tensor) -> Tensor:
+    """One network: ``x`` [N, in] -> [N, out] (``steps`` from :func:`_resolve`)."""
+    return _chain(steps, x)
 
 
-def _ensemble_forward(plan: _Plan, params: TensorDictBase, x: Tensor, n: int) -> Tensor:
+def _ensemble_forward(steps: list, x: Tensor, n: int) -> Tensor:
     """``n`` stacked networks on one shared input: ``x`` [N, in] -> [n, N, out].
 
     Each member runs as its own chain of plain 2-D matmuls: on CPU that is several times faster than
     the batched matmul a vmapped ensemble uses for the width-1 output layer, and it never copies the
     shared input ``n`` times.
     """
-    steps = _resolve(plan, params)
     outs = []
     for member in range(n):
-        member_steps = [
-            (w[member], b[member] if b is not None else None) if isinstance(s, tuple) else s
-            for s in steps
-            for w, b in ([s] if isinstance(s, tuple) else [(None, None)])
-        ]
+        member_steps = []
+        for step in steps:
+            if isinstance(step, tuple):
+                w, b = step
+                step = (w[member], b[member] if b is not None else None)
+            member_steps.append(step)
         outs.append(_chain(member_steps, x))
     return torch.stack(outs, 0)
+
+
+def _detached(steps: list) -> list:
+    return [
+        (s[0].detach(), s[1].detach() if s[1] is not None else None) if isinstance(s, tuple) else s
+        for s in steps
+    ]
+
+
+class _StepCache:
+    """Parameter tensors of each network looked up once, not on every update.
+
+    ``TensorDictParams.get`` costs microseconds per call, which adds up in a DQN update. The tensors
+    keep their identity through optimizer steps, target updates and ``load_state_dict`` (all in place);
+    anything that may replace them (``.to()``, ``.float()``, ...) goes through ``_apply``, which drops
+    the cache.
+    """
+
+    def _steps(self, plan: _Plan, name: str) -> list:
+        cache = self.__dict__.setdefault("_step_cache", {})
+        steps = cache.get(name)
+        if steps is None:
+            steps = cache[name] = _resolve(plan, getattr(self, name))
+        return steps
+
+    def _apply(self, *args: Any, **kwargs: Any):
+        self.__dict__.pop("_step_cache", None)
+        return super()._apply(*args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any):
+        self.__dict__.pop("_step_cache", None)
+        return super().load_state_dict(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,7 +232,7 @@ def _ensemble_forward(plan: _Plan, params: TensorDictBase, x: Tensor, n: int) ->
 # --------------------------------------------------------------------------------------------------
 
 
-class FusedCQLLoss(CQLLoss):
+class FusedCQLLoss(_StepCache, CQLLoss):
     """torchrl's :class:`~torchrl.objectives.CQLLoss` with a fused forward (same constructor and outputs).
 
     Matches ``CQLLoss`` on the same parameters, batch and random state within float rounding (losses and
@@ -271,7 +303,9 @@ class FusedCQLLoss(CQLLoss):
         next_td = tensordict.get("next").select(*actor_in)
         action = tensordict.get(keys.action)
 
-        with set_exploration_type(ExplorationType.RANDOM):
+        # The actor stays in float32 under bf16 autocast: it is a small share of the FLOPs and its
+        # log-probabilities feed the entropy and CQL terms directly.
+        with set_exploration_type(ExplorationType.RANDOM), torch.autocast(action.device.type, enabled=False):
             # The actor runs once on the observations (with grad: actor and BC losses) and once on the
             # next observations (no grad: torchrl uses the detached actor parameters there).
             with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
@@ -303,16 +337,14 @@ class FusedCQLLoss(CQLLoss):
         plan = self._q_plan
         # ---- TD target (target critics, no grad)
         with torch.no_grad():
-            target_params = self.target_qvalue_network_params
+            target_steps = self._steps(plan, "target_qvalue_network_params")
             if not self.max_q_backup:
-                q_next = _ensemble_forward(plan, target_params, self._q_input(next_td, next_action), n_q)
+                q_next = _ensemble_forward(target_steps, self._q_input(next_td, next_action), n_q)
                 next_value = q_next.min(0)[0]
                 if not self.deterministic_backup:
                     next_value = next_value - alpha * next_log_prob.unsqueeze(-1)
             else:
-                q_next = _ensemble_forward(
-                    plan, target_params, self._q_input(next_td, max_actions, n_rand), n_q
-                )
+                q_next = _ensemble_forward(target_steps, self._q_input(next_td, max_actions, n_rand), n_q)
                 next_value = q_next.reshape(n_q, batch, n_rand, -1).max(-2)[0].min(0)[0]
             value_td = tensordict.clone(False)
             value_td.set(("next", self.value_estimator.tensor_keys.value), next_value)
@@ -328,7 +360,8 @@ class FusedCQLLoss(CQLLoss):
             ],
             0,
         )
-        q_all = _ensemble_forward(plan, self.qvalue_network_params, q_input, n_q)
+        q_steps = self._steps(plan, "qvalue_network_params")
+        q_all = _ensemble_forward(q_steps, q_input, n_q)
         n_pen = batch * n_rand
         q_pred, q_random, q_curr, q_new = q_all.split([batch, n_pen, n_pen, n_pen], dim=1)
 
@@ -355,9 +388,7 @@ class FusedCQLLoss(CQLLoss):
         loss_cql = cql_per_critic.sum()
 
         # ---- actor: one more (cheap) critic pass with the detached critic parameters
-        q_pi = _ensemble_forward(
-            plan, self._cached_detach_qvalue_params, self._q_input(obs_td, pi_action), n_q
-        )
+        q_pi = _ensemble_forward(_detached(q_steps), self._q_input(obs_td, pi_action), n_q)
         min_q_pi = q_pi.min(0)[0].squeeze(-1)
         loss_actor = (alpha * pi_log_prob - min_q_pi).mean()
         loss_actor_bc = (alpha * bc_sample_log_prob - bc_log_prob).mean()
@@ -398,7 +429,7 @@ class FusedCQLLoss(CQLLoss):
 # --------------------------------------------------------------------------------------------------
 
 
-class _LeanQMixin:
+class _LeanQMixin(_StepCache):
     """Shared fast path of the discrete losses: the Q-network as an addmm chain, TD(0) inline."""
 
     _lean_plan: _Plan | None
@@ -429,14 +460,14 @@ class _LeanQMixin:
         extra = [self.value_estimator.tensor_keys.steps_to_next_obs]
         if isinstance(self, DQNLoss) and self.use_prioritized_weights in (True, "auto"):
             extra.append(keys.priority_weight)
-        return self.fused and tensordict.ndim == 1 and not any(k in tensordict.keys(True) for k in extra)
+        return self.fused and tensordict.ndim == 1 and all(tensordict.get(k, None) is None for k in extra)
 
     def _lean_terms(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
         """Predicted Q for all actions [B, A], Q of the taken action [B], TD(0) target [B]."""
         keys = self.tensor_keys
         plan = self._lean_plan
         nxt = tensordict.get("next")
-        q = _mlp_forward(plan, self.value_network_params, tensordict.get(self._lean_obs_key))
+        q = _mlp_forward(self._steps(plan, "value_network_params"), tensordict.get(self._lean_obs_key))
         action = tensordict.get(keys.action)
         if self.action_space == "categorical":
             if action.ndim != q.ndim:
@@ -445,8 +476,7 @@ class _LeanQMixin:
         else:
             q_a = (q * action.to(torch.float)).sum(-1)
         with torch.no_grad():
-            target_params = self._lean_target_params()
-            q_next = _mlp_forward(plan, target_params, nxt.get(self._lean_obs_key))
+            q_next = _mlp_forward(self._steps(plan, self._lean_target_name()), nxt.get(self._lean_obs_key))
             # The greedy action's value (QValueModule's chosen_action_value) is the row max.
             next_value = q_next.max(-1, keepdim=True)[0]
             est_keys = self.value_estimator.tensor_keys
@@ -470,8 +500,8 @@ class FusedDQNLoss(_LeanQMixin, DQNLoss):
         super().__init__(*args, **kwargs)
         self._init_lean()
 
-    def _lean_target_params(self) -> TensorDictBase:
-        return self.target_value_network_params
+    def _lean_target_name(self) -> str:
+        return "target_value_network_params"
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
@@ -500,10 +530,10 @@ class FusedDiscreteCQLLoss(_LeanQMixin, DiscreteCQLLoss):
         self.target_network_bootstrap = target_network_bootstrap
         self._init_lean()
 
-    def _lean_target_params(self) -> TensorDictBase:
+    def _lean_target_name(self) -> str:
         if self.target_network_bootstrap:
-            return self._cached_detached_target_value_params
-        return self.value_network_params  # read under no_grad, as torchrl's estimator does
+            return "target_value_network_params"
+        return "value_network_params"  # read under no_grad, as torchrl's estimator does
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:

@@ -12,9 +12,15 @@ __all__ = ["register"]
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="HDF5 file, Minari dataset folder, bundled id or Minari id")
-    p.add_argument("--cache-dir", help="where converted datasets are cached (default: $OFFRL_CACHE or ~/.cache/offrl)")
-    p.add_argument("--allow-nan", action="store_true", help="accept NaN/inf values in the data (an error by default)")
-    p.add_argument("--gamma", type=float, default=0.99, help="discount of the stored Monte-Carlo returns (default 0.99)")
+    p.add_argument(
+        "--cache-dir", help="where converted datasets are cached (default: $OFFRL_CACHE or ~/.cache/offrl)"
+    )
+    p.add_argument(
+        "--allow-nan", action="store_true", help="accept NaN/inf values in the data (an error by default)"
+    )
+    p.add_argument(
+        "--gamma", type=float, default=0.99, help="discount of the stored Monte-Carlo returns (default 0.99)"
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="rows per conversion chunk (bounds memory)")
 
 
@@ -28,8 +34,12 @@ def register(subparsers: Any) -> None:
     _add_load_options(info)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--env", help="evaluation env id (overrides the dataset's)")
-    info.add_argument("--ref-min-score", type=float, help="reference minimum score (overrides metadata and tables)")
-    info.add_argument("--ref-max-score", type=float, help="reference maximum score (overrides metadata and tables)")
+    info.add_argument(
+        "--ref-min-score", type=float, help="reference minimum score (overrides metadata and tables)"
+    )
+    info.add_argument(
+        "--ref-max-score", type=float, help="reference maximum score (overrides metadata and tables)"
+    )
     info.set_defaults(func=_info)
 
     lst = sub.add_parser("list", help="bundled, local Minari and cached datasets")
@@ -41,7 +51,9 @@ def register(subparsers: Any) -> None:
     _add_load_options(conv)
     conv.set_defaults(func=_convert)
 
-    make = sub.add_parser("make", help="regenerate a bundled dataset from its recipe (bit-identical for its seed)")
+    make = sub.add_parser(
+        "make", help="regenerate a bundled dataset from its recipe (bit-identical for its seed)"
+    )
     make.add_argument("name", help="recipe name, e.g. offrl/pendulum/medium-v0 or pendulum/medium")
     make.add_argument("--root", help="write under this folder instead of the bundled datasets folder")
     make.set_defaults(func=_make)
@@ -50,10 +62,6 @@ def register(subparsers: Any) -> None:
 def _load(args: argparse.Namespace, **extra: Any) -> Any:
     from offrl.data.dataset import load_dataset
 
-    if args.chunk_size is not None and args.chunk_size <= 0:
-        from offrl.errors import UserError
-
-        raise UserError(f"--chunk-size must be a positive number of rows, got {args.chunk_size}")
     return load_dataset(
         args.source,
         cache_dir=args.cache_dir,
@@ -140,7 +148,9 @@ def _list(args: argparse.Namespace) -> int:
     cached = listing["cached"]
     print(f"cached conversions ({cached['root']}):")
     for entry in cached["datasets"]:
-        print(f"  {entry['name']}  {entry['format']}  {entry['transitions']} transitions  gamma={entry['gamma']}  <- {entry['source']}")
+        print(
+            f"  {entry['name']}  {entry['format']}  {entry['transitions']} transitions  gamma={entry['gamma']}  <- {entry['source']}"
+        )
     if not cached["datasets"]:
         print("  (none)")
     return 0

@@ -96,11 +96,16 @@ def _index_path(files: list[Path], root: Path) -> Path:
 def content_digest(files: list[Path], root: Path | None = None) -> str:
     """SHA-256 over the files' bytes (and names). With ``root``, reuse a remembered digest whose
     size + mtime still match (the fast path: a cached load never re-reads the source)."""
+    return _digest(files, root)[0]
+
+
+def _digest(files: list[Path], root: Path | None) -> tuple[str, bool]:
+    """``(digest, remembered)``: ``remembered`` when it came from the size + mtime index."""
     if root is not None:
         try:
             entry = json.loads(_index_path(files, root).read_text())
             if entry.get("fingerprint") == _fingerprint(files):
-                return str(entry["digest"])
+                return str(entry["digest"]), True
         except (OSError, ValueError, KeyError):
             pass
     h = hashlib.sha256()
@@ -109,13 +114,15 @@ def content_digest(files: list[Path], root: Path | None = None) -> str:
         with open(f, "rb") as fh:
             while block := fh.read(_HASH_BLOCK):
                 h.update(block)
-    return h.hexdigest()
+    return h.hexdigest(), False
 
 
 def remember_digest(files: list[Path], root: Path, digest: str) -> None:
     """Record ``digest`` for the files' current size + mtime (only for sources that converted fine)."""
     try:
-        _atomic_write_text(_index_path(files, root), json.dumps({"fingerprint": _fingerprint(files), "digest": digest}))
+        _atomic_write_text(
+            _index_path(files, root), json.dumps({"fingerprint": _fingerprint(files), "digest": digest})
+        )
     except OSError:
         pass  # the fast path is an optimisation; a read-only index only costs a re-hash
 
@@ -126,7 +133,9 @@ def cache_key(name: str, digest: str, gamma: float) -> str:
 
 
 # --------------------------------------------------------------------------- numerics
-def discounted_returns(reward: np.ndarray, done: np.ndarray, gamma: float, carry: float = 0.0) -> tuple[np.ndarray, float]:
+def discounted_returns(
+    reward: np.ndarray, done: np.ndarray, gamma: float, carry: float = 0.0
+) -> tuple[np.ndarray, float]:
     """Return-to-go ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` for a chunk, vectorised.
 
     ``carry`` is ``G`` of the row just after the chunk (0 at the end of the data); returns ``(G, G[0])``
@@ -153,10 +162,18 @@ def space_summary(space: gym.Space) -> dict[str, Any]:
     low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
 
     def scalar_or_list(x: np.ndarray) -> Any:
-        vals = [v if np.isfinite(v) else (float("inf") if v > 0 else float("-inf")) for v in x.reshape(-1).tolist()]
+        vals = [
+            v if np.isfinite(v) else (float("inf") if v > 0 else float("-inf"))
+            for v in x.reshape(-1).tolist()
+        ]
         return vals[0] if len(set(vals)) == 1 else vals
 
-    return {"kind": "continuous", "shape": list(space.shape), "low": scalar_or_list(low), "high": scalar_or_list(high)}
+    return {
+        "kind": "continuous",
+        "shape": list(space.shape),
+        "low": scalar_or_list(low),
+        "high": scalar_or_list(high),
+    }
 
 
 def ted_layout(obs_space: gym.Space, act_space: gym.Space) -> RowLayout:
@@ -206,7 +223,9 @@ def default_chunk_rows(raw: RawSource) -> int:
 
 
 # --------------------------------------------------------------------------- conversion
-def convert_to_dir(raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int | None = None, allow_nan: bool = False) -> dict[str, Any]:
+def convert_to_dir(
+    raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int | None = None, allow_nan: bool = False
+) -> dict[str, Any]:
     """Stream ``raw`` into ``dest/rows.memmap`` (packed TED rows); write and return ``dest/info.json``'s payload."""
     chunk_rows = int(chunk_rows or default_chunk_rows(raw))
     n = raw.transitions
@@ -255,7 +274,9 @@ def convert_to_dir(raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int 
                         "--allow-nan (load_dataset(..., allow_nan=True)) to accept them"
                     )
                 values = {("observation", *p): v for p, v in tree_leaves(chunk["observation"])}
-                values.update({("next", "observation", *p): v for p, v in tree_leaves(chunk["next_observation"])})
+                values.update(
+                    {("next", "observation", *p): v for p, v in tree_leaves(chunk["next_observation"])}
+                )
                 values.update(
                     {
                         ("action",): chunk["action"],
@@ -285,12 +306,16 @@ def convert_to_dir(raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int 
             part = buf[:m]
             _pread_into(fd, part, s * R)
             g, carry = discounted_returns(
-                layout.np_view(part, ("next", "reward"))[:, 0], layout.np_view(part, ("next", "done"))[:, 0], gamma, carry
+                layout.np_view(part, ("next", "reward"))[:, 0],
+                layout.np_view(part, ("next", "done"))[:, 0],
+                gamma,
+                carry,
             )
             layout.np_view(part, ("mc_return",))[:, 0] = g
             _pwrite_all(fd, part, s * R)
     finally:
         os.close(fd)
+    os.chmod(dest / ROWS_FILE, 0o444)  # the cache is read-only data
 
     from minari.serialization import serialize_space  # minari's JSON form of gymnasium spaces
 
@@ -307,7 +332,9 @@ def convert_to_dir(raw: RawSource, dest: Path, *, gamma: float, chunk_rows: int 
         "dropped_rows": raw.dropped_rows,
         "had_next_observations": raw.had_next_observations,
         "observation_shape": (
-            list(obs_specs[0][1]) if obs_specs[0][0] == () else {"/".join(p): list(s) for p, s, _ in obs_specs}
+            list(obs_specs[0][1])
+            if obs_specs[0][0] == ()
+            else {"/".join(p): list(s) for p, s, _ in obs_specs}
         ),
         "observation_dtype": (
             str(obs_specs[0][2]) if obs_specs[0][0] == () else {"/".join(p): str(d) for p, _, d in obs_specs}
@@ -354,11 +381,12 @@ def build_cache(
     from filelock import FileLock
 
     root = cache_root(cache_dir)
-    digest = content_digest(files, root)
+    digest, remembered = _digest(files, root)
     key = cache_key(name, digest, gamma)
     final = root / "datasets" / key
     if (final / "info.json").is_file():
-        remember_digest(files, root, digest)
+        if not remembered:
+            remember_digest(files, root, digest)
         return final, digest, False
     # Validate the source before touching the cache: a bad input leaves nothing behind.
     raw: RawSource = raw_factory()

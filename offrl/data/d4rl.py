@@ -50,11 +50,15 @@ def open_hdf5(path: Path) -> h5py.File:
     except OSError as err:
         raise UserError(f"{path}: cannot read the file ({err.strerror or err})") from None
     if not h5py.is_hdf5(path):
-        raise UserError(f"{path}: not an HDF5 file; expected a D4RL-style .hdf5 file or a Minari dataset folder")
+        raise UserError(
+            f"{path}: not an HDF5 file; expected a D4RL-style .hdf5 file or a Minari dataset folder"
+        )
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise UserError(f"{path}: truncated or corrupt HDF5 file ({_first_line(err)}); re-create or re-download it") from None
+        raise UserError(
+            f"{path}: truncated or corrupt HDF5 file ({_first_line(err)}); re-create or re-download it"
+        ) from None
 
 
 @contextmanager
@@ -65,7 +69,9 @@ def hdf5_errors(path: Path) -> Iterator[None]:
     except UserError:
         raise
     except (OSError, KeyError, RuntimeError) as err:
-        raise UserError(f"{path}: truncated or corrupt HDF5 file ({_first_line(err)}); re-create or re-download it") from None
+        raise UserError(
+            f"{path}: truncated or corrupt HDF5 file ({_first_line(err)}); re-create or re-download it"
+        ) from None
 
 
 def is_minari_file(f: h5py.File) -> bool:
@@ -123,7 +129,9 @@ def _row_count(ds: h5py.Dataset, n: int, key: str, path: Path, *, per_row: bool)
     """Check ``ds`` has ``n`` rows; ``per_row``: exactly one value per row ((N,) or (N, 1))."""
     if ds.ndim == 0 or ds.shape[0] != n:
         got = "a scalar" if ds.ndim == 0 else f"{ds.shape[0]} rows"
-        raise UserError(f"{path}: '{key}' has {got} but 'observations' has {n}; all arrays need the same length")
+        raise UserError(
+            f"{path}: '{key}' has {got} but 'observations' has {n}; all arrays need the same length"
+        )
     if per_row and int(np.prod(ds.shape[1:], dtype=np.int64)) != 1:
         raise UserError(f"{path}: '{key}' has shape {ds.shape}; expected ({n},) or ({n}, 1)")
 
@@ -137,7 +145,9 @@ def read_d4rl(path: Path) -> RawSource:
     path = Path(path)
     with open_hdf5(path) as f, hdf5_errors(path):
         if is_minari_file(f):
-            raise UserError(f"{path}: this is a Minari main_data.hdf5; pass its dataset folder ({path.parent.parent})")
+            raise UserError(
+                f"{path}: this is a Minari main_data.hdf5; pass its dataset folder ({path.parent.parent})"
+            )
         for key in REQUIRED:
             if key not in f or not isinstance(f[key], h5py.Dataset):
                 raise UserError(
@@ -163,14 +173,20 @@ def read_d4rl(path: Path) -> RawSource:
             nxt = f["next_observations"]
             if not isinstance(nxt, h5py.Dataset) or nxt.shape != obs.shape:
                 shape = getattr(nxt, "shape", "a group")
-                raise UserError(f"{path}: 'next_observations' has shape {shape}; expected {obs.shape} like 'observations'")
+                raise UserError(
+                    f"{path}: 'next_observations' has shape {shape}; expected {obs.shape} like 'observations'"
+                )
 
         meta = _metadata(f)
-        fmt = "d3rlpy" if ("episode_terminals" in f or "discrete_action" in f or "version" in meta) else "d4rl"
+        fmt = (
+            "d3rlpy" if ("episode_terminals" in f or "discrete_action" in f or "version" in meta) else "d4rl"
+        )
         act = f["actions"]
         discrete = bool(meta.get("discrete_action", False)) or act.dtype.kind in "iu"
         if discrete and int(np.prod(act.shape[1:], dtype=np.int64)) != 1:
-            raise UserError(f"{path}: discrete 'actions' have shape {act.shape}; expected ({n},) or ({n}, 1) indices")
+            raise UserError(
+                f"{path}: discrete 'actions' have shape {act.shape}; expected ({n},) or ({n}, 1) indices"
+            )
         if act.dtype.kind not in "fiub":
             raise UserError(f"{path}: 'actions' has dtype {act.dtype}; expected numbers")
 
@@ -195,7 +211,9 @@ def read_d4rl(path: Path) -> RawSource:
                 "and no 'next_observations'); add 'next_observations' to the file"
             )
 
-        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(obs.shape[1:]), dtype=storage_dtype_of(obs.dtype))
+        obs_space = gym.spaces.Box(
+            -np.inf, np.inf, shape=tuple(obs.shape[1:]), dtype=storage_dtype_of(obs.dtype)
+        )
         if discrete:
             if float(lo) < 0:
                 raise UserError(f"{path}: discrete 'actions' contain negative indices ({float(lo):g})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,6 +105,18 @@ def _minari_source(data_dir: Path, name: str, shown: Path) -> ResolvedSource:
     return ResolvedSource(shown, files, name, lambda: read_minari(data_dir, name, shown))
 
 
+def _latest_version(candidate: Path) -> Path:
+    """``.../human`` (no ``-vN``) → the highest ``.../human-vN`` present, as Minari resolves ids."""
+    if candidate.exists() or re.search(r"-v\d+$", candidate.name) or not candidate.parent.is_dir():
+        return candidate
+    versions = [
+        (int(m.group(1)), p)
+        for p in candidate.parent.glob(f"{candidate.name}-v*")
+        if (m := re.fullmatch(re.escape(candidate.name) + r"-v(\d+)", p.name))
+    ]
+    return max(versions)[1] if versions else candidate
+
+
 def resolve_source(source: str | os.PathLike) -> ResolvedSource:
     """Find ``source`` on disk (see the module docstring for the order); a one-line UserError if absent."""
     text = os.fspath(source)
@@ -130,10 +143,11 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
         return _minari_source(minari_data_dir(bundled), rel, bundled)  # type: ignore[arg-type]
     looked.append(f"bundled datasets in {catalog.bundled_root()}")
     if not path.is_absolute() and ".." not in Path(text).parts:
-        candidate = minari_root() / text
+        candidate = _latest_version(minari_root() / text)
         data_dir = minari_data_dir(candidate)
         if data_dir is not None:
-            return _minari_source(data_dir, text, candidate)
+            name = candidate.relative_to(minari_root()).as_posix()
+            return _minari_source(data_dir, name, candidate)
     looked.append(f"Minari datasets in {minari_root()} (MINARI_DATASETS_PATH)")
     if text.endswith((".hdf5", ".h5")) or os.sep in text and path.is_absolute():
         raise UserError(f"{path}: no such file (see `offrl datasets list` for the datasets offrl can find)")
@@ -147,7 +161,13 @@ class OfflineDataset:
     """A converted dataset: a memmapped TED TensorDict (``.data``), its :class:`DatasetInfo` and helpers."""
 
     def __init__(
-        self, info: DatasetInfo, *, source: Path, cache_path: Path, metadata: dict[str, Any], layout: RowLayout
+        self,
+        info: DatasetInfo,
+        *,
+        source: Path,
+        cache_path: Path,
+        metadata: dict[str, Any],
+        layout: RowLayout,
     ) -> None:
         self.info = info
         self.source = source
@@ -166,8 +186,20 @@ class OfflineDataset:
 
             from offrl.data.convert import ROWS_FILE
 
-            shape = torch.Size([self.info.transitions, self.layout.row_bytes])
-            self._rows = MemoryMappedTensor.from_filename(self.cache_path / ROWS_FILE, dtype=torch.uint8, shape=shape)
+            n, width = self.info.transitions, self.layout.row_bytes
+            path = self.cache_path / ROWS_FILE
+            # A private (copy-on-write) mapping: pages load lazily from the file, and an accidental
+            # in-place write to ``data`` changes this process's copy, never the shared cache.
+            flat = torch.from_file(str(path), shared=False, size=n * width, dtype=torch.uint8)
+            rows = MemoryMappedTensor(flat.view(n, width))
+            # The attributes MemoryMappedTensor.from_filename sets (it maps shared when it may write).
+            rows.filename, rows._handler, rows.index, rows.parent_shape = (
+                str(path),
+                None,
+                None,
+                torch.Size([n, width]),
+            )
+            self._rows = rows
         return self._rows
 
     @property
@@ -231,14 +263,18 @@ class OfflineDataset:
     def env_resolution(self, env_id: str | None = None) -> catalog.EnvResolution | None:
         meta = self.metadata.get("metadata", {})
         return catalog.resolve_env(
-            self.name, env_spec=meta.get("eval_env_spec") or meta.get("env_spec"), override=env_id or self.info.extra.get("env_override")
+            self.name,
+            env_spec=meta.get("eval_env_spec") or meta.get("env_spec"),
+            override=env_id or self.info.extra.get("env_override"),
         )
 
     def make_env(self, env_id: str | None = None, **kwargs: Any) -> gym.Env:
         """A gymnasium env to evaluate on (``env_id`` > the dataset's env_spec > the name map)."""
         resolution = self.env_resolution(env_id)
         if resolution is None:
-            raise UserError(f"{self.source}: no evaluation env known for dataset {self.name!r}; pass one with --env")
+            raise UserError(
+                f"{self.source}: no evaluation env known for dataset {self.name!r}; pass one with --env"
+            )
         return catalog.make_env(resolution, **kwargs)
 
     def normalized_score(self, returns: float | Sequence[float] | np.ndarray) -> Any:
@@ -266,7 +302,9 @@ def load_dataset(
     chunk (bounds memory). ``gamma``: discount of ``mc_return``. ``env``, ``ref_*_score``: overrides.
     """
     if not 0.0 <= float(gamma) <= 1.0:
-        raise UserError(f"gamma must be in [0, 1], got {gamma}")
+        raise UserError(f"gamma (--gamma) must be in [0, 1], got {gamma}")
+    if chunk_size is not None and int(chunk_size) <= 0:
+        raise UserError(f"chunk_size (--chunk-size) must be a positive number of rows, got {chunk_size}")
     resolved = resolve_source(source)
 
     def open_source() -> RawSource:
@@ -282,7 +320,13 @@ def load_dataset(
         return raw
 
     entry, digest, _ = build_cache(
-        open_source, resolved.files, resolved.name, cache_dir=cache_dir, gamma=float(gamma), chunk_rows=chunk_size, allow_nan=allow_nan
+        open_source,
+        resolved.files,
+        resolved.name,
+        cache_dir=cache_dir,
+        gamma=float(gamma),
+        chunk_rows=chunk_size,
+        allow_nan=allow_nan,
     )
     try:
         stored = json.loads((entry / "info.json").read_text())

@@ -109,23 +109,23 @@ class HealthStats:
         prev_term = np.r_[self._last["terminated"] if self._last else False, term[:-1]]
         self.consecutive_terminals += int(np.count_nonzero(prev_term & term))
 
-        # next_observation[i] should equal observation[i + 1] inside an episode.
-        prev_leaves = dict(_leaves(chunk["next_observation"], "o"))
-        cur_leaves = dict(_leaves(chunk["observation"], "o"))
+        # next_observation[i] should equal observation[i + 1] inside an episode (the row before this
+        # chunk, kept in self._last, is compared with this chunk's first row).
+        next_leaves = dict(_leaves(chunk["next_observation"], "o"))
+        obs_leaves = dict(_leaves(chunk["observation"], "o"))
         inside = ~np.asarray(done[:-1], bool)
-        mismatch = np.zeros(n, bool)  # row i (of this chunk) whose next observation disagrees with row i+1
-        for key, nxt in prev_leaves.items():
-            obs = cur_leaves[key]
-            if n > 1:
-                same = _rows_close(nxt[:-1], obs[1:])
-                mismatch[:-1] |= inside & ~same
+        mismatch = np.zeros(n, bool)  # row i of this chunk: its next observation disagrees with row i + 1
+        if n > 1:
+            for key, nxt in next_leaves.items():
+                mismatch[:-1] |= inside & ~_rows_close(nxt[:-1], obs_leaves[key][1:])
         if self._last is not None and not self._last["done"]:
-            for key, nxt in self._last["next_observation"].items():
-                if not _rows_close(nxt[None], cur_leaves[key][:1])[0]:
-                    self.next_obs_mismatch += 1
-                    if self._first_mismatch is None:
-                        self._first_mismatch = self.transitions - 1
-                    break
+            if any(
+                not _rows_close(nxt[None], obs_leaves[key][:1])[0]
+                for key, nxt in self._last["next_observation"].items()
+            ):
+                self.next_obs_mismatch += 1
+                if self._first_mismatch is None:
+                    self._first_mismatch = self.transitions - 1
         count = int(mismatch.sum())
         if count and self._first_mismatch is None:
             self._first_mismatch = self.transitions + int(np.argmax(mismatch))
@@ -134,7 +134,7 @@ class HealthStats:
         self._last = {
             "terminated": bool(term[-1]),
             "done": bool(done[-1]),
-            "next_observation": {k: v[-1] for k, v in prev_leaves.items()},
+            "next_observation": {k: v[-1] for k, v in next_leaves.items()},
         }
         self.transitions += n
 
@@ -170,7 +170,9 @@ class HealthStats:
             },
         }
 
-    def warnings(self, *, max_episode_steps: int | None = None, had_next_observations: bool = False) -> list[str]:
+    def warnings(
+        self, *, max_episode_steps: int | None = None, had_next_observations: bool = False
+    ) -> list[str]:
         """Human-readable warnings, one line each."""
         out: list[str] = []
         lengths, _, terminated = self.episode_arrays()
@@ -202,7 +204,11 @@ class HealthStats:
                     f"{over} episodes are longer than the env's max_episode_steps={max_episode_steps}: "
                     "timeouts disagree with the env's time limit"
                 )
-            elif trunc.size >= 2 and np.unique(trunc).size == 1 and trunc[0] not in (max_episode_steps, max_episode_steps - 1):
+            elif (
+                trunc.size >= 2
+                and np.unique(trunc).size == 1
+                and trunc[0] not in (max_episode_steps, max_episode_steps - 1)
+            ):
                 out.append(
                     f"all {trunc.size} truncated episodes have length {int(trunc[0])} but the env's "
                     f"max_episode_steps is {max_episode_steps}: timeouts disagree with the env's time limit"

@@ -93,12 +93,17 @@ class RowLayout:
     def to_json(self) -> dict[str, Any]:
         return {
             "row_bytes": self.row_bytes,
-            "fields": [{"key": list(f.key), "dtype": f.dtype, "offset": f.offset, "shape": list(f.shape)} for f in self.fields],
+            "fields": [
+                {"key": list(f.key), "dtype": f.dtype, "offset": f.offset, "shape": list(f.shape)}
+                for f in self.fields
+            ],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RowLayout:
-        fields = [Field(tuple(f["key"]), f["dtype"], int(f["offset"]), tuple(f["shape"])) for f in data["fields"]]
+        fields = [
+            Field(tuple(f["key"]), f["dtype"], int(f["offset"]), tuple(f["shape"])) for f in data["fields"]
+        ]
         return cls(fields, int(data["row_bytes"]))
 
     # ------------------------------------------------------------------ numpy side (conversion)

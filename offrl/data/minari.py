@@ -65,7 +65,9 @@ def _load_metadata(data_dir: Path, f: h5py.File) -> tuple[dict[str, Any], str]:
         try:
             return json.loads(meta_file.read_text()), "0.5"
         except (OSError, ValueError) as err:
-            raise UserError(f"{meta_file}: unreadable Minari metadata ({err}); re-create the dataset") from None
+            raise UserError(
+                f"{meta_file}: unreadable Minari metadata ({err}); re-create the dataset"
+            ) from None
     from offrl.data.d4rl import _py  # the same attribute decoding as for D4RL files
 
     return {k: _py(v) for k, v in f.attrs.items()}, "0.4"
@@ -94,7 +96,9 @@ def _env_spec(meta: dict[str, Any]) -> dict[str, Any] | None:
     return spec if isinstance(spec, dict) else None
 
 
-def _obs_leaves(node: h5py.Group | h5py.Dataset, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], h5py.Dataset]]:
+def _obs_leaves(
+    node: h5py.Group | h5py.Dataset, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], h5py.Dataset]]:
     if isinstance(node, h5py.Dataset):
         return [(prefix, node)]
     out = []
@@ -115,7 +119,9 @@ def _inferred_space(node: h5py.Group | h5py.Dataset) -> gym.Space:
     return gym.spaces.Dict({k: _inferred_space(node[k]) for k in node.keys()})
 
 
-def _read_tree(node: h5py.Group | h5py.Dataset, paths: list[tuple[str, ...]], a: int, b: int, dtypes: dict) -> Any:
+def _read_tree(
+    node: h5py.Group | h5py.Dataset, paths: list[tuple[str, ...]], a: int, b: int, dtypes: dict
+) -> Any:
     """Rows ``[a, b)`` of an observation dataset or nested group, as a nested dict of arrays."""
     if paths == [()]:
         return np.asarray(node[a:b]).astype(dtypes[()], copy=False)
@@ -186,7 +192,9 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
                         f"shape is {want[path]}; every episode must have the same observation shape"
                     )
                 if ds.shape[0] != t + 1:
-                    raise UserError(f"{where}: {key} has {ds.shape[0]} {label} rows for {t} steps; expected {t + 1}")
+                    raise UserError(
+                        f"{where}: {key} has {ds.shape[0]} {label} rows for {t} steps; expected {t + 1}"
+                    )
             for req in ("actions", "terminations", "truncations"):
                 if ep[req].ndim == 0 or ep[req].shape[0] != t:
                     raise UserError(f"{where}: {key} '{req}' has {ep[req].shape} rows but 'rewards' has {t}")
@@ -225,7 +233,11 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
                     if b == t and not (term[-1] or trunc[-1]):
                         trunc[-1] = True  # recording stopped mid-episode: a cut, not a terminal
                     act = np.asarray(ep["actions"][a:b])
-                    act = (act.reshape(b - a).astype(np.int64) - start) if discrete else act.astype(act_dtype, copy=False)
+                    act = (
+                        (act.reshape(b - a).astype(np.int64) - start)
+                        if discrete
+                        else act.astype(act_dtype, copy=False)
+                    )
                     piece = {
                         "observation": _slice(obs, 0, b - a),
                         "next_observation": _slice(obs, 1, b - a + 1),

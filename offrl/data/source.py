@@ -60,7 +60,9 @@ def check_space(space: gym.Space, what: str, where: Path | str) -> None:
             f"{where}: unsupported {what} space {type(space).__name__}; offrl supports Box (continuous) and "
             "Discrete actions"
         )
-    if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)):
+    if not isinstance(
+        space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)
+    ):
         raise UserError(
             f"{where}: unsupported {what} space {type(space).__name__}; offrl supports Box, Discrete, "
             "MultiBinary, MultiDiscrete and Dict of those"
@@ -79,7 +81,9 @@ def storage_dtype(space: gym.Space) -> np.dtype:
     return dtype  # uint8 images and integer vectors stay as they are
 
 
-def leaf_specs(space: gym.Space, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]]:
+def leaf_specs(
+    space: gym.Space, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]]:
     """Flatten a (possibly nested Dict) space into ``(key path, per-row shape, storage dtype)`` leaves."""
     if isinstance(space, gym.spaces.Dict):
         out = []

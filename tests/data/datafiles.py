@@ -118,7 +118,9 @@ def write_minari(
     return Path(os.environ["MINARI_DATASETS_PATH"]) / dataset_id
 
 
-def cartpole_episodes(lengths: tuple[int, ...] = (5, 8, 4), *, seed: int = 0, last_truncated: bool = True) -> list[dict[str, Any]]:
+def cartpole_episodes(
+    lengths: tuple[int, ...] = (5, 8, 4), *, seed: int = 0, last_truncated: bool = True
+) -> list[dict[str, Any]]:
     """Random CartPole-shaped episodes: obs (T+1, 4), discrete actions, the last one truncated."""
     rng = np.random.default_rng(seed)
     eps = []

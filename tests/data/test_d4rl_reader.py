@@ -85,7 +85,9 @@ def test_episode_boundaries_and_cut_last_row_rule(tmp_path):
 
 
 def test_next_observations_keep_every_row(tmp_path):
-    arrays = write_d4rl(tmp_path / "d.hdf5", lengths=(4, 3, 5), terminal=(False, True, False), next_observations=True)
+    arrays = write_d4rl(
+        tmp_path / "d.hdf5", lengths=(4, 3, 5), terminal=(False, True, False), next_observations=True
+    )
     ds = load_dataset(tmp_path / "d.hdf5")
     assert len(ds) == 12 and ds.info.dropped_rows == 0
     np.testing.assert_array_equal(_np(ds, ("next", "observation")), arrays["next_observations"])
@@ -157,7 +159,11 @@ def test_small_chunks_give_identical_data(tmp_path, monkeypatch):
 def test_metadata_and_d4rl_names_give_references_and_env(tmp_path):
     write_d4rl(tmp_path / "mine.hdf5", attrs={"ref_min_score": 1.0, "ref_max_score": 11.0})
     own = load_dataset(tmp_path / "mine.hdf5")
-    assert (own.info.ref_min_score, own.info.ref_max_score, own.info.ref_source) == (1.0, 11.0, "dataset metadata")
+    assert (own.info.ref_min_score, own.info.ref_max_score, own.info.ref_source) == (
+        1.0,
+        11.0,
+        "dataset metadata",
+    )
     assert own.normalized_score(6.0) == pytest.approx(50.0)
 
     write_d4rl(tmp_path / "hopper-medium-v2.hdf5", obs_dim=11, act_dim=3)
@@ -190,3 +196,12 @@ def test_infos_group_and_metadata_group_are_accepted(tmp_path):
     ds = load_dataset(path)
     assert len(ds) == 28
     assert ds.info.env_id is not None
+
+
+def test_without_timeouts_the_file_end_cuts_the_last_episode(tmp_path):
+    write_d4rl(tmp_path / "d.hdf5", lengths=(5, 4), terminal=(True, False), with_timeouts=False)
+    ds = load_dataset(tmp_path / "d.hdf5")
+    assert len(ds) == 8 and ds.info.dropped_rows == 1
+    assert _np(ds, ("next", "terminated"))[:, 0].tolist() == [False] * 4 + [True] + [False] * 3
+    assert _np(ds, ("next", "truncated"))[:, 0].tolist() == [False] * 7 + [True]
+    assert _np(ds, ("next", "observation"))[-1, 0] == 8.0  # the dropped last row is its successor

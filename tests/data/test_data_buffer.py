@@ -16,7 +16,12 @@ from offrl.errors import UserError
 
 @pytest.fixture
 def ds(tmp_path):
-    write_d4rl(tmp_path / "d.hdf5", lengths=(50, 30, 70, 40), terminal=(False, True, False, True), next_observations=True)
+    write_d4rl(
+        tmp_path / "d.hdf5",
+        lengths=(50, 30, 70, 40),
+        terminal=(False, True, False, True),
+        next_observations=True,
+    )
     return load_dataset(tmp_path / "d.hdf5")
 
 
@@ -95,3 +100,11 @@ def test_bad_buffer_options(ds):
         ds.replay_buffer(4, sampler="prioritized-ish")
     with pytest.raises(UserError, match="batch_size"):
         ds.replay_buffer(0)
+
+
+def test_writes_to_the_data_never_reach_the_cache(ds):
+    original = ds.data["observation"][0].clone()
+    ds.data["observation"][0] += 1000.0  # a user's in-place edit changes this process's copy only
+    fresh = load_dataset(ds.source)
+    assert fresh.cache_path == ds.cache_path
+    assert torch.equal(fresh.data["observation"][0], original)

@@ -52,7 +52,13 @@ def test_next_observations_that_disagree_with_the_next_row(tmp_path):
 
 def test_timeouts_that_disagree_with_max_episode_steps(tmp_path):
     # hopper-* maps to Hopper-v5 (time limit 1000); these episodes time out after 1200 steps.
-    write_d4rl(tmp_path / "hopper-medium-v2.hdf5", lengths=(1200, 1200), terminal=(False, False), obs_dim=11, act_dim=3)
+    write_d4rl(
+        tmp_path / "hopper-medium-v2.hdf5",
+        lengths=(1200, 1200),
+        terminal=(False, False),
+        obs_dim=11,
+        act_dim=3,
+    )
     ws = _warnings(tmp_path / "hopper-medium-v2.hdf5")
     assert _has(ws, "longer than the env's max_episode_steps=1000")
 
@@ -62,8 +68,13 @@ def test_timeouts_that_disagree_with_max_episode_steps(tmp_path):
         ep["terminations"][:] = False
         ep["truncations"][-1] = True
     space = gym.make("CartPole-v1")
-    write_minari("test/cartpole/short-v0", eps, observation_space=space.observation_space,
-                 action_space=space.action_space, env="CartPole-v1")
+    write_minari(
+        "test/cartpole/short-v0",
+        eps,
+        observation_space=space.observation_space,
+        action_space=space.action_space,
+        env="CartPole-v1",
+    )
     ws = _warnings("test/cartpole/short-v0")
     assert _has(ws, "all 3 truncated episodes have length 7 but the env's max_episode_steps is 500")
 
@@ -90,3 +101,27 @@ def test_nan_is_an_error_unless_allowed(tmp_path):
     # The cache now holds it, but loading without allow_nan still refuses.
     with pytest.raises(UserError, match="NaN/inf"):
         load_dataset(tmp_path / "nan.hdf5")
+
+
+def test_health_across_chunk_boundaries_matches_one_pass(tmp_path):
+    arrays = write_d4rl(
+        tmp_path / "ok.hdf5", lengths=(10, 7, 13), terminal=(False, True, True), next_observations=True
+    )
+    nxt = arrays["next_observations"].copy()
+    nxt[[4, 5, 20]] += 1.0  # 4|5 straddle a chunk boundary at chunk_size=5
+    write_d4rl(
+        tmp_path / "bad.hdf5",
+        lengths=(10, 7, 13),
+        terminal=(False, True, True),
+        next_observations=True,
+        overrides={"next_observations": nxt},
+    )
+    whole = load_dataset(tmp_path / "bad.hdf5", cache_dir=tmp_path / "a")
+    small = load_dataset(tmp_path / "bad.hdf5", cache_dir=tmp_path / "b", chunk_size=5)
+    assert whole.info.warnings == small.info.warnings
+    assert _has(
+        whole.info.warnings,
+        "3 next_observations differ from the next row inside an episode (first at transition 4)",
+    )
+    for size in (1, 4, 5, 64):
+        assert check(whole.data, had_next_observations=True, chunk_size=size) == whole.info.warnings

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from datafiles import OFFRL, cartpole_episodes, write_d4rl, write_minari
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 INFO_KEYS = {
     "format",
     "transitions",
@@ -37,7 +39,9 @@ INFO_KEYS = {
 
 
 def offrl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([OFFRL, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        [OFFRL, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+    )
 
 
 def _cache() -> Path:
@@ -66,8 +70,13 @@ def test_info_json_and_table(tmp_path):
 def test_convert_then_list(tmp_path):
     eps = cartpole_episodes()
     space = gym.make("CartPole-v1")
-    write_minari("test/cartpole/cli-v0", eps, observation_space=space.observation_space,
-                 action_space=space.action_space, env="CartPole-v1")
+    write_minari(
+        "test/cartpole/cli-v0",
+        eps,
+        observation_space=space.observation_space,
+        action_space=space.action_space,
+        env="CartPole-v1",
+    )
     write_d4rl(tmp_path / "mine.hdf5")
     conv = offrl("datasets", "convert", str(tmp_path / "mine.hdf5"), "--gamma", "0.9")
     assert conv.returncode == 0, conv.stderr
@@ -82,6 +91,20 @@ def test_convert_then_list(tmp_path):
     assert "test/cartpole/cli-v0" in human.stdout and "mine  d4rl  28 transitions" in human.stdout
 
 
+def test_make_regenerates_a_bundled_dataset(tmp_path):
+    out = offrl("datasets", "make", "cartpole/random", "--root", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    made = tmp_path / "offrl" / "cartpole" / "random-v0"
+    assert out.stdout.strip() == str(made)
+    bundled = REPO_ROOT / "datasets" / "offrl" / "cartpole" / "random-v0"
+    assert (made / "data" / "main_data.hdf5").read_bytes() == (
+        bundled / "data" / "main_data.hdf5"
+    ).read_bytes()
+    info = offrl("datasets", "info", str(made), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["ref_source"] == "dataset metadata"
+
+
 def test_make_unknown_recipe_is_a_user_error():
     out = offrl("datasets", "make", "offrl/nope/none-v0")
     assert out.returncode == 2
@@ -92,8 +115,13 @@ def test_make_unknown_recipe_is_a_user_error():
 # ----------------------------------------------------------------------------------------- bad inputs
 def _minari_cartpole(dataset_id: str) -> Path:
     space = gym.make("CartPole-v1")
-    return write_minari(dataset_id, cartpole_episodes(), observation_space=space.observation_space,
-                        action_space=space.action_space, env="CartPole-v1")
+    return write_minari(
+        dataset_id,
+        cartpole_episodes(),
+        observation_space=space.observation_space,
+        action_space=space.action_space,
+        env="CartPole-v1",
+    )
 
 
 def bad_nonexistent(tmp: Path) -> tuple[list[str], str]:
@@ -133,7 +161,12 @@ def bad_lengths(tmp: Path):
 
 def bad_zero(tmp: Path):
     with h5py.File(tmp / "empty.hdf5", "w") as f:
-        for key, shape in (("observations", (0, 3)), ("actions", (0, 2)), ("rewards", (0,)), ("terminals", (0,))):
+        for key, shape in (
+            ("observations", (0, 3)),
+            ("actions", (0, 2)),
+            ("rewards", (0,)),
+            ("terminals", (0,)),
+        ):
             f.create_dataset(key, shape=shape, dtype=np.float32)
     return [str(tmp / "empty.hdf5")], "empty.hdf5: zero transitions"
 
@@ -178,7 +211,11 @@ def bad_unsupported_space(tmp: Path):
 def bad_cache_not_writable(tmp: Path):
     write_d4rl(tmp / "fine.hdf5")
     (tmp / "a-file").write_text("x")
-    return [str(tmp / "fine.hdf5"), "--cache-dir", str(tmp / "a-file" / "cache")], "cache directory is not writable"
+    return [
+        str(tmp / "fine.hdf5"),
+        "--cache-dir",
+        str(tmp / "a-file" / "cache"),
+    ], "cache directory is not writable"
 
 
 BAD_INPUTS = [

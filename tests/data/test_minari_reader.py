@@ -31,10 +31,14 @@ def test_minari_id_folder_and_data_folder_agree(tmp_path):
     by_id = load_dataset("test/cartpole/rand-v0")
     by_folder = load_dataset(folder)
     by_data = load_dataset(folder / "data")
-    assert by_id.digest == by_folder.digest == by_data.digest
+    by_file = load_dataset(folder / "data" / "main_data.hdf5")
+    assert by_id.digest == by_folder.digest == by_data.digest == by_file.digest
     assert by_id.cache_path == by_folder.cache_path
     assert by_id.name == "test/cartpole/rand-v0"
     assert by_folder.info.format == "minari"
+    _cartpole("test/cartpole/rand-v2")
+    latest = load_dataset("test/cartpole/rand")  # no version: the highest one, as minari resolves ids
+    assert latest.name == "test/cartpole/rand-v2"
 
 
 def test_minari_transitions(tmp_path):
@@ -73,7 +77,10 @@ def test_episode_without_end_flag_is_truncated(tmp_path):
     eps = cartpole_episodes((5, 6), last_truncated=True)
     eps[1]["truncations"][:] = False  # recording stopped: neither flag on the last step
     write_minari(
-        "test/cartpole/cut-v0", eps, observation_space=CARTPOLE.observation_space, action_space=CARTPOLE.action_space
+        "test/cartpole/cut-v0",
+        eps,
+        observation_space=CARTPOLE.observation_space,
+        action_space=CARTPOLE.action_space,
     )
     ds = load_dataset("test/cartpole/cut-v0")
     assert bool(ds.data["next", "truncated"][-1, 0]) and not bool(ds.data["next", "terminated"][-1, 0])
@@ -89,7 +96,11 @@ def test_minari_04_root_attributes(tmp_path):
     assert old.digest != new.digest  # different files, same content
     for key in new.data.keys(include_nested=True, leaves_only=True):
         assert torch.equal(new.data.get(key), old.data.get(key)), key
-    assert (old.info.ref_min_score, old.info.ref_max_score, old.info.ref_source) == (10.0, 500.0, "dataset metadata")
+    assert (old.info.ref_min_score, old.info.ref_max_score, old.info.ref_source) == (
+        10.0,
+        500.0,
+        "dataset metadata",
+    )
     assert old.info.env_id == "CartPole-v1"
     assert old.info.action_space == {"kind": "discrete", "n": 2}
 
@@ -117,7 +128,10 @@ def test_dict_observations_stay_nested(tmp_path):
             }
         )
     write_minari(
-        "test/dict/nested-v0", eps, observation_space=space, action_space=gym.spaces.Box(-1, 1, (2,), np.float32)
+        "test/dict/nested-v0",
+        eps,
+        observation_space=space,
+        action_space=gym.spaces.Box(-1, 1, (2,), np.float32),
     )
     ds = load_dataset("test/dict/nested-v0")
     assert ds.data["observation", "pos"].shape == (10, 3)

@@ -1,0 +1,154 @@
+"""Cal-QL: calibrated CQL (Nakamoto et al. 2023, https://arxiv.org/abs/2303.05479).
+
+CQL pushes down the Q-values of actions sampled from the policy. Offline that makes the critic
+*under*-estimate so much that, when fine-tuning starts, the first online updates "unlearn" the policy
+(the dip in the paper's figure 1). Cal-QL keeps the penalty but never pushes a policy action's Q-value
+below the value of the behaviour policy, estimated by the Monte-Carlo return-to-go of the data::
+
+    Q(s, a ~ pi)  ->  max(Q(s, a ~ pi), mc_return(s))
+
+inside the CQL log-sum-exp. Random (uniform) proposals are left as they are; the Q-value of the dataset
+action (the pushed-up term) is unchanged. This follows the authors' code (``nakamotoo/Cal-QL``,
+``JaxCQL/conservative_sac.py``) and CORL ``algorithms/finetune/cal_ql.py``: the clamp applies to
+``Q(s, a~pi(.|s))`` and ``Q(s, a'~pi(.|s'))`` *before* the importance-sampling log-densities are subtracted.
+
+``mc_return`` is the discounted return-to-go the data layer stores per transition (``OfflineDataset.data``,
+key ``mc_return``, ``[N, 1]``); offrl's online buffers compute it for collected episodes when they end
+(:class:`offrl.online.OnlineTransitions`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+
+from offrl.algos import cql as _cql
+from offrl.algos._common import AlgoParts
+from offrl.algos.cql import CQLConfig, OfflineCQLLoss
+from offrl.errors import UserError
+
+__all__ = ["CalQLLoss", "build", "build_from_dataset", "calibrate"]
+
+
+def calibrate(q_policy: torch.Tensor, lower_bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max(q_policy, lower_bound), fraction of q_policy below the bound)``.
+
+    ``q_policy``: Q-values of policy actions, ``[..., B, n]``; ``lower_bound``: the Monte-Carlo return of
+    each state, ``[B]`` or ``[B, 1]`` (broadcast over the ``n`` sampled actions). The bound is a constant:
+    no gradient flows into it, and where ``Q >= bound`` the gradient of ``Q`` is untouched.
+    """
+    bound = lower_bound.detach().reshape(-1, 1).to(q_policy.dtype)
+    below = (q_policy < bound).float().mean()
+    return torch.maximum(q_policy, bound), below.detach()
+
+
+class CalQLLoss(OfflineCQLLoss):
+    """:class:`~offrl.algos.cql.OfflineCQLLoss` (a torchrl ``CQLLoss``) with Cal-QL's calibrated penalty.
+
+    Reads the per-transition lower bound from ``mc_return_key`` (default ``"mc_return"``) of the batch.
+    ``calibrated=False`` turns the clamp off (then it is exactly the parent loss). Outputs: the parent's,
+    plus ``calql_bound_rate`` (fraction of the policy Q-values that were below the bound, the paper's
+    diagnostic). ``min_q_weight`` is a plain attribute: set it to lower the CQL weight online.
+    """
+
+    mc_return_key: str = "mc_return"
+    calibrated: bool = True
+
+    def __init__(self, actor_network: Any, qvalue_network: Any, *, mc_return_key: str = "mc_return",
+                 calibrated: bool = True, **kwargs: Any) -> None:
+        super().__init__(actor_network, qvalue_network, **kwargs)
+        self.mc_return_key = mc_return_key
+        self.calibrated = bool(calibrated)
+        self._bound_rate = torch.zeros(())
+
+    @classmethod
+    def from_cql(cls, loss: OfflineCQLLoss, *, mc_return_key: str = "mc_return",
+                  calibrated: bool = True) -> CalQLLoss:
+        """Turn a built :class:`OfflineCQLLoss` into a :class:`CalQLLoss` *in place* (same parameters, so the
+        optimizer, target updater and policy built with it keep working) and return it."""
+        if type(loss) is not OfflineCQLLoss and not isinstance(loss, CalQLLoss):
+            raise UserError(f"Cal-QL calibrates offrl's OfflineCQLLoss, not {type(loss).__name__}; set "
+                            "cql.fused=false")
+        loss.__class__ = cls
+        assert isinstance(loss, CalQLLoss)
+        loss.mc_return_key = mc_return_key
+        loss.calibrated = bool(calibrated)
+        loss._bound_rate = torch.zeros((), device=loss.action_center.device)
+        return loss
+
+    @property
+    def out_keys(self) -> list[str]:
+        return [*super().out_keys, "calql_bound_rate"]
+
+    @out_keys.setter
+    def out_keys(self, values: Any) -> None:
+        pass
+
+    def cql_gaps(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """Per-critic calibrated CQL gap, shape ``[2]`` (see :meth:`OfflineCQLLoss.cql_gaps`)."""
+        if not self.calibrated:
+            return super().cql_gaps(tensordict)
+        mc_return = tensordict.get(self.mc_return_key, None)
+        if mc_return is None:
+            raise UserError(f"Cal-QL needs {self.mc_return_key!r} (Monte-Carlo return-to-go) in every batch; "
+                            "offrl datasets store it, a hand-made replay buffer must too")
+        return self._calibrated_gaps(tensordict, mc_return)
+
+    def _calibrated_gaps(self, tensordict: TensorDictBase, mc_return: torch.Tensor) -> torch.Tensor:
+        keys = self.tensor_keys
+        pred_q = torch.stack([tensordict.get(keys.pred_q1), tensordict.get(keys.pred_q2)]).reshape(2, -1)
+        n_batch, n_rand = pred_q.shape[-1], self.num_random
+        curr_td, curr_logp = self._get_policy_actions(tensordict.copy(), self.actor_network_params, n_rand)
+        next_td, next_logp = self._get_policy_actions(tensordict.get("next").copy(), self.actor_network_params,
+                                                      n_rand)
+        curr_action = curr_td.get(keys.action)
+        act_dim = curr_action.shape[-1]
+        random_td = curr_td.clone(False)
+        random_td.set(keys.action, torch.empty_like(curr_action).uniform_(-1, 1))
+        next_at_s = curr_td.clone(False)
+        next_at_s.set(keys.action, next_td.get(keys.action))
+        q_in = torch.cat([random_td, curr_td, next_at_s], 0).select(*self.qvalue_network.in_keys, strict=False)
+        q = self._vmap_qvalue_networkN0(q_in, self.qvalue_network_params).get(keys.state_action_value)
+        q = q.reshape(2, 3, n_batch, n_rand)
+        # the Cal-QL clamp: only the policy proposals (index 1: a~pi(.|s), 2: a'~pi(.|s'), scored at s)
+        q_policy, self._bound_rate = calibrate(q[:, 1:], mc_return)
+        q = torch.cat([q[:, :1], q_policy], 1)
+        log_density = torch.stack([
+            torch.full_like(curr_logp, -act_dim * math.log(2.0)),  # uniform on [-1, 1]^d
+            curr_logp.detach(),
+            next_logp.detach(),
+        ]).reshape(1, 3, n_batch, n_rand)
+        cat_q = (q - log_density).permute(0, 2, 1, 3).reshape(2, n_batch, 3 * n_rand)
+        lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
+        return (lse - pred_q).mean(-1)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
+        out = super().forward(tensordict)
+        out.set("calql_bound_rate", self._bound_rate if self.calibrated else torch.zeros_like(self._bound_rate))
+        return out
+
+
+def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
+          device: torch.device | str = "cpu", seed: int | None = None, calibrated: bool = True) -> AlgoParts:
+    """:func:`offrl.algos.cql.build` with the loss turned into a :class:`CalQLLoss` (same networks)."""
+    if cfg.fused:
+        raise UserError("Cal-QL does not run on the fused CQL loss; set cql.fused=false")
+    parts = _cql.build(cfg, observation_shape=observation_shape, action_spec=action_spec, device=device, seed=seed)
+    parts.loss_module = CalQLLoss.from_cql(parts.loss_module, calibrated=calibrated)
+    return parts
+
+
+def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | str = "cpu",
+                       seed: int | None = None, calibrated: bool = True) -> AlgoParts:
+    """:func:`build` with shapes and bounds read from an ``OfflineDataset``."""
+    if "mc_return" not in dataset.data.keys():
+        raise UserError(f"{dataset.name}: no mc_return in the converted data; Cal-QL needs the Monte-Carlo "
+                        "return-to-go (re-convert the dataset with this offrl version)")
+    from offrl.algos._spec import action_spec_from_dataset
+
+    obs = dataset.data.get("observation")
+    return build(cfg, observation_shape=tuple(obs.shape[1:]), action_spec=action_spec_from_dataset(dataset),
+                 device=device, seed=seed, calibrated=calibrated)

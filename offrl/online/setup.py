@@ -1,0 +1,199 @@
+"""Wiring the online phase into a trainer: the config section, and one function that builds the env,
+collector, replay buffer and logger wrapper a trainer needs to fine-tune (or train from scratch) online.
+
+The trainer's own collector path does the rest (docs/contracts.md, Trainers): after ``offline_steps`` it
+iterates the collector, ``replay_buffer.extend(batch)``, steps the ``greedy_module`` (DQN's epsilon), and
+does ``optim_steps_per_batch`` updates per batch until ``total_frames``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from offrl.errors import UserError
+from offrl.online.collect import GuardedCollector, env_factory, make_collector
+from offrl.online.replay import AppendReplayBuffer, MixedReplayBuffer
+from offrl.online.transitions import OnlineTransitions
+
+__all__ = ["OnlineConfig", "OnlineParts", "OnlineMetricsLogger", "build_online"]
+
+
+@dataclass
+class OnlineConfig:
+    """The ``online`` config section (``offrl train --online-steps N``; ``--set online.KEY=VALUE``)."""
+
+    steps: int = 0
+    """Env steps to collect online after the offline steps (0: offline only). total_frames = steps x frame_skip."""
+    env_id: str | None = None
+    """Online env; default: the dataset's env (like evaluation)."""
+    frames_per_batch: int = 50
+    """Env steps per collected batch; each batch is followed by ``optim_steps_per_batch`` updates, so the
+    update-to-data ratio is optim_steps_per_batch / frames_per_batch."""
+    replay: str = "mix"
+    """``mix``: dataset + separate online buffer, mixed per batch (offline fraction scheduled below);
+    ``append``: online rows appended to one buffer holding the dataset, uniform sampling."""
+    capacity: int = 200_000
+    """Online transitions kept (memory-mapped; oldest overwritten)."""
+    start_fraction: float = 0.5
+    """Offline share of each batch when online collection starts (``mix``). Cal-QL / RLPD: 0.5."""
+    final_fraction: float = 0.5
+    """Offline share after ``anneal_frames`` collected frames (linear in between)."""
+    anneal_frames: int = 0
+    """Frames over which the offline share goes from start to final (0: final at once)."""
+    calql: bool = False
+    """Cal-QL (continuous CQL only): clamp the penalised policy Q-values from below by the Monte-Carlo
+    return-to-go, offline and online (Nakamoto et al. 2023)."""
+    min_q_weight: float | None = None
+    """CQL weight during the online phase (None: keep the offline one). Lower it to let online data speak."""
+    eps_init: float | None = None
+    """DQN: epsilon when online collection starts (None: the algorithm's eps_init)."""
+    eps_end: float | None = None
+    """DQN: final epsilon (None: the algorithm's eps_end)."""
+    eps_anneal_frames: int | None = None
+    """DQN: env steps over which epsilon decays (None: the algorithm's annealing_num_steps)."""
+    num_workers: int = 1
+    """Worker processes of the asynchronous collector (``async_collection=true``)."""
+    init_random_frames: int = 0
+    """Uniformly random actions for the first frames (from-scratch runs)."""
+    scratch_dir: str | None = None
+    """Folder of the online buffer's memory map (default: a temporary folder)."""
+
+    def validate(self) -> None:
+        """Reject values no run can use, naming the key."""
+        if self.steps < 0:
+            raise UserError(f"--online-steps (online.steps): must be 0 or positive, got {self.steps}")
+        if self.frames_per_batch <= 0:
+            raise UserError(f"online.frames_per_batch: must be positive, got {self.frames_per_batch}")
+        if self.replay not in ("mix", "append"):
+            raise UserError(f"online.replay={self.replay!r}: use 'mix' or 'append'")
+        if self.capacity <= 0:
+            raise UserError(f"online.capacity: must be positive, got {self.capacity}")
+        for name in ("start_fraction", "final_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise UserError(f"online.{name}: must be in [0, 1], got {v}")
+        if self.anneal_frames < 0:
+            raise UserError(f"online.anneal_frames: must be >= 0, got {self.anneal_frames}")
+        if self.min_q_weight is not None and self.min_q_weight < 0:
+            raise UserError(f"online.min_q_weight: must be >= 0, got {self.min_q_weight}")
+        if self.num_workers <= 0:
+            raise UserError(f"online.num_workers: must be positive, got {self.num_workers}")
+
+
+@dataclass
+class OnlineParts:
+    """What :func:`build_online` made. ``bind(trainer)`` connects the env-error stop to the trainer."""
+
+    collector: GuardedCollector
+    replay_buffer: MixedReplayBuffer | AppendReplayBuffer
+    transitions: OnlineTransitions
+    total_frames: int
+    env_factory: Any
+
+    def bind(self, trainer: Any) -> None:
+        """Env failures call ``trainer.request_stop(message)`` (checkpoint, clean exit, ``stop_reason``)."""
+        self.collector.on_error = trainer.request_stop
+
+
+class OnlineMetricsLogger:
+    """Wraps a logger with ``log_row``: rows of phase ``online`` get the buffer's online metrics
+    (``offline_fraction``, ``online_return_mean``, ``online_normalized_score``, ``online_regret``...)."""
+
+    def __init__(self, inner: Any, replay_buffer: Any) -> None:
+        self.inner, self.replay_buffer = inner, replay_buffer
+
+    def log_row(self, step: int, phase: str, metrics: dict[str, float]) -> None:
+        if phase == "online":
+            metrics = {**metrics, **self.replay_buffer.online_metrics()}
+        if hasattr(self.inner, "log_row"):
+            self.inner.log_row(step, phase, metrics)
+        else:
+            for name, value in metrics.items():
+                self.inner.log_scalar(name, value, step=step)
+
+    def __getattr__(self, name: str) -> Any:  # state_dict, close, wall_time, ... of the wrapped logger
+        return getattr(self.__dict__["inner"], name)
+
+
+def _episode_offset(dataset: Any) -> int:
+    if dataset is None:
+        return 0
+    return int(dataset.data.get("episode").max()) + 1 if dataset.data.shape[0] else 0
+
+
+def build_online(cfg: OnlineConfig, *, parts: Any, dataset: Any = None, offline_buffer: Any = None,
+                 batch_size: int, seed: int | None = 0, device: str = "cpu", frame_skip: int = 1,
+                 async_collection: bool = False, gamma: float | None = None) -> OnlineParts:
+    """Build the online phase for a trainer: env (the dataset's unless ``cfg.env_id``), a torchrl collector
+    running ``parts.exploration_policy`` (guarded against env errors), the replay buffer (``mix``/``append``
+    over ``offline_buffer`` / ``dataset.data``, or online-only without a dataset), and the online CQL weight
+    and DQN epsilon settings. Pass ``replay_buffer=``, ``collector=`` and ``total_frames=`` to the trainer,
+    wrap its logger in :class:`OnlineMetricsLogger`, then ``bind(trainer)``.
+    """
+    cfg.validate()
+    if cfg.steps <= 0:
+        raise UserError("online.steps must be > 0 to build an online phase (--online-steps N)")
+    loss = parts.loss_module
+    if cfg.calql and not hasattr(loss, "calibrated"):
+        raise UserError("online.calql=true needs the continuous CQL loss built with Cal-QL (offrl.algos.calql)")
+    factory = env_factory(dataset, cfg.env_id, seed=seed, device=device)
+    if gamma is None:
+        gamma = float(getattr(dataset.info, "gamma", 0.99)) if dataset is not None else 0.99
+    ref = None
+    if dataset is not None and dataset.info.ref_min_score is not None and dataset.info.ref_max_score is not None:
+        ref = (float(dataset.info.ref_min_score), float(dataset.info.ref_max_score))
+    template = dataset.data[:1].to_tensordict() if dataset is not None else None
+    transitions = OnlineTransitions(gamma, hold_episodes=bool(cfg.calql), episode_offset=_episode_offset(dataset),
+                                    ref=ref, template=template)
+    if dataset is None:
+        if cfg.calql:
+            raise UserError("online.calql=true needs a dataset (its Monte-Carlo returns); drop it for "
+                            "online training from scratch")
+        buffer: Any = MixedReplayBuffer(None, online_capacity=cfg.capacity, batch_size=batch_size,
+                                        frame_skip=frame_skip, transitions=transitions, scratch_dir=cfg.scratch_dir)
+    elif cfg.replay == "append":
+        buffer = AppendReplayBuffer(dataset.data, online_capacity=cfg.capacity, batch_size=batch_size,
+                                    frame_skip=frame_skip, transitions=transitions, scratch_dir=cfg.scratch_dir)
+    else:
+        buffer = MixedReplayBuffer(offline_buffer if offline_buffer is not None else dataset.replay_buffer(batch_size),
+                                   online_capacity=cfg.capacity, batch_size=batch_size,
+                                   start_fraction=cfg.start_fraction, final_fraction=cfg.final_fraction,
+                                   anneal_frames=cfg.anneal_frames, frame_skip=frame_skip,
+                                   transitions=transitions, scratch_dir=cfg.scratch_dir)
+    greedy = getattr(parts, "greedy_module", None)
+    if greedy is not None:
+        _set_epsilon(greedy, cfg)
+    hooks = []
+    if cfg.min_q_weight is not None:
+        if not hasattr(loss, "min_q_weight"):
+            raise UserError(f"online.min_q_weight: {type(loss).__name__} has no CQL weight; leave it null")
+        weight = float(cfg.min_q_weight)
+
+        def lower_cql_weight(_batch: Any) -> None:  # idempotent, so it also holds after a resume
+            loss.min_q_weight = weight
+
+        hooks.append(lower_cql_weight)
+    collector = make_collector(factory, parts.exploration_policy, frames_per_batch=cfg.frames_per_batch,
+                               async_collection=async_collection, num_workers=cfg.num_workers, device=device,
+                               init_random_frames=cfg.init_random_frames)
+    return OnlineParts(collector=GuardedCollector(collector, hooks=tuple(hooks)), replay_buffer=buffer,
+                       transitions=transitions, total_frames=int(cfg.steps) * int(frame_skip), env_factory=factory)
+
+
+def _set_epsilon(greedy: Any, cfg: OnlineConfig) -> None:
+    """Override the ``EGreedyModule`` schedule for the online phase (its buffers, so checkpoints keep it)."""
+    import torch
+
+    if cfg.eps_init is not None:
+        greedy.eps_init.copy_(torch.as_tensor(float(cfg.eps_init)))
+        greedy.eps.copy_(torch.as_tensor(float(cfg.eps_init)))
+    if cfg.eps_end is not None:
+        greedy.eps_end.copy_(torch.as_tensor(float(cfg.eps_end)))
+    if float(greedy.eps_end) > float(greedy.eps_init):
+        raise UserError(f"online.eps_end ({float(greedy.eps_end)}) must not exceed online.eps_init "
+                        f"({float(greedy.eps_init)})")
+    if cfg.eps_anneal_frames is not None:
+        if cfg.eps_anneal_frames <= 0:
+            raise UserError(f"online.eps_anneal_frames: must be positive, got {cfg.eps_anneal_frames}")
+        greedy.annealing_num_steps = int(cfg.eps_anneal_frames)
