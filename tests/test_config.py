@@ -121,7 +121,7 @@ def test_build_wires_the_trainer(pendulum, cartpole):
     trainer = cfg.build(dataset=data)
     assert isinstance(trainer, CQLTrainer)
     assert trainer.step == 0
-    cfg, data = compose_config(cartpole, "dqn", dotlist=["dqn.hidden_sizes=[8]", "offline_steps=3"])
+    cfg, data = compose_config(cartpole, "dqn", dotlist=["dqn.hidden_sizes=[8]", "offline_steps=3", "dataset.env_id=CartPole-v1"])
     parts = cfg.build_components(dataset=data)
     assert isinstance(parts.trainer, DQNTrainer)
     assert parts.evaluator is not None and parts.device == "cpu"

@@ -66,20 +66,28 @@ def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, timeout: float = 240
         time.sleep(0.02)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(pendulum, tmp_path):
-    full = offrl_cli("train", "--dataset", pendulum, "--out", str(tmp_path), "--name", "full", *SETTINGS)
-    assert full.returncode == 0, full.stderr
-    run_full = tmp_path / "pendulum-random" / "cql" / "full"
+def last_logged_step(metrics: Path) -> int:
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return int(lines[-1].split(",")[0]) if len(lines) > 1 else 0
 
+
+def test_sigkill_then_resume_equals_uninterrupted(pendulum, tmp_path):
     proc = start(pendulum, tmp_path, "killed")
     run = tmp_path / "pendulum-random" / "cql" / "killed"
     wait_for_checkpoint(proc, run / "checkpoints" / "latest.pt")
-    time.sleep(random.uniform(0.0, 0.5))  # a random step after the first checkpoint
+    target = random.randint(60, STEPS - 150)  # a random step after the first checkpoint (step 50)
+    while last_logged_step(run / "metrics.csv") < target:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["step"]
     assert 0 < killed_at < STEPS, "the run must die mid-way for this test to mean something"
     assert json.loads((run / "summary.json").read_text())["status"] == "running"
+
+    full = offrl_cli("train", "--dataset", pendulum, "--out", str(tmp_path), "--name", "full", *SETTINGS)
+    assert full.returncode == 0, full.stderr
+    run_full = tmp_path / "pendulum-random" / "cql" / "full"
 
     resumed = offrl_cli("train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr

@@ -232,18 +232,11 @@ class _StepCache:
 # --------------------------------------------------------------------------------------------------
 
 
-class FusedCQLLoss(_StepCache, CQLLoss):
-    """torchrl's :class:`~torchrl.objectives.CQLLoss` with a fused forward (same constructor and outputs).
+class _FusedCQLBase(_StepCache):
+    """What the fused continuous CQL losses share: the critic as matmuls, one actor pass per observation
+    batch, the TD target. Mixed into a ``CQLLoss`` subclass (``self`` has its attributes)."""
 
-    Matches ``CQLLoss`` on the same parameters, batch and random state within float rounding (losses and
-    gradients), including ``with_lagrange``, ``max_q_backup`` and ``deterministic_backup``. Semantics are
-    torchrl's, including two of its quirks kept on purpose for equivalence: the penalty's log-sum-exp runs
-    over the three action sources per sample, and ``loss_alpha_prime`` also back-propagates into the
-    critics. Networks other than a ``ValueOperator(MLP)`` critic fall back to ``CQLLoss.forward``.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _init_fused(self) -> None:
         found = _mlp_plan(self.qvalue_network, self.qvalue_network_params)
         self._q_plan: _Plan | None = None
         if found is not None:
@@ -259,7 +252,7 @@ class FusedCQLLoss(_StepCache, CQLLoss):
 
     @property
     def fused(self) -> bool:
-        """Whether :meth:`forward` takes the fused path (otherwise it is ``CQLLoss.forward``)."""
+        """Whether :meth:`forward` takes the fused path (otherwise the parent class's forward)."""
         if self._q_plan is None or self.reduction != "mean":
             return False
         action = unravel_key(self.tensor_keys.action)
@@ -281,10 +274,82 @@ class FusedCQLLoss(_StepCache, CQLLoss):
         return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
     def _repeat_dist(self, dist_params: TensorDictBase, repeat: int):
+        """The policy at each state repeated ``repeat`` times (as torchrl's repeated observations give)."""
         rep = dist_params.apply(
             lambda x: x.repeat_interleave(repeat, dim=0), batch_size=[dist_params.shape[0] * repeat]
         )
         return self.actor_network.build_dist_from_params(rep)
+
+    def _dist_param_keys(self) -> list[NestedKey]:
+        """In-keys of the actor's distribution (e.g. ``loc``, ``scale``)."""
+        cached = self.__dict__.get("_dist_keys")
+        if cached is None:
+            prob_module = None
+            for mod in self.actor_network.modules():
+                if hasattr(mod, "distribution_class") and hasattr(mod, "in_keys"):
+                    prob_module = mod
+            cached = self.__dict__["_dist_keys"] = list(prob_module.in_keys)
+        return cached
+
+    def _actor_dist_params(self, obs_td: TensorDictBase, next_td: TensorDictBase):
+        """Distribution parameters at ``s`` (with grad: actor and BC losses) and at ``s'`` (no grad:
+        torchrl samples there with the detached actor parameters). One actor pass each."""
+        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
+            params_obs = self.actor_network.get_dist_params(obs_td.copy())
+        with torch.no_grad(), self.actor_network_params.data.to_module(
+            self.actor_network, preserve_module_state=False
+        ):
+            params_next = self.actor_network.get_dist_params(next_td.copy())
+        dist_in = [unravel_key(k) for k in self._dist_param_keys()]
+        return params_obs.select(*dist_in), params_next.select(*dist_in)
+
+    @torch.no_grad()
+    def _td_target(self, tensordict, next_td, next_action, next_log_prob, max_actions, alpha) -> Tensor:
+        """torchrl's ``CQLLoss._get_value_v`` on the target critics: TD(0) target of shape [batch]."""
+        n_q, n_rand, batch = self.num_qvalue_nets, self.num_random, tensordict.shape[0]
+        target_steps = self._steps(self._q_plan, "target_qvalue_network_params")
+        if not self.max_q_backup:
+            q_next = _ensemble_forward(target_steps, self._q_input(next_td, next_action), n_q)
+            next_value = q_next.min(0)[0]
+            if not self.deterministic_backup:
+                next_value = next_value - alpha * next_log_prob.unsqueeze(-1)
+        else:
+            q_next = _ensemble_forward(target_steps, self._q_input(next_td, max_actions, n_rand), n_q)
+            next_value = q_next.reshape(n_q, batch, n_rand, -1).max(-2)[0].min(0)[0]
+        value_td = tensordict.clone(False)
+        value_td.set(("next", self.value_estimator.tensor_keys.value), next_value)
+        return self.value_estimator.value_estimate(value_td).squeeze(-1)
+
+    def _actor_terms(self, q_steps: list, obs_td: TensorDictBase, pi_action: Tensor, pi_log_prob: Tensor,
+                     bc_sample_log_prob: Tensor, bc_log_prob: Tensor, alpha: Tensor) -> dict[str, Tensor]:
+        """loss_actor (critics detached), loss_actor_bc and loss_alpha, as torchrl computes them."""
+        q_pi = _ensemble_forward(_detached(q_steps), self._q_input(obs_td, pi_action), self.num_qvalue_nets)
+        min_q_pi = q_pi.min(0)[0].squeeze(-1)
+        if self.target_entropy is not None:
+            loss_alpha = (-self.log_alpha * (pi_log_prob.detach() + self.target_entropy)).mean()
+        else:
+            loss_alpha = torch.zeros_like(pi_log_prob).mean()
+        return {
+            "loss_actor": (alpha * pi_log_prob - min_q_pi).mean(),
+            "loss_actor_bc": (alpha * bc_sample_log_prob - bc_log_prob).mean(),
+            "loss_alpha": loss_alpha,
+        }
+
+
+class FusedCQLLoss(_FusedCQLBase, CQLLoss):
+    """torchrl's :class:`~torchrl.objectives.CQLLoss` with a fused forward (same constructor and outputs).
+
+    Matches ``CQLLoss`` on the same parameters, batch and random state within float rounding (losses and
+    gradients), including ``with_lagrange``, ``max_q_backup`` and ``deterministic_backup``. Semantics are
+    torchrl's, including two of its quirks kept on purpose for equivalence: the penalty's log-sum-exp runs
+    over the three action sources per sample, and ``loss_alpha_prime`` also back-propagates into the
+    critics (offrl's own semantics: :class:`offrl.algos.fused_offline.FusedOfflineCQLLoss`). Networks other
+    than a ``ValueOperator(MLP)`` critic fall back to ``CQLLoss.forward``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_fused()
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -306,25 +371,13 @@ class FusedCQLLoss(_StepCache, CQLLoss):
         # The actor stays in float32 under bf16 autocast: it is a small share of the FLOPs and its
         # log-probabilities feed the entropy and CQL terms directly.
         with set_exploration_type(ExplorationType.RANDOM), torch.autocast(action.device.type, enabled=False):
-            # The actor runs once on the observations (with grad: actor and BC losses) and once on the
-            # next observations (no grad: torchrl uses the detached actor parameters there).
-            with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-                params_obs = self.actor_network.get_dist_params(obs_td.copy())
-            with torch.no_grad(), self.actor_network_params.data.to_module(
-                self.actor_network, preserve_module_state=False
-            ):
-                params_next = self.actor_network.get_dist_params(next_td.copy())
-            dist_in = [unravel_key(k) for k in self._dist_param_keys()]
-            params_obs = params_obs.select(*dist_in)
-            params_next = params_next.select(*dist_in)
-
+            params_obs, params_next = self._actor_dist_params(obs_td, next_td)
             # Random draws in exactly torchrl's order, so both losses see the same samples.
             with torch.no_grad():
                 dist_next = self.actor_network.build_dist_from_params(params_next)
                 next_action, next_log_prob = rsample_and_log_prob(dist_next)  # q_loss: backup action
                 dist_next_rep = self._repeat_dist(params_next, n_rand)
-                if self.max_q_backup:
-                    max_actions, _ = rsample_and_log_prob(dist_next_rep)
+                max_actions = rsample_and_log_prob(dist_next_rep)[0] if self.max_q_backup else None
                 random_actions = action.new_empty((batch * n_rand, action.shape[-1])).uniform_(-1, 1)
                 dist_obs_rep = self._repeat_dist(params_obs.detach(), n_rand)
                 curr_actions, curr_log_pis = rsample_and_log_prob(dist_obs_rep)
@@ -334,21 +387,7 @@ class FusedCQLLoss(_StepCache, CQLLoss):
             bc_log_prob = dist_obs.log_prob(action)
             pi_action, pi_log_prob = rsample_and_log_prob(dist_obs)  # actor_loss
 
-        plan = self._q_plan
-        # ---- TD target (target critics, no grad)
-        with torch.no_grad():
-            target_steps = self._steps(plan, "target_qvalue_network_params")
-            if not self.max_q_backup:
-                q_next = _ensemble_forward(target_steps, self._q_input(next_td, next_action), n_q)
-                next_value = q_next.min(0)[0]
-                if not self.deterministic_backup:
-                    next_value = next_value - alpha * next_log_prob.unsqueeze(-1)
-            else:
-                q_next = _ensemble_forward(target_steps, self._q_input(next_td, max_actions, n_rand), n_q)
-                next_value = q_next.reshape(n_q, batch, n_rand, -1).max(-2)[0].min(0)[0]
-            value_td = tensordict.clone(False)
-            value_td.set(("next", self.value_estimator.tensor_keys.value), next_value)
-            target_value = self.value_estimator.value_estimate(value_td).squeeze(-1)
+        target_value = self._td_target(tensordict, next_td, next_action, next_log_prob, max_actions, alpha)
 
         # ---- one forward per critic: data actions + the three penalty sources
         q_input = torch.cat(
@@ -360,10 +399,12 @@ class FusedCQLLoss(_StepCache, CQLLoss):
             ],
             0,
         )
-        q_steps = self._steps(plan, "qvalue_network_params")
+        q_steps = self._steps(self._q_plan, "qvalue_network_params")
         q_all = _ensemble_forward(q_steps, q_input, n_q)
         n_pen = batch * n_rand
         q_pred, q_random, q_curr, q_new = q_all.split([batch, n_pen, n_pen, n_pen], dim=1)
+        tensordict.set(keys.pred_q1, q_pred[0])
+        tensordict.set(keys.pred_q2, q_pred[1])
 
         q_pred = q_pred.squeeze(-1)  # [n_q, batch]
         loss_qvalue = distance_loss(
@@ -385,24 +426,15 @@ class FusedCQLLoss(_StepCache, CQLLoss):
         # torchrl subtracts [batch, 1] data values from [batch * num_random] penalties (broadcasting to a
         # [batch, batch * num_random] matrix) and averages; the mean of that matrix is this difference.
         cql_per_critic = min_qf_loss.mean(-1) - q_pred.mean(-1) * self.min_q_weight  # [n_q]
-        loss_cql = cql_per_critic.sum()
 
-        # ---- actor: one more (cheap) critic pass with the detached critic parameters
-        q_pi = _ensemble_forward(_detached(q_steps), self._q_input(obs_td, pi_action), n_q)
-        min_q_pi = q_pi.min(0)[0].squeeze(-1)
-        loss_actor = (alpha * pi_log_prob - min_q_pi).mean()
-        loss_actor_bc = (alpha * bc_sample_log_prob - bc_log_prob).mean()
-        if self.target_entropy is not None:
-            loss_alpha = (-self.log_alpha * (pi_log_prob.detach() + self.target_entropy)).mean()
-        else:
-            loss_alpha = torch.zeros_like(pi_log_prob).mean()
-
+        actor = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob,
+                                  alpha)
         out = {
-            "loss_actor": loss_actor,
-            "loss_actor_bc": loss_actor_bc,
+            "loss_actor": actor["loss_actor"],
+            "loss_actor_bc": actor["loss_actor_bc"],
             "loss_qvalue": loss_qvalue,
-            "loss_cql": loss_cql,
-            "loss_alpha": loss_alpha,
+            "loss_cql": cql_per_critic.sum(),
+            "loss_alpha": actor["loss_alpha"],
         }
         if self.with_lagrange:
             alpha_prime = torch.clamp_max(self.log_alpha_prime.exp(), max=1000000.0)
@@ -411,17 +443,6 @@ class FusedCQLLoss(_StepCache, CQLLoss):
         out["alpha"] = alpha
         out["entropy"] = -pi_log_prob.detach().mean()
         return TensorDict(out)
-
-    def _dist_param_keys(self) -> list[NestedKey]:
-        """In-keys of the actor's distribution (e.g. ``loc``, ``scale``)."""
-        cached = self.__dict__.get("_dist_keys")
-        if cached is None:
-            prob_module = None
-            for mod in self.actor_network.modules():
-                if hasattr(mod, "distribution_class") and hasattr(mod, "in_keys"):
-                    prob_module = mod
-            cached = self.__dict__["_dist_keys"] = list(prob_module.in_keys)
-        return cached
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,385 @@
+"""The benchmark suite behind ``reports/``: every bundled dataset x its algorithms x seeds, one command.
+
+    python benchmarks/suite.py --out reports/ --seeds 3 --d3rlpy-python /tmp/peer-d3rlpy/bin/python
+
+For each bundled dataset (``offrl datasets list``) it trains the algorithms that fit its actions (CQL for
+continuous actions; discrete CQL and DQN for discrete ones) with ``offrl.train`` and the dataset's bundled
+config (``--steps`` overrides the step budget), ``--seeds`` seeds each, ``--jobs`` runs at a time (one
+process per run, one torch thread each). Where d3rlpy can be imported (in this interpreter, or in the one
+named by ``--d3rlpy-python``), the same datasets, seeds, step budget, batch size, networks and evaluation
+protocol also train d3rlpy's CQL / DiscreteCQL / DoubleDQN through ``benchmarks/d3rlpy_peer.py``, which
+writes offrl run directories, so they appear in the report as peer rows (``d3rlpy-cql``, ...).
+
+Runs go to ``--runs`` (scratch, default ``runs/suite``; a completed run of the same budget is reused unless
+``--fresh``). The report goes to ``--out``: ``index.html`` + PNGs (``offrl.report.build_report``),
+``summary.csv``, ``summary.md`` (the table) and ``README.md`` (command, machine, budget, wall time, table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_peer.py")
+CONTINUOUS_ALGOS, DISCRETE_ALGOS = ("cql",), ("discrete-cql", "dqn")
+PEER_ALGOS = {"cql": "d3rlpy-cql", "discrete-cql": "d3rlpy-discrete-cql", "dqn": "d3rlpy-dqn"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: offrl's (``peer=False``) or d3rlpy's mirror of it."""
+
+    dataset: str
+    algo: str
+    seed: int
+    peer: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {PEER_ALGOS[self.algo] if self.peer else self.algo} seed {self.seed}"
+
+    def run_dir(self, runs: Path) -> Path:
+        algo = PEER_ALGOS[self.algo] if self.peer else self.algo
+        return runs / self.dataset.replace("/", "__") / algo / f"seed{self.seed}"
+
+    def cost(self) -> float:
+        """Rough relative cost, to start the longest runs first."""
+        return (10.0 if self.algo == "cql" else 1.0) * (0.8 if self.peer else 1.0)
+
+
+def _fail(message: str) -> None:
+    """A user mistake: one line on stderr, exit status 2."""
+    print(f"suite: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def find_d3rlpy(python: str | None, no_peers: bool) -> tuple[str | None, str]:
+    """The interpreter that can import d3rlpy (``--d3rlpy-python``, else this one) and its version."""
+    if no_peers:
+        return None, "skipped (--no-peers)"
+    if python is None:
+        if importlib.util.find_spec("d3rlpy") is None:
+            return None, "skipped (d3rlpy not importable here; pass --d3rlpy-python)"
+        python = sys.executable
+    try:
+        out = subprocess.run([python, "-c", "import d3rlpy; print(d3rlpy.__version__)"], capture_output=True,
+                             text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        _fail(f"--d3rlpy-python {python}: cannot run it ({err}); give a Python that has d3rlpy, or --no-peers")
+    if out.returncode != 0:
+        _fail(f"--d3rlpy-python {python}: 'import d3rlpy' failed; pip install 'offrl[bench]' there, or --no-peers")
+    return python, out.stdout.strip().splitlines()[-1]
+
+
+def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers: bool,
+         peer_algos: Sequence[str], overrides: dict[str, Any]) -> tuple[list[Job], dict[tuple[str, str], dict]]:
+    """The jobs (longest first) and offrl's resolved config of each dataset x algorithm (seed 0)."""
+    import gymnasium as gym
+
+    from offrl.config import compose_config
+    from offrl.data import load_dataset
+
+    jobs: list[Job] = []
+    configs: dict[tuple[str, str], dict[str, Any]] = {}
+    for ds in datasets:
+        data = load_dataset(ds)  # also fills the cache once, before the workers start
+        fitting = DISCRETE_ALGOS if isinstance(data.action_space, gym.spaces.Discrete) else CONTINUOUS_ALGOS
+        for algo in fitting:
+            if algos and algo not in algos:
+                continue
+            # The bundled YAML + overrides, fully resolved: what the peer mirrors and the README states.
+            cfg, _ = compose_config(ds, algo, overrides={**overrides, "seed": 0})
+            configs[(ds, algo)] = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+            for seed in range(seeds):
+                jobs.append(Job(ds, algo, seed))
+                if peers and algo in peer_algos:
+                    jobs.append(Job(ds, algo, seed, peer=True))
+    jobs.sort(key=lambda j: -j.cost())
+    return jobs, configs
+
+
+def _completed(run: Path, steps: int | None) -> bool:
+    try:
+        s = json.loads((run / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return s.get("status") == "completed" and (steps is None or s.get("steps") == steps)
+
+
+def run_job(job: Job, runs: Path, args: argparse.Namespace, overrides: dict[str, Any],
+            config: dict[str, Any]) -> tuple[Job, float, str]:
+    """Run one job in its own process (one torch thread); returns (job, seconds, error or '')."""
+    run = job.run_dir(runs)
+    if not args.fresh and _completed(run, args.steps):
+        return job, 0.0, "reused"
+    if run.exists():
+        shutil.rmtree(run)  # a partial run of an earlier suite: start it over
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "RL_WARNINGS": "False"}
+    if job.peer:
+        cfg_file = runs / ".peer-configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.seed{job.seed}.json"
+        cfg_file.parent.mkdir(parents=True, exist_ok=True)
+        cfg_file.write_text(json.dumps({**config, "seed": job.seed}, indent=1))
+        from offrl.data.catalog import bundled_path
+
+        cmd = [args.d3rlpy_python, str(PEER_SCRIPT), "--dataset", str(bundled_path(job.dataset)), "--algo", job.algo,
+               "--config", str(cfg_file), "--out", str(runs), "--name", f"seed{job.seed}", "--threads", "1"]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one",
+               json.dumps({"dataset": job.dataset, "algo": job.algo, "seed": job.seed, "runs": str(runs),
+                           "overrides": overrides})]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or [f"exit {proc.returncode}"]
+        (runs / ".logs").mkdir(parents=True, exist_ok=True)
+        log = runs / ".logs" / f"{job.label.replace('/', '__').replace(' ', '.')}.log"
+        log.write_text(proc.stdout + "\n" + proc.stderr)
+        return job, seconds, f"{lines[-1]} (log: {log})"
+    return job, seconds, ""
+
+
+def train_one(spec: dict[str, Any]) -> None:
+    """Worker side of ``--one``: one offrl run through the public API, torch on one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        from offrl import train  # type: ignore[attr-defined]
+    except ImportError:  # older offrl: the API lives in offrl.api
+        from offrl.api import train
+    train(spec["dataset"], spec["algo"], out=spec["runs"], name=f"seed{spec['seed']}", seed=spec["seed"],
+          progress=False, **spec["overrides"])
+
+
+def _fmt(mean: float, low: float, high: float) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    if math.isfinite(low) and math.isfinite(high):
+        return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{mean:.1f}"
+
+
+def markdown_table(summary: Any) -> str:
+    """The report's summary (one row per dataset x algorithm) as a Markdown table."""
+    lines = ["| dataset | algorithm | seeds | steps | last score, mean [95% CI] | last IQM | best score, mean "
+             "| behaviour policy | updates/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        unit = "" if r["unit"] == "eval_normalized_score" else " (raw return)"
+        behaviour = r["behaviour_normalized"] if math.isfinite(r["behaviour_normalized"]) else r["behaviour_return"]
+        ups = f"{r['updates_per_s']:.0f}" if math.isfinite(r["updates_per_s"]) else "n/a"
+        lines.append(
+            f"| {r['dataset']} | {r['group']} | {r['seeds']} | {r['steps']} | "
+            f"{_fmt(r['last_mean'], r['last_low'], r['last_high'])}{unit} | {r['last_iqm']:.1f} | "
+            f"{r['best_mean']:.1f} | {behaviour:.1f} | {ups} |")
+    return "\n".join(lines) + "\n"
+
+
+def aggregate_markdown(aggregate: Any) -> str:
+    """Across datasets per algorithm: IQM and mean of the last normalized score with stratified CIs."""
+    if aggregate is None or not len(aggregate):
+        return ""
+    lines = ["| algorithm | datasets | runs | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|---|"]
+    for _, r in aggregate.iterrows():
+        lines.append(f"| {r['group']} | {r['datasets']} | {r['runs']} | {_fmt(r['iqm'], r['iqm_low'], r['iqm_high'])} | "
+                     f"{_fmt(r['mean'], r['mean_low'], r['mean_high'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(out: Path, *, command: str, table: str, aggregate: str, facts: dict[str, Any]) -> Path:
+    """``<out>/README.md``: how the report was made and its table."""
+    peers = facts["peers"]
+    text = f"""# offrl benchmark report
+
+Every bundled dataset (`offrl datasets list`) x the algorithms that fit its actions (CQL for continuous
+Pendulum; discrete CQL and DQN for discrete CartPole), {facts['seeds']} seeds each, trained with
+`offrl.train` on the dataset's bundled config. Open [index.html](index.html) for the curves (normalized
+score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds the table below.
+
+## Command
+
+```
+{command}
+```
+
+## Machine and budget
+
+- Machine: {facts['cpu']}, {facts['cores']} cores, shared with other work (load average {facts['load_start']}
+  at the start, {facts['load_end']} at the end); no GPU.
+- Software: {facts['versions']}; d3rlpy peer: {peers}.
+- Budget: {facts['budget']}; {facts['jobs']} runs at a time, one process and one torch thread each.
+- Evaluation: deterministic policy, {facts['eval']}, in the dataset's env; episode *i* reset with seed
+  *i*, the same for every run and every evaluation. Normalized score = 100 x (R - ref_min) / (ref_max -
+  ref_min), references from the dataset metadata (random policy = 0, scripted expert = 100).
+- Runs: {facts['n_runs']} ({facts['n_failed']} failed); wall time {facts['wall']}, started {facts['started']}.
+
+## Results
+
+Last = the final evaluation, best = the best evaluation of each run; mean over seeds with a percentile
+bootstrap 95% CI (10,000 resamples), IQM = interquartile mean. Behaviour policy = the dataset's own mean
+episode return, normalized the same way.
+
+{table}
+Across datasets (last normalized score; stratified bootstrap over datasets):
+
+{aggregate}
+## Notes
+
+{facts['notes']}
+"""
+    path = out / "README.md"
+    path.write_text(text)
+    return path
+
+
+PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl's bundled config: same hidden sizes,
+  learning rates, discount, batch size, step budget, target updates and penalty weight (d3rlpy CQL:
+  `conservative_weight` = offrl `min_q_weight`, fixed alpha 1, `n_action_samples` = `num_random`, 2 critics,
+  actions scaled to [-1, 1]). Differences that remain: d3rlpy's CQL penalty samples actions from two sources
+  (uniform and pi(s)) where offrl's uses three (uniform, pi(s), pi(s')); d3rlpy's discrete Q-learning uses the
+  Huber loss where offrl uses MSE; d3rlpy reads the Minari files through `benchmarks/d3rlpy_peer.py` (plain
+  h5py) and evaluates with gymnasium 1.0 in its own environment (same env ids, seeds and time limits).
+- updates/s counts training updates per second over the whole run, evaluations included, measured with
+  other runs (and other people's jobs) sharing the CPU: compare it within this table only."""
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="reports", help="report folder (default reports/)")
+    p.add_argument("--runs", default=None, help="scratch folder for the run directories (default runs/suite)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per dataset x algorithm (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="gradient steps per run (default: the bundled config's)")
+    p.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: bundled config)")
+    p.add_argument("--datasets", default=None, help="comma-separated dataset ids (default: every bundled dataset)")
+    p.add_argument("--algos", default=None, help="comma-separated: cql, discrete-cql, dqn (default: all that fit)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    p.add_argument("--d3rlpy-python", default=None, help="a Python with d3rlpy for the peer rows (default: this one)")
+    p.add_argument("--peer-algos", default="cql,discrete-cql,dqn", help="algorithms d3rlpy mirrors (default all)")
+    p.add_argument("--no-peers", action="store_true", help="skip the d3rlpy peer rows")
+    p.add_argument("--fresh", action="store_true", help="retrain runs that already completed in --runs")
+    p.add_argument("--note", action="append", default=[], help="a line for the README's notes (repeatable)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # worker: one offrl run (JSON spec)
+    args = p.parse_args(argv)
+    if args.one:
+        train_one(json.loads(args.one))
+        return 0
+
+    from offrl.data.catalog import list_bundled
+    from offrl.errors import UserError
+    from offrl.report import build_report
+
+    if args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
+        _fail("--seeds, --jobs and --steps must be positive")
+    bundled = list_bundled()
+    datasets = args.datasets.split(",") if args.datasets else bundled
+    unknown = [d for d in datasets if d not in bundled]
+    if unknown:
+        _fail(f"--datasets {','.join(unknown)}: not bundled; pick from {', '.join(bundled)}")
+    algos = args.algos.split(",") if args.algos else None
+    if algos and set(algos) - set(PEER_ALGOS):
+        _fail(f"--algos {args.algos}: use cql, discrete-cql, dqn")
+    args.d3rlpy_python, peer_version = find_d3rlpy(args.d3rlpy_python, args.no_peers)
+    out = Path(args.out)
+    runs = Path(args.runs) if args.runs else Path("runs") / "suite"
+    runs.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in {"offline_steps": args.steps, "eval.episodes": args.eval_episodes}.items()
+                 if v is not None}
+
+    started, load_start, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), _load(), time.perf_counter()
+    try:
+        jobs, configs = plan(datasets, algos, args.seeds, args.d3rlpy_python is not None,
+                             args.peer_algos.split(","), overrides)
+    except UserError as err:
+        _fail(str(err))
+    print(f"suite: {len(jobs)} runs, {args.jobs} at a time; runs in {runs}; d3rlpy peer: {peer_version}", flush=True)
+    failed: list[str] = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_job, job, runs, args, overrides, configs[(job.dataset, job.algo)]) for job in jobs]
+        for i, fut in enumerate(as_completed(futures), 1):
+            job, seconds, error = fut.result()
+            if error and error != "reused":
+                failed.append(f"{job.label}: {error}")
+            state = error or "ok"
+            print(f"[{i}/{len(jobs)}] {job.label}: {state} ({seconds:.0f} s, {time.perf_counter() - t0:.0f} s elapsed)",
+                  flush=True)
+    wall = time.perf_counter() - t0
+
+    report = build_report([runs], out=out, title=f"offrl benchmark: bundled datasets, {args.seeds} seeds")
+    keep = ["dataset", "group", "unit", "n_seeds", "seeds", "steps", "last_mean", "last_low", "last_high", "last_iqm",
+            "best_mean", "best_low", "best_high", "best_iqm", "behaviour_return", "behaviour_normalized",
+            "updates_per_s", "ref_source"]
+    report.summary[[c for c in keep if c in report.summary]].to_csv(out / "summary.csv", index=False)
+    table = markdown_table(report.summary)
+    (out / "summary.md").write_text(table)
+    shown = ["python", "benchmarks/suite.py"] + [a for a in (argv if argv is not None else sys.argv[1:])]
+    budget = "; ".join(sorted({f"{c['dataset']['id'].split('/')[1]} {c['algo']}: {c['offline_steps']} gradient steps, "
+                               f"batch {c['batch_size']}" for c in configs.values()}))
+    evals = sorted({f"{c['eval']['episodes']} episodes every {c['eval']['interval']} steps and after the last"
+                    for c in configs.values()})
+    facts = {
+        "seeds": args.seeds, "cpu": _cpu_model(), "cores": os.cpu_count(), "load_start": load_start,
+        "load_end": _load(), "peers": peer_version, "jobs": args.jobs, "budget": budget,
+        "eval": "; ".join(evals),
+        "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed),
+        "wall": f"{wall / 60:.1f} min", "started": started,
+        "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
+                            *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
+    }
+    readme = write_readme(out, command=shlex.join(shown), table=table, aggregate=aggregate_markdown(report.aggregate),
+                          facts=facts)
+    print(table)
+    print(f"suite: report {report.html}, {readme}; {len(jobs)} runs in {wall / 60:.1f} min, {len(failed)} failed")
+    for f in failed:
+        print(f"suite: failed: {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for name in ("offrl", "torch", "torchrl", "tensordict", "gymnasium"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(parts) + f", Python {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
