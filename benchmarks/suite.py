@@ -124,19 +124,20 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
     return jobs, configs
 
 
-def _completed(run: Path, steps: int | None) -> bool:
+def _completed(run: Path, steps: int) -> bool:
+    """A finished run of this budget (an earlier suite's), which ``--fresh`` would retrain."""
     try:
         s = json.loads((run / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return s.get("status") == "completed" and (steps is None or s.get("steps") == steps)
+    return s.get("status") == "completed" and s.get("steps") == steps
 
 
 def run_job(job: Job, runs: Path, args: argparse.Namespace, overrides: dict[str, Any],
             config: dict[str, Any]) -> tuple[Job, float, str]:
     """Run one job in its own process (one torch thread); returns (job, seconds, error or '')."""
     run = job.run_dir(runs)
-    if not args.fresh and _completed(run, args.steps):
+    if not args.fresh and _completed(run, int(config["offline_steps"])):
         return job, 0.0, "reused"
     if run.exists():
         shutil.rmtree(run)  # a partial run of an earlier suite: start it over
@@ -236,9 +237,10 @@ score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds th
 - Software: {facts['versions']}; d3rlpy peer: {peers}.
 - Budget: {facts['budget']}; {facts['jobs']} runs at a time, one process and one torch thread each.
 - Evaluation: deterministic policy, {facts['eval']}, in the dataset's env; episode *i* reset with seed
-  *i*, the same for every run and every evaluation. Normalized score = 100 x (R - ref_min) / (ref_max -
+  {facts['eval_seed']} + *i*, the same for every run and every evaluation. Normalized score = 100 x (R - ref_min) / (ref_max -
   ref_min), references from the dataset metadata (random policy = 0, scripted expert = 100).
-- Runs: {facts['n_runs']} ({facts['n_failed']} failed); wall time {facts['wall']}, started {facts['started']}.
+- Runs: {facts['n_runs']} ({facts['n_failed']} failed, {facts['n_reused']} reused from an earlier suite); wall time
+  {facts['wall']}, started {facts['started']}.
 
 ## Results
 
@@ -328,11 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(err))
     print(f"suite: {len(jobs)} runs, {args.jobs} at a time; runs in {runs}; d3rlpy peer: {peer_version}", flush=True)
     failed: list[str] = []
+    reused = 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_job, job, runs, args, overrides, configs[(job.dataset, job.algo)]) for job in jobs]
         for i, fut in enumerate(as_completed(futures), 1):
             job, seconds, error = fut.result()
-            if error and error != "reused":
+            if error == "reused":
+                reused += 1
+            elif error:
                 failed.append(f"{job.label}: {error}")
             state = error or "ok"
             print(f"[{i}/{len(jobs)}] {job.label}: {state} ({seconds:.0f} s, {time.perf_counter() - t0:.0f} s elapsed)",
@@ -355,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": args.seeds, "cpu": _cpu_model(), "cores": os.cpu_count(), "load_start": load_start,
         "load_end": _load(), "peers": peer_version, "jobs": args.jobs, "budget": budget,
         "eval": "; ".join(evals),
-        "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed),
+        "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
+        "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed), "n_reused": reused,
         "wall": f"{wall / 60:.1f} min", "started": started,
         "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from offrl.config import TrainerConfig, compose_config, config_to_yaml, diff_configs, load_yaml
+from offrl.config import TrainerConfig, compose_config, config_to_yaml, diff_configs, load_yaml, saved_config
 from offrl.errors import UserError
 from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available, read_metrics
 from offrl.rundir import (
@@ -167,14 +167,12 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
     cfg, data = compose_config(None if dataset is None else str(dataset),
                                algo if algo not in (None, "auto") else None, config_file=config,
                                overrides=overrides, dotlist=dotlist, base=saved)
-    old, _ = _saved_as_config(saved, cfg)
+    old = saved_config(saved)
     changed = diff_configs(old, cfg)
     if changed and not force:
+        # dataset.digest among them means the data's content changed since the run started.
         raise UserError(f"--resume {path}: config differs from the run's in {', '.join(changed)}; "
                         "resume without changes, or add --force to continue with the new values")
-    if saved.get("dataset", {}).get("digest") not in (None, data.digest) and not force:
-        raise UserError(f"--resume {path}: the dataset's content changed since the run started (digest); "
-                        "add --force to continue on the new data")
     check_logger_available(cfg.logger)
 
     run_name = path.name
@@ -196,16 +194,6 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
         attach_mirrors(logger, cfg.logger, path, run_name)
     resumed = int(read_summary(path).get("resumed", 0)) + 1
     return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
-
-
-def _saved_as_config(saved: DictConfig, like: TrainerConfig) -> tuple[TrainerConfig, None]:
-    """The saved config through the same schema (so defaults added since compare equal)."""
-    from offrl.config import _merge, _structured
-
-    node = _merge(_structured(type(like)), saved, f"--resume {CONFIG_FILE}")
-    obj = OmegaConf.to_object(node)
-    assert isinstance(obj, TrainerConfig)
-    return obj, None
 
 
 def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, resumed: int,

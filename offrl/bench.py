@@ -4,12 +4,13 @@ The workload is the one ../shared/peers/ measures for d3rlpy and a plain torchrl
 be put side by side (benchmarks/compare_peers.py does that in one run):
 
 * CQL: observations 17, actions 6, 2x256 ReLU actor and critics, 2 critics, 10 action samples,
-  Lagrange on (threshold 5), l2 critic loss, TD(0) with gamma 0.99, soft target update (tau 0.005).
+  Lagrange on (threshold 5), l2 critic loss, TD(0) with gamma 0.99, soft target update (tau 0.005);
+  offrl runs its own loss (:class:`offrl.algos.fused_offline.FusedOfflineCQLLoss`).
 * DQN: observations 4, 2 actions (one-hot), 2x256 ReLU, hard target update every 50 steps.
 * Discrete CQL: observations 4, 2 actions (index), 2x256 ReLU, soft target update.
 
 Each update samples a batch from a memmapped torchrl buffer (100,000 random transitions, sampling without
-replacement) and runs :func:`offrl.algos.fused.make_update` on the fused losses. ``reference=True`` runs
+replacement) and runs :func:`offrl.algos.fused.make_update` on the fused losses with fused Adam. ``reference=True`` runs
 torchrl's own losses in the plain loop instead (torchrl's for-loop Adam, ``SoftUpdate.step``), which is
 what bench_torchrl_plain.py measures.
 """
@@ -114,7 +115,7 @@ def _build_cql(data, reference: bool):
     from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
     from torchrl.objectives import CQLLoss, SoftUpdate
 
-    from offrl.algos.fused import FusedCQLLoss
+    from offrl.algos.fused_offline import FusedOfflineCQLLoss
 
     act_dim = data["action"].shape[-1]
     spec = Bounded(-torch.ones(act_dim), torch.ones(act_dim), (act_dim,))
@@ -141,11 +142,15 @@ def _build_cql(data, reference: bool):
         td0 = data[:4].clone()
         actor(td0)
         qvalue(td0)
-    cls = CQLLoss if reference else FusedCQLLoss
-    loss = cls(
-        actor, qvalue, loss_function="l2", temperature=1.0, min_q_weight=1.0, max_q_backup=False,
-        deterministic_backup=False, num_random=10, with_lagrange=True, lagrange_thresh=5.0,
-    )
+    kwargs = dict(loss_function="l2", temperature=1.0, min_q_weight=1.0, max_q_backup=False,
+                  deterministic_backup=False, num_random=10, with_lagrange=True, lagrange_thresh=5.0)
+    if reference:
+        loss = CQLLoss(actor, qvalue, **kwargs)
+    else:
+        # offrl's own CQL semantics (authors' penalty, working Lagrange multiplier), fused; same FLOPs as
+        # torchrl's CQLLoss: 3 x 10 penalty actions x batch x 2 critics.
+        loss = FusedOfflineCQLLoss(actor, qvalue, action_low=spec.space.low, action_high=spec.space.high,
+                                   **kwargs)
     loss.make_value_estimator(gamma=0.99)
     return loss, SoftUpdate(loss, tau=0.005), 3e-4
 

@@ -52,6 +52,7 @@ __all__ = [
     "load_yaml",
     "resolve_algo",
     "resolve_device",
+    "saved_config",
 ]
 
 ALGOS = ("cql", "discrete-cql", "dqn")
@@ -441,6 +442,20 @@ def diff_configs(old: TrainerConfig | DictConfig, new: TrainerConfig | DictConfi
     a = _flatten(_to_container(old))
     b = _flatten(_to_container(new))
     return [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+
+
+def saved_config(saved: DictConfig | Mapping[str, Any], origin: str = "config.yaml") -> TrainerConfig:
+    """A saved run config (metadata keys dropped) read through its schema, so defaults added since compare
+    equal; no dataset is loaded."""
+    node = OmegaConf.create(dict(saved) if not isinstance(saved, DictConfig) else saved)
+    for key in METADATA_KEYS:
+        node.pop(key, None)
+    algo = str(node.get("algo", "cql"))
+    if algo not in ALGOS:
+        raise UserError(f"{origin}: algo {algo!r} is not one of {', '.join(ALGOS)}")
+    obj = OmegaConf.to_object(_merge(_structured(_schema_for(algo)), node, origin))
+    assert isinstance(obj, TrainerConfig)
+    return obj
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -316,3 +316,29 @@ def test_bf16_autocast_keeps_outputs_fp32_and_close():
     for key in ("loss_qvalue", "loss_cql", "loss_actor", "loss_alpha_prime"):
         assert low[key].dtype == torch.float32
         torch.testing.assert_close(low[key], ref[key], rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("with_lagrange,max_q_backup,deterministic_backup", CQL_CASES)
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_offline_cql_matches_offrl_loss(request, with_lagrange, max_q_backup, deterministic_backup, precision):
+    """FusedOfflineCQLLoss = offrl's OfflineCQLLoss (authors' penalty, rescaled actions), fused."""
+    from offrl.algos.cql import OfflineCQLLoss
+    from offrl.algos.fused_offline import FusedOfflineCQLLoss
+
+    if precision == "float64":
+        request.getfixturevalue("float64")
+    actor, qvalue, data = _cql_nets()
+    data["action"] = data["action"] * 2.0  # a [-2, 2] box, rescaled inside the loss
+    bound = 2.0 * torch.ones(ACT)
+    kwargs = dict(loss_function="l2", num_random=4, with_lagrange=with_lagrange, lagrange_thresh=5.0,
+                  max_q_backup=max_q_backup, deterministic_backup=deterministic_backup, min_q_weight=5.0,
+                  action_low=-bound, action_high=bound)
+    ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), kwargs)
+    assert fused.fused
+    keys = ["loss_actor", "loss_actor_bc", "loss_qvalue", "loss_cql", "loss_alpha"]
+    if with_lagrange:
+        keys.append("loss_alpha_prime")
+    rtol = 1e-5 if precision == "float32" else 1e-10
+    r, f = _run(ref, data, keys), _run(fused, data, keys)
+    _assert_same(r, f, rtol)
+    torch.testing.assert_close(f[2]["pred_q1"], r[2]["pred_q1"], rtol=rtol, atol=rtol)

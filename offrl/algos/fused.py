@@ -10,6 +10,8 @@ tests/test_fused.py) with less work:
   repeated copy), evaluates the data action and all three penalty action sources in one forward per
   critic, and runs the two-critic ensemble as plain per-critic matmuls (torchrl's vmapped ensemble turns
   the width-1 output layer into a slow batched matmul).
+* :class:`offrl.algos.fused_offline.FusedOfflineCQLLoss` does the same for offrl's own
+  :class:`~offrl.algos.cql.OfflineCQLLoss` (the authors' penalty; what ``offrl train`` uses).
 * :class:`FusedDQNLoss` / :class:`FusedDiscreteCQLLoss` skip the TensorDict plumbing on the hot path: the
   Q-network is evaluated as a chain of ``addmm`` calls on the stored parameters.
 * :func:`make_update` builds the whole step (loss, backward, clip, optimizer, target update) with foreach
@@ -143,20 +145,51 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.addmm(bias, x, weight.t())
 
 
+class _OutputLinear(torch.autograd.Function):
+    """The output layer ``h @ w.T + b`` in float32, with a leaner backward than autograd's.
+
+    For a width-1 output (a critic) autograd computes ``grad_h = grad @ w`` as a K=1 matrix product, which
+    CPU BLAS runs at a few GFLOP/s; it is the same products as the broadcast ``grad * w`` (bit for bit).
+    Under bf16 autocast the layer runs in float32 on the bf16 hidden features (Q-values and TD targets keep
+    full precision; a bf16 Q of 100 is quantized in steps of 0.5) and hands back a bf16 ``grad_h``
+    without a float32 copy of the features.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(h, w)
+        ctx.has_bias = b is not None
+        with torch.autocast(h.device.type, enabled=False):
+            x = h if h.dtype == w.dtype else h.to(w.dtype)
+            return torch.addmm(b, x, w.t()) if b is not None else x @ w.t()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        h, w = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        with torch.autocast(h.device.type, enabled=False):
+            g = grad.to(h.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_h = g * w.to(h.dtype) if w.shape[0] == 1 else g @ w.to(h.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_w = (g.t() @ h).to(w.dtype)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = grad.sum(0)
+        return grad_h, grad_w, grad_b
+
+
 def _chain(steps: list, x: Tensor) -> Tensor:
     """Run resolved steps ((weight, bias) pairs and activations) on ``x``.
 
-    Under autocast (``precision="bf16"``) the hidden matmuls run in bfloat16 but the output layer runs in
-    float32 on float32 inputs: Q-values and TD targets keep full precision (a bf16 Q of 100 would be
-    quantized in steps of 0.5), and the output layer is a cheap matrix-vector product anyway.
+    Under autocast (``precision="bf16"``) the hidden matmuls run in bfloat16 and the output layer in
+    float32 (see :class:`_OutputLinear`).
     """
     last = max(i for i, s in enumerate(steps) if isinstance(s, tuple))
     for i, step in enumerate(steps):
         if isinstance(step, tuple):
             w, b = step
-            if i == last and torch.is_autocast_enabled(x.device.type):
-                with torch.autocast(x.device.type, enabled=False):
-                    x = _linear(x.float(), w, b)
+            if i == last and (w.shape[0] == 1 or torch.is_autocast_enabled(x.device.type)):
+                x = _OutputLinear.apply(x, w, b)
             else:
                 x = _linear(x, w, b)
         else:

@@ -52,10 +52,27 @@ def register(subparsers: Any) -> None:
     conv.set_defaults(func=_convert)
 
     make = sub.add_parser(
-        "make", help="regenerate a bundled dataset from its recipe (bit-identical for its seed)"
+        "make",
+        help="regenerate a bundled dataset from its recipe, or make one from a run (--from-run) or a "
+        "checkpoint's policy (--policy)",
     )
-    make.add_argument("name", help="recipe name, e.g. offrl/pendulum/medium-v0 or pendulum/medium")
-    make.add_argument("--root", help="write under this folder instead of the bundled datasets folder")
+    make.add_argument("name", nargs="?", help="recipe name, e.g. offrl/pendulum/medium-v0 or pendulum/medium")
+    make.add_argument("--root", help="write under this folder (default: the bundled datasets folder for "
+                      "recipes, $MINARI_DATASETS_PATH for --from-run/--policy)")
+    make.add_argument("--from-run", metavar="RUN_DIR",
+                      help="write the online replay buffer of this run's latest checkpoint ('replay' flavour)")
+    make.add_argument("--policy", metavar="CHECKPOINT",
+                      help="roll out this run's (or checkpoint's) policy ('medium'/'expert' flavours)")
+    make.add_argument("--env", metavar="ID", help="env to roll out in / record (default: the run's)")
+    make.add_argument("--episodes", type=int, metavar="K", help="with --policy: episodes to record")
+    make.add_argument("--noise", type=float, default=0.0, metavar="E",
+                      help="with --policy: Gaussian noise std as a fraction of the half action range "
+                      "(continuous) or epsilon (discrete); default 0")
+    make.add_argument("--seed", type=int, default=0, help="with --policy: episode i resets with seed + i")
+    make.add_argument("--dataset-id", metavar="ID",
+                      help="id of the new dataset, e.g. offrl-runs/pendulum/replay-v0 (default from the run name)")
+    make.add_argument("--ref-min-score", type=float, help="reference minimum score (default: the run's dataset)")
+    make.add_argument("--ref-max-score", type=float, help="reference maximum score (default: the run's dataset)")
     make.set_defaults(func=_make)
 
 
@@ -165,8 +182,28 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _make(args: argparse.Namespace) -> int:
-    from offrl.data.generate import make_bundled
+    from offrl.errors import UserError
 
-    path = make_bundled(args.name, args.root)
+    chosen = [flag for flag, value in (("NAME", args.name), ("--from-run", args.from_run), ("--policy", args.policy))
+              if value is not None]
+    if len(chosen) != 1:
+        raise UserError("offrl datasets make: give exactly one of NAME (a recipe), --from-run RUN_DIR or "
+                        f"--policy CHECKPOINT (got {', '.join(chosen) or 'none'})")
+    refs = {"ref_min": args.ref_min_score, "ref_max": args.ref_max_score}
+    if args.from_run is not None:
+        from offrl.data.from_run import dataset_from_run
+
+        path = dataset_from_run(args.from_run, name=args.dataset_id, root=args.root, env_id=args.env, **refs)
+    elif args.policy is not None:
+        from offrl.data.from_run import dataset_from_policy
+
+        if args.episodes is None:
+            raise UserError("--policy: give --episodes K (how many episodes to record)")
+        path = dataset_from_policy(args.policy, episodes=args.episodes, env_id=args.env, noise=args.noise,
+                                   seed=args.seed, name=args.dataset_id, root=args.root, **refs)
+    else:
+        from offrl.data.generate import make_bundled
+
+        path = make_bundled(args.name, args.root)
     print(path)
     return 0

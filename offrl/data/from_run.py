@@ -25,16 +25,11 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from offrl.data.minari import minari_root
 from offrl.data.minari_writer import Episode, write_minari_dataset
 from offrl.errors import UserError
 
-__all__ = ["dataset_from_policy", "dataset_from_run", "episodes_from_rows", "minari_root"]
-
-
-def minari_root() -> Path:
-    """``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets`` (Minari's default)."""
-    env = os.environ.get("MINARI_DATASETS_PATH")
-    return Path(env) if env else Path.home() / ".minari" / "datasets"
+__all__ = ["dataset_from_policy", "dataset_from_run", "episodes_from_rows", "online_rows"]
 
 
 def _check_name(name: str) -> None:

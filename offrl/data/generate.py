@@ -39,7 +39,10 @@ __all__ = [
     "Recipe",
     "generator_versions",
     "load_recipes",
+    "list_on_demand",
     "list_recipes",
+    "load_on_demand",
+    "make_on_demand",
     "make_all",
     "make_bundled",
     "recipes_path",
@@ -104,6 +107,38 @@ def _noise_spec(value: Any, where: str) -> float | tuple[float, float]:
     return float(value)
 
 
+def _parse_recipe(name: str, entry: Any, where: str) -> Recipe:
+    """One recipe entry, checked key by key (a mistake names the entry and the fix)."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected a mapping of recipe keys")
+    known = {f for f in Recipe.__dataclass_fields__ if f != "name"}
+    unknown = set(entry) - known
+    if unknown:
+        raise UserError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    missing = {"env_id", "policy", "seed"} - set(entry)
+    if missing:
+        raise UserError(f"{where}: missing keys {sorted(missing)}")
+    if entry["policy"] not in ("random", "expert"):
+        raise UserError(f"{where}: policy must be 'random' or 'expert', got {entry['policy']!r}")
+    if (entry.get("episodes") is None) == (entry.get("min_transitions") is None):
+        raise UserError(f"{where}: give exactly one of 'episodes' or 'min_transitions'")
+    if entry.get("episodes") is None and any(
+        isinstance(entry.get(k), (list, tuple)) for k in ("epsilon", "noise_std")
+    ):
+        raise UserError(f"{where}: a [start, end] noise schedule needs 'episodes', not 'min_transitions'")
+    return Recipe(
+        name=name,
+        env_id=str(entry["env_id"]),
+        policy=str(entry["policy"]),
+        seed=int(entry["seed"]),
+        episodes=entry.get("episodes"),
+        min_transitions=entry.get("min_transitions"),
+        epsilon=_noise_spec(entry.get("epsilon", 0.0), where),
+        noise_std=_noise_spec(entry.get("noise_std", 0.0), where),
+        description=str(entry.get("description", "")).strip(),
+    )
+
+
 def load_recipes(path: str | Path | None = None) -> tuple[dict[str, Recipe], dict[str, ReferenceSpec]]:
     """Parse the recipes file into ``{name: Recipe}`` and ``{env_id: ReferenceSpec}``."""
     path = Path(path) if path is not None else recipes_path()
@@ -117,35 +152,8 @@ def load_recipes(path: str | Path | None = None) -> tuple[dict[str, Recipe], dic
         raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix the file") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping with 'references' and 'datasets'; fix the file")
-    recipes: dict[str, Recipe] = {}
-    for name, entry in (raw.get("datasets") or {}).items():
-        where = f"{path}: datasets.{name}"
-        known = {f for f in Recipe.__dataclass_fields__ if f != "name"}
-        unknown = set(entry) - known
-        if unknown:
-            raise UserError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
-        missing = {"env_id", "policy", "seed"} - set(entry)
-        if missing:
-            raise UserError(f"{where}: missing keys {sorted(missing)}")
-        if entry["policy"] not in ("random", "expert"):
-            raise UserError(f"{where}: policy must be 'random' or 'expert', got {entry['policy']!r}")
-        if (entry.get("episodes") is None) == (entry.get("min_transitions") is None):
-            raise UserError(f"{where}: give exactly one of 'episodes' or 'min_transitions'")
-        if entry.get("episodes") is None and any(
-            isinstance(entry.get(k), (list, tuple)) for k in ("epsilon", "noise_std")
-        ):
-            raise UserError(f"{where}: a [start, end] noise schedule needs 'episodes', not 'min_transitions'")
-        recipes[name] = Recipe(
-            name=name,
-            env_id=str(entry["env_id"]),
-            policy=str(entry["policy"]),
-            seed=int(entry["seed"]),
-            episodes=entry.get("episodes"),
-            min_transitions=entry.get("min_transitions"),
-            epsilon=_noise_spec(entry.get("epsilon", 0.0), where),
-            noise_std=_noise_spec(entry.get("noise_std", 0.0), where),
-            description=str(entry.get("description", "")).strip(),
-        )
+    recipes = {name: _parse_recipe(name, entry, f"{path}: datasets.{name}")
+               for name, entry in (raw.get("datasets") or {}).items()}
     references = {
         env_id: ReferenceSpec(env_id=env_id, episodes=int(spec["episodes"]), seed=int(spec["seed"]))
         for env_id, spec in (raw.get("references") or {}).items()
@@ -156,6 +164,77 @@ def load_recipes(path: str | Path | None = None) -> tuple[dict[str, Recipe], dic
 def list_recipes() -> list[str]:
     """Names of the bundled datasets that have a recipe, e.g. ``offrl/cartpole/medium-v0``."""
     return sorted(load_recipes()[0])
+
+
+def load_on_demand(path: str | Path | None = None) -> dict[str, tuple[Recipe, str]]:
+    """The ``on_demand`` recipes (not bundled; generated into ``$MINARI_DATASETS_PATH`` when asked for):
+    ``{name: (Recipe, D4RL task whose reference scores apply)}``."""
+    path = Path(path) if path is not None else recipes_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        load_recipes(path)  # raises the UserError that names the problem
+        raise
+    out: dict[str, tuple[Recipe, str]] = {}
+    for name, entry in (raw.get("on_demand") or {}).items():
+        where = f"{path}: on_demand.{name}"
+        entry = dict(entry or {})
+        task = entry.pop("d4rl_reference", None)
+        if not task:
+            raise UserError(f"{where}: missing 'd4rl_reference' (the D4RL task whose reference scores apply)")
+        out[name] = (_parse_recipe(name, entry, where), str(task))
+    return out
+
+
+def list_on_demand() -> list[str]:
+    """Names of the on-demand recipes, e.g. ``offrl/hopper/random-v0``."""
+    return sorted(load_on_demand())
+
+
+def make_on_demand(name: str, root: str | Path | None = None) -> Path:
+    """Generate on-demand dataset ``name`` under ``root`` (default ``$MINARI_DATASETS_PATH``), where
+    ``load_dataset(name)`` finds it; an existing copy with the same recipe is kept (the cache)."""
+    import json
+
+    from offrl.data.catalog import d4rl_reference, make_env
+    from offrl.data.minari import minari_root
+
+    recipes = load_on_demand()
+    recipe, task = recipes[_resolve_name(name, {k: v[0] for k, v in recipes.items()})]
+    refs = d4rl_reference(f"{task}-random-v2")
+    if refs is None:
+        raise UserError(f"{recipes_path()}: on_demand.{recipe.name}: unknown D4RL task {task!r}")
+    root = Path(root) if root is not None else minari_root()
+    target = root / recipe.name
+    recipe_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(recipe).items()}
+    meta_path = target / "data" / "metadata.json"
+    if meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text(encoding="utf-8")).get("offrl_recipe") == recipe_dict:
+                return target
+        except (OSError, ValueError):
+            pass  # unreadable: regenerate
+    env = make_env(recipe.env_id)  # a missing mujoco extra is a UserError naming it
+    extra = {
+        "ref_min_score": float(refs[0]),
+        "ref_max_score": float(refs[1]),
+        "algorithm_name": f"{recipe.policy} policy (offrl.data.policies)",
+        "author": ["offrl"],
+        "description": recipe.description,
+        "offrl_recipe": recipe_dict,
+        "offrl_generator_versions": generator_versions(),
+        "offrl_references": {"source": "D4RL table", "task": task,
+                             "ref_min_score": "D4RL random score", "ref_max_score": "D4RL expert score"},
+    }
+    try:
+        return write_minari_dataset(target, _episodes(recipe, env), dataset_id=recipe.name, env_spec=env.spec,
+                                    observation_space=env.observation_space, action_space=env.action_space,
+                                    extra_metadata=extra)
+    except OSError as exc:
+        raise UserError(f"{exc.filename or root}: cannot write the dataset ({exc.strerror}); use --root DIR "
+                        "(or MINARI_DATASETS_PATH)") from None
+    finally:
+        env.close()
 
 
 def rollout(env: gym.Env, policy: BehaviourPolicy, rng: np.random.Generator, reset_seed: int) -> Episode:
@@ -213,6 +292,14 @@ def _episodes(recipe: Recipe, env: gym.Env) -> Iterator[Episode]:
         yield episode
 
 
+def _on_demand_name(name: str) -> bool:
+    try:
+        _resolve_name(name, {k: v[0] for k, v in load_on_demand().items()})
+    except UserError:
+        return False
+    return True
+
+
 def _resolve_name(name: str, recipes: dict[str, Recipe]) -> str:
     if name in recipes:
         return name
@@ -233,6 +320,8 @@ def make_bundled(name: str, root: str | Path | None = None) -> Path:
     from offrl.data.catalog import bundled_root
 
     recipes, references = load_recipes()
+    if name not in recipes and _on_demand_name(name):
+        return make_on_demand(name, root)
     recipe = recipes[_resolve_name(name, recipes)]
     if recipe.env_id not in references:
         raise UserError(f"{recipes_path()}: no 'references' entry for {recipe.env_id}; add one")

@@ -151,19 +151,32 @@ class PendulumExpert:
 
 
 class RandomPolicy:
-    """Uniformly random actions from the env's action space, drawn from the caller's generator."""
+    """Uniformly random actions from the env's action space, drawn from the caller's generator.
 
-    def __init__(self, env_id: str) -> None:
+    CartPole-v1 and Pendulum-v1 keep their original draws (the bundled datasets depend on them); any other
+    env needs its ``low``/``high`` box bounds (or ``n`` discrete actions), as :func:`make_policy` reads them.
+    """
+
+    def __init__(self, env_id: str, *, low: np.ndarray | None = None, high: np.ndarray | None = None,
+                 n: int | None = None) -> None:
         self.env_id = env_id
+        self.low, self.high, self.n = low, high, n
 
     def __call__(self, observation: np.ndarray, rng: np.random.Generator) -> np.ndarray | int:
         if self.env_id.startswith("CartPole"):
             return int(rng.integers(2))
-        return rng.uniform(-_PENDULUM_MAX_TORQUE, _PENDULUM_MAX_TORQUE, size=(1,)).astype(np.float32)
+        if self.env_id.startswith("Pendulum"):
+            return rng.uniform(-_PENDULUM_MAX_TORQUE, _PENDULUM_MAX_TORQUE, size=(1,)).astype(np.float32)
+        if self.n is not None:
+            return int(rng.integers(self.n))
+        assert self.low is not None and self.high is not None
+        return rng.uniform(self.low, self.high).astype(np.float32)
 
 
 def make_policy(env_id: str, kind: str, *, epsilon: float = 0.0, noise_std: float = 0.0) -> BehaviourPolicy:
     """The behaviour policy of a recipe: ``kind`` is ``"random"`` or ``"expert"`` (noisy via the knobs)."""
+    if kind == "random" and env_id not in ("CartPole-v1", "Pendulum-v1"):
+        return _random_for(env_id)
     if env_id not in ("CartPole-v1", "Pendulum-v1"):
         raise ValueError(f"no scripted policy for {env_id!r}; bundled envs are CartPole-v1 and Pendulum-v1")
     if kind == "random":
@@ -175,3 +188,22 @@ def make_policy(env_id: str, kind: str, *, epsilon: float = 0.0, noise_std: floa
             raise ValueError("CartPole-v1 has discrete actions: use epsilon, not noise_std")
         return CartPoleExpert(epsilon)
     return PendulumExpert(epsilon, noise_std)
+
+
+def _random_for(env_id: str) -> RandomPolicy:
+    """A uniformly random policy over any env's action space (MuJoCo random flavours)."""
+    import gymnasium as gym
+
+    from offrl.data.catalog import make_env
+
+    env = make_env(env_id)
+    try:
+        space = env.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            return RandomPolicy(env_id, n=int(space.n))
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(f"{env_id}: random policies cover Box and Discrete action spaces, not {space}")
+        return RandomPolicy(env_id, low=np.asarray(space.low, dtype=np.float64),
+                            high=np.asarray(space.high, dtype=np.float64))
+    finally:
+        env.close()

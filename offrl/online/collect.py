@@ -117,7 +117,7 @@ class GuardedCollector:
     @property
     def frames_per_batch(self) -> int:
         c = self.collector
-        return int(getattr(c, "frames_per_batch", None) or getattr(c, "requested_frames_per_batch"))
+        return int(getattr(c, "frames_per_batch", None) or c.requested_frames_per_batch)
 
     def _fail(self, message: str) -> None:
         self.error = message

@@ -67,8 +67,11 @@ class _StateProxy:
 
 
 def _rows_state(td: TensorDictBase) -> dict[str, Any]:
-    """Plain nested dict of tensors (``torch.load(weights_only=True)`` reads it)."""
-    return td.to_dict()
+    """Plain nested dict of in-memory tensors, copied out of the memmap (``torch.save`` cannot pickle a
+    memory map; ``torch.load(weights_only=True)`` reads the result)."""
+    return {key: (_rows_state(value) if isinstance(value, TensorDictBase)
+                  else value.detach().clone().as_subclass(torch.Tensor))
+            for key, value in td.items()}
 
 
 def _online_storage(capacity: int, scratch_dir: str | None) -> LazyMemmapStorage:

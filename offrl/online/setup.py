@@ -16,7 +16,7 @@ from offrl.online.collect import GuardedCollector, env_factory, make_collector
 from offrl.online.replay import AppendReplayBuffer, MixedReplayBuffer
 from offrl.online.transitions import OnlineTransitions
 
-__all__ = ["OnlineConfig", "OnlineParts", "OnlineMetricsLogger", "build_online"]
+__all__ = ["OnlineConfig", "OnlineMetricsLogger", "OnlineParts", "build_online", "build_parts_for_env", "env_specs"]
 
 
 @dataclass
@@ -197,3 +197,32 @@ def _set_epsilon(greedy: Any, cfg: OnlineConfig) -> None:
         if cfg.eps_anneal_frames <= 0:
             raise UserError(f"online.eps_anneal_frames: must be positive, got {cfg.eps_anneal_frames}")
         greedy.annealing_num_steps = int(cfg.eps_anneal_frames)
+
+
+def env_specs(env_id: str) -> tuple[tuple[int, ...], Any, Any]:
+    """``(observation_shape, action_spec, EnvResolution-or-id)`` of an env, for building networks when
+    there is no dataset (online training from scratch)."""
+    factory = env_factory(None, env_id)
+    env = factory()
+    try:
+        obs_spec = env.observation_spec.get("observation", None)
+        if obs_spec is None:
+            raise UserError(f"--env {env_id}: dict observations are not supported for online training; use an "
+                            "env with a flat observation vector")
+        return tuple(obs_spec.shape), env.action_spec.clone(), factory.target
+    finally:
+        env.close()
+
+
+def build_parts_for_env(algo: str, algo_cfg: Any, env_id: str, *, device: str = "cpu", seed: int | None = None) -> Any:
+    """``AlgoParts`` for ``algo`` (``cql``, ``discrete-cql``, ``dqn``) sized from the env's specs."""
+    import importlib
+
+    obs_shape, action_spec, _ = env_specs(env_id)
+    discrete = not hasattr(action_spec, "low")
+    if algo == "cql" and discrete:
+        raise UserError(f"--algo cql needs continuous actions; {env_id} has discrete ones: use discrete-cql or dqn")
+    if algo in ("discrete-cql", "dqn") and not discrete:
+        raise UserError(f"--algo {algo} needs discrete actions; {env_id} has continuous ones: use cql")
+    module = importlib.import_module(f"offrl.algos.{algo.replace('-', '_')}")
+    return module.build(algo_cfg, observation_shape=obs_shape, action_spec=action_spec, device=device, seed=seed)

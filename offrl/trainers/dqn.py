@@ -96,6 +96,16 @@ class DQNTrainer(OfflineTrainer):
             greedy_module=greedy_module, reward_key=reward_key, done_key=done_key,
             episode_reward_key=episode_reward_key, action_key=action_key, observation_key=observation_key,
         )
+        # the loss reads the same signals: non-default keys, and the agent-averaged reward when mixing
+        loss_keys: dict[str, Any] = {}
+        if done_key != "done":
+            loss_keys["done"] = done_key
+        if terminated_key != "terminated":
+            loss_keys["terminated"] = terminated_key
+        if mixing_strategy in ("qmix", "vdn"):
+            loss_keys["reward"] = aggregated_reward_key
+        if loss_keys:
+            loss_module.set_keys(**loss_keys)
 
     def _check_loss(self, loss_module: Any) -> None:
         if not isinstance(loss_module, DQNLoss):

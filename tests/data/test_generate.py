@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -269,3 +270,49 @@ def test_unwritable_root_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot write the dataset .*regenerate elsewhere with --root"):
         make_bundled("offrl/cartpole/expert-v0", root=blocker)
     assert blocker.read_text().startswith("a file")
+
+
+ON_DEMAND_RECIPES = """\
+format: 1
+references: {}
+datasets: {}
+on_demand:
+  offrl/pendulum/tiny-random-v0:
+    env_id: Pendulum-v1
+    policy: random
+    episodes: 3
+    seed: 5
+    d4rl_reference: hopper
+    description: three random Pendulum episodes
+"""
+
+
+def test_on_demand_recipe_writes_under_minari_root_and_is_cached(tmp_path: Path, monkeypatch) -> None:
+    """On-demand recipes (the MuJoCo random flavours use this path) are not bundled: they are generated
+    into MINARI_DATASETS_PATH, load by id, carry D4RL references and are reused when unchanged."""
+    from offrl.data import load_dataset
+    from offrl.data.catalog import d4rl_reference
+    from offrl.data.generate import list_on_demand
+
+    (tmp_path / "bundled").mkdir()
+    (tmp_path / "bundled" / "recipes.yaml").write_text(ON_DEMAND_RECIPES)
+    monkeypatch.setenv("OFFRL_DATASETS", str(tmp_path / "bundled"))
+    assert list_on_demand() == ["offrl/pendulum/tiny-random-v0"] and list_recipes() == []
+    path = make_bundled("offrl/pendulum/tiny-random-v0")  # `offrl datasets make NAME` calls this
+    assert path == Path(os.environ["MINARI_DATASETS_PATH"]) / "offrl/pendulum/tiny-random-v0"
+    stamp = (path / "data" / "main_data.hdf5").stat().st_mtime_ns
+    assert make_bundled("pendulum/tiny-random") == path  # short name; same recipe: the cached copy
+    assert (path / "data" / "main_data.hdf5").stat().st_mtime_ns == stamp
+    ds = load_dataset("offrl/pendulum/tiny-random-v0")
+    assert ds.info.episodes == 3 and ds.info.transitions == 600
+    assert (ds.info.ref_min_score, ds.info.ref_max_score) == pytest.approx(d4rl_reference("hopper-random-v2"))
+    actions = ds.data["action"]
+    assert float(actions.abs().max()) <= 2.0 and float(actions.std()) > 0.5
+
+
+def test_random_policy_covers_any_box_env() -> None:
+    pytest.importorskip("mujoco")
+    env = gym.make("HalfCheetah-v5")
+    episode = rollout(env, make_policy("HalfCheetah-v5", "random"), np.random.default_rng(0), 0)
+    assert episode.actions.shape == (1000, 6) and np.abs(episode.actions).max() <= 1.0
+    assert episode.truncations[-1] and not episode.terminations.any()

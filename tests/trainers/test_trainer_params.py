@@ -248,6 +248,14 @@ def test_iql_mixing_and_custom_keys_are_accepted(cartpole_medium):
     assert "reward_mean" not in row and "observation_mean" in row
 
 
+def test_done_terminated_and_mixing_keys_reach_the_loss(cartpole_medium):
+    trainer, parts = make_trainer("dqn", cartpole_medium, offline_steps=1, done_key="d", terminated_key="t",
+                                  mixing_strategy="qmix", aggregated_reward_key="team_reward",
+                                  aggregated_episode_reward_key="team_sum")
+    keys = parts.loss_module.tensor_keys
+    assert (keys.done, keys.terminated, keys.reward) == ("d", "t", "team_reward")
+
+
 def test_qmix_averages_rewards_over_agents(cartpole_medium):
     trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=1, mixing_strategy="vdn",
                               aggregated_reward_key="team_reward", aggregated_episode_reward_key="team_sum")

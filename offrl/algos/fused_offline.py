@@ -1,0 +1,125 @@
+"""Fused forward for offrl's own continuous CQL loss (:class:`offrl.algos.cql.OfflineCQLLoss`).
+
+Same constructor, outputs, random draws and semantics as ``OfflineCQLLoss`` (the authors' CQL(H) penalty,
+working Lagrange multiplier, action rescaling), so the trainer can switch to it with a flag and learn the
+same thing faster; tests/test_fused.py checks losses and gradients against ``OfflineCQLLoss``. The speed-ups
+are those of :class:`offrl.algos.fused.FusedCQLLoss`: one actor pass per observation batch instead of one
+per repeated copy, the data action and all ``3 * num_random`` penalty actions in one forward per critic,
+and the critic ensemble as plain matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import dispatch
+from tensordict.utils import unravel_key
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules.distributions.utils import rsample_and_log_prob
+from torchrl.objectives.utils import distance_loss
+
+from offrl.algos.cql import OfflineCQLLoss
+from offrl.algos.fused import _ensemble_forward, _FusedCQLBase
+
+__all__ = ["FusedOfflineCQLLoss"]
+
+
+class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
+    """:class:`~offrl.algos.cql.OfflineCQLLoss` with a fused forward (same constructor and outputs).
+
+    Falls back to ``OfflineCQLLoss.forward`` outside the fast path (a critic that is not a
+    ``ValueOperator(MLP)``, ``reduction != "mean"``, a batch with more than one dimension).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_fused()
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if not self.fused or tensordict.ndim != 1:
+            return super().forward(tensordict)
+        return self._fused_forward(tensordict)
+
+    def _fused_forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        keys = self.tensor_keys
+        n_q, n_rand, batch = self.num_qvalue_nets, self.num_random, tensordict.shape[0]
+        alpha = self._alpha
+        td = self._unit_actions(tensordict)  # actions in [-1, 1], as OfflineCQLLoss sees them
+        actor_in = [unravel_key(k) for k in self.actor_network.in_keys]
+        obs_td = td.select(*actor_in)
+        next_td = td.get("next").select(*actor_in)
+        action = td.get(keys.action)
+
+        with set_exploration_type(ExplorationType.RANDOM), torch.autocast(action.device.type, enabled=False):
+            params_obs, params_next = self._actor_dist_params(obs_td, next_td)
+            # Random draws in OfflineCQLLoss's order: backup action (q_loss), then pi(s), pi(s'), uniform
+            # (cql_gaps), then the BC and actor samples.
+            with torch.no_grad():
+                dist_next = self.actor_network.build_dist_from_params(params_next)
+                next_action, next_log_prob = rsample_and_log_prob(dist_next)
+                dist_next_rep = self._repeat_dist(params_next, n_rand)
+                max_actions = rsample_and_log_prob(dist_next_rep)[0] if self.max_q_backup else None
+                curr_actions, curr_log_pis = rsample_and_log_prob(self._repeat_dist(params_obs.detach(), n_rand))
+                next_actions, next_log_pis = rsample_and_log_prob(dist_next_rep)
+                random_actions = torch.empty_like(curr_actions).uniform_(-1, 1)
+            dist_obs = self.actor_network.build_dist_from_params(params_obs)
+            _, bc_sample_log_prob = rsample_and_log_prob(dist_obs)
+            bc_log_prob = dist_obs.log_prob(action)
+            pi_action, pi_log_prob = rsample_and_log_prob(dist_obs)
+
+        target_value = self._td_target(td, next_td, next_action, next_log_prob, max_actions, alpha)
+
+        # One forward per critic: the data action, then uniform, pi(s) and pi(s') actions, all scored at s.
+        q_input = torch.cat(
+            [
+                self._q_input(obs_td, action),
+                self._q_input(obs_td, random_actions, n_rand),
+                self._q_input(obs_td, curr_actions, n_rand),
+                self._q_input(obs_td, next_actions, n_rand),
+            ],
+            0,
+        )
+        q_steps = self._steps(self._q_plan, "qvalue_network_params")
+        q_all = _ensemble_forward(q_steps, q_input, n_q)
+        q_data, q_pen = q_all.split([batch, 3 * batch * n_rand], dim=1)
+        tensordict.set(keys.pred_q1, q_data[0])
+        tensordict.set(keys.pred_q2, q_data[1])
+
+        pred_q = q_data.squeeze(-1)  # [n_q, batch]
+        loss_qvalue = distance_loss(pred_q, target_value.expand_as(pred_q), loss_function=self.loss_function)
+        loss_qvalue = loss_qvalue.sum(0).mean()
+        tensordict.set(keys.priority, (pred_q - target_value).pow(2).detach().max(0).values)
+
+        log_density = torch.stack([
+            torch.full_like(curr_log_pis, -action.shape[-1] * math.log(2.0)),  # uniform on [-1, 1]^d
+            curr_log_pis,
+            next_log_pis,
+        ]).reshape(1, 3, batch, n_rand)
+        q_pen = q_pen.reshape(n_q, 3, batch, n_rand)
+        cat_q = (q_pen - log_density).permute(0, 2, 1, 3).reshape(n_q, batch, 3 * n_rand)
+        lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
+        gaps = (lse - pred_q).mean(-1)  # [n_q]
+
+        out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue}
+        if self.with_lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            slack = self.min_q_weight * gaps - self.target_action_gap
+            out["loss_cql"] = (alpha_prime.detach() * slack).sum()
+            out["loss_alpha_prime"] = -0.5 * (alpha_prime * slack.detach()).sum()
+        else:
+            out["loss_cql"] = self.min_q_weight * gaps.sum()
+        actor = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob,
+                                  alpha)
+        out["loss_actor_bc"] = actor["loss_actor_bc"]
+        out["loss_actor"] = actor["loss_actor"]
+        out["loss_alpha"] = actor["loss_alpha"]
+        out["alpha"] = alpha
+        out["entropy"] = -pi_log_prob.detach().mean()
+        out["cql_gap"] = gaps.detach().mean()
+        if self.with_lagrange:
+            out["alpha_prime"] = self.log_alpha_prime.detach().exp()
+        return TensorDict(out)

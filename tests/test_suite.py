@@ -1,0 +1,67 @@
+"""benchmarks/suite.py end to end on a tiny budget: runs, report files, and the table's rows."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _suite() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("offrl_bench_suite", REPO / "benchmarks" / "suite.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _peer_args() -> list[str]:
+    """d3rlpy peer rows when d3rlpy is importable here or OFFRL_D3RLPY_PYTHON names a Python that has it."""
+    python = os.environ.get("OFFRL_D3RLPY_PYTHON")
+    if python and Path(python).exists():
+        return ["--d3rlpy-python", python, "--peer-algos", "dqn"]
+    if importlib.util.find_spec("d3rlpy") is not None:
+        return ["--d3rlpy-python", sys.executable, "--peer-algos", "dqn"]
+    return ["--no-peers"]
+
+
+def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    out, runs = tmp_path / "reports", tmp_path / "runs"
+    peers = _peer_args()
+    argv = ["--out", str(out), "--runs", str(runs), "--seeds", "2", "--steps", "8", "--eval-episodes", "1",
+            "--datasets", "offrl/cartpole/random-v0", "--algos", "dqn", "--jobs", "2", *peers]
+    assert _suite().main(argv) == 0, capsys.readouterr().err
+
+    for name in ("index.html", "scores.png", "summary.csv", "summary.md", "README.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    by_algo = {r["group"]: r for r in rows}
+    expected = {"dqn"} | ({"d3rlpy-dqn"} if "--no-peers" not in peers else set())
+    assert set(by_algo) == expected
+    for row in rows:
+        assert row["dataset"] == "offrl/cartpole/random-v0"
+        assert row["n_seeds"] == "2" and row["steps"] == "8"
+        assert row["unit"] == "eval_normalized_score" and row["last_mean"] not in ("", "nan")
+    readme = (out / "README.md").read_text()
+    assert "python benchmarks/suite.py" in readme and "| offrl/cartpole/random-v0 | dqn | 2 | 8 |" in readme
+    html = (out / "index.html").read_text()
+    assert "scores.png" in html and "offrl/cartpole/random-v0" in html
+    # two seeds, each a run directory in offrl's format
+    assert sorted(p.name for p in (runs / "offrl__cartpole__random-v0" / "dqn").iterdir()) == ["seed0", "seed1"]
+
+
+def test_suite_rejects_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _suite().main(["--out", str(tmp_path / "r"), "--datasets", "offrl/nope/x-v0", "--no-peers"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--datasets offrl/nope/x-v0" in err[0]
