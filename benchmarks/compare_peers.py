@@ -4,7 +4,8 @@ Runs ``offrl bench <workload> --json`` and the two peer scripts of ../shared/pee
 virtual environment, via subprocess) alternately, round after round, so that load from anything else on
 the machine hits all three alike. Prints a Markdown table of updates/s (median over rounds) and the
 ratios offrl/d3rlpy and offrl/torchrl (median of the per-round ratios: each round's three runs are
-adjacent in time). This table is the README's performance table.
+adjacent in time). This table is the README's performance table. ``--cpu-time`` reports CPU time per
+update instead (robust to other load on a shared machine; best with ``--threads 1``).
 
     python benchmarks/compare_peers.py --rounds 3 --threads 2
     python benchmarks/compare_peers.py --workloads cql --precision bf16
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,18 +58,26 @@ def _last_json(text: str) -> dict:
     raise ValueError("no JSON line in output")
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str, float]:
+    """Run one benchmark process: (its JSON line, error text, its CPU seconds incl. start-up)."""
     env = {**os.environ, "RL_WARNINGS": "False", "PYTHONWARNINGS": "ignore"}
+    before = _children_cpu()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return None, "timed out"
+        return None, "timed out", 0.0
+    cpu = _children_cpu() - before
     if proc.returncode != 0:
-        return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1], cpu
     try:
-        return _last_json(proc.stdout), ""
+        return _last_json(proc.stdout), "", cpu
     except ValueError as err:
-        return None, str(err)
+        return None, str(err), cpu
 
 
 def _offrl_figure(report: dict) -> float:
@@ -89,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-dir", type=Path, default=_peers_dir())
     p.add_argument("--timeout", type=float, default=900, help="seconds per run")
     p.add_argument("--json", type=Path, default=None, help="also write all raw figures to this file")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="report CPU milliseconds per update instead of updates/s: each run is repeated with "
+                        "--updates 10 and the difference taken (start-up and warm-up cancel). Less sensitive to "
+                        "other load on the machine than wall-clock figures; use with --threads 1")
     args = p.parse_args(argv)
 
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -111,17 +125,24 @@ def main(argv: list[str] | None = None) -> int:
         for workload in workloads:
             updates = args.updates or DEFAULT_UPDATES[workload]
             common = ["--threads", str(args.threads), "--updates", str(updates), "--batch", str(args.batch)]
-            runs = [("offrl", [sys.executable, "-m", "offrl", "bench", workload, "--json",
+            runs = [("offrl", [sys.executable, "-m", "offrl", "bench", workload, "--json", "--warmup", "50",
                                "--precision", args.precision, *common])]
             runs += [(name, [python, str(script), WORKLOADS[workload], *common])
                      for name, (python, script) in peers.items()]
             for name, cmd in runs:
-                out, err = _run(cmd, args.timeout)
+                out, err, cpu = _run(cmd, args.timeout)
                 value = None
-                if out is not None:
+                if out is not None and args.cpu_time:
+                    short = list(cmd)
+                    short[short.index("--updates") + 1] = "10"
+                    base, err, base_cpu = _run(short, args.timeout)
+                    if base is not None and updates > 10:
+                        value = 1000.0 * (cpu - base_cpu) / (updates - 10)
+                elif out is not None:
                     value = _offrl_figure(out) if name == "offrl" else float(out["updates_per_s"])
                 figures[workload][name].append(value)
-                shown = f"{value:.2f} updates/s" if value is not None else f"failed: {err}"
+                unit = "CPU ms/update" if args.cpu_time else "updates/s"
+                shown = f"{value:.2f} {unit}" if value is not None else f"failed: {err}"
                 print(f"round {rnd + 1}/{args.rounds} {workload:<13} {name:<8} {shown}", file=sys.stderr,
                       flush=True)
 
@@ -130,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(vals) if vals else None
 
     def ratio(workload, peer):
-        pairs = [a / b for a, b in zip(figures[workload]["offrl"], figures[workload][peer], strict=True) if a and b]
+        """offrl's speed-up over ``peer`` (per round: its updates/s over theirs, or their CPU time over ours)."""
+        pairs = [(b / a if args.cpu_time else a / b)
+                 for a, b in zip(figures[workload]["offrl"], figures[workload][peer], strict=True) if a and b]
         return statistics.median(pairs) if pairs else None
 
     def fmt(x, suffix=""):
@@ -139,11 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     print(f"Command: python benchmarks/compare_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"Machine: {_cpu()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
-          f"batch {args.batch}, offrl precision {args.precision}, {args.rounds} alternating rounds")
+          f"batch {args.batch}, offrl precision {args.precision}, {args.rounds} alternating rounds, "
+          f"load average at the end {load}")
     print()
     names = ["offrl", *peers]
-    header = ["workload", *[f"{n} updates/s" for n in names], *[f"offrl/{n}" for n in peers]]
+    unit = "CPU ms/update" if args.cpu_time else "updates/s"
+    header = ["workload", *[f"{n} {unit}" for n in names], *[f"offrl/{n} speed-up" for n in peers]]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for workload in workloads:

@@ -16,13 +16,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from offrl.config import TrainerConfig, compose_config, config_to_yaml, diff_configs, load_yaml, saved_config
 from offrl.errors import UserError
-from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available, read_metrics
 from offrl.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -39,6 +37,13 @@ from offrl.rundir import (
     write_json_atomic,
     write_text_atomic,
 )
+
+if TYPE_CHECKING:
+    from offrl.config import TrainerConfig
+    from offrl.logging import TidyCSVLogger
+
+# offrl.config and offrl.logging import torch and torchrl (seconds): they are imported inside the functions,
+# after the checks that need neither, so a mistyped --resume or --out fails at once.
 
 __all__ = ["Run", "train"]
 
@@ -74,6 +79,8 @@ class Run:
     @property
     def metrics(self):  # -> pandas.DataFrame
         """``metrics.csv`` as a tidy DataFrame (one row per logged step; NaN where a value was not logged)."""
+        from offrl.logging import read_metrics
+
         return read_metrics(self.dir / METRICS_FILE)
 
     @property
@@ -130,9 +137,12 @@ def train(
         return _resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
                        overrides=values, force=force, command=command, on_start=on_start)
 
+    check_writable(runs_root(out))
+    from offrl.config import compose_config, config_to_yaml
+    from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available
+
     cfg, data = compose_config(None if dataset is None else str(dataset), algo, config_file=config,
                                overrides=values, dotlist=dotlist)
-    check_writable(runs_root(out))
     run_name = name or default_run_name(cfg.seed)
     path = run_dir_path(out, data.name, cfg.algo, run_name)
     if path.exists():
@@ -158,6 +168,9 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
     if not path.is_dir() or not is_run_dir(path):
         raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
                         "pass a folder printed by 'offrl train'")
+    from offrl.config import compose_config, config_to_yaml, diff_configs, load_yaml, saved_config
+    from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available
+
     saved_full = OmegaConf.load(path / CONFIG_FILE)
     saved = load_yaml(path / CONFIG_FILE, option="--resume")
     saved_dataset = OmegaConf.select(saved, "dataset.id")
@@ -225,6 +238,8 @@ def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger 
 def _summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_step: int, step: int,
              seconds: float, logger: TidyCSVLogger | None, resumed: int) -> dict[str, Any]:
     """summary.json (docs/contracts.md): status, steps, speed, final/best eval, dataset, references."""
+    from offrl.logging import read_metrics
+
     metrics = read_metrics(path / METRICS_FILE)
     final = best = None
     if "eval_return_mean" in metrics and metrics["eval_return_mean"].notna().any():

@@ -233,7 +233,7 @@ def bench_workload(
     if workload not in WORKLOADS:
         raise UserError(f"offrl bench: unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
     updates = updates if updates is not None else _DEFAULT_UPDATES[workload]
-    warmup = warmup if warmup is not None else min(50, max(2, updates // 4))
+    warmup = 50 if warmup is None else warmup  # as the peer scripts do
     scratch = tempfile.mkdtemp(prefix="offrl-bench-")
     try:
         torch.manual_seed(0)
@@ -249,6 +249,7 @@ def bench_workload(
         "precision": precision,
         "batch": batch,
         "updates": updates,
+        "warmup": warmup,
         "seconds": round(seconds, 4),
         "updates_per_s": round(updates / seconds, 2),
     }
@@ -271,6 +272,8 @@ def run_bench(
     threads: int | None = 2,
     precision: str = "fp32",
     reference: bool = False,
+    n_transitions: int = _N,
+    warmup: int = 50,
 ) -> dict[str, Any]:
     """Run ``workloads`` (``data`` included) and return ``{"environment": ..., "results": [...]}``."""
     if batch < 1:
@@ -281,6 +284,10 @@ def run_bench(
         if threads < 1:
             raise UserError(f"--threads must be a positive integer, got {threads}")
         torch.set_num_threads(threads)
+    if warmup < 0:
+        raise UserError(f"--warmup must be zero or more, got {warmup}")
+    if n_transitions < batch:
+        raise UserError(f"--transitions ({n_transitions}) must be at least --batch ({batch})")
     if precision not in ("fp32", "bf16"):
         raise UserError(f"--precision must be fp32 or bf16, got {precision!r}")
     env = environment()
@@ -288,15 +295,16 @@ def run_bench(
     results: list[dict[str, Any]] = []
     for workload in workloads:
         if workload == "data":
-            results.append({"workload": "data", **_data_bench()})
+            results.append({"workload": "data", **_data_bench(batch)})
             continue
         results.append(
-            bench_workload(workload, updates=updates, batch=batch, precision=precision, reference=reference)
+            bench_workload(workload, updates=updates, batch=batch, precision=precision, reference=reference,
+                           n_transitions=n_transitions, warmup=warmup)
         )
     return {"environment": env, "results": results}
 
 
-def _data_bench() -> dict[str, Any]:
+def _data_bench(batch: int) -> dict[str, Any]:
     try:
         from offrl.data.bench import run_data_benchmark
     except ImportError as err:
@@ -304,7 +312,7 @@ def _data_bench() -> dict[str, Any]:
             f"offrl bench data: the data-layer benchmark (offrl.data.bench.run_data_benchmark) is not "
             f"available in this install ({err}); run the update workloads instead: offrl bench cql|dqn|discrete-cql"
         ) from None
-    result = run_data_benchmark()
+    result = run_data_benchmark(batch_size=batch)
     return result if isinstance(result, dict) else {"result": result}
 
 

@@ -32,8 +32,8 @@ def cartpole(tmp_path_factory):
     return str(cartpole_file(tmp_path_factory.mktemp("data")))
 
 
-def small_cql(pendulum, out, name, **kw):
-    return train(pendulum, out=out, name=name, steps=20, batch_size=16, eval_every=10, eval_episodes=1,
+def small_cql(pendulum, out, name, eval_every=10, **kw):
+    return train(pendulum, out=out, name=name, steps=20, batch_size=16, eval_every=eval_every, eval_episodes=1,
                  progress=False, dotlist=[*TINY_CQL, "save_trainer_interval=10"], **kw)
 
 
@@ -74,9 +74,10 @@ def test_run_folder_contents(pendulum, tmp_path):
 
 
 def test_same_seed_same_metrics_other_seed_differs(pendulum, tmp_path):
-    a = comparable(small_cql(pendulum, tmp_path, "a", seed=1).metrics)
-    b = comparable(small_cql(pendulum, tmp_path, "b", seed=1).metrics)
-    c = comparable(small_cql(pendulum, tmp_path, "c", seed=2).metrics)
+    a = comparable(small_cql(pendulum, tmp_path, "a", eval_every=20, seed=1).metrics)
+    b = comparable(small_cql(pendulum, tmp_path, "b", eval_every=20, seed=1).metrics)
+    c = comparable(small_cql(pendulum, tmp_path, "c", eval_every=20, seed=2).metrics)
+    assert a["eval_return_mean"].notna().sum() == 1
     pd.testing.assert_frame_equal(a, b)
     assert not a["loss_qvalue"].equals(c["loss_qvalue"])
 
@@ -111,3 +112,15 @@ def test_bad_input_leaves_no_run_folder(pendulum, tmp_path):
         small_cql(pendulum, tmp_path, "taken")
     with pytest.raises(UserError, match="not an offrl run"):
         Run.load(tmp_path)
+
+
+def test_bundled_dataset_uses_its_bundled_config(tmp_path):
+    run = train("offrl/cartpole/medium-v0", out=tmp_path, name="b", steps=20, eval_every=0, progress=False,
+                dotlist=["log_interval=10"])
+    config = yaml.safe_load((run.dir / "config.yaml").read_text())
+    assert config["algo"] == "discrete-cql"  # auto: discrete actions
+    assert config["discrete_cql"]["hidden_sizes"] == [64, 64] and config["num_threads"] == 1  # bundled YAML
+    assert config["offline_steps"] == 20  # explicit values win over it
+    assert run.dir.parent.parent.name == "offrl__cartpole__medium-v0"
+    assert run.summary["dataset"]["mean_return"] == pytest.approx(187.0, abs=1.0)
+    assert run.summary["ref"]["source"] and run.summary["ref"]["max"] == 500.0

@@ -28,7 +28,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_console_script_json_cql():
-    proc = _run("cql", "--updates", "2", "--batch", "16", "--threads", "1", "--json")
+    proc = _run("cql", "--updates", "2", "--batch", "16", "--threads", "1", "--transitions", "1000", "--warmup", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     env = report["environment"]
@@ -40,7 +40,8 @@ def test_console_script_json_cql():
 
 
 def test_console_script_text_discrete():
-    proc = _run("dqn", "--updates", "3", "--batch", "8", "--threads", "1")
+    proc = _run("dqn", "--updates", "3", "--batch", "8", "--threads", "1", "--transitions", "1000",
+                "--warmup", "0")
     assert proc.returncode == 0, proc.stderr
     assert "updates/s" in proc.stdout and "threads 1" in proc.stdout
 
@@ -55,12 +56,13 @@ def test_user_error_is_one_line_exit_2():
 @pytest.mark.parametrize("workload", ["discrete-cql", "dqn"])
 @pytest.mark.parametrize("reference", [False, True])
 def test_bench_workload_in_process(workload, reference):
-    result = bench.bench_workload(workload, updates=2, batch=8, reference=reference, n_transitions=2_000)
+    result = bench.bench_workload(workload, updates=2, batch=8, reference=reference, n_transitions=2_000,
+                                  warmup=1)
     assert result["updates_per_s"] > 0 and result["workload"] == workload
 
 
 def test_bf16_workload_runs():
-    result = bench.bench_workload("cql", updates=1, batch=8, precision="bf16", n_transitions=2_000)
+    result = bench.bench_workload("cql", updates=1, batch=8, precision="bf16", n_transitions=2_000, warmup=1)
     assert result["precision"] == "bf16"
 
 

@@ -342,3 +342,16 @@ def test_offline_cql_matches_offrl_loss(request, with_lagrange, max_q_backup, de
     r, f = _run(ref, data, keys), _run(fused, data, keys)
     _assert_same(r, f, rtol)
     torch.testing.assert_close(f[2]["pred_q1"], r[2]["pred_q1"], rtol=rtol, atol=rtol)
+
+
+def test_cql_critic_reading_action_first_uses_the_plain_path():
+    """A critic whose MLP reads (action, observation) cannot split its first layer; still fused, same numbers."""
+    actor, _, data = _cql_nets()
+    qvalue = ValueOperator(in_keys=["action", "observation"], out_keys=["state_action_value"],
+                           module=MLP(num_cells=[HIDDEN, HIDDEN], out_features=1, activation_class=torch.nn.ReLU))
+    with torch.no_grad():
+        qvalue(data[:4].clone())
+    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), dict(num_random=3, with_lagrange=True))
+    assert fused.fused and not fused._split_first
+    keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha_prime"]
+    _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)

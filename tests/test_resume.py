@@ -19,7 +19,7 @@ from train_helpers import TINY_CQL, offrl_cli, pendulum_file
 
 STEPS = 300
 #: Tiny CQL, frequent rows and checkpoints, evaluation included (its RNG must not disturb training).
-SETTINGS = ["--steps", str(STEPS), "--batch-size", "16", "--eval-every", "100", "--eval-episodes", "1",
+SETTINGS = ["--steps", str(STEPS), "--batch-size", "16", "--eval-every", "150", "--eval-episodes", "1",
             "--seed", "7", "--no-progress",
             *[a for s in [*TINY_CQL, "save_trainer_interval=50", "log_interval=10"] for a in ("--set", s)]]
 TIMING = ("wall_time", "updates_per_s")

@@ -228,6 +228,33 @@ def _ensemble_forward(steps: list, x: Tensor, n: int) -> Tensor:
     return torch.stack(outs, 0)
 
 
+def _ensemble_forward_split(steps: list, obs: Tensor, index: Tensor, actions: Tensor, n: int) -> Tensor:
+    """:func:`_ensemble_forward` on rows ``[obs[index], actions]``, without repeating the observations.
+
+    The penalty scores ``num_random`` actions per state, so the first layer's observation half
+    ``obs @ W_obs.T + b`` is computed once per distinct state and gathered, and only the action half runs
+    on every row (as a K=action_dim matmul into the gathered buffer). This removes most of the first
+    layer's matmul work, which CPU BLAS runs inefficiently at K = obs_dim + action_dim anyway.
+    """
+    obs_dim = obs.shape[-1]
+    outs = []
+    for member in range(n):
+        (w, b), rest = steps[0], steps[1:]
+        w = w[member]
+        partial = _linear(obs, w[:, :obs_dim], b[member] if b is not None else None)
+        pre = partial.index_select(0, index)
+        # in place, so autocast does not see it: cast by hand (no-ops in float32)
+        pre = pre.addmm_(actions.to(pre.dtype), w[:, obs_dim:].t().to(pre.dtype))
+        member_steps = []
+        for step in rest:
+            if isinstance(step, tuple):
+                sw, sb = step
+                step = (sw[member], sb[member] if sb is not None else None)
+            member_steps.append(step)
+        outs.append(_chain(member_steps, pre) if any(isinstance(s, tuple) for s in member_steps) else pre)
+    return torch.stack(outs, 0)
+
+
 def _detached(steps: list) -> list:
     return [
         (s[0].detach(), s[1].detach() if s[1] is not None else None) if isinstance(s, tuple) else s
@@ -282,6 +309,46 @@ class _FusedCQLBase(_StepCache):
             ) == 1:
                 self._q_plan = plan
         self._q_in_keys = [unravel_key(k) for k in self.qvalue_network.in_keys]
+        # The split first layer needs the action to be the critic's last input, a Linear first layer
+        # and at least one more Linear after it (there always is one in practice).
+        self._split_first = (
+            self._q_plan is not None
+            and self._q_in_keys[-1] == unravel_key(self.tensor_keys.action)
+            and isinstance(self._q_plan[0], tuple)
+            and sum(isinstance(st, tuple) for st in self._q_plan) >= 2
+        )
+        self._index_cache: dict = {}
+
+    def _critic_pass(self, q_steps: list, obs_td: TensorDictBase, next_td: TensorDictBase,
+                     blocks: list[tuple[str, Tensor, int]]) -> Tensor:
+        """All critics on row blocks ``(state source "obs" | "next", actions, repeat)``: [n_q, rows, 1].
+
+        Each block scores ``actions`` (``[batch * repeat, act]``) at its states repeated ``repeat`` times.
+        """
+        n_q = self.num_qvalue_nets
+        if not self._split_first:
+            q_input = torch.cat(
+                [self._q_input(obs_td if src == "obs" else next_td, act, rep) for src, act, rep in blocks], 0
+            )
+            return _ensemble_forward(q_steps, q_input, n_q)
+        obs_keys = self._q_in_keys[:-1]
+
+        def states(td: TensorDictBase) -> Tensor:
+            parts = [td.get(k) for k in obs_keys]
+            return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+        batch = blocks[0][1].shape[0] // blocks[0][2]
+        uses_next = any(src == "next" for src, _, _ in blocks)
+        obs = torch.cat([states(obs_td), states(next_td)], 0) if uses_next else states(obs_td)
+        signature = (batch, tuple((src, rep) for src, _, rep in blocks), obs.device)
+        index = self._index_cache.get(signature)
+        if index is None:
+            base = torch.arange(batch, device=obs.device)
+            index = torch.cat([(base + (batch if src == "next" else 0)).repeat_interleave(rep)
+                               for src, _, rep in blocks])
+            self._index_cache = {signature: index}  # one shape at a time is all a training run uses
+        actions = torch.cat([act for _, act, _ in blocks], 0)
+        return _ensemble_forward_split(q_steps, obs, index, actions, n_q)
 
     @property
     def fused(self) -> bool:
@@ -392,7 +459,6 @@ class FusedCQLLoss(_FusedCQLBase, CQLLoss):
 
     def _fused_forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         keys = self.tensor_keys
-        n_q = self.num_qvalue_nets
         n_rand = self.num_random
         batch = tensordict.shape[0]
         alpha = self._alpha
@@ -423,17 +489,12 @@ class FusedCQLLoss(_FusedCQLBase, CQLLoss):
         target_value = self._td_target(tensordict, next_td, next_action, next_log_prob, max_actions, alpha)
 
         # ---- one forward per critic: data actions + the three penalty sources
-        q_input = torch.cat(
-            [
-                self._q_input(obs_td, action),
-                self._q_input(obs_td, random_actions, n_rand),
-                self._q_input(obs_td, curr_actions, n_rand),
-                self._q_input(next_td, new_actions, n_rand),
-            ],
-            0,
-        )
         q_steps = self._steps(self._q_plan, "qvalue_network_params")
-        q_all = _ensemble_forward(q_steps, q_input, n_q)
+        q_all = self._critic_pass(
+            q_steps, obs_td, next_td,
+            [("obs", action, 1), ("obs", random_actions, n_rand), ("obs", curr_actions, n_rand),
+             ("next", new_actions, n_rand)],
+        )
         n_pen = batch * n_rand
         q_pred, q_random, q_curr, q_new = q_all.split([batch, n_pen, n_pen, n_pen], dim=1)
         tensordict.set(keys.pred_q1, q_pred[0])

@@ -22,7 +22,7 @@ from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.cql import OfflineCQLLoss
-from offrl.algos.fused import _ensemble_forward, _FusedCQLBase
+from offrl.algos.fused import _FusedCQLBase
 
 __all__ = ["FusedOfflineCQLLoss"]
 
@@ -74,17 +74,12 @@ class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
         target_value = self._td_target(td, next_td, next_action, next_log_prob, max_actions, alpha)
 
         # One forward per critic: the data action, then uniform, pi(s) and pi(s') actions, all scored at s.
-        q_input = torch.cat(
-            [
-                self._q_input(obs_td, action),
-                self._q_input(obs_td, random_actions, n_rand),
-                self._q_input(obs_td, curr_actions, n_rand),
-                self._q_input(obs_td, next_actions, n_rand),
-            ],
-            0,
-        )
         q_steps = self._steps(self._q_plan, "qvalue_network_params")
-        q_all = _ensemble_forward(q_steps, q_input, n_q)
+        q_all = self._critic_pass(
+            q_steps, obs_td, next_td,
+            [("obs", action, 1), ("obs", random_actions, n_rand), ("obs", curr_actions, n_rand),
+             ("obs", next_actions, n_rand)],
+        )
         q_data, q_pen = q_all.split([batch, 3 * batch * n_rand], dim=1)
         tensordict.set(keys.pred_q1, q_data[0])
         tensordict.set(keys.pred_q2, q_data[1])

@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=256, help="batch size (default: 256)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast the loss forward to bfloat16 matmuls (opt-in; default fp32)")
+    p.add_argument("--warmup", type=int, default=50,
+                   help="untimed updates before timing (default: 50, as the peer scripts)")
+    p.add_argument("--transitions", type=int, default=100_000,
+                   help="size of the synthetic memmapped buffer sampled from (default: 100000, as the peers)")
     p.add_argument("--reference", action="store_true",
                    help="run torchrl's own losses in a plain loop instead of offrl's fused step")
     p.set_defaults(func=run)
@@ -49,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         precision=args.precision,
         reference=args.reference,
+        n_transitions=args.transitions,
+        warmup=args.warmup,
     )
     if args.json:
         print(json.dumps(report))

@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
         help="train CQL / discrete CQL / DQN on a dataset into a run folder",
-        description="Train an offline RL agent on a dataset. Writes runs/<dataset>/<algo>/<name>/ with "
+        description="Train an offline RL agent on a dataset. Writes runs/<dataset>/<algo>/<name>/ with\n"
         "config.yaml, metrics.csv, checkpoints/, summary.json and report.html, then prints the final score.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -16,7 +16,15 @@ from offrl.online.collect import GuardedCollector, env_factory, make_collector
 from offrl.online.replay import AppendReplayBuffer, MixedReplayBuffer
 from offrl.online.transitions import OnlineTransitions
 
-__all__ = ["OnlineConfig", "OnlineMetricsLogger", "OnlineParts", "build_online", "build_parts_for_env", "env_specs"]
+__all__ = [
+    "OnlineConfig",
+    "OnlineMetricsLogger",
+    "OnlineParts",
+    "build_online",
+    "build_parts_for_env",
+    "env_specs",
+    "prepare_online",
+]
 
 
 @dataclass
@@ -226,3 +234,26 @@ def build_parts_for_env(algo: str, algo_cfg: Any, env_id: str, *, device: str = 
         raise UserError(f"--algo {algo} needs discrete actions; {env_id} has continuous ones: use cql")
     module = importlib.import_module(f"offrl.algos.{algo.replace('-', '_')}")
     return module.build(algo_cfg, observation_shape=obs_shape, action_spec=action_spec, device=device, seed=seed)
+
+
+def prepare_online(cfg: OnlineConfig, *, parts: Any, dataset: Any, offline_buffer: Any, batch_size: int,
+                   seed: int | None, device: str, frame_skip: int = 1, async_collection: bool = False,
+                   gamma: float | None = None) -> OnlineParts | None:
+    """What :meth:`offrl.config.TrainerConfig.build_components` calls: turns the loss into Cal-QL when
+    ``cfg.calql`` (offline too), and builds the online phase when ``cfg.steps > 0`` (else None)."""
+    cfg.validate()
+    if cfg.calql:
+        from offrl.algos.calql import CalQLLoss
+        from offrl.algos.cql import OfflineCQLLoss
+
+        if not isinstance(parts.loss_module, OfflineCQLLoss):
+            raise UserError(f"online.calql=true: Cal-QL calibrates continuous CQL, not "
+                            f"{type(parts.loss_module).__name__}; use --algo cql (cql.fused=false)")
+        if dataset is not None and "mc_return" not in dataset.data.keys():
+            raise UserError(f"online.calql=true: {dataset.name} has no mc_return; re-convert it with this offrl")
+        parts.loss_module = CalQLLoss.from_cql(parts.loss_module)
+    if cfg.steps <= 0:
+        return None
+    return build_online(cfg, parts=parts, dataset=dataset, offline_buffer=offline_buffer, batch_size=batch_size,
+                        seed=seed, device=device, frame_skip=frame_skip, async_collection=async_collection,
+                        gamma=gamma)

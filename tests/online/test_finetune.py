@@ -154,5 +154,26 @@ def test_env_errors_stop_with_a_checkpoint_and_a_message(cartpole_medium, tmp_pa
 def test_guarded_collector_passes_attributes_through(cartpole_medium):
     parts = dqn.build_from_dataset(dqn.DQNConfig(hidden_sizes=(8,)), cartpole_medium, seed=0)
     env = GymWrapper(gym.make("CartPole-v1"), categorical_action_encoding=True)
-    guard = GuardedCollector(Collector(env, parts.exploration_policy, frames_per_batch=7, total_frames=14))
+    guard = GuardedCollector(Collector(env, parts.exploration_policy, frames_per_batch=7, total_frames=14,
+                                       auto_register_policy_transforms=False))
     assert guard.frames_per_batch == 7 and [b.numel() for b in guard] == [7, 7] and guard.error is None
+
+
+def test_online_cql_from_scratch_on_pendulum_collects_and_trains():
+    """No dataset: networks sized from the env, every batch from the online buffer, random first frames."""
+    from offrl.online.setup import build_parts_for_env
+
+    parts = build_parts_for_env("cql", SMALL_CQL, "Pendulum-v1", seed=0)
+    cfg = OnlineConfig(steps=300, env_id="Pendulum-v1", frames_per_batch=50, init_random_frames=100)
+    online = build_online(cfg, parts=parts, batch_size=32, seed=0)
+    log = ListLogger()
+    trainer = _trainer(CQLTrainer, parts, online, offline_steps=0, ups=3, log=log, batch_size=32)
+    before = {k: v.clone() for k, v in parts.loss_module.qvalue_network_params.items(True, True)}
+    trainer.train()
+    assert trainer.frames == 300 and trainer.step == 6 * 3 and online.replay_buffer.offline_fraction == 0.0
+    assert online.replay_buffer.online_size == 300 and {p for _, p, _ in log.rows} == {"online"}
+    assert log.rows[-1][2]["online_episodes"] == 1 and "online_return_mean" in log.rows[-1][2]
+    after = dict(parts.loss_module.qvalue_network_params.items(True, True))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(Exception, match="continuous actions"):
+        build_parts_for_env("cql", SMALL_CQL, "CartPole-v1")
