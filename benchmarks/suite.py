@@ -295,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-peers", action="store_true", help="skip the d3rlpy peer rows")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already completed in --runs")
     p.add_argument("--note", action="append", default=[], help="a line for the README's notes (repeatable)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild the report from the runs already in --runs")
     p.add_argument("--one", help=argparse.SUPPRESS)  # worker: one offrl run (JSON spec)
     args = p.parse_args(argv)
     if args.one:
@@ -332,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[str] = []
     reused = 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_job, job, runs, args, overrides, configs[(job.dataset, job.algo)]) for job in jobs]
+        todo = [] if args.report_only else jobs
+        futures = [pool.submit(run_job, job, runs, args, overrides, configs[(job.dataset, job.algo)]) for job in todo]
         for i, fut in enumerate(as_completed(futures), 1):
             job, seconds, error = fut.result()
             if error == "reused":
@@ -362,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": "; ".join(evals),
         "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
         "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed), "n_reused": reused,
-        "wall": f"{wall / 60:.1f} min", "started": started,
+        "wall": "n/a (--report-only: no training in this call)" if args.report_only else f"{wall / 60:.1f} min",
+        "started": started,
         "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
     }

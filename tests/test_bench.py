@@ -39,18 +39,22 @@ def test_console_script_json_cql():
     assert result["updates_per_s"] > 0
 
 
-def test_console_script_text_discrete():
-    proc = _run("dqn", "--updates", "3", "--batch", "8", "--threads", "1", "--transitions", "1000",
-                "--warmup", "0")
-    assert proc.returncode == 0, proc.stderr
-    assert "updates/s" in proc.stdout and "threads 1" in proc.stdout
+def test_cli_text_discrete(capsys):
+    from offrl.cli import main
+
+    code = main(["bench", "dqn", "--updates", "3", "--batch", "8", "--threads", "1", "--transitions", "1000",
+                 "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "updates/s" in out and "threads 1" in out and "dqn" in out
 
 
-def test_user_error_is_one_line_exit_2():
-    proc = _run("dqn", "--updates", "0")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "--updates" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_user_error_is_one_line_exit_2(capsys):
+    from offrl.cli import main
+
+    assert main(["bench", "dqn", "--updates", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "--updates" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("workload", ["discrete-cql", "dqn"])
