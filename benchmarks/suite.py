@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_peer.py")
 CONTINUOUS_ALGOS, DISCRETE_ALGOS = ("cql",), ("discrete-cql", "dqn")
 PEER_ALGOS = {"cql": "d3rlpy-cql", "discrete-cql": "d3rlpy-discrete-cql", "dqn": "d3rlpy-dqn"}
+SECTIONS = {"cql": "cql", "discrete-cql": "discrete_cql", "dqn": "dqn"}  # algo -> its config section
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,13 @@ def find_d3rlpy(python: str | None, no_peers: bool) -> tuple[str | None, str]:
 
 
 def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers: bool,
-         peer_algos: Sequence[str], overrides: dict[str, Any]) -> tuple[list[Job], dict[tuple[str, str], dict]]:
-    """The jobs (longest first) and offrl's resolved config of each dataset x algorithm (seed 0)."""
+         peer_algos: Sequence[str], overrides: dict[str, dict[str, Any]]) -> tuple[list[Job], dict[tuple[str, str], dict]]:
+    """The jobs and offrl's resolved config of each dataset x algorithm (seed-free).
+
+    The config is resolved once, here, and every seed (and the d3rlpy peer) trains on exactly it, even if
+    the bundled YAML changes while the suite runs. Jobs go seed by seed (longest first within a seed), so a
+    suite stopped early still has every row with fewer seeds.
+    """
     import gymnasium as gym
 
     from offrl.config import compose_config
@@ -113,31 +120,47 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
         for algo in fitting:
             if algos and algo not in algos:
                 continue
-            # The bundled YAML + overrides, fully resolved: what the peer mirrors and the README states.
-            cfg, _ = compose_config(ds, algo, overrides={**overrides, "seed": 0})
-            configs[(ds, algo)] = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+            cfg, _ = compose_config(ds, algo, overrides={**overrides.get(ds.split("/")[1], {}), "seed": 0})
+            resolved = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+            resolved.pop("seed")
+            for other in set(SECTIONS.values()) - {SECTIONS[algo]}:
+                resolved.pop(other, None)
+            configs[(ds, algo)] = resolved
             for seed in range(seeds):
                 jobs.append(Job(ds, algo, seed))
                 if peers and algo in peer_algos:
                     jobs.append(Job(ds, algo, seed, peer=True))
-    jobs.sort(key=lambda j: -j.cost())
+    jobs.sort(key=lambda j: (j.seed, -j.cost()))
     return jobs, configs
 
 
-def _completed(run: Path, steps: int) -> bool:
-    """A finished run of this budget (an earlier suite's), which ``--fresh`` would retrain."""
+def config_hash(config: dict[str, Any]) -> str:
+    """Short digest of a resolved config (the peer records it; a run is reused only when it matches)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:
+    """A finished run of exactly this config (an earlier suite's), which ``--fresh`` would retrain."""
+    import yaml
+
     try:
-        s = json.loads((run / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        summary = json.loads((run / "summary.json").read_text())
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
         return False
-    return s.get("status") == "completed" and s.get("steps") == steps
+    if summary.get("status") != "completed" or summary.get("steps") != config["offline_steps"]:
+        return False
+    if job.peer:
+        return saved.get("mirrors_offrl_config") == config_hash(config)
+    section = SECTIONS[job.algo]
+    keys = ("algo", "offline_steps", "batch_size", "eval", section)
+    return all(json.dumps(saved.get(k), sort_keys=True) == json.dumps(config.get(k), sort_keys=True) for k in keys)
 
 
-def run_job(job: Job, runs: Path, args: argparse.Namespace, overrides: dict[str, Any],
-            config: dict[str, Any]) -> tuple[Job, float, str]:
+def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, Any]) -> tuple[Job, float, str]:
     """Run one job in its own process (one torch thread); returns (job, seconds, error or '')."""
     run = job.run_dir(runs)
-    if not args.fresh and _completed(run, int(config["offline_steps"])):
+    if not args.fresh and _completed(job, run, config):
         return job, 0.0, "reused"
     if run.exists():
         shutil.rmtree(run)  # a partial run of an earlier suite: start it over
@@ -146,15 +169,20 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, overrides: dict[str,
     if job.peer:
         cfg_file = runs / ".peer-configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.seed{job.seed}.json"
         cfg_file.parent.mkdir(parents=True, exist_ok=True)
-        cfg_file.write_text(json.dumps({**config, "seed": job.seed}, indent=1))
+        cfg_file.write_text(json.dumps({**config, "seed": job.seed, "config_hash": config_hash(config)}, indent=1))
         from offrl.data.catalog import bundled_path
 
         cmd = [args.d3rlpy_python, str(PEER_SCRIPT), "--dataset", str(bundled_path(job.dataset)), "--algo", job.algo,
                "--config", str(cfg_file), "--out", str(runs), "--name", f"seed{job.seed}", "--threads", "1"]
     else:
+        import yaml
+
+        pinned = runs / ".configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.yaml"
+        pinned.parent.mkdir(parents=True, exist_ok=True)
+        pinned.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one",
                json.dumps({"dataset": job.dataset, "algo": job.algo, "seed": job.seed, "runs": str(runs),
-                           "overrides": overrides})]
+                           "config": str(pinned)})]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
@@ -176,8 +204,25 @@ def train_one(spec: dict[str, Any]) -> None:
         from offrl import train  # type: ignore[attr-defined]
     except ImportError:  # older offrl: the API lives in offrl.api
         from offrl.api import train
-    train(spec["dataset"], spec["algo"], out=spec["runs"], name=f"seed{spec['seed']}", seed=spec["seed"],
-          progress=False, **spec["overrides"])
+    train(spec["dataset"], spec["algo"], config=spec["config"], out=spec["runs"], name=f"seed{spec['seed']}",
+          seed=spec["seed"], progress=False)
+
+
+def parse_steps(text: str | None) -> dict[str, int]:
+    """``--steps``: ``2000`` -> {"*": 2000}; ``cartpole=2000,pendulum=2500`` -> per env."""
+    if not text:
+        return {}
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        env, _, n = part.rpartition("=")
+        try:
+            value = int(n)
+        except ValueError:
+            value = 0
+        if value < 1:
+            _fail(f"--steps {text}: give a positive number, or env=N pairs like cartpole=2000,pendulum=2500")
+        out[env or "*"] = value
+    return out
 
 
 def _fmt(mean: float, low: float, high: float) -> str:
@@ -285,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="reports", help="report folder (default reports/)")
     p.add_argument("--runs", default=None, help="scratch folder for the run directories (default runs/suite)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per dataset x algorithm (default 3)")
-    p.add_argument("--steps", type=int, default=None, help="gradient steps per run (default: the bundled config's)")
+    p.add_argument("--steps", default=None,
+                   help="gradient steps per run: N for every dataset, or per env like cartpole=2000,pendulum=2500 "
+                        "(default: the bundled config's)")
     p.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: bundled config)")
     p.add_argument("--datasets", default=None, help="comma-separated dataset ids (default: every bundled dataset)")
     p.add_argument("--algos", default=None, help="comma-separated: cql, discrete-cql, dqn (default: all that fit)")
@@ -307,8 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from offrl.errors import UserError
     from offrl.report import build_report
 
-    if args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
-        _fail("--seeds, --jobs and --steps must be positive")
+    if args.seeds < 1 or args.jobs < 1:
+        _fail("--seeds and --jobs must be positive")
+    steps = parse_steps(args.steps)
     bundled = list_bundled()
     datasets = args.datasets.split(",") if args.datasets else bundled
     unknown = [d for d in datasets if d not in bundled]
@@ -321,8 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     runs = Path(args.runs) if args.runs else Path("runs") / "suite"
     runs.mkdir(parents=True, exist_ok=True)
-    overrides = {k: v for k, v in {"offline_steps": args.steps, "eval.episodes": args.eval_episodes}.items()
-                 if v is not None}
+    envs = {d.split("/")[1] for d in datasets}
+    overrides: dict[str, dict[str, Any]] = {}
+    for env in envs:
+        n = steps.get(env, steps.get("*"))
+        overrides[env] = {k: v for k, v in {"offline_steps": n, "eval.episodes": args.eval_episodes}.items()
+                          if v is not None}
 
     started, load_start, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), _load(), time.perf_counter()
     try:
@@ -335,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reused = 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         todo = [] if args.report_only else jobs
-        futures = [pool.submit(run_job, job, runs, args, overrides, configs[(job.dataset, job.algo)]) for job in todo]
+        futures = [pool.submit(run_job, job, runs, args, configs[(job.dataset, job.algo)]) for job in todo]
         for i, fut in enumerate(as_completed(futures), 1):
             job, seconds, error = fut.result()
             if error == "reused":
@@ -354,24 +406,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.summary[[c for c in keep if c in report.summary]].to_csv(out / "summary.csv", index=False)
     table = markdown_table(report.summary)
     (out / "summary.md").write_text(table)
-    shown = ["python", "benchmarks/suite.py"] + [a for a in (argv if argv is not None else sys.argv[1:])]
+    shown = shlex.join(["python", "benchmarks/suite.py", *(argv if argv is not None else sys.argv[1:])])
+    # What only the training call knows (command, wall time, load) is kept beside the runs, so that a later
+    # --report-only (say, to add a --note) still shows it.
+    record = runs / ".suite.json"
+    if not args.report_only:
+        record.write_text(json.dumps({"command": shown, "wall": f"{wall / 60:.1f} min", "started": started,
+                                      "load_start": load_start, "load_end": _load(), "n_reused": reused,
+                                      "failed": failed}, indent=1))
+        saved: dict[str, Any] = {}
+    else:
+        saved = json.loads(record.read_text()) if record.is_file() else {}
     budget = "; ".join(sorted({f"{c['dataset']['id'].split('/')[1]} {c['algo']}: {c['offline_steps']} gradient steps, "
                                f"batch {c['batch_size']}" for c in configs.values()}))
     evals = sorted({f"{c['eval']['episodes']} episodes every {c['eval']['interval']} steps and after the last"
                     for c in configs.values()})
+    failed = saved.get("failed", failed)
     facts = {
-        "seeds": args.seeds, "cpu": _cpu_model(), "cores": os.cpu_count(), "load_start": load_start,
-        "load_end": _load(), "peers": peer_version, "jobs": args.jobs, "budget": budget,
-        "eval": "; ".join(evals),
+        "seeds": args.seeds, "cpu": _cpu_model(), "cores": os.cpu_count(), "peers": peer_version, "jobs": args.jobs,
+        "budget": budget, "eval": "; ".join(evals),
         "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
-        "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed), "n_reused": reused,
-        "wall": "n/a (--report-only: no training in this call)" if args.report_only else f"{wall / 60:.1f} min",
-        "started": started,
+        "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed),
+        "load_start": saved.get("load_start", load_start), "load_end": saved.get("load_end", _load()),
+        "n_reused": saved.get("n_reused", reused), "started": saved.get("started", started),
+        "wall": saved.get("wall", "n/a (--report-only: no training in this call)" if args.report_only
+                          else f"{wall / 60:.1f} min"),
         "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
     }
-    readme = write_readme(out, command=shlex.join(shown), table=table, aggregate=aggregate_markdown(report.aggregate),
-                          facts=facts)
+    readme = write_readme(out, command=saved.get("command", shown), table=table,
+                          aggregate=aggregate_markdown(report.aggregate), facts=facts)
     print(table)
     print(f"suite: report {report.html}, {readme}; {len(jobs)} runs in {wall / 60:.1f} min, {len(failed)} failed")
     for f in failed:

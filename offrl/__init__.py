@@ -1,12 +1,66 @@
-"""offrl: offline reinforcement learning experiments on datasets (CQL, discrete CQL, DQN) on torchrl."""
+"""offrl: offline reinforcement learning experiments on datasets (CQL, discrete CQL, DQN) on torchrl.
+
+The public API is the list in ``__all__`` (pinned by tests/test_public_api.py). Names are imported lazily
+(PEP 562) so that ``import offrl`` and the CLI's error paths do not pay for importing torch and torchrl.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from offrl.errors import UserError
 
-__all__ = [
-    "UserError",
-    "__version__",
-]
+__version__ = "0.1.0"
+
+_WHERE = {
+    # data
+    "load_dataset": "offrl.data",
+    "OfflineDataset": "offrl.data",
+    "DatasetInfo": "offrl.data",
+    "make_bundled": "offrl.data.generate",
+    "list_bundled": "offrl.data.catalog",
+    "reference_scores": "offrl.data.catalog",
+    # algorithms and trainers
+    "CQLConfig": "offrl.algos",
+    "DiscreteCQLConfig": "offrl.algos",
+    "DQNConfig": "offrl.algos",
+    "CQLTrainer": "offrl.trainers",
+    "DQNTrainer": "offrl.trainers",
+    # experiments
+    "CQLTrainerConfig": "offrl.config",
+    "DQNTrainerConfig": "offrl.config",
+    "train": "offrl.api",
+    "Run": "offrl.api",
+    # evaluation and reports
+    "evaluate": "offrl.evaluation",
+    "EvalResult": "offrl.evaluation",
+    "Evaluator": "offrl.evaluation",
+    "build_report": "offrl.report",
+    "write_run_report": "offrl.report",
+}
+
+__all__ = sorted([*_WHERE, "UserError", "__version__"])
+
+if TYPE_CHECKING:
+    from offrl.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
+    from offrl.api import Run, train
+    from offrl.config import CQLTrainerConfig, DQNTrainerConfig
+    from offrl.data import DatasetInfo, OfflineDataset, load_dataset
+    from offrl.data.catalog import list_bundled, reference_scores
+    from offrl.data.generate import make_bundled
+    from offrl.evaluation import EvalResult, Evaluator, evaluate
+    from offrl.report import build_report, write_run_report
+    from offrl.trainers import CQLTrainer, DQNTrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # cache: later look-ups skip __getattr__
+        return value
+    raise AttributeError(f"module 'offrl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

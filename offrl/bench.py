@@ -7,7 +7,8 @@ be put side by side (benchmarks/compare_peers.py does that in one run):
   Lagrange on (threshold 5), l2 critic loss, TD(0) with gamma 0.99, soft target update (tau 0.005);
   offrl runs its own loss (:class:`offrl.algos.fused_offline.FusedOfflineCQLLoss`).
 * DQN: observations 4, 2 actions (one-hot), 2x256 ReLU, hard target update every 50 steps.
-* Discrete CQL: observations 4, 2 actions (index), 2x256 ReLU, soft target update.
+* Discrete CQL: observations 4, 2 actions (index), 2x256 ReLU, soft target update; offrl runs its own
+  loss (:class:`offrl.algos.fused_offline.FusedWeightedDiscreteCQLLoss`).
 
 Each update samples a batch from a memmapped torchrl buffer (100,000 random transitions, sampling without
 replacement) and runs :func:`offrl.algos.fused.make_update` on the fused losses with fused Adam. ``reference=True`` runs
@@ -160,7 +161,8 @@ def _build_discrete(data, workload: str, reference: bool):
     from torchrl.modules import MLP, QValueActor
     from torchrl.objectives import DiscreteCQLLoss, DQNLoss, HardUpdate, SoftUpdate
 
-    from offrl.algos.fused import FusedDiscreteCQLLoss, FusedDQNLoss
+    from offrl.algos.fused import FusedDQNLoss
+    from offrl.algos.fused_offline import FusedWeightedDiscreteCQLLoss
 
     obs_dim = data["observation"].shape[-1]
     aspec = OneHot(2) if workload == "dqn" else Categorical(2)
@@ -176,8 +178,11 @@ def _build_discrete(data, workload: str, reference: bool):
         loss = cls(value_network=qnet, loss_function="l2", delay_value=True)
         loss.make_value_estimator(gamma=0.99)
         return loss, HardUpdate(loss, value_network_update_interval=50), 2.5e-4
-    cls = DiscreteCQLLoss if reference else FusedDiscreteCQLLoss
-    loss = cls(qnet, loss_function="l2", action_space="categorical", delay_value=True)
+    if reference:
+        loss = DiscreteCQLLoss(qnet, loss_function="l2", action_space="categorical", delay_value=True)
+    else:  # offrl's own discrete CQL (TD target from the target network), lean
+        loss = FusedWeightedDiscreteCQLLoss(qnet, loss_function="l2", action_space="categorical",
+                                            delay_value=True, min_q_weight=1.0)
     loss.make_value_estimator(gamma=0.99)
     return loss, SoftUpdate(loss, tau=0.005), 3e-4
 

@@ -355,3 +355,19 @@ def test_cql_critic_reading_action_first_uses_the_plain_path():
     assert fused.fused and not fused._split_first
     keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha_prime"]
     _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)
+
+
+@pytest.mark.parametrize("action_space", ["one-hot", "categorical"])
+def test_weighted_discrete_cql_matches_offrl_loss(action_space):
+    """FusedWeightedDiscreteCQLLoss = offrl's WeightedDiscreteCQLLoss (target-network TD, weighted penalty)."""
+    from offrl.algos.discrete_cql import WeightedDiscreteCQLLoss
+    from offrl.algos.fused_offline import FusedWeightedDiscreteCQLLoss
+
+    qnet, data = _q_nets(action_space, _discrete_action(action_space))
+    kwargs = dict(loss_function="l2", delay_value=True, action_space=action_space, min_q_weight=4.0)
+    ref, fused = _pair(WeightedDiscreteCQLLoss, FusedWeightedDiscreteCQLLoss, (qnet,), kwargs)
+    assert fused.fused
+    keys = ["loss_qvalue", "loss_cql"]
+    r, f = _run(ref, data, keys), _run(fused, data, keys)
+    _assert_same(r, f, 1e-5)
+    torch.testing.assert_close(f[2]["pred_val"], r[2]["pred_val"], rtol=1e-5, atol=1e-6)

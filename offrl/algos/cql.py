@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential, dispatch
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
@@ -68,7 +68,7 @@ class CQLConfig:
     bc_steps: int = 0  # behaviour-cloning warm start (paper policy_eval_start; CORL bc_steps, default 0)
     loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
     scale_lb: float = 1e-4  # lower bound of the actor's std
-    fused: bool = False  # use offrl.algos.fused.FusedCQLLoss (same constructor/outputs as CQLLoss)
+    fused: bool = False  # use offrl.algos.fused_offline.FusedOfflineCQLLoss (same results, faster)
 
 
 class ActionRescale(nn.Module):
@@ -146,6 +146,7 @@ class OfflineCQLLoss(CQLLoss):
         lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
         return (lse - pred_q).mean(-1)
 
+    @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
         from tensordict import TensorDict
 
@@ -213,14 +214,12 @@ def _make_loss(cfg: CQLConfig, actor: Any, qvalue: Any, low: torch.Tensor, high:
         with_lagrange=cfg.with_lagrange, lagrange_thresh=cfg.target_action_gap,
     )
     if cfg.fused:
-        try:
-            from offrl.algos.fused import FusedCQLLoss  # written by the performance work; optional
+        try:  # the performance work's fused forward of this same loss (same constructor and outputs)
+            from offrl.algos.fused_offline import FusedOfflineCQLLoss
         except ImportError as exc:
-            raise UserError("CQLConfig.fused=true needs offrl.algos.fused (not installed in this version); "
+            raise UserError("CQLConfig.fused=true needs offrl.algos.fused_offline (not in this install); "
                             "set fused=false") from exc
-        if not (torch.allclose(low, -torch.ones_like(low)) and torch.allclose(high, torch.ones_like(high))):
-            raise UserError("CQLConfig.fused=true supports action bounds [-1, 1] only; set fused=false")
-        return FusedCQLLoss(actor, qvalue, **loss_kwargs)
+        return FusedOfflineCQLLoss(actor, qvalue, action_low=low, action_high=high, **loss_kwargs)
     return OfflineCQLLoss(actor, qvalue, action_low=low, action_high=high, **loss_kwargs)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn import dispatch
 from torchrl.data import Categorical
 from torchrl.modules import QValueActor
 from torchrl.objectives import DiscreteCQLLoss, HardUpdate, SoftUpdate
@@ -84,6 +85,7 @@ class WeightedDiscreteCQLLoss(DiscreteCQLLoss):
                     "target_value": target_value.mean()}
         return loss, metadata
 
+    @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
         out = super().forward(tensordict)
         out.set("cql_gap", out.get("loss_cql").detach())

@@ -659,19 +659,23 @@ class FusedDiscreteCQLLoss(_LeanQMixin, DiscreteCQLLoss):
                     "estimator, reduction='mean', a 1-D batch); torchrl's forward bootstraps online"
                 )
             return super().forward(tensordict)
+        return TensorDict(self._lean_discrete_cql(tensordict))
+
+    def _lean_discrete_cql(self, tensordict: TensorDictBase) -> dict[str, Tensor]:
         q, q_a, target = self._lean_terms(tensordict)
         td_error = (q_a - target).pow(2).unsqueeze(-1)
-        tensordict.set(self.tensor_keys.priority, td_error, inplace=True)
+        tensordict.set(self.tensor_keys.priority, td_error.detach(), inplace=True)
+        tensordict.set(self.tensor_keys.pred_val, q, inplace=True)  # torchrl's side output
         loss_qvalue = (0.5 * distance_loss(q_a, target, self.loss_function)).mean()
         # CQL(H): log-sum-exp over actions minus the data action's value.
         loss_cql = (torch.logsumexp(q, dim=-1) - q_a).mean()
-        return TensorDict(
-            loss_qvalue=loss_qvalue,
-            loss_cql=loss_cql,
-            td_error=td_error.mean(0).detach(),
-            pred_value=q.mean().detach(),
-            target_value=target.mean().detach(),
-        )
+        return {
+            "loss_qvalue": loss_qvalue,
+            "loss_cql": loss_cql,
+            "td_error": td_error.mean(0).detach(),
+            "pred_value": q.mean().detach(),
+            "target_value": target.mean().detach(),
+        }
 
 
 # --------------------------------------------------------------------------------------------------

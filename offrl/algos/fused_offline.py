@@ -1,4 +1,5 @@
-"""Fused forward for offrl's own continuous CQL loss (:class:`offrl.algos.cql.OfflineCQLLoss`).
+"""Fused forwards for offrl's own losses: :class:`offrl.algos.cql.OfflineCQLLoss` and
+:class:`offrl.algos.discrete_cql.WeightedDiscreteCQLLoss`.
 
 Same constructor, outputs, random draws and semantics as ``OfflineCQLLoss`` (the authors' CQL(H) penalty,
 working Lagrange multiplier, action rescaling), so the trainer can switch to it with a flag and learn the
@@ -22,9 +23,10 @@ from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.cql import OfflineCQLLoss
-from offrl.algos.fused import _FusedCQLBase
+from offrl.algos.discrete_cql import WeightedDiscreteCQLLoss
+from offrl.algos.fused import FusedDiscreteCQLLoss, _FusedCQLBase, _LeanQMixin
 
-__all__ = ["FusedOfflineCQLLoss"]
+__all__ = ["FusedOfflineCQLLoss", "FusedWeightedDiscreteCQLLoss"]
 
 
 class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
@@ -117,4 +119,34 @@ class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
         out["cql_gap"] = gaps.detach().mean()
         if self.with_lagrange:
             out["alpha_prime"] = self.log_alpha_prime.detach().exp()
+        return TensorDict(out)
+
+
+class FusedWeightedDiscreteCQLLoss(_LeanQMixin, WeightedDiscreteCQLLoss):
+    """:class:`~offrl.algos.discrete_cql.WeightedDiscreteCQLLoss` with the lean forward of
+    :class:`offrl.algos.fused.FusedDiscreteCQLLoss` (same constructor and outputs: TD target from the
+    target network, penalty weighted by ``min_q_weight``, ``cql_gap``). Falls back to its parent's forward
+    outside the lean path (a non-MLP Q-network, ``reduction != "mean"``, a multi-dimensional batch)."""
+
+    target_network_bootstrap = True  # the parent's fix: bootstrap from the target network
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_lean()
+
+    _lean_target_name = FusedDiscreteCQLLoss._lean_target_name
+    _lean_discrete_cql = FusedDiscreteCQLLoss._lean_discrete_cql
+
+    @property
+    def fused(self) -> bool:
+        # The parent computes TD(0) inline from the estimator's gamma, whatever the estimator's type.
+        return self._lean_plan is not None and self.reduction == "mean"
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if not self.fused or tensordict.ndim != 1:
+            return super().forward(tensordict)
+        out = self._lean_discrete_cql(tensordict)
+        out["cql_gap"] = out["loss_cql"].detach()
+        out["loss_cql"] = out["loss_cql"] * self.min_q_weight
         return TensorDict(out)

@@ -503,27 +503,22 @@ class OfflineTrainer:
         return restore
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def _replay_buffer_state(self) -> dict[str, Any] | None:
+    def _replay_buffer_state(self) -> dict[str, Any]:
+        """The buffer's own ``state_dict()`` (sampler, writer, generator, prefetch; the storage's state: only
+        the length for offrl's read-only dataset storage, the collected data for a torchrl storage)."""
         rb = self.replay_buffer
-        sampler = getattr(rb, "_sampler", None)
-        writer = getattr(rb, "_writer", None)
+        if hasattr(rb, "state_dict"):
+            return {"buffer": rb.state_dict()}
         gen = getattr(rb, "_rng", None)
-        state: dict[str, Any] = {
-            "sampler": sampler.state_dict() if sampler is not None else {},
-            "writer": writer.state_dict() if writer is not None and self.collector is not None else {},
-            "rng": gen.get_state() if gen is not None else None,
-        }
-        return state
+        return {"rng": gen.get_state() if gen is not None else None}
 
     def _load_replay_buffer_state(self, state: dict[str, Any] | None) -> None:
         if not state:
             return
         rb = self.replay_buffer
-        if state.get("sampler") and getattr(rb, "_sampler", None) is not None:
-            rb._sampler.load_state_dict(state["sampler"])
-        if state.get("writer") and getattr(rb, "_writer", None) is not None:
-            rb._writer.load_state_dict(state["writer"])
-        if state.get("rng") is not None:
+        if state.get("buffer") is not None and hasattr(rb, "load_state_dict"):
+            rb.load_state_dict(state["buffer"])
+        elif state.get("rng") is not None and hasattr(rb, "set_rng"):
             gen = torch.Generator()
             gen.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8))
             rb.set_rng(gen)

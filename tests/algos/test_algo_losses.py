@@ -103,8 +103,21 @@ def test_cql_rejects_discrete_or_unbounded_actions():
     unbounded = Bounded(low=-torch.ones(1) * math.inf, high=torch.ones(1) * math.inf, shape=(1,))
     with pytest.raises(UserError, match="finite"):
         cql.build(CQLConfig(), observation_shape=(3,), action_spec=unbounded)
-    with pytest.raises(UserError, match="fused"):
-        cql.build(CQLConfig(fused=True), observation_shape=(3,), action_spec=BOX2)
+
+
+def test_cql_fused_switch_uses_the_fused_offline_loss():
+    from offrl.algos.fused_offline import FusedOfflineCQLLoss
+
+    fused = cql.build(CQLConfig(hidden_sizes=(16,), fused=True), observation_shape=(3,), action_spec=BOX2, seed=0)
+    plain = cql.build(CQLConfig(hidden_sizes=(16,)), observation_shape=(3,), action_spec=BOX2, seed=0)
+    assert isinstance(fused.loss_module, FusedOfflineCQLLoss)
+    assert type(plain.loss_module) is cql.OfflineCQLLoss
+    td = _batch(8)
+    torch.manual_seed(0)
+    out_f = fused.loss_module(td.clone())
+    torch.manual_seed(0)
+    out_p = plain.loss_module(td.clone())
+    assert torch.allclose(out_f["loss_qvalue"], out_p["loss_qvalue"], rtol=1e-4)
 
 
 def test_discrete_cql_target_uses_the_target_network():

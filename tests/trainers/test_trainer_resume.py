@@ -100,7 +100,9 @@ def test_checkpoint_loads_with_weights_only_and_records_state(pendulum_medium, t
     assert "log_alpha" in state["loss_module"]
     assert any(k.startswith("target_qvalue_network_params") for k in state["loss_module"])
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
-    assert state["replay_buffer"]["rng"] is not None
+    buffer_state = state["replay_buffer"]["buffer"]
+    assert buffer_state["_rng"] is not None  # the sampling generator
+    assert buffer_state["_storage"] == {"offrl_dataset_len": len(pendulum_medium.data)}  # never the data
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp files left behind
 
 

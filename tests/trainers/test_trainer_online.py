@@ -84,3 +84,25 @@ def test_collector_needs_total_frames():
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100), batch_size=4)
     with pytest.raises(UserError, match="total_frames"):
         DQNTrainer(collector=collector, loss_module=parts.loss_module, replay_buffer=rb)
+
+
+def test_online_checkpoint_restores_collected_buffer(tmp_path):
+    env, parts = _cartpole_dqn()
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=10, total_frames=-1,
+                          auto_register_policy_transforms=False)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=4)
+    ckpt = tmp_path / "latest.pt"
+    trainer = DQNTrainer(collector=collector, total_frames=30, loss_module=parts.loss_module,
+                         greedy_module=parts.greedy_module, replay_buffer=rb, save_trainer_file=ckpt,
+                         progress_bar=False)
+    trainer.train()
+    env2, parts2 = _cartpole_dqn()
+    rb2 = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=4)
+    resumed = DQNTrainer(collector=Collector(env2, parts2.exploration_policy, frames_per_batch=10, total_frames=-1,
+                                             auto_register_policy_transforms=False),
+                         total_frames=30, loss_module=parts2.loss_module, greedy_module=parts2.greedy_module,
+                         replay_buffer=rb2, progress_bar=False)
+    resumed.load_from_file(ckpt)
+    assert resumed.frames == 30 and len(rb2) == 30
+    assert torch.equal(rb2[:]["observation"], rb[:]["observation"])
+    assert float(parts2.greedy_module.eps) == float(parts.greedy_module.eps) < 1.0
