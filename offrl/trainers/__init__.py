@@ -6,7 +6,6 @@ from offrl.trainers.base import Evaluator, OfflineTrainer
 from offrl.trainers.checkpoint import ckpt_backend, load_checkpoint, save_checkpoint
 from offrl.trainers.cql import CQLTrainer
 from offrl.trainers.dqn import DQNTrainer
-from offrl.trainers.rollout import gym_evaluator
 
 __all__ = [
     "CQLTrainer",
@@ -14,7 +13,6 @@ __all__ = [
     "Evaluator",
     "OfflineTrainer",
     "ckpt_backend",
-    "gym_evaluator",
     "load_checkpoint",
     "save_checkpoint",
 ]

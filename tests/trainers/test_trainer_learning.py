@@ -10,7 +10,8 @@ import pytest
 from engine_helpers import ListLogger
 
 from offrl.algos import cql, discrete_cql, dqn
-from offrl.trainers import CQLTrainer, DQNTrainer, gym_evaluator
+from offrl.evaluation import Evaluator
+from offrl.trainers import CQLTrainer, DQNTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def _train(trainer_cls, parts, dataset, steps, batch_size, env_id, episodes=5, e
     trainer = trainer_cls(
         loss_module=parts.loss_module, optimizer=parts.optimizer, target_net_updater=parts.target_net_updater,
         replay_buffer=dataset.replay_buffer(batch_size, seed=0), offline_steps=steps, log_interval=steps // 4,
-        eval_interval=steps, evaluator=gym_evaluator(env_id, episodes=episodes, seed=eval_seed), policy=parts.policy,
+        eval_interval=steps, evaluator=Evaluator(dataset, env=env_id, episodes=episodes, seed=eval_seed), policy=parts.policy,
         logger=log, seed=0, progress_bar=False, **parts.trainer_kwargs,
     )
     trainer.train()
