@@ -207,6 +207,7 @@ def train(args: argparse.Namespace) -> Path:
         "log_interval": log_every, "eval": {"interval": int(ev["interval"]), "episodes": int(ev["episodes"]),
                                             "seed": int(ev["seed"])},
         "d3rlpy": {"class": type(agent).__name__, **hparams},
+        "mirrors_offrl_config": cfg.get("config_hash"),  # the suite reuses a finished run only if this matches
         "versions": {"d3rlpy": d3rlpy.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         "command": [sys.executable, *sys.argv], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
