@@ -40,7 +40,30 @@ _WHERE = {
     "write_run_report": "offrl.report",
 }
 
-__all__ = sorted([*_WHERE, "UserError", "__version__"])
+__all__ = [
+    "CQLConfig",
+    "CQLTrainer",
+    "CQLTrainerConfig",
+    "DQNConfig",
+    "DQNTrainer",
+    "DQNTrainerConfig",
+    "DatasetInfo",
+    "DiscreteCQLConfig",
+    "EvalResult",
+    "Evaluator",
+    "OfflineDataset",
+    "Run",
+    "UserError",
+    "__version__",
+    "build_report",
+    "evaluate",
+    "list_bundled",
+    "load_dataset",
+    "make_bundled",
+    "reference_scores",
+    "train",
+    "write_run_report",
+]
 
 if TYPE_CHECKING:
     from offrl.algos import CQLConfig, DiscreteCQLConfig, DQNConfig

@@ -54,6 +54,11 @@ ALIASES = {
     "eval_episodes": "eval.episodes",
     "cache_dir": "dataset.cache_dir",
     "progress": "progress_bar",
+    "online_steps": "online.steps",
+    "online_env": "online.env_id",
+    "frames_per_batch": "online.frames_per_batch",
+    "utd": "optim_steps_per_batch",
+    "calql": "online.calql",
 }
 
 
@@ -223,6 +228,10 @@ def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger 
     try:
         trainer.train()
         status = "stopped" if getattr(trainer, "stopped", False) else "completed"
+        reason = getattr(trainer, "stop_reason", None) or ""
+        if reason.startswith("env error"):  # the online env failed: checkpointed, said once, clearly
+            print(f"offrl: error: {reason}; the run stopped at step {trainer.step} with a checkpoint "
+                  f"(fix the env, then --resume {path})", file=sys.stderr)
     except KeyboardInterrupt:
         status = "stopped"
         raise
@@ -265,7 +274,22 @@ def _summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_step
                     "episodes": info.get("episodes"), "transitions": info.get("transitions")},
         "ref": {"min": info.get("ref_min_score"), "max": info.get("ref_max_score"),
                 "source": info.get("ref_source")},
+        "stop_reason": getattr(parts.trainer, "stop_reason", None),
+        "online": _online_summary(parts),
     }
+
+
+def _online_summary(parts: Any) -> dict[str, Any] | None:
+    """Frames, episodes, returns and cumulative regret of the online phase (None for offline runs)."""
+    online = getattr(parts, "online", None)
+    if online is None:
+        return None
+    t = online.transitions
+    return {"frames": int(parts.trainer.frames), "total_frames": online.total_frames, "episodes": t.episodes,
+            "mean_return": t.returns_total / t.episodes if t.episodes else None,
+            "best_return": t.best_return if t.episodes else None,
+            "regret": t.regret if t.ref is not None else None,
+            "offline_fraction": float(online.replay_buffer.offline_fraction)}
 
 
 def _eval_row(row: Any) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from offrl.algos.cql import CQLConfig
 from offrl.algos.discrete_cql import DiscreteCQLConfig
 from offrl.algos.dqn import DQNConfig
 from offrl.errors import UserError
+from offrl.online.setup import OnlineConfig
 
 if TYPE_CHECKING:
     from offrl.data import OfflineDataset
@@ -134,11 +135,17 @@ class TrainerConfig:
 
     logger: str = "csv"
     """``csv`` (always written), or also ``tensorboard`` / ``wandb`` (offline mode)."""
-    # torchrl's collector arguments; used only when a collector is passed to build() (online fine-tuning).
+    # torchrl's collector arguments: used with online.steps > 0 (total_frames then = online.steps x
+    # frame_skip) or when a collector is passed to build().
     total_frames: int = 0
     frame_skip: int = 1
     optim_steps_per_batch: int = 1
+    """Gradient steps after each collected batch of online.frames_per_batch env steps (update-to-data ratio
+    = optim_steps_per_batch / online.frames_per_batch)."""
     async_collection: bool = False
+    """Collect with torchrl's MultiAsyncCollector (online.num_workers processes) while updating."""
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """Online fine-tuning after the offline steps (``--online-steps N``) and Cal-QL; see offrl.online."""
 
     # -- derived ----------------------------------------------------------------------------------------
     @property
@@ -174,6 +181,7 @@ class TrainerConfig:
         if self.logger not in ("csv", "tensorboard", "wandb"):
             raise UserError(f"--logger {self.logger!r}: unknown logger; use csv, tensorboard or wandb")
         resolve_device(self.device)
+        self.online.validate()
 
     # -- building -----------------------------------------------------------------------------------
     def load_dataset(self) -> OfflineDataset:
@@ -223,10 +231,21 @@ class TrainerConfig:
             # eval_* columns from env rollouts plus the critic's diag_* columns (docs/contracts.md).
             evaluator = Evaluator(dataset, critic=parts.loss_module, episodes=self.eval.episodes,
                                   seed=self.eval.seed, device=device, gamma=getattr(self.algo_config, "gamma", None))
+        online = None
+        if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)
+            from offrl.online.setup import OnlineMetricsLogger, prepare_online
+
+            online = prepare_online(self.online, parts=parts, dataset=dataset, offline_buffer=replay_buffer,
+                                    batch_size=self.batch_size, seed=self.seed, device=str(device),
+                                    frame_skip=self.frame_skip, async_collection=self.async_collection,
+                                    gamma=getattr(self.algo_config, "gamma", None))
+            if online is not None:
+                collector, replay_buffer = online.collector, online.replay_buffer
+                logger = OnlineMetricsLogger(logger, replay_buffer) if logger is not None else None
         trainer_cls, extra = self._trainer_class_and_kwargs(parts)
         trainer = trainer_cls(
             collector=collector,
-            total_frames=self.total_frames,
+            total_frames=online.total_frames if online is not None else self.total_frames,
             frame_skip=self.frame_skip,
             optim_steps_per_batch=self.optim_steps_per_batch,
             loss_module=parts.loss_module,
@@ -255,8 +274,10 @@ class TrainerConfig:
             **extra,
             **dict(parts.trainer_kwargs or {}),
         )
+        if online is not None:
+            online.bind(trainer)  # env errors -> trainer.request_stop(message): checkpoint, clean stop
         return TrainerComponents(trainer=trainer, dataset=dataset, parts=parts, replay_buffer=replay_buffer,
-                                 evaluator=evaluator, device=str(device))
+                                 evaluator=evaluator, device=str(device), online=online)
 
     def build(self, **kwargs: Any) -> Any:
         """Build the trainer (see :meth:`build_components` for the arguments)."""
@@ -323,6 +344,8 @@ class TrainerComponents:
     replay_buffer: Any
     evaluator: Any
     device: str
+    online: Any = None
+    """:class:`offrl.online.OnlineParts` when the run has an online phase."""
 
 
 def _seed_everything(seed: int) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from torchrl.record.loggers import Logger
 from torchrl.record.loggers.common import _make_metrics_safe
 
+from offrl._atomic import write_text_atomic
 from offrl.errors import UserError
 
 __all__ = [
@@ -56,15 +57,6 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class _TidyCSVFile:
     """The experiment object: an append-only CSV, one line per (step, phase).
 
@@ -84,7 +76,7 @@ class _TidyCSVFile:
         if self._fh is None:
             if self.rows == 0:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write_text(self.path, ",".join(self.columns) + "\n")
+                write_text_atomic(self.path, ",".join(self.columns) + "\n")
             self._fh = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the run
         return self._fh
 
@@ -119,7 +111,7 @@ class _TidyCSVFile:
             return
         lines = self.path.read_text().splitlines()[1 : self.rows + 1]
         pad = "," * len(new)
-        _atomic_write_text(self.path, "\n".join([",".join(self.columns), *(ln + pad for ln in lines)]) + "\n")
+        write_text_atomic(self.path, "\n".join([",".join(self.columns), *(ln + pad for ln in lines)]) + "\n")
         self._last_len += len(pad)
 
     def truncate(self, rows: int, columns: Sequence[str], last: Mapping[str, Any] | None) -> None:
@@ -144,7 +136,7 @@ class _TidyCSVFile:
         self.rows = rows
         self.last = None if last is None else dict(last)
         self._last_len = len(kept[-1].encode()) + 1 if kept else 0
-        _atomic_write_text(self.path, "\n".join([",".join(self.columns), *kept]) + "\n")
+        write_text_atomic(self.path, "\n".join([",".join(self.columns), *kept]) + "\n")
 
     def flush(self) -> None:
         if self._fh is not None:

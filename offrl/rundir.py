@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from offrl._atomic import current_umask
+from offrl._atomic import write_text_atomic as _write_text_atomic
 from offrl.errors import UserError
 
 __all__ = [
@@ -88,18 +90,7 @@ def check_writable(path: str | os.PathLike[str], option: str = "--out") -> None:
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary sibling and a rename (no torn files)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary readable files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_text_atomic(path, text)
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
@@ -134,18 +125,12 @@ def create_run_dir(path: str | os.PathLike[str], files: Mapping[str, str]) -> Pa
         (tmp / CHECKPOINT_DIR).mkdir()
         for name, text in files.items():
             (tmp / name).write_text(text)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run folder is an ordinary folder
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a run folder is an ordinary folder
         os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:

@@ -17,6 +17,7 @@ examples:
   offrl train --dataset d4rl-hopper.hdf5 --set cql.min_q_weight=5 --set eval.seed=100
   offrl train --config runs/<dataset>/<algo>/<name>/config.yaml --name repro   (reproduce a run)
   offrl train --resume runs/<dataset>/<algo>/<name>                            (continue a stopped run)
+  offrl train --dataset offrl/pendulum/medium-v0 --online-steps 2000 --calql --utd 50   (fine-tune online)
 
 Config keys (for --set and --config): see a run's config.yaml; the algorithm's hyperparameters are under
 cql., discrete_cql. or dqn. Layers, later wins: defaults < bundled per-dataset config < --config <
@@ -78,6 +79,18 @@ def register(subparsers: Any) -> None:
                    help="also log to TensorBoard or W&B (offline); metrics.csv is always written")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cache-dir", metavar="DIR", help="converted-dataset cache (default $OFFRL_CACHE or ~/.cache/offrl)")
+    g = p.add_argument_group("online fine-tuning (after the offline steps; see offrl.online)")
+    g.add_argument("--online-steps", type=_non_negative_int, metavar="M",
+                   help="env steps to collect online in the dataset's env (config online.steps; default 0)")
+    g.add_argument("--env", dest="online_env", metavar="ID", help="online env (default: the dataset's)")
+    g.add_argument("--frames-per-batch", type=_positive_int, metavar="F",
+                   help="env steps per collected batch (online.frames_per_batch, default 50)")
+    g.add_argument("--utd", type=_positive_int, metavar="U",
+                   help="gradient steps per collected batch (optim_steps_per_batch; update-to-data ratio U/F)")
+    g.add_argument("--calql", action="store_true", default=None,
+                   help="Cal-QL: calibrate CQL's penalty by the Monte-Carlo return (online.calql)")
+    g.add_argument("--async-collection", action="store_true", default=None,
+                   help="collect in worker processes while updating (async_collection; not bit-reproducible)")
     p.set_defaults(func=run)
 
 
@@ -114,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
         logger=args.logger,
         progress=False if args.no_progress else None,
         cache_dir=args.cache_dir,
+        online_steps=args.online_steps,
+        online_env=args.online_env,
+        frames_per_batch=args.frames_per_batch,
+        utd=args.utd,
+        calql=args.calql,
+        async_collection=args.async_collection,
     )
     summary = result.summary
     print(f"run: {result.dir}")

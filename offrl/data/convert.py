@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
+from offrl._atomic import write_text_atomic
 from offrl.data.health import HealthStats
 from offrl.data.source import RawSource, leaf_specs, tree_leaves
 from offrl.errors import UserError
@@ -79,12 +80,6 @@ def ensure_writable(root: Path) -> None:
         ) from None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _fingerprint(files: list[Path]) -> list[list[Any]]:
     return [[str(f.resolve()), st.st_size, st.st_mtime_ns] for f, st in ((f, f.stat()) for f in files)]
 
@@ -120,7 +115,7 @@ def _digest(files: list[Path], root: Path | None) -> tuple[str, bool]:
 def remember_digest(files: list[Path], root: Path, digest: str) -> None:
     """Record ``digest`` for the files' current size + mtime (only for sources that converted fine)."""
     try:
-        _atomic_write_text(
+        write_text_atomic(
             _index_path(files, root), json.dumps({"fingerprint": _fingerprint(files), "digest": digest})
         )
     except OSError:
@@ -352,7 +347,7 @@ def convert_to_dir(
         ),
         "metadata": raw.metadata,
     }
-    _atomic_write_text(dest / "info.json", json.dumps(info, indent=1, default=_json_default))
+    write_text_atomic(dest / "info.json", json.dumps(info, indent=1, default=_json_default))
     return info
 
 
@@ -400,7 +395,7 @@ def build_cache(
         try:
             info = convert_to_dir(raw, tmp, gamma=gamma, chunk_rows=chunk_rows, allow_nan=allow_nan)
             info["digest"] = digest
-            _atomic_write_text(tmp / "info.json", json.dumps(info, indent=1, default=_json_default))
+            write_text_atomic(tmp / "info.json", json.dumps(info, indent=1, default=_json_default))
             if final.exists():  # a stale, incomplete entry (no info.json): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -126,7 +126,7 @@ def online_rows(checkpoint: str | os.PathLike[str]) -> TensorDict:
     from offrl.trainers.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
-    buffer_state = ((state.get("replay_buffer") or {}).get("sampler") or {})
+    buffer_state = (state.get("replay_buffer") or {}).get("buffer") or {}
     rows = buffer_state.get("rows") if isinstance(buffer_state, dict) else None
     if not rows:
         raise UserError(f"{checkpoint}: this checkpoint holds no online replay buffer (the run had no online "

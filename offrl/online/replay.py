@@ -14,8 +14,7 @@
 Both take the collector's raw batches in :meth:`extend` (the trainer calls ``replay_buffer.extend(batch)``),
 convert them with :class:`~offrl.online.transitions.OnlineTransitions`, count frames for the schedule, and
 checkpoint everything — online rows, write position, sampling generator, schedule and episode statistics —
-through ``state_dict()``. The trainer's checkpoint reads the buffer state through ``_sampler`` (see
-:class:`_StateProxy`), so no trainer change is needed.
+through ``state_dict()`` / ``load_state_dict()``, which the trainer's checkpoint calls.
 """
 
 from __future__ import annotations
@@ -52,20 +51,6 @@ class LinearSchedule:
         return self.start + (self.final - self.start) * t
 
 
-class _StateProxy:
-    """What the trainer sees as ``replay_buffer._sampler``: its ``state_dict()``/``load_state_dict()`` are
-    the whole buffer's, so the trainer's checkpoint carries the online rows and schedule unchanged."""
-
-    def __init__(self, owner: Any) -> None:
-        self._owner = owner
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._owner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._owner.load_state_dict(state)
-
-
 def _rows_state(td: TensorDictBase) -> dict[str, Any]:
     """Plain nested dict of in-memory tensors, copied out of the memmap (``torch.save`` cannot pickle a
     memory map; ``torch.load(weights_only=True)`` reads the result)."""
@@ -87,10 +72,6 @@ class _OnlineReplayMixin:
     frames: int
     frame_skip: int
     _gen: torch.Generator | None
-
-    @property
-    def _sampler(self) -> _StateProxy:  # read by the trainer's checkpoint code
-        return _StateProxy(self)
 
     def online_metrics(self) -> dict[str, float]:
         """Online-phase metrics: ``offline_fraction``, ``online_size``, and the episode statistics of

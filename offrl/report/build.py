@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from offrl._atomic import write_text_atomic
 from offrl.errors import UserError
 from offrl.report import html as html_page
 from offrl.report.aggregate import aggregate_table, group_runs, run_table, summary_table
@@ -30,18 +30,6 @@ class Report:
     aggregate: pd.DataFrame
     runs: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _render(runs: Sequence[Run], out: Path, html_name: str, *, group_by: str | None, smooth: int,
@@ -67,7 +55,7 @@ def _render(runs: Sequence[Run], out: Path, html_name: str, *, group_by: str | N
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
                             warnings=warnings, group_by=group_by, smooth=smooth)
     path = out / html_name
-    _write_text_atomic(path, page)
+    write_text_atomic(path, page)
     return Report(path, [f.path for f in figures], summary, aggregate, table, warnings)
 
 

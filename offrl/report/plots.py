@@ -7,8 +7,6 @@ written atomically. Figures whose columns no run logged are skipped rather than 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from offrl._atomic import atomic_write  # noqa: E402
 from offrl.report.aggregate import Group, curve, online_switch  # noqa: E402
 
 __all__ = ["Figure", "colours", "plot_alpha", "plot_diagnostics", "plot_losses", "plot_scores"]
@@ -40,16 +39,10 @@ def colours(groups: Sequence[Group]) -> dict[str, tuple[float, ...]]:
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), fsync=False)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _datasets(groups: Sequence[Group]) -> list[str]:

@@ -23,7 +23,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,14 @@ Evaluator = Callable[[Any, int], dict[str, float]]
 
 CHECKPOINT_FORMAT = 1
 _PHASES = ("sample", "forward", "backward", "optim", "target", "eval", "log")
+
+
+def _is_async(collector: Any) -> bool:
+    """Whether a collector (or the collector an offrl GuardedCollector wraps) collects asynchronously."""
+    from torchrl.collectors import MultiAsyncCollector
+
+    inner = getattr(collector, "collector", collector)
+    return isinstance(inner, MultiAsyncCollector)
 
 
 def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
@@ -146,9 +154,10 @@ class OfflineTrainer:
         if replay_buffer is None:
             raise UserError("replay_buffer is required: the trainer samples every update from it "
                             "(OfflineDataset.replay_buffer(batch_size) for a dataset)")
-        if async_collection:
-            raise UserError("async_collection=True is not supported by offrl's trainers yet; leave it False "
-                            "(collection and updates alternate)")
+        if async_collection and collector is not None and not _is_async(collector):
+            raise UserError("async_collection=True needs an asynchronous collector (torchrl MultiAsyncCollector, "
+                            "e.g. offrl.online.make_collector(..., async_collection=True)); got "
+                            f"{type(getattr(collector, 'collector', collector)).__name__}")
         if evaluator is not None and policy is None:
             raise UserError("an evaluator needs policy= (the deterministic policy, e.g. AlgoParts.policy)")
         self.replay_buffer = replay_buffer
@@ -166,7 +175,9 @@ class OfflineTrainer:
         self.log_rewards = bool(log_rewards)
         self.log_actions = bool(log_actions)
         self.log_observations = bool(log_observations)
-        self.async_collection = False
+        # with an asynchronous collector the envs keep stepping while the trainer updates; its batches may come
+        # from weights one or more batches old, and runs are not reproducible bit for bit (see offrl.online)
+        self.async_collection = bool(async_collection)
         self.log_timings = bool(log_timings)
         self.evaluator = evaluator
         self.policy = policy
@@ -180,6 +191,7 @@ class OfflineTrainer:
         # counters (all part of the checkpoint)
         self._step = 0
         self._frames = 0
+        self._updates_left = 0  # updates still owed to the last collected batch (a stop can cut a batch)
         self._last_eval_step = -1
         self._saved_step = -1
         self._step_t = torch.zeros((), dtype=torch.int64, device=self.device)  # the update's own counter
@@ -335,25 +347,24 @@ class OfflineTrainer:
                 self._checkpoint_now()
                 return
         # online phase: collect, extend, train
-        if self.collector is not None and self._frames < self.total_frames:
-            for data in self.collector:
-                self._frames += data.numel() * self.frame_skip
-                self.replay_buffer.extend(data.reshape(-1))
-                if self.greedy_module is not None:
-                    self.greedy_module.step(data.numel())
-                self._online_stats = self._collect_stats(data)
-                for _ in range(self.optim_steps_per_batch):
-                    t0 = time.perf_counter()
-                    batch = self._sample()
-                    self._timings["sample"] += time.perf_counter() - t0
-                    yield from self._train_step(batch, "online")
-                    if self._stop_requested:
-                        self._checkpoint_now()
+        if self.collector is not None:
+            # a run stopped in the middle of a batch's updates owes them first (resume = uninterrupted run)
+            if not (yield from self._owed_updates()):
+                return
+            if self._frames < self.total_frames:
+                for data in self.collector:
+                    self._frames += data.numel() * self.frame_skip
+                    self.replay_buffer.extend(data.reshape(-1))
+                    if self.greedy_module is not None:
+                        self.greedy_module.step(data.numel())
+                    self._online_stats = self._collect_stats(data)
+                    self._updates_left = self.optim_steps_per_batch
+                    if not (yield from self._owed_updates()):
                         return
-                if hasattr(self.collector, "update_policy_weights_"):
-                    self.collector.update_policy_weights_()
-                if self._frames >= self.total_frames:
-                    break
+                    if hasattr(self.collector, "update_policy_weights_"):
+                        self.collector.update_policy_weights_()
+                    if self._frames >= self.total_frames:
+                        break
             if hasattr(self.collector, "shutdown"):
                 self.collector.shutdown()
         # the end: flush a partial row, a final evaluation, a final checkpoint
@@ -368,6 +379,19 @@ class OfflineTrainer:
         self._checkpoint_now()
         if row:
             yield self._step, row
+
+    def _owed_updates(self) -> Generator[tuple[int, dict[str, float]], None, bool]:
+        """The updates still owed to the last collected batch; returns False when a stop cut them short."""
+        while self._updates_left > 0:
+            t0 = time.perf_counter()
+            batch = self._sample()
+            self._timings["sample"] += time.perf_counter() - t0
+            self._updates_left -= 1
+            yield from self._train_step(batch, "online")
+            if self._stop_requested:
+                self._checkpoint_now()
+                return False
+        return True
 
     def _checkpoint_now(self) -> None:
         """Save unless there is no checkpoint file or this step is already saved."""
@@ -531,6 +555,7 @@ class OfflineTrainer:
             "algo": self._algo_name,
             "step": self._step,
             "frames": self._frames,
+            "updates_left": self._updates_left,
             "step_tensor": self._step_t.detach().cpu().clone(),
             "last_eval_step": self._last_eval_step,
             "loss_module": self.loss_module.state_dict(),
@@ -565,6 +590,7 @@ class OfflineTrainer:
         self._load_replay_buffer_state(state.get("replay_buffer"))
         self._step = int(state["step"])
         self._frames = int(state["frames"])
+        self._updates_left = int(state.get("updates_left", 0))
         self._step_t.copy_(torch.as_tensor(state["step_tensor"]))
         self._last_eval_step = int(state.get("last_eval_step", -1))
         acc = state.get("metrics_acc") or {}
