@@ -257,13 +257,15 @@ def _summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_step
         best = _eval_row(evals.loc[evals["eval_return_mean"].idxmax()])
     info = parts.dataset.info.to_dict()
     done = step - start_step
+    train_seconds = seconds - float(getattr(parts.trainer, "eval_seconds", 0.0))
     return {
         "status": status,
         "algo": cfg.algo,
         "seed": cfg.seed,
         "steps": step,
         "target_steps": cfg.offline_steps,
-        "updates_per_s": done / seconds if seconds > 0 and done > 0 else None,
+        # Training throughput: the time spent evaluating in the env is not counted.
+        "updates_per_s": done / train_seconds if train_seconds > 0 and done > 0 else None,
         "wall_time": logger.wall_time if logger is not None else seconds,
         "resumed": resumed,
         "device": parts.device,

@@ -198,6 +198,8 @@ class OfflineTrainer:
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
         self._timings: dict[str, float] = dict.fromkeys(_PHASES, 0.0)
+        self.eval_seconds = 0.0  # time spent in the evaluator by this process (not counted in updates/s)
+        self._eval_seconds_row = 0.0
         self._stop_reason: str | None = None
         self._stop_requested = False
         self.last_row: dict[str, float] = {}
@@ -449,7 +451,8 @@ class OfflineTrainer:
         row = {key: float(value) / n for key, value in self._acc.items()}
         now = time.perf_counter()
         steps = self._step - self._step_row
-        row["updates_per_s"] = steps / max(now - self._t_row, 1e-9)
+        row["updates_per_s"] = steps / max(now - self._t_row - self._eval_seconds_row, 1e-9)
+        self._eval_seconds_row = 0.0
         if self.log_timings:
             for phase in _PHASES:
                 row[f"time_{phase}"] = self._timings[phase] / max(steps, 1)
@@ -480,7 +483,10 @@ class OfflineTrainer:
                 result = self.evaluator(self.policy, self._step)
         finally:
             set_rng_state(saved)
-        self._timings["eval"] += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self._timings["eval"] += seconds
+        self.eval_seconds += seconds  # excluded from updates/s: throughput counts training only
+        self._eval_seconds_row += seconds
         self._last_eval_step = self._step
         self.last_eval = {k: float(v) for k, v in dict(result).items()}
         return dict(self.last_eval)
