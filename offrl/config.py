@@ -95,6 +95,9 @@ class EvalConfig:
     seed: int = 0
     """Env seed of the first episode. Fixed, not the training seed, so runs of different seeds are scored
     on the same start states (a paired comparison)."""
+    heldout_fraction: float = 0.05
+    """Share of the dataset's episodes held out of training for the TD-error diagnostic (0 = none: the
+    diagnostic then reads training rows). The split depends on the dataset only, not on the seed."""
 
 
 @dataclass
@@ -176,6 +179,8 @@ class TrainerConfig:
             raise UserError(f"num_threads: must be a positive integer or null, got {self.num_threads}")
         if self.eval.interval < 0:
             raise UserError(f"--eval-every: must be 0 (never) or positive, got {self.eval.interval}")
+        if not 0.0 <= self.eval.heldout_fraction < 0.5:
+            raise UserError(f"eval.heldout_fraction: must be in [0, 0.5), got {self.eval.heldout_fraction}")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise UserError(f"clip_norm: must be positive or null, got {self.clip_norm}")
         if self.logger not in ("csv", "tensorboard", "wandb"):
@@ -220,7 +225,15 @@ class TrainerConfig:
             torch.set_num_threads(self.num_threads)
         _seed_everything(self.seed)  # network initialisation comes from the run's seed too
         parts = module.build_from_dataset(self.algo_config, dataset, device=str(device), seed=self.seed)
-        replay_buffer = dataset.replay_buffer(self.batch_size, device=device, seed=self.seed)
+        train_idx = heldout = None
+        if evaluator is None and self.eval.interval > 0 and self.eval.heldout_fraction > 0:
+            from offrl.evaluation import heldout_split
+
+            # Whole episodes, seeded by the dataset alone: every seed holds out the same ones.
+            train_idx, heldout_idx = heldout_split(dataset.data, fraction=self.eval.heldout_fraction, seed=0)
+            heldout = dataset.data[heldout_idx].to(device) if heldout_idx.numel() else None
+            train_idx = train_idx if heldout is not None else None
+        replay_buffer = dataset.replay_buffer(self.batch_size, device=device, seed=self.seed, indices=train_idx)
         if evaluator is None and self.eval.interval > 0:
             try:  # fail before anything is written, not at the first evaluation
                 dataset.make_env().close()
@@ -230,7 +243,8 @@ class TrainerConfig:
 
             # eval_* columns from env rollouts plus the critic's diag_* columns (docs/contracts.md).
             evaluator = Evaluator(dataset, critic=parts.loss_module, episodes=self.eval.episodes,
-                                  seed=self.eval.seed, device=device, gamma=getattr(self.algo_config, "gamma", None))
+                                  seed=self.eval.seed, device=device, gamma=getattr(self.algo_config, "gamma", None),
+                                  heldout=heldout)
         online = None
         if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)
             from offrl.online.setup import OnlineMetricsLogger, prepare_online

@@ -125,3 +125,20 @@ def test_build_wires_the_trainer(pendulum, cartpole):
     parts = cfg.build_components(dataset=data)
     assert isinstance(parts.trainer, DQNTrainer)
     assert parts.evaluator is not None and parts.device == "cpu"
+
+
+def test_heldout_episodes_are_not_trained_on(cartpole):
+    """The TD-error diagnostic reads held-out episodes: the training buffer must never sample them."""
+    import torch
+
+    cfg, data = compose_config(cartpole, "dqn", dotlist=["dqn.hidden_sizes=[8]", "offline_steps=3",
+                                                          "dataset.env_id=CartPole-v1", "eval.heldout_fraction=0.2"])
+    parts = cfg.build_components(dataset=data)
+    heldout = parts.evaluator._heldout
+    assert heldout is not None and heldout.shape[0] > 0
+    held_episodes = heldout["episode"].unique()
+    sampled = torch.cat([parts.replay_buffer.sample()["episode"] for _ in range(20)])
+    assert not bool(torch.isin(sampled, held_episodes).any())
+    cfg0, data0 = compose_config(cartpole, "dqn", dotlist=["dqn.hidden_sizes=[8]", "offline_steps=3",
+                                                            "dataset.env_id=CartPole-v1", "eval.heldout_fraction=0"])
+    assert cfg0.build_components(dataset=data0).evaluator._heldout is None

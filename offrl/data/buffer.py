@@ -25,7 +25,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from offrl.data.layout import RowLayout
 from offrl.errors import UserError
 
-__all__ = ["DatasetStorage", "make_replay_buffer", "SAMPLERS"]
+__all__ = ["DatasetStorage", "SubsetSampler", "make_replay_buffer", "SAMPLERS"]
 
 SAMPLERS = ("random", "without_replacement")
 _GPU_FILL = 0.8  # move the dataset to the GPU only if it takes at most this share of free memory
@@ -79,7 +79,29 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
 
 
-def _make_sampler(sampler: str | Sampler | None) -> Sampler:
+class SubsetSampler(RandomSampler):
+    """Uniform sampling, with replacement, among ``indices`` only (e.g. the training split, so that the
+    held-out episodes of the TD-error diagnostic are never trained on). Draws from the buffer's generator,
+    so seeding, ``state_dict`` and resume behave as with :class:`RandomSampler`."""
+
+    def __init__(self, indices: torch.Tensor) -> None:
+        super().__init__()
+        if indices.numel() == 0:
+            raise ValueError("SubsetSampler needs at least one index")
+        self.indices = indices.reshape(-1).to(torch.long)
+
+    def sample(self, storage: Any, batch_size: int) -> tuple[torch.Tensor, dict]:
+        indices = self.indices if self.indices.device == storage.device else self.indices.to(storage.device)
+        self.indices = indices
+        pos = torch.randint(0, indices.numel(), (batch_size,), generator=storage._rng, device=indices.device)
+        return indices[pos], {}
+
+
+def _make_sampler(sampler: str | Sampler | None, indices: torch.Tensor | None = None) -> Sampler:
+    if indices is not None:
+        if sampler not in (None, "random"):
+            raise UserError("a replay buffer restricted to indices samples uniformly; use sampler='random'")
+        return SubsetSampler(indices)
     if sampler is None or sampler == "random":
         return RandomSampler()
     if sampler == "without_replacement":
@@ -100,13 +122,14 @@ def make_replay_buffer(
     prefetch: int | None = None,
     seed: int | None = None,
     in_memory: bool = False,
+    indices: torch.Tensor | None = None,
 ) -> TensorDictReplayBuffer:
     """A read-only TensorDictReplayBuffer sampling ``batch_size`` transitions from ``data``.
 
     ``rows``/``layout``: the packed records ``data`` is a view of (see :mod:`offrl.data.layout`), for
     fast sampling. ``device``: batches arrive there; on a GPU the whole dataset is moved once when it
     fits in 80% of free memory, otherwise each batch is copied. ``in_memory``: copy the dataset into RAM
-    first. ``seed``: deterministic sampling (without it the generator is seeded from torch's global RNG,
+    first. ``indices``: sample only these rows (the training split). ``seed``: deterministic sampling (without it the generator is seeded from torch's global RNG,
     so its state is still saved and restored).
     """
     if batch_size <= 0:
@@ -139,7 +162,7 @@ def make_replay_buffer(
     generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
     rb = TensorDictReplayBuffer(
         storage=DatasetStorage(data, rows=rows, layout=layout, device=target),
-        sampler=_make_sampler(sampler),
+        sampler=_make_sampler(sampler, indices),
         writer=ImmutableDatasetWriter(),
         batch_size=batch_size,
         prefetch=prefetch,

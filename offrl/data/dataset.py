@@ -232,8 +232,10 @@ class OfflineDataset:
         prefetch: int | None = None,
         seed: int | None = None,
         in_memory: bool = False,
+        indices: torch.Tensor | None = None,
     ) -> TensorDictReplayBuffer:
-        """A torchrl TensorDictReplayBuffer over the memmapped data (see :func:`offrl.data.buffer.make_replay_buffer`)."""
+        """A torchrl TensorDictReplayBuffer over the memmapped data (see :func:`offrl.data.buffer.make_replay_buffer`);
+        ``indices`` restricts sampling to those rows (e.g. the training split)."""
         from offrl.data.buffer import make_replay_buffer
 
         return make_replay_buffer(
@@ -246,6 +248,7 @@ class OfflineDataset:
             prefetch=prefetch,
             seed=seed,
             in_memory=in_memory,
+            indices=indices,
         )
 
     @property

@@ -108,3 +108,25 @@ def test_writes_to_the_data_never_reach_the_cache(ds):
     fresh = load_dataset(ds.source)
     assert fresh.cache_path == ds.cache_path
     assert torch.equal(fresh.data["observation"][0], original)
+
+
+def test_subset_sampler_never_draws_outside_its_indices_and_resumes(tmp_path):
+    """The training split excludes held-out episodes: no sampled row may come from them, and a restored
+    buffer draws the same batches."""
+    import torch
+
+    from offrl.data import load_dataset
+
+    ds = load_dataset("offrl/cartpole/medium-v0")
+    n = ds.info.transitions
+    allowed = torch.arange(0, n, 3)
+    rb = ds.replay_buffer(64, seed=5, indices=allowed)
+    seen = torch.cat([rb.sample(return_info=True)[1]["index"] for _ in range(50)])
+    assert bool(torch.isin(seen, allowed).all())
+    assert seen.unique().numel() > 500  # uniform over the subset, not stuck on a few rows
+    state = rb.state_dict()
+    expected = [rb.sample()["observation"] for _ in range(3)]
+    rb2 = ds.replay_buffer(64, seed=99, indices=allowed)
+    rb2.load_state_dict(state)
+    for want in expected:
+        assert torch.equal(rb2.sample()["observation"], want)
