@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
         "report",
         help="aggregate run directories into an HTML report (curves, CIs, summary table)",
         description="Read run directories (config.yaml, metrics.csv, summary.json), aggregate seeds "
-        "(mean, IQM, bootstrap 95%% CI) and write OUT/index.html plus PNG figures. Runs still going or "
+        "(mean, IQM, bootstrap 95% CI) and write OUT/index.html plus PNG figures. Runs still going or "
         "crashed are shown with what they logged.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

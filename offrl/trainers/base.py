@@ -154,7 +154,7 @@ class OfflineTrainer:
         if replay_buffer is None:
             raise UserError("replay_buffer is required: the trainer samples every update from it "
                             "(OfflineDataset.replay_buffer(batch_size) for a dataset)")
-        if async_collection and collector is not None and not _is_async(collector):
+        if async_collection and (collector is None or not _is_async(collector)):
             raise UserError("async_collection=True needs an asynchronous collector (torchrl MultiAsyncCollector, "
                             "e.g. offrl.online.make_collector(..., async_collection=True)); got "
                             f"{type(getattr(collector, 'collector', collector)).__name__}")
