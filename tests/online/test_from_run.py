@@ -55,17 +55,15 @@ def test_dataset_from_run_loads_back_with_the_same_transitions(online_run, cartp
     assert bool(b["next", "done"][-1]) and int(b["next", "done"].sum()) >= int(a["next", "done"].sum())
 
 
-def test_cli_from_run_and_policy(online_run, tmp_path):
+def test_make_from_run_user_errors(online_run, tmp_path):
     run, _ = online_run
-    out = subprocess.run([OFFRL, "datasets", "make", "--from-run", str(run), "--dataset-id", "x/replay-v0",
-                          "--root", str(tmp_path / "m")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip()) == tmp_path / "m" / "x" / "replay-v0"
     bad = subprocess.run([OFFRL, "datasets", "make", "offrl/cartpole/medium-v0", "--from-run", str(run)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "exactly one" in bad.stderr
     with pytest.raises(UserError, match="not an offrl run folder"):
         dataset_from_run(tmp_path)
+    with pytest.raises(UserError, match="namespace/env/flavour-v0"):
+        dataset_from_run(run, name="no-version", root=tmp_path / "m")
 
 
 def test_dataset_from_policy_rollouts(tmp_path):

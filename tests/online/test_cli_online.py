@@ -1,0 +1,59 @@
+"""`offrl train --online-steps` end to end: the real console script, the run folder's online columns and
+summary, resume of the online phase, and a dataset made from the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from offrl.api import train
+from offrl.data import load_dataset
+
+OFFRL = str(Path(sys.executable).with_name("offrl"))
+
+
+def test_cli_finetunes_writes_online_metrics_and_a_replay_dataset(tmp_path):
+    cmd = [OFFRL, "train", "--dataset", "offrl/cartpole/medium-v0", "--algo", "dqn", "--steps", "40",
+           "--online-steps", "200", "--frames-per-batch", "50", "--utd", "4", "--eval-every", "0", "--no-progress",
+           "--out", str(tmp_path / "runs"), "--name", "ft", "--set", "log_interval=4",
+           "--set", "online.replay=append", "--set", "online.eps_init=0.2", "--set", "dqn.hidden_sizes=[16]"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "runs" / "offrl__cartpole__medium-v0" / "dqn" / "ft"
+    metrics = pd.read_csv(run / "metrics.csv")
+    online = metrics[metrics["phase"] == "online"]
+    assert metrics["phase"].tolist() == ["offline"] * 10 + ["online"] * 4  # 40 steps, then 4 batches x 4
+    assert online["frames"].tolist() == [50, 100, 150, 200]
+    # append mode: the offline share is the dataset's share of the one buffer
+    n = load_dataset("offrl/cartpole/medium-v0").info.transitions
+    assert online["offline_fraction"].tolist() == pytest.approx([n / (n + f) for f in (50, 100, 150, 200)])
+    assert online["epsilon"].iloc[0] < 0.2 and online["online_episodes"].iloc[-1] >= 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["online"]["frames"] == 200
+    made = subprocess.run([OFFRL, "datasets", "make", "--from-run", str(run), "--dataset-id", "runs/ft/replay-v0",
+                           "--root", str(tmp_path / "minari")], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    replay = load_dataset(made.stdout.strip(), cache_dir=tmp_path / "cache")
+    assert replay.info.transitions == 200 and replay.info.ref_max_score is not None
+
+
+def test_online_phase_resumes_from_its_checkpoint(tmp_path):
+    kwargs = dict(steps=20, eval_every=0, progress=False, out=tmp_path / "runs", name="r", frames_per_batch=25,
+                  utd=2, **{"dqn.hidden_sizes": [16], "log_interval": 2})
+    first = train("offrl/cartpole/medium-v0", "dqn", online_steps=100, **kwargs)
+    assert first.summary["online"]["frames"] == 100 and first.summary["steps"] == 20 + 4 * 2
+    kwargs.pop("name")
+    second = train(resume=first.dir, force=True, online_steps=200, **kwargs)  # a longer online budget
+    assert second.summary["status"] == "completed" and second.summary["steps"] == 20 + 8 * 2
+    assert second.summary["online"]["frames"] == 200
+    metrics = second.metrics
+    assert metrics["frames"].dropna().tolist() == [25, 50, 75, 100, 125, 150, 175, 200]
+    # the restored buffer kept the first 100 online transitions and grew by 100
+    from offrl.data.from_run import online_rows
+
+    assert online_rows(second.checkpoint).shape[0] == 200
