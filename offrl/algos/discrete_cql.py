@@ -39,6 +39,7 @@ class DiscreteCQLConfig:
     target_update: str = "hard"  # "hard" (d3rlpy, DQN) or "soft"
     target_update_interval: int = 1000  # gradient steps between hard copies (d3rlpy: 8000 for Atari)
     tau: float = 5e-3  # soft update rate when target_update="soft"
+    fused: bool = True  # FusedWeightedDiscreteCQLLoss: the same loss within 1e-5, fewer kernels per step
 
 
 class WeightedDiscreteCQLLoss(DiscreteCQLLoss):
@@ -143,8 +144,11 @@ def build(cfg: DiscreteCQLConfig, *, observation_shape: tuple[int, ...], action_
     with seeded(seed):
         qnet = make_q_network(int(observation_shape[0]), spec, cfg.hidden_sizes, cfg.activation, cfg.dueling,
                               device)
-        loss = WeightedDiscreteCQLLoss(qnet, min_q_weight=cfg.min_q_weight, loss_function=cfg.loss_function,
-                                       delay_value=True, action_space=spec)
+        loss_cls = WeightedDiscreteCQLLoss
+        if cfg.fused:  # imported here: fused_offline subclasses this module's loss
+            from offrl.algos.fused_offline import FusedWeightedDiscreteCQLLoss as loss_cls
+        loss = loss_cls(qnet, min_q_weight=cfg.min_q_weight, loss_function=cfg.loss_function,
+                        delay_value=True, action_space=spec)
     loss.make_value_estimator(gamma=cfg.gamma)
     optimizer = named_adam({"value": list(loss.value_network_params.values(True, True))}, {"value": cfg.lr})
     return AlgoParts(loss_module=loss, optimizer=optimizer, target_net_updater=_target_updater(cfg, loss),

@@ -109,7 +109,7 @@ def test_cql_fused_switch_uses_the_fused_offline_loss():
     from offrl.algos.fused_offline import FusedOfflineCQLLoss
 
     fused = cql.build(CQLConfig(hidden_sizes=(16,), fused=True), observation_shape=(3,), action_spec=BOX2, seed=0)
-    plain = cql.build(CQLConfig(hidden_sizes=(16,)), observation_shape=(3,), action_spec=BOX2, seed=0)
+    plain = cql.build(CQLConfig(hidden_sizes=(16,), fused=False), observation_shape=(3,), action_spec=BOX2, seed=0)
     assert isinstance(fused.loss_module, FusedOfflineCQLLoss)
     assert type(plain.loss_module) is cql.OfflineCQLLoss
     td = _batch(8)

@@ -13,6 +13,7 @@ import pytest
 
 from offrl.api import train
 from offrl.data import load_dataset
+from offrl.data.from_run import dataset_from_run
 
 OFFRL = str(Path(sys.executable).with_name("offrl"))
 
@@ -35,10 +36,9 @@ def test_cli_finetunes_writes_online_metrics_and_a_replay_dataset(tmp_path):
     assert online["epsilon"].iloc[0] < 0.2 and online["online_episodes"].iloc[-1] >= 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["online"]["frames"] == 200
-    made = subprocess.run([OFFRL, "datasets", "make", "--from-run", str(run), "--dataset-id", "runs/ft/replay-v0",
-                           "--root", str(tmp_path / "minari")], capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    replay = load_dataset(made.stdout.strip(), cache_dir=tmp_path / "cache")
+    # `offrl datasets make --from-run RUN` calls this (its CLI errors: test_from_run.py)
+    made = dataset_from_run(run, name="runs/ft/replay-v0", root=tmp_path / "minari")
+    replay = load_dataset(made, cache_dir=tmp_path / "cache")
     assert replay.info.transitions == 200 and replay.info.ref_max_score is not None
 
 
