@@ -138,6 +138,12 @@ def train(
     if command is None:
         shown = ", ".join([repr(str(dataset))] + [f"{k}={v!r}" for k, v in overrides.items()])
         command = [f"offrl.train({shown})"]
+    if dataset is None and config is None and resume is None and values.get("online.env_id"):
+        from offrl.online.scratch import train_from_scratch  # online training from scratch in --env
+
+        env_id = values.pop("online.env_id")
+        return train_from_scratch(env_id, algo, dotlist=dotlist, out=out, name=name, command=command,
+                                  on_start=on_start, **values)
     if resume is not None:
         return _resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
                        overrides=values, force=force, command=command, on_start=on_start)

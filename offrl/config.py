@@ -168,7 +168,11 @@ class TrainerConfig:
                 f"algo={self.algo!r}: {type(self).__name__} runs {' or '.join(self._algos)}; "
                 f"use {'DQNTrainerConfig' if self.algo == 'dqn' else 'CQLTrainerConfig'}"
             )
-        positive = {"--steps (offline_steps)": self.offline_steps, "--batch-size (batch_size)": self.batch_size,
+        if self.offline_steps == 0 and self.online.steps > 0:  # online only (offrl.online.scratch)
+            pass
+        elif self.offline_steps <= 0:
+            raise UserError(f"--steps (offline_steps): must be a positive integer, got {self.offline_steps}")
+        positive = {"--batch-size (batch_size)": self.batch_size,
                     "log_interval": self.log_interval, "save_trainer_interval": self.save_trainer_interval,
                     "--eval-episodes (eval.episodes)": self.eval.episodes, "frame_skip": self.frame_skip,
                     "optim_steps_per_batch": self.optim_steps_per_batch}

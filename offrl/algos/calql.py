@@ -69,10 +69,16 @@ class CalQLLoss(OfflineCQLLoss):
                   calibrated: bool = True) -> CalQLLoss:
         """Turn a built :class:`OfflineCQLLoss` into a :class:`CalQLLoss` *in place* (same parameters, so the
         optimizer, target updater and policy built with it keep working) and return it."""
-        if type(loss) is not OfflineCQLLoss and not isinstance(loss, CalQLLoss):
-            raise UserError(f"Cal-QL calibrates offrl's OfflineCQLLoss, not {type(loss).__name__}; set "
-                            "cql.fused=false")
-        loss.__class__ = cls
+        fused_cls = _fused_calql_class()
+        if isinstance(loss, CalQLLoss):
+            pass
+        elif fused_cls is not None and isinstance(loss, fused_cls.__bases__[1]):  # a FusedOfflineCQLLoss
+            loss.__class__ = fused_cls  # its fused fast path skips cql_gaps: Cal-QL runs the plain forward
+        elif type(loss) is OfflineCQLLoss:
+            loss.__class__ = cls
+        else:
+            raise UserError(f"Cal-QL calibrates offrl's OfflineCQLLoss, not {type(loss).__name__}; use "
+                            "--algo cql")
         assert isinstance(loss, CalQLLoss)
         loss.mc_return_key = mc_return_key
         loss.calibrated = bool(calibrated)
@@ -126,16 +132,32 @@ class CalQLLoss(OfflineCQLLoss):
         return (lse - pred_q).mean(-1)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
-        out = super().forward(tensordict)
+        # OfflineCQLLoss's forward by name: on a fused loss (FusedCalQLLoss) super() would take the fused
+        # path, which computes the penalty inline and would skip the calibration
+        out = OfflineCQLLoss.forward(self, tensordict)
         out.set("calql_bound_rate", self._bound_rate if self.calibrated else torch.zeros_like(self._bound_rate))
         return out
+
+
+_FUSED_CALQL: list[type] = []
+
+
+def _fused_calql_class() -> type | None:
+    """``FusedCalQLLoss(CalQLLoss, FusedOfflineCQLLoss)``, made once, or None without the fused module."""
+    if not _FUSED_CALQL:
+        try:
+            from offrl.algos.fused_offline import FusedOfflineCQLLoss
+        except ImportError:
+            return None
+        _FUSED_CALQL.append(type("FusedCalQLLoss", (CalQLLoss, FusedOfflineCQLLoss), {
+            "__doc__": "A FusedOfflineCQLLoss turned into Cal-QL (plain forward; same parameters).",
+            "__module__": __name__}))
+    return _FUSED_CALQL[0]
 
 
 def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
           device: torch.device | str = "cpu", seed: int | None = None, calibrated: bool = True) -> AlgoParts:
     """:func:`offrl.algos.cql.build` with the loss turned into a :class:`CalQLLoss` (same networks)."""
-    if cfg.fused:
-        raise UserError("Cal-QL does not run on the fused CQL loss; set cql.fused=false")
     parts = _cql.build(cfg, observation_shape=observation_shape, action_spec=action_spec, device=device, seed=seed)
     parts.loss_module = CalQLLoss.from_cql(parts.loss_module, calibrated=calibrated)
     return parts

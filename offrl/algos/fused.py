@@ -714,7 +714,7 @@ def make_adam(params: Iterable[Tensor] | Iterable[dict], lr: float, **kwargs: An
         return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
 
 
-def _target_step(target_updater: Any) -> Callable[[], None]:
+def fast_target_step(target_updater: Any) -> Callable[[], None]:
     """A foreach version of ``SoftUpdate.step`` / ``HardUpdate.step`` (same arithmetic, same counter).
 
     Other updaters (or uninitialized ones) keep their own ``step``.
@@ -779,7 +779,7 @@ def make_update(
     keys = list(loss_keys) if loss_keys is not None else default_loss_keys(loss_module)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device_type = params[0].device.type if params else "cpu"
-    target_step = _target_step(target_updater)
+    target_step = fast_target_step(target_updater)
     if allocator and device_type == "cpu":
         tune_allocator()
 

@@ -18,6 +18,7 @@ examples:
   offrl train --config runs/<dataset>/<algo>/<name>/config.yaml --name repro   (reproduce a run)
   offrl train --resume runs/<dataset>/<algo>/<name>                            (continue a stopped run)
   offrl train --dataset offrl/pendulum/medium-v0 --online-steps 2000 --calql --utd 50   (fine-tune online)
+  offrl train --env Pendulum-v1 --algo cql --online-steps 4000 --utd 50                 (online from scratch)
 
 Config keys (for --set and --config): see a run's config.yaml; the algorithm's hyperparameters are under
 cql., discrete_cql. or dqn. Layers, later wins: defaults < bundled per-dataset config < --config <
@@ -82,7 +83,8 @@ def register(subparsers: Any) -> None:
     g = p.add_argument_group("online fine-tuning (after the offline steps; see offrl.online)")
     g.add_argument("--online-steps", type=_non_negative_int, metavar="M",
                    help="env steps to collect online in the dataset's env (config online.steps; default 0)")
-    g.add_argument("--env", dest="online_env", metavar="ID", help="online env (default: the dataset's)")
+    g.add_argument("--env", dest="online_env", metavar="ID",
+                   help="online env (default: the dataset's); without --dataset: train online from scratch in it")
     g.add_argument("--frames-per-batch", type=_positive_int, metavar="F",
                    help="env steps per collected batch (online.frames_per_batch, default 50)")
     g.add_argument("--utd", type=_positive_int, metavar="U",
@@ -98,10 +100,11 @@ def run(args: argparse.Namespace) -> int:
     """Call :func:`offrl.train` with the parsed flags and print where the run went and its score."""
     from offrl.api import train
 
-    if args.dataset is None and args.config is None and args.resume is None:
+    if args.dataset is None and args.config is None and args.resume is None and args.online_env is None:
         from offrl.errors import UserError
 
-        raise UserError("--dataset: required (e.g. --dataset offrl/pendulum/medium-v0), or --config / --resume")
+        raise UserError("--dataset: required (e.g. --dataset offrl/pendulum/medium-v0), or --config / --resume, "
+                        "or --env ID --online-steps N to train online from scratch")
 
     def started(path: Path) -> None:
         verb = "resuming" if args.resume else "training"

@@ -195,6 +195,8 @@ class OfflineTrainer:
         self._last_eval_step = -1
         self._saved_step = -1
         self._step_t = torch.zeros((), dtype=torch.int64, device=self.device)  # the update's own counter
+        self._target_fn: Callable[[], None] | None = None
+        self._last_batch: TensorDictBase | None = None
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
         self._timings: dict[str, float] = dict.fromkeys(_PHASES, 0.0)
@@ -243,9 +245,9 @@ class OfflineTrainer:
             if not params:
                 continue
             if self.clip_grad_norm and self.clip_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
-            else:
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+                norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm, foreach=True)
+            else:  # one foreach kernel instead of one norm per parameter
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
                 if self.clip_norm is not None:
                     torch.nn.utils.clip_grad_value_(params, self.clip_norm)
             norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
@@ -255,7 +257,12 @@ class OfflineTrainer:
 
     def _target(self) -> None:
         if self.target_net_updater is not None:
-            self.target_net_updater.step()
+            if self._target_fn is None:  # built on first use: the updater initialises lazily
+                from offrl.algos.fused import fast_target_step
+
+                # SoftUpdate/HardUpdate as foreach ops (same arithmetic, same counter); others keep step().
+                self._target_fn = fast_target_step(self.target_net_updater)
+            self._target_fn()
         self._step_t += 1
 
     def update(self, batch: TensorDictBase) -> TensorDictBase:
@@ -422,6 +429,7 @@ class OfflineTrainer:
             metrics = {k: v.detach() for k, v in metrics.items()}
         else:
             metrics = dict(self.update(batch).items())
+        self._last_batch = batch  # for statistics computed only when a row is logged (_row_stats)
         self._step += 1
         self._pbar.update(1)
         self._accumulate(metrics)
@@ -440,6 +448,10 @@ class OfflineTrainer:
         if row:
             yield step, row
 
+    def _row_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Statistics too costly for every step, computed once per logged row on the last batch."""
+        return {}
+
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
             self._acc[key] = self._acc[key] + value if key in self._acc else value.clone()
@@ -449,6 +461,8 @@ class OfflineTrainer:
         """Means since the last row (one device sync here, none per step), timings, throughput."""
         n = max(self._acc_n, 1)
         row = {key: float(value) / n for key, value in self._acc.items()}
+        if self._last_batch is not None:
+            row.update({key: float(value) for key, value in self._row_stats(self._last_batch).items()})
         now = time.perf_counter()
         steps = self._step - self._step_row
         row["updates_per_s"] = steps / max(now - self._t_row - self._eval_seconds_row, 1e-9)

@@ -113,7 +113,7 @@ class CQLTrainer(OfflineTrainer):
         total = loss_actor + loss_td.get("loss_qvalue") + loss_td.get("loss_cql") + loss_td.get("loss_alpha")
         if "loss_alpha_prime" in loss_td.keys():
             total = total + loss_td.get("loss_alpha_prime")
-        for key in ("alpha", "entropy", "cql_gap", "alpha_prime"):
+        for key in ("alpha", "entropy", "cql_gap", "alpha_prime", "calql_bound_rate"):  # Cal-QL: offrl.algos.calql
             if key in loss_td.keys():
                 metrics[key] = loss_td.get(key).detach()
         if "alpha_prime" not in metrics and getattr(self.loss_module, "with_lagrange", False):

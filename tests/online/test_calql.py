@@ -11,7 +11,7 @@ from offrl.algos import cql
 from offrl.algos.calql import CalQLLoss, build_from_dataset, calibrate
 from offrl.errors import UserError
 
-CFG = cql.CQLConfig(hidden_sizes=(16, 16), num_random=1, min_q_weight=2.0)
+CFG = cql.CQLConfig(hidden_sizes=(16, 16), num_random=1, min_q_weight=2.0, fused=False)
 
 
 def test_calibrate_hand_numbers():
@@ -79,5 +79,23 @@ def test_needs_mc_return(pendulum_medium):
     loss = build_from_dataset(CFG, pendulum_medium, seed=0).loss_module
     with pytest.raises(UserError, match="mc_return"):
         loss(pendulum_medium.data[:4].to_tensordict().exclude("mc_return"))
-    with pytest.raises(UserError, match="fused"):
-        build_from_dataset(cql.CQLConfig(fused=True), pendulum_medium)
+
+
+
+def test_fused_loss_becomes_calql_with_the_same_outputs(pendulum_medium):
+    """The default CQL loss is the fused one; Cal-QL turns it into FusedCalQLLoss, which runs the plain
+    (calibrated) forward: with an inactive clamp it matches the fused loss (same math, 1e-5)."""
+    fused_cfg = cql.CQLConfig(hidden_sizes=(16, 16), num_random=1, fused=True)
+    base = cql.build_from_dataset(fused_cfg, pendulum_medium, seed=0).loss_module
+    cal = build_from_dataset(fused_cfg, pendulum_medium, seed=0).loss_module
+    assert type(cal).__name__ == "FusedCalQLLoss" and isinstance(cal, CalQLLoss)
+    batch = pendulum_medium.data[:32].to_tensordict()
+    batch["mc_return"] = torch.full((32, 1), -1e9)
+    torch.manual_seed(0)
+    expected = base(batch.clone())
+    torch.manual_seed(0)
+    got = cal(batch.clone())
+    for key in ("loss_qvalue", "loss_cql", "loss_actor", "cql_gap"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)
+    batch["mc_return"] = torch.full((32, 1), 1e3)
+    assert float(cal(batch)["calql_bound_rate"]) == 1.0

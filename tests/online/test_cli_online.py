@@ -57,3 +57,41 @@ def test_online_phase_resumes_from_its_checkpoint(tmp_path):
     from offrl.data.from_run import online_rows
 
     assert online_rows(second.checkpoint).shape[0] == 200
+
+
+def test_calql_finetuning_through_the_config(tmp_path):
+    """--calql: the run's loss is Cal-QL offline and online, online episodes enter the buffer whole with
+    their Monte-Carlo returns, and the bound rate is logged."""
+    from offrl.data.from_run import online_rows
+
+    run = train("offrl/pendulum/medium-v0", "cql", steps=10, online_steps=300, calql=True, frames_per_batch=100,
+                utd=2, eval_every=0, progress=False, out=tmp_path / "runs", batch_size=32,
+                **{"cql.hidden_sizes": [16], "cql.num_random": 2, "log_interval": 2,
+                   "online.min_q_weight": 0.5})
+    assert run.summary["status"] == "completed" and run.summary["online"]["episodes"] == 1
+    metrics = run.metrics
+    assert metrics["calql_bound_rate"].between(0, 1).all() and "online" in set(metrics["phase"])
+    rows = online_rows(run.checkpoint)
+    assert rows["mc_return"].shape == (200, 1) and bool(rows["mc_return"].isfinite().all())  # one whole episode
+    assert run.config.online.calql is True
+
+
+def test_online_training_from_scratch_without_a_dataset(tmp_path):
+    """`offrl train --env CartPole-v1 --algo dqn --online-steps N` (the API call the CLI makes)."""
+    from offrl.errors import UserError
+
+    common = dict(progress=False, out=tmp_path / "runs", frames_per_batch=25, utd=2,
+                  **{"dqn.hidden_sizes": [16], "log_interval": 2, "batch_size": 16})
+    run = train(None, "dqn", online_env="CartPole-v1", online_steps=100, eval_every=4, eval_episodes=1,
+                name="scratch", **common)
+    assert run.dir == tmp_path / "runs" / "env__CartPole-v1" / "dqn" / "scratch"
+    summary = run.summary
+    assert summary["status"] == "completed" and summary["steps"] == 8 and summary["online"]["frames"] == 100
+    assert summary["final"]["return_mean"] > 0 and (run.dir / "report.html").exists()
+    metrics = run.metrics
+    assert set(metrics["phase"]) == {"online"} and metrics["epsilon"].is_monotonic_decreasing
+    assert metrics["offline_fraction"].eq(0).all() and run.config.dataset.id == "env:CartPole-v1"
+    with pytest.raises(UserError, match="--steps"):
+        train(None, "dqn", online_env="CartPole-v1", online_steps=100, steps=10, **common)
+    with pytest.raises(UserError, match="continuous actions"):
+        train(None, "cql", online_env="CartPole-v1", online_steps=100, progress=False, out=tmp_path / "runs")
