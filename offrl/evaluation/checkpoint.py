@@ -85,8 +85,34 @@ def evaluate_checkpoint(
     from offrl.evaluation.rollout import evaluate
 
     loaded = load_policy(path, device=device)
+    if env is not None:
+        _check_spaces(env, loaded.dataset)
     target = env if env is not None else loaded.dataset
     gamma = getattr(loaded.config.algo_config, "gamma", None) or 0.99
     result = evaluate(loaded.policy, target, episodes=episodes, seed=seed, device=device, ref=loaded.dataset,
                       gamma=gamma)
     return result, loaded
+
+
+def _check_spaces(env_id: str, dataset: Any) -> None:
+    """An ``--env`` whose spaces differ from the dataset's cannot run the policy: say so in one line."""
+    import gymnasium as gym
+
+    from offrl.evaluation._envs import make_env
+
+    e = make_env(env_id)
+    try:
+        pairs = (("observation", e.observation_space, dataset.observation_space),
+                 ("action", e.action_space, dataset.action_space))
+        for what, got, want in pairs:
+            if isinstance(want, gym.spaces.Box) and isinstance(got, gym.spaces.Box):
+                same = got.shape == want.shape
+            elif isinstance(want, gym.spaces.Discrete) and isinstance(got, gym.spaces.Discrete):
+                same = int(got.n) == int(want.n)
+            else:
+                same = type(got) is type(want)
+            if not same:
+                raise UserError(f"--env {env_id}: its {what} space {got} does not match the dataset's {want} "
+                                f"({dataset.name}); choose an env with the dataset's spaces")
+    finally:
+        e.close()

@@ -3,6 +3,7 @@ evaluation (same policy, same seeds), and fail with one line when the env cannot
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -60,13 +61,25 @@ def test_eval_reproduces_the_trainers_final_evaluation(trained, monkeypatch: pyt
 
 def test_eval_env_that_cannot_be_made_is_one_line(trained, tmp_path: Path):
     run, env = trained
-    out = _eval(env, str(run), "--env", "Hopper-v5", "--episodes", "1")
+    # an env whose optional extra is not installed (the MuJoCo extra may be: offrl[mujoco] recipes)
+    missing_env, extra = ("Hopper-v5", "mujoco") if importlib.util.find_spec("mujoco") is None else (
+        "AdroitHandDoor-v1", "robotics")
+    out = _eval(env, str(run), "--env", missing_env, "--episodes", "1")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("offrl: error: ") and "mujoco" in lines[0].lower()
+    assert len(lines) == 1 and lines[0].startswith("offrl: error: ") and extra in lines[0].lower()
     missing = _eval(env, str(tmp_path / "nope"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "nope" in missing.stderr
     stray = tmp_path / "stray.pt"
     stray.write_bytes(b"not a checkpoint")
     out = _eval(env, str(stray))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "config.yaml" in out.stderr
+
+
+def test_eval_env_with_other_spaces_is_one_line(trained, tmp_path: Path):
+    """A CartPole policy cannot act in Pendulum: one line naming --env and both spaces, no traceback."""
+    run, env = trained
+    out = _eval(env, str(run), "--env", "Pendulum-v1", "--episodes", "1")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("offrl: error: --env Pendulum-v1") and "space" in lines[0]

@@ -177,3 +177,19 @@ def test_online_cql_from_scratch_on_pendulum_collects_and_trains():
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(Exception, match="continuous actions"):
         build_parts_for_env("cql", SMALL_CQL, "CartPole-v1")
+
+
+def test_async_env_failure_stops_without_a_hang():
+    """A worker process whose env returns NaN: the guard stops at once and shuts the workers down."""
+    from gymnasium.envs.registration import EnvSpec
+
+    from offrl.online import EnvFactory, make_collector
+
+    spec = EnvSpec(id="PendulumNaN-v0", entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv",
+                   kwargs={"g": float("nan")}, max_episode_steps=200)  # NaN gravity: NaN after one step
+    factory = EnvFactory(spec, seed=0)
+    parts = cql.build(SMALL_CQL, observation_shape=(3,), action_spec=factory().action_spec, seed=0)
+    errors = []
+    guard = GuardedCollector(make_collector(factory, parts.exploration_policy, frames_per_batch=20,
+                                            async_collection=True), on_error=errors.append)
+    assert list(guard) == [] and len(errors) == 1 and "non-finite values in 'observation'" in errors[0]
