@@ -151,10 +151,31 @@ def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:
     if summary.get("status") != "completed" or summary.get("steps") != config["offline_steps"]:
         return False
     if job.peer:
-        return saved.get("mirrors_offrl_config") == config_hash(config)
+        # The config the peer was given is kept beside the runs: it must be the one the run recorded, and
+        # agree with today's on everything the peer reads (keys it ignores may come and go).
+        try:
+            given = json.loads(_peer_config_file(job, run.parents[3]).read_text())
+        except (OSError, ValueError):
+            return False
+        return (saved.get("mirrors_offrl_config") == given.get("config_hash")
+                and _mirrored(job, given) == _mirrored(job, config))
     section = SECTIONS[job.algo]
     keys = ("algo", "offline_steps", "batch_size", "eval", section)
     return all(json.dumps(saved.get(k), sort_keys=True) == json.dumps(config.get(k), sort_keys=True) for k in keys)
+
+
+def _mirrored(job: Job, config: dict[str, Any]) -> str:
+    """What d3rlpy_peer.py reads from offrl's config, as a comparable string."""
+    ev = config.get("eval") or {}
+    keep = {k: config.get(k) for k in ("offline_steps", "batch_size", "log_interval")}
+    section = {k: v for k, v in (config.get(SECTIONS[job.algo]) or {}).items() if k != "fused"}  # speed only
+    keep.update(dataset=(config.get("dataset") or {}).get("id"), section=section,
+                eval={k: ev.get(k) for k in ("interval", "episodes", "seed")})
+    return json.dumps(keep, sort_keys=True)
+
+
+def _peer_config_file(job: Job, runs: Path) -> Path:
+    return runs / ".peer-configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.seed{job.seed}.json"
 
 
 def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, Any]) -> tuple[Job, float, str]:
@@ -167,7 +188,7 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, An
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "RL_WARNINGS": "False"}
     if job.peer:
-        cfg_file = runs / ".peer-configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.seed{job.seed}.json"
+        cfg_file = _peer_config_file(job, runs)
         cfg_file.parent.mkdir(parents=True, exist_ok=True)
         cfg_file.write_text(json.dumps({**config, "seed": job.seed, "config_hash": config_hash(config)}, indent=1))
         from offrl.data.catalog import bundled_path
@@ -311,7 +332,9 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   `conservative_weight` = offrl `min_q_weight`, fixed alpha 1, `n_action_samples` = `num_random`, 2 critics,
   actions scaled to [-1, 1]). Differences that remain: d3rlpy's CQL penalty samples actions from two sources
   (uniform and pi(s)) where offrl's uses three (uniform, pi(s), pi(s')); d3rlpy's discrete Q-learning uses the
-  Huber loss where offrl uses MSE; d3rlpy reads the Minari files through `benchmarks/d3rlpy_peer.py` (plain
+  Huber loss where offrl uses MSE; offrl initialises CQL's layers orthogonally (CORL), d3rlpy with torch's
+  default; offrl holds `eval.heldout_fraction` of the episodes (5% by default) out of training for its
+  TD-error diagnostic, d3rlpy trains on all of them; d3rlpy reads the Minari files through `benchmarks/d3rlpy_peer.py` (plain
   h5py) and evaluates with gymnasium 1.0 in its own environment (same env ids, seeds and time limits).
 - updates/s counts training updates per second over the whole run, evaluations included, measured with
   other runs (and other people's jobs) sharing the CPU: compare it within this table only."""
@@ -399,7 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
     wall = time.perf_counter() - t0
 
-    report = build_report([runs], out=out, title=f"offrl benchmark: bundled datasets, {args.seeds} seeds")
+    # One row per dataset x algorithm: the suite trains every seed of a row on one pinned config, so rows
+    # are not split when offrl adds a config key (with its default) between two runs of a long suite.
+    report = build_report([runs], out=out, group_by="algo",
+                          title=f"offrl benchmark: bundled datasets, {args.seeds} seeds")
     keep = ["dataset", "group", "unit", "n_seeds", "seeds", "steps", "last_mean", "last_low", "last_high", "last_iqm",
             "best_mean", "best_low", "best_high", "best_iqm", "behaviour_return", "behaviour_normalized",
             "updates_per_s", "ref_source"]
