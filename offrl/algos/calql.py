@@ -19,7 +19,6 @@ key ``mc_return``, ``[N, 1]``); offrl's online buffers compute it for collected 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -93,43 +92,17 @@ class CalQLLoss(OfflineCQLLoss):
     def out_keys(self, values: Any) -> None:
         pass
 
-    def cql_gaps(self, tensordict: TensorDictBase) -> torch.Tensor:
-        """Per-critic calibrated CQL gap, shape ``[2]`` (see :meth:`OfflineCQLLoss.cql_gaps`)."""
+    def _proposal_q(self, q: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
+        """The Cal-QL clamp on the policy proposals (sources 1: a~pi(.|s) and 2: a'~pi(.|s'), scored at s);
+        uniform proposals stay as they are."""
         if not self.calibrated:
-            return super().cql_gaps(tensordict)
+            return q
         mc_return = tensordict.get(self.mc_return_key, None)
         if mc_return is None:
             raise UserError(f"Cal-QL needs {self.mc_return_key!r} (Monte-Carlo return-to-go) in every batch; "
                             "offrl datasets store it, a hand-made replay buffer must too")
-        return self._calibrated_gaps(tensordict, mc_return)
-
-    def _calibrated_gaps(self, tensordict: TensorDictBase, mc_return: torch.Tensor) -> torch.Tensor:
-        keys = self.tensor_keys
-        pred_q = torch.stack([tensordict.get(keys.pred_q1), tensordict.get(keys.pred_q2)]).reshape(2, -1)
-        n_batch, n_rand = pred_q.shape[-1], self.num_random
-        curr_td, curr_logp = self._get_policy_actions(tensordict.copy(), self.actor_network_params, n_rand)
-        next_td, next_logp = self._get_policy_actions(tensordict.get("next").copy(), self.actor_network_params,
-                                                      n_rand)
-        curr_action = curr_td.get(keys.action)
-        act_dim = curr_action.shape[-1]
-        random_td = curr_td.clone(False)
-        random_td.set(keys.action, torch.empty_like(curr_action).uniform_(-1, 1))
-        next_at_s = curr_td.clone(False)
-        next_at_s.set(keys.action, next_td.get(keys.action))
-        q_in = torch.cat([random_td, curr_td, next_at_s], 0).select(*self.qvalue_network.in_keys, strict=False)
-        q = self._vmap_qvalue_networkN0(q_in, self.qvalue_network_params).get(keys.state_action_value)
-        q = q.reshape(2, 3, n_batch, n_rand)
-        # the Cal-QL clamp: only the policy proposals (index 1: a~pi(.|s), 2: a'~pi(.|s'), scored at s)
         q_policy, self._bound_rate = calibrate(q[:, 1:], mc_return)
-        q = torch.cat([q[:, :1], q_policy], 1)
-        log_density = torch.stack([
-            torch.full_like(curr_logp, -act_dim * math.log(2.0)),  # uniform on [-1, 1]^d
-            curr_logp.detach(),
-            next_logp.detach(),
-        ]).reshape(1, 3, n_batch, n_rand)
-        cat_q = (q - log_density).permute(0, 2, 1, 3).reshape(2, n_batch, 3 * n_rand)
-        lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
-        return (lse - pred_q).mean(-1)
+        return torch.cat([q[:, :1], q_policy], 1)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
         # OfflineCQLLoss's forward by name: on a fused loss (FusedCalQLLoss) super() would take the fused

@@ -136,7 +136,7 @@ class OfflineCQLLoss(CQLLoss):
         next_at_s.set(keys.action, next_td.get(keys.action))
         q_in = torch.cat([random_td, curr_td, next_at_s], 0).select(*self.qvalue_network.in_keys, strict=False)
         q = self._vmap_qvalue_networkN0(q_in, self.qvalue_network_params).get(keys.state_action_value)
-        q = q.reshape(2, 3, n_batch, n_rand)
+        q = self._proposal_q(q.reshape(2, 3, n_batch, n_rand), tensordict)
         log_density = torch.stack([
             torch.full_like(curr_logp, -act_dim * math.log(2.0)),  # uniform on [-1, 1]^d
             curr_logp.detach(),
@@ -145,6 +145,11 @@ class OfflineCQLLoss(CQLLoss):
         cat_q = (q - log_density).permute(0, 2, 1, 3).reshape(2, n_batch, 3 * n_rand)
         lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
         return (lse - pred_q).mean(-1)
+
+    def _proposal_q(self, q: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
+        """Q of the penalty's proposals, ``[critic, source (uniform, pi(.|s), pi(.|s')), batch, sample]``:
+        a hook for Cal-QL, which floors the policy proposals (:class:`offrl.algos.calql.CalQLLoss`)."""
+        return q
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
