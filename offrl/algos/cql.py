@@ -151,6 +151,16 @@ class OfflineCQLLoss(CQLLoss):
         a hook for Cal-QL, which floors the policy proposals (:class:`offrl.algos.calql.CalQLLoss`)."""
         return q
 
+    def penalty_terms(self, gaps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``loss_cql`` (and ``loss_alpha_prime`` with Lagrange) from the per-critic gaps."""
+        if not self.with_lagrange:
+            return {"loss_cql": self.min_q_weight * gaps.sum()}
+        alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+        slack = self.min_q_weight * gaps - self.target_action_gap
+        # critics minimise alpha' * slack; alpha' maximises it (gradient ascent via the minus sign)
+        return {"loss_cql": (alpha_prime.detach() * slack).sum(),
+                "loss_alpha_prime": -0.5 * (alpha_prime * slack.detach()).sum()}
+
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
         from tensordict import TensorDict
@@ -158,15 +168,7 @@ class OfflineCQLLoss(CQLLoss):
         td = self._unit_actions(tensordict)
         loss_qvalue, metadata = self.q_loss(td)
         gaps = self.cql_gaps(td)
-        out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue}
-        if self.with_lagrange:
-            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-            slack = self.min_q_weight * gaps - self.target_action_gap
-            # critics minimise alpha' * slack; alpha' maximises it (gradient ascent via the minus sign)
-            out["loss_cql"] = (alpha_prime.detach() * slack).sum()
-            out["loss_alpha_prime"] = -0.5 * (alpha_prime * slack.detach()).sum()
-        else:
-            out["loss_cql"] = self.min_q_weight * gaps.sum()
+        out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue, **self.penalty_terms(gaps)}
         out["loss_actor_bc"], _ = self.actor_bc_loss(td)
         out["loss_actor"], actor_metadata = self.actor_loss(td)
         out["loss_alpha"], _ = self.alpha_loss(actor_metadata, mask_tensordict=td)

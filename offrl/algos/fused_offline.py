@@ -101,14 +101,7 @@ class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
         lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
         gaps = (lse - pred_q).mean(-1)  # [n_q]
 
-        out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue}
-        if self.with_lagrange:
-            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-            slack = self.min_q_weight * gaps - self.target_action_gap
-            out["loss_cql"] = (alpha_prime.detach() * slack).sum()
-            out["loss_alpha_prime"] = -0.5 * (alpha_prime * slack.detach()).sum()
-        else:
-            out["loss_cql"] = self.min_q_weight * gaps.sum()
+        out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue, **self.penalty_terms(gaps)}
         actor = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob,
                                   alpha)
         out["loss_actor_bc"] = actor["loss_actor_bc"]
