@@ -128,7 +128,9 @@ def make_replay_buffer(
 
     ``rows``/``layout``: the packed records ``data`` is a view of (see :mod:`offrl.data.layout`), for
     fast sampling. ``device``: batches arrive there; on a GPU the whole dataset is moved once when it
-    fits in 80% of free memory, otherwise each batch is copied. ``in_memory``: copy the dataset into RAM
+    fits in 80% of free memory, otherwise each batch is copied. ``prefetch``: batches sampled ahead in
+    torchrl's worker threads; with more than one, the workers race for the generator, so the order of batches
+    (and exact resume) is only reproducible with ``prefetch`` None or 1. ``in_memory``: copy the dataset into RAM
     first. ``indices``: sample only these rows (the training split). ``seed``: deterministic sampling (without it the generator is seeded from torch's global RNG,
     so its state is still saved and restored).
     """
