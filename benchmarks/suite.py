@@ -4,15 +4,18 @@
 
 For each bundled dataset (``offrl datasets list``) it trains the algorithms that fit its actions (CQL for
 continuous actions; discrete CQL and DQN for discrete ones) with ``offrl.train`` and the dataset's bundled
-config (``--steps`` overrides the step budget), ``--seeds`` seeds each, ``--jobs`` runs at a time (one
-process per run, one torch thread each). Where d3rlpy can be imported (in this interpreter, or in the one
-named by ``--d3rlpy-python``), the same datasets, seeds, step budget, batch size, networks and evaluation
-protocol also train d3rlpy's CQL / DiscreteCQL / DoubleDQN through ``benchmarks/d3rlpy_peer.py``, which
-writes offrl run directories, so they appear in the report as peer rows (``d3rlpy-cql``, ...).
+config (``--steps N`` or ``--steps cartpole=N,pendulum=M`` overrides the step budget), ``--seeds`` seeds
+each, ``--jobs`` runs at a time (one process per run, one torch thread each). Each dataset x algorithm
+config is resolved once at the start and pinned (``<runs>/.configs/``), so all its seeds train on the same
+values. Where d3rlpy can be imported (in this interpreter, or in the one named by ``--d3rlpy-python``), the
+same datasets, seeds, step budget, batch size, networks and evaluation protocol also train d3rlpy's CQL /
+DiscreteCQL / DoubleDQN through ``benchmarks/d3rlpy_peer.py``, which writes offrl run directories, so they
+appear in the report as peer rows (``d3rlpy-cql``, ...).
 
-Runs go to ``--runs`` (scratch, default ``runs/suite``; a completed run of the same budget is reused unless
+Runs go to ``--runs`` (scratch, default ``runs/suite``; a completed run of the same config is reused unless
 ``--fresh``). The report goes to ``--out``: ``index.html`` + PNGs (``offrl.report.build_report``),
-``summary.csv``, ``summary.md`` (the table) and ``README.md`` (command, machine, budget, wall time, table).
+``summary.csv``, ``summary.md`` (the table) and ``README.md`` (command, machine, budget, wall time, table);
+``--report-only --note TEXT`` rebuilds them from the runs without training, keeping the training call's facts.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:
         # The config the peer was given is kept beside the runs: it must be the one the run recorded, and
         # agree with today's on everything the peer reads (keys it ignores may come and go).
         try:
-            given = json.loads(_peer_config_file(job, run.parents[3]).read_text())
+            given = json.loads(_peer_config_file(job, run.parents[2]).read_text())
         except (OSError, ValueError):
             return False
         return (saved.get("mirrors_offrl_config") == given.get("config_hash")

@@ -58,6 +58,12 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     # two seeds, each a run directory in offrl's format
     assert sorted(p.name for p in (runs / "offrl__cartpole__random-v0" / "dqn").iterdir()) == ["seed0", "seed1"]
 
+    # the same command again reuses the finished runs of the same config instead of retraining them
+    capsys.readouterr()
+    assert _suite().main(argv) == 0
+    progress = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    assert progress and all(": reused" in ln for ln in progress), progress
+
 
 def test_suite_rejects_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
