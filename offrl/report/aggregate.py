@@ -83,10 +83,18 @@ def group_runs(runs: Sequence[Run], group_by: str | None, warnings: list[str]) -
     """Group runs into experiments. ``group_by``: None (same dataset and config except the seed),
     ``"algo"``, ``"dataset"``, or a dotted config key (e.g. ``cql.min_q_weight``)."""
     units = _score_units(runs, warnings)
+    # A config key that only some runs of a dataset and algorithm have (one added by a later offrl) says
+    # nothing about how they differ: compare runs on the keys they all share.
+    shared: dict[tuple[str, str], set[str]] = {}
+    for run in runs:
+        keys = {k for k, _ in run.identity}
+        where = (run.dataset, run.algo)
+        shared[where] = shared[where] & keys if where in shared else keys
     buckets: dict[tuple[Any, ...], list[Run]] = {}
     for run in runs:
         if group_by in (None, "", "config"):
-            key: tuple[Any, ...] = (run.dataset, run.identity)
+            common = shared[(run.dataset, run.algo)]
+            key: tuple[Any, ...] = (run.dataset, tuple(kv for kv in run.identity if kv[0] in common))
         elif group_by == "algo":
             key = (run.dataset, run.algo)
         elif group_by == "dataset":

@@ -164,3 +164,14 @@ def test_report_cli_writes_index_and_rejects_bad_smooth(runs_root: Path, tmp_pat
     assert (tmp_path / "rep" / "index.html").is_file() and "index.html" in result.stdout
     bad = _offrl("report", str(runs_root), "--smooth", "0", cwd=tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_a_config_key_missing_from_older_runs_does_not_split_a_group(tmp_path: Path) -> None:
+    """Runs made before a config key existed are still seeds of the same experiment; a real difference
+    in a shared key still splits."""
+    make_run(tmp_path, seed=0)
+    make_run(tmp_path, seed=1, extra_config={"new_key": 0.05})
+    groups = group_runs(load_runs([tmp_path]), None, [])
+    assert [len(g.runs) for g in groups] == [2] and groups[0].label == "cql"
+    make_run(tmp_path, seed=2, extra_config={"lr": 1e-3})
+    assert sorted(len(g.runs) for g in group_runs(load_runs([tmp_path]), None, [])) == [1, 2]
