@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from offrl.bench import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 # offrl's workload names vs the peer scripts' names
@@ -40,16 +41,6 @@ def _peers_dir() -> Path:
     return REPO.parent / "shared" / "peers"
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _last_json(text: str) -> dict:
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
@@ -58,7 +49,7 @@ def _last_json(text: str) -> dict:
     raise ValueError("no JSON line in output")
 
 
-def _children_cpu() -> float:
+def _childrencpu_model() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -66,12 +57,12 @@ def _children_cpu() -> float:
 def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str, float]:
     """Run one benchmark process: (its JSON line, error text, its CPU seconds incl. start-up)."""
     env = {**os.environ, "RL_WARNINGS": "False", "PYTHONWARNINGS": "ignore"}
-    before = _children_cpu()
+    before = _childrencpu_model()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return None, "timed out", 0.0
-    cpu = _children_cpu() - before
+    cpu = _childrencpu_model() - before
     if proc.returncode != 0:
         return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1], cpu
     try:
@@ -163,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Command: python benchmarks/compare_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"Machine: {_cpu()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
+    print(f"Machine: {cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
           f"batch {args.batch}, offrl precision {args.precision}, {args.rounds} alternating rounds, "
           f"load average at the end {load}")
     print()
@@ -178,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(row) + " |")
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "threads": args.threads, "batch": args.batch,
-                                         "precision": args.precision, "cpu": _cpu()}, indent=1))
+                                         "precision": args.precision, "cpu": cpu_model()}, indent=1))
     return 0
 
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offrl.bench import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_peer.py")
 CONTINUOUS_ALGOS, DISCRETE_ALGOS = ("cql",), ("discrete-cql", "dqn")
@@ -72,16 +74,6 @@ def _fail(message: str) -> None:
     """A user mistake: one line on stderr, exit status 2."""
     print(f"suite: error: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def find_d3rlpy(python: str | None, no_peers: bool) -> tuple[str | None, str]:
@@ -452,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for c in configs.values()})
     failed = saved.get("failed", failed)
     facts = {
-        "seeds": args.seeds, "cpu": _cpu_model(), "cores": os.cpu_count(), "peers": peer_version, "jobs": args.jobs,
+        "seeds": args.seeds, "cpu": cpu_model(), "cores": os.cpu_count(), "peers": peer_version, "jobs": args.jobs,
         "budget": budget, "eval": "; ".join(evals),
         "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
         "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed),

@@ -37,6 +37,18 @@ _N = 100_000
 _DEFAULT_UPDATES = {"cql": 200, "dqn": 1000, "discrete-cql": 1000}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), for the machine line of every benchmark."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(threads: int | None = None) -> dict[str, Any]:
     """Threads, device and versions the figures were taken with."""
     import tensordict
@@ -46,19 +58,10 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         from offrl import __version__ as offrl_version
     except ImportError:  # pragma: no cover
         offrl_version = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
         "threads": threads if threads is not None else torch.get_num_threads(),
         "device": "cpu",
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "versions": {
             "offrl": offrl_version,

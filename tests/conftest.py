@@ -25,3 +25,31 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# Bundled datasets, converted once per test session into one cache (tests that check conversion itself
+# use their own files and the per-test OFFRL_CACHE above).
+@pytest.fixture(scope="session")
+def _bundled_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bundled-cache")
+
+
+def _bundled(name: str, cache: Path):
+    from offrl.data import load_dataset
+
+    return load_dataset(name, cache_dir=cache)
+
+
+@pytest.fixture(scope="session")
+def cartpole_medium(_bundled_cache: Path):
+    return _bundled("offrl/cartpole/medium-v0", _bundled_cache)
+
+
+@pytest.fixture(scope="session")
+def cartpole_mixed(_bundled_cache: Path):
+    return _bundled("offrl/cartpole/mixed-v0", _bundled_cache)
+
+
+@pytest.fixture(scope="session")
+def pendulum_medium(_bundled_cache: Path):
+    return _bundled("offrl/pendulum/medium-v0", _bundled_cache)
