@@ -49,7 +49,7 @@ def _last_json(text: str) -> dict:
     raise ValueError("no JSON line in output")
 
 
-def _childrencpu_model() -> float:
+def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -57,12 +57,12 @@ def _childrencpu_model() -> float:
 def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str, float]:
     """Run one benchmark process: (its JSON line, error text, its CPU seconds incl. start-up)."""
     env = {**os.environ, "RL_WARNINGS": "False", "PYTHONWARNINGS": "ignore"}
-    before = _childrencpu_model()
+    before = _children_cpu_seconds()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return None, "timed out", 0.0
-    cpu = _childrencpu_model() - before
+    cpu = _children_cpu_seconds() - before
     if proc.returncode != 0:
         return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1], cpu
     try:

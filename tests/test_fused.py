@@ -20,6 +20,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ProbabilisticActor, QValueActor, TanhNormal, ValueOperator
 from torchrl.objectives import CQLLoss, DiscreteCQLLoss, DQNLoss, HardUpdate, SoftUpdate
 
+from offrl.algos import fused as fused_module
 from offrl.algos.fused import (
     FusedCQLLoss,
     FusedDiscreteCQLLoss,
@@ -32,6 +33,40 @@ from offrl.algos.fused import (
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 OBS, ACT, HIDDEN, BATCH = 5, 3, 32, 16
+
+
+@pytest.fixture(autouse=True, params=["onednn", "torch-matmul"])
+def matmul_route(request, monkeypatch):
+    """Every comparison runs twice: float32 CPU layers through oneDNN (the default where torch has it)
+    and through torch's own addmm (``OFFRL_ONEDNN=0``)."""
+    if request.param == "torch-matmul":
+        monkeypatch.setattr(fused_module, "_ONEDNN", None)
+    return request.param
+
+
+def test_onednn_route_is_live_where_torch_has_onednn(matmul_route):
+    if matmul_route != "onednn" or not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN route off in this run (torch-matmul parameter or a torch without oneDNN)")
+    assert fused_module._onednn() is not None
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_onednn_linear_matches_autograd(relu, matmul_route):
+    if matmul_route != "onednn" or fused_module._onednn() is None:
+        pytest.skip("oneDNN route off")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 40, generator=g, requires_grad=True)
+    w = torch.randn(24, 40, generator=g, requires_grad=True)
+    b = torch.randn(24, generator=g, requires_grad=True)
+    upstream = torch.randn(300, 24, generator=g)
+    y = fused_module._OneDNNLinear.apply(x, w, b, relu)
+    grads = torch.autograd.grad(y, (x, w, b), upstream)
+    y_ref = torch.nn.functional.linear(x, w, b)
+    y_ref = torch.relu(y_ref) if relu else y_ref
+    grads_ref = torch.autograd.grad(y_ref, (x, w, b), upstream)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.fixture
