@@ -245,6 +245,9 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 _RELUS = (torch.relu, torch.relu_)
+# Layers reading fewer features (an MLP's first layer on raw observations) stay with torch's addmm: at
+# K = 4..23 the product is memory-bound and oneDNN's per-call cost is the larger one.
+_ONEDNN_MIN_IN = 64
 
 
 def _use_onednn(x: Tensor, w: Tensor) -> bool:
@@ -254,7 +257,9 @@ def _use_onednn(x: Tensor, w: Tensor) -> bool:
         and w.dtype == torch.float32
         and x.ndim == 2
         and w.shape[0] > 1
+        and w.shape[1] >= _ONEDNN_MIN_IN
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # inductor picks its own CPU kernels
         and _onednn() is not None
     )
 

@@ -128,6 +128,8 @@ class OfflineTrainer:
         keep_checkpoints: bool = False,
         device: torch.device | str | None = None,
         handle_signals: bool = True,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
         greedy_module: Any = None,
         reward_key: Any = "reward",
         done_key: Any = "done",
@@ -158,6 +160,8 @@ class OfflineTrainer:
             raise UserError("async_collection=True needs an asynchronous collector (torchrl MultiAsyncCollector, "
                             "e.g. offrl.online.make_collector(..., async_collection=True)); got "
                             f"{type(getattr(collector, 'collector', collector)).__name__}")
+        if precision not in ("fp32", "bf16"):
+            raise UserError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if evaluator is not None and policy is None:
             raise UserError("an evaluator needs policy= (the deterministic policy, e.g. AlgoParts.policy)")
         self.replay_buffer = replay_buffer
@@ -187,6 +191,13 @@ class OfflineTrainer:
         if device is None:
             device = next(iter(loss_module.parameters())).device
         self.device = torch.device(device)
+        # bf16: the loss forward runs under autocast (bf16 matmuls; parameters, optimizer and the critic's
+        # output layer stay fp32). Opt-in: see offrl.algos.fused and the README's precision notes.
+        self.precision = precision
+        # cuda_graph: forward + backward + clip + optimizer step captured once as a CUDA graph (tensordict's
+        # CudaGraphModule) and replayed; on a CPU the step runs eagerly (same code, same numbers).
+        self.cuda_graph = bool(cuda_graph)
+        self._graphed: Callable[[TensorDictBase], TensorDictBase] | None = None
 
         # counters (all part of the checkpoint)
         self._step = 0
@@ -228,7 +239,11 @@ class OfflineTrainer:
 
     # --------------------------------------------------------------------------------------- the update
     def _forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss_td = self.loss_module(batch)
+        if self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                loss_td = self.loss_module(batch)
+        else:
+            loss_td = self.loss_module(batch)
         total, metrics = self._loss_terms(loss_td, batch)
         metrics.update(self._batch_stats(batch))
         return total, metrics
@@ -265,13 +280,39 @@ class OfflineTrainer:
             self._target_fn()
         self._step_t += 1
 
-    def update(self, batch: TensorDictBase) -> TensorDictBase:
-        """One gradient step on ``batch``; returns a TensorDict of detached scalar metrics."""
+    def _gradient_step(self, batch: TensorDictBase) -> TensorDictBase:
+        """Forward, backward, clip and optimizer step: the part a CUDA graph captures."""
         total, metrics = self._forward(batch)
         self._backward(total)
         metrics.update(self._optim())
-        self._target()
         return TensorDict({k: v.detach() for k, v in metrics.items()})
+
+    def _graph_step(self) -> Callable[[TensorDictBase], TensorDictBase]:
+        """The gradient step wrapped in tensordict's CudaGraphModule (built on first use, after any
+        checkpoint was loaded: the graph holds the optimizer's state tensors)."""
+        if self._graphed is None:
+            import warnings
+
+            from tensordict.nn import CudaGraphModule
+
+            if self.device.type == "cuda":
+                for group in self.optimizer.param_groups:  # Adam/AdamW: step counters stay on the GPU
+                    if "capturable" not in group:
+                        raise UserError(f"cuda_graph=True needs an optimizer with a capturable mode (Adam, "
+                                        f"AdamW, ...), not {type(self.optimizer).__name__}")
+                    group["capturable"] = True
+            with warnings.catch_warnings():  # "instantiated on a machine without CUDA": the CPU path is eager
+                warnings.simplefilter("ignore")
+                self._graphed = CudaGraphModule(self._gradient_step, in_keys=[], out_keys=[], warmup=10,
+                                                device=self.device if self.device.type == "cuda" else None)
+        return self._graphed
+
+    def update(self, batch: TensorDictBase) -> TensorDictBase:
+        """One gradient step on ``batch``; returns a TensorDict of detached scalar metrics."""
+        step = self._graph_step() if self.cuda_graph else self._gradient_step
+        metrics = step(batch)
+        self._target()  # outside any graph: HardUpdate's interval counter is Python state
+        return metrics
 
     def _batch_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
@@ -414,7 +455,7 @@ class OfflineTrainer:
         return self._prepare_batch(batch)
 
     def _train_step(self, batch: TensorDictBase, phase: str) -> Iterator[tuple[int, dict[str, float]]]:
-        if self.log_timings:  # the same pieces as update(), timed one by one
+        if self.log_timings and not self.cuda_graph:  # the same pieces as update(), timed one by one
             t0 = time.perf_counter()
             total, metrics = self._forward(batch)
             t1 = time.perf_counter()
@@ -583,6 +624,8 @@ class OfflineTrainer:
             "target_net_updater": {"counter": int(getattr(updater, "counter", 0) or 0)},
             "greedy_module": self.greedy_module.state_dict() if self.greedy_module is not None else {},
             "replay_buffer": self._replay_buffer_state(),
+            # offrl's GuardedCollector: env + episode in progress (exact online resume, offrl.online.collect)
+            "collector": self.collector.resume_state() if hasattr(self.collector, "resume_state") else {},
             "rng": rng_state(),
             "metrics_acc": {"n": self._acc_n, "sums": {k: v.detach().cpu() for k, v in self._acc.items()}},
             "logger": self.logger.state_dict() if hasattr(self.logger, "state_dict") else {},
@@ -608,6 +651,8 @@ class OfflineTrainer:
         if self.greedy_module is not None and state.get("greedy_module"):
             self.greedy_module.load_state_dict(state["greedy_module"])
         self._load_replay_buffer_state(state.get("replay_buffer"))
+        if hasattr(self.collector, "load_resume_state"):  # after the buffer: it may drop open episodes
+            self.collector.load_resume_state(state.get("collector") or {})
         self._step = int(state["step"])
         self._frames = int(state["frames"])
         self._updates_left = int(state.get("updates_left", 0))

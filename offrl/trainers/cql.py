@@ -65,6 +65,9 @@ class CQLTrainer(OfflineTrainer):
         keep_checkpoints: bool = False,
         device: torch.device | str | None = None,
         handle_signals: bool = True,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
+        greedy_module: Any = None,
     ) -> None:
         if isinstance(bc_steps, bool) or not isinstance(bc_steps, int) or bc_steps < 0:
             raise UserError(f"bc_steps must be an integer >= 0, got {bc_steps!r}")
@@ -81,6 +84,8 @@ class CQLTrainer(OfflineTrainer):
             target_net_updater=target_net_updater, async_collection=async_collection, log_timings=log_timings,
             offline_steps=offline_steps, evaluator=evaluator, eval_interval=eval_interval, policy=policy,
             keep_checkpoints=keep_checkpoints, device=device, handle_signals=handle_signals,
+            precision=precision, cuda_graph=cuda_graph,
+            greedy_module=greedy_module,  # discrete CQL online: epsilon-greedy exploration (offrl.online)
         )
         self._discrete = isinstance(loss_module, DiscreteCQLLoss)
 

@@ -70,6 +70,8 @@ class DQNTrainer(OfflineTrainer):
         keep_checkpoints: bool = False,
         device: torch.device | str | None = None,
         handle_signals: bool = True,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
     ) -> None:
         if mixing_strategy not in _MIXING:
             raise UserError(f"mixing_strategy must be one of 'qmix', 'vdn', 'iql' or None, got {mixing_strategy!r}")
@@ -93,6 +95,7 @@ class DQNTrainer(OfflineTrainer):
             target_net_updater=target_net_updater, async_collection=async_collection, log_timings=log_timings,
             offline_steps=offline_steps, evaluator=evaluator, eval_interval=eval_interval, policy=policy,
             keep_checkpoints=keep_checkpoints, device=device, handle_signals=handle_signals,
+            precision=precision, cuda_graph=cuda_graph,
             greedy_module=greedy_module, reward_key=reward_key, done_key=done_key,
             episode_reward_key=episode_reward_key, action_key=action_key, observation_key=observation_key,
         )
