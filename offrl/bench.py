@@ -73,10 +73,11 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     }
 
 
-def _synthetic_buffer(workload: str, batch: int, scratch: str, n: int = _N):
-    """The peers' synthetic data (seeded), in a memmapped torchrl buffer sampled without replacement."""
+def _synthetic_buffer(workload: str, batch: int, scratch: str, n: int = _N, device: str = "cpu"):
+    """The peers' synthetic data (seeded), in a memmapped torchrl buffer sampled without replacement
+    (on a GPU: resident in GPU memory, sampled there)."""
     from tensordict import TensorDict
-    from torchrl.data import LazyMemmapStorage, TensorDictReplayBuffer
+    from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
     from torchrl.data.replay_buffers import SamplerWithoutReplacement
 
     g = torch.Generator().manual_seed(0)
@@ -103,8 +104,9 @@ def _synthetic_buffer(workload: str, batch: int, scratch: str, n: int = _N):
         },
         batch_size=[n],
     )
+    on_gpu = torch.device(device).type == "cuda"
     rb = TensorDictReplayBuffer(
-        storage=LazyMemmapStorage(n, scratch_dir=scratch),
+        storage=LazyTensorStorage(n, device=device) if on_gpu else LazyMemmapStorage(n, scratch_dir=scratch),
         batch_size=batch,
         sampler=SamplerWithoutReplacement(drop_last=True),
     )
@@ -190,7 +192,8 @@ def _build_discrete(data, workload: str, reference: bool):
     return loss, SoftUpdate(loss, tau=0.005), 3e-4
 
 
-def build_workload(workload: str, data, *, reference: bool = False, precision: str = "fp32"):
+def build_workload(workload: str, data, *, reference: bool = False, precision: str = "fp32",
+                   device: str = "cpu", cuda_graph: bool = False):
     """(loss module, update function) for a workload; the update runs one full training step."""
     from offrl.algos.fused import default_loss_keys, make_adam, make_update
 
@@ -198,11 +201,15 @@ def build_workload(workload: str, data, *, reference: bool = False, precision: s
         loss, target, lr = _build_cql(data, reference)
     else:
         loss, target, lr = _build_discrete(data, workload, reference)
+    loss = loss.to(device)
+    if target is not None and torch.device(device).type != "cpu":
+        target = type(target)(loss, **_updater_kwargs(target))  # rebuilt on the moved parameters
     if not reference:
         # One Adam over all groups = torchrl's group_optimizers of per-group Adams (same lr everywhere),
         # but one fused kernel.
         optimizer = make_adam(loss.parameters(), lr=lr)
-        return loss, make_update(loss, optimizer, target, loss_keys=default_loss_keys(loss), precision=precision)
+        return loss, make_update(loss, optimizer, target, loss_keys=default_loss_keys(loss), precision=precision,
+                                 cuda_graph=cuda_graph)
 
     # The plain torchrl loop of ../shared/peers/bench_torchrl_plain.py (default for-loop Adam).
     optimizer = torch.optim.Adam(loss.parameters(), lr=lr)
@@ -220,10 +227,25 @@ def build_workload(workload: str, data, *, reference: bool = False, precision: s
     return loss, update
 
 
-def _timed(update: Callable, rb, n: int) -> float:
+def _updater_kwargs(target: Any) -> dict[str, Any]:
+    from torchrl.objectives import HardUpdate
+
+    if isinstance(target, HardUpdate):
+        return {"value_network_update_interval": target.value_network_update_interval}
+    return {"tau": 1 - target.eps}
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(update: Callable, rb, n: int, device: str = "cpu") -> float:
+    _sync(device)
     start = time.perf_counter()
     for _ in range(n):
         update(rb.sample())
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -236,6 +258,8 @@ def bench_workload(
     reference: bool = False,
     warmup: int | None = None,
     n_transitions: int = _N,
+    device: str = "cpu",
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     """Updates per second of one workload (sample + loss + backward + optimizer + target update)."""
     if workload not in WORKLOADS:
@@ -245,16 +269,19 @@ def bench_workload(
     scratch = tempfile.mkdtemp(prefix="offrl-bench-")
     try:
         torch.manual_seed(0)
-        rb, data = _synthetic_buffer(workload, batch, scratch, n_transitions)
-        _, update = build_workload(workload, data, reference=reference, precision=precision)
-        _timed(update, rb, warmup)
-        seconds = _timed(update, rb, updates)
+        rb, data = _synthetic_buffer(workload, batch, scratch, n_transitions, device)
+        _, update = build_workload(workload, data, reference=reference, precision=precision, device=device,
+                                   cuda_graph=cuda_graph)
+        _timed(update, rb, max(warmup, 12 if cuda_graph else 0), device)  # the graph is captured at call 11
+        seconds = _timed(update, rb, updates, device)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {
         "workload": workload,
         "impl": "torchrl plain loop (in-process)" if reference else "offrl fused",
         "precision": precision,
+        "device": device,
+        "cuda_graph": bool(cuda_graph and torch.device(device).type == "cuda"),
         "batch": batch,
         "updates": updates,
         "warmup": warmup,
@@ -282,6 +309,8 @@ def run_bench(
     reference: bool = False,
     n_transitions: int = _N,
     warmup: int = 50,
+    device: str = "cpu",
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     """Run ``workloads`` (``data`` included) and return ``{"environment": ..., "results": [...]}``."""
     if batch < 1:
@@ -298,7 +327,19 @@ def run_bench(
         raise UserError(f"--transitions ({n_transitions}) must be at least --batch ({batch})")
     if precision not in ("fp32", "bf16"):
         raise UserError(f"--precision must be fp32 or bf16, got {precision!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: offrl bench runs on cpu or cuda")
+    if cuda_graph and reference:
+        raise UserError("--cuda-graph captures offrl's fused step; drop --reference")
     env = environment()
+    if dev.type == "cuda":
+        env["device"] = f"{dev} ({torch.cuda.get_device_name(dev)})"
     env["bf16_hardware"] = _bf16_available()
     results: list[dict[str, Any]] = []
     for workload in workloads:
@@ -307,7 +348,7 @@ def run_bench(
             continue
         results.append(
             bench_workload(workload, updates=updates, batch=batch, precision=precision, reference=reference,
-                           n_transitions=n_transitions, warmup=warmup)
+                           n_transitions=n_transitions, warmup=warmup, device=device, cuda_graph=cuda_graph)
         )
     return {"environment": env, "results": results}
 
@@ -341,6 +382,7 @@ def format_results(report: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{r['workload']:<13} {r['updates_per_s']:>9.2f} updates/s  ({r['impl']}, {r['precision']}, "
+            f"{'CUDA graph, ' if r.get('cuda_graph') else ''}"
             f"batch {r['batch']}, {r['updates']} updates in {r['seconds']:.2f} s)"
         )
     return "\n".join(lines)

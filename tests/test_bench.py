@@ -79,3 +79,30 @@ def test_data_benchmark_absent_is_a_user_error(monkeypatch):
 def test_unknown_workload_is_a_user_error():
     with pytest.raises(UserError, match="unknown workload"):
         bench.bench_workload("sac", updates=1)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--device", "cuda:x"], "--device"),
+    (["--cuda-graph", "--reference"], "--reference"),
+])
+def test_device_options_bad_input_is_one_line_exit_2(capsys, args, needle):
+    from offrl.cli import main
+
+    assert main(["bench", "dqn", "--updates", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and needle in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_a_user_error(capsys):
+    from offrl.cli import main
+
+    assert main(["bench", "cql", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and err.strip().count("\n") == 0
+
+
+def test_cuda_graph_flag_runs_eagerly_on_cpu():
+    result = bench.bench_workload("dqn", updates=3, batch=8, n_transitions=2_000, warmup=1, cuda_graph=True)
+    assert result["updates_per_s"] > 0
+    assert result["cuda_graph"] is False and result["device"] == "cpu"  # nothing captured without CUDA

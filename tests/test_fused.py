@@ -41,6 +41,9 @@ def matmul_route(request, monkeypatch):
     and through torch's own addmm (``OFFRL_ONEDNN=0``)."""
     if request.param == "torch-matmul":
         monkeypatch.setattr(fused_module, "_ONEDNN", None)
+    else:  # the tests' networks are small: route every layer through oneDNN, not only the big ones
+        monkeypatch.setattr(fused_module, "_ONEDNN_MIN_IN", 1)
+        monkeypatch.setattr(fused_module, "_ONEDNN_MIN_ROWS", 1)
     return request.param
 
 
@@ -310,6 +313,35 @@ def test_make_update_is_the_plain_loop(algo):
         torch.testing.assert_close(fused_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
     if algo == "dqn":
         assert targets[0].counter == targets[1].counter
+
+
+@pytest.mark.parametrize("algo", ["cql", "dqn"])
+def test_make_update_cuda_graph_without_cuda_is_the_eager_step(algo):
+    """cuda_graph=True on a CPU: the same update, bit for bit (the capture needs a CUDA device)."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the graph is captured (GPU benchmark: offrl bench --device cuda --cuda-graph)")
+    states = []
+    for cuda_graph in (False, True):
+        torch.manual_seed(0)
+        if algo == "cql":
+            actor, qvalue, data = _cql_nets()
+            loss = FusedCQLLoss(actor, qvalue, num_random=3, with_lagrange=True, lagrange_thresh=5.0)
+            loss.make_value_estimator(gamma=0.99)
+            target = SoftUpdate(loss, tau=0.05)
+        else:
+            qnet, data = _q_nets("one-hot", _discrete_action("one-hot"))
+            loss = FusedDQNLoss(qnet, delay_value=True)
+            loss.make_value_estimator(gamma=0.99)
+            target = HardUpdate(loss, value_network_update_interval=2)
+        update = make_update(loss, make_adam(loss.parameters(), lr=1e-3), target, clip_norm=1.0,
+                             cuda_graph=cuda_graph)
+        for step in range(4):
+            torch.manual_seed(step)
+            metrics = update(data.clone())
+        assert "grad_norm" in metrics
+        states.append({k: v.clone() for k, v in loss.state_dict().items()})
+    for key, value in states[0].items():
+        assert torch.equal(states[1][key], value), key
 
 
 def test_make_update_bf16_and_fused_adam():

@@ -248,6 +248,9 @@ _RELUS = (torch.relu, torch.relu_)
 # Layers reading fewer features (an MLP's first layer on raw observations) stay with torch's addmm: at
 # K = 4..23 the product is memory-bound and oneDNN's per-call cost is the larger one.
 _ONEDNN_MIN_IN = 64
+# Batches of a few hundred rows (DQN's, the actor's) measured no faster through oneDNN end to end: there
+# the update is bound by per-op overhead, not by the matmuls. CQL's penalty pass has thousands of rows.
+_ONEDNN_MIN_ROWS = 1024
 
 
 def _use_onednn(x: Tensor, w: Tensor) -> bool:
@@ -258,6 +261,7 @@ def _use_onednn(x: Tensor, w: Tensor) -> bool:
         and x.ndim == 2
         and w.shape[0] > 1
         and w.shape[1] >= _ONEDNN_MIN_IN
+        and x.shape[0] >= _ONEDNN_MIN_ROWS
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor picks its own CPU kernels
         and _onednn() is not None
@@ -851,6 +855,7 @@ def make_update(
     loss_keys: Sequence[str] | None = None,
     precision: str = "fp32",
     allocator: bool = True,
+    cuda_graph: bool = False,
 ) -> Callable[[TensorDictBase], dict[str, Tensor]]:
     """Build ``update(batch) -> {name: detached tensor}``: loss, backward, clip, step, target update.
 
@@ -868,6 +873,10 @@ def make_update(
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the loss forward to bfloat16 matmuls, CPU or
             CUDA; backward follows the forward's dtypes; parameters and optimizer stay fp32).
         allocator: call :func:`tune_allocator` (process-wide glibc malloc thresholds) on CPU.
+        cuda_graph: on a CUDA device, capture loss + backward + clip + optimizer step as one CUDA graph
+            (tensordict's ``CudaGraphModule``, after 10 eager warm-up steps; the optimizer is switched to
+            its capturable mode) and replay it; the target update runs outside the graph. On a CPU the
+            step runs eagerly, unchanged. Batches must keep one shape (a fixed batch size).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -883,7 +892,7 @@ def make_update(
             return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def update(batch: TensorDictBase) -> dict[str, Tensor]:
+    def gradient_step(batch: TensorDictBase) -> dict[str, Tensor]:
         with autocast():
             out = loss_module(batch)
         total = out[keys[0]]
@@ -895,7 +904,48 @@ def make_update(
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        target_step()
         return metrics
 
-    return update
+    if not cuda_graph:
+
+        def update(batch: TensorDictBase) -> dict[str, Tensor]:
+            metrics = gradient_step(batch)
+            target_step()
+            return metrics
+
+        return update
+
+    graphed = capture_cuda_graph(lambda batch: TensorDict(gradient_step(batch)), optimizer, device_type)
+
+    def graphed_update(batch: TensorDictBase) -> dict[str, Tensor]:
+        metrics = graphed(batch)
+        target_step()
+        return dict(metrics.items())
+
+    return graphed_update
+
+
+def capture_cuda_graph(step: Callable[[TensorDictBase], TensorDict], optimizer: torch.optim.Optimizer,
+                       device_type: str, *, warmup: int = 10) -> Callable[[TensorDictBase], TensorDict]:
+    """``step`` (batch -> TensorDict of detached tensors, optimizer step included) as a CUDA graph.
+
+    Uses tensordict's ``CudaGraphModule``: ``warmup`` eager calls on a side stream, then one capture,
+    then replays that copy each batch into the graph's static input. On a CUDA device the optimizer's
+    param groups are switched to ``capturable`` (Adam/AdamW keep their step counters on the GPU); an
+    optimizer without that mode is refused. Elsewhere the wrapper calls ``step`` directly.
+    """
+    import warnings
+
+    from tensordict.nn import CudaGraphModule
+
+    from offrl.errors import UserError
+
+    if device_type == "cuda":
+        for group in optimizer.param_groups:
+            if "capturable" not in group:
+                raise UserError(f"cuda_graph needs an optimizer with a capturable mode (Adam, AdamW, ...), "
+                                f"not {type(optimizer).__name__}")
+            group["capturable"] = True
+    with warnings.catch_warnings():  # "instantiated on a machine without CUDA": the eager pass-through
+        warnings.simplefilter("ignore")
+        return CudaGraphModule(step, in_keys=[], out_keys=[], warmup=warmup)

@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="untimed updates before timing (default: 50, as the peer scripts)")
     p.add_argument("--transitions", type=int, default=100_000,
                    help="size of the synthetic memmapped buffer sampled from (default: 100000, as the peers)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda[:N]: networks, data and sampling on that device")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="on a CUDA device, capture the whole update as a CUDA graph (eager on a CPU)")
     p.add_argument("--reference", action="store_true",
                    help="run torchrl's own losses in a plain loop instead of offrl's fused step")
     p.set_defaults(func=run)
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
         n_transitions=args.transitions,
         warmup=args.warmup,
+        device=args.device,
+        cuda_graph=args.cuda_graph,
     )
     if args.json:
         print(json.dumps(report))

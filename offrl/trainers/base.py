@@ -291,20 +291,9 @@ class OfflineTrainer:
         """The gradient step wrapped in tensordict's CudaGraphModule (built on first use, after any
         checkpoint was loaded: the graph holds the optimizer's state tensors)."""
         if self._graphed is None:
-            import warnings
+            from offrl.algos.fused import capture_cuda_graph
 
-            from tensordict.nn import CudaGraphModule
-
-            if self.device.type == "cuda":
-                for group in self.optimizer.param_groups:  # Adam/AdamW: step counters stay on the GPU
-                    if "capturable" not in group:
-                        raise UserError(f"cuda_graph=True needs an optimizer with a capturable mode (Adam, "
-                                        f"AdamW, ...), not {type(self.optimizer).__name__}")
-                    group["capturable"] = True
-            with warnings.catch_warnings():  # "instantiated on a machine without CUDA": the CPU path is eager
-                warnings.simplefilter("ignore")
-                self._graphed = CudaGraphModule(self._gradient_step, in_keys=[], out_keys=[], warmup=10,
-                                                device=self.device if self.device.type == "cuda" else None)
+            self._graphed = capture_cuda_graph(self._gradient_step, self.optimizer, self.device.type)
         return self._graphed
 
     def update(self, batch: TensorDictBase) -> TensorDictBase:
