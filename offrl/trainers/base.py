@@ -210,6 +210,8 @@ class OfflineTrainer:
         self._last_batch: TensorDictBase | None = None
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
+        self._acc_keys: tuple[str, ...] | None = None  # with _acc_vec: the stacked fast path of _accumulate
+        self._acc_vec: torch.Tensor | None = None
         self._timings: dict[str, float] = dict.fromkeys(_PHASES, 0.0)
         self.eval_seconds = 0.0  # time spent in the evaluator by this process (not counted in updates/s)
         self._eval_seconds_row = 0.0
@@ -280,12 +282,12 @@ class OfflineTrainer:
             self._target_fn()
         self._step_t += 1
 
-    def _gradient_step(self, batch: TensorDictBase) -> TensorDictBase:
+    def _gradient_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         """Forward, backward, clip and optimizer step: the part a CUDA graph captures."""
         total, metrics = self._forward(batch)
         self._backward(total)
         metrics.update(self._optim())
-        return TensorDict({k: v.detach() for k, v in metrics.items()})
+        return {k: v.detach() for k, v in metrics.items()}
 
     def _graph_step(self) -> Callable[[TensorDictBase], TensorDictBase]:
         """The gradient step wrapped in tensordict's CudaGraphModule (built on first use, after any
@@ -293,15 +295,19 @@ class OfflineTrainer:
         if self._graphed is None:
             from offrl.algos.fused import capture_cuda_graph
 
-            self._graphed = capture_cuda_graph(self._gradient_step, self.optimizer, self.device.type)
+            self._graphed = capture_cuda_graph(lambda batch: TensorDict(self._gradient_step(batch)),
+                                               self.optimizer, self.device.type)
         return self._graphed
+
+    def _update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """:meth:`update` without wrapping the metrics in a TensorDict (the loop's per-step path)."""
+        metrics = dict(self._graph_step()(batch).items()) if self.cuda_graph else self._gradient_step(batch)
+        self._target()  # outside any graph: HardUpdate's interval counter is Python state
+        return metrics
 
     def update(self, batch: TensorDictBase) -> TensorDictBase:
         """One gradient step on ``batch``; returns a TensorDict of detached scalar metrics."""
-        step = self._graph_step() if self.cuda_graph else self._gradient_step
-        metrics = step(batch)
-        self._target()  # outside any graph: HardUpdate's interval counter is Python state
-        return metrics
+        return TensorDict(self._update(batch))
 
     def _batch_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
@@ -458,7 +464,7 @@ class OfflineTrainer:
                 self._timings[name] += dt
             metrics = {k: v.detach() for k, v in metrics.items()}
         else:
-            metrics = dict(self.update(batch).items())
+            metrics = self._update(batch)
         self._last_batch = batch  # for statistics computed only when a row is logged (_row_stats)
         self._step += 1
         self._pbar.update(1)
@@ -483,14 +489,34 @@ class OfflineTrainer:
         return {}
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
-        for key, value in metrics.items():
-            self._acc[key] = self._acc[key] + value if key in self._acc else value.clone()
+        """Add this step's metrics to the row's sums: one stacked add when the metric set repeats (the
+        usual case; one op instead of one per metric), per key otherwise."""
+        keys = tuple(metrics)
+        values = list(metrics.values())
+        stackable = all(v.ndim == 0 and v.dtype == values[0].dtype for v in values)
+        if stackable and self._acc_vec is not None and keys == self._acc_keys:
+            self._acc_vec.add_(torch.stack(values))
+        elif stackable and self._acc_n == 0 and not self._acc:
+            self._acc_keys, self._acc_vec = keys, torch.stack(values)
+        else:
+            acc = self._acc_sums()
+            for key, value in metrics.items():
+                acc[key] = acc[key] + value if key in acc else value.clone()
+            self._acc, self._acc_keys, self._acc_vec = acc, None, None
         self._acc_n += 1
+
+    def _acc_sums(self) -> dict[str, torch.Tensor]:
+        """The row's sums so far, per metric."""
+        if self._acc_vec is None:
+            return dict(self._acc)
+        return {**self._acc, **dict(zip(self._acc_keys, self._acc_vec.unbind(0), strict=True))}
 
     def _flush_metrics(self) -> dict[str, float]:
         """Means since the last row (one device sync here, none per step), timings, throughput."""
         n = max(self._acc_n, 1)
         row = {key: float(value) / n for key, value in self._acc.items()}
+        if self._acc_vec is not None:  # one device sync for the whole stacked row
+            row.update({key: value / n for key, value in zip(self._acc_keys, self._acc_vec.tolist(), strict=True)})
         if self._last_batch is not None:
             row.update({key: float(value) for key, value in self._row_stats(self._last_batch).items()})
         now = time.perf_counter()
@@ -506,7 +532,7 @@ class OfflineTrainer:
             row.update(getattr(self, "_online_stats", {}))
         if self.greedy_module is not None:
             row["epsilon"] = float(self.greedy_module.eps)
-        self._acc, self._acc_n = {}, 0
+        self._acc, self._acc_n, self._acc_keys, self._acc_vec = {}, 0, None, None
         self._t_row, self._step_row = now, self._step
         return row
 
@@ -616,7 +642,7 @@ class OfflineTrainer:
             # offrl's GuardedCollector: env + episode in progress (exact online resume, offrl.online.collect)
             "collector": self.collector.resume_state() if hasattr(self.collector, "resume_state") else {},
             "rng": rng_state(),
-            "metrics_acc": {"n": self._acc_n, "sums": {k: v.detach().cpu() for k, v in self._acc.items()}},
+            "metrics_acc": {"n": self._acc_n, "sums": {k: v.detach().cpu() for k, v in self._acc_sums().items()}},
             "logger": self.logger.state_dict() if hasattr(self.logger, "state_dict") else {},
         }
         return state
@@ -649,6 +675,7 @@ class OfflineTrainer:
         self._last_eval_step = int(state.get("last_eval_step", -1))
         acc = state.get("metrics_acc") or {}
         self._acc = {k: torch.as_tensor(v).to(self.device) for k, v in (acc.get("sums") or {}).items()}
+        self._acc_keys, self._acc_vec = None, None
         self._acc_n = int(acc.get("n", 0))
         if state.get("logger") and hasattr(self.logger, "load_state_dict"):
             self.logger.load_state_dict(state["logger"])

@@ -89,6 +89,24 @@ class CQLTrainer(OfflineTrainer):
         )
         self._discrete = isinstance(loss_module, DiscreteCQLLoss)
 
+    def _row_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Discrete CQL: Q of the dataset actions on the row's last batch (the loss leaves its Q-values
+        in the batch; a captured CUDA graph keeps them in its own copy, then one forward recomputes them)."""
+        if not self._discrete:
+            return {}
+        loss = self.loss_module
+        keys = loss.tensor_keys
+        q_all = batch.get(keys.pred_val, None)
+        if q_all is None:
+            with torch.no_grad(), loss.value_network_params.to_module(loss.value_network):
+                q_td = loss.value_network(batch.select(*loss.value_network.in_keys).clone(False))
+            q_all = q_td.get(keys.action_value)
+        action = batch.get(keys.action)
+        if action.ndim < q_all.ndim:  # int64 indices [B] (the dataset layout)
+            action = action.unsqueeze(-1)
+        return _q_stats(q_all.gather(-1, action.long()) if not torch.is_floating_point(action)
+                        else (q_all * action).sum(-1))
+
     def _check_loss(self, loss_module: Any) -> None:
         if not isinstance(loss_module, (CQLLoss, DiscreteCQLLoss)):
             raise UserError(f"CQLTrainer drives torchrl's CQLLoss or DiscreteCQLLoss, not "
@@ -99,13 +117,9 @@ class CQLTrainer(OfflineTrainer):
         metrics = {k: v.detach() for k, v in loss_td.items() if k.startswith("loss_")}
         keys = self.loss_module.tensor_keys
         if self._discrete:
+            # Q statistics come once per logged row (_row_stats): per step they cost ~5% of a
+            # small-network update, which is bound by per-op overhead.
             total = loss_td.get("loss_qvalue") + loss_td.get("loss_cql")
-            q_all = batch.get(keys.pred_val)
-            action = batch.get(keys.action)
-            if action.ndim < q_all.ndim:  # int64 indices [B] (the dataset layout)
-                action = action.unsqueeze(-1)
-            metrics.update(_q_stats(q_all.gather(-1, action.long()) if not torch.is_floating_point(action)
-                                    else (q_all * action).sum(-1)))
             metrics["td_error"] = batch.get(keys.priority).detach().mean()
             for key in ("cql_gap", "target_value"):
                 if key in loss_td.keys():
