@@ -138,12 +138,14 @@ def train(
     if command is None:
         shown = ", ".join([repr(str(dataset))] + [f"{k}={v!r}" for k, v in overrides.items()])
         command = [f"offrl.train({shown})"]
-    if dataset is None and config is None and resume is None and values.get("online.env_id"):
-        from offrl.online.scratch import train_from_scratch  # online training from scratch in --env
+    if dataset is None and resume is None:
+        scratch_env = values.get("online.env_id") if config is None else _scratch_env_of(config)
+        if scratch_env is not None:
+            from offrl.online.scratch import train_from_scratch  # online training from scratch in --env
 
-        env_id = values.pop("online.env_id")
-        return train_from_scratch(env_id, algo, dotlist=dotlist, out=out, name=name, command=command,
-                                  on_start=on_start, **values)
+            env_id = values.pop("online.env_id", None) or scratch_env
+            return train_from_scratch(env_id, algo, dotlist=dotlist, out=out, name=name, command=command,
+                                      config=config, on_start=on_start, **values)
     if resume is not None:
         return _resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
                        overrides=values, force=force, command=command, on_start=on_start)
@@ -185,6 +187,14 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
     saved_full = OmegaConf.load(path / CONFIG_FILE)
     saved = load_yaml(path / CONFIG_FILE, option="--resume")
     saved_dataset = OmegaConf.select(saved, "dataset.id")
+    from offrl.online.scratch import env_of_config, resume_from_scratch
+
+    if env_of_config(saved) is not None:  # trained online from scratch: no dataset to rebuild from
+        if dataset is not None:
+            raise UserError(f"--resume {path}: the run trained online from scratch in {env_of_config(saved)}, "
+                            f"not on {dataset}; drop --dataset")
+        return resume_from_scratch(path, saved, saved_full, algo=algo, config=config, dotlist=dotlist,
+                                   overrides=overrides, force=force, command=command, on_start=on_start)
     if dataset is not None and str(dataset) != saved_dataset and not force:
         raise UserError(f"--resume {path}: the run trained on {saved_dataset}, not {dataset}; drop --dataset "
                         "(or --force to switch)")
@@ -218,6 +228,14 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
         attach_mirrors(logger, cfg.logger, path, run_name)
     resumed = int(read_summary(path).get("resumed", 0)) + 1
     return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
+
+
+def _scratch_env_of(config: Any) -> str | None:
+    """The env of a ``--config`` file written by a from-scratch run (``dataset.id: env:<ID>``), else None."""
+    from offrl.config import load_yaml
+    from offrl.online.scratch import env_of_config
+
+    return env_of_config(load_yaml(config))
 
 
 def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, resumed: int,

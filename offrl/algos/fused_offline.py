@@ -6,7 +6,9 @@ working Lagrange multiplier, action rescaling), so the trainer can switch to it 
 same thing faster; tests/test_fused.py checks losses and gradients against ``OfflineCQLLoss``. The speed-ups
 are those of :class:`offrl.algos.fused.FusedCQLLoss`: one actor pass per observation batch instead of one
 per repeated copy, the data action and all ``3 * num_random`` penalty actions in one forward per critic,
-and the critic ensemble as plain matmuls.
+and the critic ensemble as plain matmuls. When the penalty cannot matter (``min_q_weight == 0`` without
+Lagrange: SAC; :attr:`OfflineCQLLoss.penalty_skipped`) the critics score only the data actions: the
+penalty's actions are still drawn (same random stream), ``loss_cql`` is 0 and ``cql_gap`` NaN.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
         keys = self.tensor_keys
         n_q, n_rand, batch = self.num_qvalue_nets, self.num_random, tensordict.shape[0]
         alpha = self._alpha
+        skip_penalty = self.penalty_skipped
         td = self._unit_actions(tensordict)  # actions in [-1, 1], as OfflineCQLLoss sees them
         actor_in = [unravel_key(k) for k in self.actor_network.in_keys]
         obs_td = td.select(*actor_in)
@@ -75,14 +78,14 @@ class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
 
         target_value = self._td_target(td, next_td, next_action, next_log_prob, max_actions, alpha)
 
-        # One forward per critic: the data action, then uniform, pi(s) and pi(s') actions, all scored at s.
+        # One forward per critic: the data action, then uniform, pi(s) and pi(s') actions, all scored at s
+        # (only the data action when the penalty is skipped).
         q_steps = self._steps(self._q_plan, "qvalue_network_params")
-        q_all = self._critic_pass(
-            q_steps, obs_td, next_td,
-            [("obs", action, 1), ("obs", random_actions, n_rand), ("obs", curr_actions, n_rand),
-             ("obs", next_actions, n_rand)],
-        )
-        q_data, q_pen = q_all.split([batch, 3 * batch * n_rand], dim=1)
+        blocks = [("obs", action, 1)]
+        if not skip_penalty:
+            blocks += [("obs", random_actions, n_rand), ("obs", curr_actions, n_rand), ("obs", next_actions, n_rand)]
+        q_all = self._critic_pass(q_steps, obs_td, next_td, blocks)
+        q_data = q_all[:, :batch]
         tensordict.set(keys.pred_q1, q_data[0])
         tensordict.set(keys.pred_q2, q_data[1])
 
@@ -91,17 +94,21 @@ class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
         loss_qvalue = loss_qvalue.sum(0).mean()
         tensordict.set(keys.priority, (pred_q - target_value).pow(2).detach().max(0).values)
 
-        log_density = torch.stack([
-            torch.full_like(curr_log_pis, -action.shape[-1] * math.log(2.0)),  # uniform on [-1, 1]^d
-            curr_log_pis,
-            next_log_pis,
-        ]).reshape(1, 3, batch, n_rand)
-        q_pen = q_pen.reshape(n_q, 3, batch, n_rand)
-        cat_q = (q_pen - log_density).permute(0, 2, 1, 3).reshape(n_q, batch, 3 * n_rand)
-        lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
-        gaps = (lse - pred_q).mean(-1)  # [n_q]
-
-        out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue, **self.penalty_terms(gaps)}
+        if skip_penalty:
+            gap = torch.full_like(loss_qvalue.detach(), math.nan)  # not measured
+            out: dict[str, torch.Tensor] = {"loss_qvalue": loss_qvalue, **self.skipped_penalty_terms(loss_qvalue)}
+        else:
+            log_density = torch.stack([
+                torch.full_like(curr_log_pis, -action.shape[-1] * math.log(2.0)),  # uniform on [-1, 1]^d
+                curr_log_pis,
+                next_log_pis,
+            ]).reshape(1, 3, batch, n_rand)
+            q_pen = q_all[:, batch:].reshape(n_q, 3, batch, n_rand)
+            cat_q = (q_pen - log_density).permute(0, 2, 1, 3).reshape(n_q, batch, 3 * n_rand)
+            lse = torch.logsumexp(cat_q / self.temperature, dim=-1) * self.temperature
+            gaps = (lse - pred_q).mean(-1)  # [n_q]
+            gap = gaps.detach().mean()
+            out = {"loss_qvalue": loss_qvalue, **self.penalty_terms(gaps)}
         actor = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob,
                                   alpha)
         out["loss_actor_bc"] = actor["loss_actor_bc"]
@@ -109,7 +116,7 @@ class FusedOfflineCQLLoss(_FusedCQLBase, OfflineCQLLoss):
         out["loss_alpha"] = actor["loss_alpha"]
         out["alpha"] = alpha
         out["entropy"] = -pi_log_prob.detach().mean()
-        out["cql_gap"] = gaps.detach().mean()
+        out["cql_gap"] = gap
         if self.with_lagrange:
             out["alpha_prime"] = self.log_alpha_prime.detach().exp()
         return TensorDict(out)

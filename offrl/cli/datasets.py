@@ -1,4 +1,5 @@
-"""`offrl datasets {info,list,convert,make}`: inspect, list, convert and regenerate datasets."""
+"""`offrl datasets {info,list,convert,make,export-actor}`: inspect, list, convert and regenerate datasets,
+and export a trained actor as a behaviour checkpoint."""
 
 from __future__ import annotations
 
@@ -69,11 +70,29 @@ def register(subparsers: Any) -> None:
                       help="with --policy: Gaussian noise std as a fraction of the half action range "
                       "(continuous) or epsilon (discrete); default 0")
     make.add_argument("--seed", type=int, default=0, help="with --policy: episode i resets with seed + i")
+    make.add_argument("--transitions", type=int, metavar="N",
+                      help="with an on-demand recipe NAME: whole episodes until at least N transitions instead of "
+                      "the recipe's size (a quick, smaller version under the same id; a later make without it "
+                      "regenerates the full one)")
     make.add_argument("--dataset-id", metavar="ID",
                       help="id of the new dataset, e.g. offrl-runs/pendulum/replay-v0 (default from the run name)")
     make.add_argument("--ref-min-score", type=float, help="reference minimum score (default: the run's dataset)")
     make.add_argument("--ref-max-score", type=float, help="reference maximum score (default: the run's dataset)")
     make.set_defaults(func=_make)
+
+    export = sub.add_parser(
+        "export-actor",
+        help="write the actor of a CQL/SAC run's checkpoint as a small actor-only behaviour checkpoint (.npz + "
+        ".json metadata with its measured return), the format of datasets/behaviour/ and --policy",
+    )
+    export.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or one of its checkpoints/*.pt")
+    export.add_argument("out", metavar="OUT.npz", help="actor file to write (its metadata goes to OUT.json)")
+    export.add_argument("--env", required=True, metavar="ID", help="env the actor acts in (e.g. Hopper-v5)")
+    export.add_argument("--episodes", type=int, default=20, metavar="K",
+                        help="deterministic episodes measuring its return (default 20)")
+    export.add_argument("--d4rl-reference", metavar="TASK",
+                        help="D4RL task whose reference scores normalize the return (e.g. hopper)")
+    export.set_defaults(func=_export_actor)
 
 
 def _load(args: argparse.Namespace, **extra: Any) -> Any:
@@ -145,10 +164,12 @@ def _list(args: argparse.Namespace) -> int:
     from offrl.data.catalog import bundled_root, list_bundled
     from offrl.data.convert import cache_root
     from offrl.data.dataset import cached_entries
+    from offrl.data.generate import on_demand_status
     from offrl.data.minari import list_local_minari, minari_root
 
     listing = {
         "bundled": {"root": str(bundled_root()), "datasets": list_bundled()},
+        "on_demand": {"root": str(minari_root()), "datasets": on_demand_status()},
         "minari": {"root": str(minari_root()), "datasets": list_local_minari()},
         "cached": {"root": str(cache_root(args.cache_dir)), "datasets": cached_entries(args.cache_dir)},
     }
@@ -162,6 +183,14 @@ def _list(args: argparse.Namespace) -> int:
             print(f"  {name}")
         if not section["datasets"]:
             print("  (none)")
+        if key == "bundled":
+            on_demand = listing["on_demand"]
+            print(f"on-demand recipes (offrl datasets make NAME; written under {on_demand['root']}):")
+            width = max((len(e["name"]) for e in on_demand["datasets"]), default=0)
+            for e in on_demand["datasets"]:
+                print(f"  {e['name']:<{width}}  {e['env_id']}  {e['policy']}  {e['size']}  [{e['status']}]")
+            if not on_demand["datasets"]:
+                print("  (none)")
     cached = listing["cached"]
     print(f"cached conversions ({cached['root']}):")
     for entry in cached["datasets"]:
@@ -189,21 +218,44 @@ def _make(args: argparse.Namespace) -> int:
     if len(chosen) != 1:
         raise UserError("offrl datasets make: give exactly one of NAME (a recipe), --from-run RUN_DIR or "
                         f"--policy CHECKPOINT (got {', '.join(chosen) or 'none'})")
+    if args.transitions is not None and args.name is None:
+        raise UserError("--transitions: only with a recipe NAME (use --episodes with --policy)")
     refs = {"ref_min": args.ref_min_score, "ref_max": args.ref_max_score}
     if args.from_run is not None:
         from offrl.data.from_run import dataset_from_run
 
         path = dataset_from_run(args.from_run, name=args.dataset_id, root=args.root, env_id=args.env, **refs)
     elif args.policy is not None:
-        from offrl.data.from_run import dataset_from_policy
-
         if args.episodes is None:
             raise UserError("--policy: give --episodes K (how many episodes to record)")
+        if args.policy.endswith(".npz"):  # an actor-only checkpoint: no torch needed
+            from offrl.data.generate import dataset_from_actor as dataset_from_policy
+        else:
+            from offrl.data.from_run import dataset_from_policy
         path = dataset_from_policy(args.policy, episodes=args.episodes, env_id=args.env, noise=args.noise,
                                    seed=args.seed, name=args.dataset_id, root=args.root, **refs)
+    elif args.transitions is not None:
+        from offrl.data.generate import make_on_demand
+
+        path = make_on_demand(args.name, args.root, transitions=args.transitions)
     else:
         from offrl.data.generate import make_bundled
 
         path = make_bundled(args.name, args.root)
     print(path)
+    return 0
+
+
+def _export_actor(args: argparse.Namespace) -> int:
+    from offrl.data.generate import export_actor
+    from offrl.errors import UserError
+
+    if args.episodes <= 0:
+        raise UserError(f"--episodes: must be a positive integer, got {args.episodes}")
+    meta = export_actor(args.checkpoint, args.out, env_id=args.env, episodes=args.episodes,
+                        d4rl_reference=args.d4rl_reference)
+    ret = meta["measured_return"]
+    norm = f", D4RL-normalized {ret['d4rl_normalized']:.1f}" if "d4rl_normalized" in ret else ""
+    print(f"{args.out}: {meta['algo']} actor after {meta['training_steps']} steps; return {ret['mean']:.1f} "
+          f"+- {ret['std']:.1f} over {ret['episodes']} episodes{norm}")
     return 0

@@ -15,6 +15,7 @@ examples:
   offrl eval runs/offrl__pendulum__medium-v0/cql/seed0-20260101-120000
   offrl eval runs/.../checkpoints/step_50000.pt --episodes 50 --seed 1000 --json
   offrl eval RUN_DIR --env Pendulum-v1           (another env with the same spaces)
+  offrl eval runs/env__Pendulum-v1/cql/<name>    (a run trained online from scratch: evaluated in its env)
 """
 
 
@@ -40,7 +41,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run directory (uses checkpoints/latest.pt) or a checkpoint")
     p.add_argument("--episodes", type=_positive_int, default=10, metavar="K", help="episodes (default 10)")
-    p.add_argument("--env", default=None, metavar="ID", help="environment id (default: the dataset's)")
+    p.add_argument("--env", default=None, metavar="ID",
+                   help="environment id (default: the dataset's, or the env a from-scratch run trained in)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the first episode (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -53,16 +55,17 @@ def _run(args: argparse.Namespace) -> int:
     result, loaded = evaluate_checkpoint(args.target, episodes=args.episodes, seed=args.seed, env=args.env,
                                          device=args.device)
     payload = {"run_dir": str(loaded.run_dir), "checkpoint": str(loaded.checkpoint), "step": loaded.step,
-               "dataset": loaded.dataset.name, **result.to_dict()}
+               "dataset": loaded.name, **result.to_dict()}
     if args.json:
         print(json.dumps(payload, indent=2))
         return 0
-    print(f"{loaded.dataset.name} · {loaded.config.algo} · step {loaded.step} · {result.env_id} · "
+    print(f"{loaded.name} · {loaded.config.algo} · step {loaded.step} · {result.env_id} · "
           f"{len(result.returns)} episodes (seeds {result.seeds[0]}..{result.seeds[-1]})")
     print(f"return: {result.mean:.1f} ± {result.std:.1f} (length {result.lengths.mean():.0f})")
     if math.isfinite(result.normalized_mean):
         print(f"normalized score: {result.normalized_mean:.1f} ± {result.normalized_std:.1f} "
               f"(references {result.ref.min:g}..{result.ref.max:g} from {result.ref_source})")
     else:
-        print("normalized score: n/a (no reference scores for this dataset)")
+        print("normalized score: n/a (no reference scores for this "
+              f"{'dataset' if loaded.dataset is not None else 'run: trained online from scratch'})")
     return 0

@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     summary = result.summary
     print(f"run: {result.dir}")
     print(_score_line(summary))
+    if str(summary.get("stop_reason") or "").startswith("env error"):
+        return 2  # the online env failed: said once on stderr, checkpointed; --resume after fixing it
     return 0 if summary.get("status") in ("completed", "stopped") else 1
 
 

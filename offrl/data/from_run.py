@@ -87,7 +87,7 @@ def _run_env_and_refs(cfg: dict[str, Any], env_id: str | None) -> tuple[gym.Env,
     env_id = env_id or (cfg.get("online") or {}).get("env_id") or (cfg.get("dataset") or {}).get("env_id")
     refs: tuple[Any, Any, str | None] = (None, None, None)
     dataset = None
-    if dataset_id and dataset_id != "???":
+    if dataset_id and dataset_id != "???" and not str(dataset_id).startswith("env:"):  # env:ID: from scratch
         from offrl.data import load_dataset
 
         dataset = load_dataset(dataset_id, cache_dir=(cfg.get("dataset") or {}).get("cache_dir"))
@@ -171,13 +171,19 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
                         noise: float = 0.0, seed: int = 0, name: str | None = None,
                         root: str | os.PathLike[str] | None = None, ref_min: float | None = None,
                         ref_max: float | None = None) -> Path:
-    """Roll out the deterministic policy of ``checkpoint`` (a run folder or one of its checkpoints) for
-    ``episodes`` episodes with exploration ``noise`` and write them as Minari dataset ``name``.
+    """Roll out the deterministic policy of ``checkpoint`` (a run folder or one of its checkpoints, or an
+    actor-only ``.npz``: :func:`offrl.data.generate.dataset_from_actor`) for ``episodes`` episodes with
+    exploration ``noise`` and write them as Minari dataset ``name``.
 
     Episode ``i`` resets the env with ``seed + i``; the noise draws from ``numpy.random.default_rng(seed)``.
     """
     from offrl.evaluation import load_policy
 
+    if Path(checkpoint).suffix == ".npz":  # an actor-only checkpoint (datasets/behaviour/, export-actor)
+        from offrl.data.generate import dataset_from_actor
+
+        return dataset_from_actor(checkpoint, episodes=episodes, env_id=env_id, noise=noise, seed=seed, name=name,
+                                  root=root, ref_min=ref_min, ref_max=ref_max)
     if int(episodes) <= 0:
         raise UserError(f"--episodes: must be a positive integer, got {episodes}")
     if not 0.0 <= float(noise):
@@ -185,9 +191,11 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
     loaded = load_policy(checkpoint)
     from offrl.online.collect import env_factory
 
-    env = env_factory(loaded.dataset, env_id).gym()
-    info = loaded.dataset.info
-    refs = (info.ref_min_score, info.ref_max_score, info.ref_source)
+    env = env_factory(loaded.dataset, env_id or (loaded.env_id if loaded.dataset is None else None)).gym()
+    refs: tuple[Any, Any, str | None] = (None, None, None)  # a run trained from scratch has no references
+    if loaded.dataset is not None:
+        info = loaded.dataset.info
+        refs = (info.ref_min_score, info.ref_max_score, info.ref_source)
     run_name = Path(loaded.run_dir).name
     name = name or f"offrl-runs/{run_name}/policy-v0"
     policy = loaded.policy

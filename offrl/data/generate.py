@@ -13,6 +13,18 @@ Everything random is derived from the recipe's seed: episode ``i`` resets the en
 ``numpy.random.default_rng(seed)``. With the same numpy / gymnasium / h5py the output is byte-identical.
 
 Run ``python -m offrl.data.generate [NAME ...]`` (or ``offrl datasets make NAME``) to regenerate.
+
+On-demand recipes (section ``on_demand``: the MuJoCo datasets) are generated into
+``$MINARI_DATASETS_PATH`` by :func:`make_on_demand` and reused while their recipe and behaviour
+checkpoints are unchanged. Besides ``random``, their behaviour can be a trained actor committed under
+``datasets/behaviour/`` (:func:`offrl.data.policies.load_actor`):
+
+- ``policy: checkpoint`` + ``checkpoint: behaviour/<env>/<file>.npz`` (medium / expert flavours), with
+  ``sample: true`` for the policy's own stochastic actions, and ``noise_std`` / ``epsilon`` on top;
+- ``policy: replay`` + ``segments: [{steps: N, checkpoint: FILE | null}, ...]`` (medium-replay): the
+  training run's replay buffer, re-created as rollouts of the run's snapshots in order, each snapshot
+  taking the share of the transitions that the run collected with (about) its weights (``null``: the
+  uniformly random warm-up). See ``datasets/README.md`` for why.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import functools
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +44,22 @@ import numpy as np
 import yaml
 
 from offrl.data.minari_writer import Episode, write_minari_dataset
-from offrl.data.policies import BehaviourPolicy, make_policy
+from offrl.data.policies import ACTOR_FORMAT, ActorPolicy, BehaviourPolicy, load_actor, make_policy
 from offrl.errors import UserError
 
 __all__ = [
     "Recipe",
+    "Segment",
+    "actor_returns",
+    "dataset_from_actor",
+    "export_actor",
     "generator_versions",
     "load_recipes",
     "list_on_demand",
     "list_recipes",
     "load_on_demand",
     "make_on_demand",
+    "on_demand_status",
     "make_all",
     "make_bundled",
     "recipes_path",
@@ -54,12 +71,27 @@ _RESET_SEED_STRIDE = 1_000_000  # episode i of a recipe with seed s resets with 
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One piece of a ``replay`` recipe: ``steps`` env steps of the training run collected by the actor
+    ``checkpoint`` (a path relative to the recipes file; ``None``: uniformly random actions)."""
+
+    steps: int
+    checkpoint: str | None = None
+
+
+# Recipe fields added for the on-demand MuJoCo recipes; left out of a recipe's metadata at their defaults,
+# so the bundled datasets' metadata (and bytes) stay as they were.
+_OPTIONAL_FIELDS = {"checkpoint": None, "sample": False, "segments": None}
+_POLICIES = ("random", "expert", "checkpoint", "replay")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How one bundled dataset is made (one entry of ``datasets/recipes.yaml``)."""
 
     name: str  # Minari-style id, e.g. "offrl/pendulum/medium-v0"
     env_id: str
-    policy: str  # "random" or "expert"
+    policy: str  # "random", "expert" (scripted), "checkpoint" (a trained actor) or "replay" (segments)
     seed: int
     episodes: int | None = None  # a fixed number of episodes ...
     min_transitions: int | None = None  # ... or whole episodes until at least this many transitions
@@ -67,6 +99,25 @@ class Recipe:
     epsilon: float | tuple[float, float] = 0.0
     noise_std: float | tuple[float, float] = 0.0
     description: str = ""
+    checkpoint: str | None = None  # policy "checkpoint": actor file, relative to the recipes file's folder
+    sample: bool = False  # trained actors: sample the policy's own TanhNormal instead of its mean action
+    segments: tuple[Segment, ...] | None = None  # policy "replay": the run's snapshots, in order
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as stored in a dataset's metadata (``offrl_recipe``); the on-demand fields only when set."""
+        out = {k: (list(v) if isinstance(v, tuple) and k != "segments" else v) for k, v in asdict(self).items()}
+        if self.segments is not None:
+            out["segments"] = [asdict(seg) for seg in self.segments]
+        for key, default in _OPTIONAL_FIELDS.items():
+            if out[key] == default:
+                del out[key]
+        return out
+
+    def checkpoints(self) -> list[str]:
+        """The behaviour checkpoint files this recipe reads (relative paths), in order, without repeats."""
+        files = [self.checkpoint] if self.checkpoint else []
+        files += [seg.checkpoint for seg in self.segments or () if seg.checkpoint]
+        return list(dict.fromkeys(files))
 
     def noise_at(self, episode: int, total: int) -> tuple[float, float]:
         """(epsilon, noise_std) of episode ``episode`` out of ``total``."""
@@ -118,8 +169,22 @@ def _parse_recipe(name: str, entry: Any, where: str) -> Recipe:
     missing = {"env_id", "policy", "seed"} - set(entry)
     if missing:
         raise UserError(f"{where}: missing keys {sorted(missing)}")
-    if entry["policy"] not in ("random", "expert"):
-        raise UserError(f"{where}: policy must be 'random' or 'expert', got {entry['policy']!r}")
+    if entry["policy"] not in _POLICIES:
+        raise UserError(f"{where}: policy must be one of {', '.join(repr(p) for p in _POLICIES)}, got "
+                        f"{entry['policy']!r}")
+    checkpoint, segments = entry.get("checkpoint"), _parse_segments(entry.get("segments"), where)
+    if (entry["policy"] == "checkpoint") != (checkpoint is not None):
+        raise UserError(f"{where}: 'checkpoint: FILE' goes with (and only with) policy: checkpoint")
+    if (entry["policy"] == "replay") != (segments is not None):
+        raise UserError(f"{where}: 'segments' goes with (and only with) policy: replay")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise UserError(f"{where}: checkpoint must be a file path relative to the recipes file, got {checkpoint!r}")
+    if not isinstance(entry.get("sample", False), bool):
+        raise UserError(f"{where}: sample must be true or false, got {entry['sample']!r}")
+    if entry.get("sample") and entry["policy"] not in ("checkpoint", "replay"):
+        raise UserError(f"{where}: 'sample' applies to trained actors (policy: checkpoint or replay)")
+    if segments is not None and entry.get("min_transitions") is None:
+        raise UserError(f"{where}: a replay recipe is sized by 'min_transitions', not 'episodes'")
     if (entry.get("episodes") is None) == (entry.get("min_transitions") is None):
         raise UserError(f"{where}: give exactly one of 'episodes' or 'min_transitions'")
     if entry.get("episodes") is None and any(
@@ -136,7 +201,28 @@ def _parse_recipe(name: str, entry: Any, where: str) -> Recipe:
         epsilon=_noise_spec(entry.get("epsilon", 0.0), where),
         noise_std=_noise_spec(entry.get("noise_std", 0.0), where),
         description=str(entry.get("description", "")).strip(),
+        checkpoint=checkpoint,
+        sample=bool(entry.get("sample", False)),
+        segments=segments,
     )
+
+
+def _parse_segments(value: Any, where: str) -> tuple[Segment, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}: segments must be a non-empty list of {{steps: N, checkpoint: FILE or null}}")
+    out = []
+    for i, seg in enumerate(value):
+        if not isinstance(seg, dict) or set(seg) - {"steps", "checkpoint"} or "steps" not in seg:
+            raise UserError(f"{where}: segments[{i}] must be {{steps: N, checkpoint: FILE or null}}, got {seg!r}")
+        steps, ckpt = seg["steps"], seg.get("checkpoint")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+            raise UserError(f"{where}: segments[{i}].steps must be a positive integer, got {steps!r}")
+        if ckpt is not None and not isinstance(ckpt, str):
+            raise UserError(f"{where}: segments[{i}].checkpoint must be a file path or null, got {ckpt!r}")
+        out.append(Segment(steps=steps, checkpoint=ckpt))
+    return tuple(out)
 
 
 def load_recipes(path: str | Path | None = None) -> tuple[dict[str, Recipe], dict[str, ReferenceSpec]]:
@@ -191,9 +277,15 @@ def list_on_demand() -> list[str]:
     return sorted(load_on_demand())
 
 
-def make_on_demand(name: str, root: str | Path | None = None) -> Path:
+def make_on_demand(name: str, root: str | Path | None = None, *, transitions: int | None = None) -> Path:
     """Generate on-demand dataset ``name`` under ``root`` (default ``$MINARI_DATASETS_PATH``), where
-    ``load_dataset(name)`` finds it; an existing copy with the same recipe is kept (the cache)."""
+    ``load_dataset(name)`` finds it; an existing copy made from the same recipe and the same behaviour
+    checkpoints (by SHA-256) is kept (the cache).
+
+    ``transitions``: make a smaller (or larger) version: whole episodes until at least that many
+    transitions, in place of the recipe's size (a replay recipe keeps its segments' shares). It is written
+    under the same id and recorded in its metadata; a later call without it regenerates the full dataset.
+    """
     import json
 
     from offrl.data.catalog import d4rl_reference, make_env
@@ -201,24 +293,40 @@ def make_on_demand(name: str, root: str | Path | None = None) -> Path:
 
     recipes = load_on_demand()
     recipe, task = recipes[_resolve_name(name, {k: v[0] for k, v in recipes.items()})]
+    if transitions is not None:
+        if isinstance(transitions, bool) or not isinstance(transitions, int) or transitions <= 0:
+            raise UserError(f"--transitions: must be a positive integer, got {transitions!r}")
+        if any(isinstance(v, tuple) for v in (recipe.epsilon, recipe.noise_std)):
+            raise UserError(f"--transitions: {recipe.name} has a per-episode noise schedule, which fixes its "
+                            "episode count; make it at its own size")
+        recipe = replace(recipe, episodes=None, min_transitions=int(transitions))
     refs = d4rl_reference(f"{task}-random-v2")
     if refs is None:
         raise UserError(f"{recipes_path()}: on_demand.{recipe.name}: unknown D4RL task {task!r}")
     root = Path(root) if root is not None else minari_root()
     target = root / recipe.name
-    recipe_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(recipe).items()}
+    actors = _load_recipe_actors(recipe)  # a missing or damaged checkpoint fails here, before any writing
+    recipe_dict = recipe.to_dict()
+    behaviour = {rel: digest for rel, (_, digest) in actors.items()}
     meta_path = target / "data" / "metadata.json"
     if meta_path.is_file():
         try:
-            if json.loads(meta_path.read_text(encoding="utf-8")).get("offrl_recipe") == recipe_dict:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("offrl_recipe") == recipe_dict and meta.get("offrl_behaviour", {}) == behaviour:
                 return target
         except (OSError, ValueError):
             pass  # unreadable: regenerate
     env = make_env(recipe.env_id)  # a missing mujoco extra is a UserError naming it
+    for rel, (actor, _) in actors.items():
+        problem = _fit_problem(actor, env)
+        if problem:
+            env.close()
+            raise UserError(f"{recipes_path().parent / rel}: {problem}; fix on_demand.{recipe.name} in "
+                            f"{recipes_path()}")
     extra = {
         "ref_min_score": float(refs[0]),
         "ref_max_score": float(refs[1]),
-        "algorithm_name": f"{recipe.policy} policy (offrl.data.policies)",
+        "algorithm_name": _algorithm_name(recipe, actors),
         "author": ["offrl"],
         "description": recipe.description,
         "offrl_recipe": recipe_dict,
@@ -226,8 +334,11 @@ def make_on_demand(name: str, root: str | Path | None = None) -> Path:
         "offrl_references": {"source": "D4RL table", "task": task,
                              "ref_min_score": "D4RL random score", "ref_max_score": "D4RL expert score"},
     }
+    if behaviour:
+        extra["offrl_behaviour"] = behaviour
     try:
-        return write_minari_dataset(target, _episodes(recipe, env), dataset_id=recipe.name, env_spec=env.spec,
+        return write_minari_dataset(target, _episodes(recipe, env, {k: a for k, (a, _) in actors.items()}),
+                                    dataset_id=recipe.name, env_spec=env.spec,
                                     observation_space=env.observation_space, action_space=env.action_space,
                                     extra_metadata=extra)
     except OSError as exc:
@@ -235,6 +346,93 @@ def make_on_demand(name: str, root: str | Path | None = None) -> Path:
                         "(or MINARI_DATASETS_PATH)") from None
     finally:
         env.close()
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_recipe_actors(recipe: Recipe) -> dict[str, tuple[ActorPolicy, str]]:
+    """``{relative path: (actor, sha256)}`` of the recipe's behaviour checkpoints (resolved against the
+    recipes file's folder). A sidecar ``<file>.json`` with ``weights_sha256`` must match the file."""
+    import json
+
+    base = recipes_path().parent
+    out: dict[str, tuple[ActorPolicy, str]] = {}
+    for rel in recipe.checkpoints():
+        path = base / rel
+        where = f"behaviour checkpoint of {recipe.name} ({recipes_path()})"
+        actor = load_actor(path, what=where)
+        digest = _sha256(path)
+        sidecar = path.with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                expected = json.loads(sidecar.read_text(encoding="utf-8")).get("weights_sha256")
+            except (OSError, ValueError):
+                raise UserError(f"{sidecar}: unreadable metadata of a behaviour checkpoint; restore it (git "
+                                "checkout datasets/behaviour)") from None
+            if expected and expected != digest:
+                raise UserError(f"{path}: content does not match its metadata's weights_sha256 (changed or "
+                                "damaged); restore it (git checkout datasets/behaviour) or re-export both")
+        out[rel] = (actor, digest)
+    return out
+
+
+def _fit_problem(actor: ActorPolicy, env: gym.Env) -> str | None:
+    """Why ``actor`` cannot drive ``env`` (observation / action sizes, action bounds), or None."""
+    obs_space, act_space = env.observation_space, env.action_space
+    env_name = env.spec.id if env.spec is not None else type(env).__name__
+    if not isinstance(act_space, gym.spaces.Box) or obs_space.shape != (actor.obs_dim,) or (
+            act_space.shape != (actor.act_dim,)):
+        return (f"actor for {actor.obs_dim}-dim observations and {actor.act_dim}-dim actions does not fit "
+                f"{env_name} (observations {obs_space.shape}, actions {act_space})")
+    if not (np.allclose(actor.low, act_space.low) and np.allclose(actor.high, act_space.high)):
+        return f"actor's action bounds differ from {env_name}'s"
+    return None
+
+
+def _algorithm_name(recipe: Recipe, actors: dict[str, tuple[ActorPolicy, str]]) -> str:
+    if recipe.policy in ("random", "expert"):
+        return f"{recipe.policy} policy (offrl.data.policies)"
+    algos = sorted({str(a.meta.get("algo", "trained actor")) for a, _ in actors.values()})
+    how = "sampled" if recipe.sample else "deterministic"
+    if recipe.policy == "replay":
+        return f"{', '.join(algos)} training-run snapshots ({how} actions): replay-buffer re-creation"
+    return f"{', '.join(algos)} actor ({how} actions)"
+
+
+def on_demand_status(root: str | Path | None = None) -> list[dict[str, Any]]:
+    """One entry per on-demand recipe (``offrl datasets list``): ``name``, ``env_id``, ``policy``, ``size``
+    and ``status``: ``"ready"`` (generated from the current recipe and checkpoints, at its full size),
+    ``"stale"`` (a copy from another recipe, size or checkpoint: ``offrl datasets make NAME`` regenerates
+    it) or ``"not generated"``, with ``path`` (the dataset folder under ``root``)."""
+    import json
+
+    from offrl.data.minari import minari_root
+
+    root = Path(root) if root is not None else minari_root()
+    base = recipes_path().parent
+    out = []
+    for name, (recipe, _task) in sorted(load_on_demand().items()):
+        path = root / name
+        status = "not generated"
+        meta_path = path / "data" / "metadata.json"
+        if meta_path.is_file():
+            status = "stale"
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                behaviour = {rel: _sha256(base / rel) for rel in recipe.checkpoints() if (base / rel).is_file()}
+                if meta.get("offrl_recipe") == recipe.to_dict() and meta.get("offrl_behaviour", {}) == behaviour:
+                    status = "ready"
+            except (OSError, ValueError):
+                pass
+        size = (f"{recipe.min_transitions} transitions" if recipe.min_transitions is not None
+                else f"{recipe.episodes} episodes")
+        out.append({"name": name, "env_id": recipe.env_id, "policy": recipe.policy, "size": size,
+                    "status": status, "path": str(path)})
+    return out
 
 
 def rollout(env: gym.Env, policy: BehaviourPolicy, rng: np.random.Generator, reset_seed: int) -> Episode:
@@ -275,8 +473,13 @@ def reference_returns(env_id: str, kind: str, episodes: int, seed: int) -> tuple
     return tuple(returns)
 
 
-def _episodes(recipe: Recipe, env: gym.Env) -> Iterator[Episode]:
+def _episodes(recipe: Recipe, env: gym.Env, actors: dict[str, ActorPolicy] | None = None) -> Iterator[Episode]:
+    """The recipe's episodes: episode ``i`` resets with ``seed * 1_000_000 + i``; every random number comes
+    from one ``numpy.random.default_rng(seed)`` stream."""
     rng = np.random.default_rng(recipe.seed)
+    if recipe.policy == "replay":
+        yield from _replay_episodes(recipe, env, actors or {}, rng)
+        return
     total = recipe.episodes if recipe.episodes is not None else 0
     index = steps = 0
     while True:
@@ -285,11 +488,181 @@ def _episodes(recipe: Recipe, env: gym.Env) -> Iterator[Episode]:
         if recipe.min_transitions is not None and steps >= recipe.min_transitions:
             return
         epsilon, noise_std = recipe.noise_at(index, total)
-        policy = make_policy(recipe.env_id, recipe.policy, epsilon=epsilon, noise_std=noise_std)
+        if recipe.policy == "checkpoint":
+            assert actors is not None and recipe.checkpoint is not None
+            policy: BehaviourPolicy = actors[recipe.checkpoint].with_noise(
+                sample=recipe.sample, noise_std=noise_std, epsilon=epsilon)
+        else:
+            policy = make_policy(recipe.env_id, recipe.policy, epsilon=epsilon, noise_std=noise_std)
         episode = rollout(env, policy, rng, recipe.seed * _RESET_SEED_STRIDE + index)
         steps += episode.total_steps
         index += 1
         yield episode
+
+
+def segment_targets(segments: Sequence[Segment], transitions: int) -> list[int]:
+    """Cumulative transition counts at which each replay segment ends: segment ``k`` records whole
+    episodes until the dataset holds ``ceil(transitions * (steps_0 + ... + steps_k) / sum(steps))``."""
+    total = sum(seg.steps for seg in segments)
+    cumulative = np.cumsum([seg.steps for seg in segments])
+    return [-(-int(transitions) * int(c) // int(total)) for c in cumulative]
+
+
+def _replay_episodes(recipe: Recipe, env: gym.Env, actors: dict[str, ActorPolicy],
+                     rng: np.random.Generator) -> Iterator[Episode]:
+    assert recipe.segments is not None and recipe.min_transitions is not None
+    index = steps = 0
+    for seg, target in zip(recipe.segments, segment_targets(recipe.segments, recipe.min_transitions), strict=True):
+        if seg.checkpoint is None:
+            policy: BehaviourPolicy = make_policy(recipe.env_id, "random")
+        else:
+            policy = actors[seg.checkpoint].with_noise(sample=recipe.sample, noise_std=float(recipe.noise_std),
+                                                       epsilon=float(recipe.epsilon))
+        while steps < target:
+            episode = rollout(env, policy, rng, recipe.seed * _RESET_SEED_STRIDE + index)
+            steps += episode.total_steps
+            index += 1
+            yield episode
+
+
+def dataset_from_actor(checkpoint: str | Path, *, episodes: int, env_id: str | None = None, noise: float = 0.0,
+                       seed: int = 0, name: str | None = None, root: str | Path | None = None,
+                       ref_min: float | None = None, ref_max: float | None = None) -> Path:
+    """``offrl datasets make --policy FILE.npz``: roll out an actor-only checkpoint (``datasets/behaviour/``
+    files, or one written by ``offrl datasets export-actor``) for ``episodes`` episodes.
+
+    Same conventions as :func:`offrl.data.from_run.dataset_from_policy`: the deterministic action plus
+    Gaussian ``noise`` x half the action range, clipped; episode ``i`` resets with ``seed + i``; the noise
+    draws from ``numpy.random.default_rng(seed)``. Env: ``env_id``, else the one the checkpoint names.
+    References: ``ref_min``/``ref_max``, else D4RL's for the checkpoint's ``d4rl_reference`` task, if any.
+    """
+    from offrl.data.catalog import d4rl_reference, make_env
+    from offrl.data.from_run import _noisy, _refs_metadata, _write
+
+    if int(episodes) <= 0:
+        raise UserError(f"--episodes: must be a positive integer, got {episodes}")
+    if not 0.0 <= float(noise):
+        raise UserError(f"--noise: must be >= 0, got {noise}")
+    path = Path(checkpoint)
+    actor = load_actor(path, what="actor checkpoint (--policy)")
+    env_id = env_id or actor.meta.get("env_id")
+    if not env_id:
+        raise UserError(f"--policy {path}: the checkpoint names no env; pass --env ID")
+    env = make_env(env_id)
+    try:
+        problem = _fit_problem(actor, env)
+        if problem:
+            raise UserError(f"--policy {path}: {problem}; pass the env it was trained in with --env")
+        task = actor.meta.get("d4rl_reference")
+        table = d4rl_reference(f"{task}-random-v2") if task else None
+        refs = (table[0], table[1], "D4RL table") if table else (None, None, None)
+        rng = np.random.default_rng(seed)
+        space = env.action_space
+
+        def policy(obs: np.ndarray, _rng: np.random.Generator) -> np.ndarray:
+            return _noisy(actor.act(obs), space, float(noise), rng)
+
+        def rollouts() -> Iterator[Episode]:
+            for i in range(int(episodes)):
+                yield rollout(env, policy, rng, int(seed) + i)
+
+        name = name or f"offrl-runs/{path.parent.name}-{path.stem}/policy-v0"
+        extra: dict[str, Any] = {
+            "algorithm_name": f"{actor.meta.get('algo', 'offrl')} actor rollouts", "author": ["offrl"],
+            "description": f"{episodes} episodes of {path} (noise {noise})",
+            "offrl_source": {"kind": "actor", "checkpoint": str(path), "sha256": _sha256(path),
+                             "step": actor.meta.get("training_steps"), "noise": float(noise), "seed": int(seed),
+                             "episodes": int(episodes)}}
+        extra.update(_refs_metadata(refs, ref_min, ref_max))
+        return _write(name, root, rollouts(), env, extra)
+    finally:
+        env.close()
+
+
+EXPORT_EVAL_SEED = 900_000_000  # measured returns of exported actors: episode i resets with this + i
+
+
+def actor_returns(actor: ActorPolicy, env_id: str, *, episodes: int = 20, seed: int = EXPORT_EVAL_SEED,
+                  sample: bool = False, noise_std: float = 0.0, rng_seed: int = 0) -> np.ndarray:
+    """Returns of ``episodes`` rollouts of ``actor`` in ``env_id`` (deterministic actions unless ``sample`` /
+    ``noise_std``); episode ``i`` resets with ``seed + i``."""
+    from offrl.data.catalog import make_env
+
+    env = make_env(env_id)
+    try:
+        problem = _fit_problem(actor, env)
+        if problem:
+            raise UserError(f"--env {env_id}: {problem}")
+        policy = actor.with_noise(sample=sample, noise_std=noise_std, epsilon=0.0)
+        rng = np.random.default_rng(rng_seed)
+        return np.array([rollout(env, policy, rng, seed + i).rewards.sum() for i in range(int(episodes))])
+    finally:
+        env.close()
+
+
+def export_actor(checkpoint: str | Path, out: str | Path, *, env_id: str, episodes: int = 20,
+                 seed: int = EXPORT_EVAL_SEED, d4rl_reference: str | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the actor of an offrl CQL/SAC trainer checkpoint as an actor-only checkpoint ``out`` (``.npz``)
+    plus ``out`` with ``.json`` (its metadata: env, algorithm, training steps, run config, the measured
+    return of ``episodes`` deterministic episodes, ``weights_sha256``). Returns the metadata."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from offrl._atomic import write_text_atomic
+    from offrl.data.catalog import d4rl_reference as d4rl_table
+    from offrl.data.policies import actor_from_trainer_checkpoint, save_actor
+    from offrl.trainers.checkpoint import load_checkpoint
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if checkpoint.is_dir():  # a run folder
+        checkpoint = checkpoint / "checkpoints" / "latest.pt"
+    if out.suffix != ".npz":
+        raise UserError(f"{out}: an actor checkpoint is written as a .npz file; name it <something>.npz")
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: no such trainer checkpoint; pass a run folder or its checkpoints/*.pt")
+    refs = None
+    if d4rl_reference is not None:
+        refs = d4rl_table(f"{d4rl_reference}-random-v2")
+        if refs is None:
+            raise UserError(f"--d4rl-reference {d4rl_reference!r}: not a D4RL task (e.g. hopper, halfcheetah)")
+    state = load_checkpoint(checkpoint)
+    run_dir = checkpoint.parent.parent
+    config: dict[str, Any] = {}
+    if (run_dir / "config.yaml").is_file():
+        full = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+        assert isinstance(full, dict)
+        config = {k: full.get(k) for k in ("algo", "seed", "batch_size", "optim_steps_per_batch", "cql", "online",
+                                           "command") if k in full}
+    activation = str(((config.get("cql") or {}).get("activation")) or "relu")
+    scale_lb = float(((config.get("cql") or {}).get("scale_lb")) or 1e-4)
+    actor = actor_from_trainer_checkpoint(checkpoint, activation=activation, scale_lb=scale_lb)
+    returns = actor_returns(actor, env_id, episodes=episodes, seed=seed)
+    cql_cfg = config.get("cql") or {}
+    sac = float(cql_cfg.get("min_q_weight", 1.0)) == 0.0 and not cql_cfg.get("with_lagrange", False)
+    meta: dict[str, Any] = {
+        "format": ACTOR_FORMAT, "env_id": env_id,
+        "algo": "SAC (offrl cql, min_q_weight=0)" if sac else f"offrl {state.get('algo')}",
+        "training_steps": int(state.get("step", 0)), "env_steps": int(state.get("frames", 0)),
+        "source_checkpoint": checkpoint.name, "run_config": config,
+        "measured_return": {"mean": float(returns.mean()), "std": float(returns.std()),
+                            "min": float(returns.min()), "max": float(returns.max()), "episodes": int(episodes),
+                            "reset_seeds": f"{seed} + i", "actions": "deterministic (tanh of the mean)"},
+    }
+    if refs is not None:
+        meta["d4rl_reference"] = d4rl_reference
+        meta["measured_return"]["d4rl_normalized"] = float(100 * (returns.mean() - refs[0]) / (refs[1] - refs[0]))
+    meta.update(extra or {})
+    actor.meta = meta
+    try:
+        save_actor(out, actor)
+        sidecar = dict(meta, weights_sha256=_sha256(out), weights_file=out.name)
+        write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise UserError(f"{exc.filename or out}: cannot write the actor checkpoint ({exc.strerror}); choose "
+                        "another output path") from None
+    return sidecar
 
 
 def _on_demand_name(name: str) -> bool:
@@ -331,8 +704,7 @@ def make_bundled(name: str, root: str | Path | None = None) -> Path:
 
     root = Path(root) if root is not None else bundled_root()
     env = gym.make(recipe.env_id)
-    recipe_dict = asdict(recipe)
-    recipe_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe_dict.items()}
+    recipe_dict = recipe.to_dict()
     extra = {
         "ref_min_score": ref_min,
         "ref_max_score": ref_max,
@@ -352,10 +724,11 @@ def make_bundled(name: str, root: str | Path | None = None) -> Path:
             "ref_max_score": "mean return of the noise-free scripted expert",
         },
     }
+    actors = {rel: actor for rel, (actor, _) in _load_recipe_actors(recipe).items()}
     try:
         path = write_minari_dataset(
             root / recipe.name,
-            _episodes(recipe, env),
+            _episodes(recipe, env, actors),
             dataset_id=recipe.name,
             env_spec=env.spec,
             observation_space=env.observation_space,

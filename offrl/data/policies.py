@@ -1,7 +1,9 @@
-"""Scripted behaviour policies for the bundled CartPole-v1 and Pendulum-v1 datasets.
+"""Behaviour policies: scripted controllers for the bundled CartPole-v1 and Pendulum-v1 datasets, uniformly
+random actions for any env, and trained actors (:class:`ActorPolicy`, read from the actor-only checkpoints
+under ``datasets/behaviour/``) for the MuJoCo medium / medium-replay / expert recipes.
 
-The experts are classical controllers, not learned networks, so the datasets are cheap to regenerate
-bit-identically and their quality is known:
+The bundled experts are classical controllers, not learned networks, so the datasets are cheap to
+regenerate bit-identically and their quality is known:
 
 - CartPole-v1: an infinite-horizon discrete LQR on the cart-pole linearised about the upright
   equilibrium; the continuous force ``-K x`` is turned into the env's bang-bang action by its sign.
@@ -17,19 +19,25 @@ never from global state, so a recipe's seed fixes the data exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 __all__ = [
+    "ACTOR_FORMAT",
+    "ActorPolicy",
     "CARTPOLE_LQR_GAIN",
     "PENDULUM_LQR_GAIN",
     "BehaviourPolicy",
     "CartPoleExpert",
     "PendulumExpert",
     "RandomPolicy",
+    "actor_from_trainer_checkpoint",
     "dlqr",
+    "load_actor",
     "make_policy",
+    "save_actor",
 ]
 
 
@@ -207,3 +215,192 @@ def _random_for(env_id: str) -> RandomPolicy:
                             high=np.asarray(space.high, dtype=np.float64))
     finally:
         env.close()
+
+
+# ------------------------------------------------------------------------------- learned (MuJoCo) actors
+
+ACTOR_FORMAT = "offrl-actor-v1"
+
+
+class ActorPolicy:
+    """A trained offrl CQL/SAC actor as a numpy behaviour policy (the MuJoCo recipes' medium / expert /
+    medium-replay behaviour), read from an actor-only checkpoint (:func:`load_actor`).
+
+    The network is the one :func:`offrl.algos.cql.build` makes: an MLP ``observation -> (loc, scale_param)``,
+    ``scale = softplus(scale_param + inv_softplus(1 - 0.01)) + 0.01`` clamped to ``scale_lb`` (tensordict's
+    ``biased_softplus_1.0``), a TanhNormal on ``[-1, 1]``, and the box rescaling of ``ActionRescale``.
+
+    - ``sample=False``: the deterministic action ``tanh(loc)`` (what ``offrl eval`` runs);
+      ``sample=True``: ``tanh(loc + scale * N(0, 1))``, the policy's own exploration (what its training
+      run collected; D4RL's SAC datasets sample their policies too).
+    - ``noise_std``: Gaussian noise of that many half action ranges added after the squashing, then clipped
+      to the box (``offrl datasets make --policy --noise``); ``epsilon``: probability of a uniformly random
+      action on a step.
+
+    Every step draws the same numbers whatever the branch taken, from the caller's generator only.
+    Computed in float32 numpy (no torch), so rollouts are cheap and reproducible.
+    """
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], *, low: np.ndarray, high: np.ndarray,
+                 activation: str = "relu", scale_lb: float = 1e-4, sample: bool = False, noise_std: float = 0.0,
+                 epsilon: float = 0.0, meta: dict | None = None) -> None:
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)}")
+        self.layers = [(np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32)) for w, b in layers]
+        self.low = np.asarray(low, dtype=np.float32).reshape(-1)
+        self.high = np.asarray(high, dtype=np.float32).reshape(-1)
+        self.activation = activation
+        self.scale_lb = float(scale_lb)
+        self.sample, self.noise_std, self.epsilon = bool(sample), float(noise_std), float(epsilon)
+        self.meta = dict(meta or {})
+        self.obs_dim = self.layers[0][0].shape[1]
+        self.act_dim = self.layers[-1][0].shape[0] // 2
+        self._center = (self.high + self.low) / 2
+        self._half = (self.high - self.low) / 2
+
+    def with_noise(self, *, sample: bool | None = None, noise_std: float | None = None,
+                   epsilon: float | None = None) -> ActorPolicy:
+        """The same network with other exploration settings."""
+        return ActorPolicy(self.layers, low=self.low, high=self.high, activation=self.activation,
+                           scale_lb=self.scale_lb, sample=self.sample if sample is None else sample,
+                           noise_std=self.noise_std if noise_std is None else noise_std,
+                           epsilon=self.epsilon if epsilon is None else epsilon, meta=self.meta)
+
+    def dist_params(self, observation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(loc, scale)`` of the pre-tanh Normal, float32, for one observation or a batch."""
+        h = np.asarray(observation, dtype=np.float32)
+        act = _ACTIVATIONS[self.activation]
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w.T + b
+            if i < len(self.layers) - 1:
+                h = act(h)
+        loc, scale_param = h[..., : self.act_dim], h[..., self.act_dim:]
+        scale = np.logaddexp(np.float32(0.0), scale_param + _SOFTPLUS_BIAS).astype(np.float32) + np.float32(0.01)
+        return loc, np.maximum(scale, np.float32(self.scale_lb))
+
+    def unit_action(self, observation: np.ndarray, eps: np.ndarray | None = None) -> np.ndarray:
+        """The squashed action in ``[-1, 1]``: ``tanh(loc)`` or, with ``eps``, ``tanh(loc + scale * eps)``."""
+        loc, scale = self.dist_params(observation)
+        return np.tanh(loc if eps is None else loc + scale * np.asarray(eps, dtype=np.float32))
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        """The deterministic action in env units."""
+        return (self._center + self._half * self.unit_action(observation)).astype(np.float32)
+
+    def __call__(self, observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        explore = rng.random()
+        random_action = rng.uniform(self.low, self.high)
+        eps = rng.standard_normal(self.act_dim)
+        noise = rng.standard_normal(self.act_dim)
+        if explore < self.epsilon:
+            action = random_action
+        else:
+            unit = self.unit_action(observation, eps if self.sample else None).astype(np.float64)
+            action = self._center + self._half * (unit + self.noise_std * noise)
+        return np.clip(action, self.low, self.high).astype(np.float32)
+
+
+_ACTIVATIONS = {
+    "relu": lambda x: np.maximum(x, np.float32(0.0)),
+    "tanh": np.tanh,
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))).astype(np.float32),
+}
+# tensordict's biased_softplus(1.0, min_val=0.01): softplus(x + inv_softplus(1.0 - 0.01)) + 0.01
+_SOFTPLUS_BIAS = np.float32(np.log(np.expm1(1.0 - 0.01)))
+
+
+def load_actor(path: str | Path, *, what: str = "behaviour checkpoint") -> ActorPolicy:
+    """Read an actor-only checkpoint (``.npz`` written by :func:`save_actor`); anything wrong with it is a
+    one-line :class:`~offrl.errors.UserError` naming the file."""
+    import json
+    import zipfile
+
+    from offrl.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found; restore it (git checkout datasets/behaviour) or pass an "
+                        "existing file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable {what} ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                        "restore the file (git checkout datasets/behaviour) or re-export it") from None
+    fmt = str(arrays.get("format", ""))
+    if fmt != ACTOR_FORMAT:
+        raise UserError(f"{path}: not an offrl actor checkpoint (format {fmt or 'missing'!r}, expected "
+                        f"{ACTOR_FORMAT!r}); pass a file written by 'offrl datasets export-actor'")
+    try:
+        n = int(arrays["layers"])
+        layers = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(n)]
+        meta = json.loads(str(arrays["meta"]))
+        low, high = arrays["action_low"], arrays["action_high"]
+        activation = str(arrays["activation"])
+        scale_lb = float(arrays["scale_lb"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{path}: damaged actor checkpoint (missing or bad entry {exc}); restore or re-export "
+                        "it") from None
+    ok = n >= 1 and all(w.ndim == 2 and b.shape == (w.shape[0],) for w, b in layers) and all(
+        layers[i + 1][0].shape[1] == layers[i][0].shape[0] for i in range(n - 1))
+    ok = ok and layers[-1][0].shape[0] == 2 * low.size == 2 * high.size
+    if not ok or not all(np.isfinite(w).all() and np.isfinite(b).all() for w, b in layers):
+        raise UserError(f"{path}: damaged actor checkpoint (inconsistent or non-finite weights); restore or "
+                        "re-export it")
+    try:
+        return ActorPolicy(layers, low=low, high=high, activation=activation, scale_lb=scale_lb, meta=meta)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def save_actor(path: str | Path, policy: ActorPolicy) -> None:
+    """Write ``policy``'s network as an actor-only checkpoint (atomic; ``meta`` stored as JSON)."""
+    import io
+    import json
+
+    from offrl._atomic import write_bytes_atomic
+
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(ACTOR_FORMAT), "layers": np.array(len(policy.layers)),
+        "activation": np.array(policy.activation), "scale_lb": np.array(policy.scale_lb),
+        "action_low": policy.low, "action_high": policy.high,
+        "meta": np.array(json.dumps(policy.meta, sort_keys=True)),
+    }
+    for i, (w, b) in enumerate(policy.layers):
+        arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def actor_from_trainer_checkpoint(checkpoint: str | Path, *, low: np.ndarray | None = None,
+                                  high: np.ndarray | None = None, activation: str = "relu",
+                                  scale_lb: float = 1e-4, meta: dict | None = None) -> ActorPolicy:
+    """The actor of an offrl CQL trainer checkpoint (``checkpoints/latest.pt`` / ``step_N.pt``): the
+    ``actor_network_params`` linear layers, and the action box from the loss's ``action_center`` /
+    ``action_half`` unless ``low``/``high`` are given."""
+    import re
+
+    from offrl.errors import UserError
+    from offrl.trainers.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    loss = state.get("loss_module") if isinstance(state, dict) else None
+    if not loss or state.get("algo") != "cql":
+        raise UserError(f"{checkpoint}: not an offrl continuous-CQL trainer checkpoint (algo "
+                        f"{state.get('algo') if isinstance(state, dict) else None!r}); export an actor from a "
+                        "'--algo cql' run")
+    found: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in loss.items():
+        m = re.fullmatch(r"actor_network_params\..*?(\d+)\.(weight|bias)", key)
+        if m:
+            found.setdefault(int(m.group(1)), {})[m.group(2)] = value.detach().cpu().numpy()
+    layers = [(found[i]["weight"], found[i]["bias"]) for i in sorted(found)]
+    if not layers:
+        raise UserError(f"{checkpoint}: no actor weights in the checkpoint's loss_module")
+    if low is None or high is None:
+        center = loss["action_center"].cpu().numpy()
+        half = loss["action_half"].cpu().numpy()
+        low, high = center - half, center + half
+    return ActorPolicy(layers, low=np.asarray(low), high=np.asarray(high), activation=activation,
+                       scale_lb=scale_lb, meta=meta)

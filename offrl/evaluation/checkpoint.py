@@ -2,6 +2,8 @@
 
 A checkpoint holds parameters only (docs/contracts.md, "Checkpoints"); the networks' shapes come from the
 run's ``config.yaml`` and its dataset, so the run directory (``<run>/checkpoints/<file>``) must be intact.
+A run trained online from scratch (``dataset.id: env:<ID>``) has no dataset: its networks are sized from
+the env, which is also where it is evaluated (raw returns, no reference scores).
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ __all__ = ["LoadedPolicy", "evaluate_checkpoint", "load_policy"]
 @dataclass
 class LoadedPolicy:
     policy: Any  # deterministic TensorDictModule: observation -> action
-    dataset: Any  # the run's OfflineDataset (env, reference scores)
+    dataset: Any  # the run's OfflineDataset (env, reference scores); None for a run trained from scratch
     config: Any  # the run's TrainerConfig
     step: int | None  # gradient step of the checkpoint
     checkpoint: Path
     run_dir: Path
+    env_id: str | None = None  # the env of a run trained online from scratch
+
+    @property
+    def name(self) -> str:
+        """The dataset's name, or ``env:<ID>`` for a run trained from scratch."""
+        return self.dataset.name if self.dataset is not None else f"env:{self.env_id}"
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
@@ -50,22 +58,37 @@ def _locate(path: Path) -> tuple[Path, Path]:
 def load_policy(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedPolicy:
     """Rebuild the deterministic policy saved in ``path`` (a run directory or one of its checkpoints)."""
     run_dir, ckpt = _locate(Path(path))  # before the heavy imports: a wrong path fails fast
-    from offrl.config import compose_config
+    from offrl.config import compose_config, load_yaml, saved_config
+    from offrl.online.scratch import env_of_config
     from offrl.trainers.checkpoint import load_checkpoint
 
-    cfg, dataset = compose_config(config_file=run_dir / "config.yaml", overrides={"device": device})
-    module = importlib.import_module(f"offrl.algos.{cfg.algo.replace('-', '_')}")
-    parts = module.build_from_dataset(cfg.algo_config, dataset, device=device)
+    saved = load_yaml(run_dir / "config.yaml", option="config")
+    env_id = env_of_config(saved)
+    if env_id is not None:  # trained online from scratch: networks sized from the env
+        from offrl.online.setup import build_parts_for_env
+
+        cfg = saved_config(saved, origin=str(run_dir / "config.yaml"))
+        dataset = None
+        parts = build_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=device)
+    else:
+        cfg, dataset = compose_config(config_file=run_dir / "config.yaml", overrides={"device": device})
+        module = importlib.import_module(f"offrl.algos.{cfg.algo.replace('-', '_')}")
+        parts = module.build_from_dataset(cfg.algo_config, dataset, device=device)
     state = load_checkpoint(ckpt)
     if "loss_module" not in state:
         raise UserError(f"{ckpt}: not an offrl trainer checkpoint (no 'loss_module' entry)")
     try:
         parts.loss_module.load_state_dict(state["loss_module"])
-    except (RuntimeError, KeyError) as err:
-        raise UserError(f"{ckpt}: does not match the networks of {run_dir / 'config.yaml'} "
-                        f"({str(err).splitlines()[0]}); was the config edited after training?") from None
+    except (RuntimeError, KeyError, ValueError) as err:
+        root: BaseException = err
+        while root.__cause__ is not None:  # tensordict wraps the size mismatch in a ValueError per level
+            root = root.__cause__
+        first = (str(root).splitlines() or [type(root).__name__])[0]
+        raise UserError(f"{ckpt}: does not match the networks of {run_dir / 'config.yaml'} ({first}); was the "
+                        "config edited after training, or the checkpoint copied from another run?") from None
     step = state.get("step")
-    return LoadedPolicy(parts.policy, dataset, cfg, int(step) if step is not None else None, ckpt, run_dir)
+    return LoadedPolicy(parts.policy, dataset, cfg, int(step) if step is not None else None, ckpt, run_dir,
+                        env_id=env_id)
 
 
 def evaluate_checkpoint(
@@ -86,8 +109,8 @@ def evaluate_checkpoint(
 
     loaded = load_policy(path, device=device)
     if env is not None:
-        _check_spaces(env, loaded.dataset)
-    target = env if env is not None else loaded.dataset
+        _check_spaces(env, loaded.dataset if loaded.dataset is not None else loaded.env_id)
+    target = env if env is not None else (loaded.dataset if loaded.dataset is not None else loaded.env_id)
     gamma = getattr(loaded.config.algo_config, "gamma", None) or 0.99
     result = evaluate(loaded.policy, target, episodes=episodes, seed=seed, device=device, ref=loaded.dataset,
                       gamma=gamma)
@@ -95,15 +118,22 @@ def evaluate_checkpoint(
 
 
 def _check_spaces(env_id: str, dataset: Any) -> None:
-    """An ``--env`` whose spaces differ from the dataset's cannot run the policy: say so in one line."""
+    """An ``--env`` whose spaces differ from the dataset's (or, for a run trained from scratch, its env's:
+    ``dataset`` is then that env's id) cannot run the policy: say so in one line."""
     import gymnasium as gym
 
     from offrl.evaluation._envs import make_env
 
     e = make_env(env_id)
+    if isinstance(dataset, str):
+        trained = make_env(dataset)
+        want_obs, want_act, source = trained.observation_space, trained.action_space, f"env {dataset}"
+        trained.close()
+    else:
+        want_obs, want_act, source = dataset.observation_space, dataset.action_space, dataset.name
     try:
-        pairs = (("observation", e.observation_space, dataset.observation_space),
-                 ("action", e.action_space, dataset.action_space))
+        pairs = (("observation", e.observation_space, want_obs),
+                 ("action", e.action_space, want_act))
         for what, got, want in pairs:
             if isinstance(want, gym.spaces.Box) and isinstance(got, gym.spaces.Box):
                 same = got.shape == want.shape
@@ -112,7 +142,7 @@ def _check_spaces(env_id: str, dataset: Any) -> None:
             else:
                 same = type(got) is type(want)
             if not same:
-                raise UserError(f"--env {env_id}: its {what} space {got} does not match the dataset's {want} "
-                                f"({dataset.name}); choose an env with the dataset's spaces")
+                raise UserError(f"--env {env_id}: its {what} space {got} does not match the policy's {want} "
+                                f"(trained on {source}); choose an env with the same spaces")
     finally:
         e.close()

@@ -55,11 +55,14 @@ class OnlineConfig:
     min_q_weight: float | None = None
     """CQL weight during the online phase (None: keep the offline one). Lower it to let online data speak."""
     eps_init: float | None = None
-    """DQN: epsilon when online collection starts (None: the algorithm's eps_init)."""
+    """DQN and discrete CQL: epsilon when online collection starts (None: DQN's dqn.eps_init; discrete CQL
+    0.1 when fine-tuning a trained Q-network, 1.0 from scratch)."""
     eps_end: float | None = None
-    """DQN: final epsilon (None: the algorithm's eps_end)."""
+    """DQN and discrete CQL: final epsilon (None: dqn.eps_end; discrete CQL 0.01 fine-tuning, 0.05 from
+    scratch)."""
     eps_anneal_frames: int | None = None
-    """DQN: env steps over which epsilon decays (None: the algorithm's annealing_num_steps)."""
+    """DQN and discrete CQL: env steps over which epsilon decays linearly (None: dqn.annealing_num_steps;
+    discrete CQL 10,000)."""
     num_workers: int = 1
     """Worker processes of the asynchronous collector (``async_collection=true``)."""
     init_random_frames: int = 0
@@ -170,6 +173,8 @@ def build_online(cfg: OnlineConfig, *, parts: Any, dataset: Any = None, offline_
                                    anneal_frames=cfg.anneal_frames, frame_skip=frame_skip,
                                    transitions=transitions, scratch_dir=cfg.scratch_dir)
     greedy = getattr(parts, "greedy_module", None)
+    if greedy is None:
+        greedy = _discrete_cql_exploration(parts, fine_tuning=dataset is not None)
     if greedy is not None:
         _set_epsilon(greedy, cfg)
     hooks = []
@@ -185,8 +190,34 @@ def build_online(cfg: OnlineConfig, *, parts: Any, dataset: Any = None, offline_
     collector = make_collector(factory, parts.exploration_policy, frames_per_batch=cfg.frames_per_batch,
                                async_collection=async_collection, num_workers=cfg.num_workers, device=device,
                                init_random_frames=cfg.init_random_frames)
-    return OnlineParts(collector=GuardedCollector(collector, hooks=tuple(hooks)), replay_buffer=buffer,
+    guarded = GuardedCollector(collector, hooks=tuple(hooks), on_restart=(transitions.drop_open,))
+    return OnlineParts(collector=guarded, replay_buffer=buffer,
                        transitions=transitions, total_frames=int(cfg.steps) * int(frame_skip), env_factory=factory)
+
+
+#: Discrete CQL's online epsilon schedule when ``online.eps_*`` are null: (init, end, anneal frames). A trained
+#: Q-network explores a little around its greedy policy (DQN-style fine-tuning); from scratch it starts
+#: uniformly random, as DQN does (CleanRL's 1.0 -> 0.05).
+DISCRETE_CQL_EPSILON = {"fine_tuning": (0.1, 0.01, 10_000), "scratch": (1.0, 0.05, 10_000)}
+
+
+def _discrete_cql_exploration(parts: Any, *, fine_tuning: bool) -> Any:
+    """Discrete CQL's Q actor is greedy: give the collector the epsilon-greedy exploration DQN has (an
+    ``EGreedyModule`` after the actor, annealed by the trainer, in checkpoints and the ``epsilon`` column).
+    Sets ``parts.greedy_module`` / ``parts.exploration_policy``; returns the module (None: not discrete CQL)."""
+    from tensordict.nn import TensorDictSequential
+    from torchrl.modules import EGreedyModule
+    from torchrl.objectives import DiscreteCQLLoss
+
+    if not isinstance(parts.loss_module, DiscreteCQLLoss):
+        return None
+    spec = parts.policy.spec["action"]
+    eps_init, eps_end, frames = DISCRETE_CQL_EPSILON["fine_tuning" if fine_tuning else "scratch"]
+    greedy = EGreedyModule(spec, eps_init=eps_init, eps_end=eps_end, annealing_num_steps=frames,
+                           device=spec.device)
+    parts.greedy_module = greedy
+    parts.exploration_policy = TensorDictSequential(parts.policy, greedy)
+    return greedy
 
 
 def _set_epsilon(greedy: Any, cfg: OnlineConfig) -> None:

@@ -172,11 +172,16 @@ class OnlineTransitions:
 
     # ------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
-        """Counters and statistics. Episodes in progress are not kept: after a resume the collector starts
-        new episodes (their env state is gone), so their rows would never end."""
+        """Counters, statistics and the episodes in progress (trajectory id, episode id, step, return so
+        far, and with ``hold_episodes`` their rows): a resume whose collector continues those episodes
+        (the synchronous one) finishes them as an uninterrupted run would; else :meth:`drop_open`."""
+        open_episodes = [{"traj": int(tid), "episode": int(st["episode"]), "step": int(st["step"]),
+                          "ret": torch.tensor(st["ret"], dtype=torch.float64),
+                          "rows": _rows_state(torch.cat(st["rows"], 0)) if st["rows"] else {}}
+                         for tid, st in self._open.items()]
         return {"next_episode": self.next_episode, "episodes": self.episodes, "regret": self.regret,
                 "returns_total": self.returns_total, "best_return": self.best_return,
-                "recent": torch.tensor(self._recent, dtype=torch.float64)}
+                "recent": torch.tensor(self._recent, dtype=torch.float64), "open": open_episodes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.next_episode = int(state["next_episode"])
@@ -186,3 +191,23 @@ class OnlineTransitions:
         self.best_return = float(state["best_return"])
         self._recent = [float(x) for x in torch.as_tensor(state["recent"]).tolist()]
         self._open = {}
+        for entry in state.get("open") or []:
+            rows = []
+            if entry["rows"]:
+                td = TensorDict(entry["rows"])
+                td.batch_size = [next(iter(td.values(True, True))).shape[0]]
+                rows = [td]
+            self._open[int(entry["traj"])] = {"episode": int(entry["episode"]), "step": int(entry["step"]),
+                                              "ret": float(torch.as_tensor(entry["ret"]).item()), "rows": rows}
+
+    def drop_open(self) -> None:
+        """Forget the episodes in progress: the collector starts new ones (their env state is gone), so
+        those rows would never end."""
+        self._open = {}
+
+
+def _rows_state(td: TensorDictBase) -> dict[str, Any]:
+    """Plain nested dict of tensor copies (``torch.load(weights_only=True)`` reads it)."""
+    return {key: (_rows_state(value) if isinstance(value, TensorDictBase)
+                  else value.detach().clone().as_subclass(torch.Tensor))
+            for key, value in td.items()}
