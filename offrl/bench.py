@@ -327,14 +327,10 @@ def run_bench(
         raise UserError(f"--transitions ({n_transitions}) must be at least --batch ({batch})")
     if precision not in ("fp32", "bf16"):
         raise UserError(f"--precision must be fp32 or bf16, got {precision!r}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: offrl bench runs on cpu or cuda")
+    from offrl.config import resolve_device
+
+    dev = resolve_device(device)
+    device = str(dev)
     if cuda_graph and reference:
         raise UserError("--cuda-graph captures offrl's fused step; drop --reference")
     env = environment()
