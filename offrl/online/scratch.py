@@ -51,7 +51,15 @@ def _config(env_id: str, algo: str, overrides: Mapping[str, Any], dotlist: Seque
             base: Any = None, config_file: Any = None) -> Any:
     """The run's TrainerConfig: defaults < (``base``: a saved run config) < ``--config`` < keyword overrides
     < ``--set``; ``offline_steps`` = 0 and ``dataset.id`` = ``env:<ENV_ID>``."""
-    from offrl.config import CQLTrainerConfig, DQNTrainerConfig, _merge, _nest, _parse_dotlist, _structured, load_yaml
+    from offrl.config import (
+        CQLTrainerConfig,
+        DQNTrainerConfig,
+        _merge,
+        _nest,
+        _parse_dotlist,
+        _structured,
+        load_yaml,
+    )
 
     schema = DQNTrainerConfig if algo == "dqn" else CQLTrainerConfig
     node = _structured(schema)
