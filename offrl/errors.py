@@ -7,7 +7,7 @@ else and keep their traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "root_cause_line"]
 
 
 class UserError(Exception):
@@ -22,3 +22,12 @@ class UserError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+def root_cause_line(err: BaseException) -> str:
+    """The first line of the innermost cause of ``err``: what a one-line error should quote (tensordict
+    wraps a parameter size mismatch in one ValueError per nesting level, each printing whole dicts)."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return (str(root).splitlines() or [type(root).__name__])[0]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offrl.errors import UserError
+from offrl.errors import UserError, root_cause_line
 
 if TYPE_CHECKING:
     from offrl.evaluation.rollout import EvalResult
@@ -80,11 +80,8 @@ def load_policy(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedP
     try:
         parts.loss_module.load_state_dict(state["loss_module"])
     except (RuntimeError, KeyError, ValueError) as err:
-        root: BaseException = err
-        while root.__cause__ is not None:  # tensordict wraps the size mismatch in a ValueError per level
-            root = root.__cause__
-        first = (str(root).splitlines() or [type(root).__name__])[0]
-        raise UserError(f"{ckpt}: does not match the networks of {run_dir / 'config.yaml'} ({first}); was the "
+        raise UserError(f"{ckpt}: does not match the networks of {run_dir / 'config.yaml'} "
+                        f"({root_cause_line(err)}); was the "
                         "config edited after training, or the checkpoint copied from another run?") from None
     step = state.get("step")
     return LoadedPolicy(parts.policy, dataset, cfg, int(step) if step is not None else None, ckpt, run_dir,

@@ -32,7 +32,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from offrl.errors import UserError
+from offrl.errors import UserError, root_cause_line
 from offrl.trainers.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["OfflineTrainer", "Evaluator"]
@@ -659,8 +659,8 @@ class OfflineTrainer:
             self.loss_module.load_state_dict(state["loss_module"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"checkpoint does not match this trainer's networks/optimizer ({exc}); resume with "
-                            "the configuration that wrote it") from exc
+            raise UserError(f"checkpoint does not match this trainer's networks/optimizer "
+                            f"({root_cause_line(exc)}); resume with the configuration that wrote it") from exc
         if self.target_net_updater is not None and hasattr(self.target_net_updater, "counter"):
             self.target_net_updater.counter = int(state["target_net_updater"]["counter"])
         if self.greedy_module is not None and state.get("greedy_module"):

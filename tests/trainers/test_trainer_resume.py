@@ -117,6 +117,21 @@ def test_load_rejects_other_algorithm_and_missing_file(cartpole_medium, tmp_path
         other.load_from_file(tmp_path / "nope.pt")
 
 
+def test_load_rejects_other_network_sizes_in_one_short_line(cartpole_medium, tmp_path):
+    from dataclasses import replace
+
+    from engine_helpers import SMALL_DQN
+
+    ckpt = tmp_path / "d.pt"
+    trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=2, save_trainer_file=ckpt)
+    trainer.train()
+    wider, _ = make_trainer("dqn", cartpole_medium, offline_steps=2, cfg=replace(SMALL_DQN, hidden_sizes=(48, 48)))
+    with pytest.raises(UserError, match="does not match this trainer's networks") as info:
+        wider.load_from_file(ckpt)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400 and "size" in message  # the cause, not whole dicts
+
+
 def test_sigint_requests_stop_checkpoints_and_restores_handlers(cartpole_medium, tmp_path):
     ckpt = tmp_path / "latest.pt"
     before = signal.getsignal(signal.SIGINT)
