@@ -214,7 +214,7 @@ def _onednn() -> Callable | None:
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """``relu?(x @ w.T + b)`` in float32 on CPU through oneDNN, forward and input gradient.
+    """``relu?(x @ w.T + b)`` in float32 on CPU through oneDNN: forward, input and weight gradients.
 
     The weight gradient ``g.T @ x`` runs as oneDNN's linear on the two transposed views. ReLU is fused
     into the forward kernel and its backward reads the saved output, as ``relu`` itself does.
