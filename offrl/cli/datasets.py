@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
     )
     make.add_argument("name", nargs="?", help="recipe name, e.g. offrl/pendulum/medium-v0 or pendulum/medium")
     make.add_argument("--root", help="write under this folder (default: the bundled datasets folder for "
-                      "recipes, $MINARI_DATASETS_PATH for --from-run/--policy)")
+                      "bundled recipes, $MINARI_DATASETS_PATH for on-demand recipes, --from-run and --policy)")
     make.add_argument("--from-run", metavar="RUN_DIR",
                       help="write the online replay buffer of this run's latest checkpoint ('replay' flavour)")
     make.add_argument("--policy", metavar="CHECKPOINT",
@@ -186,9 +186,10 @@ def _list(args: argparse.Namespace) -> int:
         if key == "bundled":
             on_demand = listing["on_demand"]
             print(f"on-demand recipes (offrl datasets make NAME; written under {on_demand['root']}):")
-            width = max((len(e["name"]) for e in on_demand["datasets"]), default=0)
+            widths = [max((len(e[k]) for e in on_demand["datasets"]), default=0) for k in ("name", "env_id", "policy")]
             for e in on_demand["datasets"]:
-                print(f"  {e['name']:<{width}}  {e['env_id']}  {e['policy']}  {e['size']}  [{e['status']}]")
+                print(f"  {e['name']:<{widths[0]}}  {e['env_id']:<{widths[1]}}  {e['policy']:<{widths[2]}}  "
+                      f"{e['size']}  [{e['status']}]")
             if not on_demand["datasets"]:
                 print("  (none)")
     cached = listing["cached"]

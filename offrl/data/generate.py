@@ -172,6 +172,9 @@ def _parse_recipe(name: str, entry: Any, where: str) -> Recipe:
     if entry["policy"] not in _POLICIES:
         raise UserError(f"{where}: policy must be one of {', '.join(repr(p) for p in _POLICIES)}, got "
                         f"{entry['policy']!r}")
+    if entry["policy"] == "expert" and entry["env_id"] not in ("CartPole-v1", "Pendulum-v1"):
+        raise UserError(f"{where}: the scripted expert covers CartPole-v1 and Pendulum-v1 only; for "
+                        f"{entry['env_id']} use policy: checkpoint with a trained actor")
     checkpoint, segments = entry.get("checkpoint"), _parse_segments(entry.get("segments"), where)
     if (entry["policy"] == "checkpoint") != (checkpoint is not None):
         raise UserError(f"{where}: 'checkpoint: FILE' goes with (and only with) policy: checkpoint")
@@ -330,7 +333,7 @@ def make_on_demand(name: str, root: str | Path | None = None, *, transitions: in
         "author": ["offrl"],
         "description": recipe.description,
         "offrl_recipe": recipe_dict,
-        "offrl_generator_versions": generator_versions(),
+        "offrl_generator_versions": _with_mujoco(generator_versions()),
         "offrl_references": {"source": "D4RL table", "task": task,
                              "ref_min_score": "D4RL random score", "ref_max_score": "D4RL expert score"},
     }
@@ -346,6 +349,15 @@ def make_on_demand(name: str, root: str | Path | None = None, *, transitions: in
                         "(or MINARI_DATASETS_PATH)") from None
     finally:
         env.close()
+
+
+def _with_mujoco(versions: dict[str, str]) -> dict[str, str]:
+    """``versions`` plus MuJoCo's, which also fixes the bytes of MuJoCo datasets (when installed)."""
+    try:
+        import mujoco
+    except ImportError:
+        return versions
+    return {**versions, "mujoco": str(mujoco.__version__)}
 
 
 def _sha256(path: Path) -> str:
@@ -579,6 +591,15 @@ def dataset_from_actor(checkpoint: str | Path, *, episodes: int, env_id: str | N
         env.close()
 
 
+def _return_stats(returns: np.ndarray, seed: int, actions: str, refs: tuple[float, float] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
+                           "max": float(returns.max()), "episodes": len(returns), "reset_seeds": f"{seed} + i",
+                           "actions": actions}
+    if refs is not None:
+        out["d4rl_normalized"] = float(100 * (returns.mean() - refs[0]) / (refs[1] - refs[0]))
+    return out
+
+
 EXPORT_EVAL_SEED = 900_000_000  # measured returns of exported actors: episode i resets with this + i
 
 
@@ -604,8 +625,9 @@ def export_actor(checkpoint: str | Path, out: str | Path, *, env_id: str, episod
                  seed: int = EXPORT_EVAL_SEED, d4rl_reference: str | None = None,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the actor of an offrl CQL/SAC trainer checkpoint as an actor-only checkpoint ``out`` (``.npz``)
-    plus ``out`` with ``.json`` (its metadata: env, algorithm, training steps, run config, the measured
-    return of ``episodes`` deterministic episodes, ``weights_sha256``). Returns the metadata."""
+    plus ``out`` with ``.json`` (its metadata: env, algorithm, training steps, run config and summary, the
+    measured return of ``episodes`` episodes with deterministic and with sampled actions, ``weights_sha256``).
+    Returns the metadata."""
     import json
 
     from omegaconf import OmegaConf
@@ -630,6 +652,13 @@ def export_actor(checkpoint: str | Path, out: str | Path, *, env_id: str, episod
     state = load_checkpoint(checkpoint)
     run_dir = checkpoint.parent.parent
     config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    if (run_dir / "summary.json").is_file():
+        try:
+            full_summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            summary = {k: full_summary.get(k) for k in ("status", "steps", "wall_time", "updates_per_s")}
+        except (OSError, ValueError):
+            pass  # provenance only
     if (run_dir / "config.yaml").is_file():
         full = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
         assert isinstance(full, dict)
@@ -639,20 +668,19 @@ def export_actor(checkpoint: str | Path, out: str | Path, *, env_id: str, episod
     scale_lb = float(((config.get("cql") or {}).get("scale_lb")) or 1e-4)
     actor = actor_from_trainer_checkpoint(checkpoint, activation=activation, scale_lb=scale_lb)
     returns = actor_returns(actor, env_id, episodes=episodes, seed=seed)
+    sampled = actor_returns(actor, env_id, episodes=episodes, seed=seed, sample=True)
     cql_cfg = config.get("cql") or {}
     sac = float(cql_cfg.get("min_q_weight", 1.0)) == 0.0 and not cql_cfg.get("with_lagrange", False)
     meta: dict[str, Any] = {
         "format": ACTOR_FORMAT, "env_id": env_id,
         "algo": "SAC (offrl cql, min_q_weight=0)" if sac else f"offrl {state.get('algo')}",
         "training_steps": int(state.get("step", 0)), "env_steps": int(state.get("frames", 0)),
-        "source_checkpoint": checkpoint.name, "run_config": config,
-        "measured_return": {"mean": float(returns.mean()), "std": float(returns.std()),
-                            "min": float(returns.min()), "max": float(returns.max()), "episodes": int(episodes),
-                            "reset_seeds": f"{seed} + i", "actions": "deterministic (tanh of the mean)"},
+        "source_checkpoint": checkpoint.name, "run_config": config, "run_summary": summary,
+        "measured_return": _return_stats(returns, seed, "deterministic (tanh of the mean)", refs),
+        "measured_return_sampled": _return_stats(sampled, seed, "sampled from the policy (rng seed 0)", refs),
     }
     if refs is not None:
         meta["d4rl_reference"] = d4rl_reference
-        meta["measured_return"]["d4rl_normalized"] = float(100 * (returns.mean() - refs[0]) / (refs[1] - refs[0]))
     meta.update(extra or {})
     actor.meta = meta
     try:

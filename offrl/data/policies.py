@@ -19,6 +19,7 @@ never from global state, so a recipe's seed fixes the data exactly.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Protocol
 
@@ -198,8 +199,11 @@ def make_policy(env_id: str, kind: str, *, epsilon: float = 0.0, noise_std: floa
     return PendulumExpert(epsilon, noise_std)
 
 
+@functools.lru_cache(maxsize=32)
 def _random_for(env_id: str) -> RandomPolicy:
-    """A uniformly random policy over any env's action space (MuJoCo random flavours)."""
+    """A uniformly random policy over any env's action space (MuJoCo random flavours). Cached: reading the
+    action space builds the env (for MuJoCo, compiles its model), and recipes ask for it once per episode;
+    the policy itself holds only the bounds and draws from the caller's generator."""
     import gymnasium as gym
 
     from offrl.data.catalog import make_env
