@@ -181,7 +181,7 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
     if not path.is_dir() or not is_run_dir(path):
         raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
                         "pass a folder printed by 'offrl train'")
-    from offrl.config import compose_config, config_to_yaml, diff_configs, load_yaml, saved_config
+    from offrl.config import compose_config, diff_configs, load_yaml, saved_config
     from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available
 
     saved_full = OmegaConf.load(path / CONFIG_FILE)
@@ -213,21 +213,30 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
     logger = TidyCSVLogger(run_name, path) if cfg.enable_logging else None
     latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
     parts = cfg.build_components(dataset=data, logger=logger, save_trainer_file=latest)
+    restore_run(path, parts.trainer, latest, cfg, changed=bool(changed), saved_full=saved_full, command=command)
+    if logger is not None:
+        attach_mirrors(logger, cfg.logger, path, run_name)
+    resumed = int(read_summary(path).get("resumed", 0)) + 1
+    return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
+
+
+def restore_run(path: Path, trainer: Any, latest: Path, cfg: Any, *, changed: bool, saved_full: Any,
+                command: Sequence[str]) -> None:
+    """The resume step shared by dataset and from-scratch runs: load ``latest`` into ``trainer`` (networks,
+    optimizers, counters, RNGs, buffers, online env state, and the logger's position, which cuts
+    metrics.csv back to the rows written before it), or start metrics over when the run was killed before
+    its first checkpoint; with ``changed`` (``--force``), rewrite config.yaml with the new values."""
+    from offrl.config import config_to_yaml
+
     if latest.exists():
-        # Restores networks, optimizers, counters, RNGs, sampler and the logger's position (which cuts
-        # metrics.csv back to the rows written before this checkpoint).
-        parts.trainer.load_from_file(latest)
+        trainer.load_from_file(latest)
     elif (path / METRICS_FILE).exists():
-        (path / METRICS_FILE).unlink()  # killed before its first checkpoint: start over
+        (path / METRICS_FILE).unlink()
     if changed:
         meta = {k: saved_full[k] for k in ("versions", "created") if k in saved_full}
         meta = OmegaConf.to_container(OmegaConf.create(meta)) if meta else {}
         meta.update({"command": list(command), "versions": package_versions()})
         write_text_atomic(path / CONFIG_FILE, config_to_yaml(cfg, meta))
-    if logger is not None:
-        attach_mirrors(logger, cfg.logger, path, run_name)
-    resumed = int(read_summary(path).get("resumed", 0)) + 1
-    return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
 
 
 def _scratch_env_of(config: Any) -> str | None:

@@ -246,9 +246,10 @@ def resume_from_scratch(path: Path, saved: Any, saved_full: Any, *, algo: str | 
                         command: Sequence[str], on_start: Callable[[Path], None] | None) -> Any:
     """Continue a from-scratch run from ``checkpoints/latest.pt`` (what :func:`offrl.train` does for
     ``resume=`` when the run's ``dataset.id`` is ``env:<ID>``). ``saved``: its config.yaml without metadata."""
-    from offrl.config import config_to_yaml, diff_configs, saved_config
+    from offrl.api import restore_run
+    from offrl.config import diff_configs, saved_config
     from offrl.logging import check_logger_available
-    from offrl.rundir import CONFIG_FILE, METRICS_FILE, package_versions, read_summary, write_text_atomic
+    from offrl.rundir import read_summary
 
     env_id = env_of_config(saved)
     assert env_id is not None
@@ -267,16 +268,6 @@ def resume_from_scratch(path: Path, saved: Any, saved_full: Any, *, algo: str | 
                         "resume without changes, or add --force to continue with the new values")
     check_logger_available(cfg.logger)
     run = _Scratch(cfg, env_id, path, path.name)
-    if run.latest.exists():
-        # networks, optimizer, counters, RNGs, the online buffer, the env and its episode in progress, and
-        # the logger's position (metrics.csv is cut back to the rows written before this checkpoint)
-        run.trainer.load_from_file(run.latest)
-    elif (path / METRICS_FILE).exists():
-        (path / METRICS_FILE).unlink()  # killed before its first checkpoint: start over
-    if changed:
-        meta = {k: saved_full[k] for k in ("versions", "created") if k in saved_full}
-        meta = OmegaConf.to_container(OmegaConf.create(meta)) if meta else {}
-        meta.update({"command": list(command), "versions": package_versions()})
-        write_text_atomic(path / CONFIG_FILE, config_to_yaml(cfg, meta))
+    restore_run(path, run.trainer, run.latest, cfg, changed=bool(changed), saved_full=saved_full, command=command)
     resumed = int(read_summary(path).get("resumed", 0)) + 1
     return run.train(resumed=resumed, on_start=on_start)
