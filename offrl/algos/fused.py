@@ -316,16 +316,13 @@ def _ensemble_forward(steps: list, x: Tensor, n: int) -> Tensor:
     the batched matmul a vmapped ensemble uses for the width-1 output layer, and it never copies the
     shared input ``n`` times.
     """
-    outs = []
-    for member in range(n):
-        member_steps = []
-        for step in steps:
-            if isinstance(step, tuple):
-                w, b = step
-                step = (w[member], b[member] if b is not None else None)
-            member_steps.append(step)
-        outs.append(_chain(member_steps, x))
-    return torch.stack(outs, 0)
+    return torch.stack([_chain(_member(steps, m), x) for m in range(n)], 0)
+
+
+def _member(steps: list, member: int) -> list:
+    """Member ``member``'s steps of a stacked ensemble's steps (weights and biases indexed)."""
+    return [(s[0][member], s[1][member] if s[1] is not None else None) if isinstance(s, tuple) else s
+            for s in steps]
 
 
 def _ensemble_forward_split(steps: list, obs: Tensor, index: Tensor, actions: Tensor, n: int) -> Tensor:
@@ -345,12 +342,7 @@ def _ensemble_forward_split(steps: list, obs: Tensor, index: Tensor, actions: Te
         pre = partial.index_select(0, index)
         # in place, so autocast does not see it: cast by hand (no-ops in float32)
         pre = pre.addmm_(actions.to(pre.dtype), w[:, obs_dim:].t().to(pre.dtype))
-        member_steps = []
-        for step in rest:
-            if isinstance(step, tuple):
-                sw, sb = step
-                step = (sw[member], sb[member] if sb is not None else None)
-            member_steps.append(step)
+        member_steps = _member(rest, member)
         outs.append(_chain(member_steps, pre) if any(isinstance(s, tuple) for s in member_steps) else pre)
     return torch.stack(outs, 0)
 
