@@ -174,9 +174,8 @@ class TrainerConfig:
                 f"algo={self.algo!r}: {type(self).__name__} runs {' or '.join(self._algos)}; "
                 f"use {'DQNTrainerConfig' if self.algo == 'dqn' else 'CQLTrainerConfig'}"
             )
-        if self.offline_steps == 0 and self.online.steps > 0:  # online only (offrl.online.scratch)
-            pass
-        elif self.offline_steps <= 0:
+        online_only = self.offline_steps == 0 and self.online.steps > 0  # offrl.online.scratch
+        if self.offline_steps <= 0 and not online_only:
             raise UserError(f"--steps (offline_steps): must be a positive integer, got {self.offline_steps}")
         positive = {"--batch-size (batch_size)": self.batch_size,
                     "log_interval": self.log_interval, "save_trainer_interval": self.save_trainer_interval,
