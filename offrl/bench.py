@@ -11,9 +11,10 @@ be put side by side (benchmarks/compare_peers.py does that in one run):
   loss (:class:`offrl.algos.fused_offline.FusedWeightedDiscreteCQLLoss`).
 
 Each update samples a batch from a memmapped torchrl buffer (100,000 random transitions, sampling without
-replacement) and runs :func:`offrl.algos.fused.make_update` on the fused losses with fused Adam. ``reference=True`` runs
-torchrl's own losses in the plain loop instead (torchrl's for-loop Adam, ``SoftUpdate.step``), which is
-what bench_torchrl_plain.py measures.
+replacement) and runs :func:`offrl.algos.fused.make_update` on the fused losses with fused Adam. The buffer is
+the one ``offrl train`` uses (a TensorDictReplayBuffer over a converted dataset's memmapped packed rows).
+``reference=True`` runs torchrl's own losses in the plain loop instead (torchrl's for-loop Adam,
+``SoftUpdate.step``, a ``LazyMemmapStorage`` buffer), which is what bench_torchrl_plain.py measures.
 """
 
 from __future__ import annotations
@@ -73,9 +74,14 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     }
 
 
-def _synthetic_buffer(workload: str, batch: int, scratch: str, n: int = _N, device: str = "cpu"):
-    """The peers' synthetic data (seeded), in a memmapped torchrl buffer sampled without replacement
-    (on a GPU: resident in GPU memory, sampled there)."""
+def _synthetic_buffer(workload: str, batch: int, scratch: str, n: int = _N, device: str = "cpu", *,
+                      offrl_buffer: bool = True):
+    """The peers' synthetic data (seeded) in a memmapped torchrl buffer sampled without replacement.
+
+    ``offrl_buffer``: the buffer ``offrl train`` samples from (:func:`offrl.data.buffer.make_replay_buffer`
+    over one memmapped file of packed rows, as a converted dataset's cache; on a GPU resident in GPU memory
+    and sampled there). Otherwise the peers' own ``LazyMemmapStorage`` buffer (the plain torchrl loop's).
+    """
     from tensordict import TensorDict
     from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
     from torchrl.data.replay_buffers import SamplerWithoutReplacement
@@ -104,14 +110,35 @@ def _synthetic_buffer(workload: str, batch: int, scratch: str, n: int = _N, devi
         },
         batch_size=[n],
     )
+    sampler = SamplerWithoutReplacement(drop_last=True)
+    if offrl_buffer:
+        return _packed_buffer(data, batch, scratch, device, sampler), data
     on_gpu = torch.device(device).type == "cuda"
     rb = TensorDictReplayBuffer(
         storage=LazyTensorStorage(n, device=device) if on_gpu else LazyMemmapStorage(n, scratch_dir=scratch),
         batch_size=batch,
-        sampler=SamplerWithoutReplacement(drop_last=True),
+        sampler=sampler,
     )
     rb.extend(data)
     return rb, data
+
+
+def _packed_buffer(data, batch: int, scratch: str, device: str, sampler):
+    """``data`` written as a converted dataset's packed rows file, memory-mapped back, in offrl's buffer."""
+    import os
+
+    from offrl.data.buffer import make_replay_buffer
+    from offrl.data.layout import RowLayout
+
+    leaves = {(k if isinstance(k, tuple) else (k,)): v.numpy() for k, v in data.items(True, True)}
+    layout = RowLayout.build([(key, arr.shape[1:], arr.dtype) for key, arr in leaves.items()])
+    n = data.shape[0]
+    os.makedirs(scratch, exist_ok=True)
+    path = os.path.join(scratch, "rows.bin")
+    layout.pack(leaves, n).tofile(path)
+    rows = torch.from_file(path, shared=False, size=n * layout.row_bytes, dtype=torch.uint8).view(n, -1)
+    return make_replay_buffer(layout.view(rows), batch, rows=rows, layout=layout, device=device,
+                              sampler=sampler, seed=0)
 
 
 def _build_cql(data, reference: bool):
@@ -269,7 +296,8 @@ def bench_workload(
     scratch = tempfile.mkdtemp(prefix="offrl-bench-")
     try:
         torch.manual_seed(0)
-        rb, data = _synthetic_buffer(workload, batch, scratch, n_transitions, device)
+        rb, data = _synthetic_buffer(workload, batch, scratch, n_transitions, device,
+                                     offrl_buffer=not reference)
         _, update = build_workload(workload, data, reference=reference, precision=precision, device=device,
                                    cuda_graph=cuda_graph)
         _timed(update, rb, max(warmup, 12 if cuda_graph else 0), device)  # the graph is captured at call 11

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from offrl import bench
 from offrl.errors import UserError
@@ -106,3 +107,20 @@ def test_cuda_graph_flag_runs_eagerly_on_cpu():
     result = bench.bench_workload("dqn", updates=3, batch=8, n_transitions=2_000, warmup=1, cuda_graph=True)
     assert result["updates_per_s"] > 0
     assert result["cuda_graph"] is False and result["device"] == "cpu"  # nothing captured without CUDA
+
+
+@pytest.mark.parametrize("workload", ["cql", "dqn", "discrete-cql"])
+def test_offrl_buffer_holds_the_peers_data(workload, tmp_path):
+    """offrl's packed, memmapped buffer and the peers' LazyMemmapStorage buffer serve the same transitions."""
+    ours, data = bench._synthetic_buffer(workload, 32, str(tmp_path / "a"), 500)
+    (tmp_path / "b").mkdir()
+    theirs, data_b = bench._synthetic_buffer(workload, 32, str(tmp_path / "b"), 500, offrl_buffer=False)
+    assert (data == data_b).all()
+    assert type(ours._storage).__name__ == "DatasetStorage" and type(theirs._storage).__name__ != "DatasetStorage"
+    for _ in range(3):
+        batch = ours.sample()
+        index = batch["index"]
+        assert batch.batch_size == (32,) and index.unique().numel() == 32  # without replacement
+        expected = data[index]
+        for key in expected.keys(True, True):
+            assert torch.equal(batch[key], expected[key]), key
