@@ -43,7 +43,7 @@ def matmul_route(request, monkeypatch):
         monkeypatch.setattr(fused_module, "_ONEDNN", None)
     else:  # the tests' networks are small: route every layer through oneDNN, not only the big ones
         monkeypatch.setattr(fused_module, "_ONEDNN_MIN_IN", 1)
-        monkeypatch.setattr(fused_module, "_ONEDNN_MIN_ROWS", 1)
+        monkeypatch.setattr(fused_module, "_ONEDNN_MIN_MACS", 1)
     return request.param
 
 
