@@ -268,7 +268,8 @@ class OfflineTrainer:
                 if self.clip_norm is not None:
                     torch.nn.utils.clip_grad_value_(params, self.clip_norm)
             norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
-        norms["grad_norm"] = torch.stack(list(norms.values())).pow(2).sum().sqrt()
+        values = list(norms.values())
+        norms["grad_norm"] = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum().sqrt()
         self.optimizer.step()
         return norms
 
@@ -317,9 +318,9 @@ class OfflineTrainer:
         for enabled, name, key in pairs:
             value = batch.get(key, None) if enabled else None
             if isinstance(value, torch.Tensor):
-                value = value.detach().float()
-                stats[f"{name}_mean"] = value.mean()
-                stats[f"{name}_std"] = value.std()
+                std, mean = torch.std_mean(value.detach().float())  # one kernel for both
+                stats[f"{name}_mean"] = mean
+                stats[f"{name}_std"] = std
         return stats
 
     # -------------------------------------------------------------------------------------- the loop
