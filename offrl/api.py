@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 # offrl.config and offrl.logging import torch and torchrl (seconds): they are imported inside the functions,
 # after the checks that need neither, so a mistyped --resume or --out fails at once.
 
-__all__ = ["Run", "train"]
+__all__ = ["Run", "compose_run_config", "train"]
 
 #: Friendly keyword names of :func:`train` (and CLI flags) -> config keys.
 ALIASES = {
@@ -151,11 +151,10 @@ def train(
                        overrides=values, force=force, command=command, on_start=on_start)
 
     check_writable(runs_root(out))
-    from offrl.config import compose_config, config_to_yaml
+    from offrl.config import config_to_yaml
     from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available
 
-    cfg, data = compose_config(None if dataset is None else str(dataset), algo, config_file=config,
-                               overrides=values, dotlist=dotlist)
+    cfg, data = _compose(dataset, algo, config, values, dotlist)
     run_name = name or default_run_name(cfg.seed)
     path = run_dir_path(out, data.name, cfg.algo, run_name)
     if path.exists():
@@ -172,6 +171,24 @@ def train(
     if logger is not None:
         attach_mirrors(logger, cfg.logger, path, run_name)
     return _train_in(path, cfg, parts, logger, resumed=0, on_start=on_start)
+
+
+def compose_run_config(dataset: str | os.PathLike[str] | None = None, algo: str | None = None, *,
+                       config: str | os.PathLike[str] | None = None, dotlist: Sequence[str] = (),
+                       **overrides: Any) -> tuple[TrainerConfig, Any]:
+    """The ``(config, dataset)`` that :func:`train` with the same arguments would run, without training or
+    writing a run folder: every input is checked (a :class:`~offrl.errors.UserError` names the bad one)
+    and the dataset is converted into the cache if needed."""
+    return _compose(dataset, algo, config, {ALIASES.get(k, k): v for k, v in overrides.items() if v is not None},
+                    dotlist)
+
+
+def _compose(dataset: Any, algo: str | None, config: Any, values: Mapping[str, Any],
+             dotlist: Sequence[str]) -> tuple[TrainerConfig, Any]:
+    from offrl.config import compose_config
+
+    return compose_config(None if dataset is None else str(dataset), algo, config_file=config,
+                          overrides=dict(values), dotlist=dotlist)
 
 
 def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist: Sequence[str],

@@ -14,6 +14,7 @@ EPILOG = """\
 examples:
   offrl train --dataset offrl/pendulum/medium-v0
   offrl train --dataset offrl/cartpole/medium-v0 --algo dqn --steps 20000 --seed 1
+  offrl train --dataset offrl/pendulum/medium-v0 --seeds 5        (5 seeds in parallel, mean and 95% CI)
   offrl train --dataset d4rl-hopper.hdf5 --set cql.min_q_weight=5 --set eval.seed=100
   offrl train --config runs/<dataset>/<algo>/<name>/config.yaml --name repro   (reproduce a run)
   offrl train --resume runs/<dataset>/<algo>/<name>                            (continue a stopped run)
@@ -93,7 +94,41 @@ def register(subparsers: Any) -> None:
                    help="Cal-QL: calibrate CQL's penalty by the Monte-Carlo return (online.calql)")
     g.add_argument("--async-collection", action="store_true", default=None,
                    help="collect in worker processes while updating (async_collection; not bit-reproducible)")
-    p.set_defaults(func=run)
+    s = p.add_argument_group("several seeds (one run folder each, in parallel processes, then one report)")
+    s.add_argument("--seeds", type=_seed_list, metavar="N|S1,S2,...",
+                   help="train seeds 0..N-1 (or the listed seeds), each as its own run; prints each score and the "
+                        "mean with a bootstrap 95%% CI, and writes <tag>-report/index.html beside the runs")
+    s.add_argument("--jobs", type=_positive_int, metavar="J",
+                   help="with --seeds: runs at a time (default: one per CPU core); the cores are shared out as "
+                        "torch threads (config num_threads) unless the config sets num_threads")
+    p.set_defaults(func=run, train_parser=p)
+
+
+def _seed_list(text: str) -> list[int]:
+    from offrl.cli.seeds import seed_list
+
+    return seed_list(text)
+
+
+def _config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that set config keys, as :func:`offrl.train` keywords."""
+    return dict(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        logger=args.logger,
+        progress=False if args.no_progress else None,
+        cache_dir=args.cache_dir,
+        online_steps=args.online_steps,
+        online_env=args.online_env,
+        frames_per_batch=args.frames_per_batch,
+        utd=args.utd,
+        calql=args.calql,
+        async_collection=args.async_collection,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,6 +140,14 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("--dataset: required (e.g. --dataset offrl/pendulum/medium-v0), or --config / --resume, "
                         "or --env ID --online-steps N to train online from scratch")
+    if args.seeds is not None:
+        from offrl.cli.seeds import run_seeds
+
+        return run_seeds(args, _config_kwargs(args))
+    if args.jobs is not None:
+        from offrl.errors import UserError
+
+        raise UserError("--jobs: only with --seeds (runs at a time)")
 
     def started(path: Path) -> None:
         verb = "resuming" if args.resume else "training"
@@ -121,21 +164,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         command=["offrl", *sys.argv[1:]],
         on_start=started,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        logger=args.logger,
-        progress=False if args.no_progress else None,
-        cache_dir=args.cache_dir,
-        online_steps=args.online_steps,
-        online_env=args.online_env,
-        frames_per_batch=args.frames_per_batch,
-        utd=args.utd,
-        calql=args.calql,
-        async_collection=args.async_collection,
+        **_config_kwargs(args),
     )
     summary = result.summary
     print(f"run: {result.dir}")

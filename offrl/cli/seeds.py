@@ -1,0 +1,228 @@
+"""``offrl train --seeds``: the same run for several seeds in parallel processes, then one report.
+
+Each seed is an ordinary ``offrl train ... --seed S`` child process (its own run folder, written
+atomically as always), ``--jobs`` of them at a time with the CPU cores shared out as torch threads
+(``num_threads``). The parent checks the inputs once before any child starts (a bad input is one line,
+exit 2, nothing written), prints each seed's score line as it finishes, then writes one report over
+the seeds (mean, IQM, bootstrap 95% CI) and prints the aggregate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from offrl.errors import UserError
+
+__all__ = ["seed_list", "run_seeds"]
+
+# Options that --seeds sets itself for each child, or that make no sense with it.
+_NOT_FORWARDED = {"help", "seeds", "jobs", "seed", "name", "no_progress", "func", "train_parser"}
+
+
+def seed_list(text: str) -> list[int]:
+    """argparse type of ``--seeds``: ``N`` (seeds 0..N-1) or a comma-separated list ``0,3,7``."""
+    parts = [p.strip() for p in text.split(",")] if "," in text else None
+    try:
+        seeds = [int(p) for p in parts] if parts is not None else list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count (3) or a list of seeds (0,3,7), got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"needs at least one seed, got {text!r}")
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be 0 or positive, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is listed twice in {text!r}")
+    return seeds
+
+
+def _forwarded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The command line of ``args`` (every option the user gave) minus the options --seeds sets itself."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in _NOT_FORWARDED:
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value == action.default:
+            continue
+        option = max(action.option_strings, key=len)
+        if action.nargs == 0:  # a flag
+            argv.append(option)
+        elif isinstance(value, list):
+            for item in value:
+                argv += [option, str(item)]
+        else:
+            argv += [option, str(value)]
+    return argv
+
+
+@dataclass
+class _Child:
+    seed: int
+    proc: subprocess.Popen
+    out: IO[str]
+    err: IO[str]
+    lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def finish(self) -> int:
+        self.out.seek(0)
+        self.err.seek(0)
+        self.lines = [line.rstrip("\n") for line in self.out]
+        self.errors = [line.rstrip("\n") for line in self.err if line.strip()]
+        for f in (self.out, self.err):
+            f.close()
+        return int(self.proc.returncode)
+
+    def value(self, prefix: str) -> str | None:
+        return next((line[len(prefix):] for line in self.lines if line.startswith(prefix)), None)
+
+    def error_line(self) -> str:
+        """The child's own one-line error (``offrl: error: ...``), else its last stderr line."""
+        said = [line for line in self.errors if line.startswith("offrl: error:")]
+        return (said or self.errors or ["(no message)"])[-1]
+
+
+def _validate(args: argparse.Namespace, kwargs: dict[str, Any], seeds: list[int]) -> Any:
+    """Compose the config once (this loads and caches the dataset), so a bad input fails here, before any
+    child starts; returns the config, or None where each child must check its own inputs (no --dataset)."""
+    if args.dataset is None:
+        return None
+    from offrl.api import compose_run_config
+    from offrl.rundir import check_writable, run_dir_path, runs_root
+
+    check_writable(runs_root(args.out))
+    cfg, data = compose_run_config(args.dataset, args.algo, config=args.config, dotlist=args.dotlist, **kwargs)
+    if args.name is not None:  # default names carry a timestamp; a given --name must not collide
+        for seed in seeds:
+            path = run_dir_path(args.out, data.name, cfg.algo, _name(args, seed, ""))
+            if path.exists():
+                raise UserError(f"--name {args.name}: run folder {path} already exists; pick another --name")
+    return cfg
+
+
+def _name(args: argparse.Namespace, seed: int, stamp: str) -> str:
+    return f"{args.name}-seed{seed}" if args.name else f"seed{seed}-{stamp}"
+
+
+def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    """Run every seed of ``args.seeds`` as its own ``offrl train`` process; print each score and the aggregate."""
+    seeds: list[int] = args.seeds
+    if args.seed is not None:
+        raise UserError(f"--seed {args.seed}: give the seeds to --seeds instead (e.g. --seeds 0,1,2)")
+    if args.resume is not None:
+        raise UserError("--seeds: cannot resume several runs at once; --resume each run folder on its own")
+    cores = os.cpu_count() or 1
+    jobs = min(args.jobs or cores, len(seeds))
+    threads = max(1, cores // jobs)
+    cfg = _validate(args, kwargs, seeds)
+    user_threads = cfg is not None and cfg.num_threads is not None
+    base = [sys.executable, "-m", "offrl", "train", *_forwarded(args, args.train_parser), "--no-progress"]
+    if not user_threads:
+        base += ["--set", f"num_threads={threads}"]
+    env = dict(os.environ)
+    if not user_threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    print(f"offrl: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {jobs} at a time, "
+          f"{f'num_threads {cfg.num_threads} as configured' if user_threads else f'{threads} torch thread(s) each'}",
+          flush=True)
+
+    pending, running, done = list(seeds), [], []
+    failed: _Child | None = None
+    interrupts = 0
+    restore = _sigterm_as_interrupt()
+    try:
+        while pending or running:
+            try:
+                while pending and len(running) < jobs:
+                    seed = pending.pop(0)
+                    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+                    # Its own session: the terminal's Ctrl-C reaches only this process, which passes exactly
+                    # one SIGINT on per Ctrl-C (one: stop after a checkpoint; two: abort, as for one run).
+                    proc = subprocess.Popen([*base, "--seed", str(seed), "--name", _name(args, seed, stamp)],
+                                            stdout=out, stderr=err, env=env, text=True, start_new_session=True)
+                    running.append(_Child(seed, proc, out, err))
+                time.sleep(0.05)
+                for child in [c for c in running if c.proc.poll() is not None]:
+                    running.remove(child)
+                    code = child.finish()
+                    done.append((child, code))
+                    if code == 0:
+                        print(f"seed {child.seed}: {child.value('run: ')}\n  {child.lines[-1] if child.lines else ''}",
+                              flush=True)
+                    elif code == 2:  # a bad input fails every seed alike: stop the rest, say it once (below)
+                        if failed is None:
+                            failed = child
+                            pending.clear()
+                            for other in running:
+                                other.proc.terminate()
+                    else:
+                        print(f"offrl: seed {child.seed} failed (exit {code}): {child.error_line()}",
+                              file=sys.stderr, flush=True)
+            except KeyboardInterrupt:
+                interrupts += 1
+                pending.clear()
+                for child in running:
+                    child.proc.send_signal(signal.SIGINT)
+                if interrupts == 1:
+                    print("offrl: stopping: each running seed saves a checkpoint (Ctrl-C again to abort); "
+                          "continue one with --resume RUN_DIR", file=sys.stderr, flush=True)
+    finally:
+        restore()
+        for child in running:  # only on an unexpected error: do not leave children behind
+            child.proc.terminate()
+            child.proc.wait()
+            child.finish()
+    if failed is not None:
+        raise UserError(failed.error_line().removeprefix("offrl: error: "))
+    runs = [Path(c.value("run: ")) for c, code in done if code == 0 and c.value("run: ")]
+    if interrupts:
+        return 130
+    if runs:
+        _aggregate(args, runs, stamp, len(seeds))
+    return 0 if len(runs) == len(seeds) else 1
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Handle SIGTERM like Ctrl-C (the children are stopped cleanly); returns the restoring function."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: int) -> None:
+    from offrl.cli.train import _fmt
+    from offrl.report import build_report
+    from offrl.report.aggregate import NORMALIZED
+
+    tag = args.name or f"seeds-{stamp}"
+    out = runs[0].parent / f"{tag}-report"
+    report = build_report(runs, out, title=f"offrl · {len(runs)} seeds")
+    for warning in report.warnings:
+        print(f"offrl: warning: {warning}", file=sys.stderr)
+    for _, row in report.summary.iterrows():
+        normalized = row["unit"] == NORMALIZED
+        unit = "normalized score" if normalized else "return"
+        behaviour = row["behaviour_normalized"] if normalized else row["behaviour_return"]
+        print(f"{len(runs)} of {n_seeds} seeds, {row['dataset']} {row['group']}: last {unit} {_ci(row, 'last')} "
+              f"(mean [95% CI]), IQM {_fmt(row['last_iqm'])}; best {_ci(row, 'best')}; behaviour policy {_fmt(behaviour)}")
+    print(f"report: {report.html}")
+
+
+def _ci(row: Any, prefix: str) -> str:
+    from offrl.cli.train import _fmt
+
+    return f"{_fmt(row[f'{prefix}_mean'])} [{_fmt(row[f'{prefix}_low'])}, {_fmt(row[f'{prefix}_high'])}]"

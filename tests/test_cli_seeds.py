@@ -1,0 +1,137 @@
+"""``offrl train --seeds``: several seeds as parallel ``offrl train`` processes, then one report over them.
+
+Real console-script subprocesses on small real datasets (random CartPole rollouts written with h5py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from train_helpers import TINY_DCQL, cartpole_file, offrl_cli
+
+SETS = [a for s in [*TINY_DCQL, "num_threads=1"] for a in ("--set", s)]
+BASE = ["--steps", "30", "--batch-size", "16", "--eval-every", "15", "--eval-episodes", "2"]
+
+
+@pytest.fixture(scope="module")
+def cartpole(tmp_path_factory):
+    return str(cartpole_file(tmp_path_factory.mktemp("data")))
+
+
+def _summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_seeds_run_in_parallel_and_aggregate(cartpole, tmp_path):
+    result = offrl_cli("train", "--dataset", cartpole, *BASE, "--seeds", "1,3", "--jobs", "2",
+                       "--out", str(tmp_path), "--name", "grp", *SETS)
+    assert result.returncode == 0, result.stderr
+    algo_dir = tmp_path / "cartpole-random" / "discrete-cql"
+    runs = {s: algo_dir / f"grp-seed{s}" for s in (1, 3)}
+    for seed, run in runs.items():
+        summary = _summary(run)
+        assert summary["status"] == "completed" and summary["steps"] == 30
+        assert summary["seed"] == seed
+        assert f"seed {seed}: {run}" in result.stdout
+    report = algo_dir / "grp-report" / "index.html"
+    assert f"report: {report}" in result.stdout and report.stat().st_size > 0
+    # The aggregate line is the mean of the two runs' last evaluations (raw returns: a test file has no
+    # reference scores), with a bootstrap CI around it.
+    last = [_summary(run)["final"]["return_mean"] for run in runs.values()]
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("2 of 2 seeds"))
+    mean, low, high = (float(x) for x in line.split("last return ")[1].split(" (mean")[0]
+                       .replace("[", "").replace("]", "").replace(",", "").split())
+    assert mean == pytest.approx(np.mean(last), abs=0.051)
+    assert min(last) - 0.051 <= low <= mean <= high <= max(last) + 0.051
+    assert "Traceback" not in result.stderr
+
+
+def test_a_seed_of_a_group_equals_the_same_seed_alone(cartpole, tmp_path):
+    """--seeds changes where runs go and how many run at once, never what a seed learns."""
+    group = offrl_cli("train", "--dataset", cartpole, *BASE, "--seeds", "0,2", "--out", str(tmp_path / "g"),
+                      "--name", "g", *SETS)
+    alone = offrl_cli("train", "--dataset", cartpole, *BASE, "--seed", "2", "--no-progress",
+                      "--out", str(tmp_path / "a"), "--name", "a", *SETS)
+    assert group.returncode == 0 and alone.returncode == 0, group.stderr + alone.stderr
+
+    def read(root, name):
+        return pd.read_csv(root / "cartpole-random" / "discrete-cql" / name / "metrics.csv")
+
+    m_group, m_alone = read(tmp_path / "g", "g-seed2"), read(tmp_path / "a", "a")
+    timing = [c for c in m_group.columns if "per_s" in c or "time" in c or c.endswith("seconds")]
+    pd.testing.assert_frame_equal(m_group.drop(columns=timing), m_alone.drop(columns=timing))
+    other = read(tmp_path / "g", "g-seed0")
+    assert not other.drop(columns=timing).equals(m_alone.drop(columns=timing))  # the test can tell seeds apart
+
+
+BAD = [
+    (["--seeds", "0"], "--seeds"),
+    (["--seeds", "a,b"], "--seeds"),
+    (["--seeds", "1,1"], "twice"),
+    (["--seeds", "-1,2"], "--seeds"),
+    (["--seeds", "2", "--seed", "1"], "--seed"),
+    (["--seeds", "2", "--jobs", "0"], "--jobs"),
+    (["--jobs", "2"], "--jobs"),
+    (["--seeds", "2", "--set", "discrete_cql.nope=1"], "discrete_cql.nope"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_exit_2_one_line_nothing_written(cartpole, tmp_path, extra, message):
+    out = tmp_path / "runs"
+    result = offrl_cli("train", "--dataset", cartpole, "--steps", "5", "--out", str(out), *extra)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.rglob("*")), "a bad input must leave no run folder"
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    result = offrl_cli("train", "--dataset", str(tmp_path / "nope.hdf5"), "--seeds", "3", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "nope.hdf5" in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_failing_child_stops_the_group_in_one_line(cartpole, tmp_path):
+    """Inputs only a child can check (here: an online env id that does not exist) fail every seed alike:
+    the first child's own one-line error is said once, the rest are stopped, exit 2."""
+    result = offrl_cli("train", "--dataset", cartpole, "--steps", "5", "--online-steps", "10", "--env", "NoSuchEnv-v9",
+                       "--seeds", "3", "--jobs", "1", "--out", str(tmp_path / "r"), *SETS)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("offrl: error:") and "NoSuchEnv" in lines[0], result.stderr
+    assert "seed 0:" not in result.stdout and "report:" not in result.stdout
+
+
+def test_sigterm_stops_every_seed_after_a_checkpoint(cartpole, tmp_path):
+    """SIGTERM (or Ctrl-C) on the parent: each running seed stops cleanly (checkpoint, status stopped, resumable)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("offrl")
+    proc = subprocess.Popen([str(exe), "train", "--dataset", cartpole, "--steps", "1000000", "--eval-every", "0",
+                             "--seeds", "2", "--out", str(tmp_path), *SETS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    algo_dir = tmp_path / "cartpole-random" / "discrete-cql"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(algo_dir.glob("seed*/metrics.csv"))) < 2:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    runs = sorted(algo_dir.glob("seed*"))
+    assert len(runs) == 2
+    for run in runs:
+        summary = _summary(run)
+        assert summary["status"] == "stopped" and 0 < summary["steps"] < 1_000_000, summary
+        assert (run / "checkpoints" / "latest.pt").exists()
+        assert f"seed {summary['seed']}: {run}" in out
+    assert "report:" not in out and "Traceback" not in err
