@@ -135,3 +135,20 @@ def test_sigterm_stops_every_seed_after_a_checkpoint(cartpole, tmp_path):
         assert (run / "checkpoints" / "latest.pt").exists()
         assert f"seed {summary['seed']}: {run}" in out
     assert "report:" not in out and "Traceback" not in err
+
+
+def test_children_get_every_option_but_the_ones_seeds_sets():
+    """In-process: the child command line repeats the user's options (flags, repeated --set) and leaves out
+    --seeds/--jobs/--seed/--name; a user's num_threads (in --set or a --config file) is kept."""
+    from offrl.cli import build_parser
+    from offrl.cli.seeds import _forwarded, _threads_set
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--dataset", "d.hdf5", "--steps", "7", "--seeds", "2", "--jobs", "1",
+                              "--name", "n", "--calql", "--set", "a=1", "--set", "num_threads=3"])
+    argv = _forwarded(args, args.train_parser)
+    assert argv[argv.index("--dataset") + 1] == "d.hdf5" and argv[argv.index("--steps") + 1] == "7"
+    assert "--calql" in argv and [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == ["a=1", "num_threads=3"]
+    assert not {"--seeds", "--jobs", "--name", "--seed"} & set(argv)
+    assert _threads_set(args, None)
+    assert not _threads_set(parser.parse_args(["train", "--dataset", "d", "--seeds", "2"]), None)

@@ -109,6 +109,22 @@ def _validate(args: argparse.Namespace, kwargs: dict[str, Any], seeds: list[int]
     return cfg
 
 
+def _threads_set(args: argparse.Namespace, cfg: Any) -> bool:
+    """Whether the user's config (composed, or else its --set / --config file) fixes num_threads."""
+    if cfg is not None:
+        return cfg.num_threads is not None
+    if any(item.split("=", 1)[0].strip() == "num_threads" for item in args.dotlist):
+        return True
+    if args.config is not None:
+        from omegaconf import OmegaConf
+
+        try:
+            return OmegaConf.load(args.config).get("num_threads") is not None
+        except Exception:  # noqa: BLE001 - an unreadable file: the child says so in its one line
+            return False
+    return False
+
+
 def _name(args: argparse.Namespace, seed: int, stamp: str) -> str:
     return f"{args.name}-seed{seed}" if args.name else f"seed{seed}-{stamp}"
 
@@ -124,16 +140,16 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     jobs = min(args.jobs or cores, len(seeds))
     threads = max(1, cores // jobs)
     cfg = _validate(args, kwargs, seeds)
-    user_threads = cfg is not None and cfg.num_threads is not None
-    base = [sys.executable, "-m", "offrl", "train", *_forwarded(args, args.train_parser), "--no-progress"]
-    if not user_threads:
-        base += ["--set", f"num_threads={threads}"]
+    user_threads = _threads_set(args, cfg)
+    # The thread count goes first: a user's own --set, later on the line, would win (later --set wins).
+    base = [sys.executable, "-m", "offrl", "train", *([] if user_threads else ["--set", f"num_threads={threads}"]),
+            *_forwarded(args, args.train_parser), "--no-progress"]
     env = dict(os.environ)
     if not user_threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     print(f"offrl: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {jobs} at a time, "
-          f"{f'num_threads {cfg.num_threads} as configured' if user_threads else f'{threads} torch thread(s) each'}",
+          f"{'num_threads as configured' if user_threads else f'{threads} torch thread(s) each'}",
           flush=True)
 
     pending, running, done = list(seeds), [], []
