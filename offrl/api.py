@@ -154,7 +154,7 @@ def train(
     from offrl.config import config_to_yaml
     from offrl.logging import TidyCSVLogger, attach_mirrors, check_logger_available
 
-    cfg, data = _compose(dataset, algo, config, values, dotlist)
+    cfg, data = compose_run_config(dataset, algo, config=config, dotlist=dotlist, **values)
     run_name = name or default_run_name(cfg.seed)
     path = run_dir_path(out, data.name, cfg.algo, run_name)
     if path.exists():
@@ -179,16 +179,11 @@ def compose_run_config(dataset: str | os.PathLike[str] | None = None, algo: str 
     """The ``(config, dataset)`` that :func:`train` with the same arguments would run, without training or
     writing a run folder: every input is checked (a :class:`~offrl.errors.UserError` names the bad one)
     and the dataset is converted into the cache if needed."""
-    return _compose(dataset, algo, config, {ALIASES.get(k, k): v for k, v in overrides.items() if v is not None},
-                    dotlist)
-
-
-def _compose(dataset: Any, algo: str | None, config: Any, values: Mapping[str, Any],
-             dotlist: Sequence[str]) -> tuple[TrainerConfig, Any]:
     from offrl.config import compose_config
 
-    return compose_config(None if dataset is None else str(dataset), algo, config_file=config,
-                          overrides=dict(values), dotlist=dotlist)
+    values = {ALIASES.get(k, k): v for k, v in overrides.items() if v is not None}
+    return compose_config(None if dataset is None else str(dataset), algo, config_file=config, overrides=values,
+                          dotlist=dotlist)
 
 
 def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist: Sequence[str],
