@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from offrl.cli.train import _fmt
 from offrl.errors import UserError
 
 __all__ = ["seed_list", "run_seeds"]
@@ -220,7 +221,6 @@ def _sigterm_as_interrupt() -> Any:
 
 
 def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: int) -> None:
-    from offrl.cli.train import _fmt
     from offrl.report import build_report
     from offrl.report.aggregate import NORMALIZED
 
@@ -239,6 +239,4 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
 
 
 def _ci(row: Any, prefix: str) -> str:
-    from offrl.cli.train import _fmt
-
     return f"{_fmt(row[f'{prefix}_mean'])} [{_fmt(row[f'{prefix}_low'])}, {_fmt(row[f'{prefix}_high'])}]"
