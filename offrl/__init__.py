@@ -10,8 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from offrl.errors import UserError
-
-__version__ = "0.1.0"
+from offrl.version import __version__
 
 _WHERE = {
     # data

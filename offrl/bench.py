@@ -55,10 +55,8 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     import tensordict
     import torchrl
 
-    try:
-        from offrl import __version__ as offrl_version
-    except ImportError:  # pragma: no cover
-        offrl_version = "unknown"
+    from offrl.version import __version__ as offrl_version
+
     return {
         "threads": threads if threads is not None else torch.get_num_threads(),
         "device": "cpu",

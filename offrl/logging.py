@@ -24,8 +24,8 @@ from typing import Any
 from torchrl.record.loggers import Logger
 from torchrl.record.loggers.common import _make_metrics_safe
 
-from offrl._atomic import write_text_atomic
 from offrl.errors import UserError
+from offrl.fsio import write_text_atomic
 
 __all__ = [
     "EVAL_COLUMNS",

@@ -19,9 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from offrl._atomic import current_umask
-from offrl._atomic import write_text_atomic as _write_text_atomic
 from offrl.errors import UserError
+from offrl.fsio import current_umask
+from offrl.fsio import write_text_atomic as _write_text_atomic
 
 __all__ = [
     "CHECKPOINT_DIR",

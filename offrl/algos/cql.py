@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import CQLLoss, SoftUpdate
 
 from offrl.algos._common import AlgoParts, make_mlp, named_adam, orthogonal_init_, seeded
+from offrl.config.algos import CQLConfig
 from offrl.errors import UserError
 
 __all__ = ["CQLConfig", "OfflineCQLLoss", "ActionRescale", "build", "build_from_dataset"]
@@ -44,38 +44,6 @@ __all__ = ["CQLConfig", "OfflineCQLLoss", "ActionRescale", "build", "build_from_
 # Keep dataset actions strictly inside the tanh's range: the BC warm start takes log pi(a|s) of them, and
 # atanh(+-1) is infinite (datasets clip actions to the bounds).
 _ACTION_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class CQLConfig:
-    """Continuous CQL hyperparameters. Defaults are for MuJoCo-size tasks; sources in the comments.
-
-    CORL = tinkoff-ai/CORL ``algorithms/offline/cql.py``; paper = Kumar et al. 2020, appendix F.
-    """
-
-    hidden_sizes: tuple[int, ...] = (256, 256, 256)  # CORL (3 x 256 for actor and critics); paper App. F
-    activation: str = "relu"  # paper / CORL
-    orthogonal_init: bool = True  # CORL orthogonal_init
-    actor_lr: float = 3e-5  # CORL policy_lr (the authors' code; the paper's text says 1e-4)
-    critic_lr: float = 3e-4  # CORL qf_lr; paper
-    alpha_lr: float = 3e-4  # entropy temperature lr (torchrl sota-implementations/cql)
-    alpha_prime_lr: float = 3e-4  # Lagrange multiplier lr (CORL uses qf_lr)
-    gamma: float = 0.99  # CORL discount
-    tau: float = 5e-3  # CORL soft_target_update_rate (SoftUpdate every step)
-    alpha_init: float = 1.0  # SAC/CQL initial temperature
-    fixed_alpha: bool = False  # False = automatic entropy tuning (CORL use_automatic_entropy_tuning)
-    target_entropy: float | None = None  # None = -action_dim (SAC heuristic)
-    min_q_weight: float = 10.0  # CQL alpha; CORL cql_alpha=10 (paper: 5 or 10 on gym)
-    temperature: float = 1.0  # CQL(H) log-sum-exp temperature; CORL cql_temp
-    num_random: int = 10  # actions sampled per state for the penalty; CORL cql_n_actions, paper
-    with_lagrange: bool = False  # CORL cql_lagrange (paper uses it on AntMaze/Adroit)
-    target_action_gap: float = 5.0  # Lagrange threshold tau; paper 5.0 (AntMaze), 10.0 (Kitchen)
-    max_q_backup: bool = False  # CORL cql_max_target_backup
-    deterministic_backup: bool = True  # no entropy in the target; CORL backup_entropy=False
-    bc_steps: int = 0  # behaviour-cloning warm start (paper policy_eval_start; CORL bc_steps, default 0)
-    loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
-    scale_lb: float = 1e-4  # lower bound of the actor's std
-    fused: bool = True  # FusedOfflineCQLLoss: the same loss within 1e-5 (tests/test_fused.py), ~1.5-2x faster
 
 
 class ActionRescale(nn.Module):

@@ -6,7 +6,6 @@ Actions are int64 indices ``[N]`` (the dataset layout), so the Q actor uses a ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,28 +17,11 @@ from torchrl.objectives import DiscreteCQLLoss, HardUpdate, SoftUpdate
 from torchrl.objectives.utils import distance_loss
 
 from offrl.algos._common import AlgoParts, make_mlp, named_adam, seeded
+from offrl.config.algos import DiscreteCQLConfig
 from offrl.errors import UserError
 
 __all__ = ["DiscreteCQLConfig", "WeightedDiscreteCQLLoss", "build", "build_from_dataset",
            "categorical_spec", "make_q_network"]
-
-
-@dataclass(frozen=True)
-class DiscreteCQLConfig:
-    """Discrete CQL hyperparameters. Sources: d3rlpy ``DiscreteCQLConfig`` (alpha=1, lr 6.25e-5 for Atari,
-    target_update_interval=8000), the CQL paper's Atari setup (App. F: alpha 1.0 or 4.0)."""
-
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    activation: str = "relu"
-    dueling: bool = False  # dueling head (Wang et al. 2016)
-    lr: float = 3e-4  # Adam; d3rlpy's Atari default is 6.25e-5, 3e-4 suits low-dimensional tasks
-    gamma: float = 0.99
-    min_q_weight: float = 1.0  # CQL alpha; d3rlpy DiscreteCQLConfig.alpha, paper App. F
-    loss_function: str = "l2"  # torchrl default (d3rlpy uses Huber)
-    target_update: str = "hard"  # "hard" (d3rlpy, DQN) or "soft"
-    target_update_interval: int = 1000  # gradient steps between hard copies (d3rlpy: 8000 for Atari)
-    tau: float = 5e-3  # soft update rate when target_update="soft"
-    fused: bool = True  # FusedWeightedDiscreteCQLLoss: the same loss within 1e-5, fewer kernels per step
 
 
 class WeightedDiscreteCQLLoss(DiscreteCQLLoss):

@@ -5,7 +5,6 @@ an ``EGreedyModule`` whose epsilon the trainer anneals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,29 +14,10 @@ from torchrl.objectives import DQNLoss
 
 from offrl.algos._common import AlgoParts, named_adam, seeded
 from offrl.algos.discrete_cql import _target_updater, categorical_spec, make_q_network
+from offrl.config.algos import DQNConfig
 from offrl.errors import UserError
 
 __all__ = ["DQNConfig", "build", "build_from_dataset"]
-
-
-@dataclass(frozen=True)
-class DQNConfig:
-    """DQN hyperparameters. Sources: CleanRL ``dqn.py`` (lr 2.5e-4, target every 500 steps, eps 1 -> 0.05,
-    gamma 0.99 on CartPole) and torchrl's DQNTrainer example (HardUpdate)."""
-
-    hidden_sizes: tuple[int, ...] = (120, 84)  # CleanRL dqn.py
-    activation: str = "relu"
-    dueling: bool = False
-    double_dqn: bool = True  # van Hasselt et al. 2016
-    lr: float = 2.5e-4  # CleanRL
-    gamma: float = 0.99
-    loss_function: str = "l2"  # CleanRL uses MSE
-    target_update: str = "hard"
-    target_update_interval: int = 500  # CleanRL target_network_frequency (in gradient steps here)
-    tau: float = 5e-3
-    eps_init: float = 1.0  # CleanRL start_e
-    eps_end: float = 0.05  # CleanRL end_e
-    annealing_num_steps: int = 10_000  # frames over which epsilon decays (CleanRL: 0.5 * total steps)
 
 
 def build(cfg: DQNConfig, *, observation_shape: tuple[int, ...], action_spec: Any,

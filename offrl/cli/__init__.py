@@ -23,8 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from offrl import __version__
     from offrl.cli import bench, datasets, evaluate, report, train
+    from offrl.version import __version__
 
     parser = _Parser(prog="offrl", description="Offline RL on datasets: CQL and DQN with trustworthy reports.")
     parser.add_argument("--version", action="version", version=f"offrl {__version__}")

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from offrl._atomic import write_text_atomic
 from offrl.data.health import HealthStats
 from offrl.data.source import RawSource, leaf_specs, tree_leaves
 from offrl.errors import UserError
+from offrl.fsio import write_text_atomic
 
 if TYPE_CHECKING:
     from offrl.data.layout import RowLayout

@@ -632,9 +632,9 @@ def export_actor(checkpoint: str | Path, out: str | Path, *, env_id: str, episod
 
     from omegaconf import OmegaConf
 
-    from offrl._atomic import write_text_atomic
     from offrl.data.catalog import d4rl_reference as d4rl_table
     from offrl.data.policies import actor_from_trainer_checkpoint, save_actor
+    from offrl.fsio import write_text_atomic
     from offrl.trainers.checkpoint import load_checkpoint
 
     checkpoint, out = Path(checkpoint), Path(out)

@@ -362,7 +362,7 @@ def save_actor(path: str | Path, policy: ActorPolicy) -> None:
     import io
     import json
 
-    from offrl._atomic import write_bytes_atomic
+    from offrl.fsio import write_bytes_atomic
 
     arrays: dict[str, np.ndarray] = {
         "format": np.array(ACTOR_FORMAT), "layers": np.array(len(policy.layers)),

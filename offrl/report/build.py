@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from offrl._atomic import write_text_atomic
 from offrl.errors import UserError
+from offrl.fsio import write_text_atomic
 from offrl.report import html as html_page
 from offrl.report.aggregate import aggregate_table, group_runs, run_table, summary_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from offrl._atomic import atomic_write  # noqa: E402
+from offrl.fsio import atomic_write  # noqa: E402
 from offrl.report.aggregate import Group, curve, online_switch  # noqa: E402
 
 __all__ = ["Figure", "colours", "plot_alpha", "plot_diagnostics", "plot_losses", "plot_scores"]

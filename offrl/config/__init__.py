@@ -27,11 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from offrl.algos.cql import CQLConfig
-from offrl.algos.discrete_cql import DiscreteCQLConfig
-from offrl.algos.dqn import DQNConfig
+from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
+from offrl.config.online import OnlineConfig
 from offrl.errors import UserError
-from offrl.online.setup import OnlineConfig
 
 if TYPE_CHECKING:
     from offrl.data import OfflineDataset
@@ -62,7 +60,7 @@ ALGO_CHOICES = ("auto", *ALGOS)
 METADATA_KEYS = ("versions", "command", "created", "run")
 #: Section holding each algorithm's hyperparameters.
 ALGO_SECTION = {"cql": "cql", "discrete-cql": "discrete_cql", "dqn": "dqn"}
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass

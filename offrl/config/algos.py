@@ -1,0 +1,81 @@
+"""Hyperparameters of each algorithm: frozen dataclasses, one per algorithm, with the source of every default.
+
+They live in the config stage (no torch import) so a config can be composed and checked before anything
+heavy loads; :mod:`offrl.algos` builds networks and losses from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CQLConfig", "DQNConfig", "DiscreteCQLConfig"]
+
+
+@dataclass(frozen=True)
+class CQLConfig:
+    """Continuous CQL hyperparameters. Defaults are for MuJoCo-size tasks; sources in the comments.
+
+    CORL = tinkoff-ai/CORL ``algorithms/offline/cql.py``; paper = Kumar et al. 2020, appendix F.
+    """
+
+    hidden_sizes: tuple[int, ...] = (256, 256, 256)  # CORL (3 x 256 for actor and critics); paper App. F
+    activation: str = "relu"  # paper / CORL
+    orthogonal_init: bool = True  # CORL orthogonal_init
+    actor_lr: float = 3e-5  # CORL policy_lr (the authors' code; the paper's text says 1e-4)
+    critic_lr: float = 3e-4  # CORL qf_lr; paper
+    alpha_lr: float = 3e-4  # entropy temperature lr (torchrl sota-implementations/cql)
+    alpha_prime_lr: float = 3e-4  # Lagrange multiplier lr (CORL uses qf_lr)
+    gamma: float = 0.99  # CORL discount
+    tau: float = 5e-3  # CORL soft_target_update_rate (SoftUpdate every step)
+    alpha_init: float = 1.0  # SAC/CQL initial temperature
+    fixed_alpha: bool = False  # False = automatic entropy tuning (CORL use_automatic_entropy_tuning)
+    target_entropy: float | None = None  # None = -action_dim (SAC heuristic)
+    min_q_weight: float = 10.0  # CQL alpha; CORL cql_alpha=10 (paper: 5 or 10 on gym)
+    temperature: float = 1.0  # CQL(H) log-sum-exp temperature; CORL cql_temp
+    num_random: int = 10  # actions sampled per state for the penalty; CORL cql_n_actions, paper
+    with_lagrange: bool = False  # CORL cql_lagrange (paper uses it on AntMaze/Adroit)
+    target_action_gap: float = 5.0  # Lagrange threshold tau; paper 5.0 (AntMaze), 10.0 (Kitchen)
+    max_q_backup: bool = False  # CORL cql_max_target_backup
+    deterministic_backup: bool = True  # no entropy in the target; CORL backup_entropy=False
+    bc_steps: int = 0  # behaviour-cloning warm start (paper policy_eval_start; CORL bc_steps, default 0)
+    loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
+    scale_lb: float = 1e-4  # lower bound of the actor's std
+    fused: bool = True  # FusedOfflineCQLLoss: the same loss within 1e-5 (tests/test_fused.py), ~1.5-2x faster
+
+
+@dataclass(frozen=True)
+class DiscreteCQLConfig:
+    """Discrete CQL hyperparameters. Sources: d3rlpy ``DiscreteCQLConfig`` (alpha=1, lr 6.25e-5 for Atari,
+    target_update_interval=8000), the CQL paper's Atari setup (App. F: alpha 1.0 or 4.0)."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    dueling: bool = False  # dueling head (Wang et al. 2016)
+    lr: float = 3e-4  # Adam; d3rlpy's Atari default is 6.25e-5, 3e-4 suits low-dimensional tasks
+    gamma: float = 0.99
+    min_q_weight: float = 1.0  # CQL alpha; d3rlpy DiscreteCQLConfig.alpha, paper App. F
+    loss_function: str = "l2"  # torchrl default (d3rlpy uses Huber)
+    target_update: str = "hard"  # "hard" (d3rlpy, DQN) or "soft"
+    target_update_interval: int = 1000  # gradient steps between hard copies (d3rlpy: 8000 for Atari)
+    tau: float = 5e-3  # soft update rate when target_update="soft"
+    fused: bool = True  # FusedWeightedDiscreteCQLLoss: the same loss within 1e-5, fewer kernels per step
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """DQN hyperparameters. Sources: CleanRL ``dqn.py`` (lr 2.5e-4, target every 500 steps, eps 1 -> 0.05,
+    gamma 0.99 on CartPole) and torchrl's DQNTrainer example (HardUpdate)."""
+
+    hidden_sizes: tuple[int, ...] = (120, 84)  # CleanRL dqn.py
+    activation: str = "relu"
+    dueling: bool = False
+    double_dqn: bool = True  # van Hasselt et al. 2016
+    lr: float = 2.5e-4  # CleanRL
+    gamma: float = 0.99
+    loss_function: str = "l2"  # CleanRL uses MSE
+    target_update: str = "hard"
+    target_update_interval: int = 500  # CleanRL target_network_frequency (in gradient steps here)
+    tau: float = 5e-3
+    eps_init: float = 1.0  # CleanRL start_e
+    eps_end: float = 0.05  # CleanRL end_e
+    annealing_num_steps: int = 10_000  # frames over which epsilon decays (CleanRL: 0.5 * total steps)
