@@ -62,6 +62,12 @@ class DatasetStorage(TensorStorage):
             )
         return super().get(index)
 
+    def _rand_given_ndim(self, batch_size: int) -> torch.Tensor:
+        # Draw on the generator's own device (a trainer may seed the buffer with a CPU generator while the
+        # dataset sits on the GPU); ``get`` moves the indices to the data.
+        device = self._rng.device if self._rng is not None else self.device
+        return torch.randint(0, len(self), (batch_size,), generator=self._rng, device=device)
+
     def state_dict(self) -> dict[str, Any]:
         return {"offrl_dataset_len": len(self)}
 
@@ -93,8 +99,10 @@ class SubsetSampler(RandomSampler):
     def sample(self, storage: Any, batch_size: int) -> tuple[torch.Tensor, dict]:
         indices = self.indices if self.indices.device == storage.device else self.indices.to(storage.device)
         self.indices = indices
-        pos = torch.randint(0, indices.numel(), (batch_size,), generator=storage._rng, device=indices.device)
-        return indices[pos], {}
+        rng = storage._rng  # drawn on the generator's device (see DatasetStorage._rand_given_ndim)
+        pos = torch.randint(0, indices.numel(), (batch_size,), generator=rng,
+                            device=rng.device if rng is not None else indices.device)
+        return indices[pos.to(indices.device)], {}
 
 
 def _make_sampler(sampler: str | Sampler | None, indices: torch.Tensor | None = None) -> Sampler:
