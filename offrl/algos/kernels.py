@@ -1,4 +1,4 @@
-"""CPU kernels of the fused losses: a linear layer through oneDNN (fused ReLU), a lean output layer, and
+"""CPU kernels of the fused losses: a linear layer through oneDNN (fused ReLU), a cheaper output layer, and
 a chain of resolved layer steps that picks the kernel per layer.
 
 Why: torch's float32 ``addmm``/``mm`` on CPU go to MKL, which on AMD processors runs about half as fast as
