@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_data.py [--transitions 1000000] [--threads 1]
 
-A thin wrapper over :func:`offrl.data.bench.run_data_benchmark` (also behind ``offrl bench data``).
+A thin wrapper over :func:`offrl.bench.data.run_data_benchmark` (also behind ``offrl bench data``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from offrl.data.bench import run_data_benchmark
+from offrl.bench.data import run_data_benchmark
 
 
 def main() -> None:

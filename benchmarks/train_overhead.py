@@ -1,10 +1,10 @@
-"""How close is offrl's training loop to the bare update step?
+"""How close is offrl's full training loop to its bare update step?
 
-Runs the same workload as `offrl bench` (synthetic data in a memmapped buffer, the peers' network sizes)
-two ways, alternately: the bare fused update step (`offrl.algos.fused.make_update`) in a plain for loop,
-and a `CQLTrainer` / `DQNTrainer` with its tidy CSV logger, progress bar and checkpoint file at the seed's
-default intervals (evaluation excluded), in alternating order round by round. Prints one JSON line per
-round and the median ratio.
+Runs the same workload as `offrl bench` (synthetic data in a memmapped buffer, the peers' network sizes,
+built by offrl.algos from the config dataclasses `offrl train` uses) two ways, alternately: the trainer's
+bare update step (`Trainer.update`) in a plain for loop, and `Trainer.train` with its tidy CSV logger,
+progress bar and checkpoint file at the seed's default intervals (evaluation excluded), in alternating
+order round by round. Prints one JSON line per round and the median ratio.
 
 Usage: python benchmarks/train_overhead.py [cql|discrete-cql|dqn] [--updates N] [--rounds R] [--threads T]
 """
@@ -21,19 +21,8 @@ from pathlib import Path
 
 import torch
 
-from offrl import bench
-from offrl.algos.fused import default_loss_keys, make_adam, make_update
+from offrl.bench import build_trainer, synthetic_buffer
 from offrl.logging import TidyCSVLogger
-from offrl.trainers import CQLTrainer, DQNTrainer
-
-
-def _parts(workload: str, data):
-    torch.manual_seed(0)
-    if workload == "cql":
-        loss, target, lr = bench._build_cql(data, False)
-    else:
-        loss, target, lr = bench._build_discrete(data, workload, False)
-    return loss, target, make_adam(loss.parameters(), lr=lr)
 
 
 def main() -> None:
@@ -42,32 +31,30 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=None)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--transitions", type=int, default=100_000)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     n = a.updates or (200 if a.workload == "cql" else 1000)
+    warmup = 50
     scratch = Path(tempfile.mkdtemp(prefix="offrl-overhead-"))
-    rb, data = bench._synthetic_buffer(a.workload, 256, str(scratch), 100_000)
+    rb, _ = synthetic_buffer(a.workload, 256, str(scratch), a.transitions)
     ratios = []
 
     def bare_rate() -> float:
-        loss, target, opt = _parts(a.workload, data)
-        update = make_update(loss, opt, target, loss_keys=default_loss_keys(loss))
-        for _ in range(50):
-            update(rb.sample())
+        trainer = build_trainer(a.workload, rb, offline_steps=1, progress_bar=False)
+        for _ in range(warmup):
+            trainer.update(rb.sample())
         t = time.perf_counter()
         for _ in range(n):
-            update(rb.sample())
+            trainer.update(rb.sample())
         return n / (time.perf_counter() - t)
 
     def trainer_rate(rnd: int) -> float:
-        loss, target, opt = _parts(a.workload, data)
-        cls = DQNTrainer if a.workload == "dqn" else CQLTrainer
-        trainer = cls(loss_module=loss, optimizer=opt, target_net_updater=target, replay_buffer=rb,
-                      offline_steps=50, seed=0, progress_bar=True,
-                      logger=TidyCSVLogger("overhead", scratch / f"run{rnd}"),
-                      save_trainer_file=scratch / f"run{rnd}" / "latest.pt")
+        trainer = build_trainer(a.workload, rb, offline_steps=warmup, seed=0, progress_bar=True,
+                                logger=TidyCSVLogger("overhead", scratch / f"run{rnd}"),
+                                save_trainer_file=scratch / f"run{rnd}" / "latest.pt")
         trainer.train()  # warm-up, as for the bare loop
-        trainer.offline_steps = 50 + n
+        trainer.offline_steps = warmup + n
         t = time.perf_counter()
         trainer.train()
         return n / (time.perf_counter() - t)

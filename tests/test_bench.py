@@ -71,12 +71,6 @@ def test_bf16_workload_runs():
     assert result["precision"] == "bf16"
 
 
-def test_data_benchmark_absent_is_a_user_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "offrl.data.bench", None)  # makes the import fail
-    with pytest.raises(UserError, match="offrl bench data"):
-        bench.run_bench(["data"], threads=None)
-
-
 def test_unknown_workload_is_a_user_error():
     with pytest.raises(UserError, match="unknown workload"):
         bench.bench_workload("sac", updates=1)
@@ -112,9 +106,9 @@ def test_cuda_graph_flag_runs_eagerly_on_cpu():
 @pytest.mark.parametrize("workload", ["cql", "dqn", "discrete-cql"])
 def test_offrl_buffer_holds_the_peers_data(workload, tmp_path):
     """offrl's packed, memmapped buffer and the peers' LazyMemmapStorage buffer serve the same transitions."""
-    ours, data = bench._synthetic_buffer(workload, 32, str(tmp_path / "a"), 500)
+    ours, data = bench.synthetic_buffer(workload, 32, str(tmp_path / "a"), 500)
     (tmp_path / "b").mkdir()
-    theirs, data_b = bench._synthetic_buffer(workload, 32, str(tmp_path / "b"), 500, offrl_buffer=False)
+    theirs, data_b = bench.synthetic_buffer(workload, 32, str(tmp_path / "b"), 500, offrl_buffer=False)
     assert (data == data_b).all()
     assert type(ours._storage).__name__ == "DatasetStorage" and type(theirs._storage).__name__ != "DatasetStorage"
     for _ in range(3):

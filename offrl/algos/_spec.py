@@ -1,4 +1,4 @@
-"""Action specs from a dataset: the builders need torchrl specs, the data layer stores numbers."""
+"""Shapes and action specs from a dataset: the builders need torchrl specs, the data layer stores numbers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 from torchrl.data import Bounded, Categorical
+
+__all__ = ["action_spec_from_dataset", "dataset_shapes"]
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -37,3 +39,10 @@ def action_spec_from_dataset(dataset: Any) -> Bounded | Categorical:
     low = torch.as_tensor(low, dtype=torch.float32).reshape(-1).expand(act_dim).clone()
     high = torch.as_tensor(high, dtype=torch.float32).reshape(-1).expand(act_dim).clone()
     return Bounded(low=low, high=high, shape=(act_dim,))
+
+
+def dataset_shapes(dataset: Any) -> dict[str, Any]:
+    """``observation_shape`` and ``action_spec`` of an ``OfflineDataset``: the keyword arguments every
+    algorithm's ``build`` takes besides its config."""
+    obs = dataset.data.get("observation")
+    return {"observation_shape": tuple(obs.shape[1:]), "action_spec": action_spec_from_dataset(dataset)}

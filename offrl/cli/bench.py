@@ -14,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="measure update throughput (updates/s) on synthetic data with the peers' workload",
         description=(
-            "Measure offrl's update step (sample from a memmapped buffer + loss + backward + optimizer + "
-            "target update) on synthetic data: CQL (obs 17, act 6, 2x256 nets, 2 critics, 10 action "
+            "Measure the trainer's own step (offrl train's: sample from a memmapped buffer + loss + backward + "
+            "optimizer + target update + metrics) on synthetic data: CQL (obs 17, act 6, 2x256 nets, 2 critics, 10 action "
             "samples, Lagrange on), DQN and discrete CQL (obs 4, 2 actions, 2x256). 'data' prints the "
             "data layer's conversion, cached-load and sampling figures. benchmarks/compare_peers.py puts "
             "these side by side with d3rlpy and a plain torchrl loop."
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="on a CUDA device, capture the whole update as a CUDA graph (eager on a CPU)")
     p.add_argument("--reference", action="store_true",
-                   help="run torchrl's own losses in a plain loop instead of offrl's fused step")
+                   help="run torchrl's own losses in a plain loop instead of offrl's trainer step")
     p.set_defaults(func=run)
 
 

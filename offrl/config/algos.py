@@ -40,7 +40,7 @@ class CQLConfig:
     bc_steps: int = 0  # behaviour-cloning warm start (paper policy_eval_start; CORL bc_steps, default 0)
     loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
     scale_lb: float = 1e-4  # lower bound of the actor's std
-    fused: bool = True  # FusedOfflineCQLLoss: the same loss within 1e-5 (tests/test_fused.py), ~1.5-2x faster
+    fused: bool = True  # FusedOfflineCQLLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py), ~1.5-2x faster
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,4 @@ class DQNConfig:
     eps_init: float = 1.0  # CleanRL start_e
     eps_end: float = 0.05  # CleanRL end_e
     annealing_num_steps: int = 10_000  # frames over which epsilon decays (CleanRL: 0.5 * total steps)
+    fused: bool = True  # FusedDQNLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py)

@@ -1,17 +1,23 @@
-"""Trainers: the offline/online training loop with torchrl's trainer API, checkpoints and exact resume."""
+"""Trainers: the offline/online training loop with torchrl's trainer API, checkpoints and exact resume.
+
+:class:`Trainer` (the loop, :mod:`~offrl.trainers.loop`) is built from the update step
+(:mod:`~offrl.trainers.update`), the metrics (:mod:`~offrl.trainers.metrics`) and the state
+(:mod:`~offrl.trainers.state`, :mod:`~offrl.trainers.checkpoint`); :class:`CQLTrainer` and
+:class:`DQNTrainer` say how their losses combine.
+"""
 
 from __future__ import annotations
 
-from offrl.trainers.base import Evaluator, OfflineTrainer
 from offrl.trainers.checkpoint import ckpt_backend, load_checkpoint, save_checkpoint
 from offrl.trainers.cql import CQLTrainer
 from offrl.trainers.dqn import DQNTrainer
+from offrl.trainers.loop import EvalFn, Trainer
 
 __all__ = [
     "CQLTrainer",
     "DQNTrainer",
-    "Evaluator",
-    "OfflineTrainer",
+    "EvalFn",
+    "Trainer",
     "ckpt_backend",
     "load_checkpoint",
     "save_checkpoint",

@@ -11,17 +11,13 @@ from tensordict import TensorDictBase
 from torchrl.objectives import CQLLoss, DiscreteCQLLoss
 
 from offrl.errors import UserError
-from offrl.trainers.base import Evaluator, OfflineTrainer
+from offrl.trainers.loop import EvalFn, Trainer
+from offrl.trainers.metrics import q_stats
 
 __all__ = ["CQLTrainer"]
 
 
-def _q_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
-    q = q.detach().float()
-    return {"q_data_mean": q.mean(), "q_data_std": q.std(), "q_data_max": q.max(), "q_data_min": q.min()}
-
-
-class CQLTrainer(OfflineTrainer):
+class CQLTrainer(Trainer):
     """Conservative Q-Learning trainer (torchrl ``CQLTrainer`` parameters, same meaning and defaults).
 
     offrl additions: ``collector`` may be None (offline: ``offline_steps`` gradient steps from
@@ -59,7 +55,7 @@ class CQLTrainer(OfflineTrainer):
         log_timings: bool = False,
         offline_steps: int = 0,
         bc_steps: int = 0,
-        evaluator: Evaluator | None = None,
+        evaluator: EvalFn | None = None,
         eval_interval: int = 0,
         policy: Any = None,
         keep_checkpoints: bool = False,
@@ -104,7 +100,7 @@ class CQLTrainer(OfflineTrainer):
         action = batch.get(keys.action)
         if action.ndim < q_all.ndim:  # int64 indices [B] (the dataset layout)
             action = action.unsqueeze(-1)
-        return _q_stats(q_all.gather(-1, action.long()) if not torch.is_floating_point(action)
+        return q_stats(q_all.gather(-1, action.long()) if not torch.is_floating_point(action)
                         else (q_all * action).sum(-1))
 
     def _check_loss(self, loss_module: Any) -> None:
@@ -137,6 +133,6 @@ class CQLTrainer(OfflineTrainer):
                 metrics[key] = loss_td.get(key).detach()
         if "alpha_prime" not in metrics and getattr(self.loss_module, "with_lagrange", False):
             metrics["alpha_prime"] = self.loss_module.log_alpha_prime.detach().exp()
-        metrics.update(_q_stats(batch.get(keys.pred_q1)))
+        metrics.update(q_stats(batch.get(keys.pred_q1)))
         metrics["td_error"] = batch.get(keys.priority).detach().mean()
         return total, metrics

@@ -11,15 +11,15 @@ from tensordict import TensorDictBase
 from torchrl.objectives import DQNLoss
 
 from offrl.errors import UserError
-from offrl.trainers.base import Evaluator, OfflineTrainer
-from offrl.trainers.cql import _q_stats
+from offrl.trainers.loop import EvalFn, Trainer
+from offrl.trainers.metrics import q_stats
 
 __all__ = ["DQNTrainer"]
 
 _MIXING = (None, "qmix", "vdn", "iql")
 
 
-class DQNTrainer(OfflineTrainer):
+class DQNTrainer(Trainer):
     """Deep Q-Network trainer (torchrl ``DQNTrainer`` parameters, same meaning and defaults).
 
     ``mixing_strategy`` "qmix"/"vdn" average ``("next", reward_key)`` (and the episode reward) over the
@@ -64,7 +64,7 @@ class DQNTrainer(OfflineTrainer):
         action_key: Any = "action",
         observation_key: Any = "observation",
         offline_steps: int = 0,
-        evaluator: Evaluator | None = None,
+        evaluator: EvalFn | None = None,
         eval_interval: int = 0,
         policy: Any = None,
         keep_checkpoints: bool = False,
@@ -148,6 +148,6 @@ class DQNTrainer(OfflineTrainer):
             q_data = q_all.gather(-1, action.long().unsqueeze(-1) if action.ndim < q_all.ndim else action.long())
         else:
             q_data = (q_all * action).sum(-1)
-        metrics.update(_q_stats(q_data))
+        metrics.update(q_stats(q_data))
         metrics["q_max_mean"] = q_all.max(-1).values.mean()
         return metrics

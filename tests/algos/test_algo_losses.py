@@ -106,7 +106,7 @@ def test_cql_rejects_discrete_or_unbounded_actions():
 
 
 def test_cql_fused_switch_uses_the_fused_offline_loss():
-    from offrl.algos.fused_offline import FusedOfflineCQLLoss
+    from offrl.algos.fused_cql import FusedOfflineCQLLoss
 
     fused = cql.build(CQLConfig(hidden_sizes=(16,), fused=True), observation_shape=(3,), action_spec=BOX2, seed=0)
     plain = cql.build(CQLConfig(hidden_sizes=(16,), fused=False), observation_shape=(3,), action_spec=BOX2, seed=0)

@@ -14,7 +14,7 @@ _SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import minari.serialization  # noqa: F401  (import costs are not conversion memory)
-    from offrl.data.bench import peak_rss_mb, peak_rss_reset, write_d4rl_file, _rss_mb
+    from offrl.bench.data import peak_rss_mb, peak_rss_reset, write_d4rl_file, _rss_mb
     from offrl.data.convert import ted_layout
     from offrl.data.dataset import load_dataset
 

@@ -1,4 +1,6 @@
-"""The fused losses compute what torchrl's losses compute: same losses, same gradients (issue 6, section 5).
+"""The fused losses compute what their reference losses compute: same losses, same gradients (issue 6,
+section 5). FusedOfflineCQLLoss vs OfflineCQLLoss, FusedWeightedDiscreteCQLLoss vs WeightedDiscreteCQLLoss,
+FusedDQNLoss vs torchrl's DQNLoss.
 
 Each pair runs on the same parameters, batch and random state. In float64 they agree to ~1e-12 (the
 algebra is identical); in float32 within 1e-5 relative (norm of the difference over the norm of the
@@ -18,17 +20,13 @@ from tensordict.nn.distributions import NormalParamExtractor
 from torchrl.data import Bounded, Categorical, Composite, OneHot
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ProbabilisticActor, QValueActor, TanhNormal, ValueOperator
-from torchrl.objectives import CQLLoss, DiscreteCQLLoss, DQNLoss, HardUpdate, SoftUpdate
+from torchrl.objectives import DQNLoss
 
-from offrl.algos import fused as fused_module
-from offrl.algos.fused import (
-    FusedCQLLoss,
-    FusedDiscreteCQLLoss,
-    FusedDQNLoss,
-    default_loss_keys,
-    make_adam,
-    make_update,
-)
+from offrl.algos import kernels as fused_module
+from offrl.algos.cql_loss import OfflineCQLLoss
+from offrl.algos.discrete_cql_loss import WeightedDiscreteCQLLoss
+from offrl.algos.fused_cql import FusedOfflineCQLLoss
+from offrl.algos.fused_q import FusedDQNLoss, FusedWeightedDiscreteCQLLoss
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -172,27 +170,11 @@ def _assert_same(ref, fused, rtol):
 CQL_CASES = list(itertools.product([True, False], [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("with_lagrange,max_q_backup,deterministic_backup", CQL_CASES)
-@pytest.mark.parametrize("precision", ["float32", "float64"])
-def test_cql_matches_torchrl(request, with_lagrange, max_q_backup, deterministic_backup, precision):
-    if precision == "float64":
-        request.getfixturevalue("float64")
-    actor, qvalue, data = _cql_nets()
-    kwargs = dict(loss_function="l2", num_random=4, with_lagrange=with_lagrange, lagrange_thresh=5.0,
-                  max_q_backup=max_q_backup, deterministic_backup=deterministic_backup)
-    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), kwargs)
-    assert fused.fused
-    keys = ["loss_actor", "loss_actor_bc", "loss_qvalue", "loss_cql", "loss_alpha"]
-    if with_lagrange:
-        keys.append("loss_alpha_prime")
-    rtol = 1e-5 if precision == "float32" else 1e-10
-    _assert_same(_run(ref, data, keys), _run(fused, data, keys), rtol)
-
-
 def test_cql_smooth_l1_and_temperature():
     actor, qvalue, data = _cql_nets()
-    kwargs = dict(num_random=3, temperature=0.7, min_q_weight=2.0, with_lagrange=True, lagrange_thresh=1.0)
-    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), kwargs)
+    kwargs = dict(loss_function="smooth_l1", num_random=3, temperature=0.7, min_q_weight=2.0, with_lagrange=True,
+                  lagrange_thresh=1.0)
+    ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), kwargs)
     keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha", "loss_alpha_prime"]
     _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)
 
@@ -210,8 +192,8 @@ class _Critic(torch.nn.Module):
 
 def test_cql_falls_back_outside_the_fast_path():
     actor, qvalue, data = _cql_nets(critic=_Critic())
-    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), dict(num_random=3))
-    assert not fused.fused
+    ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), dict(num_random=3))
+    assert not fused.fast_path
     keys = ["loss_actor", "loss_qvalue", "loss_cql"]
     _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-7)
 
@@ -239,132 +221,21 @@ def _discrete_action(action_space: str) -> torch.Tensor:
 def test_dqn_matches_torchrl(action_space, loss_function):
     qnet, data = _q_nets(action_space, _discrete_action(action_space))
     ref, fused = _pair(DQNLoss, FusedDQNLoss, (qnet,), dict(loss_function=loss_function, delay_value=True))
-    assert fused.fused
+    assert fused.fast_path
     _assert_same(_run(ref, data, ["loss"]), _run(fused, data, ["loss"]), 1e-5)
-
-
-@pytest.mark.parametrize("action_space", ["one-hot", "categorical"])
-def test_discrete_cql_matches_torchrl(action_space):
-    qnet, data = _q_nets(action_space, _discrete_action(action_space))
-    kwargs = dict(loss_function="l2", delay_value=True, action_space=action_space)
-    ref, fused = _pair(DiscreteCQLLoss, FusedDiscreteCQLLoss, (qnet,), kwargs)
-    assert fused.fused
-    keys = ["loss_qvalue", "loss_cql"]
-    _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)
 
 
 def test_dqn_double_dqn_falls_back():
     qnet, data = _q_nets("categorical", _discrete_action("categorical"))
     ref, fused = _pair(DQNLoss, FusedDQNLoss, (qnet,), dict(delay_value=True, double_dqn=True))
-    assert not fused.fused
+    assert not fused.fast_path
     _assert_same(_run(ref, data, ["loss"]), _run(fused, data, ["loss"]), 1e-7)
 
 
-def _plain_loop(loss, optimizer, target, keys, clip_norm):
-    def update(batch):
-        out = loss(batch)
-        sum(out[k] for k in keys).backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(list(loss.parameters()), clip_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        target.step()
-        return out
-
-    return update
-
-
-@pytest.mark.parametrize("algo", ["cql", "dqn", "discrete-cql"])
-def test_make_update_is_the_plain_loop(algo):
-    """Several steps of make_update(fused loss) leave the same parameters and targets as torchrl's loop."""
-    if algo == "cql":
-        actor, qvalue, data = _cql_nets()
-        ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue),
-                           dict(loss_function="l2", num_random=4, with_lagrange=True, lagrange_thresh=5.0,
-                                deterministic_backup=False))
-        targets = [SoftUpdate(m, tau=0.05) for m in (ref, fused)]
-        clip = 1.0
-    else:
-        space = "one-hot" if algo == "dqn" else "categorical"
-        qnet, data = _q_nets(space, _discrete_action(space))
-        ref_cls, fused_cls = (DQNLoss, FusedDQNLoss) if algo == "dqn" else (DiscreteCQLLoss, FusedDiscreteCQLLoss)
-        kwargs = dict(delay_value=True) if algo == "dqn" else dict(delay_value=True, action_space=space)
-        ref, fused = _pair(ref_cls, fused_cls, (qnet,), kwargs)
-        targets = (
-            [HardUpdate(m, value_network_update_interval=2) for m in (ref, fused)]
-            if algo == "dqn" else [SoftUpdate(m, tau=0.05) for m in (ref, fused)]
-        )
-        clip = None
-    keys = default_loss_keys(ref)
-    ref_update = _plain_loop(ref, torch.optim.Adam(ref.parameters(), lr=1e-3), targets[0], keys, clip)
-    fused_update = make_update(fused, torch.optim.Adam(fused.parameters(), lr=1e-3), targets[1], clip_norm=clip)
-    for step in range(5):
-        torch.manual_seed(step)
-        ref_out = ref_update(data.clone())
-        torch.manual_seed(step)
-        metrics = fused_update(data.clone())
-        for key in keys:
-            assert not metrics[key].requires_grad
-            torch.testing.assert_close(metrics[key], ref_out[key].detach(), rtol=1e-4, atol=1e-5)
-    if clip is not None:
-        assert metrics["grad_norm"].ndim == 0
-    ref_state, fused_state = ref.state_dict(), fused.state_dict()
-    for key, value in ref_state.items():
-        torch.testing.assert_close(fused_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
-    if algo == "dqn":
-        assert targets[0].counter == targets[1].counter
-
-
-@pytest.mark.parametrize("algo", ["cql", "dqn"])
-def test_make_update_cuda_graph_without_cuda_is_the_eager_step(algo):
-    """cuda_graph=True on a CPU: the same update, bit for bit (the capture needs a CUDA device)."""
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: the graph is captured (GPU benchmark: offrl bench --device cuda --cuda-graph)")
-    states = []
-    for cuda_graph in (False, True):
-        torch.manual_seed(0)
-        if algo == "cql":
-            actor, qvalue, data = _cql_nets()
-            loss = FusedCQLLoss(actor, qvalue, num_random=3, with_lagrange=True, lagrange_thresh=5.0)
-            loss.make_value_estimator(gamma=0.99)
-            target = SoftUpdate(loss, tau=0.05)
-        else:
-            qnet, data = _q_nets("one-hot", _discrete_action("one-hot"))
-            loss = FusedDQNLoss(qnet, delay_value=True)
-            loss.make_value_estimator(gamma=0.99)
-            target = HardUpdate(loss, value_network_update_interval=2)
-        update = make_update(loss, make_adam(loss.parameters(), lr=1e-3), target, clip_norm=1.0,
-                             cuda_graph=cuda_graph)
-        for step in range(4):
-            torch.manual_seed(step)
-            metrics = update(data.clone())
-        assert "grad_norm" in metrics
-        states.append({k: v.clone() for k, v in loss.state_dict().items()})
-    for key, value in states[0].items():
-        assert torch.equal(states[1][key], value), key
-
-
-def test_make_update_bf16_and_fused_adam():
-    actor, qvalue, data = _cql_nets()
-    loss = FusedCQLLoss(actor, qvalue, num_random=3, with_lagrange=True, lagrange_thresh=5.0)
-    loss.make_value_estimator(gamma=0.99)
-    update = make_update(loss, make_adam(loss.parameters(), lr=3e-4), SoftUpdate(loss, tau=0.005),
-                         clip_norm=10.0, precision="bf16")
-    before = [p.detach().clone() for p in loss.parameters()]
-    for _ in range(3):
-        metrics = update(data.clone())
-    assert all(torch.isfinite(v).all() for v in metrics.values())
-    assert all(p.dtype == torch.float32 for p in loss.parameters())
-    assert any(not torch.equal(b, p) for b, p in zip(before, loss.parameters(), strict=True))
-    with pytest.raises(ValueError, match="precision"):
-        make_update(loss, make_adam(loss.parameters(), lr=1e-3), precision="fp16")
-
-
 def test_discrete_cql_target_network_bootstrap_is_half_dqn():
-    """With target_network_bootstrap=True the TD part is DQN's (target network), halved as torchrl does."""
+    """The fused discrete CQL bootstraps from the target network: its TD part is DQN's, halved as torchrl does."""
     qnet, data = _q_nets("categorical", _discrete_action("categorical"))
-    dqn, dcql = _pair(DQNLoss, FusedDiscreteCQLLoss, (qnet,), dict(delay_value=True, action_space="categorical"))
-    dcql.target_network_bootstrap = True
+    dqn, dcql = _pair(DQNLoss, FusedWeightedDiscreteCQLLoss, (qnet,), dict(delay_value=True, action_space="categorical"))
     (o1, g1, _), (o2, g2, _) = _run(dqn, data, ["loss"]), _run(dcql, data, ["loss_qvalue"])
     torch.testing.assert_close(o2["loss_qvalue"], 0.5 * o1["loss"], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(g2["loss_qvalue"], 0.5 * g1["loss"], rtol=1e-5, atol=1e-7)
@@ -373,8 +244,9 @@ def test_discrete_cql_target_network_bootstrap_is_half_dqn():
 def test_bf16_autocast_keeps_outputs_fp32_and_close():
     """bf16 runs the critics' hidden matmuls in bfloat16 only: losses stay float32 and near fp32's."""
     actor, qvalue, data = _cql_nets()
-    loss = FusedCQLLoss(actor, qvalue, num_random=3, with_lagrange=True, lagrange_thresh=5.0)
+    loss = FusedOfflineCQLLoss(actor, qvalue, num_random=3, with_lagrange=True, lagrange_thresh=5.0)
     loss.make_value_estimator(gamma=0.99)
+    assert loss.fast_path
     torch.manual_seed(0)
     ref = loss(data.clone())
     torch.manual_seed(0)
@@ -389,9 +261,6 @@ def test_bf16_autocast_keeps_outputs_fp32_and_close():
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_offline_cql_matches_offrl_loss(request, with_lagrange, max_q_backup, deterministic_backup, precision):
     """FusedOfflineCQLLoss = offrl's OfflineCQLLoss (authors' penalty, rescaled actions), fused."""
-    from offrl.algos.cql import OfflineCQLLoss
-    from offrl.algos.fused_offline import FusedOfflineCQLLoss
-
     if precision == "float64":
         request.getfixturevalue("float64")
     actor, qvalue, data = _cql_nets()
@@ -401,7 +270,7 @@ def test_offline_cql_matches_offrl_loss(request, with_lagrange, max_q_backup, de
                   max_q_backup=max_q_backup, deterministic_backup=deterministic_backup, min_q_weight=5.0,
                   action_low=-bound, action_high=bound)
     ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), kwargs)
-    assert fused.fused
+    assert fused.fast_path
     keys = ["loss_actor", "loss_actor_bc", "loss_qvalue", "loss_cql", "loss_alpha"]
     if with_lagrange:
         keys.append("loss_alpha_prime")
@@ -418,8 +287,8 @@ def test_cql_critic_reading_action_first_uses_the_plain_path():
                            module=MLP(num_cells=[HIDDEN, HIDDEN], out_features=1, activation_class=torch.nn.ReLU))
     with torch.no_grad():
         qvalue(data[:4].clone())
-    ref, fused = _pair(CQLLoss, FusedCQLLoss, (actor, qvalue), dict(num_random=3, with_lagrange=True))
-    assert fused.fused and not fused._split_first
+    ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), dict(num_random=3, with_lagrange=True))
+    assert fused.fast_path and not fused._split_first
     keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha_prime"]
     _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)
 
@@ -427,13 +296,10 @@ def test_cql_critic_reading_action_first_uses_the_plain_path():
 @pytest.mark.parametrize("action_space", ["one-hot", "categorical"])
 def test_weighted_discrete_cql_matches_offrl_loss(action_space):
     """FusedWeightedDiscreteCQLLoss = offrl's WeightedDiscreteCQLLoss (target-network TD, weighted penalty)."""
-    from offrl.algos.discrete_cql import WeightedDiscreteCQLLoss
-    from offrl.algos.fused_offline import FusedWeightedDiscreteCQLLoss
-
     qnet, data = _q_nets(action_space, _discrete_action(action_space))
     kwargs = dict(loss_function="l2", delay_value=True, action_space=action_space, min_q_weight=4.0)
     ref, fused = _pair(WeightedDiscreteCQLLoss, FusedWeightedDiscreteCQLLoss, (qnet,), kwargs)
-    assert fused.fused
+    assert fused.fast_path
     keys = ["loss_qvalue", "loss_cql"]
     r, f = _run(ref, data, keys), _run(fused, data, keys)
     _assert_same(r, f, 1e-5)

@@ -1,6 +1,6 @@
 """The training loop shared by :class:`~offrl.trainers.CQLTrainer` and :class:`~offrl.trainers.DQNTrainer`.
 
-One gradient step, read top to bottom (:meth:`OfflineTrainer._run`):
+One gradient step, read top to bottom (:meth:`Trainer._run`):
 
     sample -> loss -> backward -> clip -> optimizer step -> target update
            -> every log_interval: log one row (means since the last row)
@@ -12,8 +12,9 @@ Offline, ``offline_steps`` such steps sample from ``replay_buffer``. With a coll
 the online phase: collect ``frames_per_batch`` env steps, extend the buffer, anneal epsilon, do
 ``optim_steps_per_batch`` steps, until ``total_frames`` frames (``frame_skip`` frames per env step).
 
-The update (:meth:`update`) is built from tensor operations only, with no Python branch on tensor values
-(the behaviour-cloning switch is a ``torch.where`` on a step tensor), so it can be compiled or captured.
+
+The update step, metrics and state are mixins in their own modules (:mod:`~offrl.trainers.update`,
+:mod:`~offrl.trainers.metrics`, :mod:`~offrl.trainers.state`).
 """
 
 from __future__ import annotations
@@ -29,23 +30,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from offrl.errors import UserError, root_cause_line
-from offrl.trainers.checkpoint import load_checkpoint, save_checkpoint
+from offrl.errors import UserError
+from offrl.trainers.metrics import PHASES, TrainerMetrics
+from offrl.trainers.state import TrainerState, rng_state, set_rng_state
+from offrl.trainers.update import UpdateStep, tune_allocator
 
-__all__ = ["OfflineTrainer", "Evaluator"]
+__all__ = ["EvalFn", "Trainer"]
 
-Evaluator = Callable[[Any, int], dict[str, float]]
-
-CHECKPOINT_FORMAT = 1
-_PHASES = ("sample", "forward", "backward", "optim", "target", "eval", "log")
+#: What a trainer calls to evaluate: ``(policy, step) -> {metric: value}`` (e.g. an
+#: :class:`offrl.evaluation.Evaluator`).
+EvalFn = Callable[[Any, int], dict[str, float]]
 
 
 def _is_async(collector: Any) -> bool:
     """Whether a collector (or the collector an offrl GuardedCollector wraps) collects asynchronously."""
-    from torchrl.collectors import MultiAsyncCollector
+    from torchrl.collectors import MultiAsyncCollector  # imported on use: collectors load slowly
 
     inner = getattr(collector, "collector", collector)
     return isinstance(inner, MultiAsyncCollector)
@@ -59,42 +61,13 @@ def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     return int(value)
 
 
-def rng_state() -> dict[str, Any]:
-    """torch / numpy / python RNG states, in types ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        # as a tensor: 625 ints would be 625 leaves in a memmap checkpoint
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), int(np_state["pos"]),
-                         int(np_state["has_gauss"]), float(np_state["cached_gaussian"])))
-    py = state["python"]
-    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
-
-
-class OfflineTrainer:
-    """Base of the CQL and DQN trainers: validation, the loop, logging, evaluation and checkpoints.
+class Trainer(UpdateStep, TrainerMetrics, TrainerState):
+    """Base of the CQL and DQN trainers: validation, the offline and online loop, evaluation, stop handling.
 
     Subclasses define :meth:`_check_loss` and :meth:`_loss_terms` (how a loss module's outputs combine into
     the total loss and which metrics they yield). Arguments: see ``docs/contracts.md`` (Trainers).
     """
-
-    _algo_name = "offrl"
 
     def __init__(
         self,
@@ -122,7 +95,7 @@ class OfflineTrainer:
         async_collection: bool = False,
         log_timings: bool = False,
         offline_steps: int = 0,
-        evaluator: Evaluator | None = None,
+        evaluator: EvalFn | None = None,
         eval_interval: int = 0,
         policy: Any = None,
         keep_checkpoints: bool = False,
@@ -191,8 +164,10 @@ class OfflineTrainer:
         if device is None:
             device = next(iter(loss_module.parameters())).device
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            tune_allocator()  # process-wide: keeps the update's activation buffers in the heap
         # bf16: the loss forward runs under autocast (bf16 matmuls; parameters, optimizer and the critic's
-        # output layer stay fp32). Opt-in: see offrl.algos.fused and the README's precision notes.
+        # output layer stay fp32). Opt-in: see offrl.algos.kernels and the README's precision notes.
         self.precision = precision
         # cuda_graph: forward + backward + clip + optimizer step captured once as a CUDA graph (tensordict's
         # CudaGraphModule) and replayed; on a CPU the step runs eagerly (same code, same numbers).
@@ -212,7 +187,7 @@ class OfflineTrainer:
         self._acc_n = 0
         self._acc_keys: tuple[str, ...] | None = None  # with _acc_vec: the stacked fast path of _accumulate
         self._acc_vec: torch.Tensor | None = None
-        self._timings: dict[str, float] = dict.fromkeys(_PHASES, 0.0)
+        self._timings: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self.eval_seconds = 0.0  # time spent in the evaluator by this process (not counted in updates/s)
         self._eval_seconds_row = 0.0
         self._stop_reason: str | None = None
@@ -231,97 +206,8 @@ class OfflineTrainer:
     def _check_loss(self, loss_module: Any) -> None:
         raise NotImplementedError
 
-    def _loss_terms(self, loss_td: TensorDictBase, batch: TensorDictBase
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(total loss, metrics)`` from the loss module's output; tensor ops only."""
-        raise NotImplementedError
-
     def _prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
         return batch
-
-    # --------------------------------------------------------------------------------------- the update
-    def _forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.precision == "bf16":
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                loss_td = self.loss_module(batch)
-        else:
-            loss_td = self.loss_module(batch)
-        total, metrics = self._loss_terms(loss_td, batch)
-        metrics.update(self._batch_stats(batch))
-        return total, metrics
-
-    def _backward(self, total: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-
-    def _optim(self) -> dict[str, torch.Tensor]:
-        """Clip (torchrl's semantics) per param group, log the norms before clipping, step."""
-        norms: dict[str, torch.Tensor] = {}
-        for i, group in enumerate(self.optimizer.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if self.clip_grad_norm and self.clip_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm, foreach=True)
-            else:  # one foreach kernel instead of one norm per parameter
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
-                if self.clip_norm is not None:
-                    torch.nn.utils.clip_grad_value_(params, self.clip_norm)
-            norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
-        values = list(norms.values())
-        norms["grad_norm"] = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum().sqrt()
-        self.optimizer.step()
-        return norms
-
-    def _target(self) -> None:
-        if self.target_net_updater is not None:
-            if self._target_fn is None:  # built on first use: the updater initialises lazily
-                from offrl.algos.fused import fast_target_step
-
-                # SoftUpdate/HardUpdate as foreach ops (same arithmetic, same counter); others keep step().
-                self._target_fn = fast_target_step(self.target_net_updater)
-            self._target_fn()
-        self._step_t += 1
-
-    def _gradient_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
-        """Forward, backward, clip and optimizer step: the part a CUDA graph captures."""
-        total, metrics = self._forward(batch)
-        self._backward(total)
-        metrics.update(self._optim())
-        return {k: v.detach() for k, v in metrics.items()}
-
-    def _graph_step(self) -> Callable[[TensorDictBase], TensorDictBase]:
-        """The gradient step wrapped in tensordict's CudaGraphModule (built on first use, after any
-        checkpoint was loaded: the graph holds the optimizer's state tensors)."""
-        if self._graphed is None:
-            from offrl.algos.fused import capture_cuda_graph
-
-            self._graphed = capture_cuda_graph(lambda batch: TensorDict(self._gradient_step(batch)),
-                                               self.optimizer, self.device.type)
-        return self._graphed
-
-    def _update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
-        """:meth:`update` without wrapping the metrics in a TensorDict (the loop's per-step path)."""
-        metrics = dict(self._graph_step()(batch).items()) if self.cuda_graph else self._gradient_step(batch)
-        self._target()  # outside any graph: HardUpdate's interval counter is Python state
-        return metrics
-
-    def update(self, batch: TensorDictBase) -> TensorDictBase:
-        """One gradient step on ``batch``; returns a TensorDict of detached scalar metrics."""
-        return TensorDict(self._update(batch))
-
-    def _batch_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
-        stats: dict[str, torch.Tensor] = {}
-        pairs = [(self.log_rewards, "reward", ("next", self.reward_key)),
-                 (self.log_actions, "action", self.action_key),
-                 (self.log_observations, "observation", self.observation_key)]
-        for enabled, name, key in pairs:
-            value = batch.get(key, None) if enabled else None
-            if isinstance(value, torch.Tensor):
-                std, mean = torch.std_mean(value.detach().float())  # one kernel for both
-                stats[f"{name}_mean"] = mean
-                stats[f"{name}_std"] = std
-        return stats
 
     # -------------------------------------------------------------------------------------- the loop
     @property
@@ -485,66 +371,6 @@ class OfflineTrainer:
         if row:
             yield step, row
 
-    def _row_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
-        """Statistics too costly for every step, computed once per logged row on the last batch."""
-        return {}
-
-    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Add this step's metrics to the row's sums: one stacked add when the metric set repeats (the
-        usual case; one op instead of one per metric), per key otherwise."""
-        keys = tuple(metrics)
-        values = list(metrics.values())
-        stackable = all(v.ndim == 0 and v.dtype == values[0].dtype for v in values)
-        if stackable and self._acc_vec is not None and keys == self._acc_keys:
-            self._acc_vec.add_(torch.stack(values))
-        elif stackable and self._acc_n == 0 and not self._acc:
-            self._acc_keys, self._acc_vec = keys, torch.stack(values)
-        else:
-            acc = self._acc_sums()
-            for key, value in metrics.items():
-                acc[key] = acc[key] + value if key in acc else value.clone()
-            self._acc, self._acc_keys, self._acc_vec = acc, None, None
-        self._acc_n += 1
-
-    def _acc_sums(self) -> dict[str, torch.Tensor]:
-        """The row's sums so far, per metric."""
-        if self._acc_vec is None:
-            return dict(self._acc)
-        return {**self._acc, **dict(zip(self._acc_keys, self._acc_vec.unbind(0), strict=True))}
-
-    def _flush_metrics(self) -> dict[str, float]:
-        """Means since the last row (one device sync here, none per step), timings, throughput."""
-        n = max(self._acc_n, 1)
-        row = {key: float(value) / n for key, value in self._acc.items()}
-        if self._acc_vec is not None:  # one device sync for the whole stacked row
-            row.update({key: value / n for key, value in zip(self._acc_keys, self._acc_vec.tolist(), strict=True)})
-        if self._last_batch is not None:
-            row.update({key: float(value) for key, value in self._row_stats(self._last_batch).items()})
-        now = time.perf_counter()
-        steps = self._step - self._step_row
-        row["updates_per_s"] = steps / max(now - self._t_row - self._eval_seconds_row, 1e-9)
-        self._eval_seconds_row = 0.0
-        if self.log_timings:
-            for phase in _PHASES:
-                row[f"time_{phase}"] = self._timings[phase] / max(steps, 1)
-            self._timings = dict.fromkeys(_PHASES, 0.0)
-        if self.collector is not None and self._frames:
-            row["frames"] = float(self._frames)
-            row.update(getattr(self, "_online_stats", {}))
-        if self.greedy_module is not None:
-            row["epsilon"] = float(self.greedy_module.eps)
-        self._acc, self._acc_n, self._acc_keys, self._acc_vec = {}, 0, None, None
-        self._t_row, self._step_row = now, self._step
-        return row
-
-    def _collect_stats(self, data: TensorDictBase) -> dict[str, float]:
-        """Returns of the episodes that ended in a collected batch (needs a RewardSum transform)."""
-        ep_reward = data.get(("next", self.episode_reward_key), None)
-        done = data.get(("next", self.done_key), None)
-        if ep_reward is None or done is None or not bool(done.any()):
-            return {}
-        return {"episode_reward_mean": float(ep_reward[done].float().mean())}
-
     def _evaluate(self) -> dict[str, float]:
         """Run the evaluator with the RNG states saved and restored, so evaluating never changes training."""
         t0 = time.perf_counter()
@@ -603,100 +429,3 @@ class OfflineTrainer:
 
         return restore
 
-    # ------------------------------------------------------------------------------------ checkpoints
-    def _replay_buffer_state(self) -> dict[str, Any]:
-        """The buffer's own ``state_dict()`` (sampler, writer, generator, prefetch; the storage's state: only
-        the length for offrl's read-only dataset storage, the collected data for a torchrl storage)."""
-        rb = self.replay_buffer
-        if hasattr(rb, "state_dict"):
-            return {"buffer": rb.state_dict()}
-        gen = getattr(rb, "_rng", None)
-        return {"rng": gen.get_state() if gen is not None else None}
-
-    def _load_replay_buffer_state(self, state: dict[str, Any] | None) -> None:
-        if not state:
-            return
-        rb = self.replay_buffer
-        if state.get("buffer") is not None and hasattr(rb, "load_state_dict"):
-            rb.load_state_dict(state["buffer"])
-        elif state.get("rng") is not None and hasattr(rb, "set_rng"):
-            gen = torch.Generator()
-            gen.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8))
-            rb.set_rng(gen)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs (see docs/contracts.md, Checkpoints)."""
-        updater = self.target_net_updater
-        state: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "algo": self._algo_name,
-            "step": self._step,
-            "frames": self._frames,
-            "updates_left": self._updates_left,
-            "step_tensor": self._step_t.detach().cpu().clone(),
-            "last_eval_step": self._last_eval_step,
-            "loss_module": self.loss_module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "target_net_updater": {"counter": int(getattr(updater, "counter", 0) or 0)},
-            "greedy_module": self.greedy_module.state_dict() if self.greedy_module is not None else {},
-            "replay_buffer": self._replay_buffer_state(),
-            # offrl's GuardedCollector: env + episode in progress (exact online resume, offrl.online.collect)
-            "collector": self.collector.resume_state() if hasattr(self.collector, "resume_state") else {},
-            "rng": rng_state(),
-            "metrics_acc": {"n": self._acc_n, "sums": {k: v.detach().cpu() for k, v in self._acc_sums().items()}},
-            "logger": self.logger.state_dict() if hasattr(self.logger, "state_dict") else {},
-        }
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the next :meth:`train` continues from its step."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}; it was "
-                            "written by another offrl version")
-        if state.get("algo") not in (None, self._algo_name):
-            raise UserError(f"this checkpoint was written by {state['algo']}, not {self._algo_name}; resume it "
-                            "with the same algorithm")
-        try:
-            self.loss_module.load_state_dict(state["loss_module"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"checkpoint does not match this trainer's networks/optimizer "
-                            f"({root_cause_line(exc)}); resume with the configuration that wrote it") from exc
-        if self.target_net_updater is not None and hasattr(self.target_net_updater, "counter"):
-            self.target_net_updater.counter = int(state["target_net_updater"]["counter"])
-        if self.greedy_module is not None and state.get("greedy_module"):
-            self.greedy_module.load_state_dict(state["greedy_module"])
-        self._load_replay_buffer_state(state.get("replay_buffer"))
-        if hasattr(self.collector, "load_resume_state"):  # after the buffer: it may drop open episodes
-            self.collector.load_resume_state(state.get("collector") or {})
-        self._step = int(state["step"])
-        self._frames = int(state["frames"])
-        self._updates_left = int(state.get("updates_left", 0))
-        self._step_t.copy_(torch.as_tensor(state["step_tensor"]))
-        self._last_eval_step = int(state.get("last_eval_step", -1))
-        acc = state.get("metrics_acc") or {}
-        self._acc = {k: torch.as_tensor(v).to(self.device) for k, v in (acc.get("sums") or {}).items()}
-        self._acc_keys, self._acc_vec = None, None
-        self._acc_n = int(acc.get("n", 0))
-        if state.get("logger") and hasattr(self.logger, "load_state_dict"):
-            self.logger.load_state_dict(state["logger"])
-        set_rng_state(state["rng"])
-
-    def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint (atomically) to ``path`` or ``save_trainer_file``; with ``keep_checkpoints``
-        also ``step_<N><suffix>`` beside it."""
-        target = Path(path) if path is not None else self.save_trainer_file
-        if target is None:
-            raise UserError("no checkpoint path: pass save_trainer_file= to the trainer or a path to save()")
-        state = self.state_dict()
-        save_checkpoint(state, target)
-        self._saved_step = self._step
-        if self.keep_checkpoints:
-            save_checkpoint(state, target.with_name(f"step_{self._step}{target.suffix}"))
-        return target
-
-    def load_from_file(self, file: str | Path, **kwargs: Any) -> OfflineTrainer:
-        """Load a checkpoint file (``CKPT_BACKEND=torch``: ``torch.load`` with ``weights_only=True`` unless
-        overridden in ``kwargs``; memmap directories ignore ``kwargs``) into this trainer."""
-        self.load_state_dict(load_checkpoint(file, **kwargs))
-        return self

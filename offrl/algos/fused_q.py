@@ -1,0 +1,144 @@
+"""Fused forwards of the discrete losses: :class:`FusedDQNLoss` (torchrl's ``DQNLoss``) and
+:class:`FusedWeightedDiscreteCQLLoss` (offrl's :class:`~offrl.algos.discrete_cql_loss.WeightedDiscreteCQLLoss`).
+
+Small Q-networks are bound by per-op overhead, so the fast path skips the TensorDict plumbing: the
+Q-network runs as a chain of matmuls on the stored parameters and the TD(0) target is computed inline.
+Same constructor, outputs and numbers (within float rounding; tests/algos/test_fused_losses.py) as the
+parent loss, whose own forward runs outside the fast path's assumptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import dispatch
+from tensordict.utils import NestedKey, unravel_key
+from torch import Tensor
+from torchrl.objectives import DQNLoss
+from torchrl.objectives.utils import distance_loss
+from torchrl.objectives.value import TD0Estimator
+
+from offrl.algos.discrete_cql_loss import WeightedDiscreteCQLLoss
+from offrl.algos.plans import ParamCache, Plan, mlp_forward, mlp_plan
+
+__all__ = ["FusedDQNLoss", "FusedQMixin", "FusedWeightedDiscreteCQLLoss"]
+
+
+class FusedQMixin(ParamCache):
+    """The discrete losses' fast path: the Q-network as a matmul chain, TD(0) inline, target network
+    bootstrap. Mixed into a torchrl loss with a ``value_network`` (``self`` has its attributes)."""
+
+    _q_plan: Plan | None
+    _q_obs_key: NestedKey | None
+
+    def _init_fast_path(self) -> None:
+        self._q_plan = None
+        self._q_obs_key = None
+        found = mlp_plan(self.value_network, self.value_network_params)
+        if found is not None and len(found[1].in_keys) == 1:
+            self._q_plan = found[0]
+            self._q_obs_key = unravel_key(found[1].in_keys[0])
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether :meth:`forward` can take the fast path (otherwise the parent loss's forward runs)."""
+        est = self._value_estimator
+        return (
+            self._q_plan is not None
+            and self.reduction == "mean"
+            and type(est) is TD0Estimator
+            and not est.average_rewards
+            and not getattr(self, "double_dqn", False)
+        )
+
+    def _fast_path_ok(self, tensordict: TensorDictBase) -> bool:
+        """:attr:`fast_path` for this batch: one batch dimension, no multi-step or priority-weight keys."""
+        keys = self.tensor_keys
+        extra = [self.value_estimator.tensor_keys.steps_to_next_obs]
+        if isinstance(self, DQNLoss) and self.use_prioritized_weights in (True, "auto"):
+            extra.append(keys.priority_weight)
+        return self.fast_path and tensordict.ndim == 1 and all(tensordict.get(k, None) is None for k in extra)
+
+    def _q_terms(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
+        """Predicted Q for all actions [B, A], Q of the taken action [B], TD(0) target from the target
+        network [B]."""
+        keys = self.tensor_keys
+        plan = self._q_plan
+        nxt = tensordict.get("next")
+        q = mlp_forward(self._steps(plan, "value_network_params"), tensordict.get(self._q_obs_key))
+        action = tensordict.get(keys.action)
+        if self.action_space == "categorical":
+            if action.ndim != q.ndim:
+                action = action.unsqueeze(-1)
+            q_a = torch.gather(q, -1, index=action).squeeze(-1)
+        else:
+            q_a = (q * action.to(torch.float)).sum(-1)
+        with torch.no_grad():
+            q_next = mlp_forward(self._steps(plan, "target_value_network_params"), nxt.get(self._q_obs_key))
+            # The greedy action's value (QValueModule's chosen_action_value) is the row max.
+            next_value = q_next.max(-1, keepdim=True)[0]
+            est_keys = self.value_estimator.tensor_keys
+            reward = nxt.get(est_keys.reward)
+            terminated = nxt.get(est_keys.terminated, None)
+            if terminated is None:
+                terminated = nxt.get(est_keys.done)
+            # td0_return_estimate, inline
+            target = reward + self.value_estimator.gamma * (~terminated).int() * next_value
+        return q, q_a, target.squeeze(-1)
+
+
+class FusedDQNLoss(FusedQMixin, DQNLoss):
+    """torchrl's :class:`~torchrl.objectives.DQNLoss` with a fused forward (same constructor and outputs).
+
+    The fast path covers an MLP Q-network (``QValueActor(MLP)``), TD(0) targets, no double DQN and no
+    prioritized weights in the batch; anything else runs ``DQNLoss.forward``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_fast_path()
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        if not self._fast_path_ok(tensordict):
+            return super().forward(tensordict)
+        _, q_a, target = self._q_terms(tensordict)
+        tensordict.set(self.tensor_keys.priority, (q_a - target).pow(2).detach().unsqueeze(-1), inplace=True)
+        loss = distance_loss(q_a, target, self.loss_function).mean()
+        return TensorDict(loss=loss)
+
+
+class FusedWeightedDiscreteCQLLoss(FusedQMixin, WeightedDiscreteCQLLoss):
+    """:class:`~offrl.algos.discrete_cql_loss.WeightedDiscreteCQLLoss` with a fused forward (same
+    constructor and outputs: TD target from the target network, penalty weighted by ``min_q_weight``,
+    ``cql_gap``). Falls back to its parent's forward outside the fast path (a non-MLP Q-network,
+    ``reduction != "mean"``, a multi-dimensional batch)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_fast_path()
+
+    @property
+    def fast_path(self) -> bool:
+        # The parent computes TD(0) inline from the estimator's gamma, whatever the estimator's type.
+        return self._q_plan is not None and self.reduction == "mean"
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if not self.fast_path or tensordict.ndim != 1:
+            return super().forward(tensordict)
+        q, q_a, target = self._q_terms(tensordict)
+        td_error = (q_a - target).pow(2).unsqueeze(-1)
+        tensordict.set(self.tensor_keys.priority, td_error.detach(), inplace=True)
+        tensordict.set(self.tensor_keys.pred_val, q, inplace=True)  # torchrl's side output
+        loss_cql = (torch.logsumexp(q, dim=-1) - q_a).mean()  # CQL(H): log-sum-exp minus the data action
+        return TensorDict({
+            "loss_qvalue": (0.5 * distance_loss(q_a, target, self.loss_function)).mean(),
+            "loss_cql": loss_cql * self.min_q_weight,
+            "td_error": td_error.mean(0).detach(),
+            "pred_value": q.mean().detach(),
+            "target_value": target.mean().detach(),
+            "cql_gap": loss_cql.detach(),
+        })

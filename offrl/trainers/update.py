@@ -1,0 +1,178 @@
+"""The trainer's update step: forward (optionally under bf16 autocast), backward, clip, optimizer step and
+target update, optionally captured as a CUDA graph; and the process tweaks that make it fast on a CPU.
+
+The step is built from tensor operations only, with no Python branch on tensor values (the
+behaviour-cloning switch is a ``torch.where`` on a step tensor), so it can be compiled or captured.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import CudaGraphModule
+from torchrl.objectives import HardUpdate, SoftUpdate
+
+from offrl.errors import UserError
+
+__all__ = ["UpdateStep", "capture_cuda_graph", "fast_target_step", "tune_allocator"]
+
+
+def tune_allocator() -> bool:
+    """Keep freed activation buffers in the process instead of returning them to the OS (glibc only).
+
+    Why: glibc serves allocations above its mmap threshold (128 KiB, adapted up to 32 MiB) with fresh
+    ``mmap`` pages and unmaps them on free, so every update re-faults its activations page by page (most
+    of a small update's system time). Raising the mmap and trim thresholds lets the heap reuse those
+    buffers. Process-wide and harmless (peak memory stays what the update needs); returns False where it
+    does not apply.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+    return libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1 and ok
+
+
+def fast_target_step(target_updater: Any) -> Callable[[], None]:
+    """A foreach version of ``SoftUpdate.step`` / ``HardUpdate.step`` (same arithmetic, same counter).
+
+    Other updaters (or uninitialized ones) keep their own ``step``.
+    """
+    if target_updater is None:
+        return lambda: None
+    kind = type(target_updater)
+    if kind not in (SoftUpdate, HardUpdate) or not target_updater.initialized:
+        return target_updater.step
+    sources, targets = [], []
+    for key, src in target_updater._sources.items(True, True):
+        key = key if isinstance(key, tuple) else (key,)
+        sources.append(src.data)
+        targets.append(target_updater._targets.get(("target_" + key[0], *key[1:])).data)
+    if kind is SoftUpdate:
+        weight = 1 - target_updater.eps
+
+        def soft() -> None:
+            torch._foreach_lerp_(targets, sources, weight)
+
+        return soft
+
+    def hard() -> None:
+        if target_updater.counter == target_updater.value_network_update_interval:
+            torch._foreach_copy_(targets, sources)
+            target_updater.counter = 0
+        else:
+            target_updater.counter += 1
+
+    return hard
+
+
+def capture_cuda_graph(step: Callable[[TensorDictBase], TensorDict], optimizer: torch.optim.Optimizer,
+                       device_type: str, *, warmup: int = 10) -> Callable[[TensorDictBase], TensorDict]:
+    """``step`` (batch -> TensorDict of detached tensors, optimizer step included) as a CUDA graph.
+
+    Uses tensordict's ``CudaGraphModule``: ``warmup`` eager calls on a side stream, then one capture,
+    then replays that copy each batch into the graph's static input. On a CUDA device the optimizer's
+    param groups are switched to ``capturable`` (Adam/AdamW keep their step counters on the GPU); an
+    optimizer without that mode is refused. Elsewhere the wrapper calls ``step`` directly.
+    """
+
+
+
+    if device_type == "cuda":
+        for group in optimizer.param_groups:
+            if "capturable" not in group:
+                raise UserError(f"cuda_graph needs an optimizer with a capturable mode (Adam, AdamW, ...), "
+                                f"not {type(optimizer).__name__}")
+            group["capturable"] = True
+    with warnings.catch_warnings():  # "instantiated on a machine without CUDA": the eager pass-through
+        warnings.simplefilter("ignore")
+        return CudaGraphModule(step, in_keys=[], out_keys=[], warmup=warmup)
+
+
+class UpdateStep:
+    """One gradient step of a :class:`~offrl.trainers.Trainer` (a mixin: ``self`` is the trainer).
+
+    Subclasses define :meth:`_loss_terms`; :meth:`_batch_stats` comes from the metrics mixin.
+    """
+
+    def _loss_terms(self, loss_td: TensorDictBase, batch: TensorDictBase
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total loss, metrics)`` from the loss module's output; tensor ops only."""
+        raise NotImplementedError
+
+    def _forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                loss_td = self.loss_module(batch)
+        else:
+            loss_td = self.loss_module(batch)
+        total, metrics = self._loss_terms(loss_td, batch)
+        metrics.update(self._batch_stats(batch))
+        return total, metrics
+
+    def _backward(self, total: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+
+    def _optim(self) -> dict[str, torch.Tensor]:
+        """Clip (torchrl's semantics) per param group, log the norms before clipping, step."""
+        norms: dict[str, torch.Tensor] = {}
+        for i, group in enumerate(self.optimizer.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if self.clip_grad_norm and self.clip_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm, foreach=True)
+            else:  # one foreach kernel instead of one norm per parameter
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+                if self.clip_norm is not None:
+                    torch.nn.utils.clip_grad_value_(params, self.clip_norm)
+            norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
+        values = list(norms.values())
+        norms["grad_norm"] = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum().sqrt()
+        self.optimizer.step()
+        return norms
+
+    def _target(self) -> None:
+        if self.target_net_updater is not None:
+            if self._target_fn is None:  # built on first use: the updater initialises lazily
+                # SoftUpdate/HardUpdate as foreach ops (same arithmetic, same counter); others keep step().
+                self._target_fn = fast_target_step(self.target_net_updater)
+            self._target_fn()
+        self._step_t += 1
+
+    def _gradient_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Forward, backward, clip and optimizer step: the part a CUDA graph captures."""
+        total, metrics = self._forward(batch)
+        self._backward(total)
+        metrics.update(self._optim())
+        return {k: v.detach() for k, v in metrics.items()}
+
+    def _graph_step(self) -> Callable[[TensorDictBase], TensorDictBase]:
+        """The gradient step wrapped in tensordict's CudaGraphModule (built on first use, after any
+        checkpoint was loaded: the graph holds the optimizer's state tensors)."""
+        if self._graphed is None:
+            self._graphed = capture_cuda_graph(lambda batch: TensorDict(self._gradient_step(batch)),
+                                               self.optimizer, self.device.type)
+        return self._graphed
+
+    def _update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """:meth:`update` without wrapping the metrics in a TensorDict (the loop's per-step path)."""
+        metrics = dict(self._graph_step()(batch).items()) if self.cuda_graph else self._gradient_step(batch)
+        self._target()  # outside any graph: HardUpdate's interval counter is Python state
+        return metrics
+
+    def update(self, batch: TensorDictBase) -> TensorDictBase:
+        """One gradient step on ``batch``; returns a TensorDict of detached scalar metrics."""
+        return TensorDict(self._update(batch))
+
