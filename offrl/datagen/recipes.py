@@ -254,6 +254,7 @@ def list_on_demand() -> list[str]:
 
 
 def is_on_demand(name: str) -> bool:
+    """Whether ``name`` (or its short form) is an on-demand recipe."""
     try:
         resolve_name(name, {k: v[0] for k, v in load_on_demand().items()})
     except UserError:
@@ -262,6 +263,7 @@ def is_on_demand(name: str) -> bool:
 
 
 def resolve_name(name: str, recipes: dict[str, Recipe]) -> str:
+    """The full recipe name of ``name`` (also ``cartpole/medium``, ``cartpole/medium-v0``); else a UserError."""
     if name in recipes:
         return name
     # Accept the short forms "cartpole/medium" and "cartpole/medium-v0".
@@ -273,6 +275,7 @@ def resolve_name(name: str, recipes: dict[str, Recipe]) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex): the identity of a behaviour checkpoint."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
