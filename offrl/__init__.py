@@ -17,9 +17,9 @@ _WHERE = {
     "load_dataset": "offrl.data",
     "OfflineDataset": "offrl.data",
     "DatasetInfo": "offrl.data",
-    "make_bundled": "offrl.data.generate",
+    "make_bundled": "offrl.datagen.bundled",
     "list_bundled": "offrl.data.catalog",
-    "reference_scores": "offrl.data.catalog",
+    "reference_scores": "offrl.data.references",
     # algorithms and trainers
     "CQLConfig": "offrl.algos",
     "DiscreteCQLConfig": "offrl.algos",
@@ -69,8 +69,9 @@ if TYPE_CHECKING:
     from offrl.api import Run, train
     from offrl.config import CQLTrainerConfig, DQNTrainerConfig
     from offrl.data import DatasetInfo, OfflineDataset, load_dataset
-    from offrl.data.catalog import list_bundled, reference_scores
-    from offrl.data.generate import make_bundled
+    from offrl.data.catalog import list_bundled
+    from offrl.data.references import reference_scores
+    from offrl.datagen.bundled import make_bundled
     from offrl.evaluation import EvalResult, Evaluator, evaluate
     from offrl.report import build_report, write_run_report
     from offrl.trainers import CQLTrainer, DQNTrainer

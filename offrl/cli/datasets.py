@@ -164,8 +164,8 @@ def _list(args: argparse.Namespace) -> int:
     from offrl.data.catalog import bundled_root, list_bundled
     from offrl.data.convert import cache_root
     from offrl.data.dataset import cached_entries
-    from offrl.data.generate import on_demand_status
     from offrl.data.minari import list_local_minari, minari_root
+    from offrl.datagen.on_demand import on_demand_status
 
     listing = {
         "bundled": {"root": str(bundled_root()), "datasets": list_bundled()},
@@ -223,24 +223,24 @@ def _make(args: argparse.Namespace) -> int:
         raise UserError("--transitions: only with a recipe NAME (use --episodes with --policy)")
     refs = {"ref_min": args.ref_min_score, "ref_max": args.ref_max_score}
     if args.from_run is not None:
-        from offrl.data.from_run import dataset_from_run
+        from offrl.datagen.from_run import dataset_from_run
 
         path = dataset_from_run(args.from_run, name=args.dataset_id, root=args.root, env_id=args.env, **refs)
     elif args.policy is not None:
         if args.episodes is None:
             raise UserError("--policy: give --episodes K (how many episodes to record)")
         if args.policy.endswith(".npz"):  # an actor-only checkpoint: no torch needed
-            from offrl.data.generate import dataset_from_actor as dataset_from_policy
+            from offrl.datagen.export import dataset_from_actor as dataset_from_policy
         else:
-            from offrl.data.from_run import dataset_from_policy
+            from offrl.datagen.from_run import dataset_from_policy
         path = dataset_from_policy(args.policy, episodes=args.episodes, env_id=args.env, noise=args.noise,
                                    seed=args.seed, name=args.dataset_id, root=args.root, **refs)
     elif args.transitions is not None:
-        from offrl.data.generate import make_on_demand
+        from offrl.datagen.on_demand import make_on_demand
 
         path = make_on_demand(args.name, args.root, transitions=args.transitions)
     else:
-        from offrl.data.generate import make_bundled
+        from offrl.datagen.bundled import make_bundled
 
         path = make_bundled(args.name, args.root)
     print(path)
@@ -248,7 +248,7 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _export_actor(args: argparse.Namespace) -> int:
-    from offrl.data.generate import export_actor
+    from offrl.datagen.export import export_actor
     from offrl.errors import UserError
 
     if args.episodes <= 0:

@@ -1,7 +1,7 @@
 """Data layer: read D4RL-style / d3rlpy HDF5 files and Minari datasets, convert them once into a cached,
 memmapped TED TensorDict, check their health, and serve them through torchrl replay buffers.
 
-Names are imported lazily (PEP 562): ``import offrl.data.catalog`` or a CLI error path does not pay for
+Names are imported lazily (PEP 562): ``import offrl.data.references`` or a CLI error path does not pay for
 importing torch and torchrl.
 """
 

@@ -31,7 +31,7 @@ import numpy as np
 from offrl.data.source import Chunk, RawSource, storage_dtype
 from offrl.errors import UserError
 
-__all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors"]
+__all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value"]
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
 FLAG_KEYS = ("terminals", "timeouts", "episode_terminals")
@@ -84,15 +84,15 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _py(value: Any) -> Any:
+def hdf5_value(value: Any) -> Any:
     """HDF5 attribute/scalar → plain Python (bytes decoded, numpy scalars unwrapped)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray):
         if value.shape == ():
-            return _py(value[()])
+            return hdf5_value(value[()])
         if value.size <= 64:
-            return [_py(v) for v in value.tolist()]
+            return [hdf5_value(v) for v in value.tolist()]
         return None
     if isinstance(value, np.generic):
         return value.item()
@@ -101,19 +101,19 @@ def _py(value: Any) -> Any:
 
 def _metadata(f: h5py.File) -> dict[str, Any]:
     """Root attributes plus the ``metadata`` group's attributes and small datasets, flattened by name."""
-    meta: dict[str, Any] = {k: _py(v) for k, v in f.attrs.items()}
+    meta: dict[str, Any] = {k: hdf5_value(v) for k, v in f.attrs.items()}
     group = f.get("metadata")
     if isinstance(group, h5py.Group):
-        meta.update({k: _py(v) for k, v in group.attrs.items()})
+        meta.update({k: hdf5_value(v) for k, v in group.attrs.items()})
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset) and obj.size <= 64:
-                meta[name] = _py(obj[()])
+                meta[name] = hdf5_value(obj[()])
 
         group.visititems(visit)
     for key in ("version", "discrete_action"):
         if key in f and isinstance(f[key], h5py.Dataset) and f[key].shape == ():
-            meta[key] = _py(f[key][()])
+            meta[key] = hdf5_value(f[key][()])
     return meta
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from offrl.data import catalog
+from offrl.data import catalog, envs, references
 from offrl.data.convert import build_cache, cache_root
 from offrl.data.d4rl import hdf5_errors, is_minari_file, open_hdf5, read_d4rl
 from offrl.data.minari import minari_data_dir, minari_root, read_minari
@@ -263,9 +263,9 @@ class OfflineDataset:
 
         return deserialize_space(self.metadata["action_space_json"])
 
-    def env_resolution(self, env_id: str | None = None) -> catalog.EnvResolution | None:
+    def env_resolution(self, env_id: str | None = None) -> envs.EnvResolution | None:
         meta = self.metadata.get("metadata", {})
-        return catalog.resolve_env(
+        return envs.resolve_env(
             self.name,
             env_spec=meta.get("eval_env_spec") or meta.get("env_spec"),
             override=env_id or self.info.extra.get("env_override"),
@@ -278,7 +278,7 @@ class OfflineDataset:
             raise UserError(
                 f"{self.source}: no evaluation env known for dataset {self.name!r}; pass one with --env"
             )
-        return catalog.make_env(resolution, **kwargs)
+        return envs.make_env(resolution, **kwargs)
 
     def normalized_score(self, returns: float | Sequence[float] | np.ndarray) -> Any:
         """``100 * (R - ref_min) / (ref_max - ref_min)``; NaN when the references are unknown."""
@@ -316,7 +316,7 @@ def load_dataset(
             # D4RL files do not record their time limit: take it from the env the name maps to, so the
             # health check can compare timeouts with it.
             try:
-                resolution = catalog.resolve_env(raw.name, env_spec=raw.metadata.get("env_spec"))
+                resolution = envs.resolve_env(raw.name, env_spec=raw.metadata.get("env_spec"))
                 raw.metadata["max_episode_steps"] = resolution.max_episode_steps if resolution else None
             except UserError:
                 pass
@@ -344,11 +344,11 @@ def load_dataset(
 
     layout = RowLayout.from_json(stored["layout"])
     meta = stored.get("metadata") or {}
-    ref_min, ref_max, ref_source = catalog.reference_scores(
+    ref_min, ref_max, ref_source = references.reference_scores(
         stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score
     )
     try:
-        resolution = catalog.resolve_env(
+        resolution = envs.resolve_env(
             stored["name"], env_spec=meta.get("eval_env_spec") or meta.get("env_spec"), override=env
         )
     except UserError:

@@ -25,7 +25,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offrl.data.d4rl import hdf5_errors, open_hdf5
+from offrl.data.d4rl import hdf5_errors, hdf5_value, open_hdf5
 from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, storage_dtype, tree_concat
 from offrl.errors import UserError
 
@@ -68,9 +68,7 @@ def _load_metadata(data_dir: Path, f: h5py.File) -> tuple[dict[str, Any], str]:
             raise UserError(
                 f"{meta_file}: unreadable Minari metadata ({err}); re-create the dataset"
             ) from None
-    from offrl.data.d4rl import _py  # the same attribute decoding as for D4RL files
-
-    return {k: _py(v) for k, v in f.attrs.items()}, "0.4"
+    return {k: hdf5_value(v) for k, v in f.attrs.items()}, "0.4"
 
 
 def _space(meta: dict[str, Any], key: str, where: Path) -> gym.Space | None:

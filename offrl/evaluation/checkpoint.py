@@ -99,7 +99,7 @@ def evaluate_checkpoint(
     """Evaluate a saved policy in its dataset's env (or ``env``), with the dataset's reference scores."""
     _locate(Path(path))  # a wrong path fails before torch is even imported
     if env is not None:  # an env that cannot be made fails before the dataset load and network rebuild
-        from offrl.evaluation._envs import make_env
+        from offrl.data.envs import make_env
 
         make_env(env).close()
     from offrl.evaluation.rollout import evaluate
@@ -119,7 +119,7 @@ def _check_spaces(env_id: str, dataset: Any) -> None:
     ``dataset`` is then that env's id) cannot run the policy: say so in one line."""
     import gymnasium as gym
 
-    from offrl.evaluation._envs import make_env
+    from offrl.data.envs import make_env
 
     e = make_env(env_id)
     if isinstance(dataset, str):

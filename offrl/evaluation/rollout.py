@@ -22,6 +22,7 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from offrl.data.envs import make_env
 from offrl.errors import UserError
 
 __all__ = ["EvalResult", "Reference", "evaluate", "normalize", "resolve_reference"]
@@ -145,8 +146,6 @@ class EvalResult:
 def _env_factory(env: Any) -> tuple[Callable[[], gym.Env] | None, gym.Env | None, Any, str | None]:
     """Return (factory, single env instance, default reference source, env id) for ``env``."""
     if isinstance(env, str):
-        from offrl.evaluation._envs import make_env
-
         return (lambda: make_env(env)), None, None, env
     if isinstance(env, gym.Env):
         return None, env, None, getattr(env.spec, "id", None)

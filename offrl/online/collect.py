@@ -35,7 +35,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector, MultiAsyncCollector
 from torchrl.envs import Compose, DoubleToFloat, EnvBase, GymWrapper, TransformedEnv
 
-from offrl.data import catalog
+from offrl.data import envs
 from offrl.errors import UserError
 from offrl.online.envstate import gym_env_state, load_gym_env_state
 
@@ -56,7 +56,7 @@ class EnvFactory:
 
     def gym(self) -> Any:
         """The gymnasium env (offrl's catalog: version drift notes and missing-extra errors)."""
-        return catalog.make_env(self.target)
+        return envs.make_env(self.target)
 
     def __call__(self) -> EnvBase:
         if self.worker_logs is not None and multiprocessing.parent_process() is not None:
@@ -115,7 +115,7 @@ def env_factory(dataset: Any = None, env_id: str | None = None, *, seed: int | N
                             "(or --set dataset.env_id=ENV_ID)")
         target = resolution
     elif env_id is not None:
-        target = catalog.resolve_env(override=env_id) or env_id
+        target = envs.resolve_env(override=env_id) or env_id
     else:
         raise UserError("online training needs an env: pass --env ENV_ID or a --dataset that names one")
     return EnvFactory(target, seed=seed, device=device)

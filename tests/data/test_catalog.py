@@ -12,17 +12,9 @@ import gymnasium as gym
 import pytest
 from gymnasium.envs.registration import EnvSpec
 
-from offrl.data.catalog import (
-    D4RL_REF_SCORES,
-    EnvResolution,
-    bundled_path,
-    bundled_root,
-    d4rl_reference,
-    list_bundled,
-    make_env,
-    reference_scores,
-    resolve_env,
-)
+from offrl.data.catalog import bundled_path, bundled_root, list_bundled
+from offrl.data.envs import EnvResolution, make_env, resolve_env
+from offrl.data.references import D4RL_REF_SCORES, d4rl_reference, reference_scores
 from offrl.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -205,7 +197,7 @@ def test_missing_package_hint_from_a_fresh_process() -> None:
     """In a real interpreter without MuJoCo the hint is the whole message (no gymnasium traceback)."""
     code = (
         "import sys; sys.modules['mujoco'] = None\n"
-        "from offrl.data.catalog import make_env\n"
+        "from offrl.data.envs import make_env\n"
         "from offrl.errors import UserError\n"
         "try:\n    make_env('Walker2d-v5')\n"
         "except UserError as e:\n    print(e); sys.exit(2)\n"

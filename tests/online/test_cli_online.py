@@ -13,7 +13,7 @@ import pytest
 
 from offrl.api import train
 from offrl.data import load_dataset
-from offrl.data.from_run import dataset_from_run
+from offrl.datagen.from_run import dataset_from_run
 
 OFFRL = str(Path(sys.executable).with_name("offrl"))
 
@@ -54,7 +54,7 @@ def test_online_phase_resumes_from_its_checkpoint(tmp_path):
     metrics = second.metrics
     assert metrics["frames"].dropna().tolist() == [25, 50, 75, 100, 125, 150, 175, 200]
     # the restored buffer kept the first 100 online transitions and grew by 100
-    from offrl.data.from_run import online_rows
+    from offrl.datagen.from_run import online_rows
 
     assert online_rows(second.checkpoint).shape[0] == 200
 
@@ -62,7 +62,7 @@ def test_online_phase_resumes_from_its_checkpoint(tmp_path):
 def test_calql_finetuning_through_the_config(tmp_path):
     """--calql: the run's loss is Cal-QL offline and online, online episodes enter the buffer whole with
     their Monte-Carlo returns, and the bound rate is logged."""
-    from offrl.data.from_run import online_rows
+    from offrl.datagen.from_run import online_rows
 
     run = train("offrl/pendulum/medium-v0", "cql", steps=10, online_steps=300, calql=True, frames_per_batch=100,
                 utd=2, eval_every=0, progress=False, out=tmp_path / "runs", batch_size=32,

@@ -13,7 +13,7 @@ import torch
 
 from offrl.algos import dqn
 from offrl.data import load_dataset
-from offrl.data.from_run import dataset_from_run
+from offrl.datagen.from_run import dataset_from_run
 from offrl.errors import UserError
 from offrl.online.setup import OnlineConfig, build_online
 from offrl.trainers import DQNTrainer
@@ -68,7 +68,7 @@ def test_make_from_run_user_errors(online_run, tmp_path):
 
 def test_dataset_from_policy_rollouts(tmp_path):
     from offrl.api import train
-    from offrl.data.from_run import dataset_from_policy
+    from offrl.datagen.from_run import dataset_from_policy
 
     run = train("offrl/cartpole/medium-v0", "dqn", steps=20, eval_every=0, progress=False, out=tmp_path / "runs",
                 **{"dqn.hidden_sizes": [16]})

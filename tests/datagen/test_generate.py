@@ -17,15 +17,10 @@ import numpy as np
 import pytest
 
 from offrl.data.catalog import list_bundled
-from offrl.data.generate import (
-    generator_versions,
-    list_recipes,
-    load_recipes,
-    make_bundled,
-    reference_returns,
-    rollout,
-)
-from offrl.data.policies import make_policy
+from offrl.datagen.bundled import make_bundled
+from offrl.datagen.policies import make_policy
+from offrl.datagen.recipes import list_recipes, load_recipes
+from offrl.datagen.rollout import generator_versions, reference_returns, rollout
 from offrl.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -251,9 +246,9 @@ def test_noisy_expert_falls_and_clean_expert_does_not() -> None:
     assert all(e.terminations[-1] for e in noisy)
 
 
-def test_generate_module_cli_reports_user_errors(tmp_path: Path) -> None:
+def test_datasets_make_cli_reports_user_errors(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "offrl.data.generate", "--root", str(tmp_path), "no/such/dataset-v0"],
+        [sys.executable, "-m", "offrl", "datasets", "make", "--root", str(tmp_path), "no/such/dataset-v0"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -291,8 +286,8 @@ def test_on_demand_recipe_writes_under_minari_root_and_is_cached(tmp_path: Path,
     """On-demand recipes (the MuJoCo random flavours use this path) are not bundled: they are generated
     into MINARI_DATASETS_PATH, load by id, carry D4RL references and are reused when unchanged."""
     from offrl.data import load_dataset
-    from offrl.data.catalog import d4rl_reference
-    from offrl.data.generate import list_on_demand
+    from offrl.data.references import d4rl_reference
+    from offrl.datagen.recipes import list_on_demand
 
     (tmp_path / "bundled").mkdir()
     (tmp_path / "bundled" / "recipes.yaml").write_text(ON_DEMAND_RECIPES)

@@ -8,7 +8,7 @@
   ``noise`` x half the action range for continuous actions (clipped to the bounds), epsilon-greedy with
   ``epsilon = noise`` for discrete ones.
 
-Both write with :func:`offrl.data.minari_writer.write_minari_dataset` (atomic), under
+Both write with :func:`offrl.datagen.write.write_dataset` (atomic), under
 ``$MINARI_DATASETS_PATH`` by default, so ``offrl.data.load_dataset(<id>)`` finds them. Reference scores
 (for normalized scores) are taken from the run's dataset when it has them, else from the user.
 """
@@ -25,17 +25,13 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from offrl.data.minari import minari_root
-from offrl.data.minari_writer import Episode, write_minari_dataset
+from offrl.data.minari_writer import Episode
+from offrl.datagen.export import dataset_from_actor
+from offrl.datagen.rollout import noisy_action
+from offrl.datagen.write import refs_metadata, write_dataset
 from offrl.errors import UserError
 
 __all__ = ["dataset_from_policy", "dataset_from_run", "episodes_from_rows", "online_rows"]
-
-
-def _check_name(name: str) -> None:
-    parts = name.split("/")
-    if not name or any(not p for p in parts) or "-v" not in parts[-1] or not parts[-1].rsplit("-v", 1)[1].isdigit():
-        raise UserError(f"--name {name!r}: a dataset id looks like 'namespace/env/flavour-v0' (ends in -vN)")
 
 
 def episodes_from_rows(rows: TensorDict) -> Iterator[Episode]:
@@ -96,31 +92,6 @@ def _run_env_and_refs(cfg: dict[str, Any], env_id: str | None) -> tuple[gym.Env,
     return env_factory(dataset, env_id).gym(), refs
 
 
-def _refs_metadata(refs: tuple[Any, Any, str | None], ref_min: float | None, ref_max: float | None) -> dict[str, Any]:
-    lo = ref_min if ref_min is not None else refs[0]
-    hi = ref_max if ref_max is not None else refs[1]
-    out: dict[str, Any] = {}
-    if lo is not None and hi is not None:
-        if float(lo) == float(hi):
-            raise UserError(f"--ref-min/--ref-max: equal reference scores ({lo}); give two different values")
-        out = {"ref_min_score": float(lo), "ref_max_score": float(hi)}
-        source = "user" if ref_min is not None or ref_max is not None else (refs[2] or "run dataset")
-        out["offrl_references"] = {"source": source}
-    return out
-
-
-def _write(name: str, root: str | os.PathLike[str] | None, episodes: Any, env: gym.Env, extra: dict[str, Any]) -> Path:
-    _check_name(name)
-    target = (Path(root) if root is not None else minari_root()) / name
-    try:
-        return write_minari_dataset(target, episodes, dataset_id=name, env_spec=env.spec,
-                                    observation_space=env.observation_space, action_space=env.action_space,
-                                    extra_metadata=extra)
-    except OSError as exc:
-        raise UserError(f"{exc.filename or target}: cannot write the dataset ({exc.strerror}); choose another "
-                        "--root") from None
-
-
 def online_rows(checkpoint: str | os.PathLike[str]) -> TensorDict:
     """The online replay rows saved in a trainer checkpoint (empty when the run had no online phase)."""
     from offrl.trainers.checkpoint import load_checkpoint
@@ -150,21 +121,11 @@ def dataset_from_run(run_dir: str | os.PathLike[str], *, name: str | None = None
              "description": f"online transitions collected by the run {run_dir}",
              "offrl_source": {"kind": "run", "run_dir": str(run_dir), "algo": cfg.get("algo"),
                               "dataset": (cfg.get("dataset") or {}).get("id")}}
-    extra.update(_refs_metadata(refs, ref_min, ref_max))
+    extra.update(refs_metadata(refs, ref_min, ref_max))
     try:
-        return _write(name, root, episodes_from_rows(rows), env, extra)
+        return write_dataset(name, root, episodes_from_rows(rows), env, extra)
     finally:
         env.close()
-
-
-def _noisy(action: np.ndarray, space: gym.Space, noise: float, rng: np.random.Generator) -> Any:
-    if isinstance(space, gym.spaces.Discrete):
-        a = int(np.asarray(action).reshape(-1)[0])
-        return int(rng.integers(space.n)) if noise > 0 and rng.random() < noise else a
-    a = np.asarray(action, dtype=space.dtype).reshape(space.shape)
-    if noise > 0:
-        a = a + rng.normal(0.0, noise, size=a.shape) * (space.high - space.low) / 2
-    return np.clip(a, space.low, space.high).astype(space.dtype)
 
 
 def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, env_id: str | None = None,
@@ -172,7 +133,7 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
                         root: str | os.PathLike[str] | None = None, ref_min: float | None = None,
                         ref_max: float | None = None) -> Path:
     """Roll out the deterministic policy of ``checkpoint`` (a run folder or one of its checkpoints, or an
-    actor-only ``.npz``: :func:`offrl.data.generate.dataset_from_actor`) for ``episodes`` episodes with
+    actor-only ``.npz``: :func:`offrl.datagen.export.dataset_from_actor`) for ``episodes`` episodes with
     exploration ``noise`` and write them as Minari dataset ``name``.
 
     Episode ``i`` resets the env with ``seed + i``; the noise draws from ``numpy.random.default_rng(seed)``.
@@ -180,8 +141,6 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
     from offrl.evaluation import load_policy
 
     if Path(checkpoint).suffix == ".npz":  # an actor-only checkpoint (datasets/behaviour/, export-actor)
-        from offrl.data.generate import dataset_from_actor
-
         return dataset_from_actor(checkpoint, episodes=episodes, env_id=env_id, noise=noise, seed=seed, name=name,
                                   root=root, ref_min=ref_min, ref_max=ref_max)
     if int(episodes) <= 0:
@@ -214,7 +173,7 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
                 with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
                     td = TensorDict({"observation": torch.as_tensor(np.asarray(obs), dtype=torch.float32)}, [])
                     action = policy(td).get("action").cpu().numpy()
-                act = _noisy(action, env.action_space, float(noise), rng)
+                act = noisy_action(action, env.action_space, float(noise), rng)
                 obs, reward, terminated, truncated, _ = env.step(act)
                 o.append(obs)
                 a.append(act)
@@ -231,9 +190,9 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
              "description": f"{episodes} episodes of {checkpoint} (noise {noise})",
              "offrl_source": {"kind": "policy", "checkpoint": str(checkpoint), "step": loaded.step,
                               "noise": float(noise), "seed": int(seed), "episodes": int(episodes)}}
-    extra.update(_refs_metadata(refs, ref_min, ref_max))
+    extra.update(refs_metadata(refs, ref_min, ref_max))
     policy.eval()
     try:
-        return _write(name, root, rollouts(), env, extra)
+        return write_dataset(name, root, rollouts(), env, extra)
     finally:
         env.close()

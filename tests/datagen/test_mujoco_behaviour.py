@@ -148,7 +148,7 @@ def pendulum_parts():
 
 
 def test_numpy_actor_acts_as_the_torch_policy(tmp_path, pendulum_parts):
-    from offrl.data.policies import actor_from_trainer_checkpoint, load_actor, save_actor
+    from offrl.datagen.policies import actor_from_trainer_checkpoint, load_actor, save_actor
 
     ckpt = _trainer_checkpoint(tmp_path, pendulum_parts)
     save_actor(tmp_path / "a.npz", actor_from_trainer_checkpoint(ckpt, meta={"env_id": "Pendulum-v1"}))
@@ -174,7 +174,7 @@ def test_numpy_actor_acts_as_the_torch_policy(tmp_path, pendulum_parts):
 
 
 def test_damaged_actor_files_are_one_line_user_errors(tmp_path, pendulum_parts):
-    from offrl.data.policies import actor_from_trainer_checkpoint, load_actor, save_actor
+    from offrl.datagen.policies import actor_from_trainer_checkpoint, load_actor, save_actor
 
     good = tmp_path / "good.npz"
     save_actor(good, actor_from_trainer_checkpoint(_trainer_checkpoint(tmp_path, pendulum_parts)))
@@ -204,7 +204,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_export_actor_and_make_policy_from_it(tmp_path, pendulum_parts, capsys):
     from offrl.cli import main
     from offrl.data import load_dataset
-    from offrl.data.from_run import dataset_from_policy
+    from offrl.datagen.from_run import dataset_from_policy
 
     ckpt = _trainer_checkpoint(tmp_path, pendulum_parts)
     out = tmp_path / "behaviour" / "pendulum.npz"

@@ -23,7 +23,10 @@ import functools
 from pathlib import Path
 from typing import Protocol
 
+import gymnasium as gym
 import numpy as np
+
+from offrl.data.envs import make_env
 
 __all__ = [
     "ACTOR_FORMAT",
@@ -36,6 +39,7 @@ __all__ = [
     "RandomPolicy",
     "actor_from_trainer_checkpoint",
     "dlqr",
+    "fit_problem",
     "load_actor",
     "make_policy",
     "save_actor",
@@ -204,10 +208,6 @@ def _random_for(env_id: str) -> RandomPolicy:
     """A uniformly random policy over any env's action space (MuJoCo random flavours). Cached: reading the
     action space builds the env (for MuJoCo, compiles its model), and recipes ask for it once per episode;
     the policy itself holds only the bounds and draws from the caller's generator."""
-    import gymnasium as gym
-
-    from offrl.data.catalog import make_env
-
     env = make_env(env_id)
     try:
         space = env.action_space
@@ -355,6 +355,19 @@ def load_actor(path: str | Path, *, what: str = "behaviour checkpoint") -> Actor
         return ActorPolicy(layers, low=low, high=high, activation=activation, scale_lb=scale_lb, meta=meta)
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
+
+
+def fit_problem(actor: ActorPolicy, env: gym.Env) -> str | None:
+    """Why ``actor`` cannot drive ``env`` (observation / action sizes, action bounds), or None."""
+    obs_space, act_space = env.observation_space, env.action_space
+    env_name = env.spec.id if env.spec is not None else type(env).__name__
+    if not isinstance(act_space, gym.spaces.Box) or obs_space.shape != (actor.obs_dim,) or (
+            act_space.shape != (actor.act_dim,)):
+        return (f"actor for {actor.obs_dim}-dim observations and {actor.act_dim}-dim actions does not fit "
+                f"{env_name} (observations {obs_space.shape}, actions {act_space})")
+    if not (np.allclose(actor.low, act_space.low) and np.allclose(actor.high, act_space.high)):
+        return f"actor's action bounds differ from {env_name}'s"
+    return None
 
 
 def save_actor(path: str | Path, policy: ActorPolicy) -> None:

@@ -20,19 +20,15 @@ import pytest
 
 pytest.importorskip("mujoco")
 
-from offrl.data.catalog import d4rl_reference, make_env  # noqa: E402
-from offrl.data.generate import (  # noqa: E402
-    _fit_problem,
-    _sha256,
-    load_on_demand,
-    make_on_demand,
-    on_demand_status,
-    segment_targets,
-)
-from offrl.data.policies import load_actor  # noqa: E402
+from offrl.data.envs import make_env  # noqa: E402
+from offrl.data.references import d4rl_reference  # noqa: E402
+from offrl.datagen.on_demand import make_on_demand, on_demand_status  # noqa: E402
+from offrl.datagen.policies import fit_problem, load_actor  # noqa: E402
+from offrl.datagen.recipes import file_sha256, load_on_demand  # noqa: E402
+from offrl.datagen.rollout import segment_targets  # noqa: E402
 from offrl.errors import UserError  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = REPO_ROOT / "datasets"
 OFFRL = str(Path(sys.executable).with_name("offrl"))
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
@@ -72,8 +68,8 @@ def test_behaviour_checkpoints_load_fit_and_match_their_metadata(env):
         path = DATASETS / rel
         actor = load_actor(path)
         meta = json.loads(path.with_suffix(".json").read_text())
-        assert meta["weights_sha256"] == _sha256(path) and meta["env_id"] == ENVS[env]
-        assert _fit_problem(actor, gym_env) is None
+        assert meta["weights_sha256"] == file_sha256(path) and meta["env_id"] == ENVS[env]
+        assert fit_problem(actor, gym_env) is None
         assert path.stat().st_size < 400_000  # actor weights only
         metas[rel] = meta
     gym_env.close()
@@ -107,7 +103,7 @@ def test_recipe_mistakes_name_the_entry_and_the_fix(tmp_path, entry, message):
 
 
 def test_segment_targets_split_by_the_runs_steps():
-    from offrl.data.generate import Segment
+    from offrl.datagen.recipes import Segment
 
     segments = [Segment(5000), Segment(10_000, "a"), Segment(5000, "b")]
     assert segment_targets(segments, 200_000) == [50_000, 150_000, 200_000]
