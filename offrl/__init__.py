@@ -29,8 +29,8 @@ _WHERE = {
     # experiments
     "CQLTrainerConfig": "offrl.config",
     "DQNTrainerConfig": "offrl.config",
-    "train": "offrl.api",
-    "Run": "offrl.api",
+    "train": "offrl.runs.training",
+    "Run": "offrl.runs.rundir",
     # evaluation and reports
     "evaluate": "offrl.evaluation",
     "EvalResult": "offrl.evaluation",
@@ -66,13 +66,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from offrl.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
-    from offrl.api import Run, train
     from offrl.config import CQLTrainerConfig, DQNTrainerConfig
     from offrl.data import DatasetInfo, OfflineDataset, load_dataset
     from offrl.data.catalog import list_bundled, reference_scores
     from offrl.data.generate import make_bundled
     from offrl.evaluation import EvalResult, Evaluator, evaluate
     from offrl.report import build_report, write_run_report
+    from offrl.runs.rundir import Run
+    from offrl.runs.training import train
     from offrl.trainers import CQLTrainer, DQNTrainer
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from offrl.api import train
+from offrl.runs import train
 from offrl.data import load_dataset
 from offrl.data.from_run import dataset_from_run
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
 from engine_helpers import ListLogger  # noqa: E402
 
 from offrl.algos import discrete_cql  # noqa: E402
-from offrl.api import train  # noqa: E402
+from offrl.runs import train  # noqa: E402
 from offrl.online.setup import (  # noqa: E402
     DISCRETE_CQL_EPSILON,
     OnlineConfig,
