@@ -177,7 +177,7 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
 
     Episode ``i`` resets the env with ``seed + i``; the noise draws from ``numpy.random.default_rng(seed)``.
     """
-    from offrl.evaluation import load_policy
+    from offrl.runs import load_policy
 
     if Path(checkpoint).suffix == ".npz":  # an actor-only checkpoint (datasets/behaviour/, export-actor)
         from offrl.data.generate import dataset_from_actor

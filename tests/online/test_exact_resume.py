@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
 from engine_helpers import ListLogger  # noqa: E402
 
 from offrl.algos import cql, dqn  # noqa: E402
-from offrl.runs.assemble import seed_everything  # noqa: E402
 from offrl.errors import UserError  # noqa: E402
 from offrl.online.envstate import gym_env_state, load_gym_env_state  # noqa: E402
 from offrl.online.setup import OnlineConfig, OnlineMetricsLogger, build_online, build_parts_for_env  # noqa: E402
+from offrl.runs.assemble import seed_everything  # noqa: E402
 from offrl.trainers import CQLTrainer, DQNTrainer  # noqa: E402
 
 ENVS = ["Pendulum-v1", "CartPole-v1", "Acrobot-v1"]
