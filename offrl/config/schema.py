@@ -130,7 +130,7 @@ class TrainerConfig:
     logger: str = "csv"
     """``csv`` (always written), or also ``tensorboard`` / ``wandb`` (offline mode)."""
     # torchrl's collector arguments: used with online.steps > 0 (total_frames then = online.steps x
-    # frame_skip) or when a collector is passed to build().
+    # frame_skip) or when a collector is passed to offrl.runs.build_components().
     total_frames: int = 0
     frame_skip: int = 1
     optim_steps_per_batch: int = 1
