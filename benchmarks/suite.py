@@ -104,8 +104,8 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
     """
     import gymnasium as gym
 
-    from offrl.config import compose_config
     from offrl.data import load_dataset
+    from offrl.runs import compose_run_config
 
     jobs: list[Job] = []
     configs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -115,7 +115,7 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
         for algo in fitting:
             if algos and algo not in algos:
                 continue
-            cfg, _ = compose_config(ds, algo, overrides={**overrides.get(ds.split("/")[1], {}), "seed": 0})
+            cfg, _ = compose_run_config(ds, algo, **{**overrides.get(ds.split("/")[1], {}), "seed": 0})
             resolved = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
             resolved.pop("seed")
             for other in set(SECTIONS.values()) - {SECTIONS[algo]}:
@@ -216,10 +216,7 @@ def train_one(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    try:
-        from offrl import train  # type: ignore[attr-defined]
-    except ImportError:  # older offrl: the API lives in offrl.api
-        from offrl.api import train
+    from offrl import train
     train(spec["dataset"], spec["algo"], config=spec["config"], out=spec["runs"], name=f"seed{spec['seed']}",
           seed=spec["seed"], progress=False)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from offrl.bench import build_trainer, synthetic_buffer
-from offrl.logging import TidyCSVLogger
+from offrl.runs.metrics_log import TidyCSVLogger
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ _WHERE = {
     # experiments
     "CQLTrainerConfig": "offrl.config",
     "DQNTrainerConfig": "offrl.config",
-    "train": "offrl.api",
-    "Run": "offrl.api",
+    "train": "offrl.runs.training",
+    "Run": "offrl.runs.rundir",
     # evaluation and reports
     "evaluate": "offrl.evaluation",
     "EvalResult": "offrl.evaluation",
@@ -66,7 +66,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from offrl.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
-    from offrl.api import Run, train
     from offrl.config import CQLTrainerConfig, DQNTrainerConfig
     from offrl.data import DatasetInfo, OfflineDataset, load_dataset
     from offrl.data.catalog import list_bundled
@@ -74,6 +73,8 @@ if TYPE_CHECKING:
     from offrl.datagen.bundled import make_bundled
     from offrl.evaluation import EvalResult, Evaluator, evaluate
     from offrl.report import build_report, write_run_report
+    from offrl.runs.rundir import Run
+    from offrl.runs.training import train
     from offrl.trainers import CQLTrainer, DQNTrainer
 
 

@@ -11,8 +11,8 @@ import torch
 import yaml
 from train_helpers import TINY_CQL, TINY_DQN, cartpole_file, pendulum_file
 
-from offrl.api import Run, train
 from offrl.errors import UserError
+from offrl.runs import Run, train
 
 #: Columns that measure the machine, not the learning: excluded from equality checks.
 TIMING = ("wall_time", "updates_per_s")

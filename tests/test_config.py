@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -11,12 +13,16 @@ from offrl.config import (
     CQLTrainerConfig,
     DQNTrainerConfig,
     bundled_config_files,
-    compose_config,
     config_to_yaml,
     diff_configs,
     load_yaml,
 )
+from offrl.config import compose_config as compose_layers
 from offrl.errors import UserError
+from offrl.runs.assemble import build_components, load_config_dataset
+
+#: The config stage loads no data: the application layer passes its dataset loader.
+compose_config = partial(compose_layers, load=load_config_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +124,11 @@ def test_build_wires_the_trainer(pendulum, cartpole):
     from offrl.trainers import CQLTrainer, DQNTrainer
 
     cfg, data = compose_config(pendulum, dotlist=[*TINY_CQL, "offline_steps=3", "eval.interval=0"])
-    trainer = cfg.build(dataset=data)
+    trainer = build_components(cfg, dataset=data).trainer
     assert isinstance(trainer, CQLTrainer)
     assert trainer.step == 0
     cfg, data = compose_config(cartpole, "dqn", dotlist=["dqn.hidden_sizes=[8]", "offline_steps=3", "dataset.env_id=CartPole-v1"])
-    parts = cfg.build_components(dataset=data)
+    parts = build_components(cfg, dataset=data)
     assert isinstance(parts.trainer, DQNTrainer)
     assert parts.evaluator is not None and parts.device == "cpu"
 
@@ -133,7 +139,7 @@ def test_heldout_episodes_are_not_trained_on(cartpole):
 
     cfg, data = compose_config(cartpole, "dqn", dotlist=["dqn.hidden_sizes=[8]", "offline_steps=3",
                                                           "dataset.env_id=CartPole-v1", "eval.heldout_fraction=0.2"])
-    parts = cfg.build_components(dataset=data)
+    parts = build_components(cfg, dataset=data)
     heldout = parts.evaluator._heldout
     assert heldout is not None and heldout.shape[0] > 0
     held_episodes = heldout["episode"].unique()
@@ -141,4 +147,4 @@ def test_heldout_episodes_are_not_trained_on(cartpole):
     assert not bool(torch.isin(sampled, held_episodes).any())
     cfg0, data0 = compose_config(cartpole, "dqn", dotlist=["dqn.hidden_sizes=[8]", "offline_steps=3",
                                                             "dataset.env_id=CartPole-v1", "eval.heldout_fraction=0"])
-    assert cfg0.build_components(dataset=data0).evaluator._heldout is None
+    assert build_components(cfg0, dataset=data0).evaluator._heldout is None

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from offrl.errors import UserError
-from offrl.logging import EVAL_COLUMNS, TidyCSVLogger, check_logger_available, make_logger
+from offrl.runs.metrics_log import EVAL_COLUMNS, TidyCSVLogger, check_logger_available, make_logger
 
 
 def test_rows_merge_per_step_and_read_back_exactly(tmp_path):

@@ -22,7 +22,7 @@ def test_all_is_pinned() -> None:
 def test_every_exported_name_resolves() -> None:
     for name in offrl.__all__:
         assert getattr(offrl, name) is not None, name
-    assert offrl.Run.__module__ == "offrl.api"
+    assert offrl.Run.__module__ == "offrl.runs.rundir"
     assert offrl.Evaluator.__module__ == "offrl.evaluation.evaluator"
 
 

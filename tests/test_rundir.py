@@ -7,7 +7,7 @@ import os
 import pytest
 
 from offrl.errors import UserError
-from offrl.rundir import (
+from offrl.runs.rundir import (
     check_writable,
     create_run_dir,
     dataset_slug,

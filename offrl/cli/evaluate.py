@@ -1,5 +1,5 @@
 """``offrl eval``: evaluate a trained policy from a run directory or checkpoint (a thin layer over
-:func:`offrl.evaluation.checkpoint.evaluate_checkpoint`)."""
+:func:`offrl.runs.policy.evaluate_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from offrl.evaluation.checkpoint import evaluate_checkpoint
+    from offrl.runs.policy import evaluate_checkpoint
 
     result, loaded = evaluate_checkpoint(args.target, episodes=args.episodes, seed=args.seed, env=args.env,
                                          device=args.device)

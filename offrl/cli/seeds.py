@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from offrl.cli.train import _fmt
+from offrl.cli.format import fmt
 from offrl.errors import UserError
 
 __all__ = ["seed_list", "run_seeds"]
@@ -97,8 +97,8 @@ def _validate(args: argparse.Namespace, kwargs: dict[str, Any], seeds: list[int]
     child starts; returns the config, or None where each child must check its own inputs (no --dataset)."""
     if args.dataset is None:
         return None
-    from offrl.api import compose_run_config
-    from offrl.rundir import check_writable, run_dir_path, runs_root
+    from offrl.runs.compose import compose_run_config
+    from offrl.runs.rundir import check_writable, run_dir_path, runs_root
 
     check_writable(runs_root(args.out))
     cfg, data = compose_run_config(args.dataset, args.algo, config=args.config, dotlist=args.dotlist, **kwargs)
@@ -234,9 +234,9 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
         unit = "normalized score" if normalized else "return"
         behaviour = row["behaviour_normalized"] if normalized else row["behaviour_return"]
         print(f"{len(runs)} of {n_seeds} seeds, {row['dataset']} {row['group']}: last {unit} {_ci(row, 'last')} "
-              f"(mean [95% CI]), IQM {_fmt(row['last_iqm'])}; best {_ci(row, 'best')}; behaviour policy {_fmt(behaviour)}")
+              f"(mean [95% CI]), IQM {fmt(row['last_iqm'])}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")
     print(f"report: {report.html}")
 
 
 def _ci(row: Any, prefix: str) -> str:
-    return f"{_fmt(row[f'{prefix}_mean'])} [{_fmt(row[f'{prefix}_low'])}, {_fmt(row[f'{prefix}_high'])}]"
+    return f"{fmt(row[f'{prefix}_mean'])} [{fmt(row[f'{prefix}_low'])}, {fmt(row[f'{prefix}_high'])}]"

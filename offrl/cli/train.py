@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from offrl.cli.format import score_line
 
 __all__ = ["register"]
 
@@ -133,7 +134,7 @@ def _config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Call :func:`offrl.train` with the parsed flags and print where the run went and its score."""
-    from offrl.api import train
+    from offrl.runs import train
 
     if args.dataset is None and args.config is None and args.resume is None and args.online_env is None:
         from offrl.errors import UserError
@@ -168,25 +169,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = result.summary
     print(f"run: {result.dir}")
-    print(_score_line(summary))
+    print(score_line(summary))
     if str(summary.get("stop_reason") or "").startswith("env error"):
         return 2  # the online env failed: said once on stderr, checkpointed; --resume after fixing it
     return 0 if summary.get("status") in ("completed", "stopped") else 1
-
-
-def _fmt(x: Any, spec: str = ".1f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def _score_line(summary: dict[str, Any]) -> str:
-    """``completed 5000 steps (312.4 updates/s): final return -412.3 (normalized 71.2), best ..., data ...``."""
-    final, best = summary.get("final") or {}, summary.get("best") or {}
-    data = summary.get("dataset") or {}
-    parts = [f"{summary.get('status')} {summary.get('steps')} steps ({_fmt(summary.get('updates_per_s'))} updates/s)"]
-    if final:
-        parts.append(f"final return {_fmt(final.get('return_mean'))} (normalized {_fmt(final.get('normalized_score'))})")
-        parts.append(f"best {_fmt(best.get('return_mean'))} at step {best.get('step')}")
-    else:
-        parts.append("no evaluation (--eval-every 0)")
-    parts.append(f"dataset mean return {_fmt(data.get('mean_return'))}")
-    return ": ".join(parts[:1]) + ": " + ", ".join(parts[1:])

@@ -138,7 +138,7 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
 
     Episode ``i`` resets the env with ``seed + i``; the noise draws from ``numpy.random.default_rng(seed)``.
     """
-    from offrl.evaluation import load_policy
+    from offrl.runs import load_policy
 
     if Path(checkpoint).suffix == ".npz":  # an actor-only checkpoint (datasets/behaviour/, export-actor)
         return dataset_from_actor(checkpoint, episodes=episodes, env_id=env_id, noise=noise, seed=seed, name=name,

@@ -12,14 +12,11 @@ __all__ = [
     "Critic",
     "EvalResult",
     "Evaluator",
-    "LoadedPolicy",
     "Reference",
     "critic_from_loss",
     "eval_diagnostics",
     "evaluate",
-    "evaluate_checkpoint",
     "heldout_split",
-    "load_policy",
     "normalize",
     "offline_diagnostics",
     "resolve_reference",
@@ -37,13 +34,9 @@ _WHERE = {
     "evaluate": "offrl.evaluation.rollout",
     "normalize": "offrl.evaluation.rollout",
     "resolve_reference": "offrl.evaluation.rollout",
-    "LoadedPolicy": "offrl.evaluation.checkpoint",
-    "evaluate_checkpoint": "offrl.evaluation.checkpoint",
-    "load_policy": "offrl.evaluation.checkpoint",
 }
 
 if TYPE_CHECKING:
-    from offrl.evaluation.checkpoint import LoadedPolicy, evaluate_checkpoint, load_policy
     from offrl.evaluation.diagnostics import (
         Critic,
         critic_from_loss,

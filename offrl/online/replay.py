@@ -28,7 +28,7 @@ from torchrl.data import LazyMemmapStorage, OfflineToOnlineReplayBuffer, TensorD
 from torchrl.data.replay_buffers.samplers import RandomSampler
 
 from offrl.errors import UserError
-from offrl.online.transitions import OnlineTransitions
+from offrl.online.transitions import OnlineTransitions, rows_state
 
 __all__ = ["LinearSchedule", "MixedReplayBuffer", "AppendReplayBuffer"]
 
@@ -49,14 +49,6 @@ class LinearSchedule:
             return self.final
         t = min(1.0, max(0, frames) / self.anneal_frames)
         return self.start + (self.final - self.start) * t
-
-
-def _rows_state(td: TensorDictBase) -> dict[str, Any]:
-    """Plain nested dict of in-memory tensors, copied out of the memmap (``torch.save`` cannot pickle a
-    memory map; ``torch.load(weights_only=True)`` reads the result)."""
-    return {key: (_rows_state(value) if isinstance(value, TensorDictBase)
-                  else value.detach().clone().as_subclass(torch.Tensor))
-            for key, value in td.items()}
 
 
 def _online_storage(capacity: int, scratch_dir: str | None) -> LazyMemmapStorage:
@@ -177,7 +169,7 @@ class MixedReplayBuffer(_OnlineReplayMixin, OfflineToOnlineReplayBuffer):
             "kind": "mix",
             "frames": self.frames,
             "offline_fraction": float(self._offline_fraction),
-            "rows": _rows_state(self._online_buffer._storage[:n]) if n else {},
+            "rows": rows_state(self._online_buffer._storage[:n]) if n else {},
             "writer": self._online_buffer._writer.state_dict(),
             "offline_sampler": offline_state,
             "generator": self._gen.get_state() if self._gen is not None else None,
@@ -280,7 +272,7 @@ class AppendReplayBuffer(_OnlineReplayMixin):
             "frames": self.frames,
             "online_written": self.online_written,
             "positions": pos,
-            "rows": _rows_state(self.buffer._storage[pos]) if len(pos) else {},
+            "rows": rows_state(self.buffer._storage[pos]) if len(pos) else {},
             "writer": self.buffer._writer.state_dict(),
             "generator": self._gen.get_state() if self._gen is not None else None,
             "transitions": self.transitions.state_dict(),

@@ -206,7 +206,7 @@ def build_parts_for_env(algo: str, algo_cfg: Any, env_id: str, *, device: str = 
 def prepare_online(cfg: OnlineConfig, *, parts: Any, dataset: Any, offline_buffer: Any, batch_size: int,
                    seed: int | None, device: str, frame_skip: int = 1, async_collection: bool = False,
                    gamma: float | None = None) -> OnlineParts | None:
-    """What :meth:`offrl.config.TrainerConfig.build_components` calls: turns the loss into Cal-QL when
+    """What :func:`offrl.runs.assemble.build_components` calls: turns the loss into Cal-QL when
     ``cfg.calql`` (offline too), and builds the online phase when ``cfg.steps > 0`` (else None)."""
     cfg.validate()
     if cfg.calql:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-__all__ = ["TED_KEYS", "OnlineTransitions", "episode_returns"]
+__all__ = ["TED_KEYS", "OnlineTransitions", "episode_returns", "rows_state"]
 
 #: The transition keys every offrl buffer row has (torchrl's TED layout), besides episode/step/mc_return.
 TED_KEYS: tuple[Any, ...] = (
@@ -177,7 +177,7 @@ class OnlineTransitions:
         (the synchronous one) finishes them as an uninterrupted run would; else :meth:`drop_open`."""
         open_episodes = [{"traj": int(tid), "episode": int(st["episode"]), "step": int(st["step"]),
                           "ret": torch.tensor(st["ret"], dtype=torch.float64),
-                          "rows": _rows_state(torch.cat(st["rows"], 0)) if st["rows"] else {}}
+                          "rows": rows_state(torch.cat(st["rows"], 0)) if st["rows"] else {}}
                          for tid, st in self._open.items()]
         return {"next_episode": self.next_episode, "episodes": self.episodes, "regret": self.regret,
                 "returns_total": self.returns_total, "best_return": self.best_return,
@@ -206,8 +206,9 @@ class OnlineTransitions:
         self._open = {}
 
 
-def _rows_state(td: TensorDictBase) -> dict[str, Any]:
-    """Plain nested dict of tensor copies (``torch.load(weights_only=True)`` reads it)."""
-    return {key: (_rows_state(value) if isinstance(value, TensorDictBase)
+def rows_state(td: TensorDictBase) -> dict[str, Any]:
+    """Plain nested dict of in-memory tensor copies, copied out of any memmap (``torch.save`` cannot pickle
+    a memory map; ``torch.load(weights_only=True)`` reads the result)."""
+    return {key: (rows_state(value) if isinstance(value, TensorDictBase)
                   else value.detach().clone().as_subclass(torch.Tensor))
             for key, value in td.items()}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from offrl.report.runs import Run
+from offrl.report.runs import RunRecord
 from offrl.report.stats import CURVE_RESAMPLES, bootstrap_ci, iqm, stratified_bootstrap_ci
 
 __all__ = ["Group", "ScoreUnit", "aggregate_table", "curve", "group_runs", "run_table", "summary_table"]
@@ -37,7 +37,7 @@ class Group:
 
     dataset: str
     label: str
-    runs: list[Run]
+    runs: list[RunRecord]
     unit: ScoreUnit
     notes: list[str] = field(default_factory=list)
 
@@ -48,7 +48,7 @@ class Group:
         return f"{len(self.runs)}" + (f" ({', '.join(others)})" if others else "")
 
 
-def _has_refs(run: Run) -> bool | None:
+def _has_refs(run: RunRecord) -> bool | None:
     """True: the run's scores can be normalized; False: it has returns but no references; None: it
     logged no evaluation yet, so it does not decide."""
     col = run.metrics.get(NORMALIZED)
@@ -63,7 +63,7 @@ def _has_refs(run: Run) -> bool | None:
     return None
 
 
-def _score_units(runs: Sequence[Run], warnings: list[str]) -> dict[str, ScoreUnit]:
+def _score_units(runs: Sequence[RunRecord], warnings: list[str]) -> dict[str, ScoreUnit]:
     units: dict[str, ScoreUnit] = {}
     for ds in sorted({r.dataset for r in runs}):
         states = [_has_refs(r) for r in runs if r.dataset == ds]
@@ -79,7 +79,7 @@ def _score_units(runs: Sequence[Run], warnings: list[str]) -> dict[str, ScoreUni
     return units
 
 
-def group_runs(runs: Sequence[Run], group_by: str | None, warnings: list[str]) -> list[Group]:
+def group_runs(runs: Sequence[RunRecord], group_by: str | None, warnings: list[str]) -> list[Group]:
     """Group runs into experiments. ``group_by``: None (same dataset and config except the seed),
     ``"algo"``, ``"dataset"``, or a dotted config key (e.g. ``cql.min_q_weight``)."""
     units = _score_units(runs, warnings)
@@ -90,7 +90,7 @@ def group_runs(runs: Sequence[Run], group_by: str | None, warnings: list[str]) -
         keys = {k for k, _ in run.identity}
         where = (run.dataset, run.algo)
         shared[where] = shared[where] & keys if where in shared else keys
-    buckets: dict[tuple[Any, ...], list[Run]] = {}
+    buckets: dict[tuple[Any, ...], list[RunRecord]] = {}
     for run in runs:
         if group_by in (None, "", "config"):
             common = shared[(run.dataset, run.algo)]
@@ -132,7 +132,7 @@ def _short(v: Any) -> str:
     return s if len(s) <= 24 else s[:21] + "..."
 
 
-def run_evals(run: Run, column: str) -> pd.DataFrame:
+def run_evals(run: RunRecord, column: str) -> pd.DataFrame:
     """The evaluation rows of a run: ``step``, ``value``, ``phase`` (finite values only)."""
     m = run.metrics
     if column not in m.columns:
@@ -141,7 +141,7 @@ def run_evals(run: Run, column: str) -> pd.DataFrame:
     return pd.DataFrame({"step": rows["step"].to_numpy(), "value": rows[column].to_numpy(dtype=float), "phase": rows["phase"].to_numpy()})
 
 
-def last_and_best(run: Run, column: str) -> tuple[float, float]:
+def last_and_best(run: RunRecord, column: str) -> tuple[float, float]:
     """Last and best evaluation score of a run; from summary.json when the metrics hold none."""
     ev = run_evals(run, column)
     if len(ev):

@@ -15,7 +15,7 @@ from offrl.fsio import write_text_atomic
 from offrl.report import html as html_page
 from offrl.report.aggregate import aggregate_table, group_runs, run_table, summary_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
-from offrl.report.runs import Run, load_run, load_runs
+from offrl.report.runs import RunRecord, load_run, load_runs
 
 __all__ = ["Report", "build_report", "write_run_report"]
 
@@ -32,7 +32,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
 
-def _render(runs: Sequence[Run], out: Path, html_name: str, *, group_by: str | None, smooth: int,
+def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
             title: str) -> Report:
     if smooth < 1:
         raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")

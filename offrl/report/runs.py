@@ -1,4 +1,4 @@
-"""Reading run directories back: config.yaml, metrics.csv and summary.json into a :class:`Run`.
+"""Reading run directories back: config.yaml, metrics.csv and summary.json into a :class:`RunRecord`.
 
 Only the files of the run directory are read (never checkpoints, never the dataset). Damage is reported
 as warnings and whatever can be read is kept: a crashed run has no summary.json, a run killed mid-write
@@ -23,7 +23,7 @@ import yaml
 
 from offrl.errors import UserError
 
-__all__ = ["Run", "find_run_dirs", "flatten", "load_run", "load_runs"]
+__all__ = ["RunRecord", "find_run_dirs", "flatten", "load_run", "load_runs"]
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary.json"
 # Config keys that record or steer the run without changing what is learned: not part of a run's identity.
@@ -48,7 +48,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 @dataclass
-class Run:
+class RunRecord:
     """One run directory as read back; ``warnings`` lists what could not be read."""
 
     path: Path
@@ -254,16 +254,16 @@ def _read_summary(path: Path, warnings: list[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def load_run(path: str | os.PathLike[str]) -> Run:
+def load_run(path: str | os.PathLike[str]) -> RunRecord:
     """Read one run directory."""
     path = Path(path)
     warnings: list[str] = []
     config = _read_yaml(path / CONFIG_FILE, warnings)
     summary = _read_summary(path / SUMMARY_FILE, warnings)
     metrics = _read_metrics(path / METRICS_FILE, warnings)
-    return Run(path=path, config=config, metrics=metrics, summary=summary, warnings=warnings)
+    return RunRecord(path=path, config=config, metrics=metrics, summary=summary, warnings=warnings)
 
 
-def load_runs(paths: Sequence[str | os.PathLike[str]]) -> list[Run]:
+def load_runs(paths: Sequence[str | os.PathLike[str]]) -> list[RunRecord]:
     """Find and read every run directory under ``paths``."""
     return [load_run(p) for p in find_run_dirs(paths)]

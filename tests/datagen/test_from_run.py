@@ -67,8 +67,8 @@ def test_make_from_run_user_errors(online_run, tmp_path):
 
 
 def test_dataset_from_policy_rollouts(tmp_path):
-    from offrl.api import train
     from offrl.datagen.from_run import dataset_from_policy
+    from offrl.runs import train
 
     run = train("offrl/cartpole/medium-v0", "dqn", steps=20, eval_every=0, progress=False, out=tmp_path / "runs",
                 **{"dqn.hidden_sizes": [16]})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from offrl.evaluation import evaluate_checkpoint
+from offrl.runs import evaluate_checkpoint
 
 OFFRL = str(Path(sys.executable).with_name("offrl"))
 

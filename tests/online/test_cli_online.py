@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from offrl.api import train
 from offrl.data import load_dataset
 from offrl.datagen.from_run import dataset_from_run
+from offrl.runs import train
 
 OFFRL = str(Path(sys.executable).with_name("offrl"))
 

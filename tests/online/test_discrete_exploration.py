@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
 from engine_helpers import ListLogger  # noqa: E402
 
 from offrl.algos import discrete_cql  # noqa: E402
-from offrl.api import train  # noqa: E402
 from offrl.online.setup import (  # noqa: E402
     DISCRETE_CQL_EPSILON,
     OnlineConfig,
@@ -22,6 +21,7 @@ from offrl.online.setup import (  # noqa: E402
     build_online,
     build_parts_for_env,
 )
+from offrl.runs import train  # noqa: E402
 from offrl.trainers import CQLTrainer  # noqa: E402
 
 DCQL = discrete_cql.DiscreteCQLConfig(hidden_sizes=(32, 32), lr=1e-3, target_update_interval=50)

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
 from engine_helpers import ListLogger  # noqa: E402
 
 from offrl.algos import cql, dqn  # noqa: E402
-from offrl.config import _seed_everything  # noqa: E402
 from offrl.errors import UserError  # noqa: E402
 from offrl.online.envstate import gym_env_state, load_gym_env_state  # noqa: E402
 from offrl.online.setup import OnlineConfig, OnlineMetricsLogger, build_online, build_parts_for_env  # noqa: E402
+from offrl.runs.assemble import seed_everything  # noqa: E402
 from offrl.trainers import CQLTrainer, DQNTrainer  # noqa: E402
 
 ENVS = ["Pendulum-v1", "CartPole-v1", "Acrobot-v1"]
@@ -84,7 +84,7 @@ def test_env_state_refuses_another_env():
 def _online_trainer(algo: str, save: Path, *, stop_at: int | None = None):
     """A from-scratch online run (CQL on Pendulum / DQN on CartPole): 600 frames, 50 per batch, 4 updates per
     batch, a row every 3 steps (rows fall mid-batch), random first frames for CQL."""
-    _seed_everything(0)
+    seed_everything(0)
     if algo == "cql":
         parts = build_parts_for_env("cql", cql.CQLConfig(hidden_sizes=(32, 32), num_random=2), "Pendulum-v1")
         cfg = OnlineConfig(steps=600, env_id="Pendulum-v1", frames_per_batch=50, init_random_frames=100)

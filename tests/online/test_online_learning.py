@@ -5,7 +5,7 @@ measurements: -172 and -150 with 64-unit layers), so the bound below leaves a wi
 
 from __future__ import annotations
 
-from offrl.api import train
+from offrl.runs import train
 
 RANDOM_RETURN = -1254.24  # README / datasets/recipes.yaml: uniform random policy, 100 episodes
 

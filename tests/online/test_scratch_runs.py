@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from offrl.api import train
+from offrl.runs import train
 
 OFFRL = str(Path(sys.executable).with_name("offrl"))
 TIMING = ("wall_time", "updates_per_s")

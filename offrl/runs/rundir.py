@@ -1,4 +1,5 @@
-"""Run directories: where a training run lives, created atomically, read back by reports and resume.
+"""Run directories: where a training run lives, created atomically, read back (:class:`Run`) by users,
+reports and resume.
 
 Layout (docs/contracts.md, "Run directory"): ``<out>/<dataset slug>/<algo>/<name>/`` holding
 ``config.yaml``, ``metrics.csv``, ``checkpoints/{latest.pt, step_<N>.pt}`` and ``summary.json``.
@@ -15,9 +16,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from offrl.errors import UserError
 from offrl.fsio import current_umask
@@ -29,6 +33,7 @@ __all__ = [
     "LATEST_CHECKPOINT",
     "METRICS_FILE",
     "SUMMARY_FILE",
+    "Run",
     "check_writable",
     "create_run_dir",
     "dataset_slug",
@@ -157,3 +162,43 @@ def package_versions() -> dict[str, str]:
             continue
     out["python"] = platform.python_version()
     return out
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory: ``dir``, and its ``summary`` (dict), ``metrics`` (DataFrame) and ``config``."""
+
+    dir: Path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Run:
+        """Open an existing run folder (``UserError`` if it is not one)."""
+        path = Path(path)
+        if not is_run_dir(path):
+            raise UserError(f"{path}: not an offrl run folder (no {CONFIG_FILE} and {CHECKPOINT_DIR}/)")
+        return cls(path)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``: status, steps, updates/s, final and best score, dataset, references."""
+        return read_summary(self.dir)
+
+    @property
+    def metrics(self):  # -> pandas.DataFrame
+        """``metrics.csv`` as a tidy DataFrame (one row per logged step; NaN where a value was not logged)."""
+        from offrl.runs.metrics_log import read_metrics  # torchrl and pandas: only when asked
+
+        return read_metrics(self.dir / METRICS_FILE)
+
+    @property
+    def config(self) -> DictConfig:
+        """The fully resolved ``config.yaml`` (hyperparameters plus run metadata)."""
+        return OmegaConf.load(self.dir / CONFIG_FILE)  # type: ignore[return-value]
+
+    @property
+    def checkpoint(self) -> Path:
+        """``checkpoints/latest.pt`` (may not exist before the first checkpoint)."""
+        return self.dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
+
+    def __str__(self) -> str:
+        return str(self.dir)

@@ -1,4 +1,4 @@
-"""Rebuilding a trained policy from a run directory or a checkpoint, for ``offrl eval``.
+"""Restoring a trained policy from a run directory or a checkpoint, for ``offrl eval`` and datasets from runs.
 
 A checkpoint holds parameters only (docs/contracts.md, "Checkpoints"); the networks' shapes come from the
 run's ``config.yaml`` and its dataset, so the run directory (``<run>/checkpoints/<file>``) must be intact.
@@ -58,8 +58,8 @@ def _locate(path: Path) -> tuple[Path, Path]:
 def load_policy(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedPolicy:
     """Rebuild the deterministic policy saved in ``path`` (a run directory or one of its checkpoints)."""
     run_dir, ckpt = _locate(Path(path))  # before the heavy imports: a wrong path fails fast
-    from offrl.config import compose_config, load_yaml, saved_config
-    from offrl.online.scratch import env_of_config
+    from offrl.config import compose_config, env_of_config, load_yaml, saved_config
+    from offrl.runs.assemble import load_config_dataset
     from offrl.trainers.checkpoint import load_checkpoint
 
     saved = load_yaml(run_dir / "config.yaml", option="config")
@@ -71,7 +71,8 @@ def load_policy(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedP
         dataset = None
         parts = build_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=device)
     else:
-        cfg, dataset = compose_config(config_file=run_dir / "config.yaml", overrides={"device": device})
+        cfg, dataset = compose_config(config_file=run_dir / "config.yaml", overrides={"device": device},
+                                      load=load_config_dataset)
         module = importlib.import_module(f"offrl.algos.{cfg.algo.replace('-', '_')}")
         parts = module.build_from_dataset(cfg.algo_config, dataset, device=device)
     state = load_checkpoint(ckpt)

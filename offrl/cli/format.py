@@ -1,0 +1,27 @@
+"""How the CLI prints scores: numbers (``n/a`` when missing) and one line per finished run."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["fmt", "score_line"]
+
+
+def fmt(x: Any, spec: str = ".1f") -> str:
+    """``x`` formatted with ``spec``; ``n/a`` for None or NaN."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def score_line(summary: dict[str, Any]) -> str:
+    """``completed 5000 steps (312.4 updates/s): final return -412.3 (normalized 71.2), best ..., data ...``."""
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    data = summary.get("dataset") or {}
+    parts = [f"{summary.get('status')} {summary.get('steps')} steps ({fmt(summary.get('updates_per_s'))} updates/s)"]
+    if final:
+        parts.append(f"final return {fmt(final.get('return_mean'))} (normalized {fmt(final.get('normalized_score'))})")
+        parts.append(f"best {fmt(best.get('return_mean'))} at step {best.get('step')}")
+    else:
+        parts.append("no evaluation (--eval-every 0)")
+    parts.append(f"dataset mean return {fmt(data.get('mean_return'))}")
+    return ": ".join(parts[:1]) + ": " + ", ".join(parts[1:])

@@ -1,0 +1,202 @@
+"""Assembling a run: from a config and its source (a dataset, or an env to train in from scratch) to the
+algorithm parts, the seeded replay buffer, the evaluator, the online phase and the trainer wired to them.
+
+Nothing here writes to disk: the logger and checkpoint path point into the run folder that
+:mod:`offrl.runs.training` creates only once everything here has succeeded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offrl.config import DQNTrainerConfig, TrainerConfig, check_algo_compatible, resolve_device
+from offrl.errors import UserError
+
+__all__ = ["TrainerComponents", "build_components", "load_config_dataset", "seed_everything", "trainer_class"]
+
+
+@dataclass
+class TrainerComponents:
+    """What :func:`build_components` built, for callers that need more than the trainer."""
+
+    trainer: Any
+    dataset: Any
+    """The run's :class:`offrl.data.OfflineDataset`; None for a run trained online from scratch."""
+    parts: Any
+    replay_buffer: Any
+    evaluator: Any
+    device: str
+    online: Any = None
+    """:class:`offrl.online.OnlineParts` when the run has an online phase."""
+    env_id: str | None = None
+    """The env of a run trained online from scratch (its source instead of a dataset)."""
+
+
+def load_config_dataset(section: Any) -> Any:
+    """Load (convert and cache on first use) the dataset a config's ``dataset`` section names."""
+    from offrl.data import load_dataset
+
+    return load_dataset(section.id, cache_dir=section.cache_dir, env=section.env_id,
+                        ref_min_score=section.ref_min_score, ref_max_score=section.ref_max_score)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python ``random`` (network initialisation comes from the run's seed)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def trainer_class(cfg: TrainerConfig, parts: Any) -> tuple[type, dict[str, Any]]:
+    """The trainer class that runs ``cfg`` and its config-specific keyword arguments."""
+    from offrl.trainers import CQLTrainer, DQNTrainer
+
+    if isinstance(cfg, DQNTrainerConfig):
+        keys = ("mixing_strategy", "done_key", "terminated_key", "reward_key", "episode_reward_key",
+                "aggregated_reward_key", "aggregated_episode_reward_key", "action_key", "observation_key")
+        extra = {k: getattr(cfg, k) for k in keys}
+        extra["greedy_module"] = parts.greedy_module
+        return DQNTrainer, extra
+    extra = {"log_actions": cfg.log_actions}
+    if parts.greedy_module is not None:  # discrete CQL online: epsilon-greedy exploration (offrl.online)
+        extra["greedy_module"] = parts.greedy_module
+    return CQLTrainer, extra
+
+
+def build_components(
+    cfg: TrainerConfig,
+    *,
+    dataset: Any = None,
+    env_id: str | None = None,
+    logger: Any = None,
+    save_trainer_file: str | Path | None = None,
+    collector: Any = None,
+    evaluator: Any = None,
+) -> TrainerComponents:
+    """Build everything a run needs from its source: ``dataset`` (loaded from ``cfg.dataset`` when None), or
+    ``env_id`` for a run trained online from scratch (networks sized from the env, online-only replay).
+
+    ``logger`` and ``save_trainer_file`` come from the run directory (:func:`offrl.runs.training`); without
+    them the trainer neither logs nor checkpoints. ``evaluator`` defaults to a
+    :class:`offrl.evaluation.Evaluator` (rollouts + critic diagnostics; env rollouts only for an env
+    source) when ``eval.interval > 0``.
+    """
+    cfg.validate()
+    if env_id is None and dataset is None:
+        dataset = load_config_dataset(cfg.dataset)
+    if dataset is not None:
+        check_algo_compatible(cfg.algo, dataset)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    gamma = getattr(cfg.algo_config, "gamma", None)
+    online = None
+    if env_id is not None:
+        from offrl.online.setup import build_online, build_parts_for_env
+
+        parts = build_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=str(device), seed=None)
+        online = build_online(cfg.online, parts=parts, batch_size=cfg.batch_size, seed=cfg.seed, device=str(device),
+                              frame_skip=cfg.frame_skip, async_collection=cfg.async_collection, gamma=gamma)
+        collector, replay_buffer = online.collector, online.replay_buffer
+        if evaluator is None and cfg.eval.interval > 0:
+            evaluator = _env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device)
+    else:
+        module = importlib.import_module(f"offrl.algos.{cfg.algo.replace('-', '_')}")
+        parts = module.build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
+        replay_buffer, evaluator = _dataset_buffer_and_evaluator(cfg, dataset, parts, device, evaluator)
+        if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)
+            from offrl.online.setup import prepare_online
+
+            online = prepare_online(cfg.online, parts=parts, dataset=dataset, offline_buffer=replay_buffer,
+                                    batch_size=cfg.batch_size, seed=cfg.seed, device=str(device),
+                                    frame_skip=cfg.frame_skip, async_collection=cfg.async_collection, gamma=gamma)
+            if online is not None:
+                collector, replay_buffer = online.collector, online.replay_buffer
+    if online is not None and logger is not None:
+        from offrl.online.setup import OnlineMetricsLogger
+
+        logger = OnlineMetricsLogger(logger, replay_buffer)
+    trainer_cls, extra = trainer_class(cfg, parts)
+    trainer = trainer_cls(
+        collector=collector,
+        total_frames=online.total_frames if online is not None else cfg.total_frames,
+        frame_skip=cfg.frame_skip,
+        optim_steps_per_batch=cfg.optim_steps_per_batch,
+        loss_module=parts.loss_module,
+        optimizer=parts.optimizer,
+        logger=logger,
+        clip_grad_norm=cfg.clip_grad_norm,
+        clip_norm=cfg.clip_norm,
+        progress_bar=cfg.progress_bar,
+        seed=cfg.seed,
+        save_trainer_interval=cfg.save_trainer_interval,
+        log_interval=cfg.log_interval,
+        save_trainer_file=None if save_trainer_file is None else str(save_trainer_file),
+        replay_buffer=replay_buffer,
+        enable_logging=cfg.enable_logging,
+        log_rewards=cfg.log_rewards,
+        log_observations=cfg.log_observations,
+        target_net_updater=parts.target_net_updater,
+        async_collection=cfg.async_collection,
+        log_timings=cfg.log_timings,
+        precision=cfg.precision,
+        cuda_graph=cfg.cuda_graph,
+        offline_steps=cfg.offline_steps,
+        evaluator=evaluator,
+        eval_interval=cfg.eval.interval if evaluator is not None else 0,
+        policy=parts.policy,
+        keep_checkpoints=cfg.keep_checkpoints,
+        device=device,
+        **extra,
+        **dict(parts.trainer_kwargs or {}),
+    )
+    if online is not None:
+        online.bind(trainer)  # env errors -> trainer.request_stop(message): checkpoint, clean stop
+    return TrainerComponents(trainer=trainer, dataset=dataset, parts=parts, replay_buffer=replay_buffer,
+                             evaluator=evaluator, device=str(device), online=online, env_id=env_id)
+
+
+def _dataset_buffer_and_evaluator(cfg: TrainerConfig, dataset: Any, parts: Any, device: Any,
+                                  evaluator: Any) -> tuple[Any, Any]:
+    """The seeded replay buffer over the training episodes, and the default evaluator with its held-out
+    episodes (the same ones for every seed: the split is seeded by the dataset alone)."""
+    train_idx = heldout = None
+    if evaluator is None and cfg.eval.interval > 0 and cfg.eval.heldout_fraction > 0:
+        from offrl.evaluation import heldout_split
+
+        train_idx, heldout_idx = heldout_split(dataset.data, fraction=cfg.eval.heldout_fraction, seed=0)
+        heldout = dataset.data[heldout_idx].to(device) if heldout_idx.numel() else None
+        train_idx = train_idx if heldout is not None else None
+    replay_buffer = dataset.replay_buffer(cfg.batch_size, device=device, seed=cfg.seed, indices=train_idx)
+    if evaluator is None and cfg.eval.interval > 0:
+        try:  # fail before anything is written, not at the first evaluation
+            dataset.make_env().close()
+        except UserError as err:
+            raise UserError(f"{err} (offrl train: --set dataset.env_id=ENV_ID, or --eval-every 0)") from None
+        from offrl.evaluation import Evaluator
+
+        # eval_* columns from env rollouts plus the critic's diag_* columns (docs/contracts.md).
+        evaluator = Evaluator(dataset, critic=parts.loss_module, episodes=cfg.eval.episodes, seed=cfg.eval.seed,
+                              device=device, gamma=getattr(cfg.algo_config, "gamma", None), heldout=heldout)
+    return replay_buffer, evaluator
+
+
+def _env_evaluator(env_id: str, episodes: int, seed: int, device: Any) -> Callable[[Any, int], dict[str, float]]:
+    """Deterministic rollouts in the env a from-scratch run trains in (raw returns: no reference scores)."""
+    from offrl.evaluation import evaluate
+
+    def evaluator(policy: Any, step: int) -> dict[str, float]:
+        return evaluate(policy, env_id, episodes=episodes, seed=seed, device=device).metrics()
+
+    return evaluator

@@ -1,0 +1,203 @@
+"""``offrl.train``: one call from a source (a dataset, or an env to train in from scratch) to a finished
+run directory; ``resume=`` continues one from its latest checkpoint.
+
+``offrl train``, ``--seeds`` and the Python API all go through :func:`train`. A run goes: compose the config
+and load its source (:mod:`offrl.runs.compose`) -> build the trainer (:mod:`offrl.runs.assemble`) -> create
+the run folder atomically (nothing is written before everything above succeeded) -> train ->
+``summary.json`` -> ``report.html`` (:mod:`offrl.runs.summary`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import OmegaConf
+
+from offrl.config import TrainerConfig, config_to_yaml
+from offrl.errors import UserError
+from offrl.runs.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LATEST_CHECKPOINT,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    Run,
+    check_writable,
+    create_run_dir,
+    default_run_name,
+    is_run_dir,
+    package_versions,
+    read_summary,
+    run_dir_path,
+    runs_root,
+    write_json_atomic,
+    write_text_atomic,
+)
+from offrl.runs.summary import run_summary, write_report
+
+if TYPE_CHECKING:
+    from offrl.runs.metrics_log import TidyCSVLogger
+
+# offrl.runs.assemble / compose / metrics_log import torch and torchrl (seconds): they are imported inside the
+# functions, after the checks that need neither, so a mistyped --resume or --out fails at once.
+
+__all__ = ["format_command", "restore_run", "train"]
+
+
+def train(
+    dataset: str | os.PathLike[str] | None = None,
+    algo: str | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    dotlist: Sequence[str] = (),
+    out: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    command: Sequence[str] | None = None,
+    on_start: Callable[[Path], None] | None = None,
+    **overrides: Any,
+) -> Run:
+    """Train on a dataset (or online from scratch in an env) and return the finished :class:`Run`.
+
+    Args:
+        dataset: a bundled id (``offrl/pendulum/medium-v0``), Minari id or folder, or HDF5 file. Without
+            one, ``online_env=ENV_ID`` (with ``online_steps=N``) trains online from scratch in that env.
+        algo: ``auto`` (default: CQL for continuous actions, discrete CQL for discrete; DQN for a discrete
+            env from scratch), ``cql``, ``discrete-cql`` or ``dqn``.
+        config: a YAML file of config keys (a run's ``config.yaml`` works too).
+        dotlist: ``key=value`` overrides (the CLI's ``--set``), type-checked.
+        out, name: the run goes to ``<out>/<dataset slug>/<algo>/<name>`` (``out`` default
+            ``$OFFRL_RUNS`` or ``./runs``; ``name`` default ``seed<S>-<timestamp>``; ``env__<ENV_ID>``
+            is the slug of a run from scratch).
+        resume: a run folder to continue from its latest checkpoint; a changed config is refused
+            unless ``force``.
+        command: the command line to record (default: this Python call).
+        on_start: called with the run folder once it exists, before training.
+        **overrides: config keys by name, dotted or nested: ``steps=2000``, ``batch_size=128``,
+            ``seed=1``, ``device="cpu"``, ``eval_every=500``, ``eval_episodes=5``, ``logger="csv"``,
+            ``progress=False``, ``cache_dir=...``, ``cql={"min_q_weight": 5}``, ``**{"dqn.lr": 1e-4}``.
+    """
+    from offrl.runs.compose import config_values
+
+    values = config_values(overrides)
+    if command is None:
+        shown = ", ".join([repr(str(dataset))] + [f"{k}={v!r}" for k, v in overrides.items()])
+        command = [f"offrl.train({shown})"]
+    if resume is not None:
+        return _resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
+                       overrides=values, force=force, command=command, on_start=on_start)
+    from offrl.runs.compose import compose_env_run_config, compose_run_config, env_source
+
+    env_id = env_source(dataset, config, values)
+    if env_id is None:
+        check_writable(runs_root(out))  # before the dataset is loaded
+        cfg, data = compose_run_config(dataset, algo, config=config, dotlist=dotlist, **values)
+    else:
+        cfg, data = compose_env_run_config(env_id, algo, config=config, dotlist=dotlist, overrides=values), None
+        check_writable(runs_root(out))
+    from offrl.runs.assemble import build_components
+    from offrl.runs.metrics_log import TidyCSVLogger, check_logger_available
+
+    run_name = name or default_run_name(cfg.seed)
+    path = run_dir_path(out, data.name if data is not None else f"env/{env_id}", cfg.algo, run_name)
+    if path.exists():
+        raise UserError(f"--name {run_name}: run folder {path} already exists; pick another --name or --resume it")
+    check_logger_available(cfg.logger)
+
+    # Build everything before the folder exists: a bad input then leaves nothing behind. The logger and
+    # the checkpoint path point into the future folder; neither writes before training starts.
+    logger = TidyCSVLogger(run_name, path) if cfg.enable_logging else None
+    parts = build_components(cfg, dataset=data, env_id=env_id, logger=logger,
+                             save_trainer_file=path / CHECKPOINT_DIR / LATEST_CHECKPOINT)
+    meta = {"versions": package_versions(), "command": list(command),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    create_run_dir(path, {CONFIG_FILE: config_to_yaml(cfg, meta)})
+    return _train_in(path, cfg, parts, logger, resumed=0, on_start=on_start)
+
+
+def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist: Sequence[str],
+            overrides: dict[str, Any], force: bool, command: Sequence[str],
+            on_start: Callable[[Path], None] | None) -> Run:
+    """Continue ``path`` from ``checkpoints/latest.pt`` with the same (or, with ``force``, a changed) config."""
+    if not path.is_dir() or not is_run_dir(path):
+        raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
+                        "pass a folder printed by 'offrl train'")
+    from offrl.runs.assemble import build_components
+    from offrl.runs.compose import compose_resume
+    from offrl.runs.metrics_log import TidyCSVLogger, check_logger_available
+
+    resumed_cfg = compose_resume(path, dataset=dataset, algo=algo, config=config, dotlist=dotlist,
+                                 overrides=overrides, force=force)
+    cfg = resumed_cfg.cfg
+    check_logger_available(cfg.logger)
+    logger = TidyCSVLogger(path.name, path) if cfg.enable_logging else None
+    latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
+    parts = build_components(cfg, dataset=resumed_cfg.dataset, env_id=resumed_cfg.env_id, logger=logger,
+                             save_trainer_file=latest)
+    restore_run(path, parts.trainer, latest, cfg, changed=bool(resumed_cfg.changed),
+                saved_full=resumed_cfg.saved_full, command=command)
+    resumed = int(read_summary(path).get("resumed", 0)) + 1
+    return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
+
+
+def restore_run(path: Path, trainer: Any, latest: Path, cfg: Any, *, changed: bool, saved_full: Any,
+                command: Sequence[str]) -> None:
+    """The resume step: load ``latest`` into ``trainer`` (networks, optimizers, counters, RNGs, buffers,
+    online env state, and the logger's position, which cuts metrics.csv back to the rows written before it),
+    or start metrics over when the run was killed before its first checkpoint; with ``changed``
+    (``--force``), rewrite config.yaml with the new values."""
+    if latest.exists():
+        trainer.load_from_file(latest)
+    elif (path / METRICS_FILE).exists():
+        (path / METRICS_FILE).unlink()
+    if changed:
+        meta = {k: saved_full[k] for k in ("versions", "created") if k in saved_full}
+        meta = OmegaConf.to_container(OmegaConf.create(meta)) if meta else {}
+        meta.update({"command": list(command), "versions": package_versions()})
+        write_text_atomic(path / CONFIG_FILE, config_to_yaml(cfg, meta))
+
+
+def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, resumed: int,
+              on_start: Callable[[Path], None] | None) -> Run:
+    """Train, then write ``summary.json`` (whatever happened) and the report."""
+    from offrl.runs.metrics_log import attach_mirrors
+
+    if logger is not None:
+        attach_mirrors(logger, cfg.logger, path, path.name)
+    trainer = parts.trainer
+    if on_start is not None:
+        on_start(path)
+    start_step = int(trainer.step)
+    t0 = time.perf_counter()
+    status = "crashed"
+    write_json_atomic(path / SUMMARY_FILE, run_summary(path, cfg, parts, "running", start_step, start_step, 0.0,
+                                                       logger, resumed))
+    try:
+        trainer.train()
+        status = "stopped" if getattr(trainer, "stopped", False) else "completed"
+        reason = getattr(trainer, "stop_reason", None) or ""
+        if reason.startswith("env error"):  # the online env failed: checkpointed, said once, clearly
+            print(f"offrl: error: {reason}; the run stopped at step {trainer.step} with a checkpoint "
+                  f"(fix the env, then --resume {path})", file=sys.stderr)
+    except KeyboardInterrupt:
+        status = "stopped"
+        raise
+    finally:
+        if logger is not None:
+            logger.close()
+        write_json_atomic(path / SUMMARY_FILE, run_summary(path, cfg, parts, status, start_step, int(trainer.step),
+                                                           time.perf_counter() - t0, logger, resumed))
+    write_report(path)
+    return Run(path)
+
+
+def format_command(argv: Sequence[str]) -> str:
+    """A command line as one shell-quoted string (for messages)."""
+    return " ".join(shlex.quote(a) for a in argv)
