@@ -333,8 +333,8 @@ def load_dataset(
 
 
 NO_ENV_NOTE = (
-    "this dataset names no env; give one with --env ID (offrl datasets info / offrl train) or "
-    "--set dataset.env_id=ID"
+    "this dataset names no env; give one with --env ID (offrl datasets info) or --set dataset.env_id=ID "
+    "(offrl train, the Python API: load_dataset(..., env=ID))"
 )
 
 
