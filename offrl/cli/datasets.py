@@ -150,6 +150,12 @@ def _info(args: argparse.Namespace) -> int:
     ]
     if payload.get("env_note"):
         rows.append(("env note", payload["env_note"]))
+    if payload.get("episode_return_distribution"):
+        rows.append(("return distribution", _fmt(payload["episode_return_distribution"])))
+    if payload.get("normalized_score"):
+        rows.append(("normalized score", _fmt(payload["normalized_score"])))
+    for rule, applied in (payload.get("row_rules") or {}).items():
+        rows.append((f"rule {rule}", f"{applied['rows']} rows: {applied['rule']}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

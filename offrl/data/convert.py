@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from offrl.data.health import HealthStats
+from offrl.data.health import HealthStats, time_limit_warnings
 from offrl.data.source import RawSource, leaf_specs, tree_leaves
 from offrl.errors import UserError
 from offrl.fsio import write_text_atomic
@@ -51,7 +51,7 @@ __all__ = [
     "ted_layout",
 ]
 
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3  # 3: d3rlpy 1.x terminal-observation rows, row_rules, return distribution
 DEFAULT_CHUNK_BYTES = 8 << 20  # ~8 MB of packed rows per chunk; temporaries make the peak a few times that
 _HASH_BLOCK = 8 << 20
 ROWS_FILE = "rows.memmap"  # uint8 [N, row_bytes], see offrl.data.layout
@@ -261,11 +261,14 @@ def convert_to_dir(
                     "episode": ep,
                     "step": st,
                 }
+                for key in ("source_row", "next_source_row"):  # where a row came from, for error messages
+                    if key in chunk:
+                        ted[key] = chunk[key]
                 stats.update(ted)
                 if stats.nonfinite and not allow_nan:
                     key = next(iter(stats.nonfinite))
                     raise UserError(
-                        f"{raw.path}: NaN/inf values in {key} (rows {row}..{row + m - 1}); fix the data or pass "
+                        f"{raw.path}: NaN/inf values in {key} ({stats.first_nonfinite}); fix the data or pass "
                         "--allow-nan (load_dataset(..., allow_nan=True)) to accept them"
                     )
                 values = {("observation", *p): v for p, v in tree_leaves(chunk["observation"])}
@@ -316,6 +319,7 @@ def convert_to_dir(
 
     obs_specs = leaf_specs(raw.observation_space)
     max_steps = raw.metadata.get("max_episode_steps")
+    lengths, _, terminated = stats.episode_arrays()
     info = {
         "converter_version": CONVERTER_VERSION,
         "format": raw.format,
@@ -339,6 +343,9 @@ def convert_to_dir(
         "observation_space_json": serialize_space(raw.observation_space),
         "action_space_json": serialize_space(raw.action_space),
         "nonfinite": int(sum(stats.nonfinite.values())),
+        "first_nonfinite": stats.first_nonfinite,
+        "row_rules": raw.rules,
+        "time_limit_warnings": time_limit_warnings(lengths, terminated, max_steps),
         "warnings": stats.warnings(
             max_episode_steps=max_steps,
             # Minari's next observations are the next row by construction; only a file's own

@@ -5,6 +5,11 @@ Layout: flat arrays ``observations`` [N, ...], ``actions``, ``rewards``, ``termi
 d3rlpy's export, ``episode_terminals``, ``discrete_action`` and ``version``. Rewards and flags may be
 ``(N,)`` or ``(N, 1)``, float or bool.
 
+**d3rlpy 1.x terminal rows.** d3rlpy 1.x stores the terminal observation of an episode that ends in a
+failure as an extra last row, with ``terminals`` set on it and on the row before, and
+``episode_terminals`` on it only. That row is the previous row's next observation, not a transition:
+the previous row ends the episode ``terminated`` with it as next observation, and it is dropped.
+
 Episode ends are ``terminals | timeouts | episode_terminals``. A ``terminals`` end is ``terminated``; any
 other end is ``truncated`` (a time limit: the critic bootstraps through it).
 
@@ -31,10 +36,18 @@ import numpy as np
 from offrl.data.source import Chunk, RawSource, storage_dtype
 from offrl.errors import UserError
 
-__all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value"]
+__all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value", "box_action_space"]
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
 FLAG_KEYS = ("terminals", "timeouts", "episode_terminals")
+CUT_LAST_ROW_RULE = (
+    "the last row of a cut episode has no next observation in the file: dropped, the row before it ends "
+    "the episode truncated"
+)
+D3RLPY1_RULE = (
+    "a 'terminals' row followed by its episode's 'episode_terminals' row: the latter holds the terminal "
+    "observation (the former's next observation), not a transition of its own"
+)
 _FLAG_CHUNK = 1 << 20  # rows of flags read at a time in the counting pass (a few MB)
 
 
@@ -191,12 +204,13 @@ def read_d4rl(path: Path) -> RawSource:
             raise UserError(f"{path}: 'actions' has dtype {act.dtype}; expected numbers")
 
         # Counting pass over the flags only (a few bytes per row), plus the action range.
-        kept = 0
+        kept = terminal_rows = 0
         lo = hi = None
         for s in range(0, n, _FLAG_CHUNK):
             e = min(s + _FLAG_CHUNK, n)
             rows = _rows(f, flags, s, e, n, has_next)
             kept += int(rows["keep"].sum())
+            terminal_rows += int(rows["tail"].sum())
             a = np.asarray(act[s:e])
             if discrete:
                 a = _flat(a)
@@ -220,14 +234,7 @@ def read_d4rl(path: Path) -> RawSource:
             n_act = int(_pick(meta, "action_size", "n_actions") or int(hi) + 1)
             act_space: gym.Space = gym.spaces.Discrete(n_act)
         else:
-            act_shape = tuple(act.shape[1:]) or (1,)
-            lo = np.broadcast_to(np.asarray(lo, np.float32), act_shape)
-            hi = np.broadcast_to(np.asarray(hi, np.float32), act_shape)
-            # D4RL files carry no action space: when the data lie in [-1, 1] (every MuJoCo task) say so,
-            # otherwise report the observed range.
-            if np.all(lo >= -1) and np.all(hi <= 1):
-                lo, hi = np.full(act_shape, -1.0, np.float32), np.full(act_shape, 1.0, np.float32)
-            act_space = gym.spaces.Box(lo, hi, shape=act_shape, dtype=np.float32)
+            act_space = box_action_space(lo, hi, tuple(act.shape[1:]) or (1,))
 
     metadata = {
         "env_id": _pick(meta, "env_id", "env_name", "env"),
@@ -238,6 +245,11 @@ def read_d4rl(path: Path) -> RawSource:
     }
     if fmt == "d3rlpy":
         metadata["d3rlpy_version"] = meta.get("version")
+    rules: dict[str, dict[str, Any]] = {}
+    if terminal_rows:
+        rules["d3rlpy1-terminal-observation"] = {"rows": terminal_rows, "rule": D3RLPY1_RULE}
+    if n - kept - terminal_rows:
+        rules["cut-last-row"] = {"rows": n - kept - terminal_rows, "rule": CUT_LAST_ROW_RULE}
 
     def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
         with open_hdf5(path) as f, hdf5_errors(path):
@@ -258,7 +270,18 @@ def read_d4rl(path: Path) -> RawSource:
         had_next_observations=has_next,
         iter_chunks=iter_chunks,
         metadata=metadata,
+        rules=rules,
     )
+
+
+def box_action_space(lo: Any, hi: Any, shape: tuple[int, ...]) -> gym.spaces.Box:
+    """A continuous action space for a file that carries none: [-1, 1] when the data lie inside it
+    (every MuJoCo task), otherwise the observed range."""
+    lo = np.broadcast_to(np.asarray(lo, np.float32), shape)
+    hi = np.broadcast_to(np.asarray(hi, np.float32), shape)
+    if np.all(lo >= -1) and np.all(hi <= 1):
+        lo, hi = np.full(shape, -1.0, np.float32), np.full(shape, 1.0, np.float32)
+    return gym.spaces.Box(lo, hi, shape=shape, dtype=np.float32)
 
 
 def storage_dtype_of(dtype: np.dtype) -> Any:
@@ -282,24 +305,37 @@ def _int_or_none(value: Any) -> int | None:
 def _rows(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool) -> dict[str, np.ndarray]:
     """Per-row bookkeeping for rows ``[s, e)``: which rows are kept and how each kept row ends.
 
-    Reads one row past ``e`` (when there is one): whether row ``i`` is the last kept row of its
-    episode depends on whether row ``i + 1`` is kept.
+    Reads one row before ``s`` and one past ``e`` (when there are): whether row ``i`` is the last kept
+    row of its episode depends on whether row ``i + 1`` is kept, and whether it is a d3rlpy 1.x
+    terminal-observation row depends on row ``i - 1``.
     """
-    stop = min(e + 1, n)
-    term = _flat(np.asarray(f["terminals"][s:stop])) != 0
+    lo, stop = max(s - 1, 0), min(e + 1, n)
+    term = _flat(np.asarray(f["terminals"][lo:stop])) != 0
     end = term.copy()
     for key in flags[1:]:
-        end |= _flat(np.asarray(f[key][s:stop])) != 0
-    index = np.arange(s, stop)
-    keep_all = term | (~end & (index < n - 1)) if not has_next else np.ones(stop - s, bool)
-    keep = keep_all[: e - s]
+        end |= _flat(np.asarray(f[key][lo:stop])) != 0
+    head = np.zeros(stop - lo, bool)  # d3rlpy 1.x: the terminated row whose next observation is row i + 1
+    if "episode_terminals" in flags and not has_next:
+        ept = _flat(np.asarray(f["episode_terminals"][lo:stop])) != 0
+        head[:-1] = term[:-1] & ~ept[:-1] & term[1:] & ept[1:]
+    tail = np.r_[False, head[:-1]]  # the terminal-observation row itself: not a transition
+    index = np.arange(lo, stop)
+    keep_all = (term | (~end & (index < n - 1))) & ~tail if not has_next else np.ones(stop - lo, bool)
+    a, b = s - lo, e - lo
+    keep = keep_all[a:b]
     keep_next = np.zeros(e - s, bool)
-    keep_next[: stop - s - 1] = keep_all[1:]
-    term, end = term[: e - s], end[: e - s]
+    keep_next[: stop - s - 1] = keep_all[a + 1 :]
+    term, end, head = term[a:b], end[a:b], head[a:b]
     # Without next_observations a kept non-terminal row never has `end`, so this reduces to "its
     # successor was dropped"; with them, timeouts and the file's last row are the truncations.
     truncated = keep & ~term & (end | ~keep_next)
-    return {"keep": keep, "terminated": term & keep, "truncated": truncated}
+    return {
+        "keep": keep,
+        "terminated": term & keep,
+        "truncated": truncated,
+        "head": head & keep,
+        "tail": tail[a:b],
+    }
 
 
 def _chunk(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool, discrete: bool) -> Chunk:
@@ -308,23 +344,34 @@ def _chunk(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: boo
     stop = min(e + 1, n)
     obs_ext = np.asarray(f["observations"][s:stop])
     obs = obs_ext[: e - s]
+    index = np.arange(s, e)
     if has_next:
         nxt = np.asarray(f["next_observations"][s:e])
+        nxt_row = None
     else:
         nxt = np.empty_like(obs)
         nxt[: stop - s - 1] = obs_ext[1:]
+        nxt_row = index + 1
         if stop == e:  # the file's last row: no successor (it is dropped unless terminated)
             nxt[-1] = obs[-1]
-        term = rows["terminated"]
-        nxt[term] = obs[term]  # a terminated row's next observation is never bootstrapped
+            nxt_row[-1] = index[-1]
+        # A terminated row's next observation is never bootstrapped (a copy of its own), except a
+        # d3rlpy 1.x terminal row, whose next row holds the terminal observation.
+        own = rows["terminated"] & ~rows["head"]
+        nxt[own] = obs[own]
+        nxt_row[own] = index[own]
     act = np.asarray(f["actions"][s:e])
     act = _flat(act).astype(np.int64) if discrete else act.reshape(e - s, -1) if act.ndim == 1 else act
     reward = _flat(np.asarray(f["rewards"][s:e]))
-    return {
+    chunk = {
         "observation": obs[keep],
         "next_observation": nxt[keep],
         "action": act[keep],
         "reward": reward[keep],
         "terminated": rows["terminated"][keep],
         "truncated": rows["truncated"][keep],
+        "source_row": index[keep],
     }
+    if nxt_row is not None:
+        chunk["next_source_row"] = nxt_row[keep]
+    return chunk

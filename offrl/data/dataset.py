@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from offrl.data import catalog, envs, references
+from offrl.data import envs, references
 from offrl.data.convert import build_cache, cache_root
-from offrl.data.d4rl import hdf5_errors, is_minari_file, open_hdf5, read_d4rl
-from offrl.data.minari import minari_data_dir, minari_root, read_minari
+from offrl.data.health import from_length_counts, time_limit_warnings
+from offrl.data.resolve import ResolvedSource, resolve_source
 from offrl.data.source import RawSource
 from offrl.errors import UserError
 
@@ -65,6 +64,9 @@ class DatasetInfo:
     dropped_rows: int = 0
     env_source: str | None = None
     env_note: str | None = None
+    episode_return_distribution: dict[str, float] = field(default_factory=dict)  # min / quartiles / max
+    normalized_score: dict[str, float] | None = None  # the behaviour data's, when references are known
+    row_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # reader rules and rows touched
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,85 +78,6 @@ class DatasetInfo:
         out = asdict(self)
         out.update(out.pop("extra"))
         return out
-
-
-@dataclass
-class ResolvedSource:
-    """Where a dataset lives, which files make its content, and how to open it."""
-
-    path: Path
-    files: list[Path]
-    name: str
-    open: Callable[[], RawSource]
-
-
-def _minari_name(data_dir: Path) -> str:
-    try:
-        meta = json.loads((data_dir / "metadata.json").read_text())
-        if isinstance(meta.get("dataset_id"), str) and meta["dataset_id"]:
-            return meta["dataset_id"]
-    except (OSError, ValueError):
-        pass
-    return data_dir.parent.name
-
-
-def _minari_source(data_dir: Path, name: str, shown: Path) -> ResolvedSource:
-    files = [data_dir / "main_data.hdf5"]
-    if (data_dir / "metadata.json").is_file():
-        files.append(data_dir / "metadata.json")
-    return ResolvedSource(shown, files, name, lambda: read_minari(data_dir, name, shown))
-
-
-def _latest_version(candidate: Path) -> Path:
-    """``.../human`` (no ``-vN``) → the highest ``.../human-vN`` present, as Minari resolves ids."""
-    if candidate.exists() or re.search(r"-v\d+$", candidate.name) or not candidate.parent.is_dir():
-        return candidate
-    versions = [
-        (int(m.group(1)), p)
-        for p in candidate.parent.glob(f"{candidate.name}-v*")
-        if (m := re.fullmatch(re.escape(candidate.name) + r"-v(\d+)", p.name))
-    ]
-    return max(versions)[1] if versions else candidate
-
-
-def resolve_source(source: str | os.PathLike) -> ResolvedSource:
-    """Find ``source`` on disk (see the module docstring for the order); a one-line UserError if absent."""
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if path.exists():
-        if path.is_dir():
-            data_dir = minari_data_dir(path)
-            if data_dir is None:
-                raise UserError(
-                    f"{path}: a folder but not a Minari dataset (no data/main_data.hdf5 inside); pass a "
-                    "<name>-vN dataset folder or an HDF5 file"
-                )
-            return _minari_source(data_dir, _minari_name(data_dir), path)
-        with open_hdf5(path) as f, hdf5_errors(path):
-            minari_file = is_minari_file(f)
-        if minari_file:
-            return _minari_source(path.parent, _minari_name(path.parent), path.parent.parent)
-        return ResolvedSource(path, [path], path.stem, lambda: read_d4rl(path))
-
-    looked: list[str] = []
-    bundled = catalog.bundled_path(text)
-    if bundled is not None and minari_data_dir(bundled) is not None:
-        rel = bundled.relative_to(catalog.bundled_root()).as_posix()
-        return _minari_source(minari_data_dir(bundled), rel, bundled)  # type: ignore[arg-type]
-    looked.append(f"bundled datasets in {catalog.bundled_root()}")
-    if not path.is_absolute() and ".." not in Path(text).parts:
-        candidate = _latest_version(minari_root() / text)
-        data_dir = minari_data_dir(candidate)
-        if data_dir is not None:
-            name = candidate.relative_to(minari_root()).as_posix()
-            return _minari_source(data_dir, name, candidate)
-    looked.append(f"Minari datasets in {minari_root()} (MINARI_DATASETS_PATH)")
-    if text.endswith((".hdf5", ".h5")) or os.sep in text and path.is_absolute():
-        raise UserError(f"{path}: no such file (see `offrl datasets list` for the datasets offrl can find)")
-    raise UserError(
-        f"dataset {text!r} not found: no such file or folder, and not among {' or '.join(looked)}; "
-        "see `offrl datasets list`"
-    )
 
 
 class OfflineDataset:
@@ -336,9 +259,10 @@ def load_dataset(
     except (OSError, ValueError) as err:
         raise UserError(f"{entry}: damaged cache entry ({err}); delete it and run again") from None
     if stored.get("nonfinite") and not allow_nan:
+        first = f" (first: {stored['first_nonfinite']})" if stored.get("first_nonfinite") else ""
         raise UserError(
-            f"{resolved.path}: {stored['nonfinite']} NaN/inf values in the data; fix the data or pass --allow-nan "
-            "(load_dataset(..., allow_nan=True)) to accept them"
+            f"{resolved.path}: {stored['nonfinite']} NaN/inf values in the data{first}; fix the data or pass "
+            "--allow-nan (load_dataset(..., allow_nan=True)) to accept them"
         )
     from offrl.data.layout import RowLayout
 
@@ -359,6 +283,21 @@ def load_dataset(
             max_steps = resolution.max_episode_steps
         except Exception:  # an unregistered user id: no time limit known
             max_steps = None
+    warnings = list(stored.get("warnings", []))
+    if env:
+        check_env_fits(resolved.path, stored, resolution)
+        if max_steps != meta.get("max_episode_steps") and "episode_length_counts" in stored:
+            # The env's time limit against the file's episode lengths (the stored ones used the file's).
+            stale = set(stored.get("time_limit_warnings", []))
+            lengths, terminated = from_length_counts(stored["episode_length_counts"])
+            warnings = [w for w in warnings if w not in stale]
+            warnings += time_limit_warnings(lengths, terminated, max_steps)
+    env_note = resolution.note if resolution else NO_ENV_NOTE
+    returns = stored.get("episode_return_distribution") or {}
+    normalized = None
+    if ref_min is not None and ref_max is not None and ref_max != ref_min and returns:
+        scale = lambda r: 100.0 * (r - ref_min) / (ref_max - ref_min)  # noqa: E731
+        normalized = {"mean": scale(stored["episode_return"]["mean"])} | {k: scale(v) for k, v in returns.items()}
     info = DatasetInfo(
         name=stored["name"],
         format=stored["format"],
@@ -377,17 +316,60 @@ def load_dataset(
         ref_min_score=ref_min,
         ref_max_score=ref_max,
         ref_source=ref_source,
-        warnings=list(stored.get("warnings", [])),
+        warnings=warnings,
         cache=str(entry),
         digest=digest,
         gamma=float(stored["gamma"]),
         source=str(resolved.path),
         dropped_rows=int(stored.get("dropped_rows", 0)),
         env_source=resolution.source if resolution else None,
-        env_note=resolution.note if resolution else None,
+        env_note=env_note,
+        episode_return_distribution=returns,
+        normalized_score=normalized,
+        row_rules=stored.get("row_rules") or {},
         extra={"env_override": env} if env else {},
     )
     return OfflineDataset(info, source=resolved.path, cache_path=entry, metadata=stored, layout=layout)
+
+
+NO_ENV_NOTE = (
+    "this dataset names no env; give one with --env ID (offrl datasets info) or --set dataset.env_id=ID "
+    "(offrl train, the Python API: load_dataset(..., env=ID))"
+)
+
+
+def check_env_fits(source: Path, stored: dict[str, Any], resolution: envs.EnvResolution | None) -> None:
+    """A one-line UserError when the data's observation/action spaces do not fit the env given by the user."""
+    if resolution is None:
+        return
+    env = envs.make_env(resolution)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    env_id = resolution.env_id
+    shape = stored.get("observation_shape")
+    if isinstance(obs_space, gym.spaces.Box) and isinstance(shape, list) and tuple(shape) != obs_space.shape:
+        raise UserError(
+            f"{source}: observations have shape {tuple(shape)} but env {env_id}'s observation space has shape "
+            f"{obs_space.shape}; pass the env the data were recorded in"
+        )
+    act = stored.get("action_space") or {}
+    if isinstance(act_space, gym.spaces.Discrete):
+        if act.get("kind") != "discrete":
+            raise UserError(f"{source}: the data have continuous actions but env {env_id} has discrete ones")
+        if int(act["n"]) > int(act_space.n):
+            raise UserError(
+                f"{source}: the data use {act['n']} discrete actions but env {env_id} has {int(act_space.n)}"
+            )
+    elif isinstance(act_space, gym.spaces.Box):
+        if act.get("kind") != "continuous":
+            raise UserError(f"{source}: the data have discrete actions but env {env_id} has continuous ones")
+        if tuple(act.get("shape", ())) != act_space.shape:
+            raise UserError(
+                f"{source}: actions have shape {tuple(act['shape'])} but env {env_id}'s action space has shape "
+                f"{act_space.shape}"
+            )
 
 
 def cached_entries(cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:

@@ -15,9 +15,34 @@ import numpy as np
 if TYPE_CHECKING:
     from tensordict import TensorDictBase
 
-__all__ = ["HealthStats", "check", "REWARD_SCALE_LIMIT"]
+__all__ = ["HealthStats", "check", "REWARD_SCALE_LIMIT", "time_limit_warnings", "length_counts", "from_length_counts"]
 
 REWARD_SCALE_LIMIT = 1_000.0  # |reward| above this usually needs scaling for Q-learning
+
+
+_SHOWN = {
+    "observation": "observations",
+    "next_observation": "next_observations",
+    "action": "actions",
+    "reward": "rewards",
+}
+
+
+def _first_bad(arr: np.ndarray) -> tuple[int, str, str] | None:
+    """``(row, column text, "NaN" | "inf" | "-inf")`` of the first non-finite value of ``arr`` (rows first)."""
+    bad = ~np.isfinite(arr.reshape(arr.shape[0], -1))
+    rows = np.flatnonzero(bad.any(axis=1))
+    if rows.size == 0:
+        return None
+    row = int(rows[0])
+    col = int(np.argmax(bad[row]))
+    value = float(arr.reshape(arr.shape[0], -1)[row, col])
+    kind = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if arr.ndim <= 1:
+        return row, "", kind
+    index = np.unravel_index(col, arr.shape[1:])
+    text = str(int(index[0])) if len(index) == 1 else str(tuple(int(i) for i in index))
+    return row, f", column {text}", kind
 
 
 def _leaves(tree: Any, prefix: str) -> list[tuple[str, np.ndarray]]:
@@ -53,6 +78,7 @@ class HealthStats:
         self._last: dict[str, Any] | None = None  # last row of the previous chunk
         self._col_min: dict[str, np.ndarray] = {}
         self._col_max: dict[str, np.ndarray] = {}
+        self.first_nonfinite: str | None = None  # "observations row 7, column 2 is NaN"
 
     # ------------------------------------------------------------------ feeding
     def update(self, chunk: dict[str, Any]) -> None:
@@ -71,6 +97,8 @@ class HealthStats:
                 bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
                 if bad:
                     self.nonfinite[name] = self.nonfinite.get(name, 0) + bad
+        if self.nonfinite and self.first_nonfinite is None:
+            self.first_nonfinite = _locate_nonfinite(chunk, reward, self.transitions)
         for name, arr in (*_leaves(chunk["observation"], "observation"), ("action", chunk["action"])):
             if arr.dtype.kind in "fiub" and arr.ndim >= 1:
                 flat = arr.reshape(n, -1)
@@ -144,7 +172,7 @@ class HealthStats:
         return cat(self.ep_lengths, np.int64), cat(self.ep_returns, np.float64), cat(self.ep_terminated, bool)
 
     def summary(self) -> dict[str, Any]:
-        """Counts and (min, mean, max) statistics for ``offrl datasets info``."""
+        """Counts, (min, mean, max) statistics, the return distribution and the episode-length counts."""
         lengths, returns, terminated = self.episode_arrays()
         n = max(self.transitions, 1)
         mean = self.reward_sum / n
@@ -162,6 +190,8 @@ class HealthStats:
             "truncated": int(lengths.size - terminated.sum()),
             "episode_length": mmm(lengths.astype(np.float64)),
             "episode_return": mmm(returns),
+            "episode_return_distribution": distribution(returns),
+            "episode_length_counts": length_counts(lengths, terminated),
             "reward": {
                 "min": float(self.reward_min) if self.transitions else float("nan"),
                 "mean": float(mean),
@@ -196,23 +226,7 @@ class HealthStats:
                 f"{self.next_obs_mismatch} next_observations differ from the next row inside an episode "
                 f"(first at transition {self._first_mismatch}): episode boundaries or next_observations look wrong"
             )
-        if max_episode_steps:
-            trunc = lengths[~terminated]
-            over = int(np.count_nonzero(trunc > max_episode_steps))
-            if over:
-                out.append(
-                    f"{over} episodes are longer than the env's max_episode_steps={max_episode_steps}: "
-                    "timeouts disagree with the env's time limit"
-                )
-            elif (
-                trunc.size >= 2
-                and np.unique(trunc).size == 1
-                and trunc[0] not in (max_episode_steps, max_episode_steps - 1)
-            ):
-                out.append(
-                    f"all {trunc.size} truncated episodes have length {int(trunc[0])} but the env's "
-                    f"max_episode_steps is {max_episode_steps}: timeouts disagree with the env's time limit"
-                )
+        out += time_limit_warnings(lengths, terminated, max_episode_steps)
         if self.transitions >= 2:
             for name, lo in self._col_min.items():
                 hi = self._col_max[name]
@@ -224,6 +238,87 @@ class HealthStats:
         if np.isfinite(scale) and scale > REWARD_SCALE_LIMIT:
             out.append(f"very large reward scale (|reward| up to {scale:.4g}): consider scaling rewards")
         return out
+
+
+def time_limit_warnings(lengths: np.ndarray, terminated: np.ndarray, max_episode_steps: int | None) -> list[str]:
+    """Episode lengths against the env's time limit: episodes longer than it, or every cut at another length."""
+    if not max_episode_steps:
+        return []
+    over = int(np.count_nonzero(lengths > max_episode_steps))
+    if over:
+        return [
+            f"{over} episodes are longer than the env's max_episode_steps={max_episode_steps}: "
+            "timeouts disagree with the env's time limit"
+        ]
+    trunc = lengths[~terminated]
+    cut_elsewhere = trunc.size >= 2 and np.unique(trunc).size == 1
+    if cut_elsewhere and trunc[0] not in (max_episode_steps, max_episode_steps - 1):
+        return [
+            f"all {trunc.size} truncated episodes have length {int(trunc[0])} but the env's "
+            f"max_episode_steps is {max_episode_steps}: timeouts disagree with the env's time limit"
+        ]
+    return []
+
+
+def distribution(x: np.ndarray) -> dict[str, float]:
+    """min / quartiles / max of ``x`` (NaN when empty)."""
+    if x.size == 0:
+        return {k: float("nan") for k in ("min", "q25", "median", "q75", "max")}
+    q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return dict(zip(("min", "q25", "median", "q75", "max"), (float(v) for v in q), strict=True))
+
+
+def length_counts(lengths: np.ndarray, terminated: np.ndarray) -> dict[str, dict[str, int]]:
+    """``{"terminated": {length: count}, "truncated": {...}}``: enough to re-check a time limit later."""
+    out: dict[str, dict[str, int]] = {}
+    for key, mask in (("terminated", terminated), ("truncated", ~terminated)):
+        values, counts = np.unique(lengths[mask], return_counts=True)
+        out[key] = {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+    return out
+
+
+def from_length_counts(counts: dict[str, dict[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`length_counts`: ``(lengths, terminated)`` arrays (episode order lost)."""
+    lengths, terminated = [], []
+    for key in ("terminated", "truncated"):
+        for length, count in (counts.get(key) or {}).items():
+            lengths += [int(length)] * int(count)
+            terminated += [key == "terminated"] * int(count)
+    return np.asarray(lengths, np.int64), np.asarray(terminated, bool)
+
+
+def _locate_nonfinite(chunk: dict[str, Any], reward: np.ndarray, offset: int) -> str | None:
+    """The first non-finite value of a chunk, named by its source row when the reader gave them.
+
+    ``source_row`` (and ``next_source_row``, when a next observation is a row of ``observations``) map a
+    chunk row to the row of the file; otherwise rows count converted transitions.
+    """
+    src = chunk.get("source_row")
+    nxt_src = chunk.get("next_source_row")
+    found: list[tuple[int, int, str]] = []
+    order = 0
+    for leaf, arr in (
+        *_leaves(chunk["observation"], "observation"),
+        ("action", chunk["action"]),
+        ("reward", reward),
+        *_leaves(chunk["next_observation"], "next_observation"),
+    ):
+        order += 1
+        if arr.dtype.kind != "f":
+            continue
+        hit = _first_bad(arr)
+        if hit is None:
+            continue
+        row, col, kind = hit
+        head, _, sub = leaf.partition(".")
+        if head == "next_observation" and nxt_src is not None:
+            shown, at = _SHOWN["observation"], int(nxt_src[row])
+        else:
+            shown = _SHOWN[head]
+            at = int(src[row]) if src is not None else offset + row
+        name = f"{shown}/{sub.replace('.', '/')}" if sub else shown
+        found.append((at, order, f"{name} row {at}{col} is {kind}"))
+    return min(found)[2] if found else None
 
 
 def _rows_close(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -29,7 +29,15 @@ from offrl.data.d4rl import hdf5_errors, hdf5_value, open_hdf5
 from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, storage_dtype, tree_concat
 from offrl.errors import UserError
 
-__all__ = ["read_minari", "minari_data_dir", "minari_root", "list_local_minari"]
+__all__ = [
+    "read_minari",
+    "minari_data_dir",
+    "minari_root",
+    "list_local_minari",
+    "data_format",
+    "minari_metadata",
+    "minari_spaces",
+]
 
 _EPISODE = re.compile(r"^episode_(\d+)$")
 
@@ -40,10 +48,24 @@ def minari_root() -> Path:
     return Path(env).expanduser() if env else Path("~/.minari/datasets").expanduser()
 
 
+def data_format(data_dir: Path) -> str | None:
+    """``"arrow"`` when ``data/metadata.json`` says so (Minari's Arrow storage), ``"hdf5"`` when
+    ``main_data.hdf5`` is there, else None."""
+    meta = data_dir / "metadata.json"
+    if meta.is_file():
+        try:
+            fmt = json.loads(meta.read_text()).get("data_format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt == "arrow":
+            return "arrow"
+    return "hdf5" if (data_dir / "main_data.hdf5").is_file() else None
+
+
 def minari_data_dir(path: Path) -> Path | None:
     """The ``data/`` folder of a Minari dataset given as ``.../<name>-vN`` or its ``data/``; else None."""
     for candidate in (path, path / "data"):
-        if (candidate / "main_data.hdf5").is_file():
+        if data_format(candidate) is not None:
             return candidate
     return None
 
@@ -53,10 +75,9 @@ def list_local_minari(root: Path | None = None) -> list[str]:
     root = root or minari_root()
     if not root.is_dir():
         return []
-    ids = []
-    for main in sorted(root.glob("**/data/main_data.hdf5")):
-        ids.append(main.parent.parent.relative_to(root).as_posix())
-    return ids
+    found = {main.parent for main in root.glob("**/data/main_data.hdf5")}
+    found |= {meta.parent for meta in root.glob("**/data/metadata.json") if data_format(meta.parent) == "arrow"}
+    return sorted(data.parent.relative_to(root).as_posix() for data in found)
 
 
 def _load_metadata(data_dir: Path, f: h5py.File) -> tuple[dict[str, Any], str]:
@@ -81,6 +102,26 @@ def _space(meta: dict[str, Any], key: str, where: Path) -> gym.Space | None:
         return deserialize_space(raw if isinstance(raw, str) else json.dumps(raw))
     except Exception as err:  # minari raises NotImplementedError / KeyError / ValueError
         raise UserError(f"{where}: unsupported or unreadable {key} in the Minari metadata ({err})") from None
+
+
+def minari_spaces(meta: dict[str, Any], where: Path) -> tuple[gym.Space | None, gym.Space | None]:
+    """The observation and action spaces recorded in Minari metadata (None where absent)."""
+    return _space(meta, "observation_space", where), _space(meta, "action_space", where)
+
+
+def minari_metadata(meta: dict[str, Any], version: str) -> dict[str, Any]:
+    """The offrl metadata (env, time limit, references, ids) of a Minari dataset's metadata."""
+    spec = _env_spec(meta)
+    return {
+        "env_id": (spec or {}).get("id"),
+        "env_spec": spec,
+        "eval_env_spec": _env_spec({"env_spec": meta.get("eval_env_spec")}),
+        "max_episode_steps": (spec or {}).get("max_episode_steps"),
+        "ref_min_score": _float(meta.get("ref_min_score")),
+        "ref_max_score": _float(meta.get("ref_max_score")),
+        "dataset_id": meta.get("dataset_id"),
+        "minari_version": meta.get("minari_version") or version,
+    }
 
 
 def _env_spec(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -141,7 +182,7 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
         if meta.get("data_format") not in (None, "hdf5"):
             raise UserError(
                 f"{where}: Minari data format {meta.get('data_format')!r} is not supported; offrl reads the "
-                "hdf5 format (minari.create_dataset_from_buffers(..., data_format='hdf5'))"
+                "hdf5 and arrow formats"
             )
         episodes = sorted(
             ((int(m.group(1)), k) for k in f.keys() if (m := _EPISODE.match(k))), key=lambda item: item[0]
@@ -201,17 +242,7 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
         if total == 0:
             raise UserError(f"{where}: zero transitions (every episode is empty)")
 
-    spec = _env_spec(meta)
-    metadata = {
-        "env_id": (spec or {}).get("id"),
-        "env_spec": spec,
-        "eval_env_spec": _env_spec({"env_spec": meta.get("eval_env_spec")}),
-        "max_episode_steps": (spec or {}).get("max_episode_steps"),
-        "ref_min_score": _float(meta.get("ref_min_score")),
-        "ref_max_score": _float(meta.get("ref_max_score")),
-        "dataset_id": meta.get("dataset_id"),
-        "minari_version": meta.get("minari_version") or version,
-    }
+    metadata = minari_metadata(meta, version)
     discrete = isinstance(act_space, gym.spaces.Discrete)
     act_dtype = storage_dtype(act_space)
     start = int(act_space.start) if discrete else 0

@@ -6,7 +6,9 @@ A chunk is a plain dict of numpy arrays, already in output order:
 
 ``observation`` / ``next_observation`` (an array, or a nested dict of arrays for Dict spaces),
 ``action``, ``reward`` (float, ``[n]``), ``terminated`` and ``truncated`` (bool, ``[n]``). A row with
-``terminated | truncated`` is the last row of its episode in the converted data.
+``terminated | truncated`` is the last row of its episode in the converted data. Optional
+``source_row`` / ``next_source_row`` (int, ``[n]``): the file rows a transition and its next
+observation came from, so that errors name the file's row.
 
 The converter adds ``episode``, ``step``, ``done`` and ``mc_return`` and writes the TED layout.
 """
@@ -32,7 +34,7 @@ Chunk = dict[str, Any]
 class RawSource:
     """A validated dataset source, ready to be streamed into the converter."""
 
-    format: str  # "d4rl", "d3rlpy" or "minari"
+    format: str  # the reader: "d4rl", "d3rlpy", "d3rlpy2", "minari", "minari-arrow" or "npz"
     path: Path  # what the user pointed at (file, or the Minari dataset folder)
     files: list[Path]  # files whose bytes make up the content digest
     name: str  # id or file stem
@@ -43,6 +45,8 @@ class RawSource:
     had_next_observations: bool
     iter_chunks: Callable[[int], Iterator[Chunk]]
     metadata: dict[str, Any] = field(default_factory=dict)  # env_id, env_spec, ref_*_score, ...
+    # Row rules the reader applied: name -> {"rows": rows touched, "rule": what it does}.
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def dropped_rows(self) -> int:

@@ -17,7 +17,7 @@ import torch
 from datafiles import write_d4rl
 
 import offrl.data.convert as convert
-import offrl.data.dataset as dataset_mod
+import offrl.data.resolve as resolve_mod
 from offrl.data import load_dataset
 from offrl.errors import UserError
 
@@ -36,7 +36,7 @@ def test_second_load_reuses_the_cache_without_reading_the_source(tmp_path, monke
     def no_read(*args, **kwargs):
         raise AssertionError("the source was read again")
 
-    monkeypatch.setattr(dataset_mod, "read_d4rl", no_read)
+    monkeypatch.setattr(resolve_mod, "read_d4rl", no_read)
     monkeypatch.setattr(convert.hashlib, "sha256", no_read)  # fast path: size + mtime, no hashing
     second = load_dataset(path)
     assert second.cache_path == first.cache_path

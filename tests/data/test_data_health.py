@@ -125,3 +125,53 @@ def test_health_across_chunk_boundaries_matches_one_pass(tmp_path):
     )
     for size in (1, 4, 5, 64):
         assert check(whole.data, had_next_observations=True, chunk_size=size) == whole.info.warnings
+
+
+def test_nan_error_names_the_first_row_and_column(tmp_path):
+    arrays = write_d4rl(tmp_path / "ok.hdf5", lengths=(100, 100), terminal=(False, True))
+    obs = arrays["observations"].copy()
+    obs[7, 2] = np.nan
+    obs[150, 1] = np.inf
+    write_d4rl(tmp_path / "nan.hdf5", lengths=(100, 100), terminal=(False, True), overrides={"observations": obs})
+    for chunk in (None, 7, 4):  # a chunk boundary just before the bad row must not move the blame
+        with pytest.raises(UserError, match=r"observations row 7, column 2 is NaN") as err:
+            load_dataset(tmp_path / "nan.hdf5", cache_dir=tmp_path / f"c{chunk}", chunk_size=chunk)
+        assert "rows 0.." not in str(err.value)
+    ds = load_dataset(tmp_path / "nan.hdf5", cache_dir=tmp_path / "c", allow_nan=True)
+    assert ds.info.warnings[0].startswith("2 NaN/inf values")
+    with pytest.raises(UserError, match=r"first: observations row 7, column 2 is NaN"):
+        load_dataset(tmp_path / "nan.hdf5", cache_dir=tmp_path / "c")
+
+
+def test_return_distribution_and_normalized_score(tmp_path):
+    write_d4rl(tmp_path / "d.hdf5", lengths=(10, 7, 13, 5), terminal=(True, True, True, True))
+    ds = load_dataset(tmp_path / "d.hdf5", ref_min_score=-10.0, ref_max_score=10.0)
+    dist = ds.info.to_dict()["episode_return_distribution"]
+    assert list(dist) == ["min", "q25", "median", "q75", "max"]
+    assert dist["min"] <= dist["q25"] <= dist["median"] <= dist["q75"] <= dist["max"]
+    assert dist["min"] == pytest.approx(ds.info.episode_return["min"])
+    score = ds.info.to_dict()["normalized_score"]
+    assert score["mean"] == pytest.approx(100 * (ds.info.episode_return["mean"] + 10) / 20)
+    assert load_dataset(tmp_path / "d.hdf5").info.normalized_score is None
+
+
+def test_a_file_without_env_says_how_to_give_one(tmp_path):
+    write_d4rl(tmp_path / "mine.hdf5")
+    info = load_dataset(tmp_path / "mine.hdf5").info
+    assert info.env_id is None
+    assert "--env ID" in info.env_note and "--set dataset.env_id=" in info.env_note
+
+
+def test_env_given_checks_spaces_and_time_limit(tmp_path):
+    # Pendulum-v1: 3-dim observations, 1-dim actions, time limit 200; these episodes run 250 steps.
+    write_d4rl(tmp_path / "pend.hdf5", lengths=(250, 250), terminal=(False, False), obs_dim=3, act_dim=1)
+    info = load_dataset(tmp_path / "pend.hdf5", env="Pendulum-v1").info
+    assert info.max_episode_steps == 200
+    assert any("longer than the env's max_episode_steps=200" in w for w in info.warnings)
+    assert not any("longer than" in w for w in load_dataset(tmp_path / "pend.hdf5").info.warnings)
+    with pytest.raises(UserError, match=r"pend\.hdf5: observations have shape \(3,\) but env CartPole-v1") as err:
+        load_dataset(tmp_path / "pend.hdf5", env="CartPole-v1")
+    assert "\n" not in str(err.value)
+    write_d4rl(tmp_path / "act.hdf5", obs_dim=3, act_dim=2)
+    with pytest.raises(UserError, match=r"act\.hdf5: actions have shape \(2,\) but env Pendulum-v1"):
+        load_dataset(tmp_path / "act.hdf5", env="Pendulum-v1")

@@ -1,0 +1,115 @@
+"""Where a dataset lives and which reader opens it: a user's path or id → a :class:`ResolvedSource`.
+
+Resolution order for ``source``: an existing path (D4RL-style / d3rlpy 1.x HDF5 file, d3rlpy 2.x dump,
+``.npz`` demonstration archive, Minari ``<name>-vN`` folder or its ``data/``, HDF5 or Arrow); then a
+bundled id under :func:`offrl.data.catalog.bundled_root`; then a Minari id under
+``MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from offrl.data import catalog
+from offrl.data.d3rlpy import is_d3rlpy2_file, read_d3rlpy2
+from offrl.data.d4rl import hdf5_errors, is_minari_file, open_hdf5, read_d4rl
+from offrl.data.minari import data_format, minari_data_dir, minari_root, read_minari
+from offrl.data.minari_arrow import arrow_files, read_minari_arrow
+from offrl.data.npz import is_npz_file, read_npz
+from offrl.data.source import RawSource
+from offrl.errors import UserError
+
+__all__ = ["ResolvedSource", "resolve_source"]
+
+
+@dataclass
+class ResolvedSource:
+    """Where a dataset lives, which files make its content, and how to open it."""
+
+    path: Path
+    files: list[Path]
+    name: str
+    open: Callable[[], RawSource]
+
+
+def _minari_name(data_dir: Path) -> str:
+    try:
+        meta = json.loads((data_dir / "metadata.json").read_text())
+        if isinstance(meta.get("dataset_id"), str) and meta["dataset_id"]:
+            return meta["dataset_id"]
+    except (OSError, ValueError):
+        pass
+    return data_dir.parent.name
+
+
+def _minari_source(data_dir: Path, name: str, shown: Path) -> ResolvedSource:
+    if data_format(data_dir) == "arrow":
+        meta = json.loads((data_dir / "metadata.json").read_text())
+        return ResolvedSource(
+            shown, arrow_files(data_dir), name, lambda: read_minari_arrow(data_dir, name, meta, shown)
+        )
+    files = [data_dir / "main_data.hdf5"]
+    if (data_dir / "metadata.json").is_file():
+        files.append(data_dir / "metadata.json")
+    return ResolvedSource(shown, files, name, lambda: read_minari(data_dir, name, shown))
+
+
+def _latest_version(candidate: Path) -> Path:
+    """``.../human`` (no ``-vN``) → the highest ``.../human-vN`` present, as Minari resolves ids."""
+    if candidate.exists() or re.search(r"-v\d+$", candidate.name) or not candidate.parent.is_dir():
+        return candidate
+    versions = [
+        (int(m.group(1)), p)
+        for p in candidate.parent.glob(f"{candidate.name}-v*")
+        if (m := re.fullmatch(re.escape(candidate.name) + r"-v(\d+)", p.name))
+    ]
+    return max(versions)[1] if versions else candidate
+
+
+def resolve_source(source: str | os.PathLike) -> ResolvedSource:
+    """Find ``source`` on disk (see the module docstring for the order); a one-line UserError if absent."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir():
+            data_dir = minari_data_dir(path)
+            if data_dir is None:
+                raise UserError(
+                    f"{path}: a folder but not a Minari dataset (no data/main_data.hdf5 or Arrow data/metadata.json inside); pass a "
+                    "<name>-vN dataset folder or an HDF5 file"
+                )
+            return _minari_source(data_dir, _minari_name(data_dir), path)
+        if is_npz_file(path):
+            return ResolvedSource(path, [path], path.stem, lambda: read_npz(path))
+        with open_hdf5(path) as f, hdf5_errors(path):
+            minari_file, d3rlpy2 = is_minari_file(f), is_d3rlpy2_file(f)
+        if minari_file:
+            return _minari_source(path.parent, _minari_name(path.parent), path.parent.parent)
+        if d3rlpy2:
+            return ResolvedSource(path, [path], path.stem, lambda: read_d3rlpy2(path))
+        return ResolvedSource(path, [path], path.stem, lambda: read_d4rl(path))
+
+    looked: list[str] = []
+    bundled = catalog.bundled_path(text)
+    if bundled is not None and minari_data_dir(bundled) is not None:
+        rel = bundled.relative_to(catalog.bundled_root()).as_posix()
+        return _minari_source(minari_data_dir(bundled), rel, bundled)  # type: ignore[arg-type]
+    looked.append(f"bundled datasets in {catalog.bundled_root()}")
+    if not path.is_absolute() and ".." not in Path(text).parts:
+        candidate = _latest_version(minari_root() / text)
+        data_dir = minari_data_dir(candidate)
+        if data_dir is not None:
+            name = candidate.relative_to(minari_root()).as_posix()
+            return _minari_source(data_dir, name, candidate)
+    looked.append(f"Minari datasets in {minari_root()} (MINARI_DATASETS_PATH)")
+    if text.endswith((".hdf5", ".h5")) or os.sep in text and path.is_absolute():
+        raise UserError(f"{path}: no such file (see `offrl datasets list` for the datasets offrl can find)")
+    raise UserError(
+        f"dataset {text!r} not found: no such file or folder, and not among {' or '.join(looked)}; "
+        "see `offrl datasets list`"
+    )

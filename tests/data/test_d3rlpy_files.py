@@ -1,0 +1,166 @@
+"""d3rlpy files: 1.x exports (with their terminal-observation rows) and 2.x dumps written by d3rlpy itself."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from offrl.data import load_dataset
+from offrl.errors import UserError
+
+
+def write_d3rlpy_v1(path, episodes, *, seed=0):
+    """A d3rlpy 1.x ``MDPDataset.dump`` file of CartPole-like episodes ``(T, failed)``.
+
+    A failed episode of T transitions has T + 1 rows: the last holds the terminal observation, with
+    ``terminals`` on it and on the row before and ``episode_terminals`` on it only. A timed-out one has T
+    rows and ``episode_terminals`` on its last. Dtypes and keys as d3rlpy 1.x wrote them.
+    """
+    rng = np.random.default_rng(seed)
+    rows = sum(t + (1 if failed else 0) for t, failed in episodes)
+    obs = rng.standard_normal((rows, 4)).astype(np.float32)
+    obs[:, 0] = np.arange(rows)
+    terminals = np.zeros(rows, np.float32)
+    episode_terminals = np.zeros(rows, np.float32)
+    end = -1
+    for t, failed in episodes:
+        end += t + (1 if failed else 0)
+        episode_terminals[end] = 1.0
+        if failed:
+            terminals[end - 1 : end + 1] = 1.0
+    with h5py.File(path, "w") as f:
+        f.create_dataset("observations", data=obs)
+        f.create_dataset("actions", data=rng.integers(0, 2, rows).astype(np.int32))
+        f.create_dataset("rewards", data=np.ones(rows, np.float32))
+        f.create_dataset("terminals", data=terminals)
+        f.create_dataset("episode_terminals", data=episode_terminals)
+        f.create_dataset("discrete_action", data=True)
+        f.create_dataset("version", data="1.0")
+    return obs
+
+
+EPISODES = [(9, True), (14, True), (20, False), (3, True), (11, True), (8, False)]
+
+
+def test_d3rlpy_v1_terminal_rows_are_not_episodes(tmp_path):
+    obs = write_d3rlpy_v1(tmp_path / "cartpole_v1.h5", EPISODES)
+    ds = load_dataset(tmp_path / "cartpole_v1.h5", cache_dir=tmp_path / "c")
+    # Failed episodes keep their T transitions; timed-out ones lose their cut last row.
+    lengths = [t if failed else t - 1 for t, failed in EPISODES]
+    assert ds.info.format == "d3rlpy"
+    assert ds.info.episodes == len(EPISODES)
+    assert len(ds) == sum(lengths)
+    assert (ds.info.terminated, ds.info.truncated) == (4, 2)
+    assert ds.info.episode_return["mean"] == pytest.approx(np.mean(lengths))
+    assert ds.info.episode_length["min"] == min(lengths)
+    rules = ds.info.to_dict()["row_rules"]
+    assert rules["d3rlpy1-terminal-observation"]["rows"] == 4
+    assert rules["cut-last-row"]["rows"] == 2
+    assert not any("consecutive" in w for w in ds.info.warnings)
+    # The last transition of the first episode: its next observation is the terminal-observation row.
+    data = ds.data
+    assert bool(data["next", "terminated"][8]) and data["observation"][8, 0] == 8
+    assert torch.equal(data["next", "observation"][8], torch.from_numpy(obs[9]))
+    assert data["observation"][9, 0] == 10  # the next episode starts after the dropped row
+    assert data["episode"].unique().numel() == len(EPISODES)
+
+
+def test_d3rlpy_v1_rule_is_chunk_independent(tmp_path):
+    write_d3rlpy_v1(tmp_path / "v1.h5", EPISODES)
+    whole = load_dataset(tmp_path / "v1.h5", cache_dir=tmp_path / "a").data
+    for chunk in (1, 2, 3, 10):
+        small = load_dataset(tmp_path / "v1.h5", cache_dir=tmp_path / f"c{chunk}", chunk_size=chunk).data
+        for key in ("observation", ("next", "observation"), "action", ("next", "terminated"), "episode"):
+            assert torch.equal(whole.get(key), small.get(key)), (chunk, key)
+
+
+def test_consecutive_terminals_outside_the_pattern_still_warn(tmp_path):
+    write_d3rlpy_v1(tmp_path / "v1.h5", [(5, True)])
+    with h5py.File(tmp_path / "v1.h5", "a") as f:
+        ept = f["episode_terminals"][()]
+        ept[4] = 1.0  # both rows end their own episode: two one-step terminals, not a terminal-observation row
+        f["episode_terminals"][...] = ept
+    ds = load_dataset(tmp_path / "v1.h5", cache_dir=tmp_path / "c")
+    assert "d3rlpy1-terminal-observation" not in ds.info.row_rules
+    assert any("terminal flags on consecutive rows" in w for w in ds.info.warnings)
+
+
+def _d3rlpy2(path, *, tuple_obs=False, discrete=True, seed=0):
+    from d3rlpy.dataset import MDPDataset
+
+    rng = np.random.default_rng(seed)
+    n = 40
+    obs = rng.standard_normal((n, 3)).astype(np.float32)
+    observations = (obs, rng.standard_normal((n, 2, 2)).astype(np.float32)) if tuple_obs else obs
+    actions = rng.integers(0, 3, n) if discrete else rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    rewards = rng.standard_normal(n).astype(np.float32)
+    terminals, timeouts = np.zeros(n), np.zeros(n)
+    terminals[[6, 20]] = 1
+    timeouts[[13, 39]] = 1
+    ds = MDPDataset(observations, actions, rewards, terminals, timeouts)
+    ds.dump(str(path))
+    return ds
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_d3rlpy2_dump_matches_d3rlpy_view(tmp_path, discrete):
+    pytest.importorskip("d3rlpy")
+    d3 = _d3rlpy2(tmp_path / "d2.h5", discrete=discrete)
+    ds = load_dataset(tmp_path / "d2.h5", cache_dir=tmp_path / "c")
+    assert ds.info.format == "d3rlpy2"
+    assert ds.info.episodes == len(d3.episodes)
+    assert len(ds) == d3.transition_count
+    assert ds.info.terminated == sum(e.terminated for e in d3.episodes)
+    returns = [float(e.rewards[: e.transition_count].sum()) for e in d3.episodes]
+    dist = ds.info.episode_return_distribution
+    assert dist["min"] == pytest.approx(min(returns), abs=1e-4)
+    assert dist["max"] == pytest.approx(max(returns), abs=1e-4)
+    assert ds.info.episode_return["mean"] == pytest.approx(np.mean(returns), abs=1e-4)
+    first = d3.episodes[0]
+    np.testing.assert_allclose(ds.data["next", "observation"][0].numpy(), first.observations[1])
+    assert ds.info.action_space["kind"] == ("discrete" if discrete else "continuous")
+
+
+def test_d3rlpy2_tuple_observations_become_a_dict(tmp_path):
+    pytest.importorskip("d3rlpy")
+    d3 = _d3rlpy2(tmp_path / "tuple.h5", tuple_obs=True)
+    ds = load_dataset(tmp_path / "tuple.h5", cache_dir=tmp_path / "c")
+    assert ds.info.observation_shape == {"0": [3], "1": [2, 2]}
+    assert len(ds) == d3.transition_count
+    np.testing.assert_allclose(ds.data["observation", "1"][0].numpy(), d3.episodes[0].observations[1][0])
+
+
+def _assert_bad(path, cache, match):
+    with pytest.raises(UserError, match=match) as err:
+        load_dataset(path, cache_dir=cache)
+    assert "\n" not in str(err.value) and str(path.name) in str(err.value)
+    assert not any((cache / "datasets").glob("*")) if (cache / "datasets").exists() else True
+
+
+def test_d3rlpy2_bad_inputs(tmp_path):
+    pytest.importorskip("d3rlpy")
+    _d3rlpy2(tmp_path / "good.h5")
+    raw = (tmp_path / "good.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(raw[: len(raw) // 2])
+    _assert_bad(tmp_path / "cut.h5", tmp_path / "c1", "truncated or corrupt")
+    _d3rlpy2(tmp_path / "missing.h5")
+    with h5py.File(tmp_path / "missing.h5", "a") as f:
+        del f["actions_1"]
+    _assert_bad(tmp_path / "missing.h5", tmp_path / "c2", "actions_1")
+    _d3rlpy2(tmp_path / "lengths.h5")
+    with h5py.File(tmp_path / "lengths.h5", "a") as f:
+        rew = f["rewards_0"][()]
+        del f["rewards_0"]
+        f["rewards_0"] = rew[:-2]
+    _assert_bad(tmp_path / "lengths.h5", tmp_path / "c3", "rewards")
+
+
+def test_d3rlpy_v1_bad_inputs(tmp_path):
+    write_d3rlpy_v1(tmp_path / "v1.h5", EPISODES)
+    with h5py.File(tmp_path / "v1.h5", "a") as f:
+        ept = f["episode_terminals"][()]
+        del f["episode_terminals"]
+        f["episode_terminals"] = ept[:-3]
+    _assert_bad(tmp_path / "v1.h5", tmp_path / "c", "episode_terminals")
