@@ -43,21 +43,24 @@ class ScalarLogger:
 
 def make_trainer(kind: str, dataset: Any, *, seed: int = 0, batch_size: int = 32, build_seed: int | None = None,
                  **kwargs: Any) -> tuple[Any, Any]:
-    """A trainer over ``dataset`` with small networks; returns ``(trainer, parts)``."""
+    """A trainer over ``dataset`` with small networks; returns ``(trainer, parts)``. A ``device`` builds the
+    networks and the replay buffer there too."""
     build_seed = seed if build_seed is None else build_seed
+    device = kwargs.get("device") or "cpu"
     if kind == "cql":
-        parts = cql.build_from_dataset(kwargs.pop("cfg", SMALL_CQL), dataset, seed=build_seed)
+        parts = cql.build_from_dataset(kwargs.pop("cfg", SMALL_CQL), dataset, seed=build_seed, device=device)
         cls: Any = CQLTrainer
     elif kind == "dcql":
-        parts = discrete_cql.build_from_dataset(kwargs.pop("cfg", SMALL_DCQL), dataset, seed=build_seed)
+        parts = discrete_cql.build_from_dataset(kwargs.pop("cfg", SMALL_DCQL), dataset, seed=build_seed,
+                                                device=device)
         cls = CQLTrainer
     else:
-        parts = dqn.build_from_dataset(kwargs.pop("cfg", SMALL_DQN), dataset, seed=build_seed)
+        parts = dqn.build_from_dataset(kwargs.pop("cfg", SMALL_DQN), dataset, seed=build_seed, device=device)
         cls = DQNTrainer
         kwargs.setdefault("greedy_module", parts.greedy_module)
     options: dict[str, Any] = dict(
         loss_module=parts.loss_module, optimizer=parts.optimizer, target_net_updater=parts.target_net_updater,
-        replay_buffer=dataset.replay_buffer(batch_size, seed=seed), seed=seed, progress_bar=False,
+        replay_buffer=dataset.replay_buffer(batch_size, seed=seed, device=device), seed=seed, progress_bar=False,
         policy=parts.policy, **parts.trainer_kwargs,
     )
     options.update(kwargs)
