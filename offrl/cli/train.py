@@ -86,7 +86,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--online-steps", type=_non_negative_int, metavar="M",
                    help="env steps to collect online in the dataset's env (config online.steps; default 0)")
     g.add_argument("--env", dest="online_env", metavar="ID",
-                   help="online env (default: the dataset's); without --dataset: train online from scratch in it")
+                   help="with --dataset: the env to evaluate in and to fine-tune online in (default: the dataset's own, when it names one); without --dataset: train online from scratch in it")
     g.add_argument("--frames-per-batch", type=_positive_int, metavar="F",
                    help="env steps per collected batch (online.frames_per_batch, default 50)")
     g.add_argument("--utd", type=_positive_int, metavar="U",

@@ -52,9 +52,13 @@ def compose_run_config(dataset: str | os.PathLike[str] | None = None, algo: str 
                        **overrides: Any) -> tuple[TrainerConfig, Any]:
     """The ``(config, dataset)`` that :func:`offrl.train` with the same arguments would run, without training or
     writing a run folder: every input is checked (a :class:`~offrl.errors.UserError` names the bad one)
-    and the dataset is converted into the cache if needed."""
+    and the dataset is converted into the cache if needed. With a dataset, ``online_env=`` (``--env``) is also
+    the evaluation env unless ``dataset.env_id`` is given."""
+    values = config_values(overrides)
+    if values.get("online.env_id") is not None:
+        values.setdefault("dataset.env_id", values["online.env_id"])
     return compose_config(None if dataset is None else str(dataset), algo, config_file=config,
-                          overrides=config_values(overrides), dotlist=dotlist, load=load_config_dataset)
+                          overrides=values, dotlist=dotlist, load=load_config_dataset)
 
 
 def env_source(dataset: Any, config: Any, values: Mapping[str, Any]) -> str | None:
