@@ -50,7 +50,6 @@ class FusedQMixin(ParamCache):
             and self.reduction == "mean"
             and type(est) is TD0Estimator
             and not est.average_rewards
-            and not getattr(self, "double_dqn", False)
         )
 
     def _fast_path_ok(self, tensordict: TensorDictBase) -> bool:
@@ -63,7 +62,7 @@ class FusedQMixin(ParamCache):
 
     def _q_terms(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
         """Predicted Q for all actions [B, A], Q of the taken action [B], TD(0) target from the target
-        network [B]."""
+        network [B] (with ``double_dqn``, at the action the online network picks; van Hasselt et al. 2016)."""
         keys = self.tensor_keys
         plan = self._q_plan
         nxt = tensordict.get("next")
@@ -76,9 +75,13 @@ class FusedQMixin(ParamCache):
         else:
             q_a = (q * action.to(torch.float)).sum(-1)
         with torch.no_grad():
-            q_next = mlp_forward(self._steps(plan, "target_value_network_params"), nxt.get(self._q_obs_key))
-            # The greedy action's value (QValueModule's chosen_action_value) is the row max.
-            next_value = q_next.max(-1, keepdim=True)[0]
+            next_obs = nxt.get(self._q_obs_key)
+            q_next = mlp_forward(self._steps(plan, "target_value_network_params"), next_obs)
+            if getattr(self, "double_dqn", False):  # the online network chooses, the target network scores
+                q_online = mlp_forward(self._steps(plan, "value_network_params"), next_obs)
+                next_value = torch.gather(q_next, -1, q_online.argmax(-1, keepdim=True))
+            else:  # the greedy action's value (QValueModule's chosen_action_value) is the row max
+                next_value = q_next.max(-1, keepdim=True)[0]
             est_keys = self.value_estimator.tensor_keys
             reward = nxt.get(est_keys.reward)
             terminated = nxt.get(est_keys.terminated, None)
@@ -92,7 +95,7 @@ class FusedQMixin(ParamCache):
 class FusedDQNLoss(FusedQMixin, DQNLoss):
     """torchrl's :class:`~torchrl.objectives.DQNLoss` with a fused forward (same constructor and outputs).
 
-    The fast path covers an MLP Q-network (``QValueActor(MLP)``), TD(0) targets, no double DQN and no
+    The fast path covers an MLP Q-network (``QValueActor(MLP)``), TD(0) targets (double DQN included) and no
     prioritized weights in the batch; anything else runs ``DQNLoss.forward``.
     """
 

@@ -225,11 +225,17 @@ def test_dqn_matches_torchrl(action_space, loss_function):
     _assert_same(_run(ref, data, ["loss"]), _run(fused, data, ["loss"]), 1e-5)
 
 
-def test_dqn_double_dqn_falls_back():
-    qnet, data = _q_nets("categorical", _discrete_action("categorical"))
+@pytest.mark.parametrize("action_space", ["one-hot", "categorical"])
+def test_double_dqn_matches_torchrl(action_space):
+    """Double DQN (offrl's default) is on the fast path: the online network picks the next action, the
+    target network scores it, as torchrl's DQNLoss(double_dqn=True) does (target and online differ here)."""
+    qnet, data = _q_nets(action_space, _discrete_action(action_space))
     ref, fused = _pair(DQNLoss, FusedDQNLoss, (qnet,), dict(delay_value=True, double_dqn=True))
-    assert not fused.fast_path
-    _assert_same(_run(ref, data, ["loss"]), _run(fused, data, ["loss"]), 1e-7)
+    assert fused.fast_path
+    plain = _pair(DQNLoss, FusedDQNLoss, (qnet,), dict(delay_value=True))[1]
+    out = _run(fused, data, ["loss"])
+    _assert_same(_run(ref, data, ["loss"]), out, 1e-5)
+    assert not torch.allclose(out[0]["loss"], _run(plain, data, ["loss"])[0]["loss"])  # not plain DQN's target
 
 
 def test_discrete_cql_target_network_bootstrap_is_half_dqn():

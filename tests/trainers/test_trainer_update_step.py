@@ -34,18 +34,20 @@ def _parts(algo: str, fused: bool):
                             fused=fused)
         box = Bounded(-2 * torch.ones(3), 2 * torch.ones(3), (3,))
         return cql.build(cfg, observation_shape=(OBS,), action_spec=box, seed=0)
-    if algo == "dqn":
-        cfg = dqn.DQNConfig(hidden_sizes=(32, 32), double_dqn=False, target_update_interval=2, fused=fused)
+    if algo in ("dqn", "double-dqn"):
+        cfg = dqn.DQNConfig(hidden_sizes=(32, 32), double_dqn=algo == "double-dqn", target_update_interval=2,
+                            fused=fused)
         return dqn.build(cfg, observation_shape=(OBS,), action_spec=Categorical(3), seed=0)
     cfg = discrete_cql.DiscreteCQLConfig(hidden_sizes=(32, 32), target_update="soft", tau=0.05, fused=fused)
     return discrete_cql.build(cfg, observation_shape=(OBS,), action_spec=Categorical(3), seed=0)
 
 
 KEYS = {"cql": ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha", "loss_alpha_prime"], "dqn": ["loss"],
+        "double-dqn": ["loss"],
         "discrete-cql": ["loss_qvalue", "loss_cql"]}
 
 
-@pytest.mark.parametrize("algo", ["cql", "dqn", "discrete-cql"])
+@pytest.mark.parametrize("algo", ["cql", "dqn", "double-dqn", "discrete-cql"])
 def test_trainer_update_is_the_plain_loop(algo):
     """Several trainer steps on a fused loss leave the same parameters and targets as torchrl's plain loop
     (sum the loss terms, backward, optimizer step, target update) on the reference loss."""
@@ -55,7 +57,7 @@ def test_trainer_update_is_the_plain_loop(algo):
     data = _batch(action)
     ref, fused = _parts(algo, fused=False), _parts(algo, fused=True)
     assert type(fused.loss_module) is not type(ref.loss_module) and fused.loss_module.fast_path
-    trainer_cls = DQNTrainer if algo == "dqn" else CQLTrainer
+    trainer_cls = DQNTrainer if algo.endswith("dqn") else CQLTrainer
     trainer = trainer_cls(loss_module=fused.loss_module, optimizer=fused.optimizer,
                           target_net_updater=fused.target_net_updater, replay_buffer=object(), offline_steps=5,
                           progress_bar=False, handle_signals=False)
@@ -76,7 +78,7 @@ def test_trainer_update_is_the_plain_loop(algo):
     ref_state, fused_state = ref.loss_module.state_dict(), fused.loss_module.state_dict()
     for key, value in ref_state.items():
         torch.testing.assert_close(fused_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
-    if algo == "dqn":
+    if algo.endswith("dqn"):
         assert ref.target_net_updater.counter == fused.target_net_updater.counter
 
 
