@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import warnings
 
 import gymnasium as gym
@@ -65,8 +66,9 @@ def _fake_arrow_dataset(root):
     return data.parent
 
 
-@pytest.mark.skipif(HAS_PYARROW, reason="checks the message shown when pyarrow is missing")
-def test_missing_pyarrow_names_the_extra(tmp_path):
+def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    for name in ("pyarrow", "pyarrow.ipc"):  # as on a machine without the arrow extra
+        monkeypatch.setitem(sys.modules, name, None)
     folder = _fake_arrow_dataset(tmp_path / "minari")
     with pytest.raises(UserError, match=r'needs pyarrow: pip install "offrl\[arrow\]"') as err:
         load_dataset(folder, cache_dir=tmp_path / "c")
@@ -81,7 +83,8 @@ def test_missing_pyarrow_names_the_extra(tmp_path):
 @pytest.mark.skipif(not HAS_PYARROW, reason="needs pyarrow (offrl[arrow])")
 def test_arrow_and_hdf5_convert_identically(tmp_path):
     episodes = cartpole_episodes((5, 8, 4, 11))
-    arrow = load_dataset(_write("test/cartpole/arrow-v0", episodes, "arrow"), cache_dir=tmp_path / "a")
+    arrow_path = _write("test/cartpole/arrow-v0", episodes, "arrow")
+    arrow = load_dataset(arrow_path, cache_dir=tmp_path / "a")
     hdf5 = load_dataset(_write("test/cartpole/hdf5-v0", episodes, "hdf5"), cache_dir=tmp_path / "b")
     assert arrow.info.format == "minari-arrow" and hdf5.info.format == "minari"
     assert (
@@ -91,9 +94,7 @@ def test_arrow_and_hdf5_convert_identically(tmp_path):
     )
     for key in hdf5.data.keys(include_nested=True, leaves_only=True):
         assert torch.equal(arrow.data.get(key), hdf5.data.get(key)), key
-    small = load_dataset(
-        _write("test/cartpole/arrow-v0", episodes, "arrow"), cache_dir=tmp_path / "s", chunk_size=3
-    )
+    small = load_dataset(arrow_path, cache_dir=tmp_path / "s", chunk_size=3)
     assert torch.equal(small.data["observation"], arrow.data["observation"])
 
 
