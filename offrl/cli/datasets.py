@@ -131,7 +131,7 @@ def _info(args: argparse.Namespace) -> int:
         ("transitions", payload["transitions"]),
         ("episodes", payload["episodes"]),
         ("terminated / truncated", f"{payload['terminated']} / {payload['truncated']}"),
-        ("dropped rows (cut ends)", payload["dropped_rows"]),
+        ("rows dropped (by rules)", payload["dropped_rows"]),
         ("observation", f"{_fmt(payload['observation_shape'])} {_fmt(payload['observation_dtype'])}"),
         ("action space", _fmt(payload["action_space"])),
         ("episode length", _fmt(payload["episode_length"])),
@@ -155,7 +155,7 @@ def _info(args: argparse.Namespace) -> int:
     if payload.get("normalized_score"):
         rows.append(("normalized score", _fmt(payload["normalized_score"])))
     for rule, applied in (payload.get("row_rules") or {}).items():
-        rows.append((f"rule {rule}", f"{applied['rows']} rows: {applied['rule']}"))
+        rows.append(("row rule", f"{rule}: {applied['rows']} rows: {applied['rule']}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -268,15 +268,16 @@ def load_dataset(
 
     layout = RowLayout.from_json(stored["layout"])
     meta = stored.get("metadata") or {}
-    ref_min, ref_max, ref_source = references.reference_scores(
-        stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score
-    )
     try:
         resolution = envs.resolve_env(
             stored["name"], env_spec=meta.get("eval_env_spec") or meta.get("env_spec"), override=env
         )
     except UserError:
         resolution = None
+    ref_min, ref_max, ref_source = references.reference_scores(
+        stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score,
+        env_id=resolution.env_id if resolution is not None and env else None,  # an env the user named
+    )
     max_steps = meta.get("max_episode_steps")
     if resolution is not None and (env or max_steps is None):
         try:

@@ -123,17 +123,30 @@ def d4rl_reference(name: str | None) -> tuple[float, float] | None:
     return None
 
 
+#: offrl's own references for the envs of its bundled datasets (``datasets/recipes.yaml``: a uniformly random
+#: policy and the noise-free scripted expert, 100 episodes each), for users' files recorded in these envs.
+ENV_REFERENCES: dict[str, tuple[float, float]] = {
+    "CartPole-v1": (19.22, 500.0),
+    "Pendulum-v1": (-1254.2405511321303, -147.68981386908766),
+}
+ENV_REFERENCES_SOURCE = "offrl references for the env"
+
+
 def reference_scores(
     name: str | None,
     meta_min: float | None,
     meta_max: float | None,
     override_min: float | None = None,
     override_max: float | None = None,
+    env_id: str | None = None,
 ) -> tuple[float | None, float | None, str | None]:
-    """``(ref_min, ref_max, source)`` for normalizing scores on dataset ``name``.
+    """``(ref_min, ref_max, source)`` for normalizing scores on dataset ``name`` (``env_id``: the evaluation env
+    the user named, if any).
 
-    Each bound is taken from the first of: the user's override, the dataset metadata, the D4RL table.
-    ``source`` is ``"user"``, ``"dataset metadata"``, ``"D4RL table"``, or None when no bound is known;
+    Each bound is taken from the first of: the user's override, the dataset metadata, the D4RL table,
+    offrl's references for the env (:data:`ENV_REFERENCES`, random and scripted-expert returns).
+    ``source`` is ``"user"``, ``"dataset metadata"``, ``"D4RL table"``, ``"offrl references for the env"``,
+    or None when no bound is known;
     when the two bounds come from different places both are named, e.g. ``"user + dataset metadata"``
     (a user who gives only ``--ref-max-score`` keeps the dataset's minimum).
     """
@@ -142,6 +155,7 @@ def reference_scores(
         ("user", override_min, override_max),
         ("dataset metadata", meta_min, meta_max),
         ("D4RL table", *(table if table is not None else (None, None))),
+        (ENV_REFERENCES_SOURCE, *ENV_REFERENCES.get(env_id or "", (None, None))),
     ]
 
     def first(index: int) -> tuple[float | None, str | None]:

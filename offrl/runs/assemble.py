@@ -183,7 +183,7 @@ def _dataset_buffer_and_evaluator(cfg: TrainerConfig, dataset: Any, parts: Any, 
         try:  # fail before anything is written, not at the first evaluation
             dataset.make_env().close()
         except UserError as err:
-            raise UserError(f"{err} (offrl train: pass --env ENV_ID, or --eval-every 0)") from None
+            raise UserError(f"{err} (offrl train: --env ENV_ID, or --set dataset.env_id=ENV_ID; or --eval-every 0)") from None
         from offrl.evaluation import Evaluator
 
         # eval_* columns from env rollouts plus the critic's diag_* columns (docs/contracts.md).
