@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from offrl.data.d4rl import CUT_LAST_ROW_RULE, box_action_space, hdf5_errors, hdf5_value, open_hdf5
-from offrl.data.source import Chunk, RawSource, storage_dtype, tree_concat
+from offrl.data.source import Chunk, RawSource, rechunk, storage_dtype
 from offrl.errors import UserError
 
 __all__ = ["read_d3rlpy2", "is_d3rlpy2_file"]
@@ -130,9 +130,7 @@ def read_d3rlpy2(path: Path) -> RawSource:
         ]
         return {str(j): p for j, p in enumerate(parts)} if tuple_obs else parts[0]
 
-    def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
-        pending: list[Chunk] = []
-        rows = 0
+    def pieces(chunk_rows: int) -> Iterator[Chunk]:
         start = 0  # source row of the episode's first row (rows numbered across episodes)
         with open_hdf5(path) as f, hdf5_errors(path):
             for i, (t, term, k) in enumerate(zip(lengths, terminated, kept, strict=True)):
@@ -151,7 +149,7 @@ def read_d3rlpy2(path: Path) -> RawSource:
                     if last:
                         (flags_t if term else flags_c)[-1] = True
                     index = np.arange(start + a, start + b)
-                    pending.append(
+                    yield (
                         {
                             "observation": _head(obs, m),
                             "next_observation": nxt,
@@ -165,13 +163,10 @@ def read_d3rlpy2(path: Path) -> RawSource:
                             ),
                         }
                     )
-                    rows += m
-                    if rows >= chunk_rows:
-                        yield tree_concat(pending) if len(pending) > 1 else pending[0]
-                        pending, rows = [], 0
                 start += t
-        if pending:
-            yield tree_concat(pending) if len(pending) > 1 else pending[0]
+
+    def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
+        return rechunk(pieces(chunk_rows), chunk_rows)
 
     dropped = sum(lengths) - transitions
     return RawSource(

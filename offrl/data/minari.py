@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from offrl.data.d4rl import hdf5_errors, hdf5_value, open_hdf5
-from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, storage_dtype, tree_concat
+from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, rechunk, storage_dtype
 from offrl.errors import UserError
 
 __all__ = [
@@ -247,9 +247,7 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
     act_dtype = storage_dtype(act_space)
     start = int(act_space.start) if discrete else 0
 
-    def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
-        pending: list[Chunk] = []
-        rows = 0
+    def pieces(chunk_rows: int) -> Iterator[Chunk]:
         with open_hdf5(main) as f, hdf5_errors(main):
             for _, key in episodes:
                 ep = f[key]
@@ -275,13 +273,10 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
                         "terminated": term,
                         "truncated": trunc,
                     }
-                    pending.append(piece)
-                    rows += b - a
-                    if rows >= chunk_rows:
-                        yield tree_concat(pending) if len(pending) > 1 else pending[0]
-                        pending, rows = [], 0
-        if pending:
-            yield tree_concat(pending) if len(pending) > 1 else pending[0]
+                    yield piece
+
+    def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
+        return rechunk(pieces(chunk_rows), chunk_rows)
 
     return RawSource(
         format="minari",

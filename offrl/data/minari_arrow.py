@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from offrl.data.minari import minari_metadata, minari_spaces
-from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, tree_concat
+from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, rechunk
 from offrl.errors import UserError
 
 __all__ = ["read_minari_arrow", "arrow_files"]
@@ -138,9 +138,7 @@ def read_minari_arrow(
     start = int(act_space.start) if discrete else 0
     act_shape = () if discrete else tuple(act_space.shape)
 
-    def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
-        pending: list[Chunk] = []
-        rows = 0
+    def pieces(chunk_rows: int) -> Iterator[Chunk]:
         for ep, t in zip(episodes, lengths, strict=True):
             if t == 0:
                 continue
@@ -158,7 +156,7 @@ def read_minari_arrow(
                 trunc[-1] = True  # recording stopped mid-episode: a cut, not a terminal
             for a in range(0, t, chunk_rows):
                 b = min(a + chunk_rows, t)
-                pending.append(
+                yield (
                     {
                         "observation": _tree(obs, a, b),
                         "next_observation": _tree(obs, a + 1, b + 1),
@@ -168,12 +166,9 @@ def read_minari_arrow(
                         "truncated": trunc[a:b],
                     }
                 )
-                rows += b - a
-                if rows >= chunk_rows:
-                    yield tree_concat(pending) if len(pending) > 1 else pending[0]
-                    pending, rows = [], 0
-        if pending:
-            yield tree_concat(pending) if len(pending) > 1 else pending[0]
+
+    def iter_chunks(chunk_rows: int) -> Iterator[Chunk]:
+        return rechunk(pieces(chunk_rows), chunk_rows)
 
     return RawSource(
         format="minari-arrow",

@@ -15,7 +15,7 @@ The converter adds ``episode``, ``step``, ``done`` and ``mc_return`` and writes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,21 @@ def tree_leaves(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple
             yield from tree_leaves(sub, (*prefix, key))
     else:
         yield prefix, tree
+
+
+def rechunk(pieces: Iterable[Chunk], chunk_rows: int) -> Iterator[Chunk]:
+    """Episode pieces (each at most ``chunk_rows`` rows) gathered into chunks of at least ``chunk_rows`` rows
+    (the last may be shorter), so a reader yields the converter's unit whatever its episodes' lengths."""
+    pending: list[Chunk] = []
+    rows = 0
+    for piece in pieces:
+        pending.append(piece)
+        rows += len(piece["reward"])
+        if rows >= chunk_rows:
+            yield tree_concat(pending) if len(pending) > 1 else pending[0]
+            pending, rows = [], 0
+    if pending:
+        yield tree_concat(pending) if len(pending) > 1 else pending[0]
 
 
 def tree_concat(trees: list[Any]) -> Any:
