@@ -53,3 +53,20 @@ def cartpole_mixed(_bundled_cache: Path):
 @pytest.fixture(scope="session")
 def pendulum_medium(_bundled_cache: Path):
     return _bundled("offrl/pendulum/medium-v0", _bundled_cache)
+
+
+@pytest.fixture
+def offrl_cli():
+    """Run the real ``offrl`` console script: ``offrl_cli("train", "--dataset", ...)`` -> CompletedProcess."""
+    from helpers.cli import offrl_cli as run
+
+    return run
+
+
+@pytest.fixture
+def assert_user_error():
+    """``assert_user_error(result, *needles)``: exit 2, one ``offrl: error:`` line naming each needle, no
+    traceback (docs/contracts.md, "User errors")."""
+    from helpers.cli import assert_user_error as check
+
+    return check

@@ -150,6 +150,8 @@ def _info(args: argparse.Namespace) -> int:
     ]
     if payload.get("env_note"):
         rows.append(("env note", payload["env_note"]))
+    if payload.get("ref_hint"):
+        rows.append(("references known", payload["ref_hint"]))
     if payload.get("episode_return_distribution"):
         rows.append(("return distribution", _fmt(payload["episode_return_distribution"])))
     if payload.get("normalized_score"):

@@ -66,6 +66,7 @@ class DatasetInfo:
     env_note: str | None = None
     episode_return_distribution: dict[str, float] = field(default_factory=dict)  # min / quartiles / max
     normalized_score: dict[str, float] | None = None  # the behaviour data's, when references are known
+    ref_hint: str | None = None  # references offrl has for the env, offered when the data has none
     row_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # reader rules and rows touched
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -275,9 +276,11 @@ def load_dataset(
     except UserError:
         resolution = None
     ref_min, ref_max, ref_source = references.reference_scores(
-        stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score,
-        env_id=resolution.env_id if resolution is not None and env else None,  # an env the user named
+        stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score
     )
+    ref_hint = None
+    if ref_min is None and ref_max is None and resolution is not None:
+        ref_hint = references.suggested_references(resolution.env_id)
     max_steps = meta.get("max_episode_steps")
     if resolution is not None and (env or max_steps is None):
         try:
@@ -325,6 +328,7 @@ def load_dataset(
         dropped_rows=int(stored.get("dropped_rows", 0)),
         env_source=resolution.source if resolution else None,
         env_note=env_note,
+        ref_hint=ref_hint,
         episode_return_distribution=returns,
         normalized_score=normalized,
         row_rules=stored.get("row_rules") or {},

@@ -129,7 +129,17 @@ ENV_REFERENCES: dict[str, tuple[float, float]] = {
     "CartPole-v1": (19.22, 500.0),
     "Pendulum-v1": (-1254.2405511321303, -147.68981386908766),
 }
-ENV_REFERENCES_SOURCE = "offrl references for the env"
+
+
+def suggested_references(env_id: str | None) -> str | None:
+    """For data without references evaluated in an env offrl has references for: how to use them (offered,
+    never applied silently: a score's references are always the user's, the file's or D4RL's)."""
+    if env_id not in ENV_REFERENCES:
+        return None
+    lo, hi = ENV_REFERENCES[env_id]
+    return (f"offrl's references for {env_id} (random {lo:g}, scripted expert {hi:g}): --ref-min-score {lo:g} "
+            f"--ref-max-score {hi:g} (offrl datasets info), --set dataset.ref_min_score={lo:g} "
+            f"--set dataset.ref_max_score={hi:g} (offrl train)")
 
 
 def reference_scores(
@@ -138,15 +148,11 @@ def reference_scores(
     meta_max: float | None,
     override_min: float | None = None,
     override_max: float | None = None,
-    env_id: str | None = None,
 ) -> tuple[float | None, float | None, str | None]:
-    """``(ref_min, ref_max, source)`` for normalizing scores on dataset ``name`` (``env_id``: the evaluation env
-    the user named, if any).
+    """``(ref_min, ref_max, source)`` for normalizing scores on dataset ``name``.
 
-    Each bound is taken from the first of: the user's override, the dataset metadata, the D4RL table,
-    offrl's references for the env (:data:`ENV_REFERENCES`, random and scripted-expert returns).
-    ``source`` is ``"user"``, ``"dataset metadata"``, ``"D4RL table"``, ``"offrl references for the env"``,
-    or None when no bound is known;
+    Each bound is taken from the first of: the user's override, the dataset metadata, the D4RL table.
+    ``source`` is ``"user"``, ``"dataset metadata"``, ``"D4RL table"``, or None when no bound is known;
     when the two bounds come from different places both are named, e.g. ``"user + dataset metadata"``
     (a user who gives only ``--ref-max-score`` keeps the dataset's minimum).
     """
@@ -155,7 +161,6 @@ def reference_scores(
         ("user", override_min, override_max),
         ("dataset metadata", meta_min, meta_max),
         ("D4RL table", *(table if table is not None else (None, None))),
-        (ENV_REFERENCES_SOURCE, *ENV_REFERENCES.get(env_id or "", (None, None))),
     ]
 
     def first(index: int) -> tuple[float | None, str | None]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gymnasium as gym
 import h5py
 import numpy as np
+from helpers.cli import offrl_cli
 
 
 def _cartpole_without_env_name(path: Path) -> Path:
@@ -37,24 +35,18 @@ def _cartpole_without_env_name(path: Path) -> Path:
     return path
 
 
-def _offrl(*args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("offrl")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 def test_env_flag_sets_the_evaluation_env_of_a_file_that_names_none(tmp_path):
     data = _cartpole_without_env_name(tmp_path / "replay.h5")
     common = ["train", "--dataset", str(data), "--algo", "dqn", "--steps", "20", "--eval-every", "10",
               "--eval-episodes", "2", "--no-progress", "--out", str(tmp_path / "runs"),
               "--set", "dqn.hidden_sizes=[16]"]
-    missing = _offrl(*common, "--name", "a")
+    missing = offrl_cli(*common, "--name", "a")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and "--env" in lines[0], missing.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
 
-    ok = _offrl(*common, "--name", "b", "--env", "CartPole-v1")
+    ok = offrl_cli(*common, "--name", "b", "--env", "CartPole-v1")
     assert ok.returncode == 0, ok.stderr
     run = next((tmp_path / "runs").rglob("b"))
     summary = json.loads((run / "summary.json").read_text())

@@ -207,18 +207,20 @@ def test_d3rlpy_v1_bad_inputs(tmp_path):
     _assert_bad(tmp_path / "v1.h5", tmp_path / "c", "episode_terminals")
 
 
-def test_named_env_brings_offrl_references_for_that_env(tmp_path):
-    """A user's CartPole export names no env: without --env there are no references; with --env CartPole-v1
-    the scores normalize against offrl's CartPole references (random 19.22, scripted expert 500), and the
-    normalized distribution follows from them."""
+def test_named_env_offers_offrl_references_for_that_env(tmp_path):
+    """A user's CartPole export names no env and no references: with --env CartPole-v1 offrl offers its
+    CartPole references (random 19.22, scripted expert 500) as the options that apply them, and applying
+    them normalizes the behaviour data; the named env's spaces are checked."""
     write_d3rlpy_v1(tmp_path / "v1.h5", EPISODES)
     bare = load_dataset(tmp_path / "v1.h5", cache_dir=tmp_path / "c")
-    assert (bare.info.ref_min_score, bare.info.ref_source, bare.info.env_id) == (None, None, None)
+    assert (bare.info.ref_min_score, bare.info.ref_source, bare.info.env_id, bare.info.ref_hint) == (None,) * 4
     named = load_dataset(tmp_path / "v1.h5", cache_dir=tmp_path / "c", env="CartPole-v1")
-    assert (named.info.ref_min_score, named.info.ref_max_score) == (19.22, 500.0)
-    assert named.info.ref_source == "offrl references for the env"
-    mean = named.info.episode_return["mean"]
-    assert named.info.normalized_score["mean"] == pytest.approx(100 * (mean - 19.22) / (500 - 19.22))
+    assert named.info.ref_min_score is None and named.info.normalized_score is None  # offered, not applied
+    assert "--ref-min-score 19.22 --ref-max-score 500" in named.info.ref_hint
+    applied = load_dataset(tmp_path / "v1.h5", cache_dir=tmp_path / "c", env="CartPole-v1",
+                           ref_min_score=19.22, ref_max_score=500)
+    mean = applied.info.episode_return["mean"]
+    assert applied.info.normalized_score["mean"] == pytest.approx(100 * (mean - 19.22) / (500 - 19.22))
     with pytest.raises(UserError, match="Pendulum-v1") as err:  # spaces checked against the named env
         load_dataset(tmp_path / "v1.h5", cache_dir=tmp_path / "c", env="Pendulum-v1")
     assert "\n" not in str(err.value)

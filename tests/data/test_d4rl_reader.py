@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from datafiles import write_d4rl
+from helpers.datafiles import write_d4rl
 
 from offrl.data import load_dataset
 

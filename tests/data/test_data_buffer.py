@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from datafiles import write_d4rl
+from helpers.datafiles import write_d4rl
 from tensordict import MemoryMappedTensor
 from torchrl.data import TensorDictReplayBuffer
 

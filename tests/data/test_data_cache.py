@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datafiles import write_d4rl
+from helpers.datafiles import write_d4rl
 
 import offrl.data.convert as convert
 import offrl.data.resolve as resolve_mod

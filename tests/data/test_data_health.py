@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from datafiles import cartpole_episodes, write_d4rl, write_minari
+from helpers.datafiles import cartpole_episodes, write_d4rl, write_minari
 
 from offrl.data import check, load_dataset
 from offrl.errors import UserError

@@ -13,7 +13,8 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
-from datafiles import OFFRL, cartpole_episodes, write_d4rl, write_minari
+from helpers.cli import OFFRL, assert_user_error
+from helpers.datafiles import cartpole_episodes, write_d4rl, write_minari
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,9 +108,7 @@ def test_make_regenerates_a_bundled_dataset(tmp_path):
 
 def test_make_unknown_recipe_is_a_user_error():
     out = offrl("datasets", "make", "offrl/nope/none-v0")
-    assert out.returncode == 2
-    assert out.stderr.startswith("offrl: error: no recipe named 'offrl/nope/none-v0'")
-    assert "Traceback" not in out.stderr
+    assert assert_user_error(out).startswith("offrl: error: no recipe named 'offrl/nope/none-v0'")
 
 
 # ----------------------------------------------------------------------------------------- bad inputs

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from datafiles import cartpole_episodes
+from helpers.datafiles import cartpole_episodes
 
 from offrl.data import load_dataset
 from offrl.errors import UserError

@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from datafiles import cartpole_episodes, to_minari_04, write_minari
+from helpers.datafiles import cartpole_episodes, to_minari_04, write_minari
 
 from offrl.data import load_dataset
 

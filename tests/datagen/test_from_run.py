@@ -4,12 +4,12 @@ policy, written as Minari datasets that load back through offrl.data.load_datase
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.cli import OFFRL
 
 from offrl.algos import dqn
 from offrl.data import load_dataset
@@ -17,8 +17,6 @@ from offrl.datagen.from_run import dataset_from_run
 from offrl.errors import UserError
 from offrl.online.setup import OnlineConfig, build_online
 from offrl.trainers import DQNTrainer
-
-OFFRL = str(Path(sys.executable).with_name("offrl"))
 
 
 def _sorted_rows(td):

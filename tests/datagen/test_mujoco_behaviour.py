@@ -13,12 +13,12 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.cli import OFFRL, assert_user_error
 from tensordict import TensorDict
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -28,7 +28,7 @@ from offrl.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-OFFRL = str(Path(sys.executable).with_name("offrl"))
+
 OBS, ACT, BATCH = 7, 3, 32
 
 
@@ -228,6 +228,5 @@ def test_export_actor_and_make_policy_from_it(tmp_path, pendulum_parts, capsys):
     bad.write_bytes(b"\x00" * 100)
     proc = _run("datasets", "make", "--policy", str(bad), "--episodes", "1", "--env", "Pendulum-v1",
                 "--dataset-id", "test/pendulum/bad-v0")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "bad.npz" in proc.stderr and "Traceback" not in proc.stderr
+    assert_user_error(proc, "bad.npz")
     assert not (Path(os.environ["MINARI_DATASETS_PATH"]) / "test/pendulum/bad-v0").exists()

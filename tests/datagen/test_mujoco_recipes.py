@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("mujoco")
+
+from helpers.cli import OFFRL
 
 from offrl.data.envs import make_env  # noqa: E402
 from offrl.data.references import d4rl_reference  # noqa: E402
@@ -30,7 +31,7 @@ from offrl.errors import UserError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = REPO_ROOT / "datasets"
-OFFRL = str(Path(sys.executable).with_name("offrl"))
+
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 FLAVOURS = ("random", "medium", "medium-replay", "expert")
 NAMES = [f"offrl/{env}/{flavour}-v0" for env in ENVS for flavour in FLAVOURS]

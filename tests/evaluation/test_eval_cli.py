@@ -7,14 +7,12 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import OFFRL, assert_user_error
 
 from offrl.runs import evaluate_checkpoint
-
-OFFRL = str(Path(sys.executable).with_name("offrl"))
 
 
 def _env(base: Path) -> dict[str, str]:
@@ -69,11 +67,11 @@ def test_eval_env_that_cannot_be_made_is_one_line(trained, tmp_path: Path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("offrl: error: ") and extra in lines[0].lower()
     missing = _eval(env, str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "nope" in missing.stderr
+    assert_user_error(missing, "nope")
     stray = tmp_path / "stray.pt"
     stray.write_bytes(b"not a checkpoint")
     out = _eval(env, str(stray))
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "config.yaml" in out.stderr
+    assert_user_error(out, "config.yaml")
 
 
 def test_eval_env_with_other_spaces_is_one_line(trained, tmp_path: Path):

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.cli import OFFRL
 
 from offrl.data import load_dataset
 from offrl.datagen.from_run import dataset_from_run
 from offrl.runs import train
-
-OFFRL = str(Path(sys.executable).with_name("offrl"))
 
 
 def test_cli_finetunes_writes_online_metrics_and_a_replay_dataset(tmp_path):

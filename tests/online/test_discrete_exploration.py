@@ -3,26 +3,21 @@ trainer, logged as ``epsilon`` and kept in checkpoints."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers.engine import ListLogger
 from tensordict import TensorDict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
-from engine_helpers import ListLogger  # noqa: E402
-
-from offrl.algos import discrete_cql  # noqa: E402
-from offrl.online.setup import (  # noqa: E402
+from offrl.algos import discrete_cql
+from offrl.online.setup import (
     DISCRETE_CQL_EPSILON,
     OnlineConfig,
     OnlineMetricsLogger,
     build_online,
     build_parts_for_env,
 )
-from offrl.runs import train  # noqa: E402
-from offrl.trainers import CQLTrainer  # noqa: E402
+from offrl.runs import train
+from offrl.trainers import CQLTrainer
 
 DCQL = discrete_cql.DiscreteCQLConfig(hidden_sizes=(32, 32), lr=1e-3, target_update_interval=50)
 

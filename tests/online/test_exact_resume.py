@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import io
 import math
-import sys
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers.engine import ListLogger
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
-from engine_helpers import ListLogger  # noqa: E402
-
-from offrl.algos import cql, dqn  # noqa: E402
-from offrl.errors import UserError  # noqa: E402
-from offrl.online.envstate import gym_env_state, load_gym_env_state  # noqa: E402
-from offrl.online.setup import OnlineConfig, OnlineMetricsLogger, build_online, build_parts_for_env  # noqa: E402
-from offrl.runs.assemble import seed_everything  # noqa: E402
-from offrl.trainers import CQLTrainer, DQNTrainer  # noqa: E402
+from offrl.algos import cql, dqn
+from offrl.errors import UserError
+from offrl.online.envstate import gym_env_state, load_gym_env_state
+from offrl.online.setup import OnlineConfig, OnlineMetricsLogger, build_online, build_parts_for_env
+from offrl.runs.assemble import seed_everything
+from offrl.trainers import CQLTrainer, DQNTrainer
 
 ENVS = ["Pendulum-v1", "CartPole-v1", "Acrobot-v1"]
 try:  # MuJoCo's state goes through mj_getState plus the model-sized MjData arrays

@@ -4,24 +4,20 @@ collectors (sync and async), checkpoints and resume, env failures."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers.engine import ListLogger
 from torchrl.collectors import Collector
 from torchrl.envs import GymWrapper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
-from engine_helpers import ListLogger  # noqa: E402
-
-from offrl.algos import cql, discrete_cql, dqn  # noqa: E402
-from offrl.evaluation import Evaluator  # noqa: E402
-from offrl.online import GuardedCollector  # noqa: E402
-from offrl.online.setup import OnlineConfig, OnlineMetricsLogger, build_online  # noqa: E402
-from offrl.trainers import CQLTrainer, DQNTrainer  # noqa: E402
+from offrl.algos import cql, discrete_cql, dqn
+from offrl.evaluation import Evaluator
+from offrl.online import GuardedCollector
+from offrl.online.setup import OnlineConfig, OnlineMetricsLogger, build_online
+from offrl.trainers import CQLTrainer, DQNTrainer
 
 DCQL = discrete_cql.DiscreteCQLConfig(hidden_sizes=(64, 64), lr=1e-3, target_update_interval=100)
 SMALL_CQL = cql.CQLConfig(hidden_sizes=(32, 32), num_random=2, actor_lr=1e-3, critic_lr=1e-3)

@@ -9,16 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from helpers.cli import OFFRL, assert_user_error
 
 from offrl.runs import train
 
-OFFRL = str(Path(sys.executable).with_name("offrl"))
 TIMING = ("wall_time", "updates_per_s")
 
 
@@ -36,14 +35,6 @@ def _comparable(run: Path) -> pd.DataFrame:
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["loss_module"]
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_killed_scratch_run_resumes_bit_identical_and_evaluates(tmp_path):
@@ -91,18 +82,18 @@ def test_scratch_run_bad_inputs_are_one_line(tmp_path):
         return subprocess.run([OFFRL, *args], capture_output=True, text=True, timeout=300)
 
     (tmp_path / "notarun").mkdir()
-    _one_line_error(cli("train", "--resume", str(tmp_path / "notarun")), "not an offrl run folder")
-    _one_line_error(cli("eval", str(tmp_path / "notarun")), "notarun")
-    _one_line_error(cli("train", "--resume", str(run), "--env", "Acrobot-v1"), "trained online in CartPole-v1")
+    assert_user_error(cli("train", "--resume", str(tmp_path / "notarun")), "not an offrl run folder")
+    assert_user_error(cli("eval", str(tmp_path / "notarun")), "notarun")
+    assert_user_error(cli("train", "--resume", str(run), "--env", "Acrobot-v1"), "trained online in CartPole-v1")
 
     swapped = tmp_path / "swapped"  # the CartPole-v1 run with CartPole-v0's checkpoint
     shutil.copytree(run, swapped)
     shutil.copy(other / "checkpoints" / "latest.pt", swapped / "checkpoints" / "latest.pt")
-    _one_line_error(cli("train", "--resume", str(swapped), "--online-steps", "40", "--force"),
+    assert_user_error(cli("train", "--resume", str(swapped), "--online-steps", "40", "--force"),
                     "collected in CartPole-v0", "CartPole-v1")
     shutil.copy(acrobot / "checkpoints" / "latest.pt", swapped / "checkpoints" / "latest.pt")
-    _one_line_error(cli("eval", str(swapped), "--episodes", "1"), "does not match the networks")
-    _one_line_error(cli("eval", str(run), "--env", "Pendulum-v1"), "does not match the policy's")
+    assert_user_error(cli("eval", str(swapped), "--episodes", "1"), "does not match the networks")
+    assert_user_error(cli("eval", str(run), "--env", "Pendulum-v1"), "does not match the policy's")
 
 
 FAILING_ENVS = '''

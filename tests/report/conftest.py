@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from report_helpers import make_run
+from helpers.report import make_run
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from report_browser import artifacts_dir, chromium_binary, visit
+from helpers.browser import artifacts_dir, chromium_binary, visit
 
 from offrl.report import build_report
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from report_helpers import make_run
+from helpers.cli import OFFRL
+from helpers.report import make_run
 
 from offrl.errors import UserError
 from offrl.report import build_report, load_run, load_runs, write_run_report
@@ -20,8 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _offrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("offrl")
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([OFFRL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def _last_scores(root: Path, dataset: str, algo: str) -> list[float]:

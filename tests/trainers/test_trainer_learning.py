@@ -7,7 +7,7 @@ are recorded here as the per-dataset settings that are known to learn.
 from __future__ import annotations
 
 import pytest
-from engine_helpers import ListLogger
+from helpers.engine import ListLogger
 
 from offrl.algos import cql, discrete_cql, dqn
 from offrl.evaluation import Evaluator

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from engine_helpers import SMALL_CQL, SMALL_DQN, ListLogger
+from helpers.engine import SMALL_CQL, SMALL_DQN, ListLogger
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import GymEnv

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from engine_helpers import ListLogger, ScalarLogger, make_trainer, weights
+from helpers.engine import ListLogger, ScalarLogger, make_trainer, weights
 from torchrl.objectives import SACLoss, SoftUpdate
 
 from offrl.errors import UserError
@@ -99,7 +99,7 @@ def test_batch_statistics_flags(pendulum_medium, flag, prefix):
 
 
 def test_cql_logs_losses_alpha_and_q_statistics(pendulum_medium):
-    from engine_helpers import SMALL_CQL
+    from helpers.engine import SMALL_CQL
 
     from offrl.algos import cql
 
@@ -136,7 +136,7 @@ def test_progress_bar_writes_to_stderr(cartpole_medium, capsys):
 
 def test_bc_steps_trains_actor_on_behaviour_cloning(pendulum_medium):
     """With bc_steps the actor's gradient comes from loss_actor_bc, so the Q-function does not move it."""
-    from engine_helpers import SMALL_CQL
+    from helpers.engine import SMALL_CQL
 
     from offrl.algos import cql
 
@@ -163,7 +163,7 @@ def test_save_trainer_interval_and_file(cartpole_medium, tmp_path):
 
 
 def test_target_net_updater_is_stepped(cartpole_medium):
-    from engine_helpers import SMALL_DQN
+    from helpers.engine import SMALL_DQN
 
     from offrl.algos import dqn
 

@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-from engine_helpers import ListLogger, make_trainer, weights
-from train_helpers import TINY_CQL, offrl_cli, pendulum_file
+from helpers.engine import ListLogger, make_trainer, weights
+from helpers.train import TINY_CQL, offrl_cli, pendulum_file
 
 from offrl.errors import UserError
 

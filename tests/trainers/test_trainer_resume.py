@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from engine_helpers import ListLogger, make_trainer, weights
+from helpers.engine import ListLogger, make_trainer, weights
 
 from offrl.errors import UserError
 from offrl.trainers import load_checkpoint
@@ -35,7 +35,7 @@ def test_stop_and_resume_matches_uninterrupted(kind, backend, request, tmp_path,
     common = dict(offline_steps=STEPS, log_interval=3, eval_interval=5, save_trainer_interval=7)
     # SoftUpdate/HardUpdate counters, Adam moments, bc switch (cql) and sampler RNG all matter here
     if kind == "cql":
-        from engine_helpers import SMALL_CQL
+        from helpers.engine import SMALL_CQL
 
         from offrl.algos import cql
 
@@ -120,7 +120,7 @@ def test_load_rejects_other_algorithm_and_missing_file(cartpole_medium, tmp_path
 def test_load_rejects_other_network_sizes_in_one_short_line(cartpole_medium, tmp_path):
     from dataclasses import replace
 
-    from engine_helpers import SMALL_DQN
+    from helpers.engine import SMALL_DQN
 
     ckpt = tmp_path / "d.pt"
     trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=2, save_trainer_file=ckpt)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from train_helpers import TINY_CQL, TINY_DQN, cartpole_file, pendulum_file
+from helpers.train import TINY_CQL, TINY_DQN, cartpole_file, pendulum_file
 
 from offrl.errors import UserError
 from offrl.runs import Run, train

@@ -3,14 +3,13 @@ written as D4RL-style HDF5 files with h5py (the format users bring), plus tiny-n
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gymnasium as gym
 import h5py
 import numpy as np
+
+from helpers.cli import offrl_cli  # noqa: F401  (re-exported: the experiment tests run the CLI)
 
 #: Small, fast settings for tests: tiny networks, frequent logs, no progress bar.
 #: D4RL-style files name their env in metadata; dataset.env_id makes the evaluation env explicit.
@@ -60,10 +59,3 @@ def cartpole_file(root: Path) -> Path:
     """40 random CartPole-v1 episodes (discrete actions, terminations)."""
     return write_rollouts(root / "cartpole-random.hdf5", "CartPole-v1", episodes=40)
 
-
-def offrl_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real ``offrl`` console script of this environment."""
-    exe = Path(sys.executable).with_name("offrl")
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=full_env,
-                          **kwargs)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import h5py
 import numpy as np
-
-OFFRL = str(Path(sys.executable).with_name("offrl"))
 
 
 def episodes_layout(lengths: list[int], *, terminal: list[bool]) -> tuple[np.ndarray, np.ndarray]:

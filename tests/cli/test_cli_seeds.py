@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from train_helpers import TINY_DCQL, cartpole_file, offrl_cli
+from helpers.cli import OFFRL, assert_user_error
+from helpers.train import TINY_DCQL, cartpole_file, offrl_cli
 
 SETS = [a for s in [*TINY_DCQL, "num_threads=1"] for a in ("--set", s)]
 BASE = ["--steps", "30", "--batch-size", "16", "--eval-every", "15", "--eval-episodes", "2"]
@@ -82,17 +83,14 @@ BAD = [
 def test_bad_input_exit_2_one_line_nothing_written(cartpole, tmp_path, extra, message):
     out = tmp_path / "runs"
     result = offrl_cli("train", "--dataset", cartpole, "--steps", "5", "--out", str(out), *extra)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0] and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert_user_error(result, message)
     assert not out.exists() or not any(out.rglob("*")), "a bad input must leave no run folder"
 
 
 def test_missing_dataset_is_one_line(tmp_path):
     result = offrl_cli("train", "--dataset", str(tmp_path / "nope.hdf5"), "--seeds", "3", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "nope.hdf5" in result.stderr and not (tmp_path / "r").exists()
+    assert_user_error(result, "nope.hdf5")
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_failing_child_stops_the_group_in_one_line(cartpole, tmp_path):
@@ -100,9 +98,7 @@ def test_a_failing_child_stops_the_group_in_one_line(cartpole, tmp_path):
     the first child's own one-line error is said once, the rest are stopped, exit 2."""
     result = offrl_cli("train", "--dataset", cartpole, "--steps", "5", "--online-steps", "10", "--env", "NoSuchEnv-v9",
                        "--seeds", "3", "--jobs", "1", "--out", str(tmp_path / "r"), *SETS)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("offrl: error:") and "NoSuchEnv" in lines[0], result.stderr
+    assert assert_user_error(result, "NoSuchEnv").startswith("offrl: error:")
     assert "seed 0:" not in result.stdout and "report:" not in result.stdout
 
 
@@ -111,12 +107,9 @@ def test_sigterm_stops_every_seed_after_a_checkpoint(cartpole, tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
-    exe = Path(sys.executable).with_name("offrl")
-    proc = subprocess.Popen([str(exe), "train", "--dataset", cartpole, "--steps", "1000000", "--eval-every", "0",
+    proc = subprocess.Popen([OFFRL, "train", "--dataset", cartpole, "--steps", "1000000", "--eval-every", "0",
                              "--seeds", "2", "--out", str(tmp_path), *SETS], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     algo_dir = tmp_path / "cartpole-random" / "discrete-cql"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import OFFRL
 
 from offrl import bench
 from offrl.errors import UserError
@@ -18,14 +16,9 @@ from offrl.errors import UserError
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _offrl() -> list[str]:
-    exe = Path(sys.executable).with_name("offrl")
-    return [str(exe)] if exe.exists() else [shutil.which("offrl") or "offrl"]
-
-
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RL_WARNINGS": "False"}
-    return subprocess.run([*_offrl(), "bench", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([OFFRL, "bench", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_console_script_json_cql():

@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
+from helpers.train import TINY_CQL, cartpole_file, pendulum_file
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
-from train_helpers import TINY_CQL, cartpole_file, pendulum_file
 
 from offrl.config import (
     CQLTrainerConfig,

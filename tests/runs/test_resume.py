@@ -8,14 +8,14 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from train_helpers import TINY_CQL, offrl_cli, pendulum_file
+from helpers.cli import OFFRL
+from helpers.train import TINY_CQL, offrl_cli, pendulum_file
 
 STEPS = 300
 #: Tiny CQL, frequent rows and checkpoints, evaluation included (its RNG must not disturb training).
@@ -53,8 +53,7 @@ def _flat(d, prefix=""):
 
 
 def start(pendulum: str, out: Path, name: str) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("offrl")
-    return subprocess.Popen([str(exe), "train", "--dataset", pendulum, "--out", str(out), "--name", name,
+    return subprocess.Popen([OFFRL, "train", "--dataset", pendulum, "--out", str(out), "--name", name,
                              *SETTINGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

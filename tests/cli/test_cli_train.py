@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from train_helpers import TINY_DCQL, cartpole_file, offrl_cli, pendulum_file
+from helpers.cli import assert_user_error
+from helpers.train import TINY_DCQL, cartpole_file, offrl_cli, pendulum_file
 
 FLAGS = ["--dataset", "--algo", "--steps", "--batch-size", "--seed", "--device", "--eval-every",
          "--eval-episodes", "--config", "--set", "--out", "--name", "--resume", "--force", "--logger",
@@ -52,24 +53,19 @@ BAD = [
 def test_bad_input_exit_2_one_line(data, tmp_path, extra, message):
     out = tmp_path / "runs"
     result = offrl_cli("train", "--dataset", data["pendulum"], "--out", str(out), "--no-progress", *extra)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0], result.stderr
-    assert message in lines[0]
-    assert "Traceback" not in result.stderr
+    assert_user_error(result, message)
     assert not out.exists() or not any(out.rglob("*")), "a bad input must leave no run folder"
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "notarun").mkdir()
     result = offrl_cli("train", "--resume", str(tmp_path / "notarun"))
-    assert result.returncode == 2 and "not an offrl run" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_user_error(result, "not an offrl run")
 
 
 def test_unwritable_output_folder(data, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     result = offrl_cli("train", "--dataset", data["pendulum"], "--out", str(blocker / "runs"), "--no-progress")
-    assert result.returncode == 2 and "--out" in result.stderr and "Traceback" not in result.stderr
+    assert_user_error(result, "--out")
     assert blocker.read_text() == ""

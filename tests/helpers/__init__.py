@@ -1,0 +1,1 @@
+"""Shared test helpers: real files, tiny configs, trainers and report fixtures (imported as helpers.<name>)."""
