@@ -12,6 +12,7 @@ resume after SIGKILL) never sees a half-written checkpoint.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import uuid
@@ -26,6 +27,9 @@ from offrl.errors import UserError
 __all__ = ["ckpt_backend", "save_checkpoint", "load_checkpoint"]
 
 _SEQ_TYPE = "__seq_type__"
+#: Non-finite floats (a best return of -inf before any episode, a NaN statistic) would come back from the
+#: memmap backend's JSON as None: they are stored as this prefix + repr and decoded back.
+_FLOAT_PREFIX = "__float__:"
 
 
 def ckpt_backend() -> str:
@@ -101,6 +105,8 @@ def _encode(obj: Any) -> TensorDictBase:
             td.set(key, value.detach().cpu())
         elif isinstance(value, (dict, list, tuple)):
             td.set(key, _encode(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            td.set(key, NonTensorData(f"{_FLOAT_PREFIX}{value!r}"))
         else:
             td.set(key, NonTensorData(value))
     return td
@@ -120,12 +126,18 @@ def _decode(td: TensorDictBase) -> Any:
     return out
 
 
+def _scalar(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FLOAT_PREFIX):
+        return float(value[len(_FLOAT_PREFIX):])
+    return value
+
+
 def _leaf(td: TensorDictBase, key: str) -> Any:
     if td.is_non_tensor(key) if hasattr(td, "is_non_tensor") else False:
-        return td.get_non_tensor(key)
+        return _scalar(td.get_non_tensor(key))
     value = td.get(key)
     if isinstance(value, NonTensorData):
-        return value.data
+        return _scalar(value.data)
     if isinstance(value, TensorDictBase):
         return _decode(value)
     # a plain tensor, not a view of the memmap file: optimizers update their state in place

@@ -160,3 +160,17 @@ def test_second_sigint_aborts(cartpole_medium):
     trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=50, evaluator=evaluator, eval_interval=2)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
+
+
+def test_memmap_checkpoint_keeps_non_finite_floats(tmp_path):
+    """A best return of -inf before any online episode, a NaN statistic: the memmap backend's JSON would turn
+    them into None (and resuming an online run then failed); they come back as the same floats."""
+    import math
+
+    from offrl.trainers.checkpoint import save_checkpoint
+
+    state = {"online": {"best_return": float("-inf"), "regret": float("nan"), "top": float("inf"), "n": 3,
+                        "none": None, "name": "x"}}
+    back = load_checkpoint(save_checkpoint(state, tmp_path / "ckpt", backend="memmap"))["online"]
+    assert back["best_return"] == float("-inf") and back["top"] == float("inf") and math.isnan(back["regret"])
+    assert (back["n"], back["none"], back["name"]) == (3, None, "x")
