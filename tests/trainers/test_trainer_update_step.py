@@ -1,5 +1,4 @@
-"""The trainer's update step with the fused losses is the plain torchrl loop on the reference losses
-(moved from the former make_update tests: the trainer's step is now the only update path)."""
+"""The trainer's update step with the fused losses is the plain torchrl loop on the reference losses."""
 
 from __future__ import annotations
 
@@ -83,6 +82,6 @@ def test_trainer_update_is_the_plain_loop(algo):
 
 
 def test_builders_use_fused_adam():
-    """The builders' optimizer is Adam's fused kernel (what make_update used to pick)."""
+    """The builders' optimizer is Adam's fused kernel."""
     parts = _parts("dqn", fused=True)
     assert all(group.get("fused") for group in parts.optimizer.param_groups)
