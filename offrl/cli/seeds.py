@@ -176,6 +176,11 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                     if code == 0:
                         print(f"seed {child.seed}: {child.value('run: ')}\n  {child.lines[-1] if child.lines else ''}",
                               flush=True)
+                    elif code == 130:  # stopped by a signal after a checkpoint (Ctrl-C, or the group stopping)
+                        if failed is None:
+                            run = child.value("run: ")
+                            print(f"seed {child.seed}: {run}\n  stopped, checkpoint saved: offrl train --resume {run}",
+                                  flush=True)
                     elif code == 2:  # a bad input fails every seed alike: stop the rest, say it once (below)
                         if failed is None:
                             failed = child

@@ -169,7 +169,15 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = result.summary
     print(f"run: {result.dir}")
-    print(score_line(summary))
-    if str(summary.get("stop_reason") or "").startswith("env error"):
+    print(score_line(summary, eval_interval=(result.config.get("eval") or {}).get("interval")))
+    reason = str(summary.get("stop_reason") or "")
+    if reason.startswith("env error"):
         return 2  # the online env failed: said once on stderr, checkpointed; --resume after fixing it
+    if summary.get("status") == "stopped" and reason in ("SIGINT", "SIGTERM"):
+        # A signal stopped the run after a checkpoint: exit 130 so `offrl train ... && next` does not go on.
+        last_eval = (summary.get("final") or {}).get("step")
+        evaluated = f"last evaluation at step {last_eval}" if last_eval is not None else "no evaluation yet"
+        print(f"offrl: stopped by {reason} at step {summary.get('steps')} ({evaluated}), checkpoint saved; "
+              f"continue with: offrl train --resume {result.dir}", file=sys.stderr)
+        return 130
     return 0 if summary.get("status") in ("completed", "stopped") else 1

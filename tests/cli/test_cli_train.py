@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from helpers.cli import assert_user_error
-from helpers.train import TINY_DCQL, cartpole_file, offrl_cli, pendulum_file
+from helpers.train import TINY_CQL, TINY_DCQL, cartpole_file, offrl_cli, pendulum_file
 
 FLAGS = ["--dataset", "--algo", "--steps", "--batch-size", "--seed", "--device", "--eval-every",
          "--eval-episodes", "--config", "--set", "--out", "--name", "--resume", "--force", "--logger",
@@ -69,3 +69,10 @@ def test_unwritable_output_folder(data, tmp_path):
     result = offrl_cli("train", "--dataset", data["pendulum"], "--out", str(blocker / "runs"), "--no-progress")
     assert_user_error(result, "--out")
     assert blocker.read_text() == ""
+
+
+def test_score_line_says_why_there_was_no_evaluation(data, tmp_path):
+    result = offrl_cli("train", "--dataset", data["pendulum"], "--out", str(tmp_path / "runs"), "--no-progress",
+                       "--steps", "4", "--set", "eval.interval=0", *(a for item in TINY_CQL for a in ("--set", item)))
+    assert result.returncode == 0, result.stderr
+    assert "no evaluation (eval.interval is 0: --eval-every N evaluates every N steps)" in result.stdout

@@ -109,8 +109,11 @@ def test_sigterm_stops_cleanly_and_config_changes_need_force(pendulum, tmp_path)
     summary = json.loads((run / "summary.json").read_text())
     if summary["status"] == "completed":  # the run won the race: nothing to stop
         pytest.skip("the run finished before SIGTERM arrived")
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # stopped by a signal: `offrl train ... && next` must not go on
     assert summary["status"] == "stopped"
+    stop_line = [line for line in err.splitlines() if line.startswith("offrl: stopped by SIGTERM")]
+    assert len(stop_line) == 1 and f"at step {summary['steps']}" in stop_line[0], err
+    assert f"offrl train --resume {run}" in stop_line[0]
     step = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["step"]
     assert step == summary["steps"] < STEPS  # the stop wrote a checkpoint at the step it stopped
     assert pd.read_csv(run / "metrics.csv")["step"].max() <= step
