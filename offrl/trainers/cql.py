@@ -28,6 +28,10 @@ class CQLTrainer(Trainer):
 
     _algo_name = "cql"
 
+    @property
+    def display_name(self) -> str:
+        return "discrete-cql" if isinstance(self.loss_module, DiscreteCQLLoss) else "cql"
+
     def __init__(
         self,
         *,

@@ -225,6 +225,11 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         return self._stop_requested
 
     @property
+    def display_name(self) -> str:
+        """The algorithm's name in the progress bar (the checkpoint's ``algo`` tag stays ``_algo_name``)."""
+        return self._algo_name
+
+    @property
     def stop_reason(self) -> str | None:
         return self._stop_reason
 
@@ -259,7 +264,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         self._stop_reason = None
         self._planned = self.planned_steps()
         self._pbar = tqdm(total=self._planned, initial=self._step, disable=not self.progress_bar,
-                          desc=self._algo_name, unit="step", dynamic_ncols=True, leave=False)
+                          desc=self.display_name, unit="step", dynamic_ncols=True, leave=False)
         self._t_row = time.perf_counter()
         self._step_row = self._step
         try:

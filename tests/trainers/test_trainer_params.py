@@ -279,3 +279,11 @@ def test_loss_module_the_trainer_cannot_drive(cartpole_medium, pendulum_medium):
     _, dqn_parts = make_trainer("dqn", cartpole_medium, offline_steps=1)
     with pytest.raises(UserError, match="CQLTrainer drives"):
         CQLTrainer(loss_module=dqn_parts.loss_module, replay_buffer=rb, offline_steps=1)
+
+
+def test_progress_bar_names_the_algorithm(cartpole_medium, pendulum_medium):
+    from helpers.engine import make_trainer
+
+    assert make_trainer("dcql", cartpole_medium, offline_steps=1)[0].display_name == "discrete-cql"
+    assert make_trainer("cql", pendulum_medium, offline_steps=1)[0].display_name == "cql"
+    assert make_trainer("dqn", cartpole_medium, offline_steps=1)[0].display_name == "dqn"
