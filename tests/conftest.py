@@ -70,3 +70,20 @@ def assert_user_error():
     from helpers.cli import assert_user_error as check
 
     return check
+
+
+# Small real D4RL-style files (random rollouts of real envs), written once per test module.
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """10 random Pendulum-v1 episodes of 50 steps as an HDF5 file (its path)."""
+    from helpers.train import pendulum_file
+
+    return str(pendulum_file(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="module")
+def cartpole(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """40 random CartPole-v1 episodes as an HDF5 file (its path)."""
+    from helpers.train import cartpole_file
+
+    return str(cartpole_file(tmp_path_factory.mktemp("data")))

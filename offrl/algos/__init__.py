@@ -14,7 +14,7 @@ from __future__ import annotations
 from offrl.algos import cql, discrete_cql, dqn
 from offrl.algos._common import AlgoParts
 from offrl.algos._spec import action_spec_from_dataset
-from offrl.algos.builders import build_from_dataset
+from offrl.algos.builders import build_from_dataset, builder_for
 from offrl.algos.cql_loss import OfflineCQLLoss
 from offrl.algos.discrete_cql_loss import WeightedDiscreteCQLLoss
 from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
@@ -28,6 +28,7 @@ __all__ = [
     "WeightedDiscreteCQLLoss",
     "action_spec_from_dataset",
     "build_from_dataset",
+    "builder_for",
     "cql",
     "discrete_cql",
     "dqn",

@@ -191,16 +191,16 @@ def env_specs(env_id: str) -> tuple[tuple[int, ...], Any, Any]:
 
 def build_parts_for_env(algo: str, algo_cfg: Any, env_id: str, *, device: str = "cpu", seed: int | None = None) -> Any:
     """``AlgoParts`` for ``algo`` (``cql``, ``discrete-cql``, ``dqn``) sized from the env's specs."""
-    import importlib
-
     obs_shape, action_spec, _ = env_specs(env_id)
     discrete = not hasattr(action_spec, "low")
     if algo == "cql" and discrete:
         raise UserError(f"--algo cql needs continuous actions; {env_id} has discrete ones: use discrete-cql or dqn")
     if algo in ("discrete-cql", "dqn") and not discrete:
         raise UserError(f"--algo {algo} needs discrete actions; {env_id} has continuous ones: use cql")
-    module = importlib.import_module(f"offrl.algos.{algo.replace('-', '_')}")
-    return module.build(algo_cfg, observation_shape=obs_shape, action_spec=action_spec, device=device, seed=seed)
+    from offrl.algos import builder_for
+
+    return builder_for(algo_cfg).build(algo_cfg, observation_shape=obs_shape, action_spec=action_spec,
+                                       device=device, seed=seed)
 
 
 def prepare_online(cfg: OnlineConfig, *, parts: Any, dataset: Any, offline_buffer: Any, batch_size: int,

@@ -7,7 +7,6 @@ Nothing here writes to disk: the logger and checkpoint path point into the run f
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,8 +111,9 @@ def build_components(
         if evaluator is None and cfg.eval.interval > 0:
             evaluator = _env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device)
     else:
-        module = importlib.import_module(f"offrl.algos.{cfg.algo.replace('-', '_')}")
-        parts = module.build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
+        from offrl.algos import build_from_dataset
+
+        parts = build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
         replay_buffer, evaluator = _dataset_buffer_and_evaluator(cfg, dataset, parts, device, evaluator)
         if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)
             from offrl.online.setup import prepare_online

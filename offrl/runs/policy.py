@@ -8,7 +8,6 @@ the env, which is also where it is evaluated (raw returns, no reference scores).
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +72,9 @@ def load_policy(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedP
     else:
         cfg, dataset = compose_config(config_file=run_dir / "config.yaml", overrides={"device": device},
                                       load=load_config_dataset)
-        module = importlib.import_module(f"offrl.algos.{cfg.algo.replace('-', '_')}")
-        parts = module.build_from_dataset(cfg.algo_config, dataset, device=device)
+        from offrl.algos import build_from_dataset
+
+        parts = build_from_dataset(cfg.algo_config, dataset, device=device)
     state = load_checkpoint(ckpt)
     if "loss_module" not in state:
         raise UserError(f"{ckpt}: not an offrl trainer checkpoint (no 'loss_module' entry)")

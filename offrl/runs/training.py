@@ -10,7 +10,6 @@ the run folder atomically (nothing is written before everything above succeeded)
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
 # offrl.runs.assemble / compose / metrics_log import torch and torchrl (seconds): they are imported inside the
 # functions, after the checks that need neither, so a mistyped --resume or --out fails at once.
 
-__all__ = ["format_command", "restore_run", "train"]
+__all__ = ["restore_run", "train"]
 
 
 def train(
@@ -196,8 +195,3 @@ def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger 
                                                            time.perf_counter() - t0, logger, resumed))
     write_report(path)
     return Run(path)
-
-
-def format_command(argv: Sequence[str]) -> str:
-    """A command line as one shell-quoted string (for messages)."""
-    return " ".join(shlex.quote(a) for a in argv)

@@ -10,15 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.cli import OFFRL, assert_user_error
-from helpers.train import TINY_DCQL, cartpole_file, offrl_cli
+from helpers.train import TINY_DCQL, offrl_cli
 
 SETS = [a for s in [*TINY_DCQL, "num_threads=1"] for a in ("--set", s)]
 BASE = ["--steps", "30", "--batch-size", "16", "--eval-every", "15", "--eval-episodes", "2"]
-
-
-@pytest.fixture(scope="module")
-def cartpole(tmp_path_factory):
-    return str(cartpole_file(tmp_path_factory.mktemp("data")))
 
 
 def _summary(run):

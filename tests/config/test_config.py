@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-from helpers.train import TINY_CQL, cartpole_file, pendulum_file
+from helpers.train import TINY_CQL
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
@@ -23,16 +23,6 @@ from offrl.runs.assemble import build_components, load_config_dataset
 
 #: The config stage loads no data: the application layer passes its dataset loader.
 compose_config = partial(compose_layers, load=load_config_dataset)
-
-
-@pytest.fixture(scope="module")
-def pendulum(tmp_path_factory):
-    return str(pendulum_file(tmp_path_factory.mktemp("data")))
-
-
-@pytest.fixture(scope="module")
-def cartpole(tmp_path_factory):
-    return str(cartpole_file(tmp_path_factory.mktemp("data")))
 
 
 def test_dataclasses_are_structured_configs():

@@ -17,6 +17,19 @@ SMALL_DQN = dqn.DQNConfig(hidden_sizes=(32, 32), target_update_interval=5, annea
 TIMING_KEYS = ("updates_per_s",)
 
 
+def stop_after(trainer: Any, stop_at: int) -> None:
+    """Make ``trainer`` request a stop right after update ``stop_at`` (where a Ctrl-C lands: between
+    updates, possibly in the middle of a collected batch's updates)."""
+    step = trainer._train_step
+
+    def train_step(batch: Any, phase: str) -> Any:
+        yield from step(batch, phase)
+        if trainer.step == stop_at:
+            trainer.request_stop("test")
+
+    trainer._train_step = train_step
+
+
 class ListLogger:
     """A logger with offrl's ``log_row``: keeps every row."""
 

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers.engine import ListLogger
+from helpers.engine import ListLogger, stop_after
 
 from offrl.algos import cql, dqn
 from offrl.errors import UserError
@@ -99,15 +99,8 @@ def _online_trainer(algo: str, save: Path, *, stop_at: int | None = None):
                   logger=OnlineMetricsLogger(log, online.replay_buffer), log_interval=3, offline_steps=0,
                   policy=parts.policy, seed=0, progress_bar=False, save_trainer_file=save, **extra)
     online.bind(trainer)
-    if stop_at is not None:  # a stop request after update `stop_at`, in the middle of a batch's updates
-        step = trainer._train_step
-
-        def train_step(batch, phase):
-            yield from step(batch, phase)
-            if trainer.step == stop_at:
-                trainer.request_stop("test")
-
-        trainer._train_step = train_step
+    if stop_at is not None:  # in the middle of a batch's updates when online
+        stop_after(trainer, stop_at)
     return trainer, log, parts, online
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers.train import TINY_CQL, TINY_DQN, cartpole_file, pendulum_file
+from helpers.train import TINY_CQL, TINY_DQN
 
 from offrl.errors import UserError
 from offrl.runs import Run, train
@@ -20,16 +20,6 @@ TIMING = ("wall_time", "updates_per_s")
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in df.columns if c in TIMING or c.startswith("time_")])
-
-
-@pytest.fixture(scope="module")
-def pendulum(tmp_path_factory):
-    return str(pendulum_file(tmp_path_factory.mktemp("data")))
-
-
-@pytest.fixture(scope="module")
-def cartpole(tmp_path_factory):
-    return str(cartpole_file(tmp_path_factory.mktemp("data")))
 
 
 def small_cql(pendulum, out, name, eval_every=10, **kw):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.cli import OFFRL
-from helpers.train import TINY_CQL, offrl_cli, pendulum_file
+from helpers.train import TINY_CQL, offrl_cli
 
 STEPS = 300
 #: Tiny CQL, frequent rows and checkpoints, evaluation included (its RNG must not disturb training).
@@ -23,11 +23,6 @@ SETTINGS = ["--steps", str(STEPS), "--batch-size", "16", "--eval-every", "150", 
             "--seed", "7", "--no-progress",
             *[a for s in [*TINY_CQL, "save_trainer_interval=50", "log_interval=10"] for a in ("--set", s)]]
 TIMING = ("wall_time", "updates_per_s")
-
-
-@pytest.fixture(scope="module")
-def pendulum(tmp_path_factory):
-    return str(pendulum_file(tmp_path_factory.mktemp("data")))
 
 
 def comparable(run: Path) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from helpers.engine import ListLogger
+from helpers.engine import ListLogger, stop_after
 
 from offrl.runs import build_components, compose_run_config
 from offrl.trainers import load_checkpoint
@@ -37,15 +37,8 @@ def _trainer(algo, dataset, phase, save, log, stop_at=None):
                                    steps=OFFLINE_STEPS if phase == "offline" else 6)
     parts = build_components(cfg, dataset=data, logger=log, save_trainer_file=save)
     trainer = parts.trainer
-    if stop_at is not None:  # a stop request right after update `stop_at` (Ctrl-C lands between updates)
-        step = trainer._train_step
-
-        def train_step(batch, phase_name):
-            yield from step(batch, phase_name)
-            if trainer.step == stop_at:
-                trainer.request_stop("test")
-
-        trainer._train_step = train_step
+    if stop_at is not None:  # in the middle of a batch's updates when online
+        stop_after(trainer, stop_at)
     return trainer
 
 
