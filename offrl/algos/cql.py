@@ -20,7 +20,7 @@ from torchrl.objectives import SoftUpdate
 
 from offrl.algos._common import AlgoParts, make_mlp, named_adam, orthogonal_init_, seeded
 from offrl.algos._spec import dataset_shapes
-from offrl.algos.cql_loss import OfflineCQLLoss
+from offrl.algos.cql_loss import BACKUP_ACTIONS, OfflineCQLLoss
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
 from offrl.config.algos import CQLConfig
 from offrl.errors import UserError
@@ -76,7 +76,7 @@ def _make_loss(cfg: CQLConfig, actor: Any, qvalue: Any, low: torch.Tensor, high:
         action_spec=unit_spec, target_entropy="auto" if cfg.target_entropy is None else cfg.target_entropy,
         temperature=cfg.temperature, min_q_weight=cfg.min_q_weight, max_q_backup=cfg.max_q_backup,
         deterministic_backup=cfg.deterministic_backup, num_random=cfg.num_random,
-        with_lagrange=cfg.with_lagrange, lagrange_thresh=cfg.target_action_gap,
+        with_lagrange=cfg.with_lagrange, lagrange_thresh=cfg.target_action_gap, backup_action=cfg.backup_action,
     )
 
 
@@ -86,6 +86,8 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
     a SoftUpdate. ``action_spec``: a torchrl ``Bounded`` spec (``low``/``high``) in env units."""
     if len(observation_shape) != 1:
         raise UserError(f"CQL's MLPs need flat observations, got shape {tuple(observation_shape)}; flatten them")
+    if cfg.backup_action not in BACKUP_ACTIONS:
+        raise UserError(f"cql.backup_action: must be one of {', '.join(BACKUP_ACTIONS)}, got {cfg.backup_action!r}")
     low, high = _box_bounds(action_spec)
     obs_dim, act_dim = int(observation_shape[0]), int(low.numel())
     low, high = low.reshape(act_dim).to(device), high.reshape(act_dim).to(device)

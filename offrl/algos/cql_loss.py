@@ -10,6 +10,9 @@ authors' code (and CORL's ``cql.py``) where torchrl 0.14 departs from it:
 * with ``with_lagrange`` the multiplier ``alpha_prime`` scales the penalty (torchrl learns it but never
   applies it), and its own loss sees the penalty detached, so one backward pass over the summed losses
   updates critics and multiplier correctly;
+* ``backup_action="mean"`` bootstraps from the target critics at the policy's mean action ``tanh(mu(s'))``
+  (d3rlpy's deterministic backup) instead of a sample ``a' ~ pi(.|s')`` (torchrl / CORL); the sample is
+  still drawn, so the random stream is the same either way;
 * actions are rescaled to ``[-1, 1]`` inside the loss, so the uniform proposal and the tanh squashing match
   any box action space (Pendulum's is ``[-2, 2]``); :func:`offrl.algos.cql.build` returns a policy that
   scales back.
@@ -30,9 +33,14 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import dispatch
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives import CQLLoss
 
-__all__ = ["OfflineCQLLoss"]
+__all__ = ["BACKUP_ACTIONS", "OfflineCQLLoss"]
+
+#: The action the TD target bootstraps from at s': a policy sample (torchrl, CORL) or the mean (d3rlpy).
+BACKUP_ACTIONS = ("sample", "mean")
 
 # Keep dataset actions strictly inside the tanh's range: the BC warm start takes log pi(a|s) of them, and
 # atanh(+-1) is infinite (datasets clip actions to the bounds).
@@ -45,8 +53,11 @@ class OfflineCQLLoss(CQLLoss):
     ``cql_gap`` (the unweighted E[logsumexp Q] - E[Q(s, a_data)], averaged over the critics)."""
 
     def __init__(self, actor_network: Any, qvalue_network: Any, *, action_low: torch.Tensor | None = None,
-                 action_high: torch.Tensor | None = None, **kwargs: Any) -> None:
+                 action_high: torch.Tensor | None = None, backup_action: str = "sample", **kwargs: Any) -> None:
         super().__init__(actor_network, qvalue_network, **kwargs)
+        if backup_action not in BACKUP_ACTIONS:
+            raise ValueError(f"backup_action must be one of {BACKUP_ACTIONS}, got {backup_action!r}")
+        self.backup_action = backup_action
         low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32)
         high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
@@ -88,6 +99,25 @@ class OfflineCQLLoss(CQLLoss):
             curr_td, _ = self._get_policy_actions(tensordict.copy(), self.actor_network_params, n_rand)
             self._get_policy_actions(tensordict.get("next").copy(), self.actor_network_params, n_rand)
             torch.empty_like(curr_td.get(self.tensor_keys.action)).uniform_(-1, 1)
+
+    def _get_value_v(self, tensordict: TensorDictBase, _alpha: Any, actor_params: Any, qval_params: Any) -> torch.Tensor:
+        """torchrl's TD(0) target; with ``backup_action="mean"`` the target critics score ``tanh(mu(s'))``."""
+        if self.backup_action == "sample" or self.max_q_backup:
+            return super()._get_value_v(tensordict, _alpha, actor_params, qval_params)
+        tensordict = tensordict.clone(False)
+        next_td = tensordict.get("next").clone(False)
+        with set_exploration_type(ExplorationType.RANDOM), actor_params.data.to_module(
+            self.actor_network, preserve_module_state=False
+        ):
+            dist = self.actor_network.get_dist(next_td)
+            _, log_prob = rsample_and_log_prob(dist)  # drawn as torchrl does: the same random stream
+            next_td.set(self.tensor_keys.action, dist.deterministic_sample)
+        value = self._vmap_qvalue_networkN0(next_td, qval_params.data).get(self.tensor_keys.state_action_value)
+        value = value.min(0)[0]
+        if not self.deterministic_backup:
+            value = value - _alpha * log_prob.reshape(value.shape)
+        tensordict.set(("next", self.value_estimator.tensor_keys.value), value)
+        return self.value_estimator.value_estimate(tensordict).squeeze(-1)
 
     def _unit_actions(self, tensordict: TensorDictBase) -> TensorDictBase:
         td = tensordict.copy()  # shallow: the caller's batch keeps its env-scale actions

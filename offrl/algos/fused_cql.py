@@ -68,6 +68,8 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
             with torch.no_grad():
                 dist_next = self.actor_network.build_dist_from_params(params_next)
                 next_action, next_log_prob = rsample_and_log_prob(dist_next)
+                if self.backup_action == "mean":
+                    next_action = dist_next.deterministic_sample
                 dist_next_rep = self._repeat_dist(params_next, n_rand)
                 max_actions = rsample_and_log_prob(dist_next_rep)[0] if self.max_q_backup else None
                 curr_actions, curr_log_pis = rsample_and_log_prob(self._repeat_dist(params_obs.detach(), n_rand))

@@ -310,3 +310,31 @@ def test_weighted_discrete_cql_matches_offrl_loss(action_space):
     r, f = _run(ref, data, keys), _run(fused, data, keys)
     _assert_same(r, f, 1e-5)
     torch.testing.assert_close(f[2]["pred_val"], r[2]["pred_val"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("deterministic_backup", [True, False])
+def test_cql_mean_backup_action_matches_and_changes_the_target(deterministic_backup):
+    """backup_action="mean" (d3rlpy's backup at tanh(mu(s'))): fused = reference, and with the same
+    parameters only the TD loss differs from the sampled backup's (same random stream: same penalty, actor)."""
+    actor, qvalue, data = _cql_nets()
+    keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"]
+    outs, state = {}, None
+    for backup in ("sample", "mean"):
+        kwargs = dict(num_random=3, min_q_weight=5.0, backup_action=backup, deterministic_backup=deterministic_backup)
+        ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), kwargs)
+        if state is None:
+            state = ref.state_dict()
+        ref.load_state_dict(state)
+        fused.load_state_dict(state)
+        r, f = _run(ref, data, keys), _run(fused, data, keys)
+        _assert_same(r, f, 1e-5)
+        outs[backup] = r[0]
+    assert not torch.allclose(outs["mean"]["loss_qvalue"], outs["sample"]["loss_qvalue"])
+    for key in ("loss_actor", "loss_cql", "loss_alpha"):
+        torch.testing.assert_close(outs["mean"][key], outs["sample"][key])
+
+
+def test_cql_backup_action_is_checked():
+    actor, qvalue, _ = _cql_nets()
+    with pytest.raises(ValueError, match="backup_action"):
+        OfflineCQLLoss(actor, qvalue, backup_action="max")
