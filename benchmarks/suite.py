@@ -95,7 +95,8 @@ def find_d3rlpy(python: str | None, no_peers: bool) -> tuple[str | None, str]:
 
 
 def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers: bool,
-         peer_algos: Sequence[str], overrides: dict[str, dict[str, Any]]) -> tuple[list[Job], dict[tuple[str, str], dict]]:
+         peer_algos: Sequence[str], overrides: dict[str, dict[str, Any]],
+         dotlist: Sequence[str] = ()) -> tuple[list[Job], dict[tuple[str, str], dict]]:
     """The jobs and offrl's resolved config of each dataset x algorithm (seed-free).
 
     The config is resolved once, here, and every seed (and the d3rlpy peer) trains on exactly it, even if
@@ -115,7 +116,8 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
         for algo in fitting:
             if algos and algo not in algos:
                 continue
-            cfg, _ = compose_run_config(ds, algo, **{**overrides.get(ds.split("/")[1], {}), "seed": 0})
+            mine = [d for d in dotlist if d.split(".")[0] not in set(SECTIONS.values()) - {SECTIONS[algo]}]
+            cfg, _ = compose_run_config(ds, algo, dotlist=mine, **{**overrides.get(ds.split("/")[1], {}), "seed": 0})
             resolved = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
             resolved.pop("seed")
             for other in set(SECTIONS.values()) - {SECTIONS[algo]}:
@@ -322,11 +324,14 @@ Across datasets (last normalized score; stratified bootstrap over datasets):
 PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl's bundled config: same hidden sizes,
   learning rates, discount, batch size, step budget, target updates and penalty weight (d3rlpy CQL:
   `conservative_weight` = offrl `min_q_weight`, fixed alpha 1, `n_action_samples` = `num_random`, 2 critics,
-  actions scaled to [-1, 1]). Differences that remain: d3rlpy's CQL penalty samples actions from two sources
-  (uniform and pi(s)) where offrl's uses three (uniform, pi(s), pi(s')); d3rlpy's discrete Q-learning uses the
-  Huber loss where offrl uses MSE; offrl initialises CQL's layers orthogonally (CORL), d3rlpy with torch's
-  default; offrl holds `eval.heldout_fraction` of the episodes (5% by default) out of training for its
-  TD-error diagnostic, d3rlpy trains on all of them; d3rlpy reads the Minari files through `benchmarks/d3rlpy_peer.py` (plain
+  actions scaled to [-1, 1]). Both penalties importance-sample the same three sources (uniform, pi(s), pi(s')
+  scored at s; d3rlpy 2.8.1 `cql_impl.py`). Differences that remain: d3rlpy bootstraps its deterministic backup
+  from the mean action tanh(mu(s')), offrl from `cql.backup_action` (the row's config says which); d3rlpy's
+  discrete Q-learning uses the Huber loss where offrl uses MSE; offrl initialises CQL's layers orthogonally
+  (CORL), d3rlpy with torch's default; the actor's std is a softplus head bounded below (offrl, torchrl) or a
+  clamped log-std head (d3rlpy); offrl holds `eval.heldout_fraction` of the episodes out of training for its
+  TD-error diagnostic, d3rlpy trains on all of them; d3rlpy reads the Minari files through
+  `benchmarks/d3rlpy_peer.py` (plain
   h5py) and evaluates with gymnasium 1.0 in its own environment (same env ids, seeds and time limits).
 - updates/s counts training updates per second over the whole run, evaluations included, measured with
   other runs (and other people's jobs) sharing the CPU: compare it within this table only."""
@@ -351,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: bundled config)")
     p.add_argument("--datasets", default=None, help="comma-separated dataset ids (default: every bundled dataset)")
     p.add_argument("--algos", default=None, help="comma-separated: cql, discrete-cql, dqn (default: all that fit)")
+    p.add_argument("--set", dest="dotlist", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an offrl config key for every run (repeatable; an algorithm's section applies "
+                        "to that algorithm only), e.g. --set cql.backup_action=mean for an ablation row")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     p.add_argument("--d3rlpy-python", default=None, help="a Python with d3rlpy for the peer rows (default: this one)")
     p.add_argument("--peer-algos", default="cql,discrete-cql,dqn", help="algorithms d3rlpy mirrors (default all)")
@@ -394,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, load_start, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), _load(), time.perf_counter()
     try:
         jobs, configs = plan(datasets, algos, args.seeds, args.d3rlpy_python is not None,
-                             args.peer_algos.split(","), overrides)
+                             args.peer_algos.split(","), overrides, args.dotlist)
     except UserError as err:
         _fail(str(err))
     print(f"suite: {len(jobs)} runs, {args.jobs} at a time; runs in {runs}; d3rlpy peer: {peer_version}", flush=True)

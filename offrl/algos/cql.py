@@ -77,6 +77,7 @@ def _make_loss(cfg: CQLConfig, actor: Any, qvalue: Any, low: torch.Tensor, high:
         temperature=cfg.temperature, min_q_weight=cfg.min_q_weight, max_q_backup=cfg.max_q_backup,
         deterministic_backup=cfg.deterministic_backup, num_random=cfg.num_random,
         with_lagrange=cfg.with_lagrange, lagrange_thresh=cfg.target_action_gap, backup_action=cfg.backup_action,
+        actor_bc_weight=cfg.actor_bc_weight,
     )
 
 

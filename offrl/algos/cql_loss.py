@@ -13,6 +13,10 @@ authors' code (and CORL's ``cql.py``) where torchrl 0.14 departs from it:
 * ``backup_action="mean"`` bootstraps from the target critics at the policy's mean action ``tanh(mu(s'))``
   (d3rlpy's deterministic backup) instead of a sample ``a' ~ pi(.|s')`` (torchrl / CORL); the sample is
   still drawn, so the random stream is the same either way;
+* ``actor_bc_weight > 0`` adds TD3+BC's regulariser to ``loss_actor``: ``w * mean|Q(s, a_data)| *
+  mean((tanh(mu(s)) - a_data)^2)``, scaled by the critics' magnitude (detached) so the weight does not depend on
+  the reward scale (Fujimoto & Gu 2021 use ``1/w = 2.5``); it keeps the actor on the data where the penalty
+  leaves the critic no signal off it (narrow, expert-like data);
 * actions are rescaled to ``[-1, 1]`` inside the loss, so the uniform proposal and the tanh squashing match
   any box action space (Pendulum's is ``[-2, 2]``); :func:`offrl.algos.cql.build` returns a policy that
   scales back.
@@ -53,11 +57,15 @@ class OfflineCQLLoss(CQLLoss):
     ``cql_gap`` (the unweighted E[logsumexp Q] - E[Q(s, a_data)], averaged over the critics)."""
 
     def __init__(self, actor_network: Any, qvalue_network: Any, *, action_low: torch.Tensor | None = None,
-                 action_high: torch.Tensor | None = None, backup_action: str = "sample", **kwargs: Any) -> None:
+                 action_high: torch.Tensor | None = None, backup_action: str = "sample", actor_bc_weight: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(actor_network, qvalue_network, **kwargs)
         if backup_action not in BACKUP_ACTIONS:
             raise ValueError(f"backup_action must be one of {BACKUP_ACTIONS}, got {backup_action!r}")
         self.backup_action = backup_action
+        if not (math.isfinite(actor_bc_weight) and actor_bc_weight >= 0):
+            raise ValueError(f"actor_bc_weight must be a finite number >= 0, got {actor_bc_weight!r}")
+        self.actor_bc_weight = float(actor_bc_weight)
         low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32)
         high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32)
         self.register_buffer("action_center", (high + low) / 2)
@@ -118,6 +126,12 @@ class OfflineCQLLoss(CQLLoss):
             value = value - _alpha * log_prob.reshape(value.shape)
         tensordict.set(("next", self.value_estimator.tensor_keys.value), value)
         return self.value_estimator.value_estimate(tensordict).squeeze(-1)
+
+    def actor_regularizer(self, mean_action: torch.Tensor, data_action: torch.Tensor,
+                          q_data: torch.Tensor) -> torch.Tensor:
+        """The TD3+BC term added to ``loss_actor`` (see the module docstring); 0 without ``actor_bc_weight``."""
+        scale = q_data.detach().abs().mean()
+        return self.actor_bc_weight * scale * (mean_action - data_action).pow(2).mean()
 
     def _unit_actions(self, tensordict: TensorDictBase) -> TensorDictBase:
         td = tensordict.copy()  # shallow: the caller's batch keeps its env-scale actions
@@ -186,6 +200,14 @@ class OfflineCQLLoss(CQLLoss):
             out = {"loss_qvalue": loss_qvalue, **self.penalty_terms(gaps)}
         out["loss_actor_bc"], _ = self.actor_bc_loss(td)
         out["loss_actor"], actor_metadata = self.actor_loss(td)
+        if self.actor_bc_weight > 0:
+            with set_exploration_type(ExplorationType.RANDOM), self.actor_network_params.to_module(
+                self.actor_network, preserve_module_state=False
+            ):
+                mean_action = self.actor_network.get_dist(td).deterministic_sample
+            q_data = torch.stack([td.get(self.tensor_keys.pred_q1), td.get(self.tensor_keys.pred_q2)])
+            out["loss_actor"] = out["loss_actor"] + self.actor_regularizer(
+                mean_action, td.get(self.tensor_keys.action), q_data)
         out["loss_alpha"], _ = self.alpha_loss(actor_metadata, mask_tensordict=td)
         out["alpha"] = self._alpha
         out["entropy"] = -actor_metadata[self.tensor_keys.log_prob].mean()

@@ -115,6 +115,9 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
             out = {"loss_qvalue": loss_qvalue, **self.penalty_terms(gaps)}
         actor = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob,
                                   alpha)
+        if self.actor_bc_weight > 0:
+            actor["loss_actor"] = actor["loss_actor"] + self.actor_regularizer(
+                dist_obs.deterministic_sample, action, q_data.squeeze(-1))
         out["loss_actor_bc"] = actor["loss_actor_bc"]
         out["loss_actor"] = actor["loss_actor"]
         out["loss_alpha"] = actor["loss_alpha"]

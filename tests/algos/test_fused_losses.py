@@ -338,3 +338,25 @@ def test_cql_backup_action_is_checked():
     actor, qvalue, _ = _cql_nets()
     with pytest.raises(ValueError, match="backup_action"):
         OfflineCQLLoss(actor, qvalue, backup_action="max")
+
+
+def test_cql_actor_bc_weight_matches_and_adds_the_td3bc_term():
+    """actor_bc_weight: fused = reference, and loss_actor grows by w * mean|Q(s,a)| * mse(tanh(mu(s)), a)."""
+    actor, qvalue, data = _cql_nets()
+    keys = ["loss_actor", "loss_qvalue", "loss_cql"]
+    outs, state = {}, None
+    for weight in (0.0, 0.4):
+        ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), dict(num_random=3, actor_bc_weight=weight))
+        state = state or ref.state_dict()
+        ref.load_state_dict(state)
+        fused.load_state_dict(state)
+        r, f = _run(ref, data, keys), _run(fused, data, keys)
+        _assert_same(r, f, 1e-5)
+        outs[weight] = r
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        mean_action = actor(data.clone())["action"]
+    q = torch.stack([outs[0.4][2]["pred_q1"], outs[0.4][2]["pred_q2"]])
+    expected = 0.4 * q.abs().mean() * (mean_action - data["action"]).pow(2).mean()
+    torch.testing.assert_close(outs[0.4][0]["loss_actor"] - outs[0.0][0]["loss_actor"], expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="actor_bc_weight"):
+        OfflineCQLLoss(actor, qvalue, actor_bc_weight=-1.0)
