@@ -30,4 +30,7 @@ def builder_for(cfg: Any) -> ModuleType:
 def build_from_dataset(cfg: CQLConfig | DiscreteCQLConfig | DQNConfig, dataset: Any, *,
                        device: torch.device | str = "cpu", seed: int | None = None) -> AlgoParts:
     """The algorithm of ``cfg``'s type built with shapes, ``n`` and bounds read from an ``OfflineDataset``."""
-    return builder_for(cfg).build(cfg, **dataset_shapes(dataset), device=device, seed=seed)
+    module = builder_for(cfg)
+    if module is cql:  # dataset-dependent defaults (actor_bc_weight=None: auto from the data's coverage)
+        cfg, _ = cql.resolve_auto(cfg, dataset)
+    return module.build(cfg, **dataset_shapes(dataset), device=device, seed=seed)

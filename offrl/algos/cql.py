@@ -7,6 +7,7 @@ env's box.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -23,9 +24,10 @@ from offrl.algos._spec import dataset_shapes
 from offrl.algos.cql_loss import BACKUP_ACTIONS, OfflineCQLLoss
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
 from offrl.config.algos import CQLConfig
+from offrl.data.coverage import action_coverage
 from offrl.errors import UserError
 
-__all__ = ["CQLConfig", "OfflineCQLLoss", "ActionRescale", "build", "build_from_dataset"]
+__all__ = ["CQLConfig", "NARROW_BC_WEIGHT", "OfflineCQLLoss", "ActionRescale", "build", "build_from_dataset", "resolve_auto"]
 
 
 class ActionRescale(nn.Module):
@@ -38,6 +40,10 @@ class ActionRescale(nn.Module):
 
     def forward(self, action: torch.Tensor) -> torch.Tensor:
         return self.action_center + self.action_half * action
+
+
+#: ``actor_bc_weight`` on narrow data: 5 = TD3+BC with alpha 0.2 (its paper: 2.5); measured in docs/cql.md.
+NARROW_BC_WEIGHT = 5.0
 
 
 def _box_bounds(action_spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +93,8 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
     a SoftUpdate. ``action_spec``: a torchrl ``Bounded`` spec (``low``/``high``) in env units."""
     if len(observation_shape) != 1:
         raise UserError(f"CQL's MLPs need flat observations, got shape {tuple(observation_shape)}; flatten them")
+    if cfg.actor_bc_weight is None:  # auto, and no dataset to measure: off
+        cfg = dataclasses.replace(cfg, actor_bc_weight=0.0)
     if cfg.backup_action not in BACKUP_ACTIONS:
         raise UserError(f"cql.backup_action: must be one of {', '.join(BACKUP_ACTIONS)}, got {cfg.backup_action!r}")
     low, high = _box_bounds(action_spec)
@@ -134,7 +142,22 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
     )
 
 
+def resolve_auto(cfg: CQLConfig, dataset: Any) -> tuple[CQLConfig, str | None]:
+    """``cfg`` with ``actor_bc_weight=None`` (auto) replaced by its value for ``dataset``, and a line saying
+    why (None when nothing was auto): :data:`NARROW_BC_WEIGHT` when the data's actions are narrow
+    (:func:`offrl.data.coverage.action_coverage`), else 0."""
+    if cfg.actor_bc_weight is not None:
+        return cfg, None
+    coverage = action_coverage(dataset) if dataset is not None else None
+    if coverage is None:
+        return dataclasses.replace(cfg, actor_bc_weight=0.0), None
+    weight = NARROW_BC_WEIGHT if coverage.narrow else 0.0
+    return dataclasses.replace(cfg, actor_bc_weight=weight), f"cql.actor_bc_weight={weight:g} (auto: {coverage.describe()})"
+
+
 def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | str = "cpu",
                        seed: int | None = None) -> AlgoParts:
-    """:func:`build` with shapes and bounds read from an ``OfflineDataset`` (its ``data``)."""
+    """:func:`build` with shapes and bounds read from an ``OfflineDataset`` (its ``data``) and the
+    dataset-dependent defaults resolved (:func:`resolve_auto`)."""
+    cfg, _ = resolve_auto(cfg, dataset)
     return build(cfg, **dataset_shapes(dataset), device=device, seed=seed)

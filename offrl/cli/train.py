@@ -150,9 +150,13 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("--jobs: only with --seeds (runs at a time)")
 
+    from offrl.runs.rundir import read_config_notes
+
     def started(path: Path) -> None:
         verb = "resuming" if args.resume else "training"
         print(f"offrl: {verb} in {path}", file=sys.stderr, flush=True)
+        for note in read_config_notes(path):
+            print(f"offrl: {note}", file=sys.stderr, flush=True)
 
     result = train(
         args.dataset,

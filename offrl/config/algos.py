@@ -38,7 +38,9 @@ class CQLConfig:
     max_q_backup: bool = False  # CORL cql_max_target_backup
     deterministic_backup: bool = True  # no entropy in the target; CORL backup_entropy=False
     backup_action: str = "sample"  # "sample": a' ~ pi(s') (CORL, torchrl); "mean": tanh(mu(s')) (d3rlpy)
-    actor_bc_weight: float = 0.0  # TD3+BC regulariser on the actor's mean (Fujimoto & Gu 2021: 1/2.5 = 0.4); 0 = off
+    # TD3+BC regulariser on the actor's mean (Fujimoto & Gu 2021). None = auto from the dataset's coverage
+    # (offrl.data.coverage): 5.0 (offrl.algos.cql.NARROW_BC_WEIGHT) on narrow (expert-like) data, else 0; docs/cql.md
+    actor_bc_weight: float | None = None
     bc_steps: int = 0  # behaviour-cloning warm start (paper policy_eval_start; CORL bc_steps, default 0)
     loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
     scale_lb: float = 1e-4  # lower bound of the actor's std

@@ -4,6 +4,7 @@ loaded dataset (:func:`compose_run_config`), a run trained online from scratch o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,17 @@ def compose_run_config(dataset: str | os.PathLike[str] | None = None, algo: str 
         values.setdefault("dataset.env_id", values["online.env_id"])
     return compose_config(None if dataset is None else str(dataset), algo, config_file=config,
                           overrides=values, dotlist=dotlist, load=load_config_dataset)
+
+
+def resolve_dataset_defaults(cfg: TrainerConfig, dataset: Any) -> tuple[TrainerConfig, list[str]]:
+    """``cfg`` with the defaults that depend on the data filled in (continuous CQL's ``actor_bc_weight``:
+    :func:`offrl.algos.cql.resolve_auto`), and one line per value chosen saying why."""
+    if cfg.algo != "cql" or dataset is None:
+        return cfg, []
+    from offrl.algos.cql import resolve_auto
+
+    section, note = resolve_auto(cfg.cql, dataset)
+    return dataclasses.replace(cfg, cql=section), [note] if note else []
 
 
 def env_source(dataset: Any, config: Any, values: Mapping[str, Any]) -> str | None:

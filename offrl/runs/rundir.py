@@ -40,6 +40,7 @@ __all__ = [
     "default_run_name",
     "is_run_dir",
     "package_versions",
+    "read_config_notes",
     "read_summary",
     "run_dir_path",
     "runs_root",
@@ -136,6 +137,18 @@ def create_run_dir(path: str | os.PathLike[str], files: Mapping[str, str]) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def read_config_notes(path: str | os.PathLike[str]) -> list[str]:
+    """The ``defaults_from_data`` lines a run's config.yaml records (which defaults the dataset chose, why)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(path) / CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    notes = saved.get("defaults_from_data") if isinstance(saved, dict) else None
+    return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:

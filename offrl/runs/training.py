@@ -92,12 +92,20 @@ def train(
     if resume is not None:
         return _resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
                        overrides=values, force=force, command=command, on_start=on_start)
-    from offrl.runs.compose import compose_env_run_config, compose_run_config, env_source
+    from offrl.runs.compose import (
+        compose_env_run_config,
+        compose_run_config,
+        env_source,
+        resolve_dataset_defaults,
+    )
+
+    data_notes: list[str] = []
 
     env_id = env_source(dataset, config, values)
     if env_id is None:
         check_writable(runs_root(out))  # before the dataset is loaded
         cfg, data = compose_run_config(dataset, algo, config=config, dotlist=dotlist, **values)
+        cfg, data_notes = resolve_dataset_defaults(cfg, data)
     else:
         cfg, data = compose_env_run_config(env_id, algo, config=config, dotlist=dotlist, overrides=values), None
         check_writable(runs_root(out))
@@ -117,6 +125,8 @@ def train(
                              save_trainer_file=path / CHECKPOINT_DIR / LATEST_CHECKPOINT)
     meta = {"versions": package_versions(), "command": list(command),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if data_notes:  # which defaults the dataset decided, and why (also printed by offrl train)
+        meta["defaults_from_data"] = data_notes
     create_run_dir(path, {CONFIG_FILE: config_to_yaml(cfg, meta)})
     return _train_in(path, cfg, parts, logger, resumed=0, on_start=on_start)
 
