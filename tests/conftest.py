@@ -55,6 +55,11 @@ def pendulum_medium(_bundled_cache: Path):
     return _bundled("offrl/pendulum/medium-v0", _bundled_cache)
 
 
+@pytest.fixture(scope="session")
+def pendulum_expert(_bundled_cache: Path):
+    return _bundled("offrl/pendulum/expert-v0", _bundled_cache)
+
+
 @pytest.fixture
 def offrl_cli():
     """Run the real ``offrl`` console script: ``offrl_cli("train", "--dataset", ...)`` -> CompletedProcess."""

@@ -119,8 +119,19 @@ def _fmt(value: Any) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from offrl.algos.cql import NARROW_BC_WEIGHT
+    from offrl.data.coverage import action_coverage
+
     ds = _load(args, env=args.env, ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score)
     payload = ds.info.to_dict()
+    coverage = action_coverage(ds)
+    if coverage is not None:
+        payload["action_spread"] = coverage.action_spread
+        if coverage.narrow:
+            payload["warnings"] = [*payload["warnings"], (
+                f"{coverage.describe()}. Offline RL can only trust actions the data took: offrl's CQL holds its "
+                f"actor on them (cql.actor_bc_weight={NARROW_BC_WEIGHT:g}, chosen automatically; "
+                "--set cql.actor_bc_weight=0 turns it off)")]
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return 0
@@ -148,6 +159,8 @@ def _info(args: argparse.Namespace) -> int:
         ("digest", payload["digest"][:16]),
         ("cache", payload["cache"]),
     ]
+    if coverage is not None:
+        rows.append(("action coverage", coverage.describe()))
     if payload.get("env_note"):
         rows.append(("env note", payload["env_note"]))
     if payload.get("ref_hint"):

@@ -54,3 +54,19 @@ def test_cql_beats_pendulum_medium_behaviour(pendulum_medium):
     # Returns are negative: "well above" = at least 40% of the way from the behaviour mean (-727) to 0 (this
     # run: -241). Short CQL runs on Pendulum oscillate between evaluations, so this is one seed's budget.
     assert row["eval_return_mean"] >= 0.6 * behaviour
+
+
+def test_cql_learns_from_narrow_expert_data_only_with_the_actor_held_on_it(pendulum_expert):
+    """pendulum/expert-v0 is narrow (a deterministic controller): with the auto setting (actor_bc_weight=5 from
+    the data's coverage) CQL climbs towards the expert; with the regulariser off its policy stays below a
+    random one's (normalized < 0), the failure the README's old table showed for both offrl and d3rlpy."""
+    base = dict(hidden_sizes=(64, 64), actor_lr=3e-4, critic_lr=1e-3, min_q_weight=5.0, num_random=4, tau=0.02,
+                gamma=0.98)
+    scores = {}
+    for weight in (None, 0.0):
+        parts = cql.build_from_dataset(cql.CQLConfig(**base, actor_bc_weight=weight), pendulum_expert, seed=0)
+        assert parts.loss_module.actor_bc_weight == (cql.NARROW_BC_WEIGHT if weight is None else 0.0)
+        row, _ = _train(CQLTrainer, parts, pendulum_expert, steps=2000, batch_size=256, env_id="Pendulum-v1",
+                        episodes=10, eval_seed=0)
+        scores[weight] = row["eval_normalized_score"]
+    assert scores[0.0] < 0 < 40 <= scores[None], scores
