@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     states = trial_states(trials)
     todo = states["resume"] + states["new"]
     threads = threads_per_run(spec, options)
-    sweep = {"root": str(root), "set": threads + spec.set, "config": spec.config, "steps": spec.steps,
+    sweep = {"root": str(root), "config": spec.config, "steps": spec.steps,
              "batch_size": spec.batch_size, "eval_every": spec.eval_every, "eval_episodes": spec.eval_episodes,
              "cache_dir": options.cache_dir,
              "env": {"OMP_NUM_THREADS": threads[0].split("=")[1], "MKL_NUM_THREADS": threads[0].split("=")[1]}

@@ -40,7 +40,7 @@ def trial_argv(trial: Mapping[str, Any], sweep: Mapping[str, Any]) -> list[str]:
     for flag in ("config", "steps", "batch_size", "eval_every", "eval_episodes", "cache_dir"):
         if sweep.get(flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(sweep[flag])]
-    for item in [*sweep["set"], *(f"{k}={v}" for k, v in trial["values"])]:
+    for item in [*trial["sets"], *(f"{k}={v}" for k, v in trial["values"])]:
         argv += ["--set", item]
     return argv
 
@@ -116,6 +116,13 @@ class Progress:
     def __init__(self, total: int, done: int = 0) -> None:
         self.total, self.done, self.running, self.failed, self.stopped = total, done, 0, 0, 0
         self.errors: list[str] = []  # user errors (exit 2) said by trials
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment state
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def started(self) -> None:

@@ -77,6 +77,7 @@ class Trial:
     algo: str  # resolved (never auto)
     seed: int
     values: tuple[tuple[str, str], ...]  # the grid point: (key, --set token)
+    sets: tuple[str, ...]  # the fixed key=value items that apply to this trial's algorithm
     run_dir: str
     dataset_is_path: bool
 
@@ -89,11 +90,11 @@ class Trial:
         return f"{self.dataset_name} {self.algo} {self.tag} seed {self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "values": [list(kv) for kv in self.values]}
+        return {**asdict(self), "values": [list(kv) for kv in self.values], "sets": list(self.sets)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Trial:
-        return cls(**{**d, "values": tuple(tuple(kv) for kv in d["values"])})
+        return cls(**{**d, "values": tuple(tuple(kv) for kv in d["values"]), "sets": tuple(d["sets"])})
 
 
 def _token(value: Any) -> str:
@@ -250,31 +251,47 @@ def plan_trials(spec: SweepSpec, options: SweepOptions, root: Path) -> list[Tria
     from offrl.runs.rundir import run_dir_path
 
     sections = set(ALGO_SECTION.values())
+
+    def applies(key: str, section: str) -> bool:
+        """A key under an algorithm's section (cql.min_q_weight) applies to that algorithm's trials only."""
+        head = key.split(".", 1)[0].strip()
+        return head not in sections or head == section
+
     used: set[str] = set()
     trials: list[Trial] = []
     base_set = threads_per_run(spec, options) + spec.set
     kwargs = dict(steps=spec.steps, batch_size=spec.batch_size, eval_every=spec.eval_every,
                   eval_episodes=spec.eval_episodes, cache_dir=options.cache_dir)
     for dataset, algo in product(spec.datasets, spec.algos):
-        cfg, data = compose_run_config(dataset, algo, config=spec.config, dotlist=base_set, **kwargs)
-        section = ALGO_SECTION[cfg.algo]
-        # A key under an algorithm's section (cql.min_q_weight) applies to that algorithm's trials only.
-        keys = [k for k in spec.grid if k.split(".", 1)[0] not in sections or k.split(".", 1)[0] == section]
+        probe = [item for item in base_set if item.split(".", 1)[0].strip() not in sections]
+        _, data = compose_run_config(dataset, algo, config=spec.config, dotlist=probe, **kwargs)
+        resolved = algo if algo != "auto" else _auto_algo(data)
+        section = ALGO_SECTION[resolved]
+        sets = tuple(item for item in base_set if applies(item.split("=", 1)[0], section))
+        keys = [k for k in spec.grid if applies(k, section)]
         used.update(keys)
+        used.update(item.split("=", 1)[0] for item in sets)
         for point in product(*(spec.grid[k] for k in keys)):
             values = tuple(zip(keys, point, strict=True))
-            dotlist = [*base_set, *(f"{k}={v}" for k, v in values)]
-            compose_run_config(dataset, cfg.algo, config=spec.config, dotlist=dotlist, **kwargs)
+            cfg, _ = compose_run_config(dataset, resolved, config=spec.config,
+                                        dotlist=[*sets, *(f"{k}={v}" for k, v in values)], **kwargs)
             for seed in spec.seeds:
-                trial = Trial(dataset, data.name, cfg.algo, seed, values, "", Path(dataset).exists())
-                name = f"{trial.tag}-seed{seed}".replace("/", "_").replace(" ", "")
+                tag = ",".join(f"{k}={v}" for k, v in values) or "base"
+                name = f"{tag}-seed{seed}".replace("/", "_").replace(" ", "")
                 path = run_dir_path(root / "runs", data.name, cfg.algo, name)
-                trials.append(Trial(**{**trial.to_dict(), "values": values, "run_dir": str(path)}))
-    unused = [k for k in spec.grid if k not in used]
-    if unused:
-        raise UserError(f"--grid {unused[0]}: no trial of this sweep trains {unused[0].split('.', 1)[0]} "
-                        f"(algorithms: {', '.join(sorted({t.algo for t in trials}))})")
+                trials.append(Trial(dataset, data.name, cfg.algo, seed, values, sets, str(path), Path(dataset).exists()))
+    for key in [*spec.grid, *(item.split("=", 1)[0] for item in spec.set)]:
+        if key not in used:
+            option = "--grid" if key in spec.grid else "--set"
+            raise UserError(f"{option} {key}: no trial of this sweep trains {key.split('.', 1)[0]} "
+                            f"(algorithms: {', '.join(sorted({t.algo for t in trials}))})")
     return trials
+
+
+def _auto_algo(data: Any) -> str:
+    from offrl.config import resolve_algo
+
+    return resolve_algo("auto", data)
 
 
 def write_spec(root: Path, spec: SweepSpec, options: SweepOptions) -> None:
