@@ -5,6 +5,7 @@ last offrl checkpoint; Ctrl-C writes ``<sweep>/STOP`` and every trial stops afte
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -69,6 +70,7 @@ def _check_resources(options: SweepOptions) -> None:
 def run_ray(trials: Sequence[Trial], sweep: Mapping[str, Any], progress: Progress, options: SweepOptions) -> None:
     """Run ``trials`` as Tune trials, printing progress; returns once every trial ended or stopped."""
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: stop after a checkpoint, not kill
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; the progress lines are ours
     from ray import tune
 
     _check_resources(options)
@@ -130,11 +132,19 @@ def run_ray(trials: Sequence[Trial], sweep: Mapping[str, Any], progress: Progres
             raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Tune logs a traceback for each failed attempt; the progress lines say it in one line each (and Tune
+    # keeps the full error under <sweep>/ray/).
+    loggers = {name: logging.getLogger(name) for name in ("ray.tune", "ray.air", "ray.train")}
+    levels = {name: lg.level for name, lg in loggers.items()}
+    for lg in loggers.values():
+        lg.setLevel(logging.CRITICAL)
     try:
         tuner.fit()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for name, lg in loggers.items():
+            lg.setLevel(levels[name])
     if (root / ABORT_FILE).exists():
         raise KeyboardInterrupt
 
