@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from offrl.cli.children import ChildProcess, sigterm_as_interrupt, start_child
 from offrl.cli.format import fmt
 from offrl.errors import UserError
 
@@ -63,33 +61,6 @@ def _forwarded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> lis
         else:
             argv += [option, str(value)]
     return argv
-
-
-@dataclass
-class _Child:
-    seed: int
-    proc: subprocess.Popen
-    out: IO[str]
-    err: IO[str]
-    lines: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def finish(self) -> int:
-        self.out.seek(0)
-        self.err.seek(0)
-        self.lines = [line.rstrip("\n") for line in self.out]
-        self.errors = [line.rstrip("\n") for line in self.err if line.strip()]
-        for f in (self.out, self.err):
-            f.close()
-        return int(self.proc.returncode)
-
-    def value(self, prefix: str) -> str | None:
-        return next((line[len(prefix):] for line in self.lines if line.startswith(prefix)), None)
-
-    def error_line(self) -> str:
-        """The child's own one-line error (``offrl: error: ...``), else its last stderr line."""
-        said = [line for line in self.errors if line.startswith("offrl: error:")]
-        return (said or self.errors or ["(no message)"])[-1]
 
 
 def _validate(args: argparse.Namespace, kwargs: dict[str, Any], seeds: list[int]) -> Any:
@@ -154,32 +125,30 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
           flush=True)
 
     pending, running, done = list(seeds), [], []
-    failed: _Child | None = None
+    failed: ChildProcess | None = None
     interrupts = 0
-    restore = _sigterm_as_interrupt()
+    restore = sigterm_as_interrupt()
     try:
         while pending or running:
             try:
                 while pending and len(running) < jobs:
                     seed = pending.pop(0)
-                    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
                     # Its own session: the terminal's Ctrl-C reaches only this process, which passes exactly
                     # one SIGINT on per Ctrl-C (one: stop after a checkpoint; two: abort, as for one run).
-                    proc = subprocess.Popen([*base, "--seed", str(seed), "--name", _name(args, seed, stamp)],
-                                            stdout=out, stderr=err, env=env, text=True, start_new_session=True)
-                    running.append(_Child(seed, proc, out, err))
+                    running.append(start_child(seed, [*base, "--seed", str(seed), "--name", _name(args, seed, stamp)],
+                                               env))
                 time.sleep(0.05)
                 for child in [c for c in running if c.proc.poll() is not None]:
                     running.remove(child)
                     code = child.finish()
                     done.append((child, code))
                     if code == 0:
-                        print(f"seed {child.seed}: {child.value('run: ')}\n  {child.lines[-1] if child.lines else ''}",
+                        print(f"seed {child.label}: {child.value('run: ')}\n  {child.lines[-1] if child.lines else ''}",
                               flush=True)
                     elif code == 130:  # stopped by a signal after a checkpoint (Ctrl-C, or the group stopping)
                         if failed is None:
                             run = child.value("run: ")
-                            print(f"seed {child.seed}: {run}\n  stopped, checkpoint saved: offrl train --resume {run}",
+                            print(f"seed {child.label}: {run}\n  stopped, checkpoint saved: offrl train --resume {run}",
                                   flush=True)
                     elif code == 2:  # a bad input fails every seed alike: stop the rest, say it once (below)
                         if failed is None:
@@ -188,7 +157,7 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                             for other in running:
                                 other.proc.terminate()
                     else:
-                        print(f"offrl: seed {child.seed} failed (exit {code}): {child.error_line()}",
+                        print(f"offrl: seed {child.label} failed (exit {code}): {child.error_line()}",
                               file=sys.stderr, flush=True)
             except KeyboardInterrupt:
                 interrupts += 1
@@ -212,17 +181,6 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     if runs:
         _aggregate(args, runs, stamp, len(seeds))
     return 0 if len(runs) == len(seeds) else 1
-
-
-def _sigterm_as_interrupt() -> Any:
-    """Handle SIGTERM like Ctrl-C (the children are stopped cleanly); returns the restoring function."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: int) -> None:

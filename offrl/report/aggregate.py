@@ -14,7 +14,7 @@ import pandas as pd
 from offrl.report.runs import RunRecord
 from offrl.report.stats import CURVE_RESAMPLES, bootstrap_ci, iqm, stratified_bootstrap_ci
 
-__all__ = ["Group", "ScoreUnit", "aggregate_table", "curve", "group_runs", "run_table", "summary_table"]
+__all__ = ["Group", "ScoreUnit", "aggregate_table", "chosen_table", "curve", "group_runs", "run_table", "summary_table"]
 
 NORMALIZED, RAW = "eval_normalized_score", "eval_return_mean"
 
@@ -223,6 +223,25 @@ def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
             "ref_source": ref.get("source") if ref else None,
         })
     return pd.DataFrame(rows)
+
+
+def chosen_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, the summary row (config) with the highest mean last evaluation over its seeds, plus
+    ``candidates`` (configs compared) and ``unit_label``. This selects on the evaluation itself: the
+    score is optimistic (selection on the test set); the report says so next to the table."""
+    columns = [*summary.columns, "candidates", "unit_label"]
+    if summary.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for _, part in summary.groupby("dataset", sort=True):
+        scored = part[np.isfinite(part["last_mean"].astype(float))]
+        if scored.empty:
+            continue
+        best = scored.loc[scored["last_mean"].astype(float).idxmax()].to_dict()
+        best["candidates"] = len(part)
+        best["unit_label"] = "normalized score" if best["unit"] == NORMALIZED else "return"
+        rows.append(best)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def aggregate_table(groups: Sequence[Group]) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 from offrl.errors import UserError
 from offrl.fsio import write_text_atomic
 from offrl.report import html as html_page
-from offrl.report.aggregate import aggregate_table, group_runs, run_table, summary_table
+from offrl.report.aggregate import aggregate_table, chosen_table, group_runs, run_table, summary_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
 from offrl.report.runs import RunRecord, load_run, load_runs
 
@@ -30,10 +30,11 @@ class Report:
     aggregate: pd.DataFrame
     runs: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    chosen: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
-            title: str) -> Report:
+            title: str, choose: bool = False) -> Report:
     if smooth < 1:
         raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")
     warnings = [w for r in runs for w in r.warnings]
@@ -52,11 +53,13 @@ def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: s
     summary, aggregate, table = summary_table(groups), aggregate_table(groups), run_table(groups)
     if len(runs) == 1:  # a single run: the across-datasets table would only repeat the summary row
         aggregate = aggregate.iloc[0:0]
+    chosen = chosen_table(summary) if choose else None
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
-                            warnings=warnings, group_by=group_by, smooth=smooth)
+                            warnings=warnings, group_by=group_by, smooth=smooth, chosen=chosen)
     path = out / html_name
     write_text_atomic(path, page)
-    return Report(path, [f.path for f in figures], summary, aggregate, table, warnings)
+    return Report(path, [f.path for f in figures], summary, aggregate, table, warnings,
+                  chosen if chosen is not None else pd.DataFrame())
 
 
 def build_report(
@@ -66,16 +69,19 @@ def build_report(
     group_by: str | None = None,
     smooth: int = 1,
     title: str = "offrl report",
+    choose: bool = False,
 ) -> Report:
     """Read every run directory under ``paths``, aggregate seeds and write ``<out>/index.html`` + PNGs.
 
     ``group_by``: None (seeds of the same dataset and config), ``"algo"``, ``"dataset"`` or a dotted config
-    key. ``smooth``: trailing mean over that many evaluations per run before aggregating.
+    key. ``smooth``: trailing mean over that many evaluations per run before aggregating. ``choose``: add a
+    "chosen config" per dataset (best mean last evaluation; ``Report.chosen``) with its test-set-selection
+    warning (``offrl sweep``'s report).
     """
     if not paths:
         raise UserError("offrl report: give at least one run directory or a folder of runs")
     runs = load_runs(paths)
-    return _render(runs, Path(out), "index.html", group_by=group_by, smooth=smooth, title=title)
+    return _render(runs, Path(out), "index.html", group_by=group_by, smooth=smooth, title=title, choose=choose)
 
 
 def write_run_report(run_dir: str | os.PathLike[str]) -> Path:

@@ -126,6 +126,29 @@ def _runs(table: pd.DataFrame) -> str:
     )
 
 
+def _chosen(table: pd.DataFrame | None) -> str:
+    if table is None:
+        return ""
+    if table.empty:
+        return "<h2>Chosen config per dataset</h2><p class='note'>No run has an evaluation to choose on.</p>"
+    rows = "".join(
+        f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td><td>{int(r['candidates'])}</td>"
+        f"<td>{_e(r['seeds'])}</td><td>{_score(r, 'last')}</td><td>{_num(r['last_iqm'])}</td></tr>"
+        for _, r in table.iterrows()
+    )
+    return (
+        "<h2>Chosen config per dataset</h2>"
+        "<div class='warn' id='selection-warning'><b>Selection on the test set.</b> The chosen config is the one with "
+        "the highest mean last evaluation, and that evaluation is also the score shown: choosing on the evaluation "
+        "return is selection on the test set, so the chosen score is optimistic (more so with more configs). "
+        "Confirm it on fresh seeds before reporting it; offline policy selection (without the evaluation env) "
+        "is a separate step.</div>"
+        "<table id='chosen'><thead><tr><th class='l'>Dataset</th><th class='l'>Chosen config</th><th>Configs compared</th>"
+        "<th>Seeds</th><th>Last (mean [95% CI])</th><th>IQM last</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
 def _figure(fig: Figure) -> str:
     data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
     return (f"<figure><img src='data:image/png;base64,{data}' alt='{_e(fig.title)}'>"
@@ -143,8 +166,9 @@ def render(
     warnings: Sequence[str],
     group_by: str | None,
     smooth: int,
+    chosen: pd.DataFrame | None = None,
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string; ``chosen``: the chosen-config table (a sweep's report), else none."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_runs, n_ds = len(runs), runs["dataset"].nunique() if len(runs) else 0
     statuses = runs["status"].value_counts().to_dict() if len(runs) else {}
@@ -177,6 +201,7 @@ def render(
 {_summary(summary)}
 <p class="note">{method}</p>
 {_aggregate(aggregate)}
+{_chosen(chosen)}
 <h2>Figures</h2>
 {figs or '<p class="note">Nothing to plot yet.</p>'}
 <h2>Runs</h2>

@@ -1,0 +1,204 @@
+"""``offrl sweep`` on a real local Ray cluster, started once for this module (``ray.init`` with a temp dir,
+2 CPUs); each sweep is the real console script connecting to it with ``--address``.
+
+One scenario, shared by the tests (Ray and each trial's process start are the expensive parts): a 2 datasets ×
+2 seeds sweep of short runs on the bundled CartPole data; the Ray worker of one trial is SIGKILLed
+mid-trial (Tune retries it; the run resumes from its checkpoint and ends identical to ``offrl train --seed S``);
+then Ctrl-C (every running trial stops after a checkpoint, exit 130); the same command again (finished trials
+skipped, stopped ones resumed, then the report); and once more (no work at all)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from helpers.cli import OFFRL, offrl_cli
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs offrl[ray]")
+psutil = pytest.importorskip("psutil")
+
+CARTPOLE, MIXED = "offrl/cartpole/medium-v0", "offrl/cartpole/mixed-v0"
+# Tiny networks, short runs, a checkpoint every 50 steps (so a killed trial has one to resume from).
+COMMON = ["--steps", "300", "--eval-every", "300", "--eval-episodes", "1", "--set", "log_interval=50",
+          "--set", "save_trainer_interval=50"]
+DCQL = ["--set", "discrete_cql.hidden_sizes=[16,16]"]
+SETTINGS = [*COMMON, *DCQL]
+TIMING = ("updates_per_s", "time", "seconds")
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    for attempt in (1, 2):  # a heavily loaded machine can miss Ray's fixed 30 s raylet start-up wait once
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, configure_logging=False)
+            break
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def _sweep_args(out, cache, address, *extra):
+    return ["sweep", *extra, *SETTINGS, "--out", str(out), "--cache-dir", cache, "--address", address]
+
+
+def _metrics(run):
+    m = pd.read_csv(Path(run) / "metrics.csv")
+    return m.drop(columns=[c for c in m.columns if any(t in c for t in TIMING)])
+
+
+def _summary(run):
+    return json.loads((Path(run) / "summary.json").read_text())
+
+
+def _run(out, dataset, algo, seed):
+    return Path(out) / "runs" / dataset.replace("/", "__") / algo / f"base-seed{seed}"
+
+
+def _files(root):
+    return {p: p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
+
+
+def _wait(proc, condition, what):
+    deadline = time.time() + 240
+    while not condition():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"waiting for {what}: sweep exited {proc.returncode}\n{out}\n{err}")
+        time.sleep(0.05)
+
+
+def _trial_process(run):
+    """The ``offrl train`` process of the trial whose run folder is ``run``."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "train" in cmd and ("--name" in cmd and cmd[cmd.index("--name") + 1] == run.name
+                               and str(run.parents[2]) in cmd or str(run) in cmd):
+            return proc
+    return None
+
+
+def _checkpointed_since_start(out, killed):
+    """True once a trial (not the one just killed) is running and has saved a checkpoint in this attempt."""
+    for run in Path(out).glob("runs/*/*/*"):
+        summary, latest = run / "summary.json", run / "checkpoints" / "latest.pt"
+        if run == killed and not _summary(run).get("resumed"):
+            continue
+        try:
+            if _summary(run).get("status") == "running" and latest.stat().st_mtime_ns > summary.stat().st_mtime_ns:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+@pytest.fixture(scope="module")
+def scenario(ray_address, cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    args = _sweep_args(out, cache, ray_address, "--dataset", CARTPOLE, "--dataset", MIXED, "--seeds", "0,1")
+    proc = subprocess.Popen([OFFRL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    killed = _run(out, CARTPOLE, "discrete-cql", 1)
+    _wait(proc, lambda: (killed / "checkpoints" / "latest.pt").exists(), "the first checkpoint")
+    child = _trial_process(killed)
+    assert child is not None, "the trial's offrl train process"
+    worker = child.parent()
+    worker_cmd = " ".join(worker.cmdline())
+    worker.kill()  # SIGKILL: the trial's Ray worker dies mid-trial
+    _wait(proc, lambda: _checkpointed_since_start(out, killed), "a running trial's checkpoint")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    first = SimpleNamespace(returncode=None, stdout="", stderr="")
+    first.stdout, first.stderr = proc.communicate(timeout=300)
+    first.returncode = proc.returncode
+    after_stop = {run: _summary(run) for run in out.glob("runs/*/*/*") if (run / "summary.json").exists()}
+    finished = {p: t for run, s in after_stop.items() if s["status"] == "completed" for p, t in _files(run).items()}
+    second = offrl_cli(*args, timeout=600)
+    finished_after = {p: p.stat().st_mtime_ns for p in finished}
+    before_third = _files(out / "runs")
+    third = offrl_cli(*args, timeout=600)
+    return SimpleNamespace(out=out, first=first, second=second, third=third, killed=killed, worker_cmd=worker_cmd,
+                           after_stop=after_stop, finished=finished, finished_after=finished_after,
+                           before_third=before_third, after_third=_files(out / "runs"))
+
+
+def test_a_killed_worker_is_retried_from_its_checkpoint_and_ends_as_offrl_train(scenario, cache, tmp_path):
+    assert "ray" in scenario.worker_cmd.lower(), scenario.worker_cmd
+    label = f"{CARTPOLE} discrete-cql base seed 1"
+    assert f"{label}: worker died" in scenario.first.stdout, scenario.first.stdout
+    assert "retrying, the run resumes from its last checkpoint" in scenario.first.stdout
+    summary = _summary(scenario.killed)
+    assert summary["status"] == "completed" and summary["steps"] == 300 and summary["resumed"] >= 1, summary
+    ref = offrl_cli("train", "--dataset", CARTPOLE, "--seed", "1", *COMMON, *DCQL, "--set", "num_threads=1",
+                    "--no-progress", "--cache-dir", cache, "--out", str(tmp_path), "--name", "ref")
+    assert ref.returncode == 0, ref.stderr
+    expected = tmp_path / CARTPOLE.replace("/", "__") / "discrete-cql" / "ref"
+    pd.testing.assert_frame_equal(_metrics(scenario.killed), _metrics(expected))
+    assert summary["final"] == _summary(expected)["final"]
+
+
+def test_ctrl_c_stops_every_running_trial_after_a_checkpoint(scenario):
+    first = scenario.first
+    assert first.returncode == 130, first.stderr
+    assert "stopping: each running trial saves a checkpoint" in first.stderr and "report:" not in first.stdout
+    assert "Traceback" not in first.stderr + first.stdout
+    statuses = {run.name + run.parts[-3]: s["status"] for run, s in scenario.after_stop.items()}
+    assert set(statuses.values()) <= {"completed", "stopped"}, statuses  # nothing killed mid-write
+    stopped = [run for run, s in scenario.after_stop.items() if s["status"] == "stopped"]
+    assert stopped, statuses
+    for run in stopped:
+        assert 0 < scenario.after_stop[run]["steps"] < 300 and (run / "checkpoints" / "latest.pt").exists()
+    assert "stopped after a checkpoint (" in first.stdout
+
+
+def test_the_same_command_resumes_stopped_trials_and_skips_finished_ones(scenario):
+    second = scenario.second
+    assert second.returncode == 0, second.stderr
+    n_done = sum(s["status"] == "completed" for s in scenario.after_stop.values())
+    n_stopped = sum(s["status"] == "stopped" for s in scenario.after_stop.values())
+    assert f"{n_done} finished (skipped), {n_stopped} to resume, {4 - n_done - n_stopped} new" in second.stdout
+    assert scenario.finished_after == scenario.finished  # a finished trial is not touched again
+    for run, summary in scenario.after_stop.items():
+        if summary["status"] == "stopped":
+            assert _summary(run)["resumed"] == summary["resumed"] + 1
+
+
+def test_every_trial_is_a_complete_run_folder_and_the_sweep_is_reported(scenario):
+    out, second = scenario.out, scenario.second
+    for dataset in (CARTPOLE, MIXED):
+        for seed in (0, 1):
+            run = _run(out, dataset, "discrete-cql", seed)
+            summary = _summary(run)
+            assert summary["status"] == "completed" and summary["steps"] == 300 and summary["seed"] == seed
+            assert (run / "checkpoints" / "latest.pt").exists() and (run / "report.html").exists()
+        assert f"chosen config, {dataset}: discrete-cql: last " in second.stdout
+    html = (out / "report" / "index.html").read_text()
+    assert "id='chosen'" in html and "Selection on the test set" in html and html.count("base-seed") == 4
+    assert "4/4 done · 0 running · 0 failed" in second.stdout
+    assert f"report: {out / 'report' / 'index.html'}" in second.stdout
+
+
+def test_running_a_finished_sweep_again_does_no_work(scenario):
+    third = scenario.third
+    assert third.returncode == 0, third.stderr
+    assert "4 finished (skipped), 0 to resume, 0 new" in third.stdout
+    assert "steps in" not in third.stdout and "running on" not in third.stdout  # no trial ran, Ray not even asked
+    assert scenario.after_third == scenario.before_third
