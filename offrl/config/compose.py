@@ -233,8 +233,10 @@ def compose_env_config(env_id: str, algo: str, *, overrides: Mapping[str, Any] |
         node = merge_layer(node, load_yaml(config_file), f"--config {config_file}")
     node = merge_layer(node, {"algo": algo, "dataset": {"id": f"{ENV_PREFIX}{env_id}"}, "offline_steps": 0,
                               "online": {"env_id": env_id}}, "--env")
-    node = merge_layer(node, OmegaConf.create(nest_overrides(dict(overrides or {}))), "arguments")
-    node = merge_layer(node, parse_dotlist(dotlist), "--set")
+    explicit, set_layer = OmegaConf.create(nest_overrides(dict(overrides or {}))), parse_dotlist(dotlist)
+    node = merge_layer(node, explicit, "arguments")
+    node = merge_layer(node, set_layer, "--set")
+    _check_inactive_sections([explicit, set_layer], algo)
     cfg = OmegaConf.to_object(node)
     assert isinstance(cfg, TrainerConfig)
     if cfg.offline_steps != 0:

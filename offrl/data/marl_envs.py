@@ -12,6 +12,7 @@ gymnasium wrappers, so offrl does not use it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +67,10 @@ def make_marl_env(env_id: str, *, seed: int | None = None, device: str = "cpu") 
     kwargs = dict(spec.kwargs)
     raw = module.parallel_env(continuous_actions=False, **kwargs)
     agents = [f"agent_{i}" for i in range(int(kwargs["N"]))]
-    env = PettingZooWrapper(raw, group_map={"agents": agents}, categorical_actions=True, use_mask=False,
-                            return_state=True, device=device)
+    with warnings.catch_warnings():  # "tested with PettingZoo 1.24.3": offrl's tests run the installed one
+        warnings.simplefilter("ignore", UserWarning)
+        env = PettingZooWrapper(raw, group_map={"agents": agents}, categorical_actions=True, use_mask=False,
+                                return_state=True, device=device)
     env = TransformedEnv(env, RewardSum(in_keys=[("agents", "reward")], out_keys=[("agents", "episode_reward")]))
     if seed is not None:
         env.set_seed(int(seed))

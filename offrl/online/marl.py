@@ -125,7 +125,8 @@ def build_marl_online(cfg: OnlineConfig, *, parts: Any, env_id: str, batch_size:
         return make_marl_env(env_id, seed=seed, device=device)
 
     collector = Collector(factory(), parts.exploration_policy, frames_per_batch=int(cfg.frames_per_batch),
-                          total_frames=-1, device=device, init_random_frames=int(cfg.init_random_frames) or None)
+                          total_frames=-1, device=device, auto_register_policy_transforms=False,
+                          init_random_frames=int(cfg.init_random_frames) or None)
     buffer = MarlReplayBuffer(cfg.capacity, batch_size, seed=seed, device=device)
     guarded = GuardedCollector(collector, on_restart=(buffer.transitions.drop_open,))
     return OnlineParts(collector=guarded, replay_buffer=buffer, transitions=buffer.transitions,  # type: ignore[arg-type]
