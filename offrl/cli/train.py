@@ -21,9 +21,10 @@ examples:
   offrl train --resume runs/<dataset>/<algo>/<name>                            (continue a stopped run)
   offrl train --dataset offrl/pendulum/medium-v0 --online-steps 2000 --calql --utd 50   (fine-tune online)
   offrl train --env Pendulum-v1 --algo cql --online-steps 4000 --utd 50                 (online from scratch)
+  offrl train --env mpe2/simple_spread-n2 --algo qmix --online-steps 20000               (multi-agent, online)
 
 Config keys (for --set and --config): see a run's config.yaml; the algorithm's hyperparameters are under
-cql., discrete_cql. or dqn. Layers, later wins: defaults < bundled per-dataset config < --config <
+cql., discrete_cql., dqn. or mixing. (qmix, vdn, iql) Layers, later wins: defaults < bundled per-dataset config < --config <
 flags < --set. Ctrl-C (or SIGTERM) stops cleanly after a checkpoint; a second Ctrl-C aborts.
 """
 
@@ -60,8 +61,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--dataset", metavar="PATH_OR_ID",
                    help="bundled id (offrl/pendulum/medium-v0), Minari id or folder, or a D4RL-style HDF5 file")
-    p.add_argument("--algo", choices=("auto", "cql", "discrete-cql", "dqn"), default=None,
-                   help="algorithm; auto (default) = cql for continuous actions, discrete-cql for discrete")
+    p.add_argument("--algo", choices=("auto", "cql", "discrete-cql", "dqn", "qmix", "vdn", "iql"), default=None,
+                   help="algorithm; auto (default) = cql for continuous actions, discrete-cql for discrete, qmix "
+                        "for multi-agent data or envs (qmix, vdn, iql: docs/multiagent.md)")
     p.add_argument("--steps", type=_positive_int, metavar="N", help="gradient steps (config key offline_steps)")
     p.add_argument("--batch-size", type=_positive_int, metavar="B", help="transitions per gradient step")
     p.add_argument("--seed", type=int, metavar="S", help="seed of torch, numpy, random and the sampler (default 0)")

@@ -28,6 +28,7 @@ from offrl.config.schema import (
     CQLTrainerConfig,
     DQNTrainerConfig,
     TrainerConfig,
+    marl_defaults,
     resolve_algo,
     schema_for,
     structured_config,
@@ -161,7 +162,8 @@ def compose_config(
         raise UserError(f"--algo {requested!r}: unknown algorithm; use one of {', '.join(ALGO_CHOICES)}")
 
     if loaded is None:
-        probe = structured_config(CQLTrainerConfig if requested != "dqn" else DQNTrainerConfig)
+        probe = structured_config(CQLTrainerConfig if requested in ("auto", "cql", "discrete-cql")
+                                  else DQNTrainerConfig)
         probe.dataset.id = str(dataset_id)
         for layer in layers:  # dataset.* options (cache_dir, env_id, refs) apply to loading
             if "dataset" in layer:
@@ -171,7 +173,7 @@ def compose_config(
         loaded = load(probe.dataset)
     resolved_algo = resolve_algo(requested, loaded)
 
-    schema = structured_config(schema_for(resolved_algo))
+    schema = merge_layer(structured_config(schema_for(resolved_algo)), marl_defaults(resolved_algo), "--algo")
     bundled = [] if base is not None else bundled_config_files(loaded.name, resolved_algo)
     cfg = schema
     for path in bundled:
@@ -224,15 +226,17 @@ def compose_env_config(env_id: str, algo: str, *, overrides: Mapping[str, Any] |
     """The config of a run trained online from scratch in ``env_id``: defaults < ``base`` (a saved run
     config) < ``--config`` < keyword overrides < ``--set``; ``offline_steps`` = 0 and ``dataset.id`` =
     ``env:<ENV_ID>``. ``algo`` is already resolved (no ``auto``)."""
-    node = structured_config(schema_for(algo))
+    node = merge_layer(structured_config(schema_for(algo)), marl_defaults(algo), "--algo")
     if base is not None:
         node = merge_layer(node, base, "saved run config")
     if config_file is not None:
         node = merge_layer(node, load_yaml(config_file), f"--config {config_file}")
     node = merge_layer(node, {"algo": algo, "dataset": {"id": f"{ENV_PREFIX}{env_id}"}, "offline_steps": 0,
                               "online": {"env_id": env_id}}, "--env")
-    node = merge_layer(node, OmegaConf.create(nest_overrides(dict(overrides or {}))), "arguments")
-    node = merge_layer(node, parse_dotlist(dotlist), "--set")
+    explicit, set_layer = OmegaConf.create(nest_overrides(dict(overrides or {}))), parse_dotlist(dotlist)
+    node = merge_layer(node, explicit, "arguments")
+    node = merge_layer(node, set_layer, "--set")
+    _check_inactive_sections([explicit, set_layer], algo)
     cfg = OmegaConf.to_object(node)
     assert isinstance(cfg, TrainerConfig)
     if cfg.offline_steps != 0:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
+from offrl.config.marl import MARL_ALGOS, MARL_KEYS, MixingConfig
 from offrl.config.online import OnlineConfig
 from offrl.errors import UserError
 
@@ -34,18 +35,20 @@ __all__ = [
     "check_algo_compatible",
     "env_of_config",
     "is_discrete",
+    "is_multiagent",
+    "marl_defaults",
     "resolve_algo",
     "resolve_device",
     "schema_for",
     "structured_config",
 ]
 
-ALGOS = ("cql", "discrete-cql", "dqn")
+ALGOS = ("cql", "discrete-cql", "dqn", *MARL_ALGOS)
 ALGO_CHOICES = ("auto", *ALGOS)
 #: Keys of a run's config.yaml that record the run rather than configure it (ignored when loaded).
 METADATA_KEYS = ("versions", "command", "created", "run", "defaults_from_data")
 #: Section holding each algorithm's hyperparameters.
-ALGO_SECTION = {"cql": "cql", "discrete-cql": "discrete_cql", "dqn": "dqn"}
+ALGO_SECTION = {"cql": "cql", "discrete-cql": "discrete_cql", "dqn": "dqn", **dict.fromkeys(MARL_ALGOS, "mixing")}
 #: ``dataset.id`` of a run trained online from scratch: ``env:<ENV_ID>``.
 ENV_PREFIX = "env:"
 
@@ -200,12 +203,15 @@ class CQLTrainerConfig(TrainerConfig):
 
 @dataclass
 class DQNTrainerConfig(TrainerConfig):
-    """Config of :class:`offrl.DQNTrainer`: (double) DQN on a dataset. Hyperparameters live in ``dqn``."""
+    """Config of :class:`offrl.DQNTrainer`: (double) DQN (``algo: dqn``, hyperparameters in ``dqn``) or a
+    multi-agent Q-learner (``algo: qmix``, ``vdn`` or ``iql``, hyperparameters in ``mixing``). Keys are
+    torchrl's: nested ones written with dots (``agents.reward`` = ``("agents", "reward")``)."""
 
     algo: str = "dqn"
     dqn: DQNConfig = field(default_factory=DQNConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
     mixing_strategy: str | None = None
-    """Multi-agent mixing: ``qmix``, ``vdn``, ``iql`` or null (torchrl's DQNTrainer)."""
+    """Multi-agent mixing: ``qmix``, ``vdn``, ``iql`` (set by ``algo``) or null (torchrl's DQNTrainer)."""
     done_key: str = "done"
     terminated_key: str = "terminated"
     reward_key: str = "reward"
@@ -215,12 +221,37 @@ class DQNTrainerConfig(TrainerConfig):
     action_key: str = "action"
     observation_key: str = "observation"
 
-    _algos: ClassVar[tuple[str, ...]] = ("dqn",)
+    _algos: ClassVar[tuple[str, ...]] = ("dqn", *MARL_ALGOS)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.algo in MARL_ALGOS and self.mixing_strategy != self.algo:
+            raise UserError(f"mixing_strategy={self.mixing_strategy!r}: algo {self.algo} trains with "
+                            f"mixing_strategy {self.algo}; drop the key (or pick --algo {self.mixing_strategy})")
+        if self.algo == "dqn" and self.mixing_strategy is not None:
+            raise UserError(f"mixing_strategy={self.mixing_strategy!r}: algo dqn is single-agent; use "
+                            f"--algo {self.mixing_strategy} for a multi-agent dataset or env")
+        if self.algo in ("qmix", "vdn") and (self.aggregated_reward_key is None
+                                            or self.aggregated_episode_reward_key is None):
+            raise UserError(f"aggregated_reward_key / aggregated_episode_reward_key: algo {self.algo} needs both "
+                            "(where the agent-averaged rewards go), e.g. reward and episode_reward")
+
+
+def marl_defaults(algo: str) -> dict[str, Any]:
+    """The config keys a multi-agent ``algo`` sets unless a layer says otherwise: its mixing strategy and
+    torchrl's multi-agent keys (no aggregated keys for independent learners: nothing is aggregated)."""
+    if algo not in MARL_ALGOS:
+        return {}
+    keys = dict(MARL_KEYS)
+    if algo == "iql":
+        keys.pop("aggregated_reward_key")
+        keys.pop("aggregated_episode_reward_key")
+    return {"mixing_strategy": algo, **keys}
 
 
 def schema_for(algo: str) -> type[TrainerConfig]:
     """The config dataclass that runs ``algo``."""
-    return DQNTrainerConfig if algo == "dqn" else CQLTrainerConfig
+    return DQNTrainerConfig if algo in ("dqn", *MARL_ALGOS) else CQLTrainerConfig
 
 
 def structured_config(schema: type[TrainerConfig]) -> DictConfig:
@@ -247,19 +278,34 @@ def is_discrete(dataset: Any) -> bool:
     return bool(dataset.info.discrete)
 
 
+def is_multiagent(dataset: Any) -> bool:
+    """Whether the dataset has an agent axis (docs/multiagent.md)."""
+    return bool(dataset.info.extra.get("multiagent"))
+
+
 def resolve_algo(algo: str | None, dataset: Any) -> str:
     """``auto`` -> ``cql`` for continuous actions, ``discrete-cql`` for discrete ones; checks the rest."""
     algo = (algo or "auto").lower().replace("_", "-")
     if algo not in ALGO_CHOICES:
         raise UserError(f"--algo {algo!r}: unknown algorithm; use one of {', '.join(ALGO_CHOICES)}")
     if algo == "auto":
+        if is_multiagent(dataset):
+            return "qmix"
         return "discrete-cql" if is_discrete(dataset) else "cql"
     check_algo_compatible(algo, dataset)
     return algo
 
 
 def check_algo_compatible(algo: str, dataset: Any) -> None:
-    """Raise a user error when ``algo`` cannot act in the dataset's action space."""
+    """Raise a user error when ``algo`` cannot act in the dataset's action space (or agent count)."""
+    multiagent = is_multiagent(dataset)
+    if multiagent and algo not in MARL_ALGOS:
+        raise UserError(f"--algo {algo}: {dataset.name} is a multi-agent dataset; use --algo qmix, vdn or iql")
+    if algo in MARL_ALGOS:
+        if not multiagent:
+            raise UserError(f"--algo {algo}: {dataset.name} is a single-agent dataset; {algo} needs one with an "
+                            "agent axis (docs/multiagent.md); use dqn or discrete-cql")
+        return
     discrete = is_discrete(dataset)
     if algo in ("dqn", "discrete-cql") and not discrete:
         raise UserError(

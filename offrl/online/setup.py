@@ -25,6 +25,7 @@ __all__ = [
     "build_parts_for_env",
     "env_specs",
     "prepare_online",
+    "set_epsilon",
 ]
 
 
@@ -112,7 +113,7 @@ def build_online(cfg: OnlineConfig, *, parts: Any, dataset: Any = None, offline_
     if greedy is None:
         greedy = _discrete_cql_exploration(parts, fine_tuning=dataset is not None)
     if greedy is not None:
-        _set_epsilon(greedy, cfg)
+        set_epsilon(greedy, cfg)
     hooks = []
     if cfg.min_q_weight is not None:
         if not hasattr(loss, "min_q_weight"):
@@ -156,7 +157,7 @@ def _discrete_cql_exploration(parts: Any, *, fine_tuning: bool) -> Any:
     return greedy
 
 
-def _set_epsilon(greedy: Any, cfg: OnlineConfig) -> None:
+def set_epsilon(greedy: Any, cfg: OnlineConfig) -> None:
     """Override the ``EGreedyModule`` schedule for the online phase (its buffers, so checkpoints keep it)."""
     import torch
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from offrl.config import DQNTrainerConfig, TrainerConfig, check_algo_compatible, resolve_device
+from offrl.config.marl import MARL_ALGOS
 from offrl.errors import UserError
 
-__all__ = ["TrainerComponents", "build_components", "load_config_dataset", "seed_everything", "trainer_class"]
+__all__ = ["TrainerComponents", "build_components", "load_config_dataset", "nested_key", "seed_everything",
+           "trainer_class"]
 
 
 @dataclass
@@ -59,15 +61,23 @@ def trainer_class(cfg: TrainerConfig, parts: Any) -> tuple[type, dict[str, Any]]
     from offrl.trainers import CQLTrainer, DQNTrainer
 
     if isinstance(cfg, DQNTrainerConfig):
-        keys = ("mixing_strategy", "done_key", "terminated_key", "reward_key", "episode_reward_key",
+        keys = ("done_key", "terminated_key", "reward_key", "episode_reward_key",
                 "aggregated_reward_key", "aggregated_episode_reward_key", "action_key", "observation_key")
-        extra = {k: getattr(cfg, k) for k in keys}
+        extra = {k: nested_key(getattr(cfg, k)) for k in keys}
+        extra["mixing_strategy"] = cfg.mixing_strategy
         extra["greedy_module"] = parts.greedy_module
         return DQNTrainer, extra
     extra = {"log_actions": cfg.log_actions}
     if parts.greedy_module is not None:  # discrete CQL online: epsilon-greedy exploration (offrl.online)
         extra["greedy_module"] = parts.greedy_module
     return CQLTrainer, extra
+
+
+def nested_key(key: str | None) -> Any:
+    """A config key string as torchrl's NestedKey: ``agents.reward`` -> ``("agents", "reward")``."""
+    if key is None or "." not in key:
+        return key
+    return tuple(key.split("."))
 
 
 def build_components(
@@ -101,7 +111,17 @@ def build_components(
     seed_everything(cfg.seed)
     gamma = getattr(cfg.algo_config, "gamma", None)
     online = None
-    if env_id is not None:
+    if env_id is not None and cfg.algo in MARL_ALGOS:
+        from offrl.online.marl import build_marl_online, build_marl_parts_for_env
+
+        parts = build_marl_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=str(device), seed=None)
+        online = build_marl_online(cfg.online, parts=parts, env_id=env_id, batch_size=cfg.batch_size,
+                                   seed=cfg.seed, device=str(device), frame_skip=cfg.frame_skip,
+                                   async_collection=cfg.async_collection)
+        collector, replay_buffer = online.collector, online.replay_buffer
+        if evaluator is None and cfg.eval.interval > 0:
+            evaluator = _marl_env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device)
+    elif env_id is not None:
         from offrl.online.setup import build_online, build_parts_for_env
 
         parts = build_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=str(device), seed=None)
@@ -111,9 +131,15 @@ def build_components(
         if evaluator is None and cfg.eval.interval > 0:
             evaluator = _env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device)
     else:
-        from offrl.algos import build_from_dataset
+        if cfg.algo in MARL_ALGOS:
+            from offrl.algos.marl import build_marl_from_dataset
 
-        parts = build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
+            parts = build_marl_from_dataset(cfg.algo_config, dataset, strategy=cfg.algo, device=str(device),
+                                            seed=cfg.seed)
+        else:
+            from offrl.algos import build_from_dataset
+
+            parts = build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
         replay_buffer, evaluator = _dataset_buffer_and_evaluator(cfg, dataset, parts, device, evaluator)
         if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)
             from offrl.online.setup import prepare_online
@@ -198,5 +224,16 @@ def _env_evaluator(env_id: str, episodes: int, seed: int, device: Any) -> Callab
 
     def evaluator(policy: Any, step: int) -> dict[str, float]:
         return evaluate(policy, env_id, episodes=episodes, seed=seed, device=device).metrics()
+
+    return evaluator
+
+
+def _marl_env_evaluator(env_id: str, episodes: int, seed: int, device: Any,
+                        ref: tuple[float, float] | None = None) -> Callable[[Any, int], dict[str, float]]:
+    """Deterministic rollouts of the greedy joint policy in a multi-agent env (team return)."""
+    from offrl.evaluation.marl import evaluate_marl
+
+    def evaluator(policy: Any, step: int) -> dict[str, float]:
+        return evaluate_marl(policy, env_id, episodes=episodes, seed=seed, device=device, ref=ref).metrics()
 
     return evaluator

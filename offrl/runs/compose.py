@@ -22,6 +22,8 @@ from offrl.config import (
     load_yaml,
     saved_config,
 )
+from offrl.config.marl import MARL_ALGOS
+from offrl.data.marl_envs import is_marl_env
 from offrl.errors import UserError
 from offrl.runs.assemble import load_config_dataset
 
@@ -100,6 +102,15 @@ def compose_env_run_config(env_id: str, algo: str | None, *, config: Any = None,
 
 def _env_algo(algo: str | None, env_id: str) -> str:
     algo = (algo or "auto").lower().replace("_", "-")
+    if is_marl_env(env_id):  # a multi-agent env: QMIX unless told otherwise
+        if algo == "auto":
+            return "qmix"
+        if algo not in MARL_ALGOS:
+            raise UserError(f"--algo {algo}: {env_id} is a multi-agent env; use --algo qmix, vdn or iql")
+        return algo
+    if algo in MARL_ALGOS:
+        raise UserError(f"--algo {algo}: {env_id} is a single-agent env; {algo} needs a multi-agent one "
+                        "(e.g. mpe2/simple_spread)")
     if algo == "auto":
         from offrl.online.setup import env_specs
 

@@ -1,5 +1,5 @@
-"""``DQNTrainer``: torchrl's DQNTrainer API over offrl's loop (``DQNLoss``), offline from a replay buffer or
-online with a collector and an annealed ``EGreedyModule``."""
+"""``DQNTrainer``: torchrl's DQNTrainer API over offrl's loop (``DQNLoss``; ``QMixerLoss`` for QMIX/VDN),
+offline from a replay buffer or online with a collector and an annealed ``EGreedyModule``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from torchrl.objectives import DQNLoss
+from torchrl.objectives.multiagent import QMixerLoss
 
 from offrl.errors import UserError
 from offrl.trainers.loop import EvalFn, Trainer
@@ -22,9 +23,13 @@ _MIXING = (None, "qmix", "vdn", "iql")
 class DQNTrainer(Trainer):
     """Deep Q-Network trainer (torchrl ``DQNTrainer`` parameters, same meaning and defaults).
 
-    ``mixing_strategy`` "qmix"/"vdn" average ``("next", reward_key)`` (and the episode reward) over the
-    agent dimension into ``aggregated_reward_key`` (``aggregated_episode_reward_key``) before the loss; "iql"
-    trains agents independently on their own rewards. offrl additions as in :class:`CQLTrainer`.
+    ``mixing_strategy`` "qmix"/"vdn": the loss is torchrl's ``QMixerLoss`` (a ``QMixer`` / ``VDNMixer``
+    over per-agent Q-networks, :mod:`offrl.algos.marl`); ``("next", reward_key)`` and the episode reward are
+    averaged over the agent dimension (``[..., n_agents, 1]`` -> ``[..., 1]``) into ``aggregated_reward_key``
+    / ``aggregated_episode_reward_key`` before the loss (which reads the former) and for logging. "iql":
+    independent Q-learners, a ``DQNLoss`` on per-agent keys; team flags (``done_key``, ``terminated_key``)
+    and a team reward are broadcast to the agents when the batch has no per-agent ones. offrl additions as
+    in :class:`CQLTrainer`.
     """
 
     _algo_name = "dqn"
@@ -82,6 +87,7 @@ class DQNTrainer(Trainer):
         if greedy_module is not None and not hasattr(greedy_module, "step"):
             raise UserError("greedy_module must be an EGreedyModule (something with step(frames) and eps)")
         self.mixing_strategy = mixing_strategy
+        self._mixed = mixing_strategy in ("qmix", "vdn")
         self.terminated_key = terminated_key
         self.aggregated_reward_key = aggregated_reward_key
         self.aggregated_episode_reward_key = aggregated_episode_reward_key
@@ -99,36 +105,92 @@ class DQNTrainer(Trainer):
             greedy_module=greedy_module, reward_key=reward_key, done_key=done_key,
             episode_reward_key=episode_reward_key, action_key=action_key, observation_key=observation_key,
         )
-        # the loss reads the same signals: non-default keys, and the agent-averaged reward when mixing
+        # the loss reads the same signals: non-default team keys, and the agent-averaged reward when mixing
+        # (independent learners read per-agent keys, filled from the team ones by _prepare_batch)
         loss_keys: dict[str, Any] = {}
-        if done_key != "done":
-            loss_keys["done"] = done_key
-        if terminated_key != "terminated":
-            loss_keys["terminated"] = terminated_key
-        if mixing_strategy in ("qmix", "vdn"):
+        if mixing_strategy != "iql":
+            if done_key != "done":
+                loss_keys["done"] = done_key
+            if terminated_key != "terminated":
+                loss_keys["terminated"] = terminated_key
+        if self._mixed:
             loss_keys["reward"] = aggregated_reward_key
         if loss_keys:
             loss_module.set_keys(**loss_keys)
 
+    @property
+    def display_name(self) -> str:
+        return self.mixing_strategy or self._algo_name
+
     def _check_loss(self, loss_module: Any) -> None:
-        if not isinstance(loss_module, DQNLoss):
+        if self.mixing_strategy in ("qmix", "vdn"):
+            if not isinstance(loss_module, QMixerLoss):
+                raise UserError(f"mixing_strategy={self.mixing_strategy!r} drives torchrl's QMixerLoss (a QMixer/"
+                                f"VDNMixer over per-agent Q-networks, offrl.algos.marl), not "
+                                f"{type(loss_module).__name__}")
+        elif not isinstance(loss_module, DQNLoss):
             raise UserError(f"DQNTrainer drives torchrl's DQNLoss, not {type(loss_module).__name__}; use "
-                            "CQLTrainer for CQLLoss/DiscreteCQLLoss")
+                            "CQLTrainer for CQLLoss/DiscreteCQLLoss"
+                            + (", and mixing_strategy='qmix'/'vdn' for QMixerLoss"
+                               if isinstance(loss_module, QMixerLoss) else ""))
+
+    def aggregate_rewards(self, batch: TensorDictBase) -> TensorDictBase:
+        """QMIX/VDN: ``("next", reward_key)`` and ``("next", episode_reward_key)``, ``[..., n_agents, 1]``,
+        averaged over the agents into ``("next", aggregated_*_key)`` (torchrl's ``batch_process`` hook)."""
+        for src, dst in ((self.reward_key, self.aggregated_reward_key),
+                         (self.episode_reward_key, self.aggregated_episode_reward_key)):
+            value = batch.get(("next", src), None)
+            if value is not None:
+                batch.set(("next", dst), value.mean(-2))
+        return batch
+
+    def _broadcast_team_signals(self, batch: TensorDictBase) -> TensorDictBase:
+        """IQL: per-agent ``done``/``terminated``/``reward`` the loss reads, from the team ones when the batch
+        has no per-agent entry (``[B, 1]`` -> ``[B, n_agents, 1]``)."""
+        keys = self.loss_module.tensor_keys
+        for team, agent in ((self.done_key, keys.done), (self.terminated_key, keys.terminated),
+                            (self.reward_key, keys.reward)):
+            # per-agent keys live in an agent group (("agents", "done")); plain keys: a single-agent DQNLoss
+            if team == agent or not isinstance(agent, tuple) or batch.get(("next", agent), None) is not None:
+                continue
+            value = batch.get(("next", team), None)
+            action = batch.get(keys.action, None)  # [B, n_agents] indices or [B, n_agents, n] one-hot
+            if value is not None and action is not None and action.ndim > batch.batch_dims:
+                n_agents = action.shape[batch.batch_dims]
+                shape = (*value.shape[:-1], n_agents, value.shape[-1])
+                batch.set(("next", agent), value.unsqueeze(-2).expand(shape))
+        return batch
 
     def _prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
-        if self.mixing_strategy in ("qmix", "vdn"):
-            # rewards [..., n_agents, 1] -> their mean over agents, shared by the mixed value
-            for src, dst in ((self.reward_key, self.aggregated_reward_key),
-                             (self.episode_reward_key, self.aggregated_episode_reward_key)):
-                value = batch.get(("next", src), None)
-                if value is not None:
-                    batch.set(("next", dst), value.mean(-2))
+        if self._mixed:
+            return self.aggregate_rewards(batch)
+        if self.mixing_strategy == "iql":
+            return self._broadcast_team_signals(batch)
         return batch
+
+    @property
+    def reward_log_key(self) -> Any:
+        return self.aggregated_reward_key if self._mixed else self.reward_key
+
+    def _collect_stats(self, data: TensorDictBase) -> dict[str, float]:
+        """Returns of the episodes that ended in a collected batch: the agent-averaged episode reward
+        (``aggregated_episode_reward_key`` with QMIX/VDN, the per-agent one averaged for IQL)."""
+        if self._mixed:
+            data = self.aggregate_rewards(data)
+        key = self.aggregated_episode_reward_key if self._mixed else self.episode_reward_key
+        ep_reward = data.get(("next", key), None)
+        done = data.get(("next", self.done_key), None)
+        if ep_reward is None or done is None or not bool(done.any()):
+            return {}
+        if ep_reward.ndim > done.ndim:  # per-agent episode rewards, team done
+            ep_reward = ep_reward.mean(-2)
+        return {"episode_reward_mean": float(ep_reward[done].float().mean())}
 
     def _loss_terms(self, loss_td: TensorDictBase, batch: TensorDictBase
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        total = loss_td.get("loss")
-        metrics = {k: v.detach() for k, v in loss_td.items() if k.startswith("loss")}
+        terms = [v for k, v in loss_td.items() if k.startswith("loss")]
+        total = terms[0] if len(terms) == 1 else torch.stack(terms).sum()
+        metrics = {k: v.detach() for k, v in loss_td.items()}
         priority = batch.get(self.loss_module.tensor_keys.priority, None)
         if priority is not None:
             metrics["td_error"] = priority.detach().mean()
@@ -140,8 +202,12 @@ class DQNTrainer(Trainer):
         metrics: dict[str, torch.Tensor] = {}
         loss = self.loss_module
         keys = loss.tensor_keys
-        with torch.no_grad(), loss.value_network_params.to_module(loss.value_network):
-            q_td = loss.value_network(batch.select(*loss.value_network.in_keys).clone(False))
+        if isinstance(loss, QMixerLoss):  # the per-agent Q-values
+            params, net = loss.local_value_network_params, loss.local_value_network
+        else:
+            params, net = loss.value_network_params, loss.value_network
+        with torch.no_grad(), params.to_module(net):
+            q_td = net(batch.select(*net.in_keys).clone(False))
         q_all = q_td.get(keys.action_value)
         action = batch.get(keys.action)
         if not torch.is_floating_point(action):

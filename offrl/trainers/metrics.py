@@ -5,6 +5,7 @@ DQN trainers share."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -23,9 +24,14 @@ def q_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
 class TrainerMetrics:
     """Metrics of a :class:`~offrl.trainers.Trainer` (a mixin: ``self`` is the trainer)."""
 
+    @property
+    def reward_log_key(self) -> Any:
+        """The reward ``reward_mean`` / ``reward_std`` describe (DQNTrainer: the team reward when mixing)."""
+        return self.reward_key
+
     def _batch_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
-        pairs = [(self.log_rewards, "reward", ("next", self.reward_key)),
+        pairs = [(self.log_rewards, "reward", ("next", self.reward_log_key)),
                  (self.log_actions, "action", self.action_key),
                  (self.log_observations, "observation", self.observation_key)]
         for enabled, name, key in pairs:

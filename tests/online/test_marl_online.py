@@ -1,0 +1,78 @@
+"""Multi-agent runs online (`offrl train --env mpe2/... --algo qmix|vdn|iql`): the run folder, the team and
+per-agent evaluation columns, bad inputs and the missing-extra hint."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from helpers.cli import assert_user_error, offrl_cli
+
+from offrl.runs import train
+
+ENV = "mpe2/simple_spread-n2"
+
+
+def test_qmix_run_from_scratch_writes_team_and_agent_columns(tmp_path):
+    result = offrl_cli("train", "--env", ENV, "--algo", "qmix", "--online-steps", "200", "--frames-per-batch", "50",
+                       "--utd", "2", "--eval-every", "8", "--eval-episodes", "2", "--no-progress", "--out",
+                       str(tmp_path), "--name", "r", "--set", "mixing.hidden_sizes=[16]", "--set", "batch_size=32",
+                       "--set", "log_interval=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "env__mpe2__simple_spread-n2" / "qmix" / "r"
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["step"].tolist() == [4, 8]
+    last = metrics.iloc[-1]
+    # the team return is the mean of the agents' returns
+    assert last["eval_return_mean"] == pytest.approx((last["eval_agent0_return_mean"] + last["eval_agent1_return_mean"]) / 2)
+    assert last["frames"] == 200 and {"loss", "cql_gap", "q_data_mean", "epsilon", "online_return_mean"} <= set(metrics)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["online"]["episodes"] == 8  # 200 frames / 25 steps
+    config = (run / "config.yaml").read_text()
+    assert "mixing_strategy: qmix" in config and "aggregated_reward_key: reward" in config and "mixing:" in config
+
+
+def test_wrong_algorithm_for_a_multiagent_env_is_one_line(tmp_path):
+    result = offrl_cli("train", "--env", ENV, "--algo", "dqn", "--online-steps", "50", "--no-progress", "--out",
+                       str(tmp_path))
+    assert_user_error(result, "--algo dqn", "multi-agent env", "qmix, vdn or iql")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("algo,env,options,match", [
+    ("vdn", "CartPole-v1", {}, "--algo vdn: CartPole-v1 is a single-agent env"),
+    ("qmix", "vmas/balance", {}, "VMAS needs the 'gym' package"),
+    ("qmix", "mpe2/nope", {}, "--env mpe2/nope: unknown multi-agent env"),
+    ("qmix", ENV, {"mixing_strategy": "vdn"}, "mixing_strategy='vdn': algo qmix trains with mixing_strategy qmix"),
+    ("iql", ENV, {"dqn.lr": 0.1}, "dqn.lr: set for another algorithm"),
+])
+def test_bad_multiagent_inputs_are_user_errors(tmp_path, algo, env, options, match):
+    from offrl.errors import UserError
+
+    with pytest.raises(UserError, match=match):
+        train(None, algo, online_env=env, online_steps=50, out=tmp_path, progress=False, **options)
+    assert not any(tmp_path.iterdir())
+
+
+def test_mixing_config_needs_its_aggregated_keys():
+    from offrl.config import DQNTrainerConfig
+    from offrl.errors import UserError
+
+    cfg = DQNTrainerConfig(algo="vdn", mixing_strategy="vdn", aggregated_reward_key=None, offline_steps=10)
+    cfg.dataset.id = "x"
+    with pytest.raises(UserError, match="aggregated_reward_key / aggregated_episode_reward_key: algo vdn needs both"):
+        cfg.validate()
+
+
+def test_missing_extra_names_it(tmp_path):
+    """Without mpe2 (here: an mpe2 that fails to import) the error names the extra to install."""
+    fake = tmp_path / "site" / "mpe2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named mpe2')\n")
+    import os
+
+    path = os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])
+    result = offrl_cli("train", "--env", ENV, "--algo", "qmix", "--online-steps", "50", "--no-progress", "--out",
+                       str(tmp_path / "runs"), env={"PYTHONPATH": path})
+    assert_user_error(result, ENV, "pip install 'offrl[marl]'")
