@@ -84,7 +84,7 @@ class _Features:
         per = features if n_actions is None else max(8, features // n_actions)
         self.w = torch.randn(in_dim, per, generator=gen, dtype=torch.float64) / bandwidth
         self.b = torch.rand(per, generator=gen, dtype=torch.float64) * 2 * math.pi
-        self.scale = math.sqrt(2.0 / per)
+        self.scale = math.sqrt(2.0)  # unit-variance features: the ridge is relative to them
         self.dim = (per + 1) * (n_actions or 1)
 
     def __call__(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
