@@ -1,19 +1,25 @@
 """Fitted Q Evaluation (Le et al. 2019) of a deterministic policy on logged transitions, with a bootstrap
 confidence interval over episodes: no env needed.
 
-FQE regresses ``Q(s, a)`` on ``r + γ (1 - terminated) Q'(s', π(s'))`` (``Q'``: a Polyak-averaged copy) over
-the data, then estimates the policy's discounted return as the mean of ``Q(s0, π(s0))`` over the episodes'
-initial states. The policy is deterministic, so ``π(s')`` and ``π(s0)`` are computed once, before fitting.
+FQE regresses ``Q(s, a)`` on ``r + γ (1 - terminated) Q(s', π(s'))`` over the data, again and again, then
+estimates the policy's discounted return as the mean of ``Q(s0, π(s0))`` over the episodes' initial states.
+Here the function class is linear in random Fourier features of (standardized observation, action)
+(Rahimi & Recht 2007; discrete actions: one block of state features per action), so each FQE iteration is
+a ridge regression ``w <- (G + λI)^-1 (c + γ C w)`` over the data's moments (``G = E[φφᵀ]``,
+``C = E[φ φ'ᵀ]``, ``c = E[φ r]``, ``φ' = φ(s', π(s'))``). Where that map contracts, FQE converges to the
+solution of ``(G + λI - γC) w = c``, computed directly (LSTD-Q): no iteration count to tune, no
+under-trained critic, and seconds on a CPU. The policy is deterministic, so ``π(s')`` and ``π(s0)`` are
+computed once.
 
-The interval: ``bootstrap`` extra fits, each on a resample (with replacement) of whole episodes, trained in
-the same pass as the point fit (one batched MLP, one head per fit: ``torch.baddbmm``); each head's estimate
-is the mean over its resample's initial states, and the 95% CI is the 2.5/97.5 percentiles of those
-estimates (Hao et al. 2021, "Bootstrapping FQE"). It counts the data's sampling error and the fit's own
-variance, not FQE's bias (a policy far from the data is extrapolated: see ``offrl/docs/ope.md``).
+The interval: ``bootstrap`` extra fits, each on a resample (with replacement) of whole episodes; each fit's
+estimate is the mean over its resample's initial states, and the 95% CI is the 2.5/97.5 percentiles of
+those estimates (Hao et al. 2021, "Bootstrapping FQE"). It counts the data's sampling error, not FQE's bias
+(a policy that leaves the data is extrapolated: docs/ope.md says where that was measured).
 
 Diagnostics of the point fit: its TD error on the data (mean squared, in reward units², and relative to the
-targets' variance) and ``diverged``: an estimate that is not finite or lies outside the values the rewards
-allow (``[r_min, r_max] / (1 - γ)``, widened by 10%).
+targets' variance), the spectral radius of the FQE iteration's map (``>= 1``: the iteration diverges; the
+policy reaches states the data does not cover), and ``diverged``: that, a non-finite value, or an estimate
+outside the values the rewards allow (``[min(r_min, 0), max(r_max, 0)] / (1 - γ)``, widened by 10%).
 """
 
 from __future__ import annotations
@@ -48,13 +54,15 @@ class FQEResult:
     seconds: float = 0.0
     spectral_radius: float = math.nan  # of the FQE iteration's linear map: < 1 contracts, >= 1 diverges
     features: int = 0
+    unstable_bootstrap_fits: int = 0  # resampled fits whose estimate the rewards do not allow (a wide CI)
 
     def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | None:
             return float(x) if math.isfinite(x) else None
 
         return {"value": num(self.value), "ci_low": num(self.ci_low), "ci_high": num(self.ci_high),
-                "bootstrap_fits": len(self.bootstrap), "td_error": num(self.td_error),
+                "bootstrap_fits": len(self.bootstrap),
+                "unstable_bootstrap_fits": self.unstable_bootstrap_fits, "td_error": num(self.td_error),
                 "td_error_relative": num(self.td_error_relative), "diverged": self.diverged,
                 "diverged_reason": self.diverged_reason, "gamma": self.gamma, "episodes": self.episodes,
                 "transitions": self.transitions, "features": self.features,
@@ -187,6 +195,7 @@ def fit_fqe(
     r_min, r_max = float(reward.min()), float(reward.max())
     v_lo, v_hi = min(r_min, 0.0) / (1 - gamma), max(r_max, 0.0) / (1 - gamma)
     margin = 0.1 * (v_hi - v_lo)
+    unstable = int(np.sum(~np.isfinite(boot) | (boot < v_lo - margin) | (boot > v_hi + margin)))
     reason = None
     if not np.all(np.isfinite(estimates)) or not math.isfinite(td):
         reason = "non-finite values"
@@ -197,4 +206,5 @@ def fit_fqe(
     return FQEResult(value=value, ci_low=float(lo_hi[0]), ci_high=float(lo_hi[1]), bootstrap=boot, td_error=td,
                      td_error_relative=td_rel, diverged=reason is not None, diverged_reason=reason, gamma=gamma,
                      episodes=int(counts.shape[1]), transitions=len(obs),
-                     seconds=time.perf_counter() - t0, spectral_radius=radius, features=dim)
+                     seconds=time.perf_counter() - t0, spectral_radius=radius, features=dim,
+                     unstable_bootstrap_fits=unstable)
