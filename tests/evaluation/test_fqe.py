@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from offrl.data import load_dataset
-from offrl.datagen.policies import CartPoleExpert, PendulumExpert
+from offrl.datagen.policies import PendulumExpert
 from offrl.evaluation.fqe import fit_fqe
 
 PENDULUM = {"action_low": [-2.0], "action_high": [2.0]}
