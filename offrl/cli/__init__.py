@@ -23,14 +23,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from offrl.cli import bench, datasets, evaluate, report, sweep, train
+    from offrl.cli import bench, datasets, evaluate, export, ope, report, sweep, train
     from offrl.version import __version__
 
     parser = _Parser(prog="offrl", description="Offline RL on datasets: CQL and DQN with trustworthy reports.")
     parser.add_argument("--version", action="version", version=f"offrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (datasets, train, sweep, evaluate, report, bench):
+    for module in (datasets, train, sweep, evaluate, ope, export, report, bench):
         module.register(sub)
     return parser
 

@@ -21,6 +21,11 @@ def score_line(summary: dict[str, Any], *, eval_interval: int | None = None) -> 
     if final:
         parts.append(f"final return {fmt(final.get('return_mean'))} (normalized {fmt(final.get('normalized_score'))})")
         parts.append(f"best {fmt(best.get('return_mean'))} at step {best.get('step')}")
+        selected = summary.get("selected")
+        if selected:
+            parts[-1] += " (optimistic: picked on the evaluation episodes)"
+            parts.append(f"selected by {selected.get('by')} {fmt(selected.get('return_mean'))} "
+                         f"(normalized {fmt(selected.get('normalized_score'))}) at step {selected.get('step')}")
     elif eval_interval == 0:
         parts.append("no evaluation (eval.interval is 0: --eval-every N evaluates every N steps)")
     elif eval_interval is not None and summary.get("status") != "completed":

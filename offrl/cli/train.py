@@ -82,6 +82,9 @@ def register(subparsers: Any) -> None:
                    help="with --resume: accept a changed config (e.g. more --steps) or changed dataset")
     p.add_argument("--logger", choices=("csv", "tensorboard", "wandb"), default=None,
                    help="also log to TensorBoard or W&B (offline); metrics.csv is always written")
+    p.add_argument("--select", choices=("fqe",), default=None,
+                   help="after training, pick a checkpoint from the data alone: fqe ranks the kept checkpoints "
+                        "by FQE on the held-out episodes; summary.json records it as 'selected' (see offrl ope)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cache-dir", metavar="DIR", help="converted-dataset cache (default $OFFRL_CACHE or ~/.cache/offrl)")
     g = p.add_argument_group("online fine-tuning (after the offline steps; see offrl.online)")
@@ -171,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         command=["offrl", *sys.argv[1:]],
         on_start=started,
+        select=args.select,
         **_config_kwargs(args),
     )
     summary = result.summary

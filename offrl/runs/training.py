@@ -61,6 +61,7 @@ def train(
     force: bool = False,
     command: Sequence[str] | None = None,
     on_start: Callable[[Path], None] | None = None,
+    select: str | None = None,
     **overrides: Any,
 ) -> Run:
     """Train on a dataset (or online from scratch in an env) and return the finished :class:`Run`.
@@ -79,6 +80,9 @@ def train(
             unless ``force``.
         command: the command line to record (default: this Python call).
         on_start: called with the run folder once it exists, before training.
+        select: ``"fqe"``: after training, rank the kept checkpoints by FQE on the held-out episodes
+            (:func:`offrl.runs.ope.select_checkpoint`) and record the chosen one's score as ``selected`` in
+            ``summary.json``, next to ``final`` and ``best`` (which chose on the evaluation episodes).
         **overrides: config keys by name, dotted or nested: ``steps=2000``, ``batch_size=128``,
             ``seed=1``, ``device="cpu"``, ``eval_every=500``, ``eval_episodes=5``, ``logger="csv"``,
             ``progress=False``, ``cache_dir=...``, ``cql={"min_q_weight": 5}``, ``**{"dqn.lr": 1e-4}``.
@@ -86,12 +90,15 @@ def train(
     from offrl.runs.compose import config_values
 
     values = config_values(overrides)
+    if select not in (None, "fqe"):
+        raise UserError(f"--select {select}: unknown selection; choose fqe")
     if command is None:
         shown = ", ".join([repr(str(dataset))] + [f"{k}={v!r}" for k, v in overrides.items()])
         command = [f"offrl.train({shown})"]
     if resume is not None:
-        return _resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
-                       overrides=values, force=force, command=command, on_start=on_start)
+        return _selected(_resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
+                                 overrides=values, force=force, command=command, on_start=on_start,
+                                 select=select), select)
     from offrl.runs.compose import (
         compose_env_run_config,
         compose_run_config,
@@ -117,6 +124,7 @@ def train(
     if path.exists():
         raise UserError(f"--name {run_name}: run folder {path} already exists; pick another --name or --resume it")
     check_logger_available(cfg.logger)
+    _check_select(select, cfg, data)
 
     # Build everything before the folder exists: a bad input then leaves nothing behind. The logger and
     # the checkpoint path point into the future folder; neither writes before training starts.
@@ -128,12 +136,35 @@ def train(
     if data_notes:  # which defaults the dataset decided, and why (also printed by offrl train)
         meta["defaults_from_data"] = data_notes
     create_run_dir(path, {CONFIG_FILE: config_to_yaml(cfg, meta)})
-    return _train_in(path, cfg, parts, logger, resumed=0, on_start=on_start)
+    return _selected(_train_in(path, cfg, parts, logger, resumed=0, on_start=on_start), select)
+
+
+def _check_select(select: str | None, cfg: TrainerConfig, data: Any) -> None:
+    """``--select fqe`` needs a dataset and kept checkpoints: say so before anything is trained."""
+    if select is None:
+        return
+    if data is None:
+        raise UserError("--select fqe: a run trained online from scratch has no dataset for FQE; drop --select")
+    if not cfg.keep_checkpoints:
+        raise UserError("--select fqe: ranks the kept checkpoints, but keep_checkpoints is false; drop "
+                        "--set keep_checkpoints=false")
+
+
+def _selected(run: Run, select: str | None) -> Run:
+    """Add ``selected`` to a finished run's summary.json (``--select fqe``)."""
+    if select is None or run.summary.get("status") != "completed":
+        return run
+    from offrl.runs.ope import select_checkpoint
+
+    summary = run.summary
+    summary["selected"] = select_checkpoint(run.dir)
+    write_json_atomic(run.dir / SUMMARY_FILE, summary)
+    return run
 
 
 def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist: Sequence[str],
             overrides: dict[str, Any], force: bool, command: Sequence[str],
-            on_start: Callable[[Path], None] | None) -> Run:
+            on_start: Callable[[Path], None] | None, select: str | None = None) -> Run:
     """Continue ``path`` from ``checkpoints/latest.pt`` with the same (or, with ``force``, a changed) config."""
     if not path.is_dir() or not is_run_dir(path):
         raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
@@ -146,6 +177,7 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
                                  overrides=overrides, force=force)
     cfg = resumed_cfg.cfg
     check_logger_available(cfg.logger)
+    _check_select(select, cfg, resumed_cfg.dataset)
     logger = TidyCSVLogger(path.name, path) if cfg.enable_logging else None
     latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
     parts = build_components(cfg, dataset=resumed_cfg.dataset, env_id=resumed_cfg.env_id, logger=logger,
