@@ -244,4 +244,7 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
 
 
 def _ci(row: Any, prefix: str) -> str:
+    """``mean [low, high]``; one seed has no interval: ``mean (n/a, 1 seed)``, never ``[x, x]``."""
+    if row.get(f"{prefix}_n") == 1:
+        return f"{fmt(row[f'{prefix}_mean'])} (95% CI n/a, 1 seed)"
     return f"{fmt(row[f'{prefix}_mean'])} [{fmt(row[f'{prefix}_low'])}, {fmt(row[f'{prefix}_high'])}]"

@@ -40,12 +40,41 @@ class Group:
     runs: list[RunRecord]
     unit: ScoreUnit
     notes: list[str] = field(default_factory=list)
+    duplicates: list[RunRecord] = field(default_factory=list)
+    """Runs whose seed another run of the group already has: shown, never counted as a seed."""
 
     @property
     def status_text(self) -> str:
         counts = Counter(r.status for r in self.runs)
         others = [f"{n} {s}" for s, n in sorted(counts.items()) if s != "completed"]
+        if self.duplicates:
+            others.append(f"{len(self.duplicates)} duplicate seed{'s' if len(self.duplicates) > 1 else ''} not counted")
         return f"{len(self.runs)}" + (f" ({', '.join(others)})" if others else "")
+
+
+def _keeper_order(run: RunRecord) -> tuple[int, int, str]:
+    """Which run of one seed a group keeps: a completed one, then the furthest, then the newest folder."""
+    return (run.status == "completed", run.steps, run.path.name)
+
+
+def distinct_seeds(runs: Sequence[RunRecord], label: str, warnings: list[str]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """One run per seed: runs of a seed already seen (a re-run, a resumed twin, the CLI and a script with
+    the same seed) are not independent samples, so a group keeps one of them and says which."""
+    by_seed: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_seed.setdefault(str(run.seed), []).append(run)
+    kept, dropped = [], []
+    for seed, same in by_seed.items():
+        same = sorted(same, key=_keeper_order, reverse=True)
+        kept.append(same[0])
+        dropped += same[1:]
+        if len(same) > 1:
+            warnings.append(
+                f"{label}: seed {seed} has {len(same)} runs; counted once (kept {same[0].path.name}, "
+                f"{same[0].status}, {same[0].steps} steps; not counted: {', '.join(r.path.name for r in same[1:])}): "
+                "runs with the same seed are not independent samples"
+            )
+    return kept, dropped
 
 
 def _has_refs(run: RunRecord) -> bool | None:
@@ -123,7 +152,8 @@ def group_runs(runs: Sequence[RunRecord], group_by: str | None, warnings: list[s
             label = members[0].algo
         else:
             label = f"{members[0].algo} {group_by}={_short(key[2])}"
-        groups.append(Group(ds, label, sorted(members, key=lambda r: str(r.seed)), units[ds]))
+        kept, dropped = distinct_seeds(members, f"{ds} {label}", warnings)
+        groups.append(Group(ds, label, sorted(kept, key=lambda r: str(r.seed)), units[ds], duplicates=dropped))
     return sorted(groups, key=lambda g: (g.dataset, g.label))
 
 
@@ -193,11 +223,12 @@ def online_switch(group: Group) -> float | None:
 
 
 def _fmt_ci(values: np.ndarray) -> dict[str, float]:
+    """Mean, 95% bootstrap CI over seeds, IQM and ``n`` (seeds with a value); one seed has no interval."""
     v = values[np.isfinite(values)]
     if not v.size:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "iqm": math.nan}
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "iqm": math.nan, "n": 0}
     lo, hi = bootstrap_ci(v) if v.size > 1 else (math.nan, math.nan)
-    return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v))}
+    return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v)), "n": int(v.size)}
 
 
 def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
@@ -239,8 +270,9 @@ def aggregate_table(groups: Sequence[Group]) -> pd.DataFrame:
         flat = np.concatenate(strata) if strata else np.array([])
         if not flat.size:
             continue
-        iqm_lo, iqm_hi = stratified_bootstrap_ci(strata, iqm)
-        mean_lo, mean_hi = stratified_bootstrap_ci(strata)
+        one = flat.size < 2  # one run has no interval (never [x, x])
+        iqm_lo, iqm_hi = (math.nan, math.nan) if one else stratified_bootstrap_ci(strata, iqm)
+        mean_lo, mean_hi = (math.nan, math.nan) if one else stratified_bootstrap_ci(strata)
         rows.append({
             "group": label, "datasets": len(strata), "runs": int(flat.size),
             "iqm": float(iqm(flat)), "iqm_low": iqm_lo, "iqm_high": iqm_hi,
@@ -253,10 +285,11 @@ def run_table(groups: Sequence[Group]) -> pd.DataFrame:
     """Every run: where it is, its status, how far it got, its last and best score."""
     rows = []
     for g in groups:
-        for r in g.runs:
+        for r in [*g.runs, *g.duplicates]:
             last, best = last_and_best(r, g.unit.column)
             rows.append({
                 "dataset": g.dataset, "group": g.label, "seed": r.seed, "status": r.status, "steps": r.steps,
                 "last": last, "best": best, "unit": g.unit.column, "path": str(r.path), "warnings": len(r.warnings),
+                "counted": all(r is not d for d in g.duplicates),
             })
     return pd.DataFrame(rows)

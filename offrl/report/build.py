@@ -50,7 +50,7 @@ def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: s
         if fig is not None:
             figures.append(fig)
     summary, aggregate, table = summary_table(groups), aggregate_table(groups), run_table(groups)
-    if len(runs) == 1:  # a single run: the across-datasets table would only repeat the summary row
+    if sum(len(g.runs) for g in groups) == 1:  # one counted run: the across-datasets table would repeat it
         aggregate = aggregate.iloc[0:0]
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
                             warnings=warnings, group_by=group_by, smooth=smooth)

@@ -34,7 +34,7 @@ tr.ds td{background:#f0f3f8;font-weight:600;text-align:left}
 .raw{color:#9a5b00;font-size:.8em}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:.8em;color:#fff;background:#6b7385}
 .completed{background:#2e7d32}.running{background:#1565c0}.crashed{background:#c62828}.stopped{background:#ef6c00}
-.incomplete{background:#8e24aa}
+.incomplete{background:#8e24aa}.duplicate{background:#9e9e9e}
 .warn{background:#fff8e1;border:1px solid #f3d27a;padding:8px 14px;border-radius:6px;font-size:.86em}
 .warn li{margin:2px 0}
 figure{margin:18px 0;background:#fff;padding:12px;box-shadow:0 1px 2px rgba(0,0,0,.06)}
@@ -64,6 +64,8 @@ def _score(row: pd.Series, prefix: str) -> str:
     cell = _num(mean)
     if not (isinstance(lo, float) and math.isnan(lo)):
         cell += f' <span class="ci">[{_num(lo)}, {_num(hi)}]</span>'
+    elif row.get(f"{prefix}_n") == 1:
+        cell += ' <span class="ci">(n/a, 1 seed)</span>'
     if row.get("unit") == "eval_return_mean":
         cell += ' <span class="raw">raw</span>'
     return cell
@@ -96,10 +98,14 @@ def _summary(table: pd.DataFrame) -> str:
 def _aggregate(table: pd.DataFrame) -> str:
     if table.empty:
         return ""
+    def ci(r: pd.Series, key: str) -> str:
+        if math.isnan(r[f"{key}_low"]):
+            return f"{_num(r[key])} <span class='ci'>(n/a, 1 run)</span>"
+        return f"{_num(r[key])} <span class='ci'>[{_num(r[f'{key}_low'])}, {_num(r[f'{key}_high'])}]</span>"
+
     rows = "".join(
         f"<tr><td class='l'>{_e(r['group'])}</td><td>{int(r['datasets'])}</td><td>{int(r['runs'])}</td>"
-        f"<td>{_num(r['iqm'])} <span class='ci'>[{_num(r['iqm_low'])}, {_num(r['iqm_high'])}]</span></td>"
-        f"<td>{_num(r['mean'])} <span class='ci'>[{_num(r['mean_low'])}, {_num(r['mean_high'])}]</span></td></tr>"
+        f"<td>{ci(r, 'iqm')}</td><td>{ci(r, 'mean')}</td></tr>"
         for _, r in table.iterrows()
     )
     return (
@@ -114,7 +120,7 @@ def _aggregate(table: pd.DataFrame) -> str:
 def _runs(table: pd.DataFrame) -> str:
     rows = "".join(
         f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td><td>{_e(r['seed'])}</td>"
-        f"<td class='l'><span class='badge {_e(r['status'])}'>{_e(r['status'])}</span></td><td>{int(r['steps']):,}</td>"
+        f"<td class='l'><span class='badge {_e(r['status'])}'>{_e(r['status'])}</span>{_not_counted(r)}</td><td>{int(r['steps']):,}</td>"
         f"<td>{_num(r['last'])}</td><td>{_num(r['best'])}</td><td>{int(r['warnings']) or ''}</td>"
         f"<td class='l path'>{_e(r['path'])}</td></tr>"
         for _, r in table.iterrows()
@@ -124,6 +130,10 @@ def _runs(table: pd.DataFrame) -> str:
         "<th class='l'>Status</th><th>Steps</th><th>Last</th><th>Best</th><th>Warnings</th><th class='l'>Run directory</th>"
         f"</tr></thead><tbody>{rows}</tbody></table>"
     )
+
+
+def _not_counted(row: pd.Series) -> str:
+    return "" if row.get("counted", True) else " <span class='badge duplicate'>duplicate seed, not counted</span>"
 
 
 def _figure(fig: Figure) -> str:

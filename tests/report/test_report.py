@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -174,3 +175,25 @@ def test_a_config_key_missing_from_older_runs_does_not_split_a_group(tmp_path: P
     assert [len(g.runs) for g in groups] == [2] and groups[0].label == "cql"
     make_run(tmp_path, seed=2, extra_config={"lr": 1e-3})
     assert sorted(len(g.runs) for g in group_runs(load_runs([tmp_path]), None, [])) == [1, 2]
+
+
+def test_runs_of_one_seed_count_once_and_one_seed_has_no_interval(tmp_path: Path) -> None:
+    # issue 18: two runs with seed 0 (the CLI and the example script) were "2 seeds, 100.5 [100.5, 100.5]"
+    root = tmp_path / "runs"
+    first = make_run(root, seed=0, final_score=70.0)
+    twin = first.parent / "seed0-20260102-000000"  # the same seed again: a re-run, a script, a resumed twin
+    shutil.copytree(first, twin)
+    rep = build_report([root], tmp_path / "out")
+    row = rep.summary.iloc[0]
+    assert row["n_seeds"] == 1 and row["seeds"] == "1 (1 duplicate seed not counted)"
+    assert np.isnan(row["last_low"]) and row["last_n"] == 1
+    assert any("seed 0 has 2 runs; counted once" in w for w in rep.warnings)
+    assert sorted(rep.runs["counted"]) == [False, True]
+    page = rep.html.read_text()
+    assert "(n/a, 1 seed)" in page and "duplicate seed, not counted" in page
+    assert not re.search(r"\[(-?[\d,.]+), \1\]", page)  # never an interval [x, x]
+    # seeds 0, 0, 1, 2: three seeds
+    for seed in (1, 2):
+        make_run(root, seed=seed, final_score=70.0 + seed)
+    rep = build_report([root], tmp_path / "out2")
+    assert rep.summary.iloc[0]["n_seeds"] == 3 and rep.summary.iloc[0]["last_n"] == 3
