@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from offrl.cli.format import score_line
+from offrl.cli.format import critic_line, score_line
 
 __all__ = ["register"]
 
@@ -169,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = result.summary
     print(f"run: {result.dir}")
+    critic = critic_line(summary)
+    if critic:
+        print(critic)
     print(score_line(summary, eval_interval=(result.config.get("eval") or {}).get("interval")))
     reason = str(summary.get("stop_reason") or "")
     if reason.startswith("env error"):
