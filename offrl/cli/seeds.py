@@ -239,7 +239,10 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
         unit = "normalized score" if normalized else "return"
         behaviour = row["behaviour_normalized"] if normalized else row["behaviour_return"]
         print(f"{len(runs)} of {n_seeds} seeds, {row['dataset']} {row['group']}: last {unit} {_ci(row, 'last')} "
-              f"(mean [95% CI]), IQM {fmt(row['last_iqm'])}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")
+              f"(mean [95% CI over seeds]), IQM {fmt(row['last_iqm'])}; mean of last {int(row['recent_evals'])} "
+              f"evaluations {_ci(row, 'recent')}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")
+        if row["critic"]:
+            print(f"  critic (mean over seeds): {row['critic']}")
     print(f"report: {report.html}")
 
 

@@ -59,6 +59,13 @@ def _num(x: Any, digits: int = 1) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
 def _score(row: pd.Series, prefix: str) -> str:
     mean, lo, hi = row[f"{prefix}_mean"], row[f"{prefix}_low"], row[f"{prefix}_high"]
     cell = _num(mean)
@@ -66,6 +73,11 @@ def _score(row: pd.Series, prefix: str) -> str:
         cell += f' <span class="ci">[{_num(lo)}, {_num(hi)}]</span>'
     elif row.get(f"{prefix}_n") == 1:
         cell += ' <span class="ci">(n/a, 1 seed)</span>'
+    if prefix == "last" and _finite(row.get("last_episodes")):
+        episodes = f"{int(row['last_episodes'])} episodes"
+        if _finite(row.get("last_episode_low")):
+            episodes = f"[{_num(row['last_episode_low'])}, {_num(row['last_episode_high'])}] over {episodes}"
+        cell += f"<br><span class='ci'>final evaluation: {episodes}</span>"
     if row.get("unit") == "eval_return_mean":
         cell += ' <span class="raw">raw</span>'
     return cell
@@ -75,11 +87,12 @@ def _summary(table: pd.DataFrame) -> str:
     if table.empty:
         return '<p class="note">No runs.</p>'
     head = ("<tr><th class='l'>Algorithm</th><th>Seeds</th><th>Steps</th><th>Updates/s</th>"
-            "<th>Last (mean [95% CI])</th><th>Best (mean [95% CI])</th><th>IQM last</th>"
-            "<th>Behaviour policy</th><th class='l'>References</th></tr>")
+            "<th>Last (mean [95% CI])</th><th>Mean of last 5 evaluations</th><th>Best (mean [95% CI])</th>"
+            "<th>IQM last</th><th>Behaviour policy</th><th class='l'>Critic: V(s0) vs achieved return</th>"
+            "<th class='l'>References</th></tr>")
     body = []
     for ds, part in table.groupby("dataset", sort=True):
-        body.append(f"<tr class='ds'><td colspan='9'>{_e(ds)}</td></tr>")
+        body.append(f"<tr class='ds'><td colspan='11'>{_e(ds)}</td></tr>")
         for _, row in part.iterrows():
             beh = _num(row["behaviour_return"])
             if not math.isnan(row["behaviour_normalized"]):
@@ -88,11 +101,19 @@ def _summary(table: pd.DataFrame) -> str:
                 beh += ' <span class="raw">raw</span>'
             body.append(
                 f"<tr><td class='l'>{_e(row['group'])}</td><td>{_e(row['seeds'])}</td><td>{int(row['steps']):,}</td>"
-                f"<td>{_num(row['updates_per_s'])}</td><td>{_score(row, 'last')}</td><td>{_score(row, 'best')}</td>"
-                f"<td>{_num(row['last_iqm'])}</td><td>{beh}</td>"
+                f"<td>{_num(row['updates_per_s'])}</td><td>{_score(row, 'last')}</td><td>{_recent(row)}</td>"
+                f"<td>{_score(row, 'best')}</td><td>{_num(row['last_iqm'])}</td><td>{beh}</td>"
+                f"<td class='l critic'>{_e(row['critic'] or 'no critic diagnostic logged')}</td>"
                 f"<td class='l'>{_e(row['ref_source'] if isinstance(row['ref_source'], str) else 'none: raw returns')}</td></tr>"
             )
     return f"<table id='summary'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _recent(row: pd.Series) -> str:
+    n = int(row.get("recent_evals") or 0)
+    if not n:
+        return "–"
+    return f"{_score(row, 'recent')}<br><span class='ci'>{n} evaluation{'s' if n > 1 else ''} per run</span>"
 
 
 def _aggregate(table: pd.DataFrame) -> str:
@@ -121,15 +142,26 @@ def _runs(table: pd.DataFrame) -> str:
     rows = "".join(
         f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td><td>{_e(r['seed'])}</td>"
         f"<td class='l'><span class='badge {_e(r['status'])}'>{_e(r['status'])}</span>{_not_counted(r)}</td><td>{int(r['steps']):,}</td>"
-        f"<td>{_num(r['last'])}</td><td>{_num(r['best'])}</td><td>{int(r['warnings']) or ''}</td>"
+        f"<td>{_run_last(r)}</td><td>{_num(r['recent'])}</td><td>{_num(r['best'])}</td>"
+        f"<td class='l critic'>{_e(r['critic'] or '–')}</td><td>{int(r['warnings']) or ''}</td>"
         f"<td class='l path'>{_e(r['path'])}</td></tr>"
         for _, r in table.iterrows()
     )
     return (
         "<table id='runs'><thead><tr><th class='l'>Dataset</th><th class='l'>Algorithm</th><th>Seed</th>"
-        "<th class='l'>Status</th><th>Steps</th><th>Last</th><th>Best</th><th>Warnings</th><th class='l'>Run directory</th>"
+        "<th class='l'>Status</th><th>Steps</th><th>Last [95% CI over episodes]</th><th>Last 5 evaluations</th>"
+        "<th>Best</th><th class='l'>Critic</th><th>Warnings</th><th class='l'>Run directory</th>"
         f"</tr></thead><tbody>{rows}</tbody></table>"
     )
+
+
+def _run_last(r: pd.Series) -> str:
+    cell = _num(r["last"])
+    if _finite(r.get("last_low")):
+        cell += f" <span class='ci'>[{_num(r['last_low'])}, {_num(r['last_high'])}]</span>"
+    if _finite(r.get("episodes")):
+        cell += f"<br><span class='ci'>{int(r['episodes'])} episodes</span>"
+    return cell
 
 
 def _not_counted(row: pd.Series) -> str:
@@ -168,7 +200,12 @@ def render(
         f"aggregated. Table intervals: percentile bootstrap 95% CI over seeds, {TABLE_RESAMPLES:,} resamples, "
         f"seed 0; curves: {CURVE_RESAMPLES:,} resamples per step. IQM = mean of the middle 50% of seeds "
         "(25% trimmed mean). <i>Last</i> = final evaluation, <i>best</i> = best evaluation of each run (an optimistic "
-        "figure: it selects on the evaluation itself). Normalized score = 100 × (R − ref min) / (ref max − ref min); "
+        "figure: it selects on the evaluation itself); <i>mean of last 5 evaluations</i> = each run's last five "
+        "evaluations averaged, then over seeds (less luck than the last alone). Each evaluation is the mean over "
+        "its episodes (deterministic policy, episode i seeded eval.seed + i); a run's last evaluation uses "
+        "eval.final_episodes, and its bracket is a Student-t 95% CI over those episodes. <i>Critic</i>: the "
+        "critic's V(s0) on the last evaluation's start states against the discounted return achieved from them "
+        "(consistent within 10%). Normalized score = 100 × (R − ref min) / (ref max − ref min); "
         "datasets without reference scores show raw returns, marked <span class='raw'>raw</span>. "
         "Runs without summary.json are <span class='badge incomplete'>incomplete</span> (still running or killed); "
         "they are shown with what they logged."

@@ -28,8 +28,11 @@ def make_run(
     extra_config: dict | None = None,
     nan_loss_from: int | None = None,
     stop_at: int | None = None,
+    episodes: int | None = None,
+    v_s0_eval: float | None = None,
 ) -> Path:
-    """One run dir: ``status=None`` leaves no summary.json (a crashed or running run)."""
+    """One run dir: ``status=None`` leaves no summary.json (a crashed or running run). ``episodes``: log
+    the episode count and the 95% interval columns (runs before issue 18 have neither)."""
     run = root / dataset.replace("/", "__") / algo / f"seed{seed}-20260101-000000"
     run.mkdir(parents=True)
     lo, hi = REF.get(dataset, (0.0, 100.0))
@@ -58,7 +61,12 @@ def make_run(
                         "eval_normalized_score": score if refs else float("nan"),
                         "diag_td_error": 1.0 / frac, "diag_q_data": -300 * frac, "diag_q_policy": -280 * frac,
                         "diag_v_s0": -500 + 100 * frac, "diag_mc_return_s0": -600.0,
-                        "diag_achieved_return_s0": -700 + 150 * frac, "diag_v_s0_eval": -520 + 100 * frac})
+                        "diag_achieved_return_s0": -700 + 150 * frac,
+                        "diag_v_s0_eval": -520 + 100 * frac if v_s0_eval is None else v_s0_eval})
+            if episodes is not None:
+                half = 30.0 / episodes ** 0.5
+                row.update({"eval_episodes": episodes, "eval_normalized_ci_low": score - half,
+                            "eval_normalized_ci_high": score + half})
         rows.append(row)
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
     if status is not None:
