@@ -16,6 +16,7 @@ from offrl.report import html as html_page
 from offrl.report.aggregate import aggregate_table, group_runs, run_table, summary_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
 from offrl.report.runs import RunRecord, load_run, load_runs
+from offrl.report.settings import changed_settings, eval_protocol
 
 __all__ = ["Report", "build_report", "write_run_report"]
 
@@ -33,7 +34,7 @@ class Report:
 
 
 def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
-            title: str) -> Report:
+            title: str, settings: RunRecord | None = None) -> Report:
     if smooth < 1:
         raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")
     warnings = [w for r in runs for w in r.warnings]
@@ -53,7 +54,8 @@ def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: s
     if sum(len(g.runs) for g in groups) == 1:  # one counted run: the across-datasets table would repeat it
         aggregate = aggregate.iloc[0:0]
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
-                            warnings=warnings, group_by=group_by, smooth=smooth)
+                            warnings=warnings, group_by=group_by, smooth=smooth,
+                            settings=(changed_settings(settings), eval_protocol(settings)) if settings else None)
     path = out / html_name
     write_text_atomic(path, page)
     return Report(path, [f.path for f in figures], summary, aggregate, table, warnings)
@@ -85,4 +87,4 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
         raise UserError(f"{run_dir}: not a run directory")
     run = load_run(run_dir)
     title = f"offrl run · {run.dataset} · {run.algo} · seed {run.seed}"
-    return _render([run], run_dir, "report.html", group_by=None, smooth=1, title=title).html
+    return _render([run], run_dir, "report.html", group_by=None, smooth=1, title=title, settings=run).html

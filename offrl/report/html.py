@@ -22,7 +22,7 @@ __all__ = ["render"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-main{max-width:1200px;margin:0 auto;padding:24px 28px 48px}
+main{max-width:1400px;margin:0 auto;padding:24px 28px 48px}
 h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 8px;border-bottom:1px solid #d8dce3;padding-bottom:4px}
 .meta{color:#5b6475;font-size:.9em}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:.86em;box-shadow:0 1px 2px rgba(0,0,0,.06)}
@@ -164,6 +164,19 @@ def _run_last(r: pd.Series) -> str:
     return cell
 
 
+def _settings(settings: tuple[Sequence[tuple[str, Any, Any]], str] | None) -> str:
+    if settings is None:
+        return ""
+    changed, protocol = settings
+    rows = "".join(f"<tr><td class='l'>{_e(k)}</td><td class='l'>{_e(v)}</td><td class='l'>{_e(d)}</td></tr>"
+                   for k, v, d in changed)
+    table = (f"<table id='settings'><thead><tr><th class='l'>Config key</th><th class='l'>This run</th>"
+             f"<th class='l'>offrl default</th></tr></thead><tbody>{rows}</tbody></table>" if changed
+             else "<p class='note'>Every hyperparameter at offrl's default.</p>")
+    return (f"<h2>Settings that differ from the defaults</h2>{table}"
+            f"<h2>Evaluation protocol</h2><p id='protocol'>{_e(protocol)}</p>")
+
+
 def _not_counted(row: pd.Series) -> str:
     return "" if row.get("counted", True) else " <span class='badge duplicate'>duplicate seed, not counted</span>"
 
@@ -185,8 +198,10 @@ def render(
     warnings: Sequence[str],
     group_by: str | None,
     smooth: int,
+    settings: tuple[Sequence[tuple[str, Any, Any]], str] | None = None,
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string; ``settings`` (a run report): the changed hyperparameters and the
+    evaluation protocol."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_runs, n_ds = len(runs), runs["dataset"].nunique() if len(runs) else 0
     statuses = runs["status"].value_counts().to_dict() if len(runs) else {}
@@ -206,9 +221,9 @@ def render(
         "eval.final_episodes, and its bracket is a Student-t 95% CI over those episodes. <i>Critic</i>: the "
         "critic's V(s0) on the last evaluation's start states against the discounted return achieved from them "
         "(consistent within 10%). Normalized score = 100 × (R − ref min) / (ref max − ref min); "
-        "datasets without reference scores show raw returns, marked <span class='raw'>raw</span>. "
-        "Runs without summary.json are <span class='badge incomplete'>incomplete</span> (still running or killed); "
-        "they are shown with what they logged."
+        "datasets without reference scores show raw returns, marked <span class='raw'>raw</span>."
+        + (" Runs without summary.json are <span class='badge incomplete'>incomplete</span> (still running or "
+           "killed); they are shown with what they logged." if "incomplete" in statuses else "")
         + (f" Each run's curve is smoothed over {smooth} evaluations." if smooth > 1 else "")
     )
     figs = "".join(_figure(f) for f in figures)
@@ -222,6 +237,7 @@ def render(
 <p class="meta">{n_runs} run(s) on {n_ds} dataset(s) ({_e(status_text)}) · generated {now} by offrl</p>
 <h2>Summary per dataset × algorithm</h2>
 {_summary(summary)}
+{_settings(settings)}
 <p class="note">{method}</p>
 {_aggregate(aggregate)}
 <h2>Figures</h2>

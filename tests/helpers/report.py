@@ -40,6 +40,8 @@ def make_run(
         "dataset": {"id": dataset, "digest": "ab" * 16, "path": f"/data/{dataset}",
                     "ref_min_score": None, "ref_max_score": None},
         "algo": algo, "seed": seed, "offline_steps": steps, "batch_size": 256,
+        "eval": {"interval": eval_every, "episodes": 10, "final_episodes": episodes or 20, "seed": 0,
+                 "heldout_fraction": 0.05},
         algo.replace("-", "_"): {"lr": 3e-4, "min_q_weight": 5.0, **(extra_config or {})},
         "versions": {"offrl": "0.1.0", "torch": "2.13.0"}, "command": ["offrl", "train"], "created": "2026-01-01",
     }
@@ -52,6 +54,9 @@ def make_run(
                "wall_time": step / 50.0, "loss_qvalue": 2.0 / frac + rng.normal(0, 0.05),
                "loss_actor": -frac * 10, "loss_cql": 1.0 - 0.5 * frac, "alpha": 0.2 * (1 - frac) + 0.01,
                "alpha_prime": 1.0 + frac, "grad_norm": 1.0, "q_data_mean": 10 * frac, "updates_per_s": 50.0}
+        if algo in ("dqn", "discrete-cql"):  # value-based: no actor, no entropy temperature, no Lagrange
+            for key in ("loss_actor", "alpha", "alpha_prime"):
+                row.pop(key)
         if nan_loss_from is not None and step >= nan_loss_from:
             row["loss_qvalue"] = float("nan")
         if step % eval_every == 0:
