@@ -7,10 +7,11 @@ and sets ``func`` (called with the parsed namespace, returns an exit code or Non
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
-from offrl.errors import UserError
+from offrl.errors import UserError, did_you_mean
 
 __all__ = ["main", "build_parser"]
 
@@ -19,6 +20,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (not usage + error) and exits with 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:  # --algo cq1: name the nearest valid choice
+            message += did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

@@ -3,8 +3,9 @@
 Each seed is an ordinary ``offrl train ... --seed S`` child process (its own run folder, written
 atomically as always), ``--jobs`` of them at a time with the CPU cores shared out as torch threads
 (``num_threads``). The parent checks the inputs once before any child starts (a bad input is one line,
-exit 2, nothing written), prints each seed's score line as it finishes, then writes one report over
-the seeds (mean, IQM, bootstrap 95% CI) and prints the aggregate.
+exit 2, nothing written), prints a line as each running seed passes 25%, 50% and 75% of its steps and its
+score line as it finishes, then writes one report over the seeds (mean, IQM, bootstrap 95% CI) and
+prints the aggregate.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def _forwarded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> lis
     return argv
 
 
+#: A running seed's progress is printed as it passes each of these fractions of its steps.
+MILESTONES = (0.25, 0.5, 0.75)
+
+
 @dataclass
 class _Child:
     seed: int
@@ -73,6 +78,29 @@ class _Child:
     err: IO[str]
     lines: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    run_dir: Path | None = None
+    planned: int | None = None
+    shown: int = 0  # milestones printed so far
+
+    def progress(self) -> str | None:
+        """``seed 1: step 2500 of 10000 (25%)`` when the child passed its next milestone, else None; read
+        from the files the child writes anyway (its first stderr line names the run folder, whose
+        metrics.csv gains a row every log_interval steps)."""
+        if self.run_dir is None:
+            head = os.pread(self.err.fileno(), 4096, 0).decode("utf-8", "replace")  # leaves the child's offset
+            found = next((ln.split(" in ", 1)[1] for ln in head.splitlines() if ln.startswith("offrl: training in ")), None)
+            if found is None:
+                return None
+            self.run_dir = Path(found.strip())
+            self.planned = _planned_steps(self.run_dir)
+        step = _last_step(self.run_dir / "metrics.csv")
+        if not self.planned or step is None or self.shown >= len(MILESTONES):
+            return None
+        passed = sum(step >= m * self.planned for m in MILESTONES)
+        if passed <= self.shown:
+            return None
+        self.shown = passed
+        return f"seed {self.seed}: step {step} of {self.planned} ({100 * step // self.planned}%)"
 
     def finish(self) -> int:
         self.out.seek(0)
@@ -90,6 +118,37 @@ class _Child:
         """The child's own one-line error (``offrl: error: ...``), else its last stderr line."""
         said = [line for line in self.errors if line.startswith("offrl: error:")]
         return (said or self.errors or ["(no message)"])[-1]
+
+
+def _planned_steps(run_dir: Path) -> int | None:
+    """The offline steps of a run (its config.yaml); None for a run with an online phase (counted in env
+    frames, not steps) or an unreadable config."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    online = (cfg.get("online") or {}).get("steps") or 0
+    steps = cfg.get("offline_steps")
+    return int(steps) if isinstance(steps, int) and steps > 0 and not online else None
+
+
+def _last_step(metrics: Path) -> int | None:
+    """The step of the last complete row of a metrics.csv (its first column), read from the file's end."""
+    try:
+        with metrics.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    rows = [ln for ln in tail.split("\n")[:-1] if ln and not ln.startswith("step")]  # complete lines only
+    try:
+        return int(float(rows[-1].split(",", 1)[0])) if rows else None
+    except ValueError:
+        return None
 
 
 def _validate(args: argparse.Namespace, kwargs: dict[str, Any], seeds: list[int]) -> Any:
@@ -156,6 +215,7 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     pending, running, done = list(seeds), [], []
     failed: _Child | None = None
     interrupts = 0
+    next_look = time.monotonic() + 1.0
     restore = _sigterm_as_interrupt()
     try:
         while pending or running:
@@ -169,6 +229,12 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                                             stdout=out, stderr=err, env=env, text=True, start_new_session=True)
                     running.append(_Child(seed, proc, out, err))
                 time.sleep(0.05)
+                if time.monotonic() >= next_look:  # progress of the running seeds, twice a second
+                    next_look = time.monotonic() + 0.5
+                    for child in running:
+                        line = child.progress() if child.proc.poll() is None else None
+                        if line:
+                            print(line, flush=True)
                 for child in [c for c in running if c.proc.poll() is not None]:
                     running.remove(child)
                     code = child.finish()

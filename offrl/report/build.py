@@ -31,6 +31,8 @@ class Report:
     aggregate: pd.DataFrame
     runs: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    plots: list[Figure] = field(default_factory=list)
+    """The figures as drawn: each one's panels (title, lines) and whether its legend clears the panels."""
 
 
 def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
@@ -58,7 +60,7 @@ def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: s
                             settings=(changed_settings(settings), eval_protocol(settings)) if settings else None)
     path = out / html_name
     write_text_atomic(path, page)
-    return Report(path, [f.path for f in figures], summary, aggregate, table, warnings)
+    return Report(path, [f.path for f in figures], summary, aggregate, table, warnings, list(figures))
 
 
 def build_report(

@@ -39,7 +39,8 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
         dataset = {"id": parts.dataset.name, "digest": parts.dataset.digest,
                    "mean_return": _mean_return(info.get("episode_return")),
                    "episodes": info.get("episodes"), "transitions": info.get("transitions")}
-        ref = {"min": info.get("ref_min_score"), "max": info.get("ref_max_score"), "source": info.get("ref_source")}
+        ref = {"min": info.get("ref_min_score"), "max": info.get("ref_max_score"), "source": info.get("ref_source"),
+               "known": info.get("ref_hint")}  # references offrl has for the env, offered when none were used
     else:  # trained online from scratch in an env
         dataset = {"id": f"{ENV_PREFIX}{parts.env_id}", "digest": None, "mean_return": None, "episodes": 0,
                    "transitions": 0}
