@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-UPDATES = {"dqn": 600, "cql": 60}
+UPDATES = {"dqn": 300, "cql": 30}
 
 
 def _bench(workload: str, threads: int, policy: str | None) -> float:
@@ -48,10 +48,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--workloads", default="dqn,cql")
+    parser.add_argument("--policies", default="default,PASSIVE", help="OMP_WAIT_POLICY values (default: unset)")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     cells = [(load, w, t, p) for load in ("idle", "loaded") for w in args.workloads.split(",")
-             for t in map(int, args.threads.split(",")) for p in (None, "PASSIVE")]
+             for t in map(int, args.threads.split(","))
+             for p in [None if x == "default" else x for x in args.policies.split(",")]]
     results: dict[str, list[float]] = {}
     for rep in range(args.repeats):
         for load in ("idle", "loaded"):

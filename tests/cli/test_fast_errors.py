@@ -4,6 +4,7 @@ nearest valid choice (issue 18: these took 13-15 s and only said what was wrong)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,3 +45,15 @@ def test_user_errors_answer_before_torch_with_a_suggestion(argv, needles):
 def test_a_mistyped_algo_names_the_nearest(offrl_cli):
     result = offrl_cli(*PENDULUM, "--algo", "discrete_cql")
     assert_user_error(result, "invalid choice: 'discrete_cql'", "(did you mean 'discrete-cql'?)")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("", "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_the_user_chose(given, expected):
+    # docs/threads.md: spinning OpenMP waits collapse throughput on a loaded machine; a user's choice wins
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    probe = ("import os, sys\nfrom offrl.cli import main\nmain(['datasets', 'list', '--json'])\n"
+             "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert result.stderr.strip().splitlines()[-1] == f"{expected} False", result.stderr

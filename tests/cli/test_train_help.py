@@ -25,7 +25,8 @@ def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Pa
     write_d4rl(data, lengths=(30, 30, 30), terminal=(False, False, False), obs_dim=3, act_dim=1)
     result = offrl_cli("train", "--dataset", str(data), "--env", "Pendulum-v1", "--steps", "4", "--batch-size", "8",
                        "--eval-every", "2", "--eval-episodes", "2", "--set", "cql.hidden_sizes=[8,8]",
-                       "--set", "log_interval=2", "--out", str(tmp_path / "runs"), "--no-progress")
+                       "--set", "log_interval=2", "--out", str(tmp_path / "runs"), "--no-progress",
+                       env={"OMP_WAIT_POLICY": ""})  # unset: offrl's rule applies (docs/threads.md)
     assert result.returncode == 0, result.stderr[-2000:]
     score = result.stdout.strip().splitlines()[-1]
     # the last evaluation ran eval.final_episodes (20), not --eval-episodes (2), and says so with its interval
@@ -39,3 +40,4 @@ def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Pa
     assert final["episodes"] == 20 and final["return_ci95"][0] < final["return_mean"] < final["return_ci95"][1]
     assert summary["best"]["episodes"] == 2 and summary["last_evals"]["evaluations"] == 2
     assert summary["critic"]["verdict"] in ("over", "under", "consistent")
+    assert summary["threads"]["omp_wait_policy"] == "PASSIVE"
