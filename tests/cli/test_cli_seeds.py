@@ -147,7 +147,7 @@ def test_seeds_show_progress_while_they_run(cartpole, tmp_path):
     # issue 18: 80 s of silence until the first seed finished
     result = offrl_cli("train", "--dataset", cartpole, "--steps", "600", "--batch-size", "16", "--eval-every", "300",
                        "--eval-episodes", "2", "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path), "--name", "p",
-                       *SETS, "--set", "log_interval=20")
+                       *SETS, "--set", "log_interval=20", timeout=900)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     progress = [ln for ln in lines if re.fullmatch(r"seed [01]: step \d+ of 600 \(\d+%\)", ln)]

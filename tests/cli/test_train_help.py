@@ -26,7 +26,7 @@ def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Pa
     result = offrl_cli("train", "--dataset", str(data), "--env", "Pendulum-v1", "--steps", "4", "--batch-size", "8",
                        "--eval-every", "2", "--eval-episodes", "2", "--set", "cql.hidden_sizes=[8,8]",
                        "--set", "log_interval=2", "--out", str(tmp_path / "runs"), "--no-progress",
-                       env={"OMP_WAIT_POLICY": ""})  # unset: offrl's rule applies (docs/threads.md)
+                       env={"OMP_WAIT_POLICY": ""}, timeout=900)  # unset: offrl's rule applies (docs/threads.md)
     assert result.returncode == 0, result.stderr[-2000:]
     score = result.stdout.strip().splitlines()[-1]
     # the last evaluation ran eval.final_episodes (20), not --eval-episodes (2), and says so with its interval
