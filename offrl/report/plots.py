@@ -186,6 +186,7 @@ def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Pat
     cells, cols = _cells(groups, panels, lambda members, panel: _has(members, panel[0]))
     colour = colours(groups)
     fig, axes = _layout(cells, cols, 4.2, 2.9)
+    drawn: set[str] = set()
     for ax, (ds, panel) in zip(axes, cells, strict=False):
         if panel is None:
             continue
@@ -195,12 +196,13 @@ def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Pat
             c = curve(g, col, ci=False)
             if len(c):  # a marker keeps a single logged point visible
                 ax.plot(c["step"], c["mean"], color=colour[g.label], lw=1.4, marker="o" if len(c) < 3 else None, ms=4)
+                drawn.add(g.label)
         _mark_online(ax, members)
         ax.set_title(f"{label}\n{ds}" if several else label, fontsize=9)
         ax.set_xlabel("gradient step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    _figure_legend(fig, _group_handles(groups, colour))
+    _figure_legend(fig, _group_handles([g for g in groups if g.label in drawn], colour))
     fig.suptitle(title, fontsize=11)
     path = out / name
     drawn, clear = _save(fig, path)
@@ -240,6 +242,7 @@ def plot_diagnostics(groups: Sequence[Group], out: Path) -> Figure | None:
     colour = colours(groups)
     fig, axes = _layout(cells, cols, 4.3, 3.0)
     styles: dict[str, Line2D] = {}
+    drawn: set[str] = set()
     for ax, (ds, panel) in zip(axes, cells, strict=False):
         if panel is None:
             continue
@@ -251,6 +254,7 @@ def plot_diagnostics(groups: Sequence[Group], out: Path) -> Figure | None:
                 if len(c):
                     ax.plot(c["step"], c["mean"], color=colour[g.label], ls=ls, lw=1.4,
                             marker="o" if len(c) < 3 else None, ms=4)
+                    drawn.add(g.label)
                     if len(series) > 1:
                         styles.setdefault(name, Line2D([], [], color="0.25", ls=ls, label=name))
         if title.startswith("TD"):  # log scale only when the error spans orders of magnitude
@@ -264,7 +268,7 @@ def plot_diagnostics(groups: Sequence[Group], out: Path) -> Figure | None:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     # line style = quantity (grey), colour = group: one legend below the panels
-    _figure_legend(fig, list(styles.values()) + _group_handles(groups, colour))
+    _figure_legend(fig, list(styles.values()) + _group_handles([g for g in groups if g.label in drawn], colour))
     fig.suptitle("Critic diagnostics: does Q over-estimate? (the report's summary says, in words)", fontsize=11)
     path = out / "diagnostics.png"
     drawn, clear = _save(fig, path)
