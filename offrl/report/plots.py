@@ -32,12 +32,12 @@ MAX_COLS = 3
 
 class Figure:
     """A written PNG: its path and a one-line caption for the HTML; ``panels`` (title, lines drawn) and
-    ``legend_clear`` (the legend overlaps no panel) describe what was drawn, for checks."""
+    ``legend_clear`` (the legend overlaps no panel) and ``legend`` (its labels) describe what was drawn,
+    for checks."""
 
-    def __init__(self, path: Path, title: str, caption: str, panels: list[tuple[str, int]] | None = None,
-                 legend_clear: bool = True) -> None:
+    def __init__(self, path: Path, title: str, caption: str, drawn: Any = None) -> None:
         self.path, self.title, self.caption = path, title, caption
-        self.panels, self.legend_clear = panels or [], legend_clear
+        self.panels, self.legend_clear, self.legend = drawn or ([], True, [])
 
 
 def colours(groups: Sequence[Group]) -> dict[str, tuple[float, ...]]:
@@ -46,9 +46,9 @@ def colours(groups: Sequence[Group]) -> dict[str, tuple[float, ...]]:
     return {label: cmap(i % 10) for i, label in enumerate(sorted({g.label for g in groups}))}
 
 
-def _save(fig: plt.Figure, path: Path) -> tuple[list[tuple[str, int]], bool]:
-    """Write the PNG; returns each visible panel's (title, lines drawn) and whether the legends overlap no
-    panel (measured on the drawn figure)."""
+def _save(fig: plt.Figure, path: Path) -> tuple[list[tuple[str, int]], bool, list[str]]:
+    """Write the PNG; returns each visible panel's (title, lines drawn), whether the legends overlap no
+    panel (measured on the drawn figure) and the legend labels."""
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), fsync=False)
         axes = [ax for ax in fig.axes if ax.get_visible()]
@@ -57,7 +57,7 @@ def _save(fig: plt.Figure, path: Path) -> tuple[list[tuple[str, int]], bool]:
         boxes = [ax.get_window_extent(renderer) for ax in axes]
         legends = [*fig.legends, *(ax.get_legend() for ax in axes if ax.get_legend() is not None)]
         clear = not any(leg.get_window_extent(renderer).overlaps(box) for leg in legends for box in boxes)
-        return panels, clear
+        return panels, clear, [t.get_text() for leg in legends for t in leg.get_texts()]
     finally:
         plt.close(fig)
 
@@ -169,11 +169,11 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figur
     _figure_legend(fig, handles + list(extra.values()))
     fig.suptitle("Evaluation score (mean over seeds, 95% bootstrap CI)", fontsize=11)
     path = out / "scores.png"
-    panels, clear = _save(fig, path)
+    drawn_info = _save(fig, path)
     smooth_note = f", each run smoothed over {smooth} evaluations" if smooth > 1 else ""
     return Figure(path, "Learning curves",
                   f"Deterministic-policy evaluation score per dataset; band = 95% bootstrap CI over seeds{smooth_note}. "
-                  "Dotted: the dataset's behaviour policy; dashed: switch to online fine-tuning.", panels, clear)
+                  "Dotted: the dataset's behaviour policy; dashed: switch to online fine-tuning.", drawn_info)
 
 
 def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Path, name: str,
@@ -205,8 +205,7 @@ def _lines(groups: Sequence[Group], columns: Sequence[tuple[str, str]], out: Pat
     _figure_legend(fig, _group_handles([g for g in groups if g.label in drawn], colour))
     fig.suptitle(title, fontsize=11)
     path = out / name
-    drawn, clear = _save(fig, path)
-    return Figure(path, title, caption, drawn, clear)
+    return Figure(path, title, caption, _save(fig, path))
 
 
 def plot_losses(groups: Sequence[Group], out: Path) -> Figure | None:
@@ -271,7 +270,7 @@ def plot_diagnostics(groups: Sequence[Group], out: Path) -> Figure | None:
     _figure_legend(fig, list(styles.values()) + _group_handles([g for g in groups if g.label in drawn], colour))
     fig.suptitle("Critic diagnostics: does Q over-estimate? (the report's summary says, in words)", fontsize=11)
     path = out / "diagnostics.png"
-    drawn, clear = _save(fig, path)
+    drawn_info = _save(fig, path)
     return Figure(path, "Q estimate vs achieved return",
                   "V(s0) = Q(s0, π(s0)) against the discounted return the policy achieved and the dataset's "
-                  "Monte-Carlo return; Q on dataset vs policy actions; TD error on held-out transitions.", drawn, clear)
+                  "Monte-Carlo return; Q on dataset vs policy actions; TD error on held-out transitions.", drawn_info)

@@ -89,6 +89,8 @@ def test_report_layout_at_1400_px(tmp_path: Path):
     titles = [t for f in rep.plots for t, _ in f.panels]
     assert not any("cartpole" in t and ("actor" in t or "alpha" in t) for t in titles), titles
     assert any("pendulum" in t and "loss_actor" in t for t in titles)
+    alpha = next(f for f in rep.plots if f.path.name == "alpha.png")
+    assert alpha.legend == ["cql"]  # discrete CQL draws nothing there, so the legend does not name it
 
     run = sorted(root.rglob("metrics.csv"))[-1].parent  # a pendulum cql run
     page = visit(write_run_report(run).as_uri(), LAYOUT_STATE, width=1400, height=1000)
