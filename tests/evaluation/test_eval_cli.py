@@ -55,7 +55,7 @@ def test_eval_reproduces_the_trainers_final_evaluation(trained, monkeypatch: pyt
     for key, value in env.items():
         if key.startswith(("OFFRL_", "MINARI_")):
             monkeypatch.setenv(key, value)
-    result, loaded = evaluate_checkpoint(run / "checkpoints" / "step_2.pt", episodes=3, seed=0)
+    result, loaded = evaluate_checkpoint(run / "checkpoints" / "step_2.pt", episodes=n, seed=0)
     assert loaded.step == 2 and loaded.run_dir == run
     assert result.returns.tolist() == res["returns"] and result.ref_source == "dataset metadata"
 
