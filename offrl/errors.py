@@ -7,7 +7,10 @@ else and keep their traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "root_cause_line"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["UserError", "did_you_mean", "root_cause_line"]
 
 
 class UserError(Exception):
@@ -22,6 +25,21 @@ class UserError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 2) -> str:
+    """``" (did you mean 'cql.min_q_weight'?)"`` for the closest valid names (empty when none is close).
+    A dotted key is also matched on its last part, so ``cql.min_q_weigth`` finds ``cql.min_q_weight`` and
+    ``min_q_weight`` finds it under its section."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.6)
+    if not close:
+        tail = word.rsplit(".", 1)[-1]
+        close = [c for c in choices if c.rsplit(".", 1)[-1] in difflib.get_close_matches(
+            tail, [c.rsplit(".", 1)[-1] for c in choices], n=n, cutoff=0.8)][:n]
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
 
 
 def root_cause_line(err: BaseException) -> str:

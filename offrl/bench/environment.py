@@ -41,6 +41,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     """Threads, device and versions the figures were taken with."""
     return {
         "threads": threads if threads is not None else torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "device": "cpu",
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),

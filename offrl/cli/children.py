@@ -5,12 +5,14 @@ they end. Used by ``offrl train --seeds`` and by every ``offrl sweep`` engine (l
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["ChildProcess", "sigterm_as_interrupt", "start_child"]
@@ -26,6 +28,29 @@ class ChildProcess:
     err: IO[str]
     lines: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    run_dir: Path | None = None
+    planned: int | None = None
+    shown: int = 0  # progress milestones printed so far
+
+    def progress(self) -> str | None:
+        """``seed 1: step 2500 of 10000 (25%)`` when the child passed its next milestone, else None; read
+        from the files the child writes anyway (its first stderr line names the run folder, whose
+        metrics.csv gains a row every log_interval steps)."""
+        if self.run_dir is None:
+            head = os.pread(self.err.fileno(), 4096, 0).decode("utf-8", "replace")  # leaves the child's offset
+            found = next((ln.split(" in ", 1)[1] for ln in head.splitlines() if ln.startswith("offrl: training in ")), None)
+            if found is None:
+                return None
+            self.run_dir = Path(found.strip())
+            self.planned = _planned_steps(self.run_dir)
+        step = _last_step(self.run_dir / "metrics.csv")
+        if not self.planned or step is None or self.shown >= len(MILESTONES):
+            return None
+        passed = sum(step >= m * self.planned for m in MILESTONES)
+        if passed <= self.shown:
+            return None
+        self.shown = passed
+        return f"seed {self.label}: step {step} of {self.planned} ({100 * step // self.planned}%)"
 
     def finish(self) -> int:
         """Read the captured output back (call once the process has ended); returns its exit code."""
@@ -45,6 +70,41 @@ class ChildProcess:
         """The child's own one-line error (``offrl: error: ...``), else its last stderr line."""
         said = [line for line in self.errors if line.startswith("offrl: error:")]
         return (said or self.errors or ["(no message)"])[-1]
+
+
+#: A running child's progress is printed as it passes each of these fractions of its steps.
+MILESTONES = (0.25, 0.5, 0.75)
+
+
+def _planned_steps(run_dir: Path) -> int | None:
+    """The offline steps of a run (its config.yaml); None for a run with an online phase (counted in env
+    frames, not steps) or an unreadable config."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    online = (cfg.get("online") or {}).get("steps") or 0
+    steps = cfg.get("offline_steps")
+    return int(steps) if isinstance(steps, int) and steps > 0 and not online else None
+
+
+def _last_step(metrics: Path) -> int | None:
+    """The step of the last complete row of a metrics.csv (its first column), read from the file's end."""
+    try:
+        with metrics.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    rows = [ln for ln in tail.split("\n")[:-1] if ln and not ln.startswith("step")]  # complete lines only
+    try:
+        return int(float(rows[-1].split(",", 1)[0])) if rows else None
+    except ValueError:
+        return None
 
 
 def _die_with_parent(sig: int) -> Callable[[], None] | None:

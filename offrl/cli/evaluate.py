@@ -50,6 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from offrl.cli.format import ci_text
     from offrl.runs.policy import evaluate_checkpoint
 
     result, loaded = evaluate_checkpoint(args.target, episodes=args.episodes, seed=args.seed, env=args.env,
@@ -61,10 +62,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(f"{loaded.name} · {loaded.config.algo} · step {loaded.step} · {result.env_id} · "
           f"{len(result.returns)} episodes (seeds {result.seeds[0]}..{result.seeds[-1]})")
-    print(f"return: {result.mean:.1f} ± {result.std:.1f} (length {result.lengths.mean():.0f})")
+    n = len(result.returns)
+    print(f"return: {result.mean:.1f}{ci_text(result.return_ci, n)} over {n} episode{'s' if n != 1 else ''} "
+          f"(std {result.std:.1f}, length {result.lengths.mean():.0f}; brackets: 95% CI of the mean)")
     if math.isfinite(result.normalized_mean):
-        print(f"normalized score: {result.normalized_mean:.1f} ± {result.normalized_std:.1f} "
-              f"(references {result.ref.min:g}..{result.ref.max:g} from {result.ref_source})")
+        print(f"normalized score: {result.normalized_mean:.1f}{ci_text(result.normalized_ci, n)} "
+              f"(std {result.normalized_std:.1f}; references {result.ref.min:g}..{result.ref.max:g} from "
+              f"{result.ref_source})")
     else:
         print("normalized score: n/a (no reference scores for this "
               f"{'dataset' if loaded.dataset is not None else 'run: trained online from scratch'})")

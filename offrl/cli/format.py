@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["fmt", "score_line"]
+__all__ = ["ci_text", "critic_line", "fmt", "score_line"]
 
 
 def fmt(x: Any, spec: str = ".1f") -> str:
@@ -13,14 +13,46 @@ def fmt(x: Any, spec: str = ".1f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def ci_text(interval: Any, episodes: Any = None) -> str:
+    """`` [low, high]`` (a 95% interval); `` (n/a, 1 episode)`` where there is none; empty when unknown."""
+    low, high = (list(interval) + [None, None])[:2] if isinstance(interval, (list, tuple)) else (None, None)
+    if low is not None and high is not None:
+        return f" [{fmt(low)}, {fmt(high)}]"
+    return " (95% CI n/a, 1 episode)" if episodes == 1 else ""
+
+
+def critic_line(summary: dict[str, Any]) -> str | None:
+    """``critic: under-estimates by 89.1 (V(s0) 9.9 vs achieved 99.0, 90% below) at step 5000``, or None."""
+    critic = summary.get("critic") or {}
+    if not critic.get("finding"):
+        return None
+    return f"critic: {critic['finding']} at step {critic.get('step')}"
+
+
 def score_line(summary: dict[str, Any], *, eval_interval: int | None = None) -> str:
-    """``completed 5000 steps (312.4 updates/s): final return -412.3 (normalized 71.2), best ..., data ...``."""
+    """``completed 5000 steps (312.4 updates/s): final return -163.2 [-190.1, -136.3] over 20 episodes
+    (normalized 96.3 [94.3, 98.2]), mean of last 5 evaluations 91.0, best 100.5 at step 4000, ...``.
+    Brackets: Student-t 95% interval over the final evaluation's episodes."""
     final, best = summary.get("final") or {}, summary.get("best") or {}
     data = summary.get("dataset") or {}
     parts = [f"{summary.get('status')} {summary.get('steps')} steps ({fmt(summary.get('updates_per_s'))} updates/s)"]
     if final:
-        parts.append(f"final return {fmt(final.get('return_mean'))} (normalized {fmt(final.get('normalized_score'))})")
-        parts.append(f"best {fmt(best.get('return_mean'))} at step {best.get('step')}")
+        episodes = final.get("episodes")
+        over = f" over {episodes} episode{'s' if episodes != 1 else ''}" if episodes else ""
+        text = f"final return {fmt(final.get('return_mean'))}{ci_text(final.get('return_ci95'), episodes)}{over}"
+        if final.get("normalized_score") is not None:
+            text += f" (normalized {fmt(final.get('normalized_score'))}{ci_text(final.get('normalized_ci95'))})"
+        else:
+            text += " (normalized n/a: no reference scores)"
+        parts.append(text)
+        recent = summary.get("last_evals") or {}
+        if (recent.get("evaluations") or 0) > 1:
+            key = "normalized_score" if recent.get("normalized_score") is not None else "return_mean"
+            parts.append(f"mean of last {recent['evaluations']} evaluations {fmt(recent.get(key))}"
+                         + (" normalized" if key == "normalized_score" else ""))
+        best_key = "normalized_score" if best.get("normalized_score") is not None else "return_mean"
+        parts.append(f"best {fmt(best.get(best_key))}{' normalized' if best_key == 'normalized_score' else ''} "
+                     f"at step {best.get('step')}")
         selected = summary.get("selected")
         if selected:
             parts[-1] += " (optimistic: picked on the evaluation episodes)"

@@ -3,8 +3,9 @@
 Each seed is an ordinary ``offrl train ... --seed S`` child process (its own run folder, written
 atomically as always), ``--jobs`` of them at a time with the CPU cores shared out as torch threads
 (``num_threads``). The parent checks the inputs once before any child starts (a bad input is one line,
-exit 2, nothing written), prints each seed's score line as it finishes, then writes one report over
-the seeds (mean, IQM, bootstrap 95% CI) and prints the aggregate.
+exit 2, nothing written), prints a line as each running seed passes 25%, 50% and 75% of its steps and its
+score line as it finishes, then writes one report over the seeds (mean, IQM, bootstrap 95% CI) and
+prints the aggregate.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     pending, running, done = list(seeds), [], []
     failed: ChildProcess | None = None
     interrupts = 0
+    next_look = time.monotonic() + 1.0
     restore = sigterm_as_interrupt()
     try:
         while pending or running:
@@ -138,6 +140,12 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                     running.append(start_child(seed, [*base, "--seed", str(seed), "--name", _name(args, seed, stamp)],
                                                env))
                 time.sleep(0.05)
+                if time.monotonic() >= next_look:  # progress of the running seeds, twice a second
+                    next_look = time.monotonic() + 0.5
+                    for child in running:
+                        line = child.progress() if child.proc.poll() is None else None
+                        if line:
+                            print(line, flush=True)
                 for child in [c for c in running if c.proc.poll() is not None]:
                     running.remove(child)
                     code = child.finish()
@@ -197,9 +205,15 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
         unit = "normalized score" if normalized else "return"
         behaviour = row["behaviour_normalized"] if normalized else row["behaviour_return"]
         print(f"{len(runs)} of {n_seeds} seeds, {row['dataset']} {row['group']}: last {unit} {_ci(row, 'last')} "
-              f"(mean [95% CI]), IQM {fmt(row['last_iqm'])}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")
+              f"(mean [95% CI over seeds]), IQM {fmt(row['last_iqm'])}; mean of last {int(row['recent_evals'])} "
+              f"evaluations {_ci(row, 'recent')}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")
+        if row["critic"]:
+            print(f"  critic (mean over seeds): {row['critic']}")
     print(f"report: {report.html}")
 
 
 def _ci(row: Any, prefix: str) -> str:
+    """``mean [low, high]``; one seed has no interval: ``mean (n/a, 1 seed)``, never ``[x, x]``."""
+    if row.get(f"{prefix}_n") == 1:
+        return f"{fmt(row[f'{prefix}_mean'])} (95% CI n/a, 1 seed)"
     return f"{fmt(row[f'{prefix}_mean'])} [{fmt(row[f'{prefix}_low'])}, {fmt(row[f'{prefix}_high'])}]"

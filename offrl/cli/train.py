@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from offrl.cli.format import score_line
+from offrl.cli.format import critic_line, score_line
+from offrl.config.schema import EvalConfig, TrainerConfig
+from offrl.data.references import ENV_REFERENCES
 
 __all__ = ["register"]
 
@@ -23,9 +25,22 @@ examples:
   offrl train --env Pendulum-v1 --algo cql --online-steps 4000 --utd 50                 (online from scratch)
   offrl train --env mpe2/simple_spread-n2 --algo qmix --online-steps 20000               (multi-agent, online)
 
+Evaluation env and reference scores:
+  the policy is evaluated in the env the dataset names (bundled, Minari and D4RL data do); for a file
+  that names none, or to evaluate elsewhere: --env ENV_ID (or --set dataset.env_id=ENV_ID).
+  normalized score = 100 * (R - ref_min) / (ref_max - ref_min), references from the dataset's metadata,
+  else D4RL's table (by dataset name); give your own with
+    --set dataset.ref_min_score=R_MIN --set dataset.ref_max_score=R_MAX
+  offrl knows references for {known}, and D4RL's for Hopper,
+  HalfCheetah, Walker2d and Ant; a run without references whose env is one of these says how to use them.
+  Each evaluation: eval.episodes episodes (--eval-episodes), episode i seeded eval.seed + i; the run's last
+  one uses eval.final_episodes (default {final}) and the score line gives a 95% interval over them.
+
 Config keys (for --set and --config): see a run's config.yaml; the algorithm's hyperparameters are under
-cql., discrete_cql., dqn. or mixing. (qmix, vdn, iql) Layers, later wins: defaults < bundled per-dataset config < --config <
-flags < --set. Ctrl-C (or SIGTERM) stops cleanly after a checkpoint; a second Ctrl-C aborts.
+cql., discrete_cql., dqn. or mixing. (qmix, vdn, iql). Layers, later wins: defaults < bundled per-dataset config <
+--config < flags < --set (the defaults shown are offrl's; a bundled per-dataset config may set its own, shown in
+the run's config.yaml). Ctrl-C (or SIGTERM) stops cleanly after a checkpoint; a second Ctrl-C aborts;
+both exit 130.
 """
 
 
@@ -56,7 +71,8 @@ def register(subparsers: Any) -> None:
         help="train CQL / discrete CQL / DQN on a dataset into a run folder",
         description="Train an offline RL agent on a dataset. Writes runs/<dataset>/<algo>/<name>/ with\n"
         "config.yaml, metrics.csv, checkpoints/, summary.json and report.html, then prints the final score.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(final=EvalConfig.final_episodes,
+                             known=" and ".join(f"{e} ({lo:g}, {hi:g})" for e, (lo, hi) in ENV_REFERENCES.items())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dataset", metavar="PATH_OR_ID",
@@ -64,13 +80,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--algo", choices=("auto", "cql", "discrete-cql", "dqn", "qmix", "vdn", "iql"), default=None,
                    help="algorithm; auto (default) = cql for continuous actions, discrete-cql for discrete, qmix "
                         "for multi-agent data or envs (qmix, vdn, iql: docs/multiagent.md)")
-    p.add_argument("--steps", type=_positive_int, metavar="N", help="gradient steps (config key offline_steps)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="transitions per gradient step")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of torch, numpy, random and the sampler (default 0)")
+    p.add_argument("--steps", type=_positive_int, metavar="N",
+                   help=f"gradient steps (config key offline_steps; default {TrainerConfig.offline_steps})")
+    p.add_argument("--batch-size", type=_positive_int, metavar="B",
+                   help=f"transitions per gradient step (default {TrainerConfig.batch_size})")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help=f"seed of torch, numpy, random and the sampler (default {TrainerConfig.seed})")
     p.add_argument("--device", metavar="auto|cpu|cuda", help="where to train (default auto: cuda if available)")
     p.add_argument("--eval-every", type=_non_negative_int, metavar="N",
-                   help="evaluate in the dataset's env every N steps and at the end (0: never)")
-    p.add_argument("--eval-episodes", type=_positive_int, metavar="K", help="episodes per evaluation")
+                   help="evaluate in the dataset's env (or --env) every N steps and at the end (0: never; "
+                        f"config eval.interval, default {EvalConfig.interval})")
+    p.add_argument("--eval-episodes", type=_positive_int, metavar="K",
+                   help=f"episodes per evaluation (eval.episodes, default {EvalConfig.episodes}; the last "
+                        f"evaluation: eval.final_episodes, default {EvalConfig.final_episodes})")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (a run's config.yaml works)")
     p.add_argument("--set", dest="dotlist", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, type-checked (repeatable), e.g. --set cql.min_q_weight=5")
@@ -81,11 +103,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept a changed config (e.g. more --steps) or changed dataset")
     p.add_argument("--logger", choices=("csv", "tensorboard", "wandb"), default=None,
-                   help="also log to TensorBoard or W&B (offline); metrics.csv is always written")
+                   help="also log to TensorBoard or W&B (offline); metrics.csv is always written (default: csv only)")
     p.add_argument("--select", choices=("fqe",), default=None,
                    help="after training, pick a checkpoint from the data alone: fqe ranks the kept checkpoints "
-                        "by FQE on the held-out episodes; summary.json records it as 'selected' (see offrl ope)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        "by FQE on the held-out episodes; summary.json records it as 'selected' (see offrl ope; "
+                        "default: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")
     p.add_argument("--cache-dir", metavar="DIR", help="converted-dataset cache (default $OFFRL_CACHE or ~/.cache/offrl)")
     g = p.add_argument_group("online fine-tuning (after the offline steps; see offrl.online)")
     g.add_argument("--online-steps", type=_non_negative_int, metavar="M",
@@ -95,7 +118,8 @@ def register(subparsers: Any) -> None:
     g.add_argument("--frames-per-batch", type=_positive_int, metavar="F",
                    help="env steps per collected batch (online.frames_per_batch, default 50)")
     g.add_argument("--utd", type=_positive_int, metavar="U",
-                   help="gradient steps per collected batch (optim_steps_per_batch; update-to-data ratio U/F)")
+                   help="gradient steps per collected batch (optim_steps_per_batch, default "
+                        f"{TrainerConfig.optim_steps_per_batch}; update-to-data ratio U/F)")
     g.add_argument("--calql", action="store_true", default=None,
                    help="Cal-QL: calibrate CQL's penalty by the Monte-Carlo return (online.calql)")
     g.add_argument("--async-collection", action="store_true", default=None,
@@ -179,7 +203,13 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = result.summary
     print(f"run: {result.dir}")
+    critic = critic_line(summary)
+    if critic:
+        print(critic)
     print(score_line(summary, eval_interval=(result.config.get("eval") or {}).get("interval")))
+    known = (summary.get("ref") or {}).get("known")
+    if known and (summary.get("ref") or {}).get("min") is None:
+        print(f"offrl: note: no reference scores, so no normalized score; {known}", file=sys.stderr)
     reason = str(summary.get("stop_reason") or "")
     if reason.startswith("env error"):
         return 2  # the online env failed: said once on stderr, checkpointed; --resume after fixing it

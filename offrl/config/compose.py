@@ -33,7 +33,7 @@ from offrl.config.schema import (
     schema_for,
     structured_config,
 )
-from offrl.errors import UserError
+from offrl.errors import UserError, did_you_mean
 
 __all__ = [
     "CONFIGS_DIR",
@@ -71,7 +71,8 @@ def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
         return OmegaConf.merge(base, layer)  # type: ignore[return-value]
     except ConfigKeyError as err:
         key = err.full_key or err.key
-        raise UserError(f"{origin}: unknown config key '{key}'; see 'offrl train --help' or a run's config.yaml") from None
+        hint = did_you_mean(str(key), _flat_keys(base))
+        raise UserError(f"{origin}: unknown config key '{key}'{hint}; see 'offrl train --help' or a run's config.yaml") from None
     except ValidationError as err:
         key = err.full_key or err.key
         msg = str(err).splitlines()[0]
@@ -80,6 +81,18 @@ def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
         key = getattr(err, "full_key", None)
         msg = str(err).splitlines()[0]
         raise UserError(f"{origin}: {msg}" + (f" (key '{key}')" if key else "")) from None
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a config tree (sections and leaves)."""
+    keys: list[str] = []
+    for key in node.keys() if isinstance(node, DictConfig) else ():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            keys += _flat_keys(child, full + ".")
+    return keys
 
 
 def parse_dotlist(dotlist: Sequence[str]) -> DictConfig:

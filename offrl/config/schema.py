@@ -80,6 +80,9 @@ class EvalConfig:
     """Evaluate every this many gradient steps, and after the last one (0 = never)."""
     episodes: int = 10
     """Episodes per evaluation; episode i resets the env with ``seed + i``."""
+    final_episodes: int = 20
+    """Episodes of the run's last evaluation (at least ``episodes``): the score a run ends with carries a
+    Student-t 95% interval over episodes, and 20 episodes make it about a third as wide as 5 (docs/reports.md)."""
     seed: int = 0
     """Env seed of the first episode. Fixed, not the training seed, so runs of different seeds are scored
     on the same start states (a paired comparison)."""
@@ -168,6 +171,7 @@ class TrainerConfig:
         positive = {"--batch-size (batch_size)": self.batch_size,
                     "log_interval": self.log_interval, "save_trainer_interval": self.save_trainer_interval,
                     "--eval-episodes (eval.episodes)": self.eval.episodes, "frame_skip": self.frame_skip,
+                    "eval.final_episodes": self.eval.final_episodes,
                     "optim_steps_per_batch": self.optim_steps_per_batch}
         for name, value in positive.items():
             if value <= 0:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from offrl.errors import UserError
 
-__all__ = ["D4RL_REF_SCORES", "VERSION_RE", "d4rl_candidates", "d4rl_reference", "reference_scores"]
+__all__ = ["D4RL_REF_SCORES", "VERSION_RE", "d4rl_candidates", "d4rl_reference", "known_env_references",
+           "reference_scores"]
 
 
 def _d4rl_table() -> dict[str, tuple[float, float]]:
@@ -131,13 +132,31 @@ ENV_REFERENCES: dict[str, tuple[float, float]] = {
 }
 
 
+#: Gymnasium MuJoCo envs -> the D4RL task whose references (random and expert policies) apply to them.
+D4RL_ENV_TASKS = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d", "Ant": "ant"}
+
+
+def known_env_references(env_id: str | None) -> tuple[float, float, str] | None:
+    """``(min, max, what they are)`` offrl knows for an env: its own for Pendulum-v1 and CartPole-v1,
+    D4RL's per-task table for the MuJoCo locomotion envs (Hopper, HalfCheetah, Walker2d, Ant, any version)."""
+    if env_id in ENV_REFERENCES:
+        lo, hi = ENV_REFERENCES[env_id]
+        return lo, hi, f"random {lo:g}, scripted expert {hi:g}"
+    task = D4RL_ENV_TASKS.get(VERSION_RE.sub("", str(env_id or "")))
+    if task is not None:
+        lo, hi = D4RL_REF_SCORES[f"{task}-medium-v2"]
+        return lo, hi, f"D4RL's {task}: random {lo:g}, expert {hi:g}"
+    return None
+
+
 def suggested_references(env_id: str | None) -> str | None:
     """For data without references evaluated in an env offrl has references for: how to use them (offered,
     never applied silently: a score's references are always the user's, the file's or D4RL's)."""
-    if env_id not in ENV_REFERENCES:
+    known = known_env_references(env_id)
+    if known is None:
         return None
-    lo, hi = ENV_REFERENCES[env_id]
-    return (f"offrl's references for {env_id} (random {lo:g}, scripted expert {hi:g}): --ref-min-score {lo:g} "
+    lo, hi, what = known
+    return (f"offrl's references for {env_id} ({what}): --ref-min-score {lo:g} "
             f"--ref-max-score {hi:g} (offrl datasets info), --set dataset.ref_min_score={lo:g} "
             f"--set dataset.ref_max_score={hi:g} (offrl train)")
 

@@ -21,8 +21,9 @@ from offrl.data.d4rl import hdf5_errors, is_minari_file, open_hdf5, read_d4rl
 from offrl.data.minari import data_format, minari_data_dir, minari_root, read_minari
 from offrl.data.minari_arrow import arrow_files, read_minari_arrow
 from offrl.data.npz import is_npz_file, read_npz
+from offrl.data.references import VERSION_RE
 from offrl.data.source import RawSource
-from offrl.errors import UserError
+from offrl.errors import UserError, did_you_mean
 
 __all__ = ["ResolvedSource", "resolve_source"]
 
@@ -71,6 +72,18 @@ def _latest_version(candidate: Path) -> Path:
     return max(versions)[1] if versions else candidate
 
 
+def _known_ids() -> list[str]:
+    """Bundled ids (and their short forms) and the Minari datasets on disk: what a mistyped id may mean."""
+    ids = []
+    for full in catalog.list_bundled():
+        short = full.removeprefix("offrl/")
+        ids += [full, short, VERSION_RE.sub("", short)]
+    root = minari_root()
+    if root.is_dir():
+        ids += [p.relative_to(root).as_posix() for p in root.glob("**/*-v*") if minari_data_dir(p) is not None]
+    return ids
+
+
 def resolve_source(source: str | os.PathLike) -> ResolvedSource:
     """Find ``source`` on disk (see the module docstring for the order); a one-line UserError if absent."""
     text = os.fspath(source)
@@ -110,6 +123,6 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
     if text.endswith((".hdf5", ".h5")) or os.sep in text and path.is_absolute():
         raise UserError(f"{path}: no such file (see `offrl datasets list` for the datasets offrl can find)")
     raise UserError(
-        f"dataset {text!r} not found: no such file or folder, and not among {' or '.join(looked)}; "
-        "see `offrl datasets list`"
+        f"dataset {text!r} not found: no such file or folder, and not among {' or '.join(looked)}"
+        f"{did_you_mean(text, _known_ids())}; see `offrl datasets list`"
     )

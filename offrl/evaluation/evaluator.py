@@ -31,7 +31,9 @@ class Evaluator:
     ``critic``: a torchrl loss module (CQLLoss / DiscreteCQLLoss / DQNLoss), a :class:`Critic`, or None
     (no ``diag_*`` columns). ``heldout``: the TED rows for the TD error; default: a seeded split of whole
     episodes (:func:`heldout_split`). ``env``: an env id overriding the dataset's (``--env``).
-    ``episodes=0`` skips the env and returns only the diagnostics.
+    ``episodes=0`` skips the env and returns only the diagnostics. ``final_episodes``: episodes of the
+    run's last evaluation (:meth:`final`; at least ``episodes``; its first ``episodes`` seeds are the
+    periodic ones), so the score a run ends with has a usable interval.
     """
 
     def __init__(
@@ -46,12 +48,14 @@ class Evaluator:
         gamma: float | None = None,
         heldout: TensorDictBase | None = None,
         ref: Any = None,
+        final_episodes: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.critic: Critic | None = None
         if critic is not None:
             self.critic = critic if isinstance(critic, Critic) else critic_from_loss(critic)
         self.episodes, self.seed, self.device = episodes, seed, device
+        self.final_episodes = max(episodes, final_episodes or 0) if episodes > 0 else 0
         self.env = env if env is not None else dataset
         self.ref = ref if ref is not None else (dataset if env is not None else None)
         info = getattr(dataset, "info", None)
@@ -70,14 +74,19 @@ class Evaluator:
             self._s0 = data[s0_rows].to(self.device)
         return self._heldout, self._s0
 
-    def __call__(self, policy: Any, step: int) -> dict[str, float]:
+    def final(self, policy: Any, step: int) -> dict[str, float]:
+        """The run's last evaluation: ``final_episodes`` episodes instead of ``episodes``."""
+        return self(policy, step, episodes=self.final_episodes)
+
+    def __call__(self, policy: Any, step: int, *, episodes: int | None = None) -> dict[str, float]:
+        episodes = self.episodes if episodes is None else episodes
         row: dict[str, float] = {}
         if self.critic is not None:
             heldout, s0 = self._diag_data()
             row.update(offline_diagnostics(self.critic, heldout, gamma=self.gamma, s0=s0))
-        if self.episodes > 0:
+        if episodes > 0:
             result = evaluate(
-                policy, self.env, episodes=self.episodes, seed=self.seed, device=self.device, ref=self.ref, gamma=self.gamma
+                policy, self.env, episodes=episodes, seed=self.seed, device=self.device, ref=self.ref, gamma=self.gamma
             )
             self.last_result = result
             row.update(result.metrics())

@@ -24,6 +24,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from offrl.data.envs import make_env
 from offrl.errors import UserError
+from offrl.evaluation.findings import mean_ci
 
 __all__ = ["EvalResult", "Reference", "evaluate", "normalize", "resolve_reference"]
 
@@ -108,6 +109,16 @@ class EvalResult:
     def ref_source(self) -> str | None:
         return self.ref.source if self.ref is not None else None
 
+    @property
+    def return_ci(self) -> tuple[float, float]:
+        """Student-t 95% interval of the mean return over the episodes (NaN with one episode)."""
+        return mean_ci(self.returns)[1:]
+
+    @property
+    def normalized_ci(self) -> tuple[float, float]:
+        """The same interval in normalized-score units (NaN without references)."""
+        return mean_ci(self.normalized)[1:]
+
     def metrics(self) -> dict[str, float]:
         """The eval columns of ``metrics.csv`` (see docs/contracts.md)."""
         return {
@@ -115,6 +126,11 @@ class EvalResult:
             "eval_return_std": self.std,
             "eval_length_mean": float(np.mean(self.lengths)),
             "eval_normalized_score": self.normalized_mean,
+            "eval_episodes": float(len(self.returns)),
+            "eval_return_ci_low": self.return_ci[0],
+            "eval_return_ci_high": self.return_ci[1],
+            "eval_normalized_ci_low": self.normalized_ci[0],
+            "eval_normalized_ci_high": self.normalized_ci[1],
             "diag_achieved_return_s0": float(np.mean(self.discounted_returns)),
         }
 
@@ -134,6 +150,8 @@ class EvalResult:
             "std": self.std,
             "normalized_mean": num(self.normalized_mean),
             "normalized_std": num(self.normalized_std),
+            "return_ci95": [num(x) for x in self.return_ci],
+            "normalized_ci95": [num(x) for x in self.normalized_ci],
             "normalized": [num(x) for x in self.normalized],
             "ref_min": self.ref.min if self.ref else None,
             "ref_max": self.ref.max if self.ref else None,

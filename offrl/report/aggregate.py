@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from offrl.evaluation.findings import critic_finding
 from offrl.report.runs import RunRecord
 from offrl.report.stats import CURVE_RESAMPLES, bootstrap_ci, iqm, stratified_bootstrap_ci
 
@@ -40,12 +41,41 @@ class Group:
     runs: list[RunRecord]
     unit: ScoreUnit
     notes: list[str] = field(default_factory=list)
+    duplicates: list[RunRecord] = field(default_factory=list)
+    """Runs whose seed another run of the group already has: shown, never counted as a seed."""
 
     @property
     def status_text(self) -> str:
         counts = Counter(r.status for r in self.runs)
         others = [f"{n} {s}" for s, n in sorted(counts.items()) if s != "completed"]
+        if self.duplicates:
+            others.append(f"{len(self.duplicates)} duplicate seed{'s' if len(self.duplicates) > 1 else ''} not counted")
         return f"{len(self.runs)}" + (f" ({', '.join(others)})" if others else "")
+
+
+def _keeper_order(run: RunRecord) -> tuple[int, int, str]:
+    """Which run of one seed a group keeps: a completed one, then the furthest, then the newest folder."""
+    return (run.status == "completed", run.steps, run.path.name)
+
+
+def distinct_seeds(runs: Sequence[RunRecord], label: str, warnings: list[str]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """One run per seed: runs of a seed already seen (a re-run, a resumed twin, the CLI and a script with
+    the same seed) are not independent samples, so a group keeps one of them and says which."""
+    by_seed: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_seed.setdefault(str(run.seed), []).append(run)
+    kept, dropped = [], []
+    for seed, same in by_seed.items():
+        same = sorted(same, key=_keeper_order, reverse=True)
+        kept.append(same[0])
+        dropped += same[1:]
+        if len(same) > 1:
+            warnings.append(
+                f"{label}: seed {seed} has {len(same)} runs; counted once (kept {same[0].path.name}, "
+                f"{same[0].status}, {same[0].steps} steps; not counted: {', '.join(r.path.name for r in same[1:])}): "
+                "runs with the same seed are not independent samples"
+            )
+    return kept, dropped
 
 
 def _has_refs(run: RunRecord) -> bool | None:
@@ -123,7 +153,8 @@ def group_runs(runs: Sequence[RunRecord], group_by: str | None, warnings: list[s
             label = members[0].algo
         else:
             label = f"{members[0].algo} {group_by}={_short(key[2])}"
-        groups.append(Group(ds, label, sorted(members, key=lambda r: str(r.seed)), units[ds]))
+        kept, dropped = distinct_seeds(members, f"{ds} {label}", warnings)
+        groups.append(Group(ds, label, sorted(kept, key=lambda r: str(r.seed)), units[ds], duplicates=dropped))
     return sorted(groups, key=lambda g: (g.dataset, g.label))
 
 
@@ -149,6 +180,58 @@ def last_and_best(run: RunRecord, column: str) -> tuple[float, float]:
     key = "normalized_score" if column == NORMALIZED else "return_mean"
     s = run.summary or {}
     return _num((s.get("final") or {}).get(key)), _num((s.get("best") or {}).get(key))
+
+
+#: The report shows the mean of each run's last this-many evaluations beside its last one.
+RECENT = 5
+_CI_COLUMNS = {NORMALIZED: ("eval_normalized_ci_low", "eval_normalized_ci_high"),
+               RAW: ("eval_return_ci_low", "eval_return_ci_high")}
+
+
+@dataclass(frozen=True)
+class LastEval:
+    """A run's last evaluation as the report reads it: the score, its episodes and their 95% interval,
+    the mean of the last :data:`RECENT` evaluations, and the critic's V(s0) against the achieved return."""
+
+    value: float
+    episodes: float
+    low: float
+    high: float
+    recent: float
+    recent_n: int
+    v_s0: float
+    achieved: float
+
+    @property
+    def critic(self) -> str | None:
+        return critic_finding(self.v_s0, self.achieved)
+
+
+def last_eval(run: RunRecord, column: str) -> LastEval:
+    """The last evaluation row of a run (metrics.csv, else summary.json's ``final``)."""
+    m = run.metrics
+    ev = m[np.isfinite(m[column].astype(float))] if column in m.columns else m.iloc[0:0]
+    get = lambda row, key: _num(row.get(key)) if key in row else math.nan  # noqa: E731
+    if len(ev):
+        row = ev.iloc[-1]
+        low_key, high_key = _CI_COLUMNS[column]
+        tail = ev[column].astype(float).tail(RECENT)
+        return LastEval(float(row[column]), get(row, "eval_episodes"), get(row, low_key), get(row, high_key),
+                        float(tail.mean()), int(len(tail)), get(row, "diag_v_s0_eval"),
+                        get(row, "diag_achieved_return_s0"))
+    s = run.summary or {}
+    final, recent, critic = s.get("final") or {}, s.get("last_evals") or {}, s.get("critic") or {}
+    key = "normalized_score" if column == NORMALIZED else "return_mean"
+    ci = final.get("normalized_ci95" if column == NORMALIZED else "return_ci95") or [None, None]
+    return LastEval(_num(final.get(key)), _num(final.get("episodes")), _num(ci[0]), _num(ci[1]),
+                    _num(recent.get(key)), int(recent.get("evaluations") or 0), _num(critic.get("v_s0")),
+                    _num(critic.get("achieved_return_s0")))
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
 
 
 def _num(x: Any) -> float:
@@ -193,11 +276,12 @@ def online_switch(group: Group) -> float | None:
 
 
 def _fmt_ci(values: np.ndarray) -> dict[str, float]:
+    """Mean, 95% bootstrap CI over seeds, IQM and ``n`` (seeds with a value); one seed has no interval."""
     v = values[np.isfinite(values)]
     if not v.size:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "iqm": math.nan}
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "iqm": math.nan, "n": 0}
     lo, hi = bootstrap_ci(v) if v.size > 1 else (math.nan, math.nan)
-    return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v))}
+    return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v)), "n": int(v.size)}
 
 
 def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
@@ -214,11 +298,21 @@ def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
         if g.unit.normalized and ref and np.isfinite(behaviour) and ref["max"] != ref["min"]:
             behaviour_norm = 100.0 * (behaviour - float(ref["min"])) / (float(ref["max"]) - float(ref["min"]))
         ups = [r.updates_per_s for r in g.runs if np.isfinite(r.updates_per_s)]
+        finals = [last_eval(r, g.unit.column) for r in g.runs]
+        recent = _fmt_ci(np.array([f.recent for f in finals], dtype=float))
+        episodes = [f.episodes for f in finals if np.isfinite(f.episodes)]
+        one = finals[0] if len(finals) == 1 else None
         rows.append({
             "dataset": g.dataset, "group": g.label, "unit": g.unit.column, "seeds": g.status_text,
             "n_seeds": len(g.runs), "steps": int(np.median([r.steps for r in g.runs])),
             "updates_per_s": float(np.mean(ups)) if ups else math.nan,
             **{f"last_{k}": v for k, v in last.items()}, **{f"best_{k}": v for k, v in best.items()},
+            **{f"recent_{k}": v for k, v in recent.items()},
+            "recent_evals": max((f.recent_n for f in finals), default=0),
+            "last_episodes": float(np.median(episodes)) if episodes else math.nan,
+            # one seed: the interval over its final evaluation's episodes is the only noise figure there is
+            "last_episode_low": one.low if one else math.nan, "last_episode_high": one.high if one else math.nan,
+            "critic": critic_finding(_nanmean([f.v_s0 for f in finals]), _nanmean([f.achieved for f in finals])),
             "behaviour_return": behaviour, "behaviour_normalized": behaviour_norm,
             "ref_source": ref.get("source") if ref else None,
         })
@@ -258,8 +352,9 @@ def aggregate_table(groups: Sequence[Group]) -> pd.DataFrame:
         flat = np.concatenate(strata) if strata else np.array([])
         if not flat.size:
             continue
-        iqm_lo, iqm_hi = stratified_bootstrap_ci(strata, iqm)
-        mean_lo, mean_hi = stratified_bootstrap_ci(strata)
+        one = flat.size < 2  # one run has no interval (never [x, x])
+        iqm_lo, iqm_hi = (math.nan, math.nan) if one else stratified_bootstrap_ci(strata, iqm)
+        mean_lo, mean_hi = (math.nan, math.nan) if one else stratified_bootstrap_ci(strata)
         rows.append({
             "group": label, "datasets": len(strata), "runs": int(flat.size),
             "iqm": float(iqm(flat)), "iqm_low": iqm_lo, "iqm_high": iqm_hi,
@@ -272,10 +367,14 @@ def run_table(groups: Sequence[Group]) -> pd.DataFrame:
     """Every run: where it is, its status, how far it got, its last and best score."""
     rows = []
     for g in groups:
-        for r in g.runs:
+        for r in [*g.runs, *g.duplicates]:
             last, best = last_and_best(r, g.unit.column)
+            final = last_eval(r, g.unit.column)
             rows.append({
                 "dataset": g.dataset, "group": g.label, "seed": r.seed, "status": r.status, "steps": r.steps,
                 "last": last, "best": best, "unit": g.unit.column, "path": str(r.path), "warnings": len(r.warnings),
+                "counted": all(r is not d for d in g.duplicates),
+                "episodes": final.episodes, "last_low": final.low, "last_high": final.high,
+                "recent": final.recent, "recent_evals": final.recent_n, "critic": final.critic,
             })
     return pd.DataFrame(rows)

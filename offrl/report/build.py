@@ -16,6 +16,7 @@ from offrl.report import html as html_page
 from offrl.report.aggregate import aggregate_table, chosen_table, group_runs, run_table, summary_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
 from offrl.report.runs import RunRecord, load_run, load_runs
+from offrl.report.settings import changed_settings, eval_protocol
 
 __all__ = ["Report", "build_report", "write_run_report"]
 
@@ -31,10 +32,12 @@ class Report:
     runs: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     chosen: pd.DataFrame = field(default_factory=pd.DataFrame)
+    plots: list[Figure] = field(default_factory=list)
+    """The figures as drawn: each one's panels (title, lines) and whether its legend clears the panels."""
 
 
 def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
-            title: str, choose: bool = False) -> Report:
+            title: str, choose: bool = False, settings: RunRecord | None = None) -> Report:
     if smooth < 1:
         raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")
     warnings = [w for r in runs for w in r.warnings]
@@ -51,15 +54,16 @@ def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: s
         if fig is not None:
             figures.append(fig)
     summary, aggregate, table = summary_table(groups), aggregate_table(groups), run_table(groups)
-    if len(runs) == 1:  # a single run: the across-datasets table would only repeat the summary row
+    if sum(len(g.runs) for g in groups) == 1:  # one counted run: the across-datasets table would repeat it
         aggregate = aggregate.iloc[0:0]
     chosen = chosen_table(summary) if choose else None
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
-                            warnings=warnings, group_by=group_by, smooth=smooth, chosen=chosen)
+                            warnings=warnings, group_by=group_by, smooth=smooth, chosen=chosen,
+                            settings=(changed_settings(settings), eval_protocol(settings)) if settings else None)
     path = out / html_name
     write_text_atomic(path, page)
     return Report(path, [f.path for f in figures], summary, aggregate, table, warnings,
-                  chosen if chosen is not None else pd.DataFrame())
+                  chosen=chosen if chosen is not None else pd.DataFrame(), plots=list(figures))
 
 
 def build_report(
@@ -91,4 +95,4 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
         raise UserError(f"{run_dir}: not a run directory")
     run = load_run(run_dir)
     title = f"offrl run · {run.dataset} · {run.algo} · seed {run.seed}"
-    return _render([run], run_dir, "report.html", group_by=None, smooth=1, title=title).html
+    return _render([run], run_dir, "report.html", group_by=None, smooth=1, title=title, settings=run).html

@@ -22,7 +22,7 @@ __all__ = ["render"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-main{max-width:1200px;margin:0 auto;padding:24px 28px 48px}
+main{max-width:1400px;margin:0 auto;padding:24px 28px 48px}
 h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 8px;border-bottom:1px solid #d8dce3;padding-bottom:4px}
 .meta{color:#5b6475;font-size:.9em}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:.86em;box-shadow:0 1px 2px rgba(0,0,0,.06)}
@@ -34,7 +34,7 @@ tr.ds td{background:#f0f3f8;font-weight:600;text-align:left}
 .raw{color:#9a5b00;font-size:.8em}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:.8em;color:#fff;background:#6b7385}
 .completed{background:#2e7d32}.running{background:#1565c0}.crashed{background:#c62828}.stopped{background:#ef6c00}
-.incomplete{background:#8e24aa}
+.incomplete{background:#8e24aa}.duplicate{background:#9e9e9e}
 .warn{background:#fff8e1;border:1px solid #f3d27a;padding:8px 14px;border-radius:6px;font-size:.86em}
 .warn li{margin:2px 0}
 figure{margin:18px 0;background:#fff;padding:12px;box-shadow:0 1px 2px rgba(0,0,0,.06)}
@@ -59,11 +59,25 @@ def _num(x: Any, digits: int = 1) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
 def _score(row: pd.Series, prefix: str) -> str:
     mean, lo, hi = row[f"{prefix}_mean"], row[f"{prefix}_low"], row[f"{prefix}_high"]
     cell = _num(mean)
     if not (isinstance(lo, float) and math.isnan(lo)):
         cell += f' <span class="ci">[{_num(lo)}, {_num(hi)}]</span>'
+    elif row.get(f"{prefix}_n") == 1:
+        cell += ' <span class="ci">(n/a, 1 seed)</span>'
+    if prefix == "last" and _finite(row.get("last_episodes")):
+        episodes = f"{int(row['last_episodes'])} episodes"
+        if _finite(row.get("last_episode_low")):
+            episodes = f"[{_num(row['last_episode_low'])}, {_num(row['last_episode_high'])}] over {episodes}"
+        cell += f"<br><span class='ci'>final evaluation: {episodes}</span>"
     if row.get("unit") == "eval_return_mean":
         cell += ' <span class="raw">raw</span>'
     return cell
@@ -73,11 +87,12 @@ def _summary(table: pd.DataFrame) -> str:
     if table.empty:
         return '<p class="note">No runs.</p>'
     head = ("<tr><th class='l'>Algorithm</th><th>Seeds</th><th>Steps</th><th>Updates/s</th>"
-            "<th>Last (mean [95% CI])</th><th>Best (mean [95% CI])</th><th>IQM last</th>"
-            "<th>Behaviour policy</th><th class='l'>References</th></tr>")
+            "<th>Last (mean [95% CI])</th><th>Mean of last 5 evaluations</th><th>Best (mean [95% CI])</th>"
+            "<th>IQM last</th><th>Behaviour policy</th><th class='l'>Critic: V(s0) vs achieved return</th>"
+            "<th class='l'>References</th></tr>")
     body = []
     for ds, part in table.groupby("dataset", sort=True):
-        body.append(f"<tr class='ds'><td colspan='9'>{_e(ds)}</td></tr>")
+        body.append(f"<tr class='ds'><td colspan='11'>{_e(ds)}</td></tr>")
         for _, row in part.iterrows():
             beh = _num(row["behaviour_return"])
             if not math.isnan(row["behaviour_normalized"]):
@@ -86,20 +101,32 @@ def _summary(table: pd.DataFrame) -> str:
                 beh += ' <span class="raw">raw</span>'
             body.append(
                 f"<tr><td class='l'>{_e(row['group'])}</td><td>{_e(row['seeds'])}</td><td>{int(row['steps']):,}</td>"
-                f"<td>{_num(row['updates_per_s'])}</td><td>{_score(row, 'last')}</td><td>{_score(row, 'best')}</td>"
-                f"<td>{_num(row['last_iqm'])}</td><td>{beh}</td>"
+                f"<td>{_num(row['updates_per_s'])}</td><td>{_score(row, 'last')}</td><td>{_recent(row)}</td>"
+                f"<td>{_score(row, 'best')}</td><td>{_num(row['last_iqm'])}</td><td>{beh}</td>"
+                f"<td class='l critic'>{_e(row['critic'] or 'no critic diagnostic logged')}</td>"
                 f"<td class='l'>{_e(row['ref_source'] if isinstance(row['ref_source'], str) else 'none: raw returns')}</td></tr>"
             )
     return f"<table id='summary'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _recent(row: pd.Series) -> str:
+    n = int(row.get("recent_evals") or 0)
+    if not n:
+        return "–"
+    return f"{_score(row, 'recent')}<br><span class='ci'>{n} evaluation{'s' if n > 1 else ''} per run</span>"
+
+
 def _aggregate(table: pd.DataFrame) -> str:
     if table.empty:
         return ""
+    def ci(r: pd.Series, key: str) -> str:
+        if math.isnan(r[f"{key}_low"]):
+            return f"{_num(r[key])} <span class='ci'>(n/a, 1 run)</span>"
+        return f"{_num(r[key])} <span class='ci'>[{_num(r[f'{key}_low'])}, {_num(r[f'{key}_high'])}]</span>"
+
     rows = "".join(
         f"<tr><td class='l'>{_e(r['group'])}</td><td>{int(r['datasets'])}</td><td>{int(r['runs'])}</td>"
-        f"<td>{_num(r['iqm'])} <span class='ci'>[{_num(r['iqm_low'])}, {_num(r['iqm_high'])}]</span></td>"
-        f"<td>{_num(r['mean'])} <span class='ci'>[{_num(r['mean_low'])}, {_num(r['mean_high'])}]</span></td></tr>"
+        f"<td>{ci(r, 'iqm')}</td><td>{ci(r, 'mean')}</td></tr>"
         for _, r in table.iterrows()
     )
     return (
@@ -114,14 +141,16 @@ def _aggregate(table: pd.DataFrame) -> str:
 def _runs(table: pd.DataFrame) -> str:
     rows = "".join(
         f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td><td>{_e(r['seed'])}</td>"
-        f"<td class='l'><span class='badge {_e(r['status'])}'>{_e(r['status'])}</span></td><td>{int(r['steps']):,}</td>"
-        f"<td>{_num(r['last'])}</td><td>{_num(r['best'])}</td><td>{int(r['warnings']) or ''}</td>"
+        f"<td class='l'><span class='badge {_e(r['status'])}'>{_e(r['status'])}</span>{_not_counted(r)}</td><td>{int(r['steps']):,}</td>"
+        f"<td>{_run_last(r)}</td><td>{_num(r['recent'])}</td><td>{_num(r['best'])}</td>"
+        f"<td class='l critic'>{_e(r['critic'] or '–')}</td><td>{int(r['warnings']) or ''}</td>"
         f"<td class='l path'>{_e(r['path'])}</td></tr>"
         for _, r in table.iterrows()
     )
     return (
         "<table id='runs'><thead><tr><th class='l'>Dataset</th><th class='l'>Algorithm</th><th>Seed</th>"
-        "<th class='l'>Status</th><th>Steps</th><th>Last</th><th>Best</th><th>Warnings</th><th class='l'>Run directory</th>"
+        "<th class='l'>Status</th><th>Steps</th><th>Last [95% CI over episodes]</th><th>Last 5 evaluations</th>"
+        "<th>Best</th><th class='l'>Critic</th><th>Warnings</th><th class='l'>Run directory</th>"
         f"</tr></thead><tbody>{rows}</tbody></table>"
     )
 
@@ -149,6 +178,32 @@ def _chosen(table: pd.DataFrame | None) -> str:
     )
 
 
+def _run_last(r: pd.Series) -> str:
+    cell = _num(r["last"])
+    if _finite(r.get("last_low")):
+        cell += f" <span class='ci'>[{_num(r['last_low'])}, {_num(r['last_high'])}]</span>"
+    if _finite(r.get("episodes")):
+        cell += f"<br><span class='ci'>{int(r['episodes'])} episodes</span>"
+    return cell
+
+
+def _settings(settings: tuple[Sequence[tuple[str, Any, Any]], str] | None) -> str:
+    if settings is None:
+        return ""
+    changed, protocol = settings
+    rows = "".join(f"<tr><td class='l'>{_e(k)}</td><td class='l'>{_e(v)}</td><td class='l'>{_e(d)}</td></tr>"
+                   for k, v, d in changed)
+    table = (f"<table id='settings'><thead><tr><th class='l'>Config key</th><th class='l'>This run</th>"
+             f"<th class='l'>offrl default</th></tr></thead><tbody>{rows}</tbody></table>" if changed
+             else "<p class='note'>Every hyperparameter at offrl's default.</p>")
+    return (f"<h2>Settings that differ from the defaults</h2>{table}"
+            f"<h2>Evaluation protocol</h2><p id='protocol'>{_e(protocol)}</p>")
+
+
+def _not_counted(row: pd.Series) -> str:
+    return "" if row.get("counted", True) else " <span class='badge duplicate'>duplicate seed, not counted</span>"
+
+
 def _figure(fig: Figure) -> str:
     data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
     return (f"<figure><img src='data:image/png;base64,{data}' alt='{_e(fig.title)}'>"
@@ -167,8 +222,10 @@ def render(
     group_by: str | None,
     smooth: int,
     chosen: pd.DataFrame | None = None,
+    settings: tuple[Sequence[tuple[str, Any, Any]], str] | None = None,
 ) -> str:
-    """The whole page as a string; ``chosen``: the chosen-config table (a sweep's report), else none."""
+    """The whole page as a string; ``chosen``: the chosen-config table (a sweep's report), else none;
+    ``settings`` (a run report): the changed hyperparameters and the evaluation protocol."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_runs, n_ds = len(runs), runs["dataset"].nunique() if len(runs) else 0
     statuses = runs["status"].value_counts().to_dict() if len(runs) else {}
@@ -182,10 +239,15 @@ def render(
         f"aggregated. Table intervals: percentile bootstrap 95% CI over seeds, {TABLE_RESAMPLES:,} resamples, "
         f"seed 0; curves: {CURVE_RESAMPLES:,} resamples per step. IQM = mean of the middle 50% of seeds "
         "(25% trimmed mean). <i>Last</i> = final evaluation, <i>best</i> = best evaluation of each run (an optimistic "
-        "figure: it selects on the evaluation itself). Normalized score = 100 × (R − ref min) / (ref max − ref min); "
-        "datasets without reference scores show raw returns, marked <span class='raw'>raw</span>. "
-        "Runs without summary.json are <span class='badge incomplete'>incomplete</span> (still running or killed); "
-        "they are shown with what they logged."
+        "figure: it selects on the evaluation itself); <i>mean of last 5 evaluations</i> = each run's last five "
+        "evaluations averaged, then over seeds (less luck than the last alone). Each evaluation is the mean over "
+        "its episodes (deterministic policy, episode i seeded eval.seed + i); a run's last evaluation uses "
+        "eval.final_episodes, and its bracket is a Student-t 95% CI over those episodes. <i>Critic</i>: the "
+        "critic's V(s0) on the last evaluation's start states against the discounted return achieved from them "
+        "(consistent within 10%). Normalized score = 100 × (R − ref min) / (ref max − ref min); "
+        "datasets without reference scores show raw returns, marked <span class='raw'>raw</span>."
+        + (" Runs without summary.json are <span class='badge incomplete'>incomplete</span> (still running or "
+           "killed); they are shown with what they logged." if "incomplete" in statuses else "")
         + (f" Each run's curve is smoothed over {smooth} evaluations." if smooth > 1 else "")
     )
     figs = "".join(_figure(f) for f in figures)
@@ -199,6 +261,7 @@ def render(
 <p class="meta">{n_runs} run(s) on {n_ds} dataset(s) ({_e(status_text)}) · generated {now} by offrl</p>
 <h2>Summary per dataset × algorithm</h2>
 {_summary(summary)}
+{_settings(settings)}
 <p class="note">{method}</p>
 {_aggregate(aggregate)}
 {_chosen(chosen)}

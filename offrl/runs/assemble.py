@@ -129,7 +129,7 @@ def build_components(
                               frame_skip=cfg.frame_skip, async_collection=cfg.async_collection, gamma=gamma)
         collector, replay_buffer = online.collector, online.replay_buffer
         if evaluator is None and cfg.eval.interval > 0:
-            evaluator = _env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device)
+            evaluator = _env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device, cfg.eval.final_episodes)
     else:
         if cfg.algo in MARL_ALGOS:
             from offrl.algos.marl import build_marl_from_dataset
@@ -214,17 +214,25 @@ def _dataset_buffer_and_evaluator(cfg: TrainerConfig, dataset: Any, parts: Any, 
 
         # eval_* columns from env rollouts plus the critic's diag_* columns (docs/contracts.md).
         evaluator = Evaluator(dataset, critic=parts.loss_module, episodes=cfg.eval.episodes, seed=cfg.eval.seed,
-                              device=device, gamma=getattr(cfg.algo_config, "gamma", None), heldout=heldout)
+                              device=device, gamma=getattr(cfg.algo_config, "gamma", None), heldout=heldout,
+                              final_episodes=cfg.eval.final_episodes)
     return replay_buffer, evaluator
 
 
-def _env_evaluator(env_id: str, episodes: int, seed: int, device: Any) -> Callable[[Any, int], dict[str, float]]:
-    """Deterministic rollouts in the env a from-scratch run trains in (raw returns: no reference scores)."""
+def _env_evaluator(env_id: str, episodes: int, seed: int, device: Any,
+                   final_episodes: int = 0) -> Callable[[Any, int], dict[str, float]]:
+    """Deterministic rollouts in the env a from-scratch run trains in (raw returns: no reference scores);
+    ``.final`` is the run's last evaluation, over ``max(episodes, final_episodes)`` episodes."""
     from offrl.evaluation import evaluate
 
     def evaluator(policy: Any, step: int) -> dict[str, float]:
         return evaluate(policy, env_id, episodes=episodes, seed=seed, device=device).metrics()
 
+    def final(policy: Any, step: int) -> dict[str, float]:
+        n = max(episodes, final_episodes)
+        return evaluate(policy, env_id, episodes=n, seed=seed, device=device).metrics()
+
+    evaluator.final = final  # type: ignore[attr-defined]
     return evaluator
 
 

@@ -25,11 +25,13 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
     from offrl.runs.metrics_log import read_metrics  # torchrl: imported once a run is under way
 
     metrics = read_metrics(path / METRICS_FILE)
-    final = best = None
+    final = best = recent = critic = None
     if "eval_return_mean" in metrics and metrics["eval_return_mean"].notna().any():
         evals = metrics[metrics["eval_return_mean"].notna()]
         final = eval_row(evals.iloc[-1])
         best = eval_row(evals.loc[evals["eval_return_mean"].idxmax()])
+        recent = recent_evals(evals)
+        critic = critic_summary(evals.iloc[-1])
     done = step - start_step
     train_seconds = seconds - float(getattr(parts.trainer, "eval_seconds", 0.0))
     if parts.dataset is not None:
@@ -37,7 +39,8 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
         dataset = {"id": parts.dataset.name, "digest": parts.dataset.digest,
                    "mean_return": _mean_return(info.get("episode_return")),
                    "episodes": info.get("episodes"), "transitions": info.get("transitions")}
-        ref = {"min": info.get("ref_min_score"), "max": info.get("ref_max_score"), "source": info.get("ref_source")}
+        ref = {"min": info.get("ref_min_score"), "max": info.get("ref_max_score"), "source": info.get("ref_source"),
+               "known": info.get("ref_hint")}  # references offrl has for the env, offered when none were used
     else:  # trained online from scratch in an env
         dataset = {"id": f"{ENV_PREFIX}{parts.env_id}", "digest": None, "mean_return": None, "episodes": 0,
                    "transitions": 0}
@@ -55,6 +58,9 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
         "device": parts.device,
         "final": final,
         "best": best,
+        "last_evals": recent,
+        "critic": critic,
+        "threads": _threads(),
         "dataset": dataset,
         "ref": ref,
         "stop_reason": getattr(parts.trainer, "stop_reason", None),
@@ -76,14 +82,54 @@ def _online_summary(parts: Any) -> dict[str, Any] | None:
             "offline_fraction": offline}
 
 
-def eval_row(row: Any) -> dict[str, Any]:
-    """One evaluation row of metrics.csv as summary.json's ``final``/``best`` entry."""
-    def num(key: str) -> float | None:
-        value = row.get(key)
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+def _num(row: Any, key: str) -> float | None:
+    value = row.get(key)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
-    return {"step": int(row["step"]), "return_mean": num("eval_return_mean"), "return_std": num("eval_return_std"),
-            "length_mean": num("eval_length_mean"), "normalized_score": num("eval_normalized_score")}
+
+def eval_row(row: Any) -> dict[str, Any]:
+    """One evaluation row of metrics.csv as summary.json's ``final``/``best`` entry: the means, the number
+    of episodes and the Student-t 95% interval over them (None where not logged: older runs, one episode)."""
+    episodes = _num(row, "eval_episodes")
+    return {"step": int(row["step"]), "return_mean": _num(row, "eval_return_mean"),
+            "return_std": _num(row, "eval_return_std"), "length_mean": _num(row, "eval_length_mean"),
+            "normalized_score": _num(row, "eval_normalized_score"),
+            "episodes": int(episodes) if episodes is not None else None,
+            "return_ci95": [_num(row, "eval_return_ci_low"), _num(row, "eval_return_ci_high")],
+            "normalized_ci95": [_num(row, "eval_normalized_ci_low"), _num(row, "eval_normalized_ci_high")]}
+
+
+#: The report and the score line show the mean of the last this-many evaluations beside the last one.
+RECENT_EVALS = 5
+
+
+def recent_evals(evals: Any, n: int = RECENT_EVALS) -> dict[str, Any]:
+    """Mean of the last ``n`` evaluations (fewer when the run has fewer): less luck than the last alone."""
+    tail = evals.tail(n)
+    mean = lambda key: float(tail[key].mean()) if key in tail and tail[key].notna().any() else None  # noqa: E731
+    return {"evaluations": int(len(tail)), "from_step": int(tail["step"].iloc[0]), "to_step": int(tail["step"].iloc[-1]),
+            "return_mean": mean("eval_return_mean"), "normalized_score": mean("eval_normalized_score")}
+
+
+def critic_summary(row: Any) -> dict[str, Any] | None:
+    """The critic's V(s0) on the last evaluation's start states against the discounted return achieved
+    from them, with the finding in words (None for runs without a critic diagnostic)."""
+    from offrl.evaluation.findings import critic_finding, critic_verdict
+
+    v, achieved = _num(row, "diag_v_s0_eval"), _num(row, "diag_achieved_return_s0")
+    if v is None or achieved is None:
+        return None
+    return {"step": int(row["step"]), "v_s0": v, "achieved_return_s0": achieved,
+            "verdict": critic_verdict(v, achieved), "finding": critic_finding(v, achieved)}
+
+
+def _threads() -> dict[str, Any]:
+    """The torch thread count and OpenMP wait policy the run trained with (docs/threads.md)."""
+    import os
+
+    import torch
+
+    return {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def _mean_return(stats: Any) -> float | None:

@@ -310,7 +310,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if self._acc_n:
             row.update(self._flush_metrics())
         if self.evaluator is not None and self.eval_interval and self._last_eval_step != self._step:
-            row.update(self._evaluate())
+            row.update(self._evaluate(final=True))
         if row:
             self._emit(row, phase)
         self._checkpoint_now()
@@ -368,7 +368,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if step % self.log_interval == 0 or last:
             row.update(self._flush_metrics())
         if self.evaluator is not None and self.eval_interval and (step % self.eval_interval == 0 or last):
-            row.update(self._evaluate())
+            row.update(self._evaluate(final=last))
         if row:
             self._emit(row, phase)
         if step % self.save_trainer_interval == 0:
@@ -376,13 +376,15 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if row:
             yield step, row
 
-    def _evaluate(self) -> dict[str, float]:
-        """Run the evaluator with the RNG states saved and restored, so evaluating never changes training."""
+    def _evaluate(self, final: bool = False) -> dict[str, float]:
+        """Run the evaluator with the RNG states saved and restored, so evaluating never changes training.
+        The run's last evaluation calls ``evaluator.final`` where the evaluator has one (more episodes)."""
         t0 = time.perf_counter()
         saved = rng_state()
+        evaluate = getattr(self.evaluator, "final", None) if final else None
         try:
             with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
-                result = self.evaluator(self.policy, self._step)
+                result = (evaluate or self.evaluator)(self.policy, self._step)
         finally:
             set_rng_state(saved)
         seconds = time.perf_counter() - t0

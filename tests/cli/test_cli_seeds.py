@@ -5,6 +5,7 @@ Real console-script subprocesses on small real datasets (random CartPole rollout
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -140,3 +141,17 @@ def test_children_get_every_option_but_the_ones_seeds_sets():
     assert not {"--seeds", "--jobs", "--name", "--seed"} & set(argv)
     assert _threads_set(args, None)
     assert not _threads_set(parser.parse_args(["train", "--dataset", "d", "--seeds", "2"]), None)
+
+
+def test_seeds_show_progress_while_they_run(cartpole, tmp_path):
+    # issue 18: 80 s of silence until the first seed finished
+    result = offrl_cli("train", "--dataset", cartpole, "--steps", "600", "--batch-size", "16", "--eval-every", "300",
+                       "--eval-episodes", "2", "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path), "--name", "p",
+                       *SETS, "--set", "log_interval=20", timeout=900)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    progress = [ln for ln in lines if re.fullmatch(r"seed [01]: step \d+ of 600 \(\d+%\)", ln)]
+    assert progress, result.stdout
+    for line in progress:  # each progress line comes before that seed's score line
+        seed = line.split(":")[0]
+        assert lines.index(line) < next(i for i, ln in enumerate(lines) if ln.startswith(f"{seed}: {tmp_path}"))

@@ -38,12 +38,15 @@ def _eval(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_eval_reproduces_the_trainers_final_evaluation(trained, monkeypatch: pytest.MonkeyPatch):
     run, env = trained
     summary = json.loads((run / "summary.json").read_text())
-    out = _eval(env, str(run), "--episodes", "3", "--seed", "0", "--json")
+    n = summary["final"]["episodes"]  # the last evaluation ran eval.final_episodes (20), not --eval-episodes (3)
+    assert n == 20
+    out = _eval(env, str(run), "--episodes", str(n), "--seed", "0", "--json")
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["step"] == summary["final"]["step"] == 2
-    assert res["seeds"] == [0, 1, 2] and len(res["returns"]) == 3
+    assert res["seeds"] == list(range(n)) and len(res["returns"]) == n
     assert res["mean"] == pytest.approx(summary["final"]["return_mean"])
+    assert res["return_ci95"] == pytest.approx(summary["final"]["return_ci95"])
     assert res["normalized_mean"] == pytest.approx(summary["final"]["normalized_score"])
     assert res["ref_source"] == summary["ref"]["source"] and res["env_id"] == "CartPole-v1"
     lo, hi = summary["ref"]["min"], summary["ref"]["max"]
@@ -52,7 +55,7 @@ def test_eval_reproduces_the_trainers_final_evaluation(trained, monkeypatch: pyt
     for key, value in env.items():
         if key.startswith(("OFFRL_", "MINARI_")):
             monkeypatch.setenv(key, value)
-    result, loaded = evaluate_checkpoint(run / "checkpoints" / "step_2.pt", episodes=3, seed=0)
+    result, loaded = evaluate_checkpoint(run / "checkpoints" / "step_2.pt", episodes=n, seed=0)
     assert loaded.step == 2 and loaded.run_dir == run
     assert result.returns.tolist() == res["returns"] and result.ref_source == "dataset metadata"
 

@@ -28,8 +28,11 @@ def make_run(
     extra_config: dict | None = None,
     nan_loss_from: int | None = None,
     stop_at: int | None = None,
+    episodes: int | None = None,
+    v_s0_eval: float | None = None,
 ) -> Path:
-    """One run dir: ``status=None`` leaves no summary.json (a crashed or running run)."""
+    """One run dir: ``status=None`` leaves no summary.json (a crashed or running run). ``episodes``: log
+    the episode count and the 95% interval columns (runs before issue 18 have neither)."""
     run = root / dataset.replace("/", "__") / algo / f"seed{seed}-20260101-000000"
     run.mkdir(parents=True)
     lo, hi = REF.get(dataset, (0.0, 100.0))
@@ -37,6 +40,8 @@ def make_run(
         "dataset": {"id": dataset, "digest": "ab" * 16, "path": f"/data/{dataset}",
                     "ref_min_score": None, "ref_max_score": None},
         "algo": algo, "seed": seed, "offline_steps": steps, "batch_size": 256,
+        "eval": {"interval": eval_every, "episodes": 10, "final_episodes": episodes or 20, "seed": 0,
+                 "heldout_fraction": 0.05},
         algo.replace("-", "_"): {"lr": 3e-4, "min_q_weight": 5.0, **(extra_config or {})},
         "versions": {"offrl": "0.1.0", "torch": "2.13.0"}, "command": ["offrl", "train"], "created": "2026-01-01",
     }
@@ -49,6 +54,9 @@ def make_run(
                "wall_time": step / 50.0, "loss_qvalue": 2.0 / frac + rng.normal(0, 0.05),
                "loss_actor": -frac * 10, "loss_cql": 1.0 - 0.5 * frac, "alpha": 0.2 * (1 - frac) + 0.01,
                "alpha_prime": 1.0 + frac, "grad_norm": 1.0, "q_data_mean": 10 * frac, "updates_per_s": 50.0}
+        if algo in ("dqn", "discrete-cql"):  # value-based: no actor, no entropy temperature, no Lagrange
+            for key in ("loss_actor", "alpha", "alpha_prime"):
+                row.pop(key)
         if nan_loss_from is not None and step >= nan_loss_from:
             row["loss_qvalue"] = float("nan")
         if step % eval_every == 0:
@@ -58,7 +66,12 @@ def make_run(
                         "eval_normalized_score": score if refs else float("nan"),
                         "diag_td_error": 1.0 / frac, "diag_q_data": -300 * frac, "diag_q_policy": -280 * frac,
                         "diag_v_s0": -500 + 100 * frac, "diag_mc_return_s0": -600.0,
-                        "diag_achieved_return_s0": -700 + 150 * frac, "diag_v_s0_eval": -520 + 100 * frac})
+                        "diag_achieved_return_s0": -700 + 150 * frac,
+                        "diag_v_s0_eval": -520 + 100 * frac if v_s0_eval is None else v_s0_eval})
+            if episodes is not None:
+                half = 30.0 / episodes ** 0.5
+                row.update({"eval_episodes": episodes, "eval_normalized_ci_low": score - half,
+                            "eval_normalized_ci_high": score + half})
         rows.append(row)
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
     if status is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.browser import artifacts_dir, chromium_binary, visit
 
-from offrl.report import build_report
+from offrl.report import build_report, write_run_report
 
 pytestmark = pytest.mark.skipif(
     chromium_binary() is None, reason="chromium not installed (Debian: apt-get install -y chromium)"
@@ -54,3 +54,50 @@ def test_the_network_check_sees_an_outside_request(tmp_path: Path):
     page = visit(html.as_uri(), "Array.from(document.images).map(i => i.naturalWidth)")
     assert page.result == [0]
     assert any(u.startswith("http://127.0.0.1:9/") for u in page.requests)
+
+
+LAYOUT_STATE = """({
+  images: Array.from(document.images).map(i => ({alt: i.alt, w: i.naturalWidth, shown: i.getBoundingClientRect().width})),
+  badges: Array.from(document.querySelectorAll('.badge')).map(b => b.textContent),
+  settings: Array.from(document.querySelectorAll('#settings tbody tr')).map(tr => tr.cells[0].textContent),
+  protocol: (document.querySelector('#protocol') || {}).textContent || null,
+  critic: Array.from(document.querySelectorAll('#summary td.critic')).map(td => td.textContent),
+})"""
+
+
+def test_report_layout_at_1400_px(tmp_path: Path):
+    # issue 18: empty 0-1 panels for quantities discrete CQL lacks, a loss grid shrunk to illegibility,
+    # legends on the curves, an "incomplete" badge when no run was, no settings or protocol in a run report
+    from helpers.report import make_run
+
+    root = tmp_path / "runs"
+    for seed in range(2):
+        make_run(root, seed=seed, episodes=20)
+        make_run(root, dataset="offrl/cartpole/mixed-v0", algo="discrete-cql", seed=seed, episodes=20)
+    rep = build_report([root], tmp_path / "out")
+    page = visit(rep.html.as_uri(), LAYOUT_STATE, width=1400, height=1000)
+    (artifacts_dir() / "report-1400.png").write_bytes(page.screenshot)
+    state = page.result
+    assert len(state["images"]) == len(rep.figures) == 4
+    for img in state["images"]:  # every figure loads and is shown unscaled: readable at 1,400 px
+        assert img["w"] > 0 and img["shown"] == img["w"], img
+    assert "incomplete" not in state["badges"] and "badge incomplete" not in rep.html.read_text()
+    assert all(c.startswith("over-estimates by") for c in state["critic"]) and len(state["critic"]) == 2
+    for fig in rep.plots:  # no empty panel, no legend over a panel
+        assert fig.panels and all(lines > 0 for _, lines in fig.panels), (fig.path.name, fig.panels)
+        assert fig.legend_clear, fig.path.name
+    titles = [t for f in rep.plots for t, _ in f.panels]
+    assert not any("cartpole" in t and ("actor" in t or "alpha" in t) for t in titles), titles
+    assert any("pendulum" in t and "loss_actor" in t for t in titles)
+    alpha = next(f for f in rep.plots if f.path.name == "alpha.png")
+    assert alpha.legend == ["cql"]  # discrete CQL draws nothing there, so the legend does not name it
+
+    run = sorted(root.rglob("metrics.csv"))[-1].parent  # a pendulum cql run
+    page = visit(write_run_report(run).as_uri(), LAYOUT_STATE, width=1400, height=1000)
+    (artifacts_dir() / "run-report-1400.png").write_bytes(page.screenshot)
+    state = page.result
+    assert "cql.min_q_weight" in state["settings"] and "offline_steps" in state["settings"]
+    assert "seed" not in state["settings"] and not any(k.startswith("dataset") for k in state["settings"])
+    assert state["protocol"].startswith("Every 200 gradient steps and after the last one, 10 episodes")
+    assert "the last evaluation 20 episodes" in state["protocol"]
+    assert all(img["w"] > 0 and img["shown"] == img["w"] for img in state["images"])

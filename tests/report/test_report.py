@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -174,3 +175,58 @@ def test_a_config_key_missing_from_older_runs_does_not_split_a_group(tmp_path: P
     assert [len(g.runs) for g in groups] == [2] and groups[0].label == "cql"
     make_run(tmp_path, seed=2, extra_config={"lr": 1e-3})
     assert sorted(len(g.runs) for g in group_runs(load_runs([tmp_path]), None, [])) == [1, 2]
+
+
+def test_runs_of_one_seed_count_once_and_one_seed_has_no_interval(tmp_path: Path) -> None:
+    # issue 18: two runs with seed 0 (the CLI and the example script) were "2 seeds, 100.5 [100.5, 100.5]"
+    root = tmp_path / "runs"
+    first = make_run(root, seed=0, final_score=70.0)
+    twin = first.parent / "seed0-20260102-000000"  # the same seed again: a re-run, a script, a resumed twin
+    shutil.copytree(first, twin)
+    rep = build_report([root], tmp_path / "out")
+    row = rep.summary.iloc[0]
+    assert row["n_seeds"] == 1 and row["seeds"] == "1 (1 duplicate seed not counted)"
+    assert np.isnan(row["last_low"]) and row["last_n"] == 1
+    assert any("seed 0 has 2 runs; counted once" in w for w in rep.warnings)
+    assert sorted(rep.runs["counted"]) == [False, True]
+    page = rep.html.read_text()
+    assert "(n/a, 1 seed)" in page and "duplicate seed, not counted" in page
+    assert not re.search(r"\[(-?[\d,.]+), \1\]", page)  # never an interval [x, x]
+    # seeds 0, 0, 1, 2: three seeds
+    for seed in (1, 2):
+        make_run(root, seed=seed, final_score=70.0 + seed)
+    rep = build_report([root], tmp_path / "out2")
+    assert rep.summary.iloc[0]["n_seeds"] == 3 and rep.summary.iloc[0]["last_n"] == 3
+
+
+def test_report_carries_episodes_interval_recent_mean_and_the_critic_in_words(tmp_path: Path) -> None:
+    # issue 18: "normalized 100.5" from 5 episodes hid its noise; the critic panel asked and did not answer
+    root = tmp_path / "runs"
+    run = make_run(root, seed=0, final_score=70.0, steps=1000, eval_every=100, episodes=20, v_s0_eval=-100.0)
+    rep = build_report([run], tmp_path / "out")
+    evals = pd.read_csv(run / "metrics.csv").dropna(subset=["eval_normalized_score"])
+    row = rep.summary.iloc[0]
+    assert row["last_episodes"] == 20
+    assert row["last_episode_low"] == pytest.approx(evals["eval_normalized_ci_low"].iloc[-1])
+    assert row["recent_mean"] == pytest.approx(evals["eval_normalized_score"].tail(5).mean())
+    assert row["recent_evals"] == 5
+    achieved = evals["diag_achieved_return_s0"].iloc[-1]  # -550: V(s0) -100 is far above it
+    assert row["critic"] == f"over-estimates by {-100 - achieved:.1f} (V(s0) -100.0 vs achieved {achieved:.1f}, 82% above)"
+    page = rep.html.read_text()
+    assert "over 20 episodes" in page and "Mean of last 5 evaluations" in page and "over-estimates by 450.0" in page
+    # a run from before the interval columns existed: no episode count is invented
+    old = make_run(tmp_path / "old", seed=0)
+    assert np.isnan(build_report([old], tmp_path / "out-old").summary.iloc[0]["last_episodes"])
+
+
+def test_critic_findings_in_words() -> None:
+    from offrl.evaluation.findings import critic_finding, mean_ci
+
+    # the issue's CartPole: V(s0) about 10 against an achieved discounted return about 99
+    assert critic_finding(10.0, 99.0) == "under-estimates by 89.0 (V(s0) 10.0 vs achieved 99.0, 90% below)"
+    assert critic_finding(-150.0, -100.0) == "under-estimates by 50.0 (V(s0) -150.0 vs achieved -100.0, 50% below)"
+    assert critic_finding(95.0, 99.0).startswith("consistent: V(s0) 95.0 vs achieved 99.0 (within 10%")
+    assert critic_finding(None, 99.0) is None
+    mean, low, high = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])  # t(0.975, 4) = 2.7764, s = 1.5811
+    assert (mean, low, high) == pytest.approx((3.0, 3 - 2.7764 * 1.5811 / 5 ** 0.5, 3 + 2.7764 * 1.5811 / 5 ** 0.5), abs=1e-3)
+    assert np.isnan(mean_ci([7.0])[1])

@@ -1,0 +1,43 @@
+"""`offrl train --help` shows every default and how to give the evaluation env and references; a run's
+score line carries its episodes and a 95% interval, and a run without references in an env offrl knows
+is offered offrl's (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from helpers.datafiles import write_d4rl
+
+
+def test_help_shows_defaults_env_and_references(offrl_cli):
+    text = " ".join(offrl_cli("train", "--help").stdout.split())  # argparse wraps lines
+    for needle in ("offline_steps; default 100000", "(default 256)", "eval.interval, default 5000",
+                   "eval.episodes, default 10", "eval.final_episodes, default 20", "(default 0)",
+                   "--env ENV_ID", "--set dataset.ref_min_score=R_MIN --set dataset.ref_max_score=R_MAX",
+                   "Pendulum-v1 (-1254.24, -147.69)", "CartPole-v1 (19.22, 500)", "Hopper"):
+        assert needle in text, needle
+
+
+def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Path):
+    data = tmp_path / "pendulum-file.hdf5"  # a user's file: no references, no env named
+    write_d4rl(data, lengths=(30, 30, 30), terminal=(False, False, False), obs_dim=3, act_dim=1)
+    result = offrl_cli("train", "--dataset", str(data), "--env", "Pendulum-v1", "--steps", "4", "--batch-size", "8",
+                       "--eval-every", "2", "--eval-episodes", "2", "--set", "cql.hidden_sizes=[8,8]",
+                       "--set", "log_interval=2", "--out", str(tmp_path / "runs"), "--no-progress",
+                       env={"OMP_WAIT_POLICY": ""}, timeout=900)  # unset: offrl's rule applies (docs/threads.md)
+    assert result.returncode == 0, result.stderr[-2000:]
+    score = result.stdout.strip().splitlines()[-1]
+    # the last evaluation ran eval.final_episodes (20), not --eval-episodes (2), and says so with its interval
+    assert re.search(r"final return -?[\d.]+ \[-?[\d.]+, -?[\d.]+\] over 20 episodes \(normalized n/a", score), score
+    assert "mean of last 2 evaluations" in score
+    assert re.search(r"^critic: (over|under)-estimates by [\d.]+ \(V\(s0\) ", result.stdout, re.M), result.stdout
+    assert "offrl: note: no reference scores, so no normalized score; offrl's references for Pendulum-v1" in result.stderr
+    run = Path(result.stdout.splitlines()[0].removeprefix("run: "))
+    summary = json.loads((run / "summary.json").read_text())
+    final = summary["final"]
+    assert final["episodes"] == 20 and final["return_ci95"][0] < final["return_mean"] < final["return_ci95"][1]
+    assert summary["best"]["episodes"] == 2 and summary["last_evals"]["evaluations"] == 2
+    assert summary["critic"]["verdict"] in ("over", "under", "consistent")
+    assert summary["threads"]["omp_wait_policy"] == "PASSIVE"
