@@ -10,6 +10,7 @@ the seeds (mean, IQM, bootstrap 95% CI) and prints the aggregate.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from typing import IO, Any
 from offrl.cli.format import fmt
 from offrl.errors import UserError
 
-__all__ = ["seed_list", "run_seeds"]
+__all__ = ["die_with_parent", "seed_list", "run_seeds"]
 
 # Options that --seeds sets itself for each child, or that make no sense with it.
 _NOT_FORWARDED = {"help", "seeds", "jobs", "seed", "name", "no_progress", "func", "train_parser"}
@@ -166,7 +167,8 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                     # Its own session: the terminal's Ctrl-C reaches only this process, which passes exactly
                     # one SIGINT on per Ctrl-C (one: stop after a checkpoint; two: abort, as for one run).
                     proc = subprocess.Popen([*base, "--seed", str(seed), "--name", _name(args, seed, stamp)],
-                                            stdout=out, stderr=err, env=env, text=True, start_new_session=True)
+                                            stdout=out, stderr=err, env=env, text=True, start_new_session=True,
+                                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
                     running.append(_Child(seed, proc, out, err))
                 time.sleep(0.05)
                 for child in [c for c in running if c.proc.poll() is not None]:
@@ -212,6 +214,31 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     if runs:
         _aggregate(args, runs, stamp, len(seeds))
     return 0 if len(runs) == len(seeds) else 1
+
+
+def _parent_death_signal() -> Any:
+    """``prctl(PR_SET_PDEATHSIG)`` of this platform's C library (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _parent_death_signal()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a ``--seeds`` child, between fork and exec: SIGTERM it when the parent (pid ``parent``) dies, even
+    by SIGKILL (the child then checkpoints and stops, as on any SIGTERM), so no seed trains on as an orphan."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _sigterm_as_interrupt() -> Any:

@@ -4,12 +4,15 @@ DQN trainers share."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 from tensordict import TensorDictBase
 
-__all__ = ["PHASES", "TrainerMetrics", "q_stats"]
+from offrl.errors import UserError
+
+__all__ = ["PHASES", "NonFiniteLossError", "TrainerMetrics", "q_stats"]
 
 PHASES = ("sample", "forward", "backward", "optim", "target", "eval", "log")
 
@@ -18,6 +21,10 @@ def q_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean, std, max and min of the Q-values of the dataset actions (``q_data_*``)."""
     q = q.detach().float()
     return {"q_data_mean": q.mean(), "q_data_std": q.std(), "q_data_max": q.max(), "q_data_min": q.min()}
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN or inf: the run stops without checkpointing that state (one line, exit 2)."""
 
 
 class TrainerMetrics:
@@ -97,3 +104,17 @@ class TrainerMetrics:
             return {}
         return {"episode_reward_mean": float(ep_reward[done].float().mean())}
 
+    def _check_finite(self, values: dict[str, float]) -> None:
+        """Raise :class:`NonFiniteLossError` when a loss in ``values`` (a row, or the sums since it) is NaN/inf."""
+        bad = next((k for k, v in values.items() if k.startswith("loss") and not math.isfinite(v)), None)
+        if bad is None:
+            self._finite_step = self._step
+            return
+        if self.save_trainer_file is not None and self.save_trainer_file.exists():
+            kept = f"{self.save_trainer_file} holds the last checkpoint before it"
+        else:
+            kept = "no checkpoint was written before it"
+        self._stop_reason = "diverged"
+        raise NonFiniteLossError(
+            f"{bad} became {values[bad]} between step {self._finite_step} and step {self._step}; the run stopped "
+            f"and {kept}: lower the learning rates or scale the rewards (a config change needs --resume --force)")
