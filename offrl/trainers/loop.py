@@ -61,7 +61,6 @@ def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     return int(value)
 
 
-
 class Trainer(UpdateStep, TrainerMetrics, TrainerState):
     """Base of the CQL and DQN trainers: validation, the offline and online loop, evaluation, stop handling.
 
@@ -344,8 +343,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         """Save unless there is no checkpoint file or this step is already saved; never a state reached
         through a NaN/inf loss (the losses since the last row are checked first: one device sync)."""
         if self.save_trainer_file is not None and self._saved_step != self._step:
-            if self._acc_n:
-                self._check_finite({k: float(v) for k, v in self._acc_sums().items() if k.startswith("loss")})
+            self._check_pending()
             self.save()
 
     def _sample(self) -> TensorDictBase:
@@ -380,10 +378,9 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         row: dict[str, float] = {}
         if step % self.log_interval == 0 or last:
             row.update(self._flush_metrics())
-            if any(k.startswith("loss") and not math.isfinite(v) for k, v in row.items()):
+            if not self._check_finite(row, raise_=False):
                 self._emit(row, phase)  # the row that shows it, then stop without a checkpoint
                 self._check_finite(row)
-            self._finite_step = step
         if self.evaluator is not None and self.eval_interval and (step % self.eval_interval == 0 or last):
             row.update(self._evaluate())
         if row:

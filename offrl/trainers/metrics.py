@@ -104,12 +104,20 @@ class TrainerMetrics:
             return {}
         return {"episode_reward_mean": float(ep_reward[done].float().mean())}
 
-    def _check_finite(self, values: dict[str, float]) -> None:
-        """Raise :class:`NonFiniteLossError` when a loss in ``values`` (a row, or the sums since it) is NaN/inf."""
+    def _check_pending(self) -> None:
+        """:meth:`_check_finite` on the loss sums since the last row (one device sync)."""
+        if self._acc_n:
+            self._check_finite({k: float(v) for k, v in self._acc_sums().items() if k.startswith("loss")})
+
+    def _check_finite(self, values: dict[str, float], raise_: bool = True) -> bool:
+        """Raise :class:`NonFiniteLossError` when a loss in ``values`` (a row, or the sums since it) is NaN/inf
+        (with ``raise_=False``: return False instead)."""
         bad = next((k for k, v in values.items() if k.startswith("loss") and not math.isfinite(v)), None)
         if bad is None:
             self._finite_step = self._step
-            return
+            return True
+        if not raise_:
+            return False
         if self.save_trainer_file is not None and self.save_trainer_file.exists():
             kept = f"{self.save_trainer_file} holds the last checkpoint before it"
         else:
