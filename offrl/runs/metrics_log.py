@@ -167,8 +167,9 @@ class _TidyCSVFile:
         for i, line in enumerate(data[:rows]):
             cells = line.split(",")  # cells are numbers or phase names: never quoted, never a comma
             if len(cells) != len(header):
-                raise UserError(f"{self.path}: data row {i + 1} has {len(cells)} cells for {len(header)} columns "
-                                "(the file was edited or damaged); restore it from a backup or start a new run")
+                raise UserError(f"{self.path}: data row {i + 1} has {len(cells)} cells for {len(header)} columns, "
+                                "not what the checkpoint recorded (the file was edited or damaged); restore it "
+                                "from a backup or start a new run")
             kept.append(",".join(cells[position[c]] if c in position else "" for c in columns))
         self.columns = list(columns)
         self._check_kept(kept, header, rows, last, checksum)

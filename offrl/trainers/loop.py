@@ -285,7 +285,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             batch = self._sample()
             self._timings["sample"] += time.perf_counter() - t0
             yield from self._train_step(batch, "offline")
-            if self._stop_requested:
+            if self._stop_requested and (self.collector is not None or self._step < self.offline_steps):
                 self._checkpoint_now()
                 return
         # online phase: collect, extend, train
