@@ -140,3 +140,10 @@ def test_checksum_is_stored_at_conversion(tmp_path):
     ds = load_dataset(src)
     info = json.loads((ds.cache_path / "info.json").read_text())
     assert info["rows_crc32"] == cache_check.file_crc32(ds.cache_path / "rows.memmap")
+
+
+def test_symlink_loop_is_named_not_missing(tmp_path):
+    loop = tmp_path / "loop.hdf5"
+    loop.symlink_to(loop)
+    with pytest.raises(UserError, match="symbolic link loop"):
+        load_dataset(loop)
