@@ -204,7 +204,9 @@ def test_run_folder_creation_race_is_the_clean_error(tmp_path):
     def create() -> None:
         barrier.wait()
         try:
-            create_run_dir(path, {"config.yaml": "algo: cql\n"})
+            # a few MB per folder: each creation outlasts the interpreter's thread switch interval, so every
+            # thread passes the "exists?" check before the first rename (the race, not a queue)
+            create_run_dir(path, {"config.yaml": "algo: cql\n" + "#" * (4 << 20)})
             outcomes.append("created")
         except UserError as err:
             outcomes.append("exists" if "already exists" in str(err) else str(err))
