@@ -43,7 +43,7 @@ def _minari_name(data_dir: Path) -> str:
         meta = json.loads((data_dir / "metadata.json").read_text())
         if isinstance(meta.get("dataset_id"), str) and meta["dataset_id"]:
             return meta["dataset_id"]
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # unreadable, or not an object: the reader says so
         pass
     return data_dir.parent.name
 

@@ -147,3 +147,15 @@ def test_symlink_loop_is_named_not_missing(tmp_path):
     loop.symlink_to(loop)
     with pytest.raises(UserError, match="symbolic link loop"):
         load_dataset(loop)
+
+
+def test_minari_metadata_that_is_not_an_object_is_one_line():
+    import gymnasium as gym
+    from helpers.datafiles import cartpole_episodes, write_minari
+
+    folder = write_minari("faults/cartpole-v0", cartpole_episodes(),
+                          observation_space=gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+                          action_space=gym.spaces.Discrete(2))
+    (folder / "data" / "metadata.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="must be a JSON object"):
+        load_dataset(str(folder))
