@@ -181,7 +181,12 @@ def sweep_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary siblings a killed process left in a run folder and its ``checkpoints/``
     (``.summary.json.*.tmp``, ``.latest.pt.tmp-*``, ...). Call it holding the folder's lock."""
     removed = []
-    for folder in (Path(path), Path(path) / CHECKPOINT_DIR):
+    folders = [Path(path)]
+    if (Path(path) / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists():
+        # (without latest.pt a memmap checkpoint was killed between its two renames: its temporaries are
+        # the only copies, left for the user to recover)
+        folders.append(Path(path) / CHECKPOINT_DIR)
+    for folder in folders:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
