@@ -138,7 +138,7 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                     # Its own session: the terminal's Ctrl-C reaches only this process, which passes exactly
                     # one SIGINT on per Ctrl-C (one: stop after a checkpoint; two: abort, as for one run).
                     running.append(start_child(seed, [*base, "--seed", str(seed), "--name", _name(args, seed, stamp)],
-                                               env))
+                                               env, parent_death_signal=signal.SIGTERM))
                 time.sleep(0.05)
                 if time.monotonic() >= next_look:  # progress of the running seeds, twice a second
                     next_look = time.monotonic() + 0.5

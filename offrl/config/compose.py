@@ -76,11 +76,18 @@ def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
     except ValidationError as err:
         key = err.full_key or err.key
         msg = str(err).splitlines()[0]
+        if not key:
+            raise UserError(f"{origin}: {msg}") from None
+        if origin == "--set":
+            raise UserError(f"--set {key}: bad value: {msg}") from None
         raise UserError(f"{origin}: bad value for '{key}': {msg}") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         msg = str(err).splitlines()[0]
         raise UserError(f"{origin}: {msg}" + (f" (key '{key}')" if key else "")) from None
+    except ValueError as err:  # a scalar where a section belongs (dataset: 5)
+        raise UserError(f"{origin}: {str(err).splitlines()[0]}; a section (like dataset:) takes key: value "
+                        "pairs") from None
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -99,6 +106,9 @@ def parse_dotlist(dotlist: Sequence[str]) -> DictConfig:
     for item in dotlist:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set cql.min_q_weight=5")
+        if "${" in item.split("=", 1)[1]:
+            # OmegaConf would resolve it (lr=${seed} trains with the seed as learning rate): a value is literal
+            raise UserError(f"--set {item}: interpolations (${{...}}) are not accepted in --set; give the value")
     try:
         return OmegaConf.from_dotlist(list(dotlist))
     except OmegaConfBaseException as err:
@@ -180,7 +190,11 @@ def compose_config(
         probe.dataset.id = str(dataset_id)
         for layer in layers:  # dataset.* options (cache_dir, env_id, refs) apply to loading
             if "dataset" in layer:
-                probe.dataset = merge_layer(probe.dataset, layer.dataset, _origin(layer, file_layer, config_file))
+                origin = _origin(layer, file_layer, config_file, set_layer, base_layer)
+                if not isinstance(layer.dataset, DictConfig):
+                    raise UserError(f"{origin}: dataset must be a section (dataset.id: ..., dataset.cache_dir: "
+                                    f"...), got {layer.dataset!r}; the dataset itself is dataset.id or --dataset")
+                probe.dataset = merge_layer(probe.dataset, layer.dataset, origin)
         if load is None:
             raise TypeError("compose_config: pass the loaded dataset (loaded=) or a loader (load=)")
         loaded = load(probe.dataset)
@@ -207,6 +221,9 @@ def compose_config(
     assert isinstance(obj, TrainerConfig)
     _check_inactive_sections(layers, resolved_algo)
     obj.validate()
+    if obj.batch_size > len(loaded):
+        raise UserError(f"--batch-size {obj.batch_size} (batch_size): larger than the dataset "
+                        f"({len(loaded)} transitions); use at most {len(loaded)}")
     return obj, loaded
 
 
@@ -217,7 +234,7 @@ def _origin(layer: Any, file_layer: Any, config_file: Any, set_layer: Any = None
         return "--set"
     if layer is base_layer and base_layer is not None:
         return "saved run config"
-    return "option"
+    return "arguments"
 
 
 def _check_inactive_sections(layers: Sequence[DictConfig], algo: str) -> None:

@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
 from offrl.config.marl import MARL_ALGOS, MARL_KEYS, MixingConfig
 from offrl.config.online import OnlineConfig
+from offrl.config.ranges import check_algo_ranges, check_finite_floats
 from offrl.errors import UserError
 
 __all__ = [
@@ -188,6 +189,12 @@ class TrainerConfig:
             raise UserError(f"--logger {self.logger!r}: unknown logger; use csv, tensorboard or wandb")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"precision={self.precision!r}: use fp32 (default) or bf16")
+        if self.seed < 0 or self.eval.seed < 0:
+            raise UserError(f"{'seed' if self.seed < 0 else 'eval.seed'}: must be 0 or positive, got "
+                            f"{min(self.seed, self.eval.seed)}")
+        check_finite_floats(self)
+        check_algo_ranges(self.algo_section, self.algo_config)
+        check_algo_ranges("online", self.online)
         resolve_device(self.device)
         self.online.validate()
 

@@ -29,10 +29,19 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
+from offrl.data.cache_check import (
+    check_chunk_values,
+    check_spaces,
+    entry_problem,
+    file_crc32,
+    mark_verified,
+    sweep_stale_builds,
+    warn_rebuild,
+)
 from offrl.data.health import HealthStats, time_limit_warnings
 from offrl.data.source import RawSource, leaf_specs, tree_leaves
 from offrl.errors import UserError
-from offrl.fsio import write_text_atomic
+from offrl.fsio import NO_SPACE_ERRNOS, fsync_dir, no_space_error, write_text_atomic
 
 if TYPE_CHECKING:
     from offrl.data.layout import RowLayout
@@ -51,7 +60,7 @@ __all__ = [
     "ted_layout",
 ]
 
-CONVERTER_VERSION = 3  # 3: d3rlpy 1.x terminal-observation rows, row_rules, return distribution
+CONVERTER_VERSION = 4  # 3: d3rlpy 1.x terminal-observation rows, row_rules, return distribution; 4: rows_crc32
 DEFAULT_CHUNK_BYTES = 8 << 20  # ~8 MB of packed rows per chunk; temporaries make the peak a few times that
 _HASH_BLOCK = 8 << 20
 ROWS_FILE = "rows.memmap"  # uint8 [N, row_bytes], see offrl.data.layout
@@ -225,6 +234,8 @@ def convert_to_dir(
     chunk_rows = int(chunk_rows or default_chunk_rows(raw))
     n = raw.transitions
     layout = ted_layout(raw.observation_space, raw.action_space)
+    check_spaces(raw.path, raw.observation_space, raw.action_space, leaf_specs(raw.observation_space))
+    dtypes = {f.key: np.dtype(f.dtype) for f in layout.fields}
     # One flat file of packed rows, written with pwrite (never through a mapping, so RSS stays bounded
     # by the chunk); it is opened later as a tensordict MemoryMappedTensor. No torch needed here.
     fd = os.open(dest / ROWS_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -286,9 +297,15 @@ def convert_to_dir(
                         ("step",): st,
                     }
                 )
-                _pwrite_all(fd, layout.pack(values, m), row * R)
+                check_chunk_values(raw.path, values, dtypes, row, raw.action_space)
+                try:
+                    _pwrite_all(fd, layout.pack(values, m), row * R)
+                except OSError as err:  # the cache's disk, not the source: never blame the source file
+                    raise no_space_error(err, dest / ROWS_FILE) or err from None
                 row += m
         except OSError as err:  # h5py raises OSError when a chunk of a damaged file cannot be read
+            if err.errno in NO_SPACE_ERRNOS:
+                raise
             raise UserError(
                 f"{raw.path}: truncated or corrupt HDF5 data ({str(err).splitlines()[0] if str(err) else err}); "
                 "re-create or re-download it"
@@ -310,7 +327,11 @@ def convert_to_dir(
                 carry,
             )
             layout.np_view(part, ("mc_return",))[:, 0] = g
-            _pwrite_all(fd, part, s * R)
+            try:
+                _pwrite_all(fd, part, s * R)
+            except OSError as err:
+                raise no_space_error(err, dest / ROWS_FILE) or err from None
+        os.fsync(fd)  # the rows are on disk before info.json says the entry is complete
     finally:
         os.close(fd)
     os.chmod(dest / ROWS_FILE, 0o444)  # the cache is read-only data
@@ -354,6 +375,7 @@ def convert_to_dir(
         ),
         "metadata": raw.metadata,
     }
+    info["rows_crc32"] = file_crc32(dest / ROWS_FILE)  # verified on load (offrl.data.cache_check)
     write_text_atomic(dest / "info.json", json.dumps(info, indent=1, default=_json_default))
     return info
 
@@ -387,27 +409,40 @@ def build_cache(
     key = cache_key(name, digest, gamma)
     final = root / "datasets" / key
     if (final / "info.json").is_file():
-        if not remembered:
-            remember_digest(files, root, digest)
-        return final, digest, False
+        problem = entry_problem(final, ROWS_FILE)  # size always; the checksum once per process
+        if problem is None:
+            if any((root / "datasets").glob(f".tmp-{key}-*")):  # a killed conversion's leftovers
+                with FileLock(str(root / "locks" / f"{key}.lock")):
+                    sweep_stale_builds(root / "datasets", key)
+            if not remembered:
+                remember_digest(files, root, digest)
+            return final, digest, False
+        warn_rebuild(final, problem, files[0])
     # Validate the source before touching the cache: a bad input leaves nothing behind.
     raw: RawSource = raw_factory()
     ensure_writable(root)
     with FileLock(str(root / "locks" / f"{key}.lock")):
-        if (final / "info.json").is_file():  # another process finished it while we waited
-            remember_digest(files, root, digest)
+        if (final / "info.json").is_file() and entry_problem(final, ROWS_FILE) is None:
+            remember_digest(files, root, digest)  # another process finished (or rebuilt) it while we waited
             return final, digest, False
+        sweep_stale_builds(root / "datasets", key)  # left by killed conversions of this entry
         tmp = root / "datasets" / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
         try:
+            tmp.mkdir(parents=True)
             info = convert_to_dir(raw, tmp, gamma=gamma, chunk_rows=chunk_rows, allow_nan=allow_nan)
             info["digest"] = digest
             write_text_atomic(tmp / "info.json", json.dumps(info, indent=1, default=_json_default))
-            if final.exists():  # a stale, incomplete entry (no info.json): replace it
+            fsync_dir(tmp)
+            if final.exists():  # a stale, incomplete or damaged entry: replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        except BaseException:
+            fsync_dir(root / "datasets")
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            full = no_space_error(err, tmp / ROWS_FILE) if not isinstance(err, UserError) else None
+            if full is not None:
+                raise UserError(f"{full}; or pass --cache-dir DIR on a disk with room") from None
             raise
+    mark_verified(final / ROWS_FILE)
     remember_digest(files, root, digest)
     return final, digest, True

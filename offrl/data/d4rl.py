@@ -181,6 +181,8 @@ def read_d4rl(path: Path) -> RawSource:
             if not isinstance(f[key], h5py.Dataset):
                 raise UserError(f"{path}: '{key}' is a group; expected a flag array of shape ({n},)")
             _row_count(f[key], n, key, path, per_row=True)
+            if f[key].dtype.kind not in "biuf":
+                raise UserError(f"{path}: '{key}' has dtype {f[key].dtype}; expected 0/1 flags")
         has_next = "next_observations" in f
         if has_next:
             nxt = f["next_observations"]
@@ -208,6 +210,8 @@ def read_d4rl(path: Path) -> RawSource:
         lo = hi = None
         for s in range(0, n, _FLAG_CHUNK):
             e = min(s + _FLAG_CHUNK, n)
+            for key in flags:  # 2, -1 or 0.5 would silently count as an episode end
+                _check_flags(np.asarray(f[key][s:e]), key, s, path)
             rows = _rows(f, flags, s, e, n, has_next)
             kept += int(rows["keep"].sum())
             terminal_rows += int(rows["tail"].sum())
@@ -300,6 +304,16 @@ def _int_or_none(value: Any) -> int | None:
         return None if value is None else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _check_flags(values: np.ndarray, key: str, first_row: int, path: Path) -> None:
+    flat = values.reshape(-1)
+    if flat.dtype.kind == "b":
+        return
+    bad = np.flatnonzero((flat != 0) & (flat != 1))
+    if bad.size:
+        raise UserError(f"{path}: '{key}' holds {flat[bad[0]]!r} at row {first_row + int(bad[0])}; "
+                        "flags must be 0 or 1")
 
 
 def _rows(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool) -> dict[str, np.ndarray]:

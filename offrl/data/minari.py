@@ -84,11 +84,15 @@ def _load_metadata(data_dir: Path, f: h5py.File) -> tuple[dict[str, Any], str]:
     meta_file = data_dir / "metadata.json"
     if meta_file.is_file():
         try:
-            return json.loads(meta_file.read_text()), "0.5"
+            meta = json.loads(meta_file.read_text())
         except (OSError, ValueError) as err:
             raise UserError(
                 f"{meta_file}: unreadable Minari metadata ({err}); re-create the dataset"
             ) from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{meta_file}: Minari metadata must be a JSON object, got {type(meta).__name__}; "
+                            "re-create the dataset")
+        return meta, "0.5"
     return {k: hdf5_value(v) for k, v in f.attrs.items()}, "0.4"
 
 

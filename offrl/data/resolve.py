@@ -8,6 +8,7 @@ bundled id under :func:`offrl.data.catalog.bundled_root`; then a Minari id under
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -43,7 +44,7 @@ def _minari_name(data_dir: Path) -> str:
         meta = json.loads((data_dir / "metadata.json").read_text())
         if isinstance(meta.get("dataset_id"), str) and meta["dataset_id"]:
             return meta["dataset_id"]
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # unreadable, or not an object: the reader says so
         pass
     return data_dir.parent.name
 
@@ -120,6 +121,13 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
             name = candidate.relative_to(minari_root()).as_posix()
             return _minari_source(data_dir, name, candidate)
     looked.append(f"Minari datasets in {minari_root()} (MINARI_DATASETS_PATH)")
+    if path.is_symlink():  # a dangling link or a loop: say so, not "no such file"
+        try:
+            path.resolve(strict=True)
+        except (RuntimeError, OSError) as err:  # RuntimeError: a loop before Python 3.13, OSError(ELOOP) since
+            if isinstance(err, RuntimeError) or getattr(err, "errno", None) == errno.ELOOP:
+                raise UserError(f"{path}: a symbolic link loop; point the link at the dataset file") from None
+            raise UserError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist") from None
     if text.endswith((".hdf5", ".h5")) or os.sep in text and path.is_absolute():
         raise UserError(f"{path}: no such file (see `offrl datasets list` for the datasets offrl can find)")
     raise UserError(

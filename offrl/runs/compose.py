@@ -136,9 +136,9 @@ def compose_resume(path: Path, *, dataset: Any, algo: str | None, config: Any, d
                    overrides: Mapping[str, Any], force: bool) -> Resumed:
     """The config to continue ``path`` with: its saved config.yaml < ``--config`` < overrides < ``--set``; a
     changed config is refused unless ``force`` (``dataset.digest`` among the changes means the data changed)."""
+    saved = load_yaml(path / "config.yaml", option="--resume")  # a damaged file: one line naming it
     saved_full = OmegaConf.load(path / "config.yaml")
     assert isinstance(saved_full, DictConfig)
-    saved = load_yaml(path / "config.yaml", option="--resume")
     env_id = env_of_config(saved)
     data = None
     if env_id is not None:  # trained online from scratch: no dataset to rebuild from

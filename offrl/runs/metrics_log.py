@@ -17,6 +17,7 @@ import io
 import math
 import os
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torchrl.record.loggers import Logger
 from torchrl.record.loggers.common import _make_metrics_safe
 
 from offrl.errors import UserError
-from offrl.fsio import write_text_atomic
+from offrl.fsio import no_space_error, write_text_atomic
 
 __all__ = [
     "EVAL_COLUMNS",
@@ -55,6 +56,21 @@ def _format(value: Any) -> str:
         values = [float(v) for v in value]
         return repr(sum(values) / len(values)) if values else ""
     return str(value)
+
+
+def _cell_ok(column: str, cell: str) -> bool:
+    """A cell as offrl writes it: the phase name, an integer step, or a number (empty: not logged)."""
+    if column == "phase":
+        return cell in ("offline", "online")
+    if column == "step":
+        return cell.isdigit()
+    if not cell:
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 class _TidyCSVFile:
@@ -92,14 +108,20 @@ class _TidyCSVFile:
         if new:
             self._grow(new)
         fh = self._open()
-        if merge:
-            fh.flush()
-            fh.truncate(os.fstat(fh.fileno()).st_size - self._last_len)
-        else:
-            self.rows += 1
         line = self._line(row)
-        fh.write(line)
-        fh.flush()
+        try:
+            if merge:
+                fh.flush()
+                fh.truncate(os.fstat(fh.fileno()).st_size - self._last_len)
+            fh.write(line)
+            fh.flush()
+        except OSError as err:
+            full = no_space_error(err, self.path)
+            if full is not None:
+                raise full from None
+            raise
+        if not merge:
+            self.rows += 1
         self.last = dict(row)
         self._last_len = len(line.encode())
 
@@ -114,13 +136,26 @@ class _TidyCSVFile:
         write_text_atomic(self.path, "\n".join([",".join(self.columns), *(ln + pad for ln in lines)]) + "\n")
         self._last_len += len(pad)
 
-    def truncate(self, rows: int, columns: Sequence[str], last: Mapping[str, Any] | None) -> None:
+    def checksum(self) -> int:
+        """CRC-32 of the data rows written so far (the checkpoint records it; resume checks it)."""
+        self.flush()
+        if not self.rows or not self.path.exists():
+            return 0
+        return zlib.crc32("\n".join(self.path.read_text().splitlines()[1 : self.rows + 1]).encode())
+
+    def truncate(self, rows: int, columns: Sequence[str], last: Mapping[str, Any] | None,
+                 checksum: int | None = None) -> None:
         """Keep the first ``rows`` data rows under the header ``columns``; drop everything after.
 
-        Columns added after the checkpoint are dropped too (the file may have been widened since).
+        Columns added after the checkpoint are dropped too (the file may have been widened since). The rows
+        kept must be the ones the checkpoint recorded (``checksum``, ``last``): a torn or edited row is a
+        :class:`UserError`, never carried into the resumed run.
         """
         self.close()
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        try:
+            lines = self.path.read_text().splitlines() if self.path.exists() else []
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.path}: unreadable ({err}); restore it or start a new run") from None
         header, data = (lines[0].split(","), lines[1:]) if lines else ([], [])
         if len(data) < rows:
             raise UserError(
@@ -129,14 +164,35 @@ class _TidyCSVFile:
             )
         position = {name: i for i, name in enumerate(header)}
         kept = []
-        for line in data[:rows]:
+        for i, line in enumerate(data[:rows]):
             cells = line.split(",")  # cells are numbers or phase names: never quoted, never a comma
+            if len(cells) != len(header):
+                raise UserError(f"{self.path}: data row {i + 1} has {len(cells)} cells for {len(header)} columns, "
+                                "not what the checkpoint recorded (the file was edited or damaged); restore it "
+                                "from a backup or start a new run")
             kept.append(",".join(cells[position[c]] if c in position else "" for c in columns))
         self.columns = list(columns)
+        self._check_kept(kept, header, rows, last, checksum)
         self.rows = rows
         self.last = None if last is None else dict(last)
         self._last_len = len(kept[-1].encode()) + 1 if kept else 0
         write_text_atomic(self.path, "\n".join([",".join(self.columns), *kept]) + "\n")
+
+    def _check_kept(self, kept: list[str], header: list[str], rows: int, last: Mapping[str, Any] | None,
+                    checksum: int | None) -> None:
+        def damaged(why: str) -> UserError:
+            return UserError(f"{self.path}: {why}, not what the checkpoint recorded (the file was edited or "
+                             "damaged); restore it from a backup or start a new run")
+
+        if rows and "step" not in header:
+            raise damaged("no step column in the header")
+        for i, line in enumerate(kept):
+            if not all(_cell_ok(c, cell) for c, cell in zip(self.columns, line.split(","), strict=True)):
+                raise damaged(f"data row {i + 1} holds a value offrl does not write")
+        if checksum is not None and zlib.crc32("\n".join(kept).encode()) != checksum:
+            raise damaged(f"the first {rows} rows differ")
+        if last is not None and kept and kept[-1] + "\n" != self._line(last):
+            raise damaged(f"row {rows} differs")
 
     def flush(self) -> None:
         if self._fh is not None:
@@ -261,6 +317,7 @@ class TidyCSVLogger(Logger):
             "rows": self.experiment.rows,
             "columns": list(self.experiment.columns),
             "last": None if self.experiment.last is None else dict(self.experiment.last),
+            "crc32": self.experiment.checksum(),
             "wall_time": self.wall_time,
         }
 
@@ -268,7 +325,9 @@ class TidyCSVLogger(Logger):
         """Cut ``metrics.csv`` back to the checkpoint's position and restore its last row and clock."""
         if not state_dict:
             return
-        self.experiment.truncate(int(state_dict["rows"]), state_dict["columns"], state_dict.get("last"))
+        checksum = state_dict.get("crc32")  # absent in checkpoints of older offrl versions
+        self.experiment.truncate(int(state_dict["rows"]), state_dict["columns"], state_dict.get("last"),
+                                 None if checksum is None else int(checksum))
         self._elapsed_before = float(state_dict.get("wall_time", 0.0))
         self._t0 = time.perf_counter()
 

@@ -9,6 +9,8 @@ leaves nothing behind, and a folder that exists is always a complete run.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -24,7 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from offrl.errors import UserError
-from offrl.fsio import current_umask
+from offrl.fsio import NO_SPACE_ERRNOS, current_umask
 from offrl.fsio import write_text_atomic as _write_text_atomic
 
 __all__ = [
@@ -39,11 +41,13 @@ __all__ = [
     "dataset_slug",
     "default_run_name",
     "is_run_dir",
+    "lock_run_dir",
     "package_versions",
     "read_config_notes",
     "read_summary",
     "run_dir_path",
     "runs_root",
+    "sweep_temporaries",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -133,6 +137,13 @@ def create_run_dir(path: str | os.PathLike[str], files: Mapping[str, str]) -> Pa
             (tmp / name).write_text(text)
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a run folder is an ordinary folder
         os.rename(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.EEXIST, errno.ENOTEMPTY):  # another process created it first
+            raise UserError(f"--name: run folder {path} already exists; pick another --name or --resume it") from None
+        if err.errno in NO_SPACE_ERRNOS:
+            raise UserError(f"no space left on device writing {path}; free space or choose another --out") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -151,6 +162,54 @@ def read_config_notes(path: str | os.PathLike[str]) -> list[str]:
     return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
+class RunLock:
+    """An exclusive ``flock`` on a run folder (on the folder itself: no lock file, released when the process
+    ends, however it ends). One process trains in a run folder at a time."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def lock_run_dir(path: str | os.PathLike[str]) -> RunLock:
+    """Lock ``path`` for this process, or raise a one-line :class:`UserError` if another process holds it."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise UserError(f"{path}: run folder is in use by another offrl process (training or resuming it); "
+                            f"wait for it to end, then --resume {path}") from None
+        raise
+    return RunLock(path, fd)
+
+
+def sweep_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary siblings a killed process left in a run folder and its ``checkpoints/``
+    (``.summary.json.*.tmp``, ``.latest.pt.tmp-*``, ...). Call it holding the folder's lock."""
+    removed = []
+    folders = [Path(path)]
+    if (Path(path) / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists():
+        # (without latest.pt a memmap checkpoint was killed between its two renames: its temporaries are
+        # the only copies, left for the user to recover)
+        folders.append(Path(path) / CHECKPOINT_DIR)
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            name = entry.name
+            if name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
     """True for a folder made by :func:`create_run_dir` (it has ``config.yaml`` and ``checkpoints/``)."""
     path = Path(path)
@@ -162,7 +221,14 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path) / SUMMARY_FILE
     if not file.exists():
         return {}
-    return json.loads(file.read_text())
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{file}: damaged summary ({str(err).splitlines()[0]}); --resume the run to rewrite "
+                        "it") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{file}: damaged summary (not a JSON object); --resume the run to rewrite it")
+    return summary
 
 
 def package_versions() -> dict[str, str]:

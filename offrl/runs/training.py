@@ -31,10 +31,12 @@ from offrl.runs.rundir import (
     create_run_dir,
     default_run_name,
     is_run_dir,
+    lock_run_dir,
     package_versions,
     read_summary,
     run_dir_path,
     runs_root,
+    sweep_temporaries,
     write_json_atomic,
     write_text_atomic,
 )
@@ -136,7 +138,12 @@ def train(
     if data_notes:  # which defaults the dataset decided, and why (also printed by offrl train)
         meta["defaults_from_data"] = data_notes
     create_run_dir(path, {CONFIG_FILE: config_to_yaml(cfg, meta)})
-    return _selected(_train_in(path, cfg, parts, logger, resumed=0, on_start=on_start), select)
+    lock = lock_run_dir(path)
+    try:
+        run = _train_in(path, cfg, parts, logger, resumed=0, on_start=on_start)
+    finally:
+        lock.release()
+    return _selected(run, select)
 
 
 def _check_select(select: str | None, cfg: TrainerConfig, data: Any) -> None:
@@ -169,10 +176,23 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
     if not path.is_dir() or not is_run_dir(path):
         raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
                         "pass a folder printed by 'offrl train'")
+    lock = lock_run_dir(path)  # one process at a time in a run folder: a second resume is one line, exit 2
+    try:
+        return _resume_locked(path, dataset=dataset, algo=algo, config=config, dotlist=dotlist,
+                              overrides=overrides, force=force, command=command, on_start=on_start,
+                              select=select)
+    finally:
+        lock.release()
+
+
+def _resume_locked(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist: Sequence[str],
+                   overrides: dict[str, Any], force: bool, command: Sequence[str],
+                   on_start: Callable[[Path], None] | None, select: str | None) -> Run:
     from offrl.runs.assemble import build_components
     from offrl.runs.compose import compose_resume
     from offrl.runs.metrics_log import TidyCSVLogger, check_logger_available
 
+    sweep_temporaries(path)  # what a killed process left half-written (never read: atomic writes)
     resumed_cfg = compose_resume(path, dataset=dataset, algo=algo, config=config, dotlist=dotlist,
                                  overrides=overrides, force=force)
     cfg = resumed_cfg.cfg
@@ -184,7 +204,10 @@ def _resume(path: Path, *, dataset: Any, algo: str | None, config: Any, dotlist:
                              save_trainer_file=latest)
     restore_run(path, parts.trainer, latest, cfg, changed=bool(resumed_cfg.changed),
                 saved_full=resumed_cfg.saved_full, command=command)
-    resumed = int(read_summary(path).get("resumed", 0)) + 1
+    try:
+        resumed = int(read_summary(path).get("resumed", 0)) + 1
+    except UserError:  # a damaged summary.json is rewritten by this session
+        resumed = 1
     return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
 
 
@@ -209,6 +232,7 @@ def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger 
               on_start: Callable[[Path], None] | None) -> Run:
     """Train, then write ``summary.json`` (whatever happened) and the report."""
     from offrl.runs.metrics_log import attach_mirrors
+    from offrl.trainers import NonFiniteLossError
 
     if logger is not None:
         attach_mirrors(logger, cfg.logger, path, path.name)
@@ -227,13 +251,19 @@ def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger 
         if reason.startswith("env error"):  # the online env failed: checkpointed, said once, clearly
             print(f"offrl: error: {reason}; the run stopped at step {trainer.step} with a checkpoint "
                   f"(fix the env, then --resume {path})", file=sys.stderr)
+    except NonFiniteLossError:
+        status = "diverged"  # said in one line (exit 2); latest.pt keeps the last finite checkpoint
+        raise
     except KeyboardInterrupt:
         status = "stopped"
         raise
     finally:
         if logger is not None:
             logger.close()
-        write_json_atomic(path / SUMMARY_FILE, run_summary(path, cfg, parts, status, start_step, int(trainer.step),
+        # A run that did not complete is where its checkpoint is (a second Ctrl-C, a crash, a NaN loss stop
+        # mid-interval): summary.json and the checkpoint agree on the step --resume starts from.
+        step = int(trainer.step) if status == "completed" else max(int(getattr(trainer, "saved_step", -1)), 0)
+        write_json_atomic(path / SUMMARY_FILE, run_summary(path, cfg, parts, status, start_step, step,
                                                            time.perf_counter() - t0, logger, resumed))
     write_report(path)
     return Run(path)

@@ -12,11 +12,13 @@ from offrl.trainers.checkpoint import ckpt_backend, load_checkpoint, save_checkp
 from offrl.trainers.cql import CQLTrainer
 from offrl.trainers.dqn import DQNTrainer
 from offrl.trainers.loop import EvalFn, Trainer
+from offrl.trainers.metrics import NonFiniteLossError
 
 __all__ = [
     "CQLTrainer",
     "DQNTrainer",
     "EvalFn",
+    "NonFiniteLossError",
     "Trainer",
     "ckpt_backend",
     "load_checkpoint",

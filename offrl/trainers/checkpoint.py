@@ -23,6 +23,7 @@ import torch
 from tensordict import NonTensorData, TensorDict, TensorDictBase
 
 from offrl.errors import UserError
+from offrl.fsio import no_space_error
 
 __all__ = ["ckpt_backend", "save_checkpoint", "load_checkpoint"]
 
@@ -67,6 +68,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, backend: str | None
             os.replace(tmp, path)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+    except Exception as exc:
+        full = no_space_error(exc, path)  # torch reports a full disk as "unexpected pos": say what it is
+        if full is not None:
+            raise full from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
@@ -79,18 +85,42 @@ def load_checkpoint(path: str | Path, **kwargs: Any) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a trainer checkpoint")
-    if path.is_dir():
-        return _decode(TensorDict.load_memmap(path))
-    kwargs.setdefault("weights_only", True)
-    kwargs.setdefault("map_location", "cpu")
     try:
-        state = torch.load(path, **kwargs)
-    except (EOFError, RuntimeError) as exc:
-        raise UserError(f"checkpoint {path} is not a readable torch checkpoint ({exc.__class__.__name__}); "
-                        "pass a file written by offrl") from exc
+        if path.is_dir():
+            state = _decode(TensorDict.load_memmap(path))
+        else:
+            kwargs.setdefault("weights_only", True)
+            kwargs.setdefault("map_location", "cpu")
+            state = torch.load(path, **kwargs)
+    except Exception as exc:  # truncated, bit-flipped, a folder where a file was: never a traceback
+        # (and never torch's advice to pass weights_only=False: a damaged file is not an untrusted one)
+        raise UserError(f"checkpoint {path} is damaged or not an offrl checkpoint ({exc.__class__.__name__})"
+                        f"{_intact_hint(path)}") from None
     if not isinstance(state, dict):
-        raise UserError(f"checkpoint {path} does not hold a trainer state dict")
+        raise UserError(f"checkpoint {path} does not hold a trainer state dict{_intact_hint(path)}")
     return state
+
+
+def _intact_hint(path: Path) -> str:
+    """``; the newest intact one is step_N.pt: copy it over latest.pt`` when there is one, else advice."""
+    steps = []
+    for other in path.parent.glob("step_*"):
+        try:
+            steps.append((int(other.name.split("_", 1)[1].split(".", 1)[0]), other))
+        except ValueError:
+            continue
+    for _, candidate in sorted(steps, reverse=True):
+        if candidate == path:
+            continue
+        try:
+            ok = isinstance(
+                _decode(TensorDict.load_memmap(candidate)) if candidate.is_dir()
+                else torch.load(candidate, weights_only=True, map_location="cpu"), dict)
+        except Exception:  # noqa: BLE001 - damaged too: look further back
+            ok = False
+        if ok:
+            return f"; the newest intact checkpoint is {candidate}: copy it to {path} and resume"
+    return "; no intact step_N checkpoint is left beside it: start a new run"
 
 
 def _encode(obj: Any) -> TensorDictBase:

@@ -61,7 +61,6 @@ def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     return int(value)
 
 
-
 class Trainer(UpdateStep, TrainerMetrics, TrainerState):
     """Base of the CQL and DQN trainers: validation, the offline and online loop, evaluation, stop handling.
 
@@ -180,6 +179,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         self._updates_left = 0  # updates still owed to the last collected batch (a stop can cut a batch)
         self._last_eval_step = -1
         self._saved_step = -1
+        self._finite_step = 0  # the last step whose losses (and all before it) were checked finite
         self._step_t = torch.zeros((), dtype=torch.int64, device=self.device)  # the update's own counter
         self._target_fn: Callable[[], None] | None = None
         self._last_batch: TensorDictBase | None = None
@@ -219,6 +219,11 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
     def frames(self) -> int:
         """Environment frames collected so far (online phase)."""
         return self._frames
+
+    @property
+    def saved_step(self) -> int:
+        """The step of the last checkpoint this trainer wrote or loaded (-1: none)."""
+        return self._saved_step
 
     @property
     def stopped(self) -> bool:
@@ -280,7 +285,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             batch = self._sample()
             self._timings["sample"] += time.perf_counter() - t0
             yield from self._train_step(batch, "offline")
-            if self._stop_requested:
+            if self._stop_requested and (self.collector is not None or self._step < self.offline_steps):
                 self._checkpoint_now()
                 return
         # online phase: collect, extend, train
@@ -309,11 +314,15 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         row: dict[str, float] = {}
         if self._acc_n:
             row.update(self._flush_metrics())
+            self._check_finite(row)
         if self.evaluator is not None and self.eval_interval and self._last_eval_step != self._step:
             row.update(self._evaluate(final=True))
         if row:
             self._emit(row, phase)
         self._checkpoint_now()
+        if self._stop_reason in ("SIGINT", "SIGTERM"):
+            # every step is done: a signal during the final evaluation or checkpoint stopped nothing
+            self._stop_requested, self._stop_reason = False, None
         if row:
             yield self._step, row
 
@@ -331,8 +340,10 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         return True
 
     def _checkpoint_now(self) -> None:
-        """Save unless there is no checkpoint file or this step is already saved."""
+        """Save unless there is no checkpoint file or this step is already saved; never a state reached
+        through a NaN/inf loss (the losses since the last row are checked first: one device sync)."""
         if self.save_trainer_file is not None and self._saved_step != self._step:
+            self._check_pending()
             self.save()
 
     def _sample(self) -> TensorDictBase:
@@ -367,6 +378,9 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         row: dict[str, float] = {}
         if step % self.log_interval == 0 or last:
             row.update(self._flush_metrics())
+            if not self._check_finite(row, raise_=False):
+                self._emit(row, phase)  # the row that shows it, then stop without a checkpoint
+                self._check_finite(row)
         if self.evaluator is not None and self.eval_interval and (step % self.eval_interval == 0 or last):
             row.update(self._evaluate(final=last))
         if row:

@@ -4,13 +4,16 @@ DQN trainers share."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
 from tensordict import TensorDictBase
 
-__all__ = ["PHASES", "TrainerMetrics", "q_stats"]
+from offrl.errors import UserError
+
+__all__ = ["PHASES", "NonFiniteLossError", "TrainerMetrics", "q_stats"]
 
 PHASES = ("sample", "forward", "backward", "optim", "target", "eval", "log")
 
@@ -19,6 +22,10 @@ def q_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean, std, max and min of the Q-values of the dataset actions (``q_data_*``)."""
     q = q.detach().float()
     return {"q_data_mean": q.mean(), "q_data_std": q.std(), "q_data_max": q.max(), "q_data_min": q.min()}
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN or inf: the run stops without checkpointing that state (one line, exit 2)."""
 
 
 class TrainerMetrics:
@@ -103,3 +110,25 @@ class TrainerMetrics:
             return {}
         return {"episode_reward_mean": float(ep_reward[done].float().mean())}
 
+    def _check_pending(self) -> None:
+        """:meth:`_check_finite` on the loss sums since the last row (one device sync)."""
+        if self._acc_n:
+            self._check_finite({k: float(v) for k, v in self._acc_sums().items() if k.startswith("loss")})
+
+    def _check_finite(self, values: dict[str, float], raise_: bool = True) -> bool:
+        """Raise :class:`NonFiniteLossError` when a loss in ``values`` (a row, or the sums since it) is NaN/inf
+        (with ``raise_=False``: return False instead)."""
+        bad = next((k for k, v in values.items() if k.startswith("loss") and not math.isfinite(v)), None)
+        if bad is None:
+            self._finite_step = self._step
+            return True
+        if not raise_:
+            return False
+        if self.save_trainer_file is not None and self.save_trainer_file.exists():
+            kept = f"{self.save_trainer_file} holds the last checkpoint before it"
+        else:
+            kept = "no checkpoint was written before it"
+        self._stop_reason = "diverged"
+        raise NonFiniteLossError(
+            f"{bad} became {values[bad]} between step {self._finite_step} and step {self._step}; the run stopped "
+            f"and {kept}: lower the learning rates or scale the rewards (a config change needs --resume --force)")

@@ -118,6 +118,8 @@ class TrainerState:
         if hasattr(self.collector, "load_resume_state"):  # after the buffer: it may drop open episodes
             self.collector.load_resume_state(state.get("collector") or {})
         self._step = int(state["step"])
+        self._saved_step = self._step  # the file it came from holds this step
+        self._finite_step = self._step
         self._frames = int(state["frames"])
         self._updates_left = int(state.get("updates_left", 0))
         self._step_t.copy_(torch.as_tensor(state["step_tensor"]))
