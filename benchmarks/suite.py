@@ -120,7 +120,7 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
             cfg, _ = compose_run_config(ds, algo, dotlist=mine, **{**overrides.get(ds.split("/")[1], {}), "seed": 0})
             resolved = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
             resolved.pop("seed")
-            for other in set(SECTIONS.values()) - {SECTIONS[algo]}:
+            for other in (set(SECTIONS.values()) | {"mixing"}) - {SECTIONS[algo]}:  # inactive sections
                 resolved.pop(other, None)
             configs[(ds, algo)] = resolved
             for seed in range(seeds):

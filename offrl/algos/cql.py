@@ -144,15 +144,17 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
 
 def resolve_auto(cfg: CQLConfig, dataset: Any) -> tuple[CQLConfig, str | None]:
     """``cfg`` with ``actor_bc_weight=None`` (auto) replaced by its value for ``dataset``, and a line saying
-    why (None when nothing was auto): :data:`NARROW_BC_WEIGHT` when the data's actions are narrow
-    (:func:`offrl.data.coverage.action_coverage`), else 0."""
+    why when it turned something on (None otherwise): :data:`NARROW_BC_WEIGHT` when the data's actions are
+    narrow (:func:`offrl.data.coverage.action_coverage`), else 0."""
     if cfg.actor_bc_weight is not None:
         return cfg, None
     coverage = action_coverage(dataset) if dataset is not None else None
     if coverage is None:
         return dataclasses.replace(cfg, actor_bc_weight=0.0), None
-    weight = NARROW_BC_WEIGHT if coverage.narrow else 0.0
-    return dataclasses.replace(cfg, actor_bc_weight=weight), f"cql.actor_bc_weight={weight:g} (auto: {coverage.describe()})"
+    if not coverage.narrow:  # plain CQL: nothing to say
+        return dataclasses.replace(cfg, actor_bc_weight=0.0), None
+    note = f"cql.actor_bc_weight={NARROW_BC_WEIGHT:g} (auto: {coverage.describe()})"
+    return dataclasses.replace(cfg, actor_bc_weight=NARROW_BC_WEIGHT), note
 
 
 def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | str = "cpu",

@@ -340,8 +340,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         return True
 
     def _checkpoint_now(self) -> None:
-        """Save unless there is no checkpoint file or this step is already saved; never a state reached
-        through a NaN/inf loss (the losses since the last row are checked first: one device sync)."""
+        """Save unless there is no checkpoint file or this step is saved; never after a NaN/inf loss."""
         if self.save_trainer_file is not None and self._saved_step != self._step:
             self._check_pending()
             self.save()
@@ -391,8 +390,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             yield step, row
 
     def _evaluate(self, final: bool = False) -> dict[str, float]:
-        """Run the evaluator with the RNG states saved and restored, so evaluating never changes training.
-        The run's last evaluation calls ``evaluator.final`` where the evaluator has one (more episodes)."""
+        """Run the evaluator with RNG states restored after (the last evaluation: ``evaluator.final``)."""
         t0 = time.perf_counter()
         saved = rng_state()
         evaluate = getattr(self.evaluator, "final", None) if final else None
