@@ -149,9 +149,7 @@ def resolve_auto(cfg: CQLConfig, dataset: Any) -> tuple[CQLConfig, str | None]:
     if cfg.actor_bc_weight is not None:
         return cfg, None
     coverage = action_coverage(dataset) if dataset is not None else None
-    if coverage is None:
-        return dataclasses.replace(cfg, actor_bc_weight=0.0), None
-    if not coverage.narrow:  # plain CQL: nothing to say
+    if coverage is None or not coverage.narrow:  # plain CQL: nothing to say
         return dataclasses.replace(cfg, actor_bc_weight=0.0), None
     note = f"cql.actor_bc_weight={NARROW_BC_WEIGHT:g} (auto: {coverage.describe()})"
     return dataclasses.replace(cfg, actor_bc_weight=NARROW_BC_WEIGHT), note

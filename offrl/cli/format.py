@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Any
 
-__all__ = ["ci_text", "critic_line", "fmt", "score_line"]
+__all__ = ["ci_text", "critic_line", "fmt", "non_negative_int", "positive_int", "score_line"]
 
 
 def fmt(x: Any, spec: str = ".1f") -> str:
@@ -66,3 +67,25 @@ def score_line(summary: dict[str, Any], *, eval_interval: int | None = None) -> 
         parts.append("no evaluation")
     parts.append(f"dataset mean return {fmt(data.get('mean_return'))}")
     return ": ".join(parts[:1]) + ": " + ", ".join(parts[1:])
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or positive, got {value}")
+    return value

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from offrl.cli.format import fmt
+from offrl.cli.format import fmt, non_negative_int
 
 __all__ = ["register"]
 
@@ -22,16 +22,6 @@ The value is the policy's discounted return (the run's gamma) from the data's in
 resamples whole episodes (one FQE fit per resample). FQE extrapolates where the policy leaves the data:
 see docs/ope.md for where it was measured to be trustworthy and where not.
 """
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or positive, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -50,7 +40,7 @@ def register(subparsers: Any) -> None:
                    help="which checkpoint: latest (default), all kept step_<N>.pt (ranked), or one step")
     p.add_argument("--on", default="heldout", choices=("heldout", "all"),
                    help="data: the run's held-out episodes (default) or all episodes")
-    p.add_argument("--bootstrap", type=_non_negative_int, default=20, metavar="B",
+    p.add_argument("--bootstrap", type=non_negative_int, default=20, metavar="B",
                    help="bootstrap resamples of the episodes for the CI (default 20; 0: no CI)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the features and resamples (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from offrl.cli.format import critic_line, score_line
+from offrl.cli.format import critic_line, non_negative_int, positive_int, score_line
 from offrl.config.schema import EvalConfig, TrainerConfig
 from offrl.data.references import ENV_REFERENCES
 
@@ -44,26 +44,6 @@ both exit 130.
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or positive, got {value}")
-    return value
-
-
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser(
@@ -80,17 +60,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--algo", choices=("auto", "cql", "discrete-cql", "dqn", "qmix", "vdn", "iql"), default=None,
                    help="algorithm; auto (default) = cql for continuous actions, discrete-cql for discrete, qmix "
                         "for multi-agent data or envs (qmix, vdn, iql: docs/multiagent.md)")
-    p.add_argument("--steps", type=_positive_int, metavar="N",
+    p.add_argument("--steps", type=positive_int, metavar="N",
                    help=f"gradient steps (config key offline_steps; default {TrainerConfig.offline_steps})")
-    p.add_argument("--batch-size", type=_positive_int, metavar="B",
+    p.add_argument("--batch-size", type=positive_int, metavar="B",
                    help=f"transitions per gradient step (default {TrainerConfig.batch_size})")
     p.add_argument("--seed", type=int, metavar="S",
                    help=f"seed of torch, numpy, random and the sampler (default {TrainerConfig.seed})")
     p.add_argument("--device", metavar="auto|cpu|cuda", help="where to train (default auto: cuda if available)")
-    p.add_argument("--eval-every", type=_non_negative_int, metavar="N",
+    p.add_argument("--eval-every", type=non_negative_int, metavar="N",
                    help="evaluate in the dataset's env (or --env) every N steps and at the end (0: never; "
                         f"config eval.interval, default {EvalConfig.interval})")
-    p.add_argument("--eval-episodes", type=_positive_int, metavar="K",
+    p.add_argument("--eval-episodes", type=positive_int, metavar="K",
                    help=f"episodes per evaluation (eval.episodes, default {EvalConfig.episodes}; the last "
                         f"evaluation: eval.final_episodes, default {EvalConfig.final_episodes})")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (a run's config.yaml works)")
@@ -111,13 +91,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)")
     p.add_argument("--cache-dir", metavar="DIR", help="converted-dataset cache (default $OFFRL_CACHE or ~/.cache/offrl)")
     g = p.add_argument_group("online fine-tuning (after the offline steps; see offrl.online)")
-    g.add_argument("--online-steps", type=_non_negative_int, metavar="M",
+    g.add_argument("--online-steps", type=non_negative_int, metavar="M",
                    help="env steps to collect online in the dataset's env (config online.steps; default 0)")
     g.add_argument("--env", dest="online_env", metavar="ID",
                    help="with --dataset: the env to evaluate in and to fine-tune online in (default: the dataset's own, when it names one); without --dataset: train online from scratch in it")
-    g.add_argument("--frames-per-batch", type=_positive_int, metavar="F",
+    g.add_argument("--frames-per-batch", type=positive_int, metavar="F",
                    help="env steps per collected batch (online.frames_per_batch, default 50)")
-    g.add_argument("--utd", type=_positive_int, metavar="U",
+    g.add_argument("--utd", type=positive_int, metavar="U",
                    help="gradient steps per collected batch (optim_steps_per_batch, default "
                         f"{TrainerConfig.optim_steps_per_batch}; update-to-data ratio U/F)")
     g.add_argument("--calql", action="store_true", default=None,
@@ -128,7 +108,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--seeds", type=_seed_list, metavar="N|S1,S2,...",
                    help="train seeds 0..N-1 (or the listed seeds), each as its own run; prints each score and the "
                         "mean with a bootstrap 95%% CI, and writes <tag>-report/index.html beside the runs")
-    s.add_argument("--jobs", type=_positive_int, metavar="J",
+    s.add_argument("--jobs", type=positive_int, metavar="J",
                    help="with --seeds: runs at a time (default: one per CPU core); the cores are shared out as "
                         "torch threads (config num_threads) unless the config sets num_threads")
     p.set_defaults(func=run, train_parser=p)
