@@ -25,6 +25,8 @@ import json
 import math
 import os
 import platform
+import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+#: The run folder's resume point (``--resume``), removed when the run completes.
+RESUME_DIR = "resume"
 #: offrl algorithm -> the run directory's algo name for the peer.
 PEER_ALGOS = {"cql": "d3rlpy-cql", "discrete-cql": "d3rlpy-discrete-cql", "dqn": "d3rlpy-dqn"}
 #: d3rlpy update() keys -> offrl metric names (d3rlpy's ``temp`` is SAC's alpha, its ``alpha`` CQL's alpha').
@@ -175,6 +179,47 @@ class CsvRows:
         os.replace(tmp, self.path)
 
 
+def save_checkpoint(agent: Any, run: Path, step: int, seconds: float, evals: list[dict[str, Any]], rows: CsvRows,
+                    resumed: int) -> None:
+    """What ``--resume`` continues from: the networks and optimizers (d3rlpy's ``save_model``), the RNG
+    streams (numpy's global one samples d3rlpy's batches), the step, the evaluations and the logged rows;
+    state.json is written last, so a process killed in between leaves the previous resume point intact."""
+    import torch
+
+    folder = run / RESUME_DIR
+    folder.mkdir(exist_ok=True)
+    tag = f"step{step}"
+    agent.save_model(str(folder / f".{tag}.d3.tmp"))
+    os.replace(folder / f".{tag}.d3.tmp", folder / f"{tag}.d3")
+    torch.save({"numpy": np.random.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()},
+               folder / f".{tag}.rng.tmp")
+    os.replace(folder / f".{tag}.rng.tmp", folder / f"{tag}.rng")
+    _write_json(folder / "state.json", {"step": step, "seconds": seconds, "tag": tag, "evals": evals,
+                                        "rows": rows.rows, "columns": rows.columns, "resumed": resumed})
+    for old in folder.iterdir():
+        if not old.name.startswith((f"{tag}.", "state.json")):
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(agent: Any, run: Path, rows: CsvRows) -> tuple[int, float, list[dict[str, Any]]]:
+    """Restore ``save_checkpoint``'s state; returns (step, seconds so far, evaluations)."""
+    import torch
+
+    folder = run / RESUME_DIR
+    state = json.loads((folder / "state.json").read_text())
+    agent.load_model(str(folder / f"{state['tag']}.d3"))
+    if hasattr(agent, "_grad_step"):
+        agent._grad_step = int(state["step"])  # DQN's hard target copies count these
+    rng = torch.load(folder / f"{state['tag']}.rng", weights_only=False)
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    rows.columns, rows.rows = list(state["columns"]), []
+    for row in state["rows"]:
+        rows.add(row)
+    return int(state["step"]), float(state["seconds"]), list(state["evals"])
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train, evaluate and write the run directory; returns its path."""
     import d3rlpy
@@ -197,7 +242,9 @@ def train(args: argparse.Namespace) -> Path:
     dataset_id = cfg["dataset"]["id"]
     algo = PEER_ALGOS[args.algo]
     run = Path(args.out) / dataset_id.replace("/", "__") / algo / args.name
-    run.mkdir(parents=True, exist_ok=args.force)
+    state_file = run / RESUME_DIR / "state.json"
+    resumed = bool(args.resume) and state_file.is_file()
+    run.mkdir(parents=True, exist_ok=args.force or resumed)
     steps, log_every = int(cfg["offline_steps"]), int(cfg["log_interval"])
     ev = cfg["eval"]
     config = {
@@ -212,8 +259,9 @@ def train(args: argparse.Namespace) -> Path:
                      "python": platform.python_version()},
         "command": [sys.executable, *sys.argv], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (run / "config.yaml").write_text("# d3rlpy peer run (benchmarks/d3rlpy_peer.py); JSON, which is valid YAML\n"
-                                     + json.dumps(config, indent=2) + "\n")
+    if not resumed:
+        (run / "config.yaml").write_text("# d3rlpy peer run (benchmarks/d3rlpy_peer.py); JSON, which is valid YAML\n"
+                                         + json.dumps(config, indent=2) + "\n")
     ep_returns = [float(np.sum(e["rewards"])) for e in episodes]
     summary: dict[str, Any] = {
         "status": "running", "algo": algo, "seed": seed, "steps": 0, "target_steps": steps, "updates_per_s": None,
@@ -223,15 +271,19 @@ def train(args: argparse.Namespace) -> Path:
         "ref": {"min": ref_min, "max": ref_max, "source": "dataset metadata" if ref_min is not None else None},
         "peer": {"library": "d3rlpy", "version": d3rlpy.__version__, "class": type(agent).__name__},
     }
-    _write_json(run / "summary.json", summary)
     rows = CsvRows(run / "metrics.csv")
     evals: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
+    start, before = 0, 0.0  # steps and seconds of the earlier process(es) of a resumed run
+    if resumed:
+        start, before, evals = load_checkpoint(agent, run, rows)
+        summary["resumed"] = int(json.loads(state_file.read_text()).get("resumed", 0)) + 1
+    _write_json(run / "summary.json", summary)
+    t0 = time.perf_counter() - before
     acc: dict[str, list[float]] = {}
-    last_log_t, last_log_step = t0, 0
-    step = 0
+    last_log_t, last_log_step = time.perf_counter(), start
+    step = start
     try:
-        for step in range(1, steps + 1):
+        for step in range(start + 1, steps + 1):
             metrics = agent.update(rb.sample_transition_batch(int(cfg["batch_size"])))
             for k, v in metrics.items():
                 acc.setdefault(k, []).append(float(v))
@@ -254,6 +306,9 @@ def train(args: argparse.Namespace) -> Path:
                 last_log_t = time.perf_counter()  # the next row's updates/s counts updates only
             if row:
                 rows.add({"step": step, "phase": "offline", "wall_time": time.perf_counter() - t0, **row})
+            if "eval_return_mean" in row and step < steps:  # a resume point at every evaluation
+                save_checkpoint(agent, run, step, time.perf_counter() - t0, evals, rows, summary.get("resumed", 0))
+                last_log_t = time.perf_counter()
         summary["status"] = "completed"
     except KeyboardInterrupt:
         summary["status"] = "stopped"
@@ -264,6 +319,8 @@ def train(args: argparse.Namespace) -> Path:
     finally:
         seconds = time.perf_counter() - t0
         summary.update(steps=step, wall_time=seconds, updates_per_s=step / seconds if seconds > 0 and step else None)
+        if summary["status"] == "completed":
+            shutil.rmtree(run / RESUME_DIR, ignore_errors=True)
         if evals:
             summary["final"] = evals[-1]
             summary["best"] = max(evals, key=lambda e: e["return_mean"])
@@ -280,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="run folder name (default seed<S>)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run folder's last resume point (saved at every evaluation), if it has one")
     args = p.parse_args(argv)
     if args.name is None:
         args.name = f"seed{json.loads(Path(args.config).read_text())['seed']}"

@@ -161,6 +161,35 @@ def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:
     return all(json.dumps(saved.get(k), sort_keys=True) == json.dumps(config.get(k), sort_keys=True) for k in keys)
 
 
+def _resumable(job: Job, run: Path, config: dict[str, Any]) -> bool:
+    """A stopped run of exactly this config with a checkpoint to continue from (an interrupted suite)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    if job.peer:
+        try:
+            given = json.loads(_peer_config_file(job, run.parents[2]).read_text())
+        except (OSError, ValueError):
+            return False
+        return ((run / "resume" / "state.json").is_file() and saved.get("mirrors_offrl_config") == given.get("config_hash")
+                and _mirrored(job, given) == _mirrored(job, config))
+    if not any((run / "checkpoints").glob("*")):
+        return False
+    keys = ("algo", "offline_steps", "batch_size", "eval", SECTIONS[job.algo])
+    return all(json.dumps(saved.get(k), sort_keys=True) == json.dumps(config.get(k), sort_keys=True) for k in keys)
+
+
+def dataset_folder(name: str) -> Path:
+    """The Minari folder of a bundled or generated on-demand dataset (what the d3rlpy peer reads)."""
+    from offrl.data.catalog import bundled_path
+    from offrl.data.minari import minari_root
+
+    return bundled_path(name) or minari_root() / name
+
+
 def _mirrored(job: Job, config: dict[str, Any]) -> str:
     """What d3rlpy_peer.py reads from offrl's config, as a comparable string."""
     ev = config.get("eval") or {}
@@ -180,18 +209,19 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, An
     run = job.run_dir(runs)
     if not args.fresh and _completed(job, run, config):
         return job, 0.0, "reused"
-    if run.exists():
-        shutil.rmtree(run)  # a partial run of an earlier suite: start it over
+    resume = not args.fresh and _resumable(job, run, config)
+    if run.exists() and not resume:
+        shutil.rmtree(run)  # a partial run of another config (or --fresh): start it over
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "RL_WARNINGS": "False"}
     if job.peer:
         cfg_file = _peer_config_file(job, runs)
         cfg_file.parent.mkdir(parents=True, exist_ok=True)
         cfg_file.write_text(json.dumps({**config, "seed": job.seed, "config_hash": config_hash(config)}, indent=1))
-        from offrl.data.catalog import bundled_path
-
-        cmd = [args.d3rlpy_python, str(PEER_SCRIPT), "--dataset", str(bundled_path(job.dataset)), "--algo", job.algo,
+        cmd = [args.d3rlpy_python, str(PEER_SCRIPT), "--dataset", str(dataset_folder(job.dataset)), "--algo", job.algo,
                "--config", str(cfg_file), "--out", str(runs), "--name", f"seed{job.seed}", "--threads", "1"]
+        if resume:
+            cmd.append("--resume")
     else:
         import yaml
 
@@ -200,7 +230,7 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, An
         pinned.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one",
                json.dumps({"dataset": job.dataset, "algo": job.algo, "seed": job.seed, "runs": str(runs),
-                           "config": str(pinned)})]
+                           "config": str(pinned), "resume": str(run) if resume else None})]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
@@ -219,6 +249,9 @@ def train_one(spec: dict[str, Any]) -> None:
 
     torch.set_num_threads(1)
     from offrl import train
+    if spec.get("resume"):
+        train(resume=spec["resume"], progress=False)
+        return
     train(spec["dataset"], spec["algo"], config=spec["config"], out=spec["runs"], name=f"seed{spec['seed']}",
           seed=spec["seed"], progress=False)
 
@@ -374,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from offrl.data.catalog import list_bundled
+    from offrl.datagen.on_demand import make_on_demand
+    from offrl.datagen.recipes import load_on_demand
     from offrl.errors import UserError
     from offrl.report import build_report
 
@@ -381,10 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail("--seeds and --jobs must be positive")
     steps = parse_steps(args.steps)
     bundled = list_bundled()
+    on_demand = sorted(load_on_demand())
     datasets = args.datasets.split(",") if args.datasets else bundled
-    unknown = [d for d in datasets if d not in bundled]
+    unknown = [d for d in datasets if d not in bundled and d not in on_demand]
     if unknown:
-        _fail(f"--datasets {','.join(unknown)}: not bundled; pick from {', '.join(bundled)}")
+        _fail(f"--datasets {','.join(unknown)}: neither bundled nor an on-demand recipe; pick from "
+              f"{', '.join(bundled + on_demand)}")
+    for name in (d for d in datasets if d in on_demand):
+        make_on_demand(name)  # generated once (a no-op when it exists from the same recipe)
     algos = args.algos.split(",") if args.algos else None
     if algos and set(algos) - set(PEER_ALGOS):
         _fail(f"--algos {args.algos}: use cql, discrete-cql, dqn")

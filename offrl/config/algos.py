@@ -13,15 +13,18 @@ __all__ = ["CQLConfig", "DQNConfig", "DiscreteCQLConfig"]
 
 @dataclass(frozen=True)
 class CQLConfig:
-    """Continuous CQL hyperparameters. Defaults are for MuJoCo-size tasks; sources in the comments.
+    """Continuous CQL hyperparameters: the defaults a dataset without a bundled config gets; sources in the
+    comments. They are d3rlpy's ``CQLConfig`` defaults where CORL's are tuned for 1M steps (3x256 nets, actor
+    lr 3e-5, alpha 10): those learn little in the tens of thousands of steps a CPU affords (docs/cql.md).
 
-    CORL = tinkoff-ai/CORL ``algorithms/offline/cql.py``; paper = Kumar et al. 2020, appendix F.
+    CORL = tinkoff-ai/CORL ``algorithms/offline/cql.py``; paper = Kumar et al. 2020, appendix F;
+    d3rlpy = d3rlpy 2.8 ``CQLConfig``.
     """
 
-    hidden_sizes: tuple[int, ...] = (256, 256, 256)  # CORL (3 x 256 for actor and critics); paper App. F
+    hidden_sizes: tuple[int, ...] = (256, 256)  # d3rlpy VectorEncoderFactory (CORL: 3 x 256 for 1M steps)
     activation: str = "relu"  # paper / CORL
     orthogonal_init: bool = True  # CORL orthogonal_init
-    actor_lr: float = 3e-5  # CORL policy_lr (the authors' code; the paper's text says 1e-4)
+    actor_lr: float = 1e-4  # d3rlpy actor_learning_rate; the paper's text (CORL and the authors' code: 3e-5)
     critic_lr: float = 3e-4  # CORL qf_lr; paper
     alpha_lr: float = 3e-4  # entropy temperature lr (torchrl sota-implementations/cql)
     alpha_prime_lr: float = 3e-4  # Lagrange multiplier lr (CORL uses qf_lr)
@@ -30,7 +33,7 @@ class CQLConfig:
     alpha_init: float = 1.0  # SAC/CQL initial temperature
     fixed_alpha: bool = False  # False = automatic entropy tuning (CORL use_automatic_entropy_tuning)
     target_entropy: float | None = None  # None = -action_dim (SAC heuristic)
-    min_q_weight: float = 10.0  # CQL alpha; CORL cql_alpha=10 (paper: 5 or 10 on gym)
+    min_q_weight: float = 5.0  # CQL alpha; d3rlpy conservative_weight (paper: 5 or 10 on gym; CORL 10)
     temperature: float = 1.0  # CQL(H) log-sum-exp temperature; CORL cql_temp
     num_random: int = 10  # actions sampled per state for the penalty; CORL cql_n_actions, paper
     with_lagrange: bool = False  # CORL cql_lagrange (paper uses it on AntMaze/Adroit)
