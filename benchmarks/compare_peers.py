@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from offrl.bench import cpu_model
 
@@ -75,6 +76,74 @@ def _offrl_figure(report: dict) -> float:
     return float(report["results"][0]["updates_per_s"])
 
 
+E2E_STEPS = {"cql": 300, "dqn": 3000, "discrete-cql": 3000}
+
+
+class EndToEnd:
+    """``--end-to-end``: what a user runs, on real data. offrl is ``offrl train`` (updates/s from its
+    summary.json, evaluation off), d3rlpy is ``benchmarks/d3rlpy_peer.py`` (d3rlpy's ``update`` loop, as
+    its ``fit`` runs it) and torchrl is ``benchmarks/torchrl_peer.py`` (the sota-implementations loop), all
+    three on the same dataset, networks, batch, learning rates and step budget: offrl's config for that
+    dataset, resolved once and given to each."""
+
+    def __init__(self, datasets: list[str], workloads: list[str], args: argparse.Namespace, scratch: Path) -> None:
+        import dataclasses
+
+        import gymnasium as gym
+        import yaml
+
+        from offrl.data import load_dataset
+        from offrl.runs import compose_run_config
+
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from suite import dataset_folder  # the Minari folder of a bundled or generated dataset
+
+        self.args, self.scratch, self.jobs = args, scratch, []
+        for ds in datasets:
+            data = load_dataset(ds)
+            fitting = ("cql",) if isinstance(data.action_space, gym.spaces.Box) else ("dqn", "discrete-cql")
+            for algo in (w for w in workloads if w in fitting):
+                steps = args.updates or E2E_STEPS[algo]
+                cfg, _ = compose_run_config(ds, algo, dotlist=[f"offline_steps={steps}", "eval.interval=0",
+                                                              f"batch_size={args.batch}", f"num_threads={args.threads}",
+                                                              f"log_interval={steps}"], seed=0)
+                resolved = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+                for other in {"cql", "discrete_cql", "dqn", "mixing"} - {algo.replace("-", "_")}:
+                    resolved.pop(other, None)  # another algorithm's section: --config refuses it
+                stem = scratch / f"{ds.replace('/', '__')}--{algo}"
+                Path(f"{stem}.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+                Path(f"{stem}.json").write_text(json.dumps(resolved))
+                self.jobs.append((ds, algo, steps, dataset_folder(ds), stem))
+
+    @property
+    def workloads(self) -> list[str]:
+        return [f"{ds} {algo}" for ds, algo, *_ in self.jobs]
+
+    def runs(self, rnd: int) -> list[tuple[str, str, list[str], Any]]:
+        """(workload, library, command, how to read its figure) for one round."""
+        a, out = self.args, self.scratch / f"round{rnd}"
+        todo = []
+        for ds, algo, steps, folder, stem in self.jobs:
+            name = f"{algo}-r{rnd}"
+            offrl = [sys.executable, "-m", "offrl", "train", "--dataset", ds, "--algo", algo,
+                     "--config", f"{stem}.yaml", "--out", str(out / "offrl"), "--name", name,
+                     "--no-progress"]
+            slug = ds.replace("/", "__")
+            todo.append((f"{ds} {algo}", "offrl", offrl, out / "offrl" / slug / algo / name / "summary.json"))
+            if "d3rlpy" in a.libraries:
+                d3 = [a.d3rlpy_python, str(REPO / "benchmarks" / "d3rlpy_peer.py"), "--dataset", str(folder),
+                      "--algo", algo, "--config", f"{stem}.json", "--out", str(out / "d3rlpy"),
+                      "--name", name, "--threads", str(a.threads)]
+                todo.append((f"{ds} {algo}", "d3rlpy", d3,
+                             out / "d3rlpy" / slug / f"d3rlpy-{algo}" / name / "summary.json"))
+            if "torchrl" in a.libraries:
+                tr = [sys.executable, str(REPO / "benchmarks" / "torchrl_peer.py"), "--dataset", str(folder),
+                      "--algo", algo, "--config", f"{stem}.json", "--steps", str(steps),
+                      "--threads", str(a.threads)]
+                todo.append((f"{ds} {algo}", "torchrl", tr, None))
+        return todo
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", default="cql,dqn,discrete-cql",
@@ -94,12 +163,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="report CPU milliseconds per update instead of updates/s: each run is repeated with "
                         "--updates 10 and the difference taken (start-up and warm-up cancel). Less sensitive to "
                         "other load on the machine than wall-clock figures; use with --threads 1")
+    p.add_argument("--end-to-end", metavar="DATASETS", default=None,
+                   help="comma-separated dataset ids: time what users run (offrl train, d3rlpy's update loop, "
+                        "torchrl's sota loop) on that data with offrl's config for it, instead of the synthetic step; "
+                        "--updates is then the step budget (default 300 CQL, 3000 DQN / discrete CQL)")
     args = p.parse_args(argv)
 
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    if args.end_to_end:
+        if args.cpu_time or args.precision != "fp32":
+            p.error("--end-to-end times offrl train as configured: no --cpu-time or --precision")
+        return end_to_end(args, argv)
     peers = {
         "d3rlpy": (args.d3rlpy_python, args.peers_dir / "bench_d3rlpy.py"),
         "torchrl": (args.torchrl_python, args.peers_dir / "bench_torchrl_plain.py"),
@@ -170,6 +247,67 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "threads": args.threads, "batch": args.batch,
                                          "precision": args.precision, "cpu": cpu_model()}, indent=1))
+    return 0
+
+
+def end_to_end(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The ``--end-to-end`` table: rounds alternate the three libraries on each dataset x algorithm."""
+    import tempfile
+
+    import torch
+
+    from offrl.bench import cpu_isa
+
+    args.libraries = ["d3rlpy"] if Path(args.d3rlpy_python).exists() else []
+    if not args.libraries:
+        print(f"note: skipping d3rlpy: {args.d3rlpy_python} is missing (see this script's docstring)", file=sys.stderr)
+    args.libraries.append("torchrl")  # runs in this interpreter: torchrl is offrl's dependency
+    names = ["offrl", *args.libraries]
+    with tempfile.TemporaryDirectory(prefix="offrl-e2e-") as tmp:
+        e2e = EndToEnd([d.strip() for d in args.end_to_end.split(",") if d.strip()],
+                       [w.strip() for w in args.workloads.split(",")], args, Path(tmp))
+        figures: dict[str, dict[str, list[float | None]]] = {w: {n: [] for n in names} for w in e2e.workloads}
+        for rnd in range(args.rounds):
+            for workload, name, cmd, summary in e2e.runs(rnd):
+                out, err, _ = _run(cmd, args.timeout)
+                value = None
+                try:  # offrl and the d3rlpy peer write a run folder; the torchrl loop prints a JSON line
+                    data = json.loads(summary.read_text()) if summary is not None else out
+                    if data is not None and data.get("status", "completed") == "completed":
+                        value = float(data["updates_per_s"])
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    err = err or f"no figure: {exc}"
+                figures[workload][name].append(value)
+                shown = f"{value:.2f} updates/s" if value is not None else f"failed: {err}"
+                print(f"round {rnd + 1}/{args.rounds} {workload:<36} {name:<8} {shown}", file=sys.stderr, flush=True)
+
+    def med(values):
+        vals = [v for v in values if v is not None]
+        return statistics.median(vals) if vals else None
+
+    def ratio(workload, peer):
+        pairs = [a / b for a, b in zip(figures[workload]["offrl"], figures[workload][peer], strict=True) if a and b]
+        return statistics.median(pairs) if pairs else None
+
+    def fmt(x, suffix=""):
+        return "n/a" if x is None else f"{x:.2f}{suffix}"
+
+    print(f"Command: python benchmarks/compare_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"Machine: {cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores, {args.threads} torch threads, torch "
+          f"{torch.__version__}, batch {args.batch}, end to end (offrl train vs d3rlpy update loop vs torchrl sota "
+          f"loop, same data and config, evaluation off), {args.rounds} alternating rounds, load average at the end {load}")
+    print()
+    peers = args.libraries
+    header = ["dataset algorithm", *[f"{n} updates/s" for n in names], *[f"offrl/{n}" for n in peers]]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for workload in e2e.workloads:
+        row = [workload, *[fmt(med(figures[workload][n])) for n in names], *[fmt(ratio(workload, n), "x") for n in peers]]
+        print("| " + " | ".join(row) + " |")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"figures": figures, "threads": args.threads, "batch": args.batch,
+                                         "end_to_end": True, "cpu": cpu_model(), "cpu_isa": cpu_isa()}, indent=1))
     return 0
 
 

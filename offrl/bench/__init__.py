@@ -5,7 +5,7 @@ and sampling (:mod:`~offrl.bench.data`, ``offrl bench data``)."""
 from __future__ import annotations
 
 from offrl.bench.data import run_data_benchmark
-from offrl.bench.environment import cpu_model, environment
+from offrl.bench.environment import cpu_isa, cpu_model, environment
 from offrl.bench.synthetic import synthetic_buffer
 from offrl.bench.updates import (
     WORKLOADS,
@@ -22,6 +22,7 @@ __all__ = [
     "bench_workload",
     "build_reference",
     "build_trainer",
+    "cpu_isa",
     "cpu_model",
     "environment",
     "format_results",

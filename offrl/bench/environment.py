@@ -27,6 +27,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The instruction sets that decide matmul speed on a CPU (the figures' machine line names those present).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_isa() -> str:
+    """The matmul-relevant ISA flags of the CPU (``avx2 fma`` or ``avx2 fma avx512f avx512_bf16 ...``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in ISA_FLAGS if flag in present) or "none of " + "/".join(ISA_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def bf16_available() -> bool:
     """Whether the CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX)."""
     try:
@@ -44,6 +61,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "device": "cpu",
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "versions": {
             "offrl": offrl_version,

@@ -285,7 +285,7 @@ def format_results(report: dict[str, Any]) -> str:
     lines = [
         f"offrl {v['offrl']}  torch {v['torch']}  torchrl {v['torchrl']}  tensordict {v['tensordict']}  "
         f"python {v['python']}",
-        f"device {env['device']} ({env['cpu']}, {env['cpu_count']} cores)  threads {env['threads']}  "
+        f"device {env['device']} ({env['cpu']}, {env['cpu_isa']}, {env['cpu_count']} cores)  threads {env['threads']}  "
         f"bf16 hardware {'yes' if env.get('bf16_hardware') else 'no'}",
     ]
     for r in report["results"]:

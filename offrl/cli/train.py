@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from offrl.cli.format import critic_line, non_negative_int, positive_int, score_line
+from offrl.config.algos import DEFAULT_SOURCES
 from offrl.config.schema import EvalConfig, TrainerConfig
 from offrl.data.references import ENV_REFERENCES
 
@@ -38,9 +40,11 @@ Evaluation env and reference scores:
 
 Config keys (for --set and --config): see a run's config.yaml; the algorithm's hyperparameters are under
 cql., discrete_cql., dqn. or mixing. (qmix, vdn, iql). Layers, later wins: defaults < bundled per-dataset config <
---config < flags < --set (the defaults shown are offrl's; a bundled per-dataset config may set its own, shown in
-the run's config.yaml). Ctrl-C (or SIGTERM) stops cleanly after a checkpoint; a second Ctrl-C aborts;
-both exit 130.
+--config < flags < --set (the defaults shown are offrl's; a bundled per-dataset config may set its own). A run's
+config.yaml lists under config_origins which layer set which keys. Where offrl's defaults come from (per key:
+comments in offrl/config/algos.py; cql.actor_bc_weight is chosen from the data, docs/cql.md):
+{sources}
+Ctrl-C (or SIGTERM) stops cleanly after a checkpoint; a second Ctrl-C aborts; both exit 130.
 """
 
 
@@ -51,7 +55,9 @@ def register(subparsers: Any) -> None:
         help="train CQL / discrete CQL / DQN on a dataset into a run folder",
         description="Train an offline RL agent on a dataset. Writes runs/<dataset>/<algo>/<name>/ with\n"
         "config.yaml, metrics.csv, checkpoints/, summary.json and report.html, then prints the final score.",
-        epilog=EPILOG.format(final=EvalConfig.final_episodes,
+        epilog=EPILOG.format(final=EvalConfig.final_episodes, sources="\n".join(
+                                 textwrap.fill(f"{algo}: {text}", 116, initial_indent="  ", subsequent_indent="    ")
+                                 for algo, text in DEFAULT_SOURCES.items()),
                              known=" and ".join(f"{e} ({lo:g}, {hi:g})" for e, (lo, hi) in ENV_REFERENCES.items())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

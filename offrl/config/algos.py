@@ -87,3 +87,12 @@ class DQNConfig:
     eps_end: float = 0.05  # CleanRL end_e
     annealing_num_steps: int = 10_000  # frames over which epsilon decays (CleanRL: 0.5 * total steps)
     fused: bool = True  # FusedDQNLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py)
+
+
+#: Where each algorithm's general defaults come from (the per-key sources are comments in offrl/config/algos.py).
+DEFAULT_SOURCES = {
+    "cql": "d3rlpy 2.8 CQLConfig's values (2x256 nets, actor lr 1e-4, critic lr 3e-4, CQL alpha 5), for budgets "
+           "of tens of thousands of steps (CORL's 3x256 / actor lr 3e-5 / alpha 10 are tuned for 1M steps)",
+    "discrete-cql": "d3rlpy DiscreteCQLConfig (alpha 1), lr 3e-4 for low-dimensional states",
+    "dqn": "CleanRL dqn.py (120x84 nets, lr 2.5e-4), double DQN",
+}

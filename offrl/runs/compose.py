@@ -75,6 +75,41 @@ def resolve_dataset_defaults(cfg: TrainerConfig, dataset: Any) -> tuple[TrainerC
     return dataclasses.replace(cfg, cql=section), [note] if note else []
 
 
+def config_origins(cfg: TrainerConfig, *, config: Any = None, dotlist: Sequence[str] = (),
+                   overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Lines for a new run's config.yaml (``config_origins``): which layer set which keys, so a reader knows
+    where every value comes from: the general defaults, the bundled per-dataset config, ``--config``, the
+    command's flags and ``--set`` (later wins)."""
+    from offrl.config.compose import bundled_config_files, parse_dotlist
+
+    def keys(node: Any) -> list[str]:
+        flat = OmegaConf.to_container(node, resolve=False) if node is not None else {}
+        out: list[str] = []
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            elif prefix not in ("dataset.id", "algo"):
+                out.append(prefix)
+        walk("", flat)
+        return out
+
+    from offrl.config.algos import DEFAULT_SOURCES
+
+    lines = [f"defaults: {DEFAULT_SOURCES.get(cfg.algo, 'offrl/config/algos.py (sources in its comments)')}"]
+    for path in bundled_config_files(cfg.dataset.id, cfg.algo):
+        lines.append(f"bundled config offrl/configs/{path.name}: {', '.join(keys(load_yaml(path)))}")
+    if config is not None:
+        lines.append(f"--config {config}: {', '.join(keys(load_yaml(config)))}")
+    flags = [k for k, v in (overrides or {}).items() if v is not None and k not in ("dataset.id", "algo")]
+    if flags:
+        lines.append(f"flags: {', '.join(flags)}")
+    if dotlist:
+        lines.append(f"--set: {', '.join(keys(parse_dotlist(dotlist)))}")
+    return lines
+
+
 def env_source(dataset: Any, config: Any, values: Mapping[str, Any]) -> str | None:
     """The env a new run trains in from scratch (no dataset; ``online_env=`` or a from-scratch run's
     ``--config``), else None (a dataset run)."""

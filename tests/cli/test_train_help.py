@@ -16,7 +16,8 @@ def test_help_shows_defaults_env_and_references(offrl_cli):
     for needle in ("offline_steps; default 100000", "(default 256)", "eval.interval, default 5000",
                    "eval.episodes, default 10", "eval.final_episodes, default 20", "(default 0)",
                    "--env ENV_ID", "--set dataset.ref_min_score=R_MIN --set dataset.ref_max_score=R_MAX",
-                   "Pendulum-v1 (-1254.24, -147.69)", "CartPole-v1 (19.22, 500)", "Hopper"):
+                   "Pendulum-v1 (-1254.24, -147.69)", "CartPole-v1 (19.22, 500)", "Hopper",
+                   "cql: d3rlpy 2.8 CQLConfig's values (2x256 nets", "config_origins"):
         assert needle in text, needle
 
 

@@ -67,6 +67,13 @@ def test_cli_says_what_the_data_chose(tmp_path, offrl_cli, assert_user_error):
         assert saved["cql"]["actor_bc_weight"] == weight
         noted = "cql.actor_bc_weight=5 (auto: narrow data" in run.stderr
         assert noted is (not extra) and ("defaults_from_data" in saved) is (not extra)
+        # Where the other values come from: the general defaults, the bundled config's keys, flags and --set.
+        origins = saved["config_origins"]
+        assert origins[0].startswith("defaults: d3rlpy 2.8 CQLConfig's values (2x256 nets")
+        assert any(o.startswith("bundled config offrl/configs/pendulum.cql.yaml: offline_steps,") and "cql.tau" in o
+                   for o in origins)
+        assert "flags: offline_steps, eval.interval, progress_bar" in origins
+        assert ("--set: cql.actor_bc_weight" in origins) is bool(extra)
     bad = offrl_cli("train", "--dataset", "offrl/pendulum/expert-v0", "--steps", "2", "--set", "cql.backup_action=max",
                     "--out", str(tmp_path / "bad"))
     assert_user_error(bad, "cql.backup_action", "sample, mean")
