@@ -1,18 +1,20 @@
 """CPU kernels of the fused losses: a linear layer through oneDNN (fused ReLU), a cheaper output layer, and
 a chain of resolved layer steps that picks the kernel per layer.
 
-Why: torch's float32 ``addmm``/``mm`` on CPU go to MKL, which on AMD processors runs about half as fast as
-oneDNN on the same matrices; a width-1 output layer's backward is a K=1 matrix product CPU BLAS runs
-slowly. Measurements: benchmarks/README.md and docs/performance.md.
+Why: torch's float32 ``addmm``/``mm`` on CPU go to MKL or OpenBLAS, and which of them or oneDNN is faster
+depends on the CPU and the layer's shape (oneDNN ran CQL's 7,936-row layers 2x faster on an AVX-512 EPYC and
+DQN's 256-row ones slower on an AVX2 one): :mod:`offrl.algos.routes` measures it per shape on the machine.
+A width-1 output layer's backward is a K=1 matrix product CPU BLAS runs slowly. docs/performance.md.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from offrl.algos.routes import forced_route, route_for
 
 __all__ = ["chain", "linear"]
 
@@ -58,14 +60,9 @@ class _OutputLinear(torch.autograd.Function):
 
 
 def _onednn_linear_op() -> Callable | None:
-    """oneDNN's fused linear (+ReLU) kernel, the one torch.compile's CPU backend emits, if usable here.
-
-    Why: torch's float32 ``addmm``/``mm`` on CPU go to MKL, which on AMD processors (this project's
-    reference machine is an AMD EPYC) runs about half as fast as oneDNN on the same matrices (a
-    7936x256 @ 256x256 product: 6.0 ms in MKL, 2.6 ms in oneDNN, 2 threads). ``OFFRL_ONEDNN=0`` turns
-    the route off; without a oneDNN build of torch it is off.
-    """
-    if os.environ.get("OFFRL_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+    """oneDNN's fused linear (+ReLU) kernel, the one torch.compile's CPU backend emits, if usable here
+    (without a oneDNN build of torch, or with ``OFFRL_KERNEL_ROUTE=torch``, it is off)."""
+    if forced_route() == "torch" or not torch.backends.mkldnn.is_available():
         return None
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None:
@@ -123,29 +120,21 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 _RELUS = (torch.relu, torch.relu_)
-# Layers reading fewer features (an MLP's first layer on raw observations) stay with torch's addmm: at
-# K = 4..23 the product is memory-bound and oneDNN's per-call cost is the larger one.
-_ONEDNN_MIN_IN = 64
-# oneDNN's fixed cost per call is ~15 us against MKL's ~3: products smaller than this many multiply-adds
-# (rows x out x in) stay with addmm. Measured on a 2-core AMD EPYC, 2 threads, ReLU included: 256x256 @
-# 256x256 91 us vs 177 (MKL), 64 rows 37 vs 51, 32 rows 28 vs 30, 256 rows into 2 outputs slower. End to end
-# (in-process alternating rounds) DQN and discrete CQL at batch 256 ran ~5% faster with their 256-wide
-# hidden layer here than with a 1,024-row floor; CQL's penalty pass has thousands of rows either way.
-_ONEDNN_MIN_MACS = 1 << 22
 
 
-def _use_onednn(x: Tensor, w: Tensor) -> bool:
+def _use_onednn(x: Tensor, w: Tensor, relu: bool) -> bool:
+    """Whether this float32 CPU layer runs through oneDNN: where torch has it, as measured on this machine
+    for this shape and thread count (:mod:`offrl.algos.routes`)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and w.dtype == torch.float32
         and x.ndim == 2
         and w.shape[0] > 1
-        and w.shape[1] >= _ONEDNN_MIN_IN
-        and x.shape[0] * w.shape[0] * w.shape[1] >= _ONEDNN_MIN_MACS
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor picks its own CPU kernels
         and _onednn() is not None
+        and route_for(x.shape[0], w.shape[0], w.shape[1], relu) == "onednn"
     )
 
 
@@ -164,8 +153,7 @@ def chain(steps: list, x: Tensor) -> Tensor:
             w, b = step
             if i == last and (w.shape[0] == 1 or torch.is_autocast_enabled(x.device.type)):
                 x = _OutputLinear.apply(x, w, b)
-            elif _use_onednn(x, w):
-                relu = i + 1 < n and any(steps[i + 1] is fn for fn in _RELUS)
+            elif _use_onednn(x, w, relu := i + 1 < n and any(steps[i + 1] is fn for fn in _RELUS)):
                 x = _OneDNNLinear.apply(x, w, b, relu)
                 i += 2 if relu else 1
                 continue

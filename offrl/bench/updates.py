@@ -18,6 +18,7 @@ bench_torchrl_plain.py measures.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -180,6 +181,56 @@ def _time_trainer(trainer: Trainer, warmup: int, updates: int, device: str) -> f
     return time.perf_counter() - start
 
 
+def _roofline(trainer: Trainer, measured: float) -> dict[str, Any] | None:
+    """The update's matmul FLOPs (one more step under torch's FlopCounterMode, layers on torch's route so
+    every product is counted), this machine's best fp32 rate at the update's heaviest layer (forward +
+    backward, the faster route; :mod:`offrl.algos.routes`), the bound rate / FLOPs and measured / bound."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    from offrl.algos import routes
+
+    class FlopCounter(TorchDispatchMode):  # FlopCounterMode's module tracker trips over TensorDict modules
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                self.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    previous = os.environ.get("OFFRL_KERNEL_ROUTE")
+    os.environ["OFFRL_KERNEL_ROUTE"] = "torch"
+    try:
+        trainer.offline_steps += 1
+        with FlopCounter() as counter:
+            trainer.train()
+    finally:
+        if previous is None:
+            os.environ.pop("OFFRL_KERNEL_ROUTE", None)
+        else:
+            os.environ["OFFRL_KERNEL_ROUTE"] = previous
+    flops = counter.total
+    shapes = []
+    for key in routes.decisions():  # "ROWSxOUTxIN[+relu]@Nt", every layer shape the update ran
+        dims, _, threads = key.partition("@")
+        if threads == f"{torch.get_num_threads()}t":
+            rows, out, inp = (int(v) for v in dims.split("+")[0].split("x"))
+            shapes.append((rows * out * inp, rows, out, inp))
+    if not flops or not shapes:
+        return None
+    _, rows, out, inp = max(shapes)
+    timing = routes.measure(rows, out, inp, relu=True)
+    seconds = min(timing["torch_us"], timing["onednn_us"]) * 1e-6
+    rate = 3 * 2 * rows * out * inp / seconds  # forward, input gradient, weight gradient
+    bound = rate / flops
+    return {"gflop_per_update": round(flops / 1e9, 3), "gemm_gflops": round(rate / 1e9, 1),
+            "at": f"{rows}x{out}x{inp}", "bound_updates_per_s": round(bound, 2),
+            "fraction_of_bound": round(measured / bound, 3)}
+
+
 def bench_workload(
     workload: str,
     *,
@@ -191,8 +242,10 @@ def bench_workload(
     n_transitions: int = N_TRANSITIONS,
     device: str = "cpu",
     cuda_graph: bool = False,
+    roofline: bool = False,
 ) -> dict[str, Any]:
-    """Updates per second of one workload (sample + loss + backward + optimizer + target update)."""
+    """Updates per second of one workload (sample + loss + backward + optimizer + target update); with
+    ``roofline``, also the fp32 GEMM bound at its layer sizes and the fraction of it reached."""
     if workload not in WORKLOADS:
         raise UserError(f"offrl bench: unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
     updates = updates if updates is not None else _DEFAULT_UPDATES[workload]
@@ -209,9 +262,12 @@ def bench_workload(
                                     device=device, cuda_graph=cuda_graph, log_interval=warmup + updates,
                                     save_trainer_interval=warmup + updates)
             seconds = _time_trainer(trainer, warmup, updates, device)
+            if roofline:
+                bound = _roofline(trainer, updates / seconds) if torch.device(device).type == "cpu" else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {
+    extra = {"roofline": bound} if roofline and not reference else {}
+    return {**extra,
         "workload": workload,
         "impl": "torchrl plain loop (in-process)" if reference else "offrl trainer",
         "precision": precision,
@@ -237,8 +293,13 @@ def run_bench(
     warmup: int = 50,
     device: str = "cpu",
     cuda_graph: bool = False,
+    tune: bool = False,
+    roofline: bool = False,
 ) -> dict[str, Any]:
-    """Run ``workloads`` (``data`` included) and return ``{"environment": ..., "results": [...]}``."""
+    """Run ``workloads`` (``data`` included) and return ``{"environment": ..., "results": [...]}``.
+
+    ``tune``: forget this machine's kernel-route decisions first, so every layer shape is measured again
+    (:mod:`offrl.algos.routes`); ``roofline``: add each workload's fp32 GEMM bound and the fraction reached."""
     if batch < 1:
         raise UserError(f"--batch must be a positive integer, got {batch}")
     if updates is not None and updates < 1:
@@ -257,6 +318,10 @@ def run_bench(
     device = str(dev)
     if cuda_graph and reference:
         raise UserError("--cuda-graph captures offrl's trainer step; drop --reference")
+    if tune:
+        from offrl.algos import routes
+
+        routes.reset()
     env = environment()
     if dev.type == "cuda":
         env["device"] = f"{dev} ({torch.cuda.get_device_name(dev)})"
@@ -268,7 +333,8 @@ def run_bench(
             continue
         results.append(
             bench_workload(workload, updates=updates, batch=batch, precision=precision, reference=reference,
-                           n_transitions=n_transitions, warmup=warmup, device=device, cuda_graph=cuda_graph)
+                           n_transitions=n_transitions, warmup=warmup, device=device, cuda_graph=cuda_graph,
+                           roofline=roofline)
         )
     return {"environment": env, "results": results}
 
@@ -298,4 +364,10 @@ def format_results(report: dict[str, Any]) -> str:
             f"{'CUDA graph, ' if r.get('cuda_graph') else ''}"
             f"batch {r['batch']}, {r['updates']} updates in {r['seconds']:.2f} s)"
         )
+        if "roofline" in r:
+            b = r["roofline"]
+            lines.append("              roofline: n/a (CPU fp32 only)" if b is None else
+                         f"              roofline: {b['gflop_per_update']} GFLOP per update, fp32 GEMM "
+                         f"{b['gemm_gflops']} GFLOP/s at {b['at']} -> bound {b['bound_updates_per_s']} updates/s; "
+                         f"measured = {100 * b['fraction_of_bound']:.0f}% of it")
     return "\n".join(lines)

@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="on a CUDA device, capture the whole update as a CUDA graph (eager on a CPU)")
     p.add_argument("--reference", action="store_true",
                    help="run torchrl's own losses in a plain loop instead of offrl's trainer step")
+    p.add_argument("--tune", action="store_true",
+                   help="measure the kernel route of every layer shape again (they are measured at first use and "
+                        "kept per CPU model in the cache folder: offrl.algos.routes), then run")
+    p.add_argument("--roofline", action="store_true",
+                   help="also print each workload's fp32 GEMM bound at its layer sizes and the fraction reached")
     p.set_defaults(func=run)
 
 
@@ -61,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         device=args.device,
         cuda_graph=args.cuda_graph,
+        tune=args.tune,
+        roofline=args.roofline,
     )
     if args.json:
         print(json.dumps(report))

@@ -35,13 +35,13 @@ OBS, ACT, HIDDEN, BATCH = 5, 3, 32, 16
 
 @pytest.fixture(autouse=True, params=["onednn", "torch-matmul"])
 def matmul_route(request, monkeypatch):
-    """Every comparison runs twice: float32 CPU layers through oneDNN (the default where torch has it)
-    and through torch's own addmm (``OFFRL_ONEDNN=0``)."""
+    """Every comparison runs twice: every float32 CPU layer through oneDNN, and every one through torch's own
+    addmm (the two routes offrl.algos.routes chooses between by measuring)."""
     if request.param == "torch-matmul":
         monkeypatch.setattr(fused_module, "_ONEDNN", None)
-    else:  # the tests' networks are small: route every layer through oneDNN, not only the big ones
-        monkeypatch.setattr(fused_module, "_ONEDNN_MIN_IN", 1)
-        monkeypatch.setattr(fused_module, "_ONEDNN_MIN_MACS", 1)
+        monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "torch")
+    else:  # every layer through oneDNN, whatever this machine's measurements chose (offrl.algos.routes)
+        monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "onednn")
     return request.param
 
 

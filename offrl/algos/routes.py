@@ -1,0 +1,173 @@
+"""Which CPU kernel a float32 linear layer of the fused losses runs on, decided by measuring on this machine.
+
+The two routes compute the same product: ``torch`` (torch's ``addmm``, MKL or OpenBLAS, then ``relu``) and
+``onednn`` (oneDNN's fused linear + ReLU, :class:`offrl.algos.kernels._OneDNNLinear`). Which is faster
+depends on the CPU (AVX-512 or AVX2 only, the vendor's BLAS), the layer's shape and the thread count: a
+threshold measured on one CPU was 13% slower on another. So the first time a process meets a shape (rows x
+out x in, ReLU or not, threads) it times forward + backward through both routes (a few milliseconds; best of
+several repetitions), keeps the faster (``torch`` unless oneDNN is at least 3% faster: never slower than
+plain torch) and records the decision with both timings in the cache folder, one file per CPU model, ISA
+flags and torch version (``$OFFRL_CACHE/kernels/``). Later processes read the decisions; the first
+decision written for a shape wins (under a file lock), so concurrent processes and reruns on one machine
+agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
+
+``OFFRL_KERNEL_ROUTE=torch`` or ``=onednn`` forces one route everywhere (``OFFRL_ONEDNN=0`` is ``torch``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ROUTES", "decisions", "forced_route", "route_file", "route_for"]
+
+ROUTES = ("torch", "onednn")
+#: oneDNN must beat torch by this factor to be chosen (measurement noise never makes a layer slower).
+MARGIN = 0.97
+#: Seconds of timing per route and shape, at most (after one untimed call of each).
+BUDGET_S = 0.02
+MIN_REPS, MAX_REPS = 3, 40
+
+_decided: dict[str, str] = {}
+_loaded_from: Path | None = None
+
+
+def forced_route() -> str | None:
+    """The route the environment forces (``OFFRL_KERNEL_ROUTE``, or ``OFFRL_ONEDNN=0``), else None."""
+    value = os.environ.get("OFFRL_KERNEL_ROUTE", "").strip().lower()
+    if value in ROUTES:
+        return value
+    if os.environ.get("OFFRL_ONEDNN", "1") == "0":
+        return "torch"
+    return None
+
+
+def route_file() -> Path:
+    """This machine's decisions: ``$OFFRL_CACHE/kernels/<cpu>-<isa digest>-torch<version>.json``."""
+    from offrl.data.convert import cache_root
+    from offrl.hardware import cpu_isa, cpu_model
+
+    cpu = re.sub(r"[^A-Za-z0-9]+", "-", cpu_model()).strip("-").lower() or "cpu"
+    isa = hashlib.sha256(cpu_isa().encode()).hexdigest()[:8]
+    torch_version = re.sub(r"[^A-Za-z0-9.]+", "-", torch.__version__)
+    return cache_root() / "kernels" / f"{cpu}-{isa}-torch{torch_version}.json"
+
+
+def _key(rows: int, out: int, inp: int, relu: bool, threads: int) -> str:
+    return f"{rows}x{out}x{inp}{'+relu' if relu else ''}@{threads}t"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    routes = data.get("routes") if isinstance(data, dict) else None
+    return routes if isinstance(routes, dict) else {}
+
+
+def decisions() -> dict[str, Any]:
+    """The recorded decisions on this machine (key -> {route, torch_us, onednn_us})."""
+    return _read(route_file())
+
+
+def _load() -> None:
+    global _loaded_from
+    path = route_file()
+    if _loaded_from != path:  # first use, or OFFRL_CACHE changed (tests)
+        _decided.clear()
+        _decided.update({k: v["route"] for k, v in _read(path).items()
+                         if isinstance(v, dict) and v.get("route") in ROUTES})
+        _loaded_from = path
+
+
+def _record(key: str, entry: dict[str, Any]) -> str:
+    """Write ``entry`` unless another process recorded ``key`` first; returns the route that stands."""
+    from offrl.hardware import cpu_isa, cpu_model
+
+    path = route_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            routes = _read(path)
+            standing = routes.get(key)
+            if isinstance(standing, dict) and standing.get("route") in ROUTES:
+                return standing["route"]
+            routes[key] = entry
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"cpu": cpu_model(), "isa": cpu_isa(), "torch": torch.__version__,
+                                       "routes": routes}, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+    except OSError:  # a read-only cache: decide for this process only
+        pass
+    return entry["route"]
+
+
+def _time_route(route: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool) -> float:
+    from offrl.algos.kernels import _OneDNNLinear, linear
+
+    def once() -> None:
+        if route == "onednn":
+            y = _OneDNNLinear.apply(x, w, b, relu)
+        else:
+            y = linear(x, w, b)
+            y = torch.relu(y) if relu else y
+        y.backward(torch.ones_like(y))
+        x.grad = w.grad = b.grad = None
+
+    t0 = time.perf_counter()
+    once()  # untimed: first-call allocations and oneDNN's primitive creation
+    first = time.perf_counter() - t0
+    reps = max(MIN_REPS, min(MAX_REPS, int(BUDGET_S / max(first, 1e-6))))
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(rows: int, out: int, inp: int, relu: bool) -> dict[str, Any]:
+    """Time forward + backward of one layer through both routes; the faster, and both timings (us)."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        # Deterministic inputs (no random draws: the caller's RNG streams stay untouched).
+        x = torch.linspace(-1.0, 1.0, rows * inp).reshape(rows, inp).requires_grad_()
+        w = torch.linspace(-0.1, 0.1, out * inp).reshape(out, inp).requires_grad_()
+        b = torch.zeros(out, requires_grad=True)
+        times = {route: _time_route(route, x, w, b, relu) for route in ROUTES}
+    route = "onednn" if times["onednn"] < MARGIN * times["torch"] else "torch"
+    return {"route": route, **{f"{r}_us": round(t * 1e6, 1) for r, t in times.items()}}
+
+
+def route_for(rows: int, out: int, inp: int, relu: bool) -> str:
+    """The route of a float32 CPU layer of this shape in this process: forced, recorded, or measured now."""
+    forced = forced_route()
+    if forced is not None:
+        return forced
+    threads = torch.get_num_threads()
+    key = _key(rows, out, inp, relu, threads)
+    _load()
+    route = _decided.get(key)
+    if route is None:
+        route = _record(key, {**measure(rows, out, inp, relu), "threads": threads})
+        _decided[key] = route
+    return route
+
+
+def reset() -> None:
+    """Forget this machine's decisions (``offrl bench --tune``): the next use of each shape measures again."""
+    global _loaded_from
+    path = route_file()
+    path.unlink(missing_ok=True)
+    _decided.clear()
+    _loaded_from = None

@@ -1,0 +1,42 @@
+"""What the machine is: the CPU's model name and the instruction sets that decide matmul speed (read from
+``/proc/cpuinfo``; no torch). Benchmarks print them beside every figure; kernel routes are cached per CPU."""
+
+from __future__ import annotations
+
+import platform
+
+__all__ = ["ISA_FLAGS", "bf16_available", "cpu_isa", "cpu_model"]
+
+#: The instruction sets that decide matmul speed on a CPU (the figures' machine line names those present).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo_line(prefix: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), for the machine line of every benchmark."""
+    return _cpuinfo_line("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The matmul-relevant ISA flags of the CPU (``avx2 fma`` or ``avx2 fma avx512f avx512_bf16 ...``)."""
+    flags = _cpuinfo_line("flags")
+    if flags is None:
+        return "unknown"
+    present = set(flags.split())
+    return " ".join(flag for flag in ISA_FLAGS if flag in present) or "none of " + "/".join(ISA_FLAGS)
+
+
+def bf16_available() -> bool:
+    """Whether the CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX)."""
+    isa = cpu_isa().split()
+    return "avx512_bf16" in isa or "amx_bf16" in isa

@@ -1,0 +1,92 @@
+"""Kernel routes are measured on the machine at first use, recorded per CPU, reused, and the first decision
+recorded for a shape wins; a forced route overrides; measuring draws nothing from the caller's RNG."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from offrl.algos import kernels, routes
+
+
+@pytest.fixture(autouse=True)
+def fresh_routes(monkeypatch, tmp_path):
+    monkeypatch.setenv("OFFRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OFFRL_KERNEL_ROUTE", raising=False)
+    monkeypatch.delenv("OFFRL_ONEDNN", raising=False)
+    monkeypatch.setattr(routes, "_loaded_from", None)
+    monkeypatch.setattr(routes, "_decided", {})
+
+
+def test_first_use_measures_records_and_later_processes_reuse(monkeypatch):
+    state = torch.get_rng_state()
+    route = routes.route_for(64, 32, 16, True)
+    assert torch.equal(torch.get_rng_state(), state)  # deterministic inputs: the run's RNG streams untouched
+    saved = json.loads(routes.route_file().read_text())
+    key = f"64x32x16+relu@{torch.get_num_threads()}t"
+    entry = saved["routes"][key]
+    assert entry["route"] == route and entry["torch_us"] > 0 and entry["onednn_us"] > 0
+    assert saved["isa"] == routes_isa()
+    expected = "onednn" if entry["onednn_us"] < routes.MARGIN * entry["torch_us"] else "torch"
+    assert route == expected
+
+    # A new process (in-memory decisions forgotten) reads the file and measures nothing.
+    monkeypatch.setattr(routes, "_loaded_from", None)
+    monkeypatch.setattr(routes, "_decided", {})
+    monkeypatch.setattr(routes, "measure", lambda *a: pytest.fail("measured a recorded shape again"))
+    assert routes.route_for(64, 32, 16, True) == route
+
+
+def routes_isa() -> str:
+    from offrl.hardware import cpu_isa
+
+    return cpu_isa()
+
+
+def test_the_first_recorded_decision_wins(monkeypatch):
+    """Another process recorded the shape while this one measured: both use the recorded route."""
+    key = f"64x32x16@{torch.get_num_threads()}t"
+
+    def racing_measure(rows, out, inp, relu):
+        routes.route_file().parent.mkdir(parents=True, exist_ok=True)
+        routes.route_file().write_text(json.dumps({"routes": {key: {"route": "torch"}}}))
+        return {"route": "onednn", "torch_us": 2.0, "onednn_us": 1.0}
+
+    monkeypatch.setattr(routes, "measure", racing_measure)
+    assert routes.route_for(64, 32, 16, False) == "torch"
+    assert json.loads(routes.route_file().read_text())["routes"][key] == {"route": "torch"}
+
+
+def test_forced_route_and_tune_reset(monkeypatch):
+    monkeypatch.setattr(routes, "measure", lambda *a: {"route": "onednn", "torch_us": 2.0, "onednn_us": 1.0})
+    monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "torch")
+    assert routes.route_for(8, 8, 8, True) == "torch" and not routes.route_file().exists()
+    monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "")
+    monkeypatch.setenv("OFFRL_ONEDNN", "0")
+    assert routes.route_for(8, 8, 8, True) == "torch"
+    monkeypatch.delenv("OFFRL_ONEDNN")
+    assert routes.route_for(8, 8, 8, True) == "onednn" and routes.route_file().exists()
+    routes.reset()  # offrl bench --tune
+    assert not routes.route_file().exists()
+    monkeypatch.setattr(routes, "measure", lambda *a: {"route": "torch", "torch_us": 1.0, "onednn_us": 2.0})
+    assert routes.route_for(8, 8, 8, True) == "torch"
+
+
+@pytest.mark.skipif(kernels._onednn() is None, reason="torch without oneDNN: one route only")
+@pytest.mark.parametrize("recorded", ["torch", "onednn"])
+def test_chain_takes_the_recorded_route(monkeypatch, recorded):
+    """The fused losses' layer chain runs each layer on the route recorded for its shape."""
+    threads = torch.get_num_threads()
+    path = routes.route_file()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"routes": {f"10x6x5+relu@{threads}t": {"route": recorded}}}))
+    calls = []
+    real = kernels._OneDNNLinear.apply
+    monkeypatch.setattr(kernels._OneDNNLinear, "apply", lambda *a: calls.append(1) or real(*a))
+    w1, b1, w2, b2 = torch.randn(6, 5), torch.randn(6), torch.randn(1, 6), torch.randn(1)
+    x = torch.randn(10, 5)
+    out = kernels.chain([(w1, b1), torch.relu, (w2, b2)], x)
+    assert torch.allclose(out, torch.relu(x @ w1.t() + b1) @ w2.t() + b2, rtol=1e-5, atol=1e-6)
+    assert len(calls) == (1 if recorded == "onednn" else 0)
