@@ -107,6 +107,7 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
 
     from offrl.data import load_dataset
     from offrl.runs import compose_run_config
+    from offrl.runs.compose import resolve_dataset_defaults
 
     jobs: list[Job] = []
     configs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -118,6 +119,7 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
                 continue
             mine = [d for d in dotlist if d.split(".")[0] not in set(SECTIONS.values()) - {SECTIONS[algo]}]
             cfg, _ = compose_run_config(ds, algo, dotlist=mine, **{**overrides.get(ds.split("/")[1], {}), "seed": 0})
+            cfg, _ = resolve_dataset_defaults(cfg, data)  # as offrl.train does: the pinned config is what runs
             resolved = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
             resolved.pop("seed")
             for other in (set(SECTIONS.values()) | {"mixing"}) - {SECTIONS[algo]}:  # inactive sections

@@ -4,7 +4,7 @@ a chain of resolved layer steps that picks the kernel per layer.
 Why: torch's float32 ``addmm``/``mm`` on CPU go to MKL or OpenBLAS, and which of them or oneDNN is faster
 depends on the CPU and the layer's shape (oneDNN ran CQL's 7,936-row layers 2x faster on an AVX-512 EPYC and
 DQN's 256-row ones slower on an AVX2 one): :mod:`offrl.algos.routes` measures it per shape on the machine.
-A width-1 output layer's backward is a K=1 matrix product CPU BLAS runs slowly. docs/performance.md.
+A width-1 output layer's backward is a K=1 matrix product CPU BLAS runs slowly (docs/performance.md).
 """
 
 from __future__ import annotations
