@@ -100,7 +100,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, backend: str | None
     CRC-32 (:func:`state_crc32`) as one more entry."""
     path = Path(path)
     backend = backend or ckpt_backend()
-    state = {**state, CHECKSUM_KEY: state_crc32(state)}
+    state = {k: v for k, v in state.items() if k != CHECKSUM_KEY}  # a state read back raw: a new checksum
+    state[CHECKSUM_KEY] = state_crc32(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
