@@ -190,13 +190,11 @@ def _wait(pid: int) -> dict[str, Any]:
 
 def serve() -> None:
     # what `offrl train` imports, once: each forked child starts with it loaded
-    import matplotlib.pyplot  # noqa: F401
     import pandas  # noqa: F401
 
     import offrl.cli  # noqa: F401
     import offrl.evaluation  # noqa: F401
     import offrl.online  # noqa: F401
-    import offrl.report  # noqa: F401
     import offrl.runs.assemble  # noqa: F401
     import offrl.runs.compose  # noqa: F401
     import offrl.runs.metrics_log  # noqa: F401
