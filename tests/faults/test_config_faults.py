@@ -51,7 +51,7 @@ def test_batch_larger_than_memory_is_one_line(tmp_path, offrl_cli, assert_user_e
     data = tmp_path / "big.hdf5"
     write_d4rl(data, lengths=(1000,) * 1000, terminal=(False,) * 1000, obs_dim=1, act_dim=1)
     result = offrl_cli("train", "--dataset", str(data), "--out", str(tmp_path / "runs"), "--batch-size", "999000",
-                       "--set", "cql.hidden_sizes=[1024,1024]", "--no-progress")
+                       "--set", "cql.hidden_sizes=[1024,1024]", "--eval-every", "0", "--no-progress")
     line = assert_user_error(result, "--batch-size 999000", "cql.num_random=10", "of memory are available",
                              "use at most --batch-size")
     assert " TB (" in line, line
