@@ -6,7 +6,7 @@ half-written left anywhere.
 
 The processes are real ``offrl`` CLI processes killed by a real SIGKILL; tests/helpers/killer.py patches
 the write calls from outside offrl (no hook in offrl) and forks each process from one server that has
-offrl's imports loaded, so 23 kills and resumes cost about a minute of CPU, not five.
+offrl's imports loaded, so 23 kills and resumes cost about a minute and a half of CPU, not five minutes.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from helpers.train import TINY_CQL
 import offrl
 from offrl.errors import UserError
 from offrl.runs.rundir import create_run_dir
+from offrl.trainers.checkpoint import CHECKSUM_KEY
 
 STEPS = 40
 FAST = [*TINY_CQL, "save_trainer_interval=10", "eval.interval=0", "batch_size=16", "progress_bar=false"]
@@ -144,7 +145,7 @@ def test_checkpoint_without_a_checksum_still_resumes(finished, tmp_path):
     run = _stopped_copy(finished, tmp_path)
     latest = run / "checkpoints" / "latest.pt"
     state = torch.load(latest, weights_only=True)
-    state.pop("__offrl_crc32__", None)
+    state.pop(CHECKSUM_KEY, None)
     torch.save(state, latest)
     _resume(run)
     ours, theirs = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True)["loss_module"]
