@@ -4,6 +4,7 @@
 * losses (torchrl ``LossModule``s with offrl's fixes): :mod:`~offrl.algos.cql_loss`,
   :mod:`~offrl.algos.discrete_cql_loss`, :mod:`~offrl.algos.calql_loss`;
 * fused losses (same numbers, faster forwards): :mod:`~offrl.algos.fused_cql`, :mod:`~offrl.algos.fused_q`;
+* the memory an update needs, checked against the machine's before a run: :mod:`~offrl.algos.memory`;
 * builders (networks + ``build(cfg, *, observation_shape, action_spec, device, seed)`` returning
   :class:`AlgoParts`): :mod:`~offrl.algos.cql`, :mod:`~offrl.algos.discrete_cql`, :mod:`~offrl.algos.dqn`,
   :mod:`~offrl.algos.calql`; :func:`build_from_dataset` dispatches on the config dataclass.

@@ -123,10 +123,12 @@ def _digest(files: list[Path], root: Path | None) -> tuple[str, bool]:
 
 def remember_digest(files: list[Path], root: Path, digest: str) -> None:
     """Record ``digest`` for the files' current size + mtime (only for sources that converted fine)."""
+    index = _index_path(files, root)
     try:
-        write_text_atomic(
-            _index_path(files, root), json.dumps({"fingerprint": _fingerprint(files), "digest": digest})
-        )
+        # a killed writer's temporary (a concurrent writer losing its own only skips this optimisation)
+        for stale in index.parent.glob(f".{index.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        write_text_atomic(index, json.dumps({"fingerprint": _fingerprint(files), "digest": digest}))
     except OSError:
         pass  # the fast path is an optimisation; a read-only index only costs a re-hash
 

@@ -26,7 +26,15 @@ import h5py
 import numpy as np
 
 from offrl.data.d4rl import hdf5_errors, hdf5_value, open_hdf5
-from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, rechunk, storage_dtype
+from offrl.data.source import (
+    Chunk,
+    RawSource,
+    check_action_shape,
+    check_space,
+    leaf_specs,
+    rechunk,
+    storage_dtype,
+)
 from offrl.errors import UserError
 
 __all__ = [
@@ -241,6 +249,7 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
             for req in ("actions", "terminations", "truncations"):
                 if ep[req].ndim == 0 or ep[req].shape[0] != t:
                     raise UserError(f"{where}: {key} '{req}' has {ep[req].shape} rows but 'rewards' has {t}")
+            check_action_shape(act_space, ep["actions"].shape[1:], main, f"{key} actions")
             total += t
             lengths.append(t)
         if total == 0:

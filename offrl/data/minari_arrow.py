@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from offrl.data.minari import minari_metadata, minari_spaces
-from offrl.data.source import Chunk, RawSource, check_space, leaf_specs, rechunk
+from offrl.data.source import Chunk, RawSource, check_action_shape, check_space, leaf_specs, rechunk
 from offrl.errors import UserError
 
 __all__ = ["read_minari_arrow", "arrow_files"]
@@ -69,6 +69,16 @@ def _read_episode(pa: Any, ep_dir: Path, where: Path) -> Any:
         raise UserError(
             f"{where}: truncated or corrupt Arrow data in episode {ep_dir.name} ({text}); re-create the dataset"
         ) from None
+
+
+def _check_actions(pa: Any, column_type: Any, act_space: gym.Space, ep_dir: Path, where: Path) -> None:
+    """The actions column holds as many values per step as the action space has (one for Discrete)."""
+    width = column_type.list_size if pa.types.is_fixed_size_list(column_type) else 1
+    expected = act_space.shape if isinstance(act_space, gym.spaces.Box) else ()
+    if width != int(np.prod(expected, dtype=np.int64)):
+        files = sorted(ep_dir.glob("*.arrow"))
+        check_action_shape(act_space, (width,) if pa.types.is_fixed_size_list(column_type) else (),
+                           files[0] if files else ep_dir, "actions")
 
 
 def _field(column: Any, path: tuple[str, ...]) -> Any:
@@ -130,6 +140,7 @@ def read_minari_arrow(
                     f"{where}: episode {ep.name} observations have {width} values per row but the dataset's "
                     f"observation shape is {shape}; every episode must have the same observation shape"
                 )
+        _check_actions(pa, table.column("actions").type, act_space, ep, where)
         lengths.append(table.num_rows - 1)
     total = sum(lengths)
     if total == 0:

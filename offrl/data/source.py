@@ -25,7 +25,7 @@ import numpy as np
 
 from offrl.errors import UserError
 
-__all__ = ["Chunk", "RawSource", "leaf_specs", "check_space", "storage_dtype", "tree_map"]
+__all__ = ["Chunk", "RawSource", "check_action_shape", "check_space", "leaf_specs", "storage_dtype", "tree_map"]
 
 Chunk = dict[str, Any]
 
@@ -71,6 +71,19 @@ def check_space(space: gym.Space, what: str, where: Path | str) -> None:
             f"{where}: unsupported {what} space {type(space).__name__}; offrl supports Box, Discrete, "
             "MultiBinary, MultiDiscrete and Dict of those"
         )
+
+
+def check_action_shape(space: gym.Space, shape: tuple[int, ...], where: Path | str, what: str) -> None:
+    """Refuse actions whose per-step ``shape`` contradicts the declared action ``space`` (a Box of shape (2,)
+    over actions of width 1 would be broadcast or reshaped into wrong values). A width-1 column and a
+    scalar are the same thing; a Discrete action is one index per step."""
+    shape = tuple(int(d) for d in shape)
+    expected = tuple(space.shape) if isinstance(space, gym.spaces.Box) else ()
+    if shape == expected or {shape, expected} == {(), (1,)}:
+        return
+    declared = "one index per step: shape ()" if isinstance(space, gym.spaces.Discrete) else f"shape {expected}"
+    raise UserError(f"{where}: {what} have shape {shape} per step but the action_space {space} has {declared}; "
+                    "the action_space contradicts the data: fix the metadata or re-create the dataset")
 
 
 def storage_dtype(space: gym.Space) -> np.dtype:

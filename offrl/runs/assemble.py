@@ -138,7 +138,10 @@ def build_components(
                                             seed=cfg.seed)
         else:
             from offrl.algos import build_from_dataset
+            from offrl.algos.memory import check_batch_memory
 
+            # before the networks exist: a batch that cannot fit is one line, not the OOM killer mid-run
+            check_batch_memory(cfg.algo_config, dataset, cfg.batch_size, device=device, bf16=cfg.precision == "bf16")
             parts = build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
         replay_buffer, evaluator = _dataset_buffer_and_evaluator(cfg, dataset, parts, device, evaluator)
         if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import platform
@@ -128,7 +129,8 @@ def create_run_dir(path: str | os.PathLike[str], files: Mapping[str, str]) -> Pa
         raise UserError(f"--name: run folder {path} already exists; pick another --name or --resume it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        _sweep_dead_builds(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     except OSError as err:
         raise UserError(f"--out: cannot create {path.parent} ({err.strerror}); choose a writable folder") from None
     try:
@@ -148,6 +150,25 @@ def create_run_dir(path: str | os.PathLike[str], files: Mapping[str, str]) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _sweep_dead_builds(path: Path) -> None:
+    """Remove ``.<name>.<pid>-*.tmp`` folders that processes killed while creating ``path`` left behind (a
+    process that is still alive may be creating it right now: its folder stays)."""
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
+        pid = entry.name[len(path.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def read_config_notes(path: str | os.PathLike[str]) -> list[str]:
@@ -194,19 +215,24 @@ def sweep_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary siblings a killed process left in a run folder and its ``checkpoints/``
     (``.summary.json.*.tmp``, ``.latest.pt.tmp-*``, ...). Call it holding the folder's lock."""
     removed = []
-    folders = [Path(path)]
-    if (Path(path) / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists():
-        # (without latest.pt a memmap checkpoint was killed between its two renames: its temporaries are
-        # the only copies, left for the user to recover)
-        folders.append(Path(path) / CHECKPOINT_DIR)
-    for folder in folders:
+    # Without latest.pt a memmap checkpoint (a folder) may have been killed between its two renames: its
+    # temporary folders are then the only copies, left for the user to recover. A torch checkpoint's
+    # temporary file never held a published checkpoint: it goes.
+    keep_folders = not (Path(path) / CHECKPOINT_DIR / LATEST_CHECKPOINT).exists()
+    for folder in (Path(path), Path(path) / CHECKPOINT_DIR):
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
             name = entry.name
-            if name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name):
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-                removed.append(entry)
+            if not (name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                if keep_folders and folder.name == CHECKPOINT_DIR:
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
     return removed
 
 

@@ -8,6 +8,10 @@
 
 Writes go to a hidden temporary sibling and are moved into place with ``os.replace``, so a reader (or a
 resume after SIGKILL) never sees a half-written checkpoint.
+
+Every checkpoint records the CRC-32 of its own contents (:func:`state_crc32`, under :data:`CHECKSUM_KEY`),
+checked on every load: torch's zip reader does not check its records' CRCs, so a bit flip inside a tensor's
+bytes would otherwise load silently. Checkpoints written before offrl recorded it load unchecked.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import os
 import shutil
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,10 @@ from tensordict import NonTensorData, TensorDict, TensorDictBase
 from offrl.errors import UserError
 from offrl.fsio import no_space_error
 
-__all__ = ["ckpt_backend", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKSUM_KEY", "ckpt_backend", "load_checkpoint", "save_checkpoint", "state_crc32"]
+
+#: The entry of a saved state that holds the CRC-32 of the rest (:func:`state_crc32`); removed on load.
+CHECKSUM_KEY = "__offrl_crc32__"
 
 _SEQ_TYPE = "__seq_type__"
 #: Non-finite floats (a best return of -inf before any episode, a NaN statistic) would come back from the
@@ -45,10 +53,55 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def state_crc32(state: Any) -> int:
+    """CRC-32 of a state's contents: every key and scalar, and every tensor's dtype, shape and bytes, walked in
+    a canonical order (dict keys sorted, lists and tuples alike, scalars by kind), so both backends' read-back
+    states give the value computed before the write."""
+    crc = 0
+
+    def feed(data: bytes | memoryview) -> None:
+        nonlocal crc
+        crc = zlib.crc32(data, crc)
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach()
+            feed(f"T{str(t.dtype)[6:]}{list(t.shape)}".encode())
+            if t.numel():
+                feed(memoryview(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        elif isinstance(obj, dict):
+            feed(f"D{len(obj)}".encode())
+            for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+                feed(f"K{_scalar_text(key)}".encode())
+                walk(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            feed(f"L{len(obj)}".encode())
+            for item in obj:
+                walk(item)
+        else:
+            feed(f"S{_scalar_text(obj)}".encode())
+
+    walk(state)
+    return crc
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return f"i{int(value)}"
+    if isinstance(value, float):
+        return f"f{float(value)!r}"
+    return f"{type(value).__name__}:{value!r}"
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path, backend: str | None = None) -> Path:
-    """Write ``state`` atomically to ``path`` with ``backend`` (default: ``CKPT_BACKEND``)."""
+    """Write ``state`` atomically to ``path`` with ``backend`` (default: ``CKPT_BACKEND``), with its
+    CRC-32 (:func:`state_crc32`) as one more entry."""
     path = Path(path)
     backend = backend or ckpt_backend()
+    state = {k: v for k, v in state.items() if k != CHECKSUM_KEY}  # a state read back raw: a new checksum
+    state[CHECKSUM_KEY] = state_crc32(state)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
@@ -80,11 +133,23 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, backend: str | None
 
 
 def load_checkpoint(path: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`. ``kwargs`` go to ``torch.load``
-    (``weights_only=True`` unless given); with the memmap backend (a directory) they are ignored."""
+    """Read a checkpoint written by :func:`save_checkpoint` and check its recorded CRC-32. ``kwargs`` go to
+    ``torch.load`` (``weights_only=True`` unless given); with the memmap backend (a directory) they are ignored."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a trainer checkpoint")
+    try:
+        return _read_checked(path, **kwargs)
+    except _Damaged as why:
+        raise UserError(f"checkpoint {path} {why}{_intact_hint(path)}") from None
+
+
+class _Damaged(Exception):
+    """Why a checkpoint cannot be used (the message's middle part)."""
+
+
+def _read_checked(path: Path, **kwargs: Any) -> dict[str, Any]:
+    """The state in ``path`` without its checksum entry, or :class:`_Damaged`."""
     try:
         if path.is_dir():
             state = _decode(TensorDict.load_memmap(path))
@@ -94,10 +159,13 @@ def load_checkpoint(path: str | Path, **kwargs: Any) -> dict[str, Any]:
             state = torch.load(path, **kwargs)
     except Exception as exc:  # truncated, bit-flipped, a folder where a file was: never a traceback
         # (and never torch's advice to pass weights_only=False: a damaged file is not an untrusted one)
-        raise UserError(f"checkpoint {path} is damaged or not an offrl checkpoint ({exc.__class__.__name__})"
-                        f"{_intact_hint(path)}") from None
+        raise _Damaged(f"is damaged or not an offrl checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(state, dict):
-        raise UserError(f"checkpoint {path} does not hold a trainer state dict{_intact_hint(path)}")
+        raise _Damaged("does not hold a trainer state dict")
+    recorded = state.pop(CHECKSUM_KEY, None)  # None: written before offrl recorded it
+    if recorded is not None and (not isinstance(recorded, int) or recorded != state_crc32(state)):
+        raise _Damaged("is damaged: its contents do not match the CRC-32 recorded when it was written "
+                       "(bytes changed on disk)")
     return state
 
 
@@ -113,13 +181,10 @@ def _intact_hint(path: Path) -> str:
         if candidate == path:
             continue
         try:
-            ok = isinstance(
-                _decode(TensorDict.load_memmap(candidate)) if candidate.is_dir()
-                else torch.load(candidate, weights_only=True, map_location="cpu"), dict)
-        except Exception:  # noqa: BLE001 - damaged too: look further back
-            ok = False
-        if ok:
-            return f"; the newest intact checkpoint is {candidate}: copy it to {path} and resume"
+            _read_checked(candidate)
+        except _Damaged:  # damaged too: look further back
+            continue
+        return f"; the newest intact checkpoint is {candidate}: copy it to {path} and resume"
     return "; no intact step_N checkpoint is left beside it: start a new run"
 
 

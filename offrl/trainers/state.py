@@ -139,10 +139,13 @@ class TrainerState:
         if target is None:
             raise UserError("no checkpoint path: pass save_trainer_file= to the trainer or a path to save()")
         state = self.state_dict()
+        if self.keep_checkpoints:
+            # step_<N> first: a process killed between the two writes leaves latest.pt at the previous
+            # checkpoint, and the resume from it trains to N again and rewrites this file (the other order
+            # would leave latest.pt at N and step_<N> missing for good)
+            save_checkpoint(state, target.with_name(f"step_{self._step}{target.suffix}"))
         save_checkpoint(state, target)
         self._saved_step = self._step
-        if self.keep_checkpoints:
-            save_checkpoint(state, target.with_name(f"step_{self._step}{target.suffix}"))
         return target
 
     def load_from_file(self, file: str | Path, **kwargs: Any) -> Self:

@@ -5,6 +5,7 @@ source."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -159,3 +160,52 @@ def test_minari_metadata_that_is_not_an_object_is_one_line():
     (folder / "data" / "metadata.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="must be a JSON object"):
         load_dataset(str(folder))
+
+
+def _pendulum_like_episodes(width: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    episodes = []
+    for t in (5, 8):
+        term = np.zeros(t, bool)
+        term[-1] = True
+        episodes.append({"observations": rng.standard_normal((t + 1, 3)).astype(np.float32),
+                         "actions": rng.uniform(-1, 1, (t, width)).astype(np.float32), "rewards": np.ones(t),
+                         "terminations": term, "truncations": np.zeros(t, bool)})
+    return episodes
+
+
+def test_minari_action_space_contradicting_the_actions_is_one_line(offrl_cli, assert_user_error):
+    """Before: a Box (2,) action space over actions of width 1 (minari's own writer accepts it) ended in a
+    numpy reshape traceback inside the conversion."""
+    import gymnasium as gym
+    from helpers.datafiles import write_minari
+
+    folder = write_minari("faults/pendulum-v0", _pendulum_like_episodes(1),
+                          observation_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+                          action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
+    result = offrl_cli("datasets", "info", str(folder))
+    assert_user_error(result, str(folder / "data" / "main_data.hdf5"), "shape (1,) per step", "has shape (2,)",
+                      "contradicts the data")
+    datasets = os.path.join(os.environ["OFFRL_CACHE"], "datasets")  # nothing half-written
+    assert not os.path.isdir(datasets) or not os.listdir(datasets)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="Arrow Minari datasets need pyarrow")
+def test_arrow_minari_action_space_contradicting_the_actions_is_one_line():
+    """minari's Arrow writer refuses the mismatch itself: the metadata is edited afterwards (its action_space
+    says (2,), the file holds width-1 actions). Before: a numpy reshape traceback."""
+    import gymnasium as gym
+    from helpers.datafiles import write_minari
+    from minari.serialization import serialize_space
+
+    folder = write_minari("faults/pendulum-arrow-v0", _pendulum_like_episodes(1), data_format="arrow",
+                          observation_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+                          action_space=gym.spaces.Box(-1, 1, (1,), np.float32))
+    meta_file = folder / "data" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["action_space"] = serialize_space(gym.spaces.Box(-1, 1, (2,), np.float32))
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(UserError) as err:
+        load_dataset(str(folder))
+    msg = str(err.value)
+    assert ".arrow" in msg and "shape (1,) per step" in msg and "has shape (2,)" in msg, msg

@@ -18,6 +18,7 @@ from helpers.train import TINY_CQL
 import offrl
 from offrl.errors import UserError
 from offrl.runs.rundir import create_run_dir
+from offrl.trainers.checkpoint import CHECKSUM_KEY
 
 STEPS = 40
 FAST = [*TINY_CQL, "save_trainer_interval=10", "eval.interval=0", "batch_size=16", "progress_bar=false"]
@@ -71,6 +72,85 @@ def test_damaged_checkpoint_is_one_line_offering_an_intact_one(finished, tmp_pat
         _resume(run)
     msg = str(err.value)
     assert str(latest) in msg and "step_40.pt" in msg and "weights_only" not in msg, msg
+
+
+def _flip_tensor_bit(ckpt: Path) -> None:
+    """Flip one bit in the middle of the largest tensor record of a torch.save archive (inside the bytes
+    of a weight matrix, not the zip's structure)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(ckpt) as archive:
+        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(ckpt.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[record.header_offset + 26 : record.header_offset + 30])
+    data[record.header_offset + 30 + name_len + extra_len + record.file_size // 2] ^= 0x10
+    ckpt.write_bytes(bytes(data))
+
+
+def _load_policy(run: Path, tmp_path: Path):
+    from offrl.runs.policy import load_policy
+
+    return load_policy(run)
+
+
+def _export(run: Path, tmp_path: Path):
+    from offrl.runs.shipping import export_policy
+
+    return export_policy(run, "torchscript", tmp_path / "policy.pt")
+
+
+@pytest.mark.parametrize("reader", ["resume", "evaluate", "export"])
+def test_bit_flip_inside_tensor_bytes_is_one_line(finished, tmp_path, reader):
+    """Before: torch's zip reader does not check record CRCs: a flipped bit in a weight loaded silently and
+    the run resumed (or was evaluated, exported) with the wrong weight, exit 0."""
+    run = _copy(finished, tmp_path)
+    ckpt = run / "checkpoints"
+    for name in ("latest.pt", "step_40.pt"):  # the newest step_N.pt is damaged too: offer the one before
+        _flip_tensor_bit(ckpt / name)
+        torch.load(ckpt / name, weights_only=True)  # torch itself does not notice
+    read = {"resume": lambda: _resume(run), "evaluate": lambda: _load_policy(run, tmp_path),
+            "export": lambda: _export(run, tmp_path)}[reader]
+    with pytest.raises(UserError) as err:
+        read()
+    msg = str(err.value)
+    assert str(ckpt / "latest.pt") in msg and "CRC-32" in msg, msg
+    assert str(ckpt / "step_30.pt") in msg and "weights_only" not in msg, msg
+    assert not (tmp_path / "policy.pt").exists()
+
+
+def test_bit_flip_through_the_cli_is_one_line(finished, tmp_path, offrl_cli, assert_user_error):
+    run = _copy(finished, tmp_path)
+    _flip_tensor_bit(run / "checkpoints" / "latest.pt")
+    result = offrl_cli("eval", str(run), "--episodes", "1")
+    assert_user_error(result, str(run / "checkpoints" / "latest.pt"), "CRC-32", "step_40.pt")
+
+
+def test_bit_flip_in_a_memmap_checkpoint_is_refused(finished, tmp_path):
+    from offrl.trainers.checkpoint import load_checkpoint, save_checkpoint
+
+    state = torch.load(finished / "checkpoints" / "latest.pt", weights_only=True)
+    ckpt = save_checkpoint(state, tmp_path / "checkpoints" / "latest", backend="memmap")
+    assert load_checkpoint(ckpt)["step"] == STEPS
+    tensor = max(ckpt.rglob("*.memmap"), key=lambda p: p.stat().st_size)
+    data = bytearray(tensor.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tensor.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="CRC-32"):
+        load_checkpoint(ckpt)
+
+
+def test_checkpoint_without_a_checksum_still_resumes(finished, tmp_path):
+    """Checkpoints of offrl versions before the checksum: read unchecked, the resume is exact."""
+    run = _stopped_copy(finished, tmp_path)
+    latest = run / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=True)
+    state.pop(CHECKSUM_KEY, None)
+    torch.save(state, latest)
+    _resume(run)
+    ours, theirs = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True)["loss_module"]
+                    for r in (run, finished))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_damaged_config_is_one_line(finished, tmp_path):

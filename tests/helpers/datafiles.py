@@ -78,8 +78,10 @@ def write_minari(
     env: str | None = None,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
+    data_format: str = "hdf5",
 ) -> Path:
-    """A Minari 0.5 (hdf5) dataset under $MINARI_DATASETS_PATH, written by minari itself; returns its folder."""
+    """A Minari 0.5 dataset (``hdf5`` or ``arrow``) under $MINARI_DATASETS_PATH, written by minari itself;
+    returns its folder."""
     from minari import create_dataset_from_buffers
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
@@ -109,7 +111,7 @@ def write_minari(
             observation_space=observation_space,
             action_space=action_space,
             algorithm_name="test",
-            data_format="hdf5",
+            data_format=data_format,
             **kwargs,
         )
     return Path(os.environ["MINARI_DATASETS_PATH"]) / dataset_id
