@@ -9,6 +9,7 @@ its identity (length), never its contents: checkpoints stay small.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from offrl.data.layout import RowLayout
 from offrl.errors import UserError
 
-__all__ = ["DatasetStorage", "SubsetSampler", "make_replay_buffer", "SAMPLERS"]
+__all__ = ["DatasetStorage", "SubsetSampler", "make_replay_buffer", "sample_stacked", "SAMPLERS"]
 
 SAMPLERS = ("random", "without_replacement")
 _GPU_FILL = 0.8  # move the dataset to the GPU only if it takes at most this share of free memory
@@ -181,3 +182,43 @@ def make_replay_buffer(
     if per_batch_cast:
         rb.append_transform(lambda td: td.to(dev, non_blocking=True))
     return rb
+
+
+def _stackable(rb: Any) -> bool:
+    """Whether ``rb.sample()`` is a plain draw-and-gather that :func:`sample_stacked` can do for it."""
+    storage = getattr(rb, "_storage", None)
+    return (
+        isinstance(rb, TensorDictReplayBuffer)
+        and type(getattr(rb, "_sampler", None)) in (RandomSampler, SubsetSampler)
+        and isinstance(storage, DatasetStorage)
+        and storage._rows is not None
+        and storage._layout is not None
+        and not getattr(rb, "_prefetch_cap", 0)
+        and getattr(rb, "_sample_unit", None) is None
+        and not (rb._transform is not None and len(rb._transform))
+    )
+
+
+def sample_stacked(buffers: Sequence[Any]) -> TensorDictBase:
+    """One batch from each buffer, stacked: a TensorDict ``[len(buffers), batch_size]``.
+
+    Each buffer draws its indices with its own sampler and generator exactly as ``buffer.sample()`` would
+    (so each stream, its state and a resume are what they would be sampling alone); offrl's dataset buffers
+    are then read in one ``index_select`` on the packed rows they share. Any other buffer is sampled on its
+    own and the batches stacked. The ``index`` entry ``sample()`` adds is left out.
+    """
+    if all(_stackable(rb) for rb in buffers):
+        first = buffers[0]._storage
+        n, size = len(buffers), buffers[0]._batch_size
+        if all(rb._batch_size == size for rb in buffers):
+            indices = []
+            for rb in buffers:
+                index, _ = rb._sampler.sample(rb._storage, size)
+                indices.append(index.to(device=rb._storage.device, dtype=torch.long))
+            if all(rb._storage._rows is first._rows for rb in buffers):
+                rows = torch.index_select(first._rows, 0, torch.cat(indices))
+            else:
+                rows = torch.cat([torch.index_select(rb._storage._rows, 0, i) for rb, i in zip(buffers, indices, strict=True)])
+            return first._layout.view(rows).reshape(n, size)
+    batches = [rb.sample() for rb in buffers]
+    return torch.stack([b.exclude("index") for b in batches])
