@@ -289,9 +289,9 @@ class VectorizedSeeds:
                 except NonFiniteLossError as err:  # the other seeds finish this step, then stop
                     failed = failed or err
             if failed is not None:
-                self.request_stop("another seed diverged")
                 for t in trainers:
                     if t.stop_reason != "diverged":
+                        t.request_stop("another seed diverged")
                         t._checkpoint_now()
                 raise failed
             if self.stopped and first.step < first.offline_steps:
