@@ -222,7 +222,7 @@ def restore_run(path: Path, trainer: Any, latest: Path, cfg: Any, *, changed: bo
     elif (path / METRICS_FILE).exists():
         (path / METRICS_FILE).unlink()
     if changed:
-        meta = {k: saved_full[k] for k in ("versions", "created") if k in saved_full}
+        meta = {k: saved_full[k] for k in ("versions", "created", "vectorized_seeds") if k in saved_full}
         meta = OmegaConf.to_container(OmegaConf.create(meta)) if meta else {}
         meta.update({"command": list(command), "versions": package_versions()})
         write_text_atomic(path / CONFIG_FILE, config_to_yaml(cfg, meta))
