@@ -300,3 +300,6 @@ class VectorizedSeeds:
                 return
         for i, t in enumerate(trainers):
             yield from self._hooks(i, t._finish("offline"))
+        for t in trainers:  # every step is done: a signal during a seed's final evaluation stopped nothing
+            if t.stop_reason in ("SIGINT", "SIGTERM"):
+                t._stop_requested, t._stop_reason = False, None

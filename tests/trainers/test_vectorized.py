@@ -18,7 +18,8 @@ from offrl.trainers.vectorized import VectorizedSeeds
 
 SEEDS = (0, 3, 4)
 STEPS = 24
-COMMON = dict(offline_steps=STEPS, log_interval=5, eval_interval=10, save_trainer_interval=8, handle_signals=False)
+# rows every 4 steps, evaluations every 10: the stop at step 10 falls in the middle of a row
+COMMON = dict(offline_steps=STEPS, log_interval=4, eval_interval=10, save_trainer_interval=8, handle_signals=False)
 OBS = torch.tensor([[0.0, 0.1, -0.05, 0.2], [0.3, -0.2, 0.1, 0.0]])
 
 
@@ -138,7 +139,7 @@ def test_a_diverging_seed_stops_the_group_after_the_others_checkpoint(cartpole_m
         group.train()
     assert trainers[1].stop_reason == "diverged" and trainers[1].saved_step == -1
     for t in (trainers[0], trainers[2]):
-        assert t.stopped and t.saved_step == 5 and load_checkpoint(t.save_trainer_file)["step"] == 5
+        assert t.stopped and t.saved_step == 4 and load_checkpoint(t.save_trainer_file)["step"] == 4
 
 
 def test_refuses_seeds_it_cannot_batch(cartpole_medium, pendulum_medium, tmp_path):
