@@ -13,7 +13,8 @@ clock) and seed-updates per CPU-second of the processes (robust to other load on
 both, the CPU model, its ISA flags and the load average before and after (the machine may be shared).
 
 Usage: python benchmarks/vectorized_seeds.py [--algos dqn,discrete-cql] [--seeds 8] [--steps 400]
-       [--rounds 2] [--jobs J] [--threads T] [--dataset offrl/cartpole/medium-v0] [--device cpu|cuda]
+       [--rounds 2] [--jobs J] [--threads T] [--vectorized-threads T] [--dataset offrl/cartpole/medium-v0]
+       [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -95,10 +96,11 @@ def child(args: argparse.Namespace) -> None:
 
 
 def _spawn(args: argparse.Namespace, seeds: list[int], barrier: Path, vectorized: bool) -> subprocess.Popen:
+    threads = args.vectorized_threads if vectorized else args.threads
     cmd = [sys.executable, __file__, "--child", ",".join(map(str, seeds)), "--algos", args.algo,
-           "--steps", str(args.steps), "--threads", str(args.threads), "--dataset", args.dataset,
+           "--steps", str(args.steps), "--threads", str(threads), "--dataset", args.dataset,
            "--device", args.device, "--barrier", str(barrier)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return subprocess.Popen(cmd + (["--vectorized"] if vectorized else []), stdout=subprocess.PIPE, text=True,
                             env=env)
 
@@ -137,13 +139,17 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=400, help="timed steps per seed (after a warm-up)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="separate processes at a time")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of every process")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each separate process")
+    p.add_argument("--vectorized-threads", type=int, default=None, help="torch threads of the vectorized process "
+                   "(default: --threads)")
     p.add_argument("--dataset", default="offrl/cartpole/medium-v0")
     p.add_argument("--device", default="cpu")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--barrier", help=argparse.SUPPRESS)
     p.add_argument("--vectorized", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.vectorized_threads is None:
+        args.vectorized_threads = args.threads
     if args.child is not None:
         args.algo = args.algos
         child(args)
@@ -151,7 +157,8 @@ def main() -> int:
     from offrl.bench.environment import cpu_model, environment
 
     machine = {"cpu": cpu_model(), "isa": _isa_flags(), "cpu_count": os.cpu_count(), "load_before": _load(),
-               "jobs": args.jobs, "threads": args.threads, "device": args.device,
+               "jobs": args.jobs, "threads": args.threads, "vectorized_threads": args.vectorized_threads,
+               "device": args.device,
                "versions": environment()["versions"]}
     print(json.dumps({"machine": machine}), flush=True)
     summary = {}

@@ -26,7 +26,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from offrl.data.layout import RowLayout
 from offrl.errors import UserError
 
-__all__ = ["DatasetStorage", "SubsetSampler", "make_replay_buffer", "sample_stacked", "SAMPLERS"]
+__all__ = ["DatasetStorage", "StackedSampler", "SubsetSampler", "make_replay_buffer", "SAMPLERS"]
 
 SAMPLERS = ("random", "without_replacement")
 _GPU_FILL = 0.8  # move the dataset to the GPU only if it takes at most this share of free memory
@@ -185,7 +185,7 @@ def make_replay_buffer(
 
 
 def _stackable(rb: Any) -> bool:
-    """Whether ``rb.sample()`` is a plain draw-and-gather that :func:`sample_stacked` can do for it."""
+    """Whether ``rb.sample()`` is a plain draw-and-gather that :class:`StackedSampler` can do for it."""
     storage = getattr(rb, "_storage", None)
     return (
         isinstance(rb, TensorDictReplayBuffer)
@@ -199,26 +199,37 @@ def _stackable(rb: Any) -> bool:
     )
 
 
-def sample_stacked(buffers: Sequence[Any]) -> TensorDictBase:
-    """One batch from each buffer, stacked: a TensorDict ``[len(buffers), batch_size]``.
+class StackedSampler:
+    """Samples one batch from each of several buffers at once: a TensorDict ``[len(buffers), batch_size]``
+    (several seeds trained as one batched model, ``offrl train --vectorize``).
 
-    Each buffer draws its indices with its own sampler and generator exactly as ``buffer.sample()`` would
-    (so each stream, its state and a resume are what they would be sampling alone); offrl's dataset buffers
-    are then read in one ``index_select`` on the packed rows they share. Any other buffer is sampled on its
-    own and the batches stacked. The ``index`` entry ``sample()`` adds is left out.
+    Each buffer draws its indices with its own sampler and generator exactly as ``buffer.sample()`` would (so
+    each stream, its state and a resume are what they would be sampling alone); offrl's dataset buffers are
+    then read in one ``index_select`` on the packed rows they share. Any other buffer (prefetching,
+    transforms, another sampler or storage) is sampled on its own and the batches stacked. The ``index``
+    entry ``sample()`` adds is left out.
     """
-    if all(_stackable(rb) for rb in buffers):
-        first = buffers[0]._storage
-        n, size = len(buffers), buffers[0]._batch_size
-        if all(rb._batch_size == size for rb in buffers):
-            indices = []
-            for rb in buffers:
-                index, _ = rb._sampler.sample(rb._storage, size)
-                indices.append(index.to(device=rb._storage.device, dtype=torch.long))
-            if all(rb._storage._rows is first._rows for rb in buffers):
-                rows = torch.index_select(first._rows, 0, torch.cat(indices))
-            else:
-                rows = torch.cat([torch.index_select(rb._storage._rows, 0, i) for rb, i in zip(buffers, indices, strict=True)])
-            return first._layout.view(rows).reshape(n, size)
-    batches = [rb.sample() for rb in buffers]
-    return torch.stack([b.exclude("index") for b in batches])
+
+    def __init__(self, buffers: Sequence[Any]) -> None:
+        self.buffers = list(buffers)
+        sizes = {getattr(rb, "_batch_size", None) for rb in self.buffers}
+        self._fast = all(_stackable(rb) for rb in self.buffers) and len(sizes) == 1
+        if self._fast:
+            self._size = sizes.pop()
+            self._draws = [(rb._sampler, rb._storage) for rb in self.buffers]
+            first = self.buffers[0]._storage
+            self._rows = first._rows if all(s._rows is first._rows for _, s in self._draws) else None
+            self._layout = first._layout
+
+    def sample(self) -> TensorDictBase:
+        if not self._fast:
+            return torch.stack([rb.sample().exclude("index") for rb in self.buffers])
+        size = self._size
+        indices = [sampler.sample(storage, size)[0] for sampler, storage in self._draws]
+        if self._rows is not None:
+            index = torch.cat(indices).to(device=self._rows.device, dtype=torch.long)
+            rows = torch.index_select(self._rows, 0, index)
+        else:
+            rows = torch.cat([torch.index_select(storage._rows, 0, i.to(device=storage.device, dtype=torch.long))
+                              for (_, storage), i in zip(self._draws, indices, strict=True)])
+        return self._layout.view(rows.view(len(indices), size, rows.shape[-1]))

@@ -25,7 +25,7 @@ from tensordict import TensorDictBase
 from torchrl.objectives import HardUpdate, SoftUpdate
 
 from offrl.algos.stacked_q import StackedQLoss, stackable_reason
-from offrl.data.buffer import sample_stacked
+from offrl.data.buffer import StackedSampler
 from offrl.errors import UserError
 from offrl.trainers.loop import Trainer
 from offrl.trainers.metrics import NonFiniteLossError
@@ -277,8 +277,9 @@ class VectorizedSeeds:
     def _run(self) -> Iterator[tuple[int, int, dict[str, float]]]:
         trainers = self.trainers
         first = trainers[0]
+        sampler = StackedSampler([t.replay_buffer for t in trainers])
         while first.step < first.offline_steps:
-            batch = sample_stacked([t.replay_buffer for t in trainers])
+            batch = sampler.sample()
             values, q = self._update(batch)
             self._accumulate(values)
             failed: NonFiniteLossError | None = None

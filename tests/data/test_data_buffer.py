@@ -133,10 +133,10 @@ def test_subset_sampler_never_draws_outside_its_indices_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["random", "subset", "mixed"])
-def test_sample_stacked_draws_each_buffers_own_batches(ds, kind):
+def test_stacked_sampler_draws_each_buffers_own_batches(ds, kind):
     """Several seeds' buffers sampled at once (offrl train --vectorize): each row is the batch its buffer's
     sample() would draw, and each generator ends where sample() leaves it."""
-    from offrl.data.buffer import sample_stacked
+    from offrl.data.buffer import StackedSampler
 
     def buffers():
         subset = torch.arange(0, len(ds), 2)
@@ -148,8 +148,9 @@ def test_sample_stacked_draws_each_buffers_own_batches(ds, kind):
         return [ds.replay_buffer(16, seed=0), ds.replay_buffer(16, seed=1, sampler="without_replacement")]
 
     stacked, alone = buffers(), buffers()
+    sampler = StackedSampler(stacked)
     for _ in range(3):
-        batch = sample_stacked(stacked)
+        batch = sampler.sample()
         assert batch.batch_size == torch.Size([len(alone), 16])
         for i, rb in enumerate(alone):
             own = rb.sample().exclude("index")
