@@ -65,8 +65,9 @@ def test_a_vectorized_seed_trains_as_the_same_seed_alone(cartpole, tmp_path):
 
 
 def test_sigterm_then_vectorized_resume_equals_uninterrupted(cartpole, tmp_path):
-    steps = ["--steps", "600", "--set", "save_trainer_interval=50", "--set", "log_interval=10"]
-    args = ["train", "--dataset", cartpole, *steps, *BASE, "--seeds", "1,3", "--vectorize"]
+    steps = ["--steps", "600", "--set", "save_trainer_interval=50", "--set", "log_interval=10", "--batch-size", "16",
+             "--eval-every", "300", "--eval-episodes", "1", "--no-progress"]
+    args = ["train", "--dataset", cartpole, *steps, "--seeds", "1,3", "--vectorize"]
     algo = tmp_path / "cartpole-random" / "dqn"
     dqn = ["--algo", "dqn", *[a for s in [*TINY_DQN, "num_threads=1", "eval.final_episodes=2"] for a in ("--set", s)]]
     proc = subprocess.Popen([OFFRL, *args, *dqn, "--out", str(tmp_path), "--name", "t"], stdout=subprocess.PIPE,
