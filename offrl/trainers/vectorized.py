@@ -111,13 +111,15 @@ class VectorizedSeeds:
         maps = [self.loss.seed_params(i) for i in range(self.n)]
         first = opts[0]
         groups = []
+        if any(len(opt.param_groups) != len(first.param_groups) for opt in opts):
+            raise UserError("--vectorize: every seed's optimizer must have the same parameter groups")
         for g, group in enumerate(first.param_groups):
             hyper = {k: v for k, v in group.items() if k != "params"}
             stacked = [maps[0].get(id(p)) for p in group["params"]]
             for i, opt in enumerate(opts):
-                other = opt.param_groups[g] if g < len(opt.param_groups) else {"params": []}
-                if ({k: v for k, v in other.items() if k != "params"} != hyper or len(opt.param_groups) != len(
-                        first.param_groups) or [maps[i].get(id(p)) for p in other["params"]] != stacked):
+                other = opt.param_groups[g]
+                same = {k: v for k, v in other.items() if k != "params"} == hyper
+                if not same or [maps[i].get(id(p)) for p in other["params"]] != stacked:
                     raise UserError("--vectorize: every seed's optimizer must cover its Q-network with the same "
                                     "settings")
             if any(s is None for s in stacked):
@@ -127,9 +129,9 @@ class VectorizedSeeds:
         for g, group in enumerate(optimizer.param_groups):
             for j, leaf in enumerate(group["params"]):
                 own = [opt.param_groups[g]["params"][j] for opt in opts]
-                optimizer.state[leaf] = state = self._stack_state([opt.state.get(p, {}) for opt, p in zip(opts, own, strict=True)],
-                                                                  leaf, group)
-                for i, (opt, p) in enumerate(zip(opts, own, strict=True)):
+                states = [opt.state.get(p, {}) for opt, p in zip(opts, own, strict=True)]
+                optimizer.state[leaf] = state = self._stack_state(states, leaf, group)
+                for i, (opt, p) in enumerate(zip(opts, own, strict=True)):  # each seed's state: its slice
                     opt.state[p] = {k: (v if k == "step" else v[i]) for k, v in state.items()}
         return optimizer
 
