@@ -42,6 +42,12 @@ class FusedQMixin(ParamCache):
             self._q_obs_key = unravel_key(found[1].in_keys[0])
 
     @property
+    def q_plan(self) -> tuple[Plan, NestedKey] | None:
+        """The Q-network as a plan over ``value_network_params`` and the observation key it reads; None
+        when the network is not the plain MLP the fast path runs."""
+        return None if self._q_plan is None else (self._q_plan, self._q_obs_key)
+
+    @property
     def fast_path(self) -> bool:
         """Whether :meth:`forward` can take the fast path (otherwise the parent loss's forward runs)."""
         est = self._value_estimator
@@ -52,7 +58,7 @@ class FusedQMixin(ParamCache):
             and not est.average_rewards
         )
 
-    def _fast_path_ok(self, tensordict: TensorDictBase) -> bool:
+    def fast_path_for(self, tensordict: TensorDictBase) -> bool:
         """:attr:`fast_path` for this batch: one batch dimension, no multi-step or priority-weight keys."""
         keys = self.tensor_keys
         extra = [self.value_estimator.tensor_keys.steps_to_next_obs]
@@ -105,7 +111,7 @@ class FusedDQNLoss(FusedQMixin, DQNLoss):
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        if not self._fast_path_ok(tensordict):
+        if not self.fast_path_for(tensordict):
             return super().forward(tensordict)
         _, q_a, target = self._q_terms(tensordict)
         tensordict.set(self.tensor_keys.priority, (q_a - target).pow(2).detach().unsqueeze(-1), inplace=True)

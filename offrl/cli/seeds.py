@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from offrl.cli.children import ChildProcess, sigterm_as_interrupt, start_child
+from offrl.cli.children import MILESTONES, ChildProcess, sigterm_as_interrupt, start_child
 from offrl.cli.format import fmt
 from offrl.errors import UserError
 
-__all__ = ["seed_list", "run_seeds"]
+__all__ = ["seed_list", "run_seeds", "run_vectorized"]
 
 # Options that --seeds sets itself for each child, or that make no sense with it.
-_NOT_FORWARDED = {"help", "seeds", "jobs", "seed", "name", "no_progress", "func", "train_parser"}
+_NOT_FORWARDED = {"help", "seeds", "jobs", "seed", "name", "no_progress", "func", "train_parser", "vectorize"}
 
 
 def seed_list(text: str) -> list[int]:
@@ -189,6 +189,70 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     if runs:
         _aggregate(args, runs, stamp, len(seeds))
     return 0 if len(runs) == len(seeds) else 1
+
+
+def run_vectorized(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    """``--seeds N --vectorize`` (or ``--vectorize --resume RUN_DIR ...``): the seeds as one batched model in
+    this process (offrl.runs.vectorized); prints each seed's score line, then the aggregate, as --seeds does."""
+    from offrl.cli.format import score_line
+    from offrl.runs.vectorized import resume_vectorized, train_vectorized
+
+    if args.resume is not None and not args.vectorize:
+        raise UserError("--resume: several run folders continue together only with --vectorize (seeds trained as "
+                        "one batched model); otherwise resume each on its own")
+    if args.jobs is not None:
+        raise UserError("--jobs: --vectorize trains every seed in this one process; drop --jobs")
+    if args.seed is not None:
+        raise UserError(f"--seed {args.seed}: give the seeds to --seeds instead (e.g. --seeds 0,1,2)")
+    milestones = iter(MILESTONES)
+    next_milestone = next(milestones)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+    def started(path: Path) -> None:
+        print(f"offrl: {'resuming' if args.resume else 'training'} in {path}", file=sys.stderr, flush=True)
+
+    def progress(step: int, planned: int) -> None:
+        nonlocal next_milestone
+        if next_milestone is not None and planned and step >= next_milestone * planned:
+            print(f"seeds {label}: step {step} of {planned} ({100 * step // planned}%)", flush=True)
+            while next_milestone is not None and step >= next_milestone * planned:
+                next_milestone = next(milestones, None)
+
+    common = dict(dotlist=args.dotlist, command=["offrl", *sys.argv[1:]], on_start=started, on_progress=progress,
+                  select=args.select, **{k: v for k, v in kwargs.items() if k != "seed"})
+    if args.resume is not None:
+        given = [f"--{k}" for k in ("dataset", "algo", "config", "name", "out", "seeds")
+                 if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"{given[0]}: not with --vectorize --resume (the runs keep their own); drop it")
+        label = f"of {len(args.resume)} runs"
+        print(f"offrl: resuming {len(args.resume)} runs as one batched model in this process", flush=True)
+        runs = resume_vectorized(args.resume, force=args.force, **common)
+    else:
+        if args.seeds is None:
+            raise UserError("--vectorize: trains several seeds as one batched model; give --seeds N (or --resume "
+                            "the run folders of such seeds)")
+        seeds = args.seeds
+        label = ",".join(map(str, seeds))
+        print(f"offrl: {len(seeds)} seeds ({', '.join(map(str, seeds))}) as one batched model in this process",
+              flush=True)
+        runs = train_vectorized(args.dataset, args.algo, seeds=seeds, names=[_name(args, s, stamp) for s in seeds],
+                                config=args.config, out=args.out, **common)
+    summaries = [run.summary for run in runs]
+    stopped = [s for s in summaries if s.get("status") == "stopped"]
+    if stopped:
+        reason = stopped[0].get("stop_reason") or "a signal"
+        print(f"offrl: stopped by {reason} at step {stopped[0].get('steps')}, checkpoints saved; continue with: "
+              f"offrl train --vectorize --resume {' '.join(str(r.dir) for r in runs)} (or each run on its own: "
+              "offrl train --resume RUN_DIR)", file=sys.stderr)
+        return 130
+    for run, summary in zip(runs, summaries, strict=True):
+        interval = (run.config.get("eval") or {}).get("interval")
+        print(f"seed {summary.get('seed')}: {run.dir}\n  {score_line(summary, eval_interval=interval)}", flush=True)
+    done = [run.dir for run, summary in zip(runs, summaries, strict=True) if summary.get("status") == "completed"]
+    if done:
+        _aggregate(args, done, stamp, len(runs))
+    return 0 if len(done) == len(runs) else 1
 
 
 def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: int) -> None:

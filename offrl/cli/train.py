@@ -20,6 +20,7 @@ examples:
   offrl train --dataset offrl/pendulum/medium-v0
   offrl train --dataset offrl/cartpole/medium-v0 --algo dqn --steps 20000 --seed 1
   offrl train --dataset offrl/pendulum/medium-v0 --seeds 5        (5 seeds in parallel, mean and 95% CI)
+  offrl train --dataset offrl/cartpole/medium-v0 --seeds 8 --vectorize   (8 seeds as one batched model)
   offrl train --dataset d4rl-hopper.hdf5 --set cql.min_q_weight=5 --set eval.seed=100
   offrl train --config runs/<dataset>/<algo>/<name>/config.yaml --name repro   (reproduce a run)
   offrl train --resume runs/<dataset>/<algo>/<name>                            (continue a stopped run)
@@ -84,8 +85,9 @@ def register(subparsers: Any) -> None:
                    help="override one config key, type-checked (repeatable), e.g. --set cql.min_q_weight=5")
     p.add_argument("--out", metavar="DIR", help="runs folder (default $OFFRL_RUNS or ./runs)")
     p.add_argument("--name", metavar="NAME", help="run name (default seed<S>-<UTC timestamp>)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run from its latest checkpoint (same config; see --force)")
+    p.add_argument("--resume", metavar="RUN_DIR", nargs="+",
+                   help="continue a run from its latest checkpoint (same config; see --force); several run folders "
+                        "of a --vectorize group continue together with --vectorize")
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept a changed config (e.g. more --steps) or changed dataset")
     p.add_argument("--logger", choices=("csv", "tensorboard", "wandb"), default=None,
@@ -110,13 +112,19 @@ def register(subparsers: Any) -> None:
                    help="Cal-QL: calibrate CQL's penalty by the Monte-Carlo return (online.calql)")
     g.add_argument("--async-collection", action="store_true", default=None,
                    help="collect in worker processes while updating (async_collection; not bit-reproducible)")
-    s = p.add_argument_group("several seeds (one run folder each, in parallel processes, then one report)")
+    s = p.add_argument_group("several seeds (one run folder each, in parallel processes or, with --vectorize, as one "
+                             "batched model; then one report)")
     s.add_argument("--seeds", type=_seed_list, metavar="N|S1,S2,...",
                    help="train seeds 0..N-1 (or the listed seeds), each as its own run; prints each score and the "
                         "mean with a bootstrap 95%% CI, and writes <tag>-report/index.html beside the runs")
     s.add_argument("--jobs", type=positive_int, metavar="J",
                    help="with --seeds: runs at a time (default: one per CPU core); the cores are shared out as "
                         "torch threads (config num_threads) unless the config sets num_threads")
+    s.add_argument("--vectorize", action="store_true",
+                   help="with --seeds: train the seeds as one batched model in this process (DQN and discrete CQL, "
+                        "offline): each seed keeps its own initialisation, sampler stream, optimizer state, target "
+                        "network and run folder, at several times the updates/s of separate processes for small "
+                        "networks (docs/seeds.md); with --resume RUN_DIR ...: continue such seeds together")
     p.set_defaults(func=run, train_parser=p)
 
 
@@ -156,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("--dataset: required (e.g. --dataset offrl/pendulum/medium-v0), or --config / --resume, "
                         "or --env ID --online-steps N to train online from scratch")
+    if args.vectorize or (args.resume is not None and len(args.resume) > 1):
+        from offrl.cli.seeds import run_vectorized
+
+        return run_vectorized(args, _config_kwargs(args))
     if args.seeds is not None:
         from offrl.cli.seeds import run_seeds
 
@@ -180,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         dotlist=args.dotlist,
         out=args.out,
         name=args.name,
-        resume=args.resume,
+        resume=args.resume[0] if args.resume else None,
         force=args.force,
         command=["offrl", *sys.argv[1:]],
         on_start=started,

@@ -47,7 +47,7 @@ __all__ = [
 ALGOS = ("cql", "discrete-cql", "dqn", *MARL_ALGOS)
 ALGO_CHOICES = ("auto", *ALGOS)
 #: Keys of a run's config.yaml that record the run rather than configure it (ignored when loaded).
-METADATA_KEYS = ("versions", "command", "created", "run", "config_origins", "defaults_from_data")
+METADATA_KEYS = ("versions", "command", "created", "run", "config_origins", "defaults_from_data", "vectorized_seeds")
 #: Section holding each algorithm's hyperparameters.
 ALGO_SECTION = {"cql": "cql", "discrete-cql": "discrete_cql", "dqn": "dqn", **dict.fromkeys(MARL_ALGOS, "mixing")}
 #: ``dataset.id`` of a run trained online from scratch: ``env:<ENV_ID>``.

@@ -9,6 +9,7 @@ its identity (length), never its contents: checkpoints stay small.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from offrl.data.layout import RowLayout
 from offrl.errors import UserError
 
-__all__ = ["DatasetStorage", "SubsetSampler", "make_replay_buffer", "SAMPLERS"]
+__all__ = ["DatasetStorage", "StackedSampler", "SubsetSampler", "make_replay_buffer", "SAMPLERS"]
 
 SAMPLERS = ("random", "without_replacement")
 _GPU_FILL = 0.8  # move the dataset to the GPU only if it takes at most this share of free memory
@@ -181,3 +182,54 @@ def make_replay_buffer(
     if per_batch_cast:
         rb.append_transform(lambda td: td.to(dev, non_blocking=True))
     return rb
+
+
+def _stackable(rb: Any) -> bool:
+    """Whether ``rb.sample()`` is a plain draw-and-gather that :class:`StackedSampler` can do for it."""
+    storage = getattr(rb, "_storage", None)
+    return (
+        isinstance(rb, TensorDictReplayBuffer)
+        and type(getattr(rb, "_sampler", None)) in (RandomSampler, SubsetSampler)
+        and isinstance(storage, DatasetStorage)
+        and storage._rows is not None
+        and storage._layout is not None
+        and not getattr(rb, "_prefetch_cap", 0)
+        and getattr(rb, "_sample_unit", None) is None
+        and not (rb._transform is not None and len(rb._transform))
+    )
+
+
+class StackedSampler:
+    """Samples one batch from each of several buffers at once: a TensorDict ``[len(buffers), batch_size]``
+    (several seeds trained as one batched model, ``offrl train --vectorize``).
+
+    Each buffer draws its indices with its own sampler and generator exactly as ``buffer.sample()`` would (so
+    each stream, its state and a resume are what they would be sampling alone); offrl's dataset buffers are
+    then read in one ``index_select`` on the packed rows they share. Any other buffer (prefetching,
+    transforms, another sampler or storage) is sampled on its own and the batches stacked. The ``index``
+    entry ``sample()`` adds is left out.
+    """
+
+    def __init__(self, buffers: Sequence[Any]) -> None:
+        self.buffers = list(buffers)
+        sizes = {getattr(rb, "_batch_size", None) for rb in self.buffers}
+        self._fast = all(_stackable(rb) for rb in self.buffers) and len(sizes) == 1
+        if self._fast:
+            self._size = sizes.pop()
+            self._draws = [(rb._sampler, rb._storage) for rb in self.buffers]
+            first = self.buffers[0]._storage
+            self._rows = first._rows if all(s._rows is first._rows for _, s in self._draws) else None
+            self._layout = first._layout
+
+    def sample(self) -> TensorDictBase:
+        if not self._fast:
+            return torch.stack([rb.sample().exclude("index") for rb in self.buffers])
+        size = self._size
+        indices = [sampler.sample(storage, size)[0] for sampler, storage in self._draws]
+        if self._rows is not None:
+            index = torch.cat(indices).to(device=self._rows.device, dtype=torch.long)
+            rows = torch.index_select(self._rows, 0, index)
+        else:
+            rows = torch.cat([torch.index_select(storage._rows, 0, i.to(device=storage.device, dtype=torch.long))
+                              for (_, storage), i in zip(self._draws, indices, strict=True)])
+        return self._layout.view(rows.view(len(indices), size, rows.shape[-1]))

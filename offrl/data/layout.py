@@ -124,8 +124,9 @@ class RowLayout:
 
     # ------------------------------------------------------------------ torch side (reading)
     def view(self, rows: torch.Tensor) -> TensorDict:
-        """The TED TensorDict of strided views into ``rows`` (``uint8 [n, row_bytes]``); no copy."""
-        n = rows.shape[0]
+        """The TED TensorDict of strided views into ``rows`` (``uint8 [..., row_bytes]``, batch dimensions
+        ``rows.shape[:-1]``: ``[n]``, or ``[seeds, n]`` for several seeds' batches); no copy."""
+        lead = tuple(rows.shape[:-1])
         typed: dict[Any, torch.Tensor] = {}
         root: dict[str, Any] = {}
         for key, dtype, start, numel, shape in self._views:
@@ -133,16 +134,16 @@ class RowLayout:
             if t is None:
                 t = typed[dtype] = rows.view(dtype)
             if not shape:
-                leaf = t.select(1, start)
+                leaf = t.select(-1, start)
             elif len(shape) == 1:
-                leaf = t.narrow(1, start, numel)  # already [n, numel]: no reshape needed
+                leaf = t.narrow(-1, start, numel)  # already [..., numel]: no reshape needed
             else:
-                leaf = t.narrow(1, start, numel).view(n, *shape)
+                leaf = t.narrow(-1, start, numel).view(*lead, *shape)
             node = root
             for part in key[:-1]:
                 node = node.setdefault(part, {})
             node[key[-1]] = leaf
-        return _to_td(root, rows.shape[:1], rows.device)
+        return _to_td(root, rows.shape[:-1], rows.device)
 
 
 _TD: Any = None  # tensordict.TensorDict, imported on first use

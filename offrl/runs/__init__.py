@@ -6,6 +6,8 @@ policy. ``offrl train``, ``offrl eval``, ``--seeds`` and the Python API all go t
 * :mod:`~offrl.runs.assemble`: config + source -> algorithm parts, replay buffer, evaluator, online phase,
   trainer.
 * :mod:`~offrl.runs.training`: :func:`train` (new runs and ``resume=``).
+* :mod:`~offrl.runs.vectorized`: :func:`train_vectorized` / :func:`resume_vectorized` (several seeds as one
+  batched model, ``--seeds N --vectorize``).
 * :mod:`~offrl.runs.rundir`: the run directory's layout, atomic creation, and :class:`Run` to read it back.
 * :mod:`~offrl.runs.metrics_log`: the tidy ``metrics.csv`` logger and :func:`read_metrics`.
 * :mod:`~offrl.runs.summary`: ``summary.json`` and ``report.html``.
@@ -29,6 +31,8 @@ _WHERE = {
     "evaluate_checkpoint": "offrl.runs.policy",
     "load_policy": "offrl.runs.policy",
     "read_metrics": "offrl.runs.metrics_log",
+    "train_vectorized": "offrl.runs.vectorized",
+    "resume_vectorized": "offrl.runs.vectorized",
 }
 
 __all__ = [
@@ -40,7 +44,9 @@ __all__ = [
     "evaluate_checkpoint",
     "load_policy",
     "read_metrics",
+    "resume_vectorized",
     "train",
+    "train_vectorized",
 ]
 
 if TYPE_CHECKING:
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
     from offrl.runs.policy import LoadedPolicy, evaluate_checkpoint, load_policy
     from offrl.runs.rundir import Run
     from offrl.runs.training import train
+    from offrl.runs.vectorized import resume_vectorized, train_vectorized
 
 
 def __getattr__(name: str) -> Any:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 # offrl.runs.assemble / compose / metrics_log import torch and torchrl (seconds): they are imported inside the
 # functions, after the checks that need neither, so a mistyped --resume or --out fails at once.
 
-__all__ = ["restore_run", "train"]
+__all__ = ["apply_select", "check_select", "restore_run", "run_ended", "run_started", "train"]
 
 
 def train(
@@ -98,7 +98,7 @@ def train(
         shown = ", ".join([repr(str(dataset))] + [f"{k}={v!r}" for k, v in overrides.items()])
         command = [f"offrl.train({shown})"]
     if resume is not None:
-        return _selected(_resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
+        return apply_select(_resume(Path(resume), dataset=dataset, algo=algo, config=config, dotlist=dotlist,
                                  overrides=values, force=force, command=command, on_start=on_start,
                                  select=select), select)
     from offrl.runs.compose import (
@@ -127,7 +127,7 @@ def train(
     if path.exists():
         raise UserError(f"--name {run_name}: run folder {path} already exists; pick another --name or --resume it")
     check_logger_available(cfg.logger)
-    _check_select(select, cfg, data)
+    check_select(select, cfg, data)
 
     # Build everything before the folder exists: a bad input then leaves nothing behind. The logger and
     # the checkpoint path point into the future folder; neither writes before training starts.
@@ -146,10 +146,10 @@ def train(
         run = _train_in(path, cfg, parts, logger, resumed=0, on_start=on_start)
     finally:
         lock.release()
-    return _selected(run, select)
+    return apply_select(run, select)
 
 
-def _check_select(select: str | None, cfg: TrainerConfig, data: Any) -> None:
+def check_select(select: str | None, cfg: TrainerConfig, data: Any) -> None:
     """``--select fqe`` needs a dataset and kept checkpoints: say so before anything is trained."""
     if select is None:
         return
@@ -160,7 +160,7 @@ def _check_select(select: str | None, cfg: TrainerConfig, data: Any) -> None:
                         "--set keep_checkpoints=false")
 
 
-def _selected(run: Run, select: str | None) -> Run:
+def apply_select(run: Run, select: str | None) -> Run:
     """Add ``selected`` to a finished run's summary.json (``--select fqe``)."""
     if select is None or run.summary.get("status") != "completed":
         return run
@@ -200,7 +200,7 @@ def _resume_locked(path: Path, *, dataset: Any, algo: str | None, config: Any, d
                                  overrides=overrides, force=force)
     cfg = resumed_cfg.cfg
     check_logger_available(cfg.logger)
-    _check_select(select, cfg, resumed_cfg.dataset)
+    check_select(select, cfg, resumed_cfg.dataset)
     logger = TidyCSVLogger(path.name, path) if cfg.enable_logging else None
     latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
     parts = build_components(cfg, dataset=resumed_cfg.dataset, env_id=resumed_cfg.env_id, logger=logger,
@@ -225,28 +225,50 @@ def restore_run(path: Path, trainer: Any, latest: Path, cfg: Any, *, changed: bo
     elif (path / METRICS_FILE).exists():
         (path / METRICS_FILE).unlink()
     if changed:
-        meta = {k: saved_full[k] for k in ("versions", "created") if k in saved_full}
+        meta = {k: saved_full[k] for k in ("versions", "created", "vectorized_seeds") if k in saved_full}
         meta = OmegaConf.to_container(OmegaConf.create(meta)) if meta else {}
         meta.update({"command": list(command), "versions": package_versions()})
         write_text_atomic(path / CONFIG_FILE, config_to_yaml(cfg, meta))
 
 
-def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, resumed: int,
-              on_start: Callable[[Path], None] | None) -> Run:
-    """Train, then write ``summary.json`` (whatever happened) and the report."""
+def run_started(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, resumed: int,
+                on_start: Callable[[Path], None] | None) -> int:
+    """A run folder's training begins: mirrors attached, ``on_start`` called, summary.json ``running``;
+    returns the step it starts from."""
     from offrl.runs.metrics_log import attach_mirrors
-    from offrl.trainers import NonFiniteLossError
 
     if logger is not None:
         attach_mirrors(logger, cfg.logger, path, path.name)
-    trainer = parts.trainer
     if on_start is not None:
         on_start(path)
-    start_step = int(trainer.step)
-    t0 = time.perf_counter()
-    status = "crashed"
+    start_step = int(parts.trainer.step)
     write_json_atomic(path / SUMMARY_FILE, run_summary(path, cfg, parts, "running", start_step, start_step, 0.0,
                                                        logger, resumed))
+    return start_step
+
+
+def run_ended(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, status: str,
+              start_step: int, seconds: float, resumed: int) -> None:
+    """A run folder's training ended (whatever happened): the logger closed, summary.json written."""
+    trainer = parts.trainer
+    if logger is not None:
+        logger.close()
+    # A run that did not complete is where its checkpoint is (a second Ctrl-C, a crash, a NaN loss stop
+    # mid-interval): summary.json and the checkpoint agree on the step --resume starts from.
+    step = int(trainer.step) if status == "completed" else max(int(getattr(trainer, "saved_step", -1)), 0)
+    write_json_atomic(path / SUMMARY_FILE, run_summary(path, cfg, parts, status, start_step, step, seconds, logger,
+                                                       resumed))
+
+
+def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger | None, *, resumed: int,
+              on_start: Callable[[Path], None] | None) -> Run:
+    """Train, then write ``summary.json`` (whatever happened) and the report."""
+    from offrl.trainers import NonFiniteLossError
+
+    trainer = parts.trainer
+    start_step = run_started(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
+    t0 = time.perf_counter()
+    status = "crashed"
     try:
         trainer.train()
         status = "stopped" if getattr(trainer, "stopped", False) else "completed"
@@ -261,12 +283,7 @@ def _train_in(path: Path, cfg: TrainerConfig, parts: Any, logger: TidyCSVLogger 
         status = "stopped"
         raise
     finally:
-        if logger is not None:
-            logger.close()
-        # A run that did not complete is where its checkpoint is (a second Ctrl-C, a crash, a NaN loss stop
-        # mid-interval): summary.json and the checkpoint agree on the step --resume starts from.
-        step = int(trainer.step) if status == "completed" else max(int(getattr(trainer, "saved_step", -1)), 0)
-        write_json_atomic(path / SUMMARY_FILE, run_summary(path, cfg, parts, status, start_step, step,
-                                                           time.perf_counter() - t0, logger, resumed))
+        run_ended(path, cfg, parts, logger, status=status, start_step=start_step,
+                  seconds=time.perf_counter() - t0, resumed=resumed)
     write_report(path)
     return Run(path)

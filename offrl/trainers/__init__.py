@@ -3,7 +3,8 @@
 :class:`Trainer` (the loop, :mod:`~offrl.trainers.loop`) is built from the update step
 (:mod:`~offrl.trainers.update`), the metrics (:mod:`~offrl.trainers.metrics`) and the state
 (:mod:`~offrl.trainers.state`, :mod:`~offrl.trainers.checkpoint`); :class:`CQLTrainer` and
-:class:`DQNTrainer` say how their losses combine.
+:class:`DQNTrainer` say how their losses combine. :class:`VectorizedSeeds` (:mod:`~offrl.trainers.vectorized`)
+drives several seeds' trainers as one batched model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from offrl.trainers.cql import CQLTrainer
 from offrl.trainers.dqn import DQNTrainer
 from offrl.trainers.loop import EvalFn, Trainer
 from offrl.trainers.metrics import NonFiniteLossError
+from offrl.trainers.vectorized import VectorizedSeeds
 
 __all__ = [
     "CQLTrainer",
@@ -20,6 +22,7 @@ __all__ = [
     "EvalFn",
     "NonFiniteLossError",
     "Trainer",
+    "VectorizedSeeds",
     "ckpt_backend",
     "load_checkpoint",
     "save_checkpoint",

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from offrl.errors import UserError
 from offrl.trainers.metrics import PHASES, TrainerMetrics
+from offrl.trainers.signals import install_stop_handlers
 from offrl.trainers.state import TrainerState, rng_state, set_rng_state
 from offrl.trainers.update import UpdateStep, tune_allocator
 
@@ -262,9 +261,19 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
 
     def iterate(self) -> Iterator[tuple[int, dict[str, float]]]:
         """Train, yielding ``(step, row)`` for each logged row (the loop behind :meth:`train`)."""
+        restore = (install_stop_handlers(self.request_stop, lambda: self._stop_requested)
+                   if self.handle_signals else lambda: None)
+        self._begin()
+        try:
+            yield from self._run()
+        finally:
+            self._pbar.close()
+            restore()
+
+    def _begin(self) -> None:
+        """Start a training session: stop flags cleared, the plan, the progress bar and the row clock."""
         from tqdm.auto import tqdm
 
-        restore = self._install_signal_handlers()
         self._stop_requested = False
         self._stop_reason = None
         self._planned = self.planned_steps()
@@ -272,11 +281,6 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
                           desc=self.display_name, unit="step", dynamic_ncols=True, leave=False)
         self._t_row = time.perf_counter()
         self._step_row = self._step
-        try:
-            yield from self._run()
-        finally:
-            self._pbar.close()
-            restore()
 
     def _run(self) -> Iterator[tuple[int, dict[str, float]]]:
         # offline phase
@@ -309,8 +313,10 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
                         break
             if hasattr(self.collector, "shutdown"):
                 self.collector.shutdown()
-        # the end: flush a partial row, a final evaluation, a final checkpoint
-        phase = "online" if self.collector is not None else "offline"
+        yield from self._finish("online" if self.collector is not None else "offline")
+
+    def _finish(self, phase: str) -> Iterator[tuple[int, dict[str, float]]]:
+        """The end of a run: flush a partial row, a final evaluation, a final checkpoint."""
         row: dict[str, float] = {}
         if self._acc_n:
             row.update(self._flush_metrics())
@@ -367,15 +373,23 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             metrics = {k: v.detach() for k, v in metrics.items()}
         else:
             metrics = self._update(batch)
+        self._accumulate(metrics)
+        yield from self._step_done(batch, phase)
+
+    def _row_due(self, step: int) -> bool:
+        """Whether gradient step ``step`` ends a logged row (every ``log_interval``, and the last step)."""
+        return step % self.log_interval == 0 or step == self._planned
+
+    def _step_done(self, batch: TensorDictBase, phase: str) -> Iterator[tuple[int, dict[str, float]]]:
+        """After an update whose metrics are accumulated: count it, then log / evaluate / checkpoint as due."""
         self._last_batch = batch  # for statistics computed only when a row is logged (_row_stats)
         self._step += 1
         self._pbar.update(1)
-        self._accumulate(metrics)
 
         step = self._step
         last = step == self._planned  # the last step logs its partial interval and evaluates, in one row
         row: dict[str, float] = {}
-        if step % self.log_interval == 0 or last:
+        if self._row_due(step):
             row.update(self._flush_metrics())
             if not self._check_finite(row, raise_=False):
                 self._emit(row, phase)  # the row that shows it, then stop without a checkpoint
@@ -393,6 +407,8 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         """Run the evaluator with RNG states restored after (the last evaluation: ``evaluator.final``)."""
         t0 = time.perf_counter()
         saved = rng_state()
+        if self._held_rng is not None:  # a trainer of a batched group evaluates from its own RNG state
+            set_rng_state(self._held_rng)
         evaluate = getattr(self.evaluator, "final", None) if final else None
         try:
             with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
@@ -424,27 +440,3 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             postfix["eval"] = f"{self.last_eval[eval_key]:.1f}"
         self._pbar.set_postfix(postfix, refresh=False)
         self._timings["log"] += time.perf_counter() - t0
-
-    # ---------------------------------------------------------------------------------------- signals
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        """SIGINT/SIGTERM -> request_stop (checkpoint, clean exit); a second signal aborts."""
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop_requested:  # the second Ctrl-C: give up now
-                for sig, old in previous.items():
-                    signal.signal(sig, old)
-                raise KeyboardInterrupt
-            self.request_stop(signal.Signals(signum).name)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
-

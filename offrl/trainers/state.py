@@ -13,7 +13,7 @@ import torch
 from offrl.errors import UserError, root_cause_line
 from offrl.trainers.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["CHECKPOINT_FORMAT", "TrainerState", "rng_state", "set_rng_state"]
+__all__ = ["CHECKPOINT_FORMAT", "TrainerState", "own_storage", "rng_state", "set_rng_state"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -47,10 +47,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 
+def own_storage(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples) with every tensor that views a larger storage copied into its own.
+
+    ``torch.save`` writes a view's whole storage: a seed's parameters and optimizer moments in a batched
+    group (:mod:`offrl.trainers.vectorized`) are slices of every seed's stacked tensors, and its checkpoint
+    must hold only its own.
+    """
+    if isinstance(obj, torch.Tensor):
+        if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size():
+            return obj.detach().clone()
+        return obj
+    if isinstance(obj, dict):
+        return type(obj)((k, own_storage(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(own_storage(v) for v in obj)
+    return obj
+
+
 class TrainerState:
     """Checkpointing of a :class:`~offrl.trainers.Trainer` (a mixin: ``self`` is the trainer)."""
 
     _algo_name = "offrl"
+    _held_rng: dict[str, Any] | None = None
+
+    def hold_rng(self) -> None:
+        """Keep the process RNG state as this trainer's own from now on: its checkpoints record it and its
+        evaluations start from it. For trainers that share a process (a batched group of seeds), where the
+        process RNG belongs to none of them; call it right after building (or loading) the trainer."""
+        self._held_rng = rng_state()
 
     def _replay_buffer_state(self) -> dict[str, Any]:
         """The buffer's own ``state_dict()`` (sampler, writer, generator, prefetch; the storage's state: only
@@ -83,14 +108,14 @@ class TrainerState:
             "updates_left": self._updates_left,
             "step_tensor": self._step_t.detach().cpu().clone(),
             "last_eval_step": self._last_eval_step,
-            "loss_module": self.loss_module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "loss_module": own_storage(self.loss_module.state_dict()),
+            "optimizer": own_storage(self.optimizer.state_dict()),
             "target_net_updater": {"counter": int(getattr(updater, "counter", 0) or 0)},
             "greedy_module": self.greedy_module.state_dict() if self.greedy_module is not None else {},
             "replay_buffer": self._replay_buffer_state(),
             # offrl's GuardedCollector: env + episode in progress (exact online resume, offrl.online.collect)
             "collector": self.collector.resume_state() if hasattr(self.collector, "resume_state") else {},
-            "rng": rng_state(),
+            "rng": self._held_rng if self._held_rng is not None else rng_state(),
             "metrics_acc": {"n": self._acc_n, "sums": {k: v.detach().cpu() for k, v in self._acc_sums().items()}},
             "logger": self.logger.state_dict() if hasattr(self.logger, "state_dict") else {},
         }
@@ -131,6 +156,8 @@ class TrainerState:
         if state.get("logger") and hasattr(self.logger, "load_state_dict"):
             self.logger.load_state_dict(state["logger"])
         set_rng_state(state["rng"])
+        if self._held_rng is not None:
+            self._held_rng = rng_state()
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write a checkpoint (atomically) to ``path`` or ``save_trainer_file``; with ``keep_checkpoints``

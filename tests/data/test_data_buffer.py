@@ -130,3 +130,33 @@ def test_subset_sampler_never_draws_outside_its_indices_and_resumes(tmp_path):
     rb2.load_state_dict(state)
     for want in expected:
         assert torch.equal(rb2.sample()["observation"], want)
+
+
+@pytest.mark.parametrize("kind", ["random", "subset", "mixed"])
+def test_stacked_sampler_draws_each_buffers_own_batches(ds, kind):
+    """Several seeds' buffers sampled at once (offrl train --vectorize): each row is the batch its buffer's
+    sample() would draw, and each generator ends where sample() leaves it."""
+    from offrl.data.buffer import StackedSampler
+
+    def buffers():
+        subset = torch.arange(0, len(ds), 2)
+        if kind == "random":
+            return [ds.replay_buffer(16, seed=s) for s in (0, 1, 7)]
+        if kind == "subset":
+            return [ds.replay_buffer(16, seed=s, indices=subset) for s in (0, 1, 7)]
+        # a buffer the fast path does not cover (without replacement) is sampled on its own
+        return [ds.replay_buffer(16, seed=0), ds.replay_buffer(16, seed=1, sampler="without_replacement")]
+
+    stacked, alone = buffers(), buffers()
+    sampler = StackedSampler(stacked)
+    for _ in range(3):
+        batch = sampler.sample()
+        assert batch.batch_size == torch.Size([len(alone), 16])
+        for i, rb in enumerate(alone):
+            own = rb.sample().exclude("index")
+            assert set(batch[i].keys(True, True)) == set(own.keys(True, True))
+            for key in own.keys(True, True):
+                assert torch.equal(batch[i].get(key), own.get(key)), (i, key)
+    for a, b in zip(stacked, alone, strict=True):
+        assert torch.equal(a._rng.get_state(), b._rng.get_state())
+    assert not torch.equal(batch[0]["observation"], batch[1]["observation"])

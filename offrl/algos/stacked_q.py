@@ -1,0 +1,176 @@
+"""Several seeds' discrete Q losses as one batched loss (``offrl train --seeds N --vectorize``).
+
+:class:`StackedQLoss` takes N losses of the same configuration (:class:`~offrl.algos.fused_q.FusedDQNLoss` or
+:class:`~offrl.algos.fused_q.FusedWeightedDiscreteCQLLoss`, one per seed, each built from its own seed) and
+moves their Q-network and target-network parameters into stacked ``[N, ...]`` tensors: each seed's
+parameters become views of its slice, so its policy, evaluator and ``state_dict`` read the stacked values,
+and a ``load_state_dict`` writes into them. One call runs the N fused forwards as batched matmuls on a
+``[N, B]`` batch and returns the sum of the seeds' mean losses, whose gradient with respect to seed i's slice
+is seed i's own gradient (the seeds share no parameter). Same numbers as each seed's own fused loss within
+float rounding (tests/algos/test_stacked_q.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+from torchrl.objectives import DQNLoss
+from torchrl.objectives.utils import distance_loss
+
+from offrl.algos.fused_q import FusedDQNLoss, FusedWeightedDiscreteCQLLoss
+
+__all__ = ["StackedQLoss", "stackable_reason"]
+
+_HYPER = ("loss_function", "action_space", "double_dqn", "min_q_weight", "reduction")
+
+
+def _key(key: Any) -> tuple[str, ...]:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _gamma(loss: Any) -> float:
+    return float(loss.value_estimator.gamma)
+
+
+def stackable_reason(losses: Sequence[Any]) -> str | None:
+    """Why ``losses`` cannot run as one :class:`StackedQLoss` (None when they can)."""
+    first = losses[0]
+    kind = type(first)
+    if kind not in (FusedDQNLoss, FusedWeightedDiscreteCQLLoss):
+        return (f"the batched seeds run the fused DQN and discrete CQL losses, not {kind.__name__} "
+                "(set dqn.fused / discrete_cql.fused to true)")
+    for loss in losses:
+        if type(loss) is not kind:
+            return "every seed must train the same algorithm"
+        if loss.q_plan is None or not loss.fast_path:
+            return ("the batched seeds need a plain MLP Q-network with TD(0) targets and mean reduction "
+                    "(no dueling head)")
+        if any(getattr(loss, a, None) != getattr(first, a, None) for a in _HYPER) or _gamma(loss) != _gamma(first):
+            return "every seed must use the same hyperparameters"
+        shapes = [tuple(p.shape) for p in loss.value_network_params.values(True, True)]
+        if shapes != [tuple(p.shape) for p in first.value_network_params.values(True, True)]:
+            return "every seed must use the same network sizes"
+        if any(p.device != next(iter(first.value_network_params.values(True, True))).device
+               for p in loss.value_network_params.values(True, True)):
+            return "every seed must train on the same device"
+    return None
+
+
+class StackedQLoss:
+    """N fused discrete Q losses as one batched loss over stacked parameters (see the module docstring).
+
+    ``params`` are the stacked leaves to optimize (one per parameter of a seed's Q-network, in the order of
+    ``value_network_params``), ``targets`` the stacked target parameters (same order). ``seed_params(i)``
+    maps each of seed i's own parameter tensors (by identity) to its stacked leaf.
+    """
+
+    def __init__(self, losses: Sequence[Any]) -> None:
+        reason = stackable_reason(losses)
+        if reason is not None:
+            raise ValueError(reason)
+        self.losses = list(losses)
+        self.n = len(self.losses)
+        first = self.losses[0]
+        self.discrete_cql = isinstance(first, FusedWeightedDiscreteCQLLoss)
+        keys = [_key(k) for k, _ in first.value_network_params.items(True, True)]
+        self.keys = keys
+        self.params: list[Tensor] = []
+        self.targets: list[Tensor] = []
+        for key in keys:
+            sources = [loss.value_network_params.get(key) for loss in self.losses]
+            stacked = torch.stack([p.detach() for p in sources]).requires_grad_(sources[0].requires_grad)
+            targets = [loss.target_value_network_params.get(key) for loss in self.losses]
+            stacked_target = torch.stack([t.detach() for t in targets])
+            for i in range(self.n):  # each seed's tensors become views of its slice (identity kept)
+                sources[i].data = stacked.data[i]
+                targets[i].data = stacked_target[i]
+            self.params.append(stacked)
+            self.targets.append(stacked_target)
+        plan, self.obs_key = first.q_plan
+        by_key = dict(zip(keys, self.params, strict=True))
+        by_key_target = dict(zip(keys, self.targets, strict=True))
+        self.steps = [self._resolve(s, by_key) for s in plan]
+        self.target_steps = [self._resolve(s, by_key_target) for s in plan]
+        self.gamma = _gamma(first)
+        self.loss_function = first.loss_function
+        self.double_dqn = bool(getattr(first, "double_dqn", False))
+        self.categorical = first.action_space == "categorical"
+        self.min_q_weight = float(getattr(first, "min_q_weight", 0.0))
+        self._checked = False
+
+    @staticmethod
+    def _resolve(step: Any, tensors: dict[tuple[str, ...], Tensor]) -> Any:
+        if not isinstance(step, tuple):
+            return step
+        _, w_key, b_key = step
+        return tensors[_key(w_key)], tensors[_key(b_key)] if b_key is not None else None
+
+    def seed_params(self, i: int) -> dict[int, Tensor]:
+        """``id(seed i's parameter) -> stacked leaf`` (how a seed's optimizer state maps onto the stack)."""
+        own = [self.losses[i].value_network_params.get(k) for k in self.keys]
+        return {id(p): s for p, s in zip(own, self.params, strict=True)}
+
+    @staticmethod
+    def forward_mlp(steps: list, x: Tensor) -> Tensor:
+        """N stacked MLPs on their own inputs: ``x`` [N, B, in] -> [N, B, out] (batched matmuls)."""
+        for step in steps:
+            if isinstance(step, tuple):
+                w, b = step
+                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else x @ w.transpose(1, 2)
+            else:
+                x = step(x)
+        return x
+
+    def _check_batch(self, batch: TensorDictBase) -> None:
+        first = self.losses[0]
+        extra = [first.value_estimator.tensor_keys.steps_to_next_obs]
+        if isinstance(first, DQNLoss) and first.use_prioritized_weights in (True, "auto"):
+            extra.append(first.tensor_keys.priority_weight)
+        if batch.ndim != 2 or any(batch.get(k, None) is not None for k in extra):
+            raise ValueError("the batched seeds need [seeds, batch] transitions without multi-step or priority "
+                             "weight keys")
+        self._checked = True
+
+    def __call__(self, batch: TensorDictBase) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """``batch`` [N, B] (seed i's transitions in row i) -> (the sum of the seeds' total losses, the per-seed
+        metrics the trainers log, each [N], in their order; Q of every action [N, B, A], detached)."""
+        if not self._checked:
+            self._check_batch(batch)
+        first = self.losses[0]
+        keys = first.tensor_keys
+        nxt = batch.get("next")
+        q = self.forward_mlp(self.steps, batch.get(self.obs_key))
+        action = batch.get(keys.action)
+        if self.categorical:
+            q_a = torch.gather(q, -1, action if action.ndim == q.ndim else action.unsqueeze(-1)).squeeze(-1)
+        else:
+            q_a = (q * action.to(torch.float)).sum(-1)
+        with torch.no_grad():
+            next_obs = nxt.get(self.obs_key)
+            q_next = self.forward_mlp(self.target_steps, next_obs)
+            if self.double_dqn:  # the online network chooses, the target network scores
+                q_online = self.forward_mlp(self.steps, next_obs)
+                next_value = torch.gather(q_next, -1, q_online.argmax(-1, keepdim=True))
+            else:
+                next_value = q_next.max(-1, keepdim=True)[0]
+            est_keys = first.value_estimator.tensor_keys
+            reward = nxt.get(est_keys.reward)
+            terminated = nxt.get(est_keys.terminated, None)
+            if terminated is None:
+                terminated = nxt.get(est_keys.done)
+            target = (reward + self.gamma * (~terminated).int() * next_value).squeeze(-1)
+        td_error = (q_a - target).pow(2).detach().mean(1)
+        distance = distance_loss(q_a, target, self.loss_function)
+        if not self.discrete_cql:
+            loss = distance.mean(1)
+            return loss.sum(), {"loss": loss.detach(), "td_error": td_error}, q.detach()
+        loss_qvalue = (0.5 * distance).mean(1)
+        gap = (torch.logsumexp(q, dim=-1) - q_a).mean(1)  # CQL(H), per seed
+        loss_cql = gap * self.min_q_weight
+        metrics = {"loss_qvalue": loss_qvalue.detach(), "loss_cql": loss_cql.detach(), "td_error": td_error,
+                   "cql_gap": gap.detach(), "target_value": target.mean(1)}
+        return (loss_qvalue + loss_cql).sum(), metrics, q.detach()

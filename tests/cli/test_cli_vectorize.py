@@ -1,0 +1,134 @@
+"""``offrl train --seeds N --vectorize``: the seeds as one batched model in one process, through the real CLI.
+
+Each seed's run folder holds what the same seed trained alone writes (metrics within float rounding, the same
+evaluations), ``offrl eval`` reads it like any run, a SIGTERM stops every seed after a checkpoint and
+``--vectorize --resume`` continues the group bit for bit, and the inputs it cannot batch are one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers.cli import OFFRL, assert_user_error
+from helpers.train import TINY_DCQL, TINY_DQN, offrl_cli
+
+SETS = [a for s in [*TINY_DCQL, "num_threads=1", "eval.final_episodes=2"] for a in ("--set", s)]
+BASE = ["--batch-size", "16", "--eval-every", "20", "--eval-episodes", "2", "--no-progress"]
+TIMING = ("wall_time", "updates_per_s")
+
+
+def _summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def _metrics(run) -> pd.DataFrame:
+    df = pd.read_csv(run / "metrics.csv")
+    return df.drop(columns=[c for c in df.columns if c in TIMING])
+
+
+def test_a_vectorized_seed_trains_as_the_same_seed_alone(cartpole, tmp_path):
+    """The strongest form of 'each seed learns like a separate run': with the same draws, the same numbers."""
+    group = offrl_cli("train", "--dataset", cartpole, "--steps", "40", *BASE, "--seeds", "0,2", "--vectorize",
+                      "--out", str(tmp_path / "g"), "--name", "v", *SETS)
+    alone = offrl_cli("train", "--dataset", cartpole, "--steps", "40", *BASE, "--seed", "2",
+                      "--out", str(tmp_path / "a"), "--name", "a", *SETS)
+    assert group.returncode == 0 and alone.returncode == 0, group.stderr + alone.stderr
+    algo = "cartpole-random/discrete-cql"
+    runs = {s: tmp_path / "g" / algo / f"v-seed{s}" for s in (0, 2)}
+    for seed, run in runs.items():
+        summary = _summary(run)
+        assert summary["status"] == "completed" and summary["steps"] == 40 and summary["seed"] == seed
+        assert f"seed {seed}: {run}" in group.stdout
+        assert "vectorized_seeds:\n- 0\n- 2" in (run / "config.yaml").read_text()
+    assert "2 of 2 seeds" in group.stdout and (tmp_path / "g" / algo / "v-report" / "index.html").exists()
+
+    mine, theirs = _metrics(runs[2]), _metrics(tmp_path / "a" / algo / "a")
+    assert list(mine.columns) == list(theirs.columns) and list(mine["step"]) == list(theirs["step"]) == [5 * i for i in range(1, 9)]
+    evals = [c for c in theirs.columns if c.startswith("eval_")]
+    assert evals and mine[evals].equals(theirs[evals])  # the same policy: the same episodes, exactly
+    numeric = [c for c in theirs.columns if c not in evals and theirs[c].dtype.kind == "f"]
+    np.testing.assert_allclose(mine[numeric].to_numpy(), theirs[numeric].to_numpy(), rtol=1e-4, atol=1e-5)
+    assert not _metrics(runs[0])[numeric].equals(mine[numeric])  # and seed 0 learned something else
+
+    # offrl eval's engine reads a vectorized seed's folder like any run's: the final evaluation's episodes again
+    from offrl.runs.policy import evaluate_checkpoint
+
+    result, _ = evaluate_checkpoint(runs[2], episodes=2)
+    assert result.metrics()["eval_return_mean"] == mine["eval_return_mean"].dropna().iloc[-1]
+
+
+def test_sigterm_then_vectorized_resume_equals_uninterrupted(cartpole, tmp_path):
+    steps = ["--steps", "600", "--set", "save_trainer_interval=50", "--set", "log_interval=10", "--batch-size", "16",
+             "--eval-every", "300", "--eval-episodes", "1", "--no-progress"]
+    args = ["train", "--dataset", cartpole, *steps, "--seeds", "1,3", "--vectorize"]
+    algo = tmp_path / "cartpole-random" / "dqn"
+    dqn = ["--algo", "dqn", *[a for s in [*TINY_DQN, "num_threads=1", "eval.final_episodes=2"] for a in ("--set", s)]]
+    proc = subprocess.Popen([OFFRL, *args, *dqn, "--out", str(tmp_path), "--name", "t"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = algo / "t-seed3" / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 240
+    while not ckpt.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    runs = [algo / "t-seed1", algo / "t-seed3"]
+    if _summary(runs[0])["status"] == "completed":
+        pytest.skip("the run finished before SIGTERM arrived")
+    assert proc.returncode == 130, err
+    stopped = [_summary(run) for run in runs]
+    assert {s["status"] for s in stopped} == {"stopped"} and stopped[0]["steps"] == stopped[1]["steps"] < 600
+    assert f"offrl train --vectorize --resume {runs[0]} {runs[1]}" in err
+
+    resumed = offrl_cli("train", "--vectorize", "--resume", *map(str, runs), "--no-progress")
+    full = offrl_cli(*args, *dqn, "--out", str(tmp_path), "--name", "full")
+    assert resumed.returncode == 0 and full.returncode == 0, resumed.stderr + full.stderr
+    for run, seed in zip(runs, (1, 3), strict=True):
+        summary = _summary(run)
+        assert summary["status"] == "completed" and summary["steps"] == 600 and summary["resumed"] == 1
+        reference = algo / f"full-seed{seed}"
+        pd.testing.assert_frame_equal(_metrics(run), _metrics(reference))
+        a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, reference))
+        assert all(torch.equal(a["loss_module"][k], b["loss_module"][k]) for k in b["loss_module"])
+
+
+BAD = [
+    (["--vectorize"], "--seeds"),
+    (["--seeds", "2", "--vectorize", "--jobs", "2"], "--jobs"),
+    (["--seeds", "2", "--vectorize", "--online-steps", "10"], "--online-steps"),
+    (["--resume", "a", "b"], "--vectorize"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_what_it_cannot_batch_is_one_line_and_writes_nothing(cartpole, tmp_path, extra, message):
+    out = tmp_path / "runs"
+    result = offrl_cli("train", "--dataset", cartpole, "--steps", "5", "--out", str(out), *extra, *SETS)
+    assert_user_error(result, message)
+    assert not out.exists() or not any(out.rglob("*")), "a bad input must leave no run folder"
+
+
+def test_continuous_cql_is_refused_with_the_reason(pendulum, tmp_path):
+    result = offrl_cli("train", "--dataset", pendulum, "--steps", "5", "--seeds", "2", "--vectorize",
+                       "--out", str(tmp_path / "r"))
+    line = assert_user_error(result, "--vectorize", "continuous CQL", "without --vectorize")
+    assert "DQN and discrete CQL" in line and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("sets", "message"), [("discrete_cql.dueling=true", "dueling"), ("precision=bf16", "precision"),
+                                               ("discrete_cql.fused=false", "fused"), ("log_timings=true", "log_timings")])
+def test_each_setting_it_cannot_batch_is_named(cartpole, sets, message):
+    from offrl.errors import UserError
+    from offrl.runs.compose import compose_run_config
+    from offrl.runs.vectorized import check_vectorizable
+
+    cfg, _ = compose_run_config(cartpole, dotlist=[*TINY_DCQL, sets])
+    with pytest.raises(UserError, match=message):
+        check_vectorizable(cfg)
