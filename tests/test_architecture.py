@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "offrl"
 
 #: docs/architecture.md's table: stage -> rank (a module may import its own stage and lower ranks).
 STAGES = {
-    "offrl.errors": 0, "offrl.fsio": 0, "offrl.version": 0,
+    "offrl.errors": 0, "offrl.fsio": 0, "offrl.version": 0, "offrl.hardware": 0,
     "offrl.config": 1,
     "offrl.data": 2,
     "offrl.algos": 3,

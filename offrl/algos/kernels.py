@@ -119,6 +119,11 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def onednn_linear(x: Tensor, w: Tensor, b: Tensor | None, relu: bool) -> Tensor:
+    """``relu?(x @ w.T + b)`` through oneDNN, with autograd (:class:`_OneDNNLinear`)."""
+    return _OneDNNLinear.apply(x, w, b, relu)
+
+
 _RELUS = (torch.relu, torch.relu_)
 
 
@@ -134,7 +139,7 @@ def _use_onednn(x: Tensor, w: Tensor, relu: bool) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor picks its own CPU kernels
         and _onednn() is not None
-        and route_for(x.shape[0], w.shape[0], w.shape[1], relu) == "onednn"
+        and route_for(x.shape[0], w.shape[0], w.shape[1], relu, onednn_linear) == "onednn"
     )
 
 

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +114,13 @@ def _record(key: str, entry: dict[str, Any]) -> str:
     return entry["route"]
 
 
-def _time_route(route: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool) -> float:
-    from offrl.algos.kernels import _OneDNNLinear, linear
-
+def _time_route(route: str, onednn: Callable, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                relu: bool) -> float:
     def once() -> None:
         if route == "onednn":
-            y = _OneDNNLinear.apply(x, w, b, relu)
+            y = onednn(x, w, b, relu)
         else:
-            y = linear(x, w, b)
+            y = torch.addmm(b, x, w.t())
             y = torch.relu(y) if relu else y
         y.backward(torch.ones_like(y))
         x.grad = w.grad = b.grad = None
@@ -137,19 +137,20 @@ def _time_route(route: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, r
     return best
 
 
-def measure(rows: int, out: int, inp: int, relu: bool) -> dict[str, Any]:
-    """Time forward + backward of one layer through both routes; the faster, and both timings (us)."""
+def measure(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> dict[str, Any]:
+    """Time forward + backward of one layer through both routes (``onednn``: the oneDNN layer function,
+    offrl.algos.kernels.onednn_linear); the faster, and both timings (us)."""
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
         # Deterministic inputs (no random draws: the caller's RNG streams stay untouched).
         x = torch.linspace(-1.0, 1.0, rows * inp).reshape(rows, inp).requires_grad_()
         w = torch.linspace(-0.1, 0.1, out * inp).reshape(out, inp).requires_grad_()
         b = torch.zeros(out, requires_grad=True)
-        times = {route: _time_route(route, x, w, b, relu) for route in ROUTES}
+        times = {route: _time_route(route, onednn, x, w, b, relu) for route in ROUTES}
     route = "onednn" if times["onednn"] < MARGIN * times["torch"] else "torch"
     return {"route": route, **{f"{r}_us": round(t * 1e6, 1) for r, t in times.items()}}
 
 
-def route_for(rows: int, out: int, inp: int, relu: bool) -> str:
+def route_for(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> str:
     """The route of a float32 CPU layer of this shape in this process: forced, recorded, or measured now."""
     forced = forced_route()
     if forced is not None:
@@ -159,7 +160,7 @@ def route_for(rows: int, out: int, inp: int, relu: bool) -> str:
     _load()
     route = _decided.get(key)
     if route is None:
-        route = _record(key, {**measure(rows, out, inp, relu), "threads": threads})
+        route = _record(key, {**measure(rows, out, inp, relu, onednn), "threads": threads})
         _decided[key] = route
     return route
 

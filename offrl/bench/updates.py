@@ -188,7 +188,7 @@ def _roofline(trainer: Trainer, measured: float) -> dict[str, Any] | None:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
-    from offrl.algos import routes
+    from offrl.algos import kernels, routes
 
     class FlopCounter(TorchDispatchMode):  # FlopCounterMode's module tracker trips over TensorDict modules
         total = 0
@@ -222,7 +222,7 @@ def _roofline(trainer: Trainer, measured: float) -> dict[str, Any] | None:
     if not flops or not shapes:
         return None
     _, rows, out, inp = max(shapes)
-    timing = routes.measure(rows, out, inp, relu=True)
+    timing = routes.measure(rows, out, inp, True, kernels.onednn_linear)
     seconds = min(timing["torch_us"], timing["onednn_us"]) * 1e-6
     rate = 3 * 2 * rows * out * inp / seconds  # forward, input gradient, weight gradient
     bound = rate / flops

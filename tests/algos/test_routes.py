@@ -22,7 +22,7 @@ def fresh_routes(monkeypatch, tmp_path):
 
 def test_first_use_measures_records_and_later_processes_reuse(monkeypatch):
     state = torch.get_rng_state()
-    route = routes.route_for(64, 32, 16, True)
+    route = routes.route_for(64, 32, 16, True, kernels.onednn_linear)
     assert torch.equal(torch.get_rng_state(), state)  # deterministic inputs: the run's RNG streams untouched
     saved = json.loads(routes.route_file().read_text())
     key = f"64x32x16+relu@{torch.get_num_threads()}t"
@@ -36,7 +36,7 @@ def test_first_use_measures_records_and_later_processes_reuse(monkeypatch):
     monkeypatch.setattr(routes, "_loaded_from", None)
     monkeypatch.setattr(routes, "_decided", {})
     monkeypatch.setattr(routes, "measure", lambda *a: pytest.fail("measured a recorded shape again"))
-    assert routes.route_for(64, 32, 16, True) == route
+    assert routes.route_for(64, 32, 16, True, kernels.onednn_linear) == route
 
 
 def routes_isa() -> str:
@@ -49,29 +49,29 @@ def test_the_first_recorded_decision_wins(monkeypatch):
     """Another process recorded the shape while this one measured: both use the recorded route."""
     key = f"64x32x16@{torch.get_num_threads()}t"
 
-    def racing_measure(rows, out, inp, relu):
+    def racing_measure(rows, out, inp, relu, onednn):
         routes.route_file().parent.mkdir(parents=True, exist_ok=True)
         routes.route_file().write_text(json.dumps({"routes": {key: {"route": "torch"}}}))
         return {"route": "onednn", "torch_us": 2.0, "onednn_us": 1.0}
 
     monkeypatch.setattr(routes, "measure", racing_measure)
-    assert routes.route_for(64, 32, 16, False) == "torch"
+    assert routes.route_for(64, 32, 16, False, kernels.onednn_linear) == "torch"
     assert json.loads(routes.route_file().read_text())["routes"][key] == {"route": "torch"}
 
 
 def test_forced_route_and_tune_reset(monkeypatch):
     monkeypatch.setattr(routes, "measure", lambda *a: {"route": "onednn", "torch_us": 2.0, "onednn_us": 1.0})
     monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "torch")
-    assert routes.route_for(8, 8, 8, True) == "torch" and not routes.route_file().exists()
+    assert routes.route_for(8, 8, 8, True, kernels.onednn_linear) == "torch" and not routes.route_file().exists()
     monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "")
     monkeypatch.setenv("OFFRL_ONEDNN", "0")
-    assert routes.route_for(8, 8, 8, True) == "torch"
+    assert routes.route_for(8, 8, 8, True, kernels.onednn_linear) == "torch"
     monkeypatch.delenv("OFFRL_ONEDNN")
-    assert routes.route_for(8, 8, 8, True) == "onednn" and routes.route_file().exists()
+    assert routes.route_for(8, 8, 8, True, kernels.onednn_linear) == "onednn" and routes.route_file().exists()
     routes.reset()  # offrl bench --tune
     assert not routes.route_file().exists()
     monkeypatch.setattr(routes, "measure", lambda *a: {"route": "torch", "torch_us": 1.0, "onednn_us": 2.0})
-    assert routes.route_for(8, 8, 8, True) == "torch"
+    assert routes.route_for(8, 8, 8, True, kernels.onednn_linear) == "torch"
 
 
 @pytest.mark.skipif(kernels._onednn() is None, reason="torch without oneDNN: one route only")

@@ -96,7 +96,7 @@ def test_report_layout_at_1400_px(tmp_path: Path):
     page = visit(write_run_report(run).as_uri(), LAYOUT_STATE, width=1400, height=1000)
     (artifacts_dir() / "run-report-1400.png").write_bytes(page.screenshot)
     state = page.result
-    assert "cql.min_q_weight" in state["settings"] and "offline_steps" in state["settings"]
+    assert "eval.interval" in state["settings"] and "offline_steps" in state["settings"]
     assert "seed" not in state["settings"] and not any(k.startswith("dataset") for k in state["settings"])
     assert state["protocol"].startswith("Every 200 gradient steps and after the last one, 10 episodes")
     assert "the last evaluation 20 episodes" in state["protocol"]
