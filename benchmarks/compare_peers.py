@@ -72,6 +72,22 @@ def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str, float]:
         return None, str(err), cpu
 
 
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _ratio(ours: list[float | None], theirs: list[float | None], inverse: bool = False) -> float | None:
+    """offrl's speed-up: the median per-round ratio of its updates/s to the peer's (``inverse``: of the
+    peer's CPU time to offrl's)."""
+    pairs = [(b / a if inverse else a / b) for a, b in zip(ours, theirs, strict=True) if a and b]
+    return statistics.median(pairs) if pairs else None
+
+
+def fmt(x: float | None, suffix: str = "") -> str:
+    return "n/a" if x is None else f"{x:.2f}{suffix}"
+
+
 def _offrl_figure(report: dict) -> float:
     return float(report["results"][0]["updates_per_s"])
 
@@ -214,18 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {rnd + 1}/{args.rounds} {workload:<13} {name:<8} {shown}", file=sys.stderr,
                       flush=True)
 
-    def med(values):
-        vals = [v for v in values if v is not None]
-        return statistics.median(vals) if vals else None
-
     def ratio(workload, peer):
-        """offrl's speed-up over ``peer`` (per round: its updates/s over theirs, or their CPU time over ours)."""
-        pairs = [(b / a if args.cpu_time else a / b)
-                 for a, b in zip(figures[workload]["offrl"], figures[workload][peer], strict=True) if a and b]
-        return statistics.median(pairs) if pairs else None
-
-    def fmt(x, suffix=""):
-        return "n/a" if x is None else f"{x:.2f}{suffix}"
+        return _ratio(figures[workload]["offrl"], figures[workload][peer], inverse=args.cpu_time)
 
     import torch
 
@@ -281,16 +287,8 @@ def end_to_end(args: argparse.Namespace, argv: list[str] | None) -> int:
                 shown = f"{value:.2f} updates/s" if value is not None else f"failed: {err}"
                 print(f"round {rnd + 1}/{args.rounds} {workload:<36} {name:<8} {shown}", file=sys.stderr, flush=True)
 
-    def med(values):
-        vals = [v for v in values if v is not None]
-        return statistics.median(vals) if vals else None
-
     def ratio(workload, peer):
-        pairs = [a / b for a, b in zip(figures[workload]["offrl"], figures[workload][peer], strict=True) if a and b]
-        return statistics.median(pairs) if pairs else None
-
-    def fmt(x, suffix=""):
-        return "n/a" if x is None else f"{x:.2f}{suffix}"
+        return _ratio(figures[workload]["offrl"], figures[workload][peer])
 
     print(f"Command: python benchmarks/compare_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

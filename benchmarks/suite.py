@@ -138,50 +138,40 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:
-    """A finished run of exactly this config (an earlier suite's), which ``--fresh`` would retrain."""
+def _same_config(job: Job, run: Path, config: dict[str, Any]) -> bool:
+    """The run folder holds a run of exactly this config (for the peer: the config it was given is kept
+    beside the runs, is the one the run recorded, and agrees with today's on everything the peer reads)."""
     import yaml
 
     try:
-        summary = json.loads((run / "summary.json").read_text())
         saved = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
-    if summary.get("status") != "completed" or summary.get("steps") != config["offline_steps"]:
-        return False
     if job.peer:
-        # The config the peer was given is kept beside the runs: it must be the one the run recorded, and
-        # agree with today's on everything the peer reads (keys it ignores may come and go).
         try:
             given = json.loads(_peer_config_file(job, run.parents[2]).read_text())
         except (OSError, ValueError):
             return False
         return (saved.get("mirrors_offrl_config") == given.get("config_hash")
                 and _mirrored(job, given) == _mirrored(job, config))
-    section = SECTIONS[job.algo]
-    keys = ("algo", "offline_steps", "batch_size", "eval", section)
+    keys = ("algo", "offline_steps", "batch_size", "eval", SECTIONS[job.algo])
     return all(json.dumps(saved.get(k), sort_keys=True) == json.dumps(config.get(k), sort_keys=True) for k in keys)
+
+
+def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:
+    """A finished run of exactly this config (an earlier suite's), which ``--fresh`` would retrain."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (summary.get("status") == "completed" and summary.get("steps") == config["offline_steps"]
+            and _same_config(job, run, config))
 
 
 def _resumable(job: Job, run: Path, config: dict[str, Any]) -> bool:
-    """A stopped run of exactly this config with a checkpoint to continue from (an interrupted suite)."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    if job.peer:
-        try:
-            given = json.loads(_peer_config_file(job, run.parents[2]).read_text())
-        except (OSError, ValueError):
-            return False
-        return ((run / "resume" / "state.json").is_file() and saved.get("mirrors_offrl_config") == given.get("config_hash")
-                and _mirrored(job, given) == _mirrored(job, config))
-    if not any((run / "checkpoints").glob("*")):
-        return False
-    keys = ("algo", "offline_steps", "batch_size", "eval", SECTIONS[job.algo])
-    return all(json.dumps(saved.get(k), sort_keys=True) == json.dumps(config.get(k), sort_keys=True) for k in keys)
+    """A stopped run of exactly this config with a resume point (an interrupted suite)."""
+    point = (run / "resume" / "state.json").is_file() if job.peer else any((run / "checkpoints").glob("*"))
+    return point and _same_config(job, run, config)
 
 
 def dataset_folder(name: str) -> Path:
