@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 
 __all__ = ["ISA_FLAGS", "bf16_available", "cpu_isa", "cpu_model"]
@@ -11,7 +12,10 @@ __all__ = ["ISA_FLAGS", "bf16_available", "cpu_isa", "cpu_model"]
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+@functools.cache
 def _cpuinfo_line(prefix: str) -> str | None:
+    """The first ``/proc/cpuinfo`` line starting with ``prefix`` (read once per process: the CPU does not
+    change under it, and the kernel routes ask on every layer call)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -40,6 +40,8 @@ MIN_REPS, MAX_REPS = 3, 40
 
 _decided: dict[str, str] = {}
 _loaded_from: Path | None = None
+#: ``$OFFRL_CACHE`` when the decisions were loaded: the per-call check is this string, not the path.
+_loaded_cache_env: str | None = None
 
 
 def forced_route() -> str | None:
@@ -82,13 +84,17 @@ def decisions() -> dict[str, Any]:
 
 
 def _load() -> None:
-    global _loaded_from
+    global _loaded_from, _loaded_cache_env
+    cache_env = os.environ.get("OFFRL_CACHE", "")
+    if _loaded_from is not None and cache_env == _loaded_cache_env:
+        return  # every layer call comes here: no path building, no file access
     path = route_file()
     if _loaded_from != path:  # first use, or OFFRL_CACHE changed (tests)
         _decided.clear()
         _decided.update({k: v["route"] for k, v in _read(path).items()
                          if isinstance(v, dict) and v.get("route") in ROUTES})
         _loaded_from = path
+    _loaded_cache_env = cache_env
 
 
 def _record(key: str, entry: dict[str, Any]) -> str:

@@ -90,3 +90,19 @@ def test_chain_takes_the_recorded_route(monkeypatch, recorded):
     out = kernels.chain([(w1, b1), torch.relu, (w2, b2)], x)
     assert torch.allclose(out, torch.relu(x @ w1.t() + b1) @ w2.t() + b2, rtol=1e-5, atol=1e-6)
     assert len(calls) == (1 if recorded == "onednn" else 0)
+
+
+def test_a_decided_shape_costs_no_file_or_cpuinfo_access(monkeypatch, tmp_path):
+    """Every layer call asks for its route: once decided, the answer comes from memory (reading
+    /proc/cpuinfo and building the cache path per call cost 12 ms per DQN step), until OFFRL_CACHE changes."""
+    real_route_file = routes.route_file
+    route = routes.route_for(64, 32, 16, True, kernels.onednn_linear)
+    monkeypatch.setattr(routes, "route_file", lambda: pytest.fail("looked up the route file again"))
+    assert [routes.route_for(64, 32, 16, True, kernels.onednn_linear) for _ in range(3)] == [route] * 3
+
+    # A new cache folder (as a test or a user's shell might set) is read afresh.
+    calls = []
+    monkeypatch.setattr(routes, "route_file", lambda: calls.append(1) or real_route_file())
+    monkeypatch.setenv("OFFRL_CACHE", str(tmp_path / "other"))
+    routes.route_for(64, 32, 16, True, kernels.onednn_linear)
+    assert calls and (tmp_path / "other" / "kernels").is_dir()
