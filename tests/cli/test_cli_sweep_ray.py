@@ -139,8 +139,14 @@ def scenario(ray_address, cache, tmp_path_factory):
     # The first run one trial at a time (Tune creates the next trial only when one ends): seed 0 finishes, seed
     # 1 is killed, retried and stopped by Ctrl-C, and the mixed-data trials are never started. The re-runs use
     # both CPUs (--max-concurrent is how a sweep runs, not which sweep it is).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([OFFRL, *args, "--max-concurrent", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True, env=env)
+    # The reference for the killed trial, `offrl train --seed 1`, on the CPU the first sweep leaves free.
+    ref_out = tmp_path_factory.mktemp("ref")
+    ref = subprocess.Popen([OFFRL, "train", "--dataset", CARTPOLE, "--seed", "1", *SETTINGS, "--set", "num_threads=1",
+                            "--no-progress", "--cache-dir", cache, "--out", str(ref_out), "--name", "ref"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # Every step below waits on a state the processes show (a process, a file, a pending signal), never on
     # time: a trial on a loaded machine can finish its 300 steps in the time a sleep would take. The trials
     # that matter are frozen (SIGSTOP) while a signal reaches them, so they cannot run to the end first.
@@ -166,18 +172,20 @@ def scenario(ray_address, cache, tmp_path_factory):
     first = SimpleNamespace(returncode=None, stdout="", stderr="")
     first.stdout, first.stderr = proc.communicate(timeout=300)
     first.returncode = proc.returncode
+    _, ref_err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, ref_err
     after_stop = {run: _summary(run) for run in out.glob("runs/*/*/*") if (run / "summary.json").exists()}
     finished = {p: t for run, s in after_stop.items() if s["status"] == "completed" for p, t in _files(run).items()}
     second = offrl_cli(*args, timeout=600)
     finished_after = {p: p.stat().st_mtime_ns for p in finished}
     before_third = _files(out / "runs")
     third = offrl_cli(*args, timeout=600)
-    return SimpleNamespace(out=out, first=first, second=second, third=third, killed=killed, worker_cmd=worker_cmd,
+    return SimpleNamespace(ref=ref_out / CARTPOLE.replace("/", "__") / "discrete-cql" / "ref", out=out, first=first, second=second, third=third, killed=killed, worker_cmd=worker_cmd,
                            after_stop=after_stop, finished=finished, finished_after=finished_after,
                            before_third=before_third, after_third=_files(out / "runs"))
 
 
-def test_a_killed_worker_is_retried_from_its_checkpoint_and_ends_as_offrl_train(scenario, cache, tmp_path):
+def test_a_killed_worker_is_retried_from_its_checkpoint_and_ends_as_offrl_train(scenario):
     assert "ray" in scenario.worker_cmd.lower(), scenario.worker_cmd
     label = f"{CARTPOLE} discrete-cql base seed 1"
     assert f"{label}: worker died" in scenario.first.stdout, scenario.first.stdout
@@ -185,12 +193,8 @@ def test_a_killed_worker_is_retried_from_its_checkpoint_and_ends_as_offrl_train(
     summary = _summary(scenario.killed)
     # resumed twice: after its worker died, and after Ctrl-C stopped the retry
     assert summary["status"] == "completed" and summary["steps"] == 300 and summary["resumed"] == 2, summary
-    ref = offrl_cli("train", "--dataset", CARTPOLE, "--seed", "1", *COMMON, *DCQL, "--set", "num_threads=1",
-                    "--no-progress", "--cache-dir", cache, "--out", str(tmp_path), "--name", "ref")
-    assert ref.returncode == 0, ref.stderr
-    expected = tmp_path / CARTPOLE.replace("/", "__") / "discrete-cql" / "ref"
-    pd.testing.assert_frame_equal(_metrics(scenario.killed), _metrics(expected))
-    assert summary["final"] == _summary(expected)["final"]
+    pd.testing.assert_frame_equal(_metrics(scenario.killed), _metrics(scenario.ref))
+    assert summary["final"] == _summary(scenario.ref)["final"]
 
 
 def test_ctrl_c_stops_the_running_trial_after_a_checkpoint_and_starts_no_other(scenario):
