@@ -114,11 +114,26 @@ def _checkpointed_since_resume(run):
         return False
 
 
+def _all_threads_stopped(child):
+    """True once every thread of ``child`` is in the stopped state (``T`` in /proc/PID/task/TID/stat)."""
+    try:
+        return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                   for t in Path(f"/proc/{child.pid}/task").iterdir())
+    except FileNotFoundError:  # a thread that just ended
+        return False
+
+
 def _freeze(child, run):
-    """SIGSTOP ``child`` (the trial's ``offrl train``) and check that it cannot have finished: the last
-    metrics row (flushed every log_interval = 50 steps) is at most 200, so the frozen run is at most at
-    step 250 of 300; a signal it gets now stops it after a checkpoint as soon as it runs again."""
+    """SIGSTOP ``child`` (the trial's ``offrl train``), wait until it has stopped, and check that it cannot
+    have finished: the last metrics row (flushed every log_interval = 50 steps) is at most 200, so the frozen
+    run is at most at step 250 of 300. A signal sent to it from now on stays pending (``_sigint_pending``)
+    and stops it after a checkpoint as soon as it runs again. (SIGSTOP takes effect asynchronously: a
+    SIGINT sent before every thread has stopped is handled at once, and is never seen pending.)"""
     child.suspend()
+    deadline = time.time() + 120
+    while not _all_threads_stopped(child):
+        assert time.time() < deadline, f"{run.name}: offrl train did not stop on SIGSTOP"
+        time.sleep(0.01)
     metrics = run / "metrics.csv"
     rows = metrics.read_text().splitlines()[1:] if metrics.exists() else []
     last = int(float(rows[-1].split(",", 1)[0])) if rows else 0
