@@ -195,8 +195,8 @@ def scenario(ray_address, cache, tmp_path_factory):
     finished_after = {p: p.stat().st_mtime_ns for p in finished}
     before_third = _files(out / "runs")
     third = offrl_cli(*args, timeout=600)
-    return SimpleNamespace(ref=ref_out / CARTPOLE.replace("/", "__") / "discrete-cql" / "ref", out=out, first=first, second=second, third=third, killed=killed, worker_cmd=worker_cmd,
-                           after_stop=after_stop, finished=finished, finished_after=finished_after,
+    return SimpleNamespace(out=out, first=first, second=second, third=third, killed=killed, worker_cmd=worker_cmd,
+                           ref=ref_out / CARTPOLE.replace("/", "__") / "discrete-cql" / "ref", after_stop=after_stop, finished=finished, finished_after=finished_after,
                            before_third=before_third, after_third=_files(out / "runs"))
 
 
