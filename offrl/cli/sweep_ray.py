@@ -147,6 +147,10 @@ def run_ray(trials: Sequence[Trial], sweep: Mapping[str, Any], progress: Progres
             lg.setLevel(levels[name])
     if (root / ABORT_FILE).exists():
         raise KeyboardInterrupt
+    if (root / STOP_FILE).exists():
+        # After Ctrl-C, StopWhenIdle ends the experiment once no trial runs: Tune drops the trials it had not
+        # started (or was about to retry) without a result. They are stopped too, not done.
+        progress.not_started(progress.total - progress.done - progress.failed - progress.stopped)
 
 
 def _error(trial: Any) -> str:

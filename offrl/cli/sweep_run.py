@@ -162,6 +162,11 @@ class Progress:
                 text = f"{label}: failed (exit {code}): {outcome['line']}"
             print(f"{self.bar()}  {text}", flush=True)
 
+    def not_started(self, n: int) -> None:
+        """``n`` trials that a stop kept from starting (no line each: the closing line counts them)."""
+        with self._lock:
+            self.stopped += max(0, n)
+
     def crashed(self, label: str, message: str) -> None:
         """A trial that Ray gave up on (its worker died more often than --retries allows)."""
         with self._lock:

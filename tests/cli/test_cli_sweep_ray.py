@@ -4,8 +4,9 @@
 One scenario, shared by the tests (Ray and each trial's process start are the expensive parts): a 2 datasets ×
 2 seeds sweep of short runs on the bundled CartPole data; the Ray worker of one trial is SIGKILLed
 mid-trial (Tune retries it; the run resumes from its checkpoint and ends identical to ``offrl train --seed S``);
-then Ctrl-C (every running trial stops after a checkpoint, exit 130); the same command again (finished trials
-skipped, stopped ones resumed, then the report); and once more (no work at all)."""
+then Ctrl-C while the retried trial trains (it, and every other running trial, stops after a checkpoint, exit
+130); the same command again (finished trials skipped, stopped ones resumed, then the report); and once more
+(no work at all)."""
 
 from __future__ import annotations
 
@@ -78,57 +79,116 @@ def _files(root):
 
 
 def _wait(proc, condition, what):
+    """Poll ``condition`` until it returns something truthy (returned); fail if the sweep exits first."""
     deadline = time.time() + 240
-    while not condition():
+    while not (found := condition()):
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             out, err = proc.communicate()
             pytest.fail(f"waiting for {what}: sweep exited {proc.returncode}\n{out}\n{err}")
         time.sleep(0.05)
+    return found
 
 
-def _trial_process(run):
-    """The ``offrl train`` process of the trial whose run folder is ``run``."""
+def _trial_process(run, resume=False):
+    """The ``offrl train`` process of the trial whose run folder is ``run`` (with ``resume``: its
+    ``offrl train --resume`` process, the retry's), or None."""
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "train" in cmd and ("--name" in cmd and cmd[cmd.index("--name") + 1] == run.name
-                               and str(run.parents[2]) in cmd or str(run) in cmd):
+        if "train" not in cmd:
+            continue
+        if resume and "--resume" in cmd and str(run) in cmd:
+            return proc
+        if not resume and "--name" in cmd and cmd[cmd.index("--name") + 1] == run.name and str(run.parents[2]) in cmd:
             return proc
     return None
 
 
-def _checkpointed_since_start(out, killed):
-    """True once a trial (not the one just killed) is running and has saved a checkpoint in this attempt."""
-    for run in Path(out).glob("runs/*/*/*"):
-        summary, latest = run / "summary.json", run / "checkpoints" / "latest.pt"
-        if run == killed and not _summary(run).get("resumed"):
-            continue
-        try:
-            if _summary(run).get("status") == "running" and latest.stat().st_mtime_ns > summary.stat().st_mtime_ns:
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+def _checkpointed_since_resume(run):
+    """True once the retry of ``run`` (``--resume``) is training and has saved a checkpoint of its own."""
+    summary, latest = run / "summary.json", run / "checkpoints" / "latest.pt"
+    try:
+        s = _summary(run)
+        return s.get("status") == "running" and s.get("resumed") and latest.stat().st_mtime_ns > summary.stat().st_mtime_ns
+    except (OSError, ValueError):
+        return False
+
+
+def _all_threads_stopped(child):
+    """True once every thread of ``child`` is in the stopped state (``T`` in /proc/PID/task/TID/stat)."""
+    try:
+        return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                   for t in Path(f"/proc/{child.pid}/task").iterdir())
+    except FileNotFoundError:  # a thread that just ended
+        return False
+
+
+def _freeze(child, run):
+    """SIGSTOP ``child`` (the trial's ``offrl train``), wait until it has stopped, and check that it cannot
+    have finished: the last metrics row (flushed every log_interval = 50 steps) is at most 200, so the frozen
+    run is at most at step 250 of 300. A signal sent to it from now on stays pending (``_sigint_pending``)
+    and stops it after a checkpoint as soon as it runs again. (SIGSTOP takes effect asynchronously: a
+    SIGINT sent before every thread has stopped is handled at once, and is never seen pending.)"""
+    child.suspend()
+    deadline = time.time() + 120
+    while not _all_threads_stopped(child):
+        assert time.time() < deadline, f"{run.name}: offrl train did not stop on SIGSTOP"
+        time.sleep(0.01)
+    metrics = run / "metrics.csv"
+    rows = metrics.read_text().splitlines()[1:] if metrics.exists() else []
+    last = int(float(rows[-1].split(",", 1)[0])) if rows else 0
+    assert last <= 200, f"{run.name} was frozen only at step {last}: too late to be interrupted mid-run"
+
+
+def _sigint_pending(child):
+    """True once a SIGINT waits to be delivered to ``child`` (a stopped process keeps it pending)."""
+    bit = 1 << (signal.SIGINT - 1)
+    status = Path(f"/proc/{child.pid}/status").read_text().splitlines()
+    return any(int(line.split()[1], 16) & bit for line in status if line.startswith(("SigPnd:", "ShdPnd:")))
 
 
 @pytest.fixture(scope="module")
 def scenario(ray_address, cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "s"
     args = _sweep_args(out, cache, ray_address, "--dataset", CARTPOLE, "--dataset", MIXED, "--seeds", "0,1")
-    proc = subprocess.Popen([OFFRL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # The first run one trial at a time (Tune creates the next trial only when one ends): seed 0 finishes, seed
+    # 1 is killed, retried and stopped by Ctrl-C, and the mixed-data trials are never started. The re-runs use
+    # both CPUs (--max-concurrent is how a sweep runs, not which sweep it is).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([OFFRL, *args, "--max-concurrent", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    # The reference for the killed trial, `offrl train --seed 1`, on the CPU the first sweep leaves free.
+    ref_out = tmp_path_factory.mktemp("ref")
+    ref = subprocess.Popen([OFFRL, "train", "--dataset", CARTPOLE, "--seed", "1", *SETTINGS, "--set", "num_threads=1",
+                            "--no-progress", "--cache-dir", cache, "--out", str(ref_out), "--name", "ref"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Every step below waits on a state the processes show (a process, a file, a pending signal), never on
+    # time: a trial on a loaded machine can finish its 300 steps in the time a sleep would take. The trials
+    # that matter are frozen (SIGSTOP) while a signal reaches them, so they cannot run to the end first.
     killed = _run(out, CARTPOLE, "discrete-cql", 1)
+    child = _wait(proc, lambda: _trial_process(killed), "the trial's offrl train process")
     _wait(proc, lambda: (killed / "checkpoints" / "latest.pt").exists(), "the first checkpoint")
-    child = _trial_process(killed)
-    assert child is not None, "the trial's offrl train process"
+    _freeze(child, killed)
     worker = child.parent()
     worker_cmd = " ".join(worker.cmdline())
-    worker.kill()  # SIGKILL: the trial's Ray worker dies mid-trial
-    _wait(proc, lambda: _checkpointed_since_start(out, killed), "a running trial's checkpoint")
+    worker.kill()  # SIGKILL: the trial's Ray worker dies mid-trial; its child gets SIGINT (parent-death signal)
+    _wait(proc, lambda: _sigint_pending(child), "the parent-death SIGINT of the killed worker's child")
+    child.resume()
+    # Ctrl-C while the retried trial trains: freeze its `offrl train --resume` past a checkpoint of its own,
+    # Ctrl-C the sweep, and let it run again once the sweep has passed the SIGINT on. (Sending SIGINT as soon
+    # as some trial had a checkpoint, unfrozen, was flaky: that trial could finish before the sweep's SIGINT
+    # reached it, and the killed trial's retry, not started yet, stopped without a line.)
+    retry = _wait(proc, lambda: _trial_process(killed, resume=True), "the retry's offrl train --resume process")
+    _wait(proc, lambda: _checkpointed_since_resume(killed), "a checkpoint of the retried trial")
+    _freeze(retry, killed)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _wait(proc, lambda: (out / "STOP").exists() and _sigint_pending(retry), "the sweep's SIGINT to the retried trial")
+    retry.resume()
     first = SimpleNamespace(returncode=None, stdout="", stderr="")
     first.stdout, first.stderr = proc.communicate(timeout=300)
     first.returncode = proc.returncode
+    _, ref_err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, ref_err
     after_stop = {run: _summary(run) for run in out.glob("runs/*/*/*") if (run / "summary.json").exists()}
     finished = {p: t for run, s in after_stop.items() if s["status"] == "completed" for p, t in _files(run).items()}
     second = offrl_cli(*args, timeout=600)
@@ -136,46 +196,47 @@ def scenario(ray_address, cache, tmp_path_factory):
     before_third = _files(out / "runs")
     third = offrl_cli(*args, timeout=600)
     return SimpleNamespace(out=out, first=first, second=second, third=third, killed=killed, worker_cmd=worker_cmd,
-                           after_stop=after_stop, finished=finished, finished_after=finished_after,
+                           ref=ref_out / CARTPOLE.replace("/", "__") / "discrete-cql" / "ref", after_stop=after_stop, finished=finished, finished_after=finished_after,
                            before_third=before_third, after_third=_files(out / "runs"))
 
 
-def test_a_killed_worker_is_retried_from_its_checkpoint_and_ends_as_offrl_train(scenario, cache, tmp_path):
+def test_a_killed_worker_is_retried_from_its_checkpoint_and_ends_as_offrl_train(scenario):
     assert "ray" in scenario.worker_cmd.lower(), scenario.worker_cmd
     label = f"{CARTPOLE} discrete-cql base seed 1"
     assert f"{label}: worker died" in scenario.first.stdout, scenario.first.stdout
     assert "retrying, the run resumes from its last checkpoint" in scenario.first.stdout
     summary = _summary(scenario.killed)
-    assert summary["status"] == "completed" and summary["steps"] == 300 and summary["resumed"] >= 1, summary
-    ref = offrl_cli("train", "--dataset", CARTPOLE, "--seed", "1", *COMMON, *DCQL, "--set", "num_threads=1",
-                    "--no-progress", "--cache-dir", cache, "--out", str(tmp_path), "--name", "ref")
-    assert ref.returncode == 0, ref.stderr
-    expected = tmp_path / CARTPOLE.replace("/", "__") / "discrete-cql" / "ref"
-    pd.testing.assert_frame_equal(_metrics(scenario.killed), _metrics(expected))
-    assert summary["final"] == _summary(expected)["final"]
+    # resumed twice: after its worker died, and after Ctrl-C stopped the retry
+    assert summary["status"] == "completed" and summary["steps"] == 300 and summary["resumed"] == 2, summary
+    pd.testing.assert_frame_equal(_metrics(scenario.killed), _metrics(scenario.ref))
+    assert summary["final"] == _summary(scenario.ref)["final"]
 
 
-def test_ctrl_c_stops_every_running_trial_after_a_checkpoint(scenario):
+def test_ctrl_c_stops_the_running_trial_after_a_checkpoint_and_starts_no_other(scenario):
     first = scenario.first
     assert first.returncode == 130, first.stderr
     assert "stopping: each running trial saves a checkpoint" in first.stderr and "report:" not in first.stdout
     assert "Traceback" not in first.stderr + first.stdout
-    statuses = {run.name + run.parts[-3]: s["status"] for run, s in scenario.after_stop.items()}
-    assert set(statuses.values()) <= {"completed", "stopped"}, statuses  # nothing killed mid-write
-    stopped = [run for run, s in scenario.after_stop.items() if s["status"] == "stopped"]
-    assert stopped, statuses
-    for run in stopped:
-        assert 0 < scenario.after_stop[run]["steps"] < 300 and (run / "checkpoints" / "latest.pt").exists()
-    assert "stopped after a checkpoint (" in first.stdout
+    statuses = {str(run.relative_to(scenario.out)): s["status"] for run, s in scenario.after_stop.items()}
+    assert statuses == {str(_run(scenario.out, CARTPOLE, "discrete-cql", 0).relative_to(scenario.out)): "completed",
+                        str(scenario.killed.relative_to(scenario.out)): "stopped"}, statuses  # mixed: not started
+    # The retried trial was training when Ctrl-C came: it stopped after a checkpoint and says so.
+    killed = scenario.after_stop[scenario.killed]
+    assert killed["status"] == "stopped" and killed["resumed"] == 1 and killed["stop_reason"] == "SIGINT", killed
+    assert 0 < killed["steps"] < 300 and (scenario.killed / "checkpoints" / "latest.pt").exists()
+    label = f"{CARTPOLE} discrete-cql base seed 1"
+    assert f"{label}: stopped after a checkpoint ({scenario.killed})" in first.stdout, first.stdout
+    # The trials never started count as stopped too: exit 130 and no report, not a report of a partial sweep.
+    assert "1/4 done · 0 running · 0 failed  3 stopped" in first.stdout, first.stdout
+    assert "3 trial(s) stopped after a checkpoint or not started" in first.stderr, first.stderr
 
 
-def test_the_same_command_resumes_stopped_trials_and_skips_finished_ones(scenario):
+def test_running_the_sweep_again_resumes_stopped_trials_and_skips_finished_ones(scenario):
     second = scenario.second
     assert second.returncode == 0, second.stderr
-    n_done = sum(s["status"] == "completed" for s in scenario.after_stop.values())
-    n_stopped = sum(s["status"] == "stopped" for s in scenario.after_stop.values())
-    assert f"{n_done} finished (skipped), {n_stopped} to resume, {4 - n_done - n_stopped} new" in second.stdout
-    assert scenario.finished_after == scenario.finished  # a finished trial is not touched again
+    assert "1 finished (skipped), 1 to resume, 2 new" in second.stdout
+    assert "1 CPU(s) per trial\n" in second.stdout and "at most 1 at a time" in scenario.first.stdout
+    assert scenario.finished and scenario.finished_after == scenario.finished  # a finished trial is not touched again
     for run, summary in scenario.after_stop.items():
         if summary["status"] == "stopped":
             assert _summary(run)["resumed"] == summary["resumed"] + 1
