@@ -76,7 +76,8 @@ def rows_of(report: dict, truth: dict) -> list[dict]:
         t = truth[Path(r["checkpoint"]).name]
         rows.append({**t, "fqe": r["value"], "ci": [r["ci_low"], r["ci_high"]], "fqe_normalized": r["normalized"],
                      "diverged": r["diverged"], "td_error_relative": r["td_error_relative"],
-                     "spectral_radius": r["spectral_radius"]})
+                     "spectral_radius": r["spectral_radius"],
+                     "clipped_fraction": r.get("clipped_fraction")})
     return rows
 
 

@@ -19,7 +19,7 @@ examples:
   offrl ope RUN_DIR --on all                  (every episode, including the ones the policy trained on)
 
 The value is the policy's discounted return (the run's gamma) from the data's initial states; the CI
-resamples whole episodes (one FQE fit per resample). FQE extrapolates where the policy leaves the data:
+resamples whole episodes (the FQE network's last layer refit per resample). FQE extrapolates where the policy leaves the data:
 see docs/ope.md for where it was measured to be trustworthy and where not.
 """
 
@@ -42,7 +42,10 @@ def register(subparsers: Any) -> None:
                    help="data: the run's held-out episodes (default) or all episodes")
     p.add_argument("--bootstrap", type=non_negative_int, default=20, metavar="B",
                    help="bootstrap resamples of the episodes for the CI (default 20; 0: no CI)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the features and resamples (default 0)")
+    p.add_argument("--steps", type=int, default=3000, metavar="N",
+                   help="gradient steps of the FQE network (default 3000: 300 Bellman backups)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the network, its minibatches and the resamples (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=_run)
 
@@ -51,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     from offrl.runs.ope import ope_run
 
     report = ope_run(args.run_dir, checkpoint=args.checkpoint, on=args.on, bootstrap=args.bootstrap,
-                     seed=args.seed)
+                     seed=args.seed, steps=args.steps)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -64,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{fmt(r['ci_high'], '.2f')}], normalized {fmt(r['normalized'])} "
               f"[{fmt(r['normalized_ci_low'])}, {fmt(r['normalized_ci_high'])}]; TD error "
               f"{fmt(r['td_error'], '.3g')} ({fmt(r['td_error_relative'], '.2f')} of the targets' variance), "
-              f"contraction {fmt(r['spectral_radius'], '.3f')}{flag}")
+              f"last-layer spectral radius {fmt(r['spectral_radius'], '.3f')}, "
+              f"{100 * (r['clipped_fraction'] or 0):.1f}% of targets clipped{flag}")
     if len(report["results"]) > 1:
         print("ranking (best first, diverged fits left out): " + ", ".join(str(s) for s in report["ranking"]))
     return 0

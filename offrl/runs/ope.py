@@ -80,7 +80,7 @@ def _discounted_ref(ref: float | None, gamma: float, horizon: int | None) -> flo
     return float(ref) * (1 - gamma ** horizon) / (horizon * (1 - gamma))
 
 
-def _estimate(loaded: Any, rows: Any, *, bootstrap: int, seed: int) -> dict[str, Any]:
+def _estimate(loaded: Any, rows: Any, *, bootstrap: int, seed: int, steps: int) -> dict[str, Any]:
     import torch
 
     from offrl.evaluation.fqe import fit_fqe
@@ -92,7 +92,7 @@ def _estimate(loaded: Any, rows: Any, *, bootstrap: int, seed: int) -> dict[str,
     kwargs: dict[str, Any] = ({"n_actions": int(space.n)} if not torch.is_floating_point(rows["action"])
                               else {"action_low": space.low, "action_high": space.high})
     result = fit_fqe(rows, lambda o: torch.as_tensor(policy_actions_of(loaded.policy, o)), gamma=gamma,
-                     bootstrap=bootstrap, seed=seed, **kwargs)
+                     bootstrap=bootstrap, seed=seed, steps=steps, **kwargs)
     out = {"step": loaded.step, "checkpoint": str(loaded.checkpoint), **result.to_dict()}
     info = ds.info
     horizon = getattr(info, "max_episode_steps", None)
@@ -109,7 +109,7 @@ def _estimate(loaded: Any, rows: Any, *, bootstrap: int, seed: int) -> dict[str,
 
 
 def ope_run(target: str | os.PathLike[str], *, checkpoint: str = "latest", on: str = "heldout",
-            bootstrap: int = 20, seed: int = 0) -> dict[str, Any]:
+            bootstrap: int = 20, seed: int = 0, steps: int = 3000) -> dict[str, Any]:
     """FQE of one run's checkpoint(s); with several, ``ranking`` lists their steps best first."""
     from offrl.runs.policy import load_policy
 
@@ -119,6 +119,8 @@ def ope_run(target: str | os.PathLike[str], *, checkpoint: str = "latest", on: s
                         "'offrl train'")
     if bootstrap < 0:
         raise UserError(f"--bootstrap: must be 0 or more, got {bootstrap}")
+    if steps < 1:
+        raise UserError(f"--steps: must be 1 or more, got {steps}")
     if on not in ("heldout", "all"):
         raise UserError(f"--on {on}: expected heldout or all")
     files = checkpoint_files(path, checkpoint)
@@ -126,18 +128,18 @@ def ope_run(target: str | os.PathLike[str], *, checkpoint: str = "latest", on: s
     for _, ckpt in files:
         loaded = load_policy(ckpt)
         rows, data_note, trained_on = _ope_rows(loaded, on)
-        results.append(_estimate(loaded, rows, bootstrap=bootstrap, seed=seed))
+        results.append(_estimate(loaded, rows, bootstrap=bootstrap, seed=seed, steps=steps))
     ranked = sorted((r for r in results if not r["diverged"] and r["value"] is not None),
                     key=lambda r: -r["value"])
     return {"run_dir": str(path), "data": data_note, "trained_on_data": trained_on, "method": "fqe",
             "results": results, "ranking": [r["step"] for r in ranked]}
 
 
-def select_checkpoint(run_dir: Path, *, bootstrap: int = 20, seed: int = 0) -> dict[str, Any]:
+def select_checkpoint(run_dir: Path, *, bootstrap: int = 20, seed: int = 0, steps: int = 3000) -> dict[str, Any]:
     """``offrl train --select fqe``: the kept checkpoint with the highest FQE estimate (diverged fits
     excluded), with its env score from metrics.csv when the run evaluated at that step, else measured with the
     run's eval settings."""
-    report = ope_run(run_dir, checkpoint="all", bootstrap=bootstrap, seed=seed)
+    report = ope_run(run_dir, checkpoint="all", bootstrap=bootstrap, seed=seed, steps=steps)
     if not report["ranking"]:
         raise UserError(f"{run_dir}: FQE diverged on every checkpoint; nothing to select (see offrl ope "
                         f"{run_dir} --checkpoint all)")
