@@ -56,6 +56,7 @@ __all__ = [
     "discounted_returns",
     "convert_to_dir",
     "build_cache",
+    "marl_leaves",
     "space_summary",
     "ted_layout",
 ]
@@ -182,18 +183,22 @@ def space_summary(space: gym.Space) -> dict[str, Any]:
     }
 
 
-def ted_layout(obs_space: gym.Space, act_space: gym.Space) -> RowLayout:
-    """The packed-row layout of every TED leaf for these spaces (see :mod:`offrl.data.layout`)."""
+def ted_layout(obs_space: gym.Space, act_space: gym.Space, multiagent: dict[str, Any] | None = None) -> RowLayout:
+    """The packed-row layout of every TED leaf for these spaces (see :mod:`offrl.data.layout`); with
+    ``multiagent`` (a multi-agent source's description) torchrl's multi-agent keys instead."""
     from offrl.data.layout import RowLayout
 
     leaves: list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]] = []
-    for path, shape, dtype in leaf_specs(obs_space):
-        leaves.append((("observation", *path), shape, dtype))
-        leaves.append((("next", "observation", *path), shape, dtype))
-    if isinstance(act_space, gym.spaces.Discrete):
-        leaves.append((("action",), (), np.dtype(np.int64)))
+    if multiagent:
+        leaves += marl_leaves(multiagent)
     else:
-        leaves.append((("action",), tuple(act_space.shape), np.dtype(np.float32)))
+        for path, shape, dtype in leaf_specs(obs_space):
+            leaves.append((("observation", *path), shape, dtype))
+            leaves.append((("next", "observation", *path), shape, dtype))
+        if isinstance(act_space, gym.spaces.Discrete):
+            leaves.append((("action",), (), np.dtype(np.int64)))
+        else:
+            leaves.append((("action",), tuple(act_space.shape), np.dtype(np.float32)))
     leaves += [
         (("next", "reward"), (1,), np.dtype(np.float32)),
         (("mc_return",), (1,), np.dtype(np.float32)),
@@ -204,6 +209,34 @@ def ted_layout(obs_space: gym.Space, act_space: gym.Space) -> RowLayout:
         (("next", "truncated"), (1,), np.dtype(np.bool_)),
     ]
     return RowLayout.build(leaves)
+
+
+def marl_leaves(ma: dict[str, Any]) -> list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]]:
+    """torchrl's multi-agent leaves: ``("agents", "observation")`` [n, obs], ``("agents", "action")`` [n],
+    ``("next", "agents", "reward")`` [n, 1], optional ``state`` [S] and ``("agents", "action_mask")``
+    [n, A] (each with its ``next`` twin). The team ``("next", "reward")`` and flags are the common leaves."""
+    n, obs, n_act = int(ma["n_agents"]), tuple(int(d) for d in ma["observation_shape"][1:]), int(ma["n_actions"])
+    f32, b = np.dtype(np.float32), np.dtype(np.bool_)
+    leaves = [(("agents", "observation"), (n, *obs), f32), (("next", "agents", "observation"), (n, *obs), f32),
+              (("agents", "action"), (n,), np.dtype(np.int64)), (("next", "agents", "reward"), (n, 1), f32)]
+    if ma.get("state_dim"):
+        leaves += [(("state",), (int(ma["state_dim"]),), f32), (("next", "state"), (int(ma["state_dim"]),), f32)]
+    if ma.get("action_masks"):
+        leaves += [(("agents", "action_mask"), (n, n_act), b), (("next", "agents", "action_mask"), (n, n_act), b)]
+    return leaves
+
+
+def _marl_values(chunk: dict[str, Any]) -> dict[tuple[str, ...], np.ndarray]:
+    """A multi-agent chunk's arrays under their TED keys (the leaves of :func:`marl_leaves`)."""
+    values = {("agents", "observation"): chunk["observation"],
+              ("next", "agents", "observation"): chunk["next_observation"],
+              ("agents", "action"): chunk["action"],
+              ("next", "agents", "reward"): chunk["agent_reward"][..., None]}
+    for key, ted in (("state", ("state",)), ("next_state", ("next", "state")),
+                     ("action_mask", ("agents", "action_mask")), ("next_action_mask", ("next", "agents", "action_mask"))):
+        if key in chunk:
+            values[ted] = chunk[key]
+    return values
 
 
 def _pwrite_all(fd: int, buf: np.ndarray, offset: int) -> None:
@@ -225,7 +258,7 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int) -> None:
 
 def default_chunk_rows(raw: RawSource) -> int:
     """Rows per chunk so that one chunk of packed rows is about ``DEFAULT_CHUNK_BYTES``."""
-    return max(1024, DEFAULT_CHUNK_BYTES // ted_layout(raw.observation_space, raw.action_space).row_bytes)
+    return max(1024, DEFAULT_CHUNK_BYTES // ted_layout(raw.observation_space, raw.action_space, raw.multiagent).row_bytes)
 
 
 # --------------------------------------------------------------------------- conversion
@@ -235,7 +268,8 @@ def convert_to_dir(
     """Stream ``raw`` into ``dest/rows.memmap`` (packed TED rows); write and return ``dest/info.json``'s payload."""
     chunk_rows = int(chunk_rows or default_chunk_rows(raw))
     n = raw.transitions
-    layout = ted_layout(raw.observation_space, raw.action_space)
+    layout = ted_layout(raw.observation_space, raw.action_space, raw.multiagent)
+    agent_reward_sum = np.zeros(int(raw.multiagent["n_agents"]) if raw.multiagent else 0)
     check_spaces(raw.path, raw.observation_space, raw.action_space, leaf_specs(raw.observation_space))
     dtypes = {f.key: np.dtype(f.dtype) for f in layout.fields}
     # One flat file of packed rows, written with pwrite (never through a mapping, so RSS stays bounded
@@ -284,13 +318,17 @@ def convert_to_dir(
                         f"{raw.path}: NaN/inf values in {key} ({stats.first_nonfinite}); fix the data or pass "
                         "--allow-nan (load_dataset(..., allow_nan=True)) to accept them"
                     )
-                values = {("observation", *p): v for p, v in tree_leaves(chunk["observation"])}
-                values.update(
-                    {("next", "observation", *p): v for p, v in tree_leaves(chunk["next_observation"])}
-                )
+                if raw.multiagent:
+                    values = _marl_values(chunk)
+                    agent_reward_sum += np.nan_to_num(np.asarray(chunk["agent_reward"], np.float64)).sum(0)
+                else:
+                    values = {("observation", *p): v for p, v in tree_leaves(chunk["observation"])}
+                    values.update(
+                        {("next", "observation", *p): v for p, v in tree_leaves(chunk["next_observation"])}
+                    )
+                    values[("action",)] = chunk["action"]
                 values.update(
                     {
-                        ("action",): chunk["action"],
                         ("next", "reward"): chunk["reward"],
                         ("next", "terminated"): term,
                         ("next", "truncated"): trunc,
@@ -377,6 +415,9 @@ def convert_to_dir(
         ),
         "metadata": raw.metadata,
     }
+    if raw.multiagent:  # per-agent episode returns: every row belongs to a finished episode
+        episodes = max(int(lengths.size), 1)
+        info["multiagent"] = {**raw.multiagent, "agent_return_mean": (agent_reward_sum / episodes).tolist()}
     info["rows_crc32"] = file_crc32(dest / ROWS_FILE)  # verified on load (offrl.data.cache_check)
     write_text_atomic(dest / "info.json", json.dumps(info, indent=1, default=_json_default))
     return info

@@ -201,6 +201,7 @@ def read_d4rl(path: Path) -> RawSource:
         if discrete and int(np.prod(act.shape[1:], dtype=np.int64)) != 1:
             raise UserError(
                 f"{path}: discrete 'actions' have shape {act.shape}; expected ({n},) or ({n}, 1) indices"
+                + ("; a multi-agent file declares the attribute n_agents (docs/multiagent.md)" if obs.ndim == 3 else "")
             )
         if act.dtype.kind not in "fiub":
             raise UserError(f"{path}: 'actions' has dtype {act.dtype}; expected numbers")
