@@ -137,7 +137,7 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
         if data_dir is not None:
             name = candidate.relative_to(minari_root()).as_posix()
             return _minari_source(data_dir, name, candidate)
-        marl_file = _marl_file(minari_root() / text)
+        marl_file = _marl_file(minari_root() / text) or _marl_file(minari_root() / "offrl" / text)
         if marl_file is not None:  # a generated multi-agent dataset (offrl datasets make)
             name = marl_file.relative_to(minari_root()).with_suffix("").as_posix()
             return ResolvedSource(marl_file, [marl_file], name, lambda: read_marl_hdf5(marl_file, name))
