@@ -174,6 +174,11 @@ def read_d4rl(path: Path) -> RawSource:
             raise UserError(f"{path}: zero transitions (the arrays are empty)")
         if obs.dtype.kind not in "fiub":
             raise UserError(f"{path}: 'observations' has dtype {obs.dtype}; expected numbers")
+        act = f["actions"]
+        if obs.ndim == 3 and act.ndim == 2 and act.shape[1] == obs.shape[1] > 1 and act.dtype.kind in "iu":
+            raise UserError(f"{path}: observations {obs.shape} and integer actions {act.shape} look like "
+                            f"{obs.shape[1]} agents; a multi-agent file declares the attribute "
+                            f"n_agents={obs.shape[1]} (docs/multiagent.md)")
         _row_count(f["actions"], n, "actions", path, per_row=False)
         _row_count(f["rewards"], n, "rewards", path, per_row=True)
         flags = [k for k in FLAG_KEYS if k in f]
@@ -313,7 +318,7 @@ def _check_flags(values: np.ndarray, key: str, first_row: int, path: Path) -> No
         return
     bad = np.flatnonzero((flat != 0) & (flat != 1))
     if bad.size:
-        raise UserError(f"{path}: '{key}' holds {flat[bad[0]]!r} at row {first_row + int(bad[0])}; "
+        raise UserError(f"{path}: '{key}' holds {flat[bad[0]].item()!r} at row {first_row + int(bad[0])}; "
                         "flags must be 0 or 1")
 
 
