@@ -70,8 +70,8 @@ def _shape(ds: h5py.Dataset, expected: tuple[int | None, ...], key: str, path: P
 
 
 def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
-    """Validate a multi-agent HDF5 file and describe it (``name``: its id, default the file's stem); rows
-    are streamed later, in chunks."""
+    """Validate a multi-agent HDF5 file and describe it (``name``: its id, default its ``dataset_id``
+    attribute, else the file's stem); rows are streamed later, in chunks."""
     path = Path(path)
     with open_hdf5(path) as f, hdf5_errors(path):
         meta = _metadata(f)
@@ -183,7 +183,7 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
                 if len(chunk["reward"]):
                     yield chunk
 
-    return RawSource(format="marl-hdf5", path=path, files=[path], name=name or path.stem, transitions=kept,
+    return RawSource(format="marl-hdf5", path=path, files=[path], name=name or str(metadata["dataset_id"] or path.stem), transitions=kept,
                      source_rows=n, observation_space=obs_space, action_space=gym.spaces.Discrete(n_actions),
                      had_next_observations=has_next, iter_chunks=iter_chunks, metadata=metadata, rules=rules,
                      multiagent=multiagent)
