@@ -28,14 +28,14 @@ import numpy as np
 
 from offrl.data.d4rl import (
     CUT_LAST_ROW_RULE,
-    _check_flags,
-    _float_or_none,
-    _int_or_none,
-    _metadata,
-    _pick,
-    _rows,
+    check_flags,
+    episode_rows,
+    float_or_none,
     hdf5_errors,
+    hdf5_metadata,
+    int_or_none,
     open_hdf5,
+    pick,
     storage_dtype_of,
 )
 from offrl.data.source import Chunk, RawSource
@@ -74,11 +74,11 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
     attribute, else the file's stem); rows are streamed later, in chunks."""
     path = Path(path)
     with open_hdf5(path) as f, hdf5_errors(path):
-        meta = _metadata(f)
+        meta = hdf5_metadata(f)
         try:
-            n_agents = int(_pick(meta, MARKER))
+            n_agents = int(pick(meta, MARKER))
         except (TypeError, ValueError):
-            raise UserError(f"{path}: attribute n_agents={_pick(meta, MARKER)!r} is not a number of agents") from None
+            raise UserError(f"{path}: attribute n_agents={pick(meta, MARKER)!r} is not a number of agents") from None
         if n_agents < 1:
             raise UserError(f"{path}: attribute n_agents={n_agents}; a multi-agent file needs at least one agent")
         for key in ("observations", "actions", "rewards", "terminals"):
@@ -138,8 +138,8 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
         for s in range(0, n, _FLAG_CHUNK):
             e = min(s + _FLAG_CHUNK, n)
             for key in flags:
-                _check_flags(np.asarray(f[key][s:e]), key, s, path)
-            kept += int(_rows(f, flags, s, e, n, has_next)["keep"].sum())
+                check_flags(np.asarray(f[key][s:e]), key, s, path)
+            kept += int(episode_rows(f, flags, s, e, n, has_next)["keep"].sum())
             a = np.asarray(act[s:e]).reshape(e - s, n_agents)
             if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
                 raise UserError(f"{path}: 'actions' hold non-integer values; the layout takes action indices")
@@ -149,7 +149,7 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
             hi = max(hi, int(a.max()))
         if kept == 0:
             raise UserError(f"{path}: zero transitions after dropping cut episode ends; add 'next_observations'")
-        declared = _pick(meta, "n_actions", "action_size")
+        declared = pick(meta, "n_actions", "action_size")
         n_actions = int(declared) if declared is not None else hi + 1
         if has_masks:
             masks = _dataset(f, "action_masks", path)
@@ -165,11 +165,11 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
                   "n_actions": n_actions, "state_dim": state_dim, "action_masks": has_masks,
                   "reward": "per-agent" if per_agent else "team"}
     metadata = {
-        "env_id": _pick(meta, "env_id", "env_name", "env"),
-        "ref_min_score": _float_or_none(_pick(meta, "ref_min_score")),
-        "ref_max_score": _float_or_none(_pick(meta, "ref_max_score")),
-        "max_episode_steps": _int_or_none(_pick(meta, "max_episode_steps")),
-        "dataset_id": _pick(meta, "dataset_id", "dataset_name"),
+        "env_id": pick(meta, "env_id", "env_name", "env"),
+        "ref_min_score": float_or_none(pick(meta, "ref_min_score")),
+        "ref_max_score": float_or_none(pick(meta, "ref_max_score")),
+        "max_episode_steps": int_or_none(pick(meta, "max_episode_steps")),
+        "dataset_id": pick(meta, "dataset_id", "dataset_name"),
     }
     extra = {k: meta[k] for k in ("offrl_recipe", "offrl_references", "offrl_generator_versions", "description")
              if k in meta}
@@ -207,7 +207,7 @@ def _next_rows(f: h5py.File, key: str, s: int, e: int, n: int, own: np.ndarray) 
 
 def _chunk(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool, n_agents: int,
            per_agent: bool, path: Path) -> Chunk:
-    rows = _rows(f, flags, s, e, n, has_next)
+    rows = episode_rows(f, flags, s, e, n, has_next)
     keep = rows["keep"]
     own = rows["terminated"]
     index = np.arange(s, e)

@@ -157,6 +157,8 @@ def build_components(
 
         logger = OnlineMetricsLogger(logger, replay_buffer)
     trainer_cls, extra = trainer_class(cfg, parts)
+    if cfg.algo in MARL_ALGOS and collector is None:  # offline: nothing explores, no epsilon to anneal or log
+        extra["greedy_module"] = None
     trainer = trainer_cls(
         collector=collector,
         total_frames=online.total_frames if online is not None else cfg.total_frames,

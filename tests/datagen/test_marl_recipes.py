@@ -8,7 +8,6 @@ import json
 import os
 
 import h5py
-import numpy as np
 import pytest
 import yaml
 
