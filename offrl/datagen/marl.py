@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from offrl.data.marl_envs import MARL_ENVS, make_raw_marl_env
+from offrl.data.marl_envs import MARL_ENVS, make_raw_marl_env, marl_env_shapes
 from offrl.data.marl_writer import write_marl_hdf5
 from offrl.data.minari import minari_root
 from offrl.datagen.marl_policies import MARL_POLICIES, N_MOVES, marl_episodes
 from offrl.datagen.recipes import load_recipes, recipes_path
 from offrl.errors import UserError
 
-__all__ = ["MarlRecipe", "is_marl_recipe", "load_marl_recipes", "make_marl_dataset", "marl_status",
-           "team_returns"]
+__all__ = ["MarlRecipe", "dataset_from_marl_policy", "is_marl_recipe", "load_marl_recipes", "make_marl_dataset",
+           "marl_status", "team_returns"]
 
 
 @dataclass(frozen=True)
@@ -184,3 +184,49 @@ def marl_status(root: str | Path | None = None) -> list[dict[str, Any]]:
         out.append({"name": name, "env_id": recipe.env_id, "policy": recipe.policy,
                     "size": f"{recipe.episodes} episodes", "status": status, "path": str(path)})
     return out
+
+
+def dataset_from_marl_policy(loaded: Any, *, episodes: int, env_id: str | None = None, epsilon: float = 0.0,
+                             seed: int = 0, name: str | None = None, root: str | Path | None = None,
+                             ref_min: float | None = None, ref_max: float | None = None) -> Path:
+    """Roll out a multi-agent run's greedy joint policy (``offrl.runs.load_policy``) with ``epsilon``
+    random moves per agent and step, and write it as ``<root>/<name>.hdf5`` in the multi-agent layout
+    (``offrl datasets make --policy RUN_DIR``). Episode ``i`` resets with ``seed + i``."""
+    import torch
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from offrl.datagen.write import check_name, refs_metadata
+
+    if not 0.0 <= epsilon <= 1.0:
+        raise UserError(f"--noise: the random-move probability of a multi-agent policy is in [0, 1], got {epsilon}")
+    dataset = loaded.dataset
+    env_id = env_id or (dataset.info.env_id if dataset is not None else loaded.env_id)
+    if env_id not in MARL_ENVS:
+        raise UserError(f"--env {env_id}: the policy acts in a multi-agent env; use one of {', '.join(MARL_ENVS)}")
+    name = name or f"offrl-runs/{Path(loaded.run_dir).name}/policy-v0"
+    check_name(name)
+    refs = (dataset.info.ref_min_score, dataset.info.ref_max_score, dataset.info.ref_source) if dataset else (
+        None, None, None)
+    policy = loaded.policy.eval()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+            td = TensorDict({"agents": TensorDict({"observation": torch.as_tensor(obs)}, [obs.shape[0]])}, [])
+            return policy(td).get(("agents", "action")).cpu().numpy()
+
+    n_actions = int(marl_env_shapes(env_id)["n_actions"])
+    attrs = {"dataset_id": name, "env_id": env_id, "max_episode_steps": MARL_ENVS[env_id].max_steps,
+             "offrl_source": {"kind": "policy", "checkpoint": str(loaded.checkpoint), "step": loaded.step,
+                              "epsilon": epsilon, "seed": seed, "episodes": int(episodes)}}
+    attrs.update(refs_metadata(refs, ref_min, ref_max))
+    env = make_raw_marl_env(env_id)
+    try:
+        return write_marl_hdf5((Path(root) if root is not None else minari_root()) / f"{name}.hdf5",
+                               marl_episodes(env, act, int(episodes), seed, epsilon=epsilon, reset_seed=seed),
+                               n_actions=n_actions, attrs=attrs)
+    except OSError as exc:
+        raise UserError(f"{exc.filename or root}: cannot write the dataset ({exc.strerror}); choose another "
+                        "--root") from None
+    finally:
+        env.close()

@@ -20,7 +20,7 @@ step), drawn from ``numpy.random.default_rng(seed)``; episode ``i`` resets the e
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,11 +72,12 @@ def spread_actions(obs: np.ndarray, policy: str) -> np.ndarray:
     return np.where(np.abs(value) < _STOP, 0, move).astype(np.int64)
 
 
-def marl_episodes(env: Any, policy: str, episodes: int, seed: int, *, epsilon: float | tuple[float, float] = 0.0,
-                  reset_seed: int | None = None) -> Iterator[MarlEpisode]:
-    """Roll ``policy`` out in a PettingZoo parallel env (``mpe2`` ``simple_spread``) for ``episodes``
-    episodes. ``epsilon``: a number or a ``[start, end]`` per-episode linear schedule. Episode ``i``
-    resets with ``reset_seed + i`` (default ``seed * 1_000_000``)."""
+def marl_episodes(env: Any, policy: str | Callable[[np.ndarray], np.ndarray], episodes: int, seed: int, *,
+                  epsilon: float | tuple[float, float] = 0.0, reset_seed: int | None = None) -> Iterator[MarlEpisode]:
+    """Roll ``policy`` (a scripted policy's name, or a function of the agents' observations ``[n, obs]``
+    returning their moves ``[n]``) out in a PettingZoo parallel env (``mpe2`` ``simple_spread``) for
+    ``episodes`` episodes. ``epsilon``: a number or a ``[start, end]`` per-episode linear schedule.
+    Episode ``i`` resets with ``reset_seed + i`` (default ``seed * 1_000_000``)."""
     rng = np.random.default_rng(seed)
     base = seed * 1_000_000 if reset_seed is None else reset_seed
     agents = list(env.possible_agents)
@@ -92,7 +93,7 @@ def marl_episodes(env: Any, policy: str, episodes: int, seed: int, *, epsilon: f
             if policy == "random":
                 act = rng.integers(0, N_MOVES, size=len(agents))
             else:
-                act = spread_actions(o, policy)
+                act = policy(o) if callable(policy) else spread_actions(o, policy)
                 if eps > 0:
                     explore = rng.random(len(agents)) < eps
                     act = np.where(explore, rng.integers(0, N_MOVES, size=len(agents)), act)

@@ -137,3 +137,22 @@ def test_offline_bad_inputs_are_one_line(tmp_path):
     assert_user_error(cli("--algo", "vdn", "--env", "mpe2/simple_spread"), "n_agents=2", "has 3")
     assert_user_error(cli("--algo", "iql", "--set", "mixing.min_q_weight=-1"), "mixing.min_q_weight")
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("summary.json"))
+
+
+def test_a_trained_multi_agent_policy_records_a_dataset(tmp_path):
+    data = _small_dataset(tmp_path / "team.hdf5")
+    run = train(str(data), "vdn", steps=20, eval_every=0, progress=False, out=tmp_path / "runs", name="v",
+                batch_size=16, **{"mixing.hidden_sizes": [16]}).dir
+    made = subprocess.run([OFFRL, "datasets", "make", "--policy", str(run), "--episodes", "3", "--noise", "0.5",
+                           "--dataset-id", "offrl-runs/team/policy-v0", "--root", str(tmp_path / "made")],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    path = tmp_path / "made" / "offrl-runs" / "team" / "policy-v0.hdf5"
+    assert made.stdout.strip() == str(path)
+    from offrl.data import load_dataset
+
+    ds = load_dataset(path)
+    assert (len(ds), ds.info.episodes, ds.info.extra["multiagent"]["n_agents"]) == (75, 3, 2)
+    assert ds.info.env_id == "mpe2/simple_spread-n2"
+    assert_user_error(subprocess.run([OFFRL, "datasets", "make", "--from-run", str(run)], capture_output=True,
+                                     text=True, timeout=300), "multi-agent run", "--policy")
