@@ -118,6 +118,9 @@ def evaluate_checkpoint(
     from offrl.evaluation.rollout import evaluate
 
     loaded = load_policy(path, device=device)
+    if loaded.config.algo in ("qmix", "vdn", "iql"):
+        raise UserError(f"{path}: offrl eval scores single-agent policies; a multi-agent run's team returns are "
+                        "its eval_* columns (metrics.csv, summary.json), measured in its env during training")
     if env is not None:
         _check_spaces(env, loaded.dataset if loaded.dataset is not None else loaded.env_id)
     target = env if env is not None else (loaded.dataset if loaded.dataset is not None else loaded.env_id)

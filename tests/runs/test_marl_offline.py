@@ -156,3 +156,5 @@ def test_a_trained_multi_agent_policy_records_a_dataset(tmp_path):
     assert ds.info.env_id == "mpe2/simple_spread-n2"
     assert_user_error(subprocess.run([OFFRL, "datasets", "make", "--from-run", str(run)], capture_output=True,
                                      text=True, timeout=300), "multi-agent run", "--policy")
+    assert_user_error(subprocess.run([OFFRL, "eval", str(run)], capture_output=True, text=True, timeout=300),
+                      "multi-agent run", "eval_* columns")
