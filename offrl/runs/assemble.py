@@ -144,6 +144,9 @@ def build_components(
             check_batch_memory(cfg.algo_config, dataset, cfg.batch_size, device=device, bf16=cfg.precision == "bf16")
             parts = build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
         replay_buffer, evaluator = _dataset_buffer_and_evaluator(cfg, dataset, parts, device, evaluator)
+        if cfg.algo in MARL_ALGOS and cfg.online.steps > 0:
+            raise UserError(f"--online-steps: a multi-agent run trains offline from {dataset.name} or online from "
+                            "scratch (--env mpe2/... without --dataset), not both; drop one")
         if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)
             from offrl.online.setup import prepare_online
 

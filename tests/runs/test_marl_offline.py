@@ -136,6 +136,7 @@ def test_offline_bad_inputs_are_one_line(tmp_path):
     assert_user_error(cli("--algo", "dqn"), "multi-agent dataset", "qmix, vdn or iql")
     assert_user_error(cli("--algo", "vdn", "--env", "mpe2/simple_spread"), "n_agents=2", "has 3")
     assert_user_error(cli("--algo", "iql", "--set", "mixing.min_q_weight=-1"), "mixing.min_q_weight")
+    assert_user_error(cli("--algo", "qmix", "--batch-size", "16", "--online-steps", "100"), "--online-steps", "not both")
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("summary.json"))
 
 
