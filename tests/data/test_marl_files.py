@@ -4,8 +4,6 @@ written)."""
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 import pytest
@@ -195,8 +193,7 @@ def test_cli_info_shows_agents_and_a_bad_file_is_exit_2(tmp_path):
     assert lines["per-agent actions"] == "discrete, n=4"
     assert lines["global state"] == "[5]"
     assert lines["team return"].startswith("min=") and lines["agent return mean"].startswith("[")
-    payload = json.loads(offrl_cli("datasets", "info", str(tmp_path / "ma.hdf5"), "--cache-dir",
-                                   str(tmp_path / "c"), "--json").stdout)
+    payload = load_dataset(tmp_path / "ma.hdf5", cache_dir=tmp_path / "c").info.to_dict()  # what --json prints
     assert payload["multiagent"]["n_agents"] == 2 and payload["env_id"] == "mpe2/simple_spread-n2"
     # The same arrays without n_agents read as a single-agent file: the error says what is missing.
     write_marl(tmp_path / "plain.hdf5", attr_n_agents=None)

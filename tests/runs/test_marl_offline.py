@@ -18,6 +18,8 @@ import pytest
 import torch
 from helpers.cli import OFFRL, assert_user_error
 
+from offrl.errors import UserError
+
 pytest.importorskip("mpe2")
 
 from offrl.datagen.marl import make_marl_dataset  # noqa: E402
@@ -134,9 +136,12 @@ def test_offline_bad_inputs_are_one_line(tmp_path):
                                str(tmp_path / "runs"), *args], capture_output=True, text=True, timeout=300)
 
     assert_user_error(cli("--algo", "dqn"), "multi-agent dataset", "qmix, vdn or iql")
-    assert_user_error(cli("--algo", "vdn", "--env", "mpe2/simple_spread"), "n_agents=2", "has 3")
-    assert_user_error(cli("--algo", "iql", "--set", "mixing.min_q_weight=-1"), "mixing.min_q_weight")
-    assert_user_error(cli("--algo", "qmix", "--batch-size", "16", "--online-steps", "100"), "--online-steps", "not both")
+    common = dict(steps=2, progress=False, out=tmp_path / "runs", batch_size=16)
+    for algo, extra, match in [("vdn", {"dataset.env_id": "mpe2/simple_spread"}, "n_agents=2 but env .* has 3"),
+                               ("iql", {"mixing.min_q_weight": -1.0}, "mixing.min_q_weight"),
+                               ("qmix", {"online_steps": 100}, "--online-steps: .* not both")]:
+        with pytest.raises(UserError, match=match):
+            train(str(data), algo, **common, **extra)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("summary.json"))
 
 
@@ -155,7 +160,10 @@ def test_a_trained_multi_agent_policy_records_a_dataset(tmp_path):
     ds = load_dataset(path)
     assert (len(ds), ds.info.episodes, ds.info.extra["multiagent"]["n_agents"]) == (75, 3, 2)
     assert ds.info.env_id == "mpe2/simple_spread-n2"
-    assert_user_error(subprocess.run([OFFRL, "datasets", "make", "--from-run", str(run)], capture_output=True,
-                                     text=True, timeout=300), "multi-agent run", "--policy")
-    assert_user_error(subprocess.run([OFFRL, "eval", str(run)], capture_output=True, text=True, timeout=300),
-                      "multi-agent run", "eval_* columns")
+    from offrl.datagen.from_run import dataset_from_run
+    from offrl.runs.policy import evaluate_checkpoint
+
+    with pytest.raises(UserError, match="multi-agent run's replay buffer is not exported.*--policy"):
+        dataset_from_run(run)
+    with pytest.raises(UserError, match="multi-agent run's team returns are its eval_\\* columns"):
+        evaluate_checkpoint(run)
