@@ -1,7 +1,7 @@
 """Offline multi-agent Q-learning on the bundled simple_spread-n2 medium dataset (generated from its recipe):
 QMIX, VDN and independent Q-learning with the per-agent CQL penalty beat the behaviour policy; without the
-penalty QMIX drives the agents apart (why the penalty exists); a killed run resumes bit-identical; bad
-inputs are one line."""
+penalty VDN does worse than the behaviour at the same budget (why the penalty exists); a killed run resumes
+bit-identical; a trained policy records a dataset; bad inputs are one line."""
 
 from __future__ import annotations
 
@@ -52,22 +52,19 @@ def _behaviour(medium: Path) -> float:
 
 
 @pytest.mark.slow
-def test_vdn_beats_the_behaviour_with_the_penalty_and_does_worse_without(medium, tmp_path):
-    behaviour = _behaviour(medium)
-    penalised = _final(medium, "vdn", 1500, tmp_path / "cql")
-    plain = _final(medium, "vdn", 1500, tmp_path / "plain", **{"mixing.min_q_weight": 0.0})
-    assert penalised["return_mean"] > behaviour + 1.0, (penalised, behaviour)
-    # Without the penalty the Q-values of moves the data rarely took are unchecked and the greedy joint
-    # policy follows them: at the same budget it scores below the behaviour that made the data.
-    assert plain["return_mean"] < behaviour < penalised["return_mean"], (plain, behaviour)
-    assert penalised["normalized_score"] > plain["normalized_score"] + 10
+@pytest.mark.parametrize(("algo", "steps"), [("vdn", 1500), ("qmix", 2000), ("iql", 1500)])
+def test_penalised_learners_beat_the_behaviour(medium, algo, steps, tmp_path):
+    final = _final(medium, algo, steps, tmp_path)  # the bundled config: mixing.min_q_weight=1
+    assert final["return_mean"] > _behaviour(medium) + 1.0, final
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "steps"), [("qmix", 2000), ("iql", 1500)])
-def test_penalised_qmix_and_iql_beat_the_behaviour(medium, algo, steps, tmp_path):
-    final = _final(medium, algo, steps, tmp_path)
-    assert final["return_mean"] > _behaviour(medium) + 1.0, final
+def test_without_the_penalty_vdn_scores_below_the_behaviour(medium, tmp_path):
+    """Why the penalty exists: at the budget where penalised VDN beats the behaviour (above), plain VDN's
+    greedy joint policy follows Q-values of moves the data rarely took and scores below the behaviour that
+    made the data (docs/multiagent.md: QMIX without it stays near random play)."""
+    plain = _final(medium, "vdn", 1500, tmp_path, **{"mixing.min_q_weight": 0.0})
+    assert plain["return_mean"] < _behaviour(medium), plain
 
 
 def _train_cmd(data: Path, out: Path, name: str) -> list[str]:
