@@ -159,6 +159,19 @@ def _info(args: argparse.Namespace) -> int:
         ("digest", payload["digest"][:16]),
         ("cache", payload["cache"]),
     ]
+    ma = payload.get("multiagent")
+    if ma:  # docs/multiagent.md: the agent axis, per-agent spaces, team and per-agent returns
+        at = next(i for i, (k, _) in enumerate(rows) if k == "observation")
+        rows[at:at + 2] = [
+            ("agents", f"{ma['n_agents']} ({ma['reward']} rewards)"),
+            ("per-agent observation", f"{_fmt(ma['observation_shape'][1:])} {_fmt(payload['observation_dtype'])}"),
+            ("per-agent actions", f"discrete, n={ma['n_actions']}"
+             + (" (with action masks)" if ma.get("action_masks") else "")),
+            ("global state", f"[{ma['state_dim']}]" if ma.get("state_dim") else "none (QMIX mixes with the observations)"),
+        ]
+        at = next(i for i, (k, _) in enumerate(rows) if k == "episode return")
+        rows[at] = ("team return", _fmt(payload["episode_return"]))
+        rows.insert(at + 1, ("agent return mean", _fmt(ma["agent_return_mean"])))
     if coverage is not None:
         rows.append(("action coverage", coverage.describe()))
     if payload.get("env_note"):
@@ -186,11 +199,12 @@ def _list(args: argparse.Namespace) -> int:
     from offrl.data.convert import cache_root
     from offrl.data.dataset import cached_entries
     from offrl.data.minari import list_local_minari, minari_root
+    from offrl.datagen.marl import marl_status
     from offrl.datagen.on_demand import on_demand_status
 
     listing = {
         "bundled": {"root": str(bundled_root()), "datasets": list_bundled()},
-        "on_demand": {"root": str(minari_root()), "datasets": on_demand_status()},
+        "on_demand": {"root": str(minari_root()), "datasets": on_demand_status() + marl_status()},
         "minari": {"root": str(minari_root()), "datasets": list_local_minari()},
         "cached": {"root": str(cache_root(args.cache_dir)), "datasets": cached_entries(args.cache_dir)},
     }

@@ -41,6 +41,10 @@ MAX_ABS_VALUE = 1e15
 MAX_DISCRETE_ACTIONS = 1 << 16
 _BLOCK = 8 << 20
 
+# The multi-agent layout's keys, by the file's names (offrl.data.marl_hdf5).
+_MARL_NAMES = {("agents", "observation"): "observations", ("next", "agents", "observation"): "next_observations",
+               ("next", "agents", "reward"): "rewards", ("state",): "state", ("next", "state"): "next_state"}
+
 # Entries whose rows were hashed in this process: (path, inode, size, mtime_ns).
 _verified: set[tuple[str, int, int, int]] = set()
 
@@ -120,7 +124,7 @@ def check_chunk_values(path: Any, values: dict[tuple[str, ...], np.ndarray], dty
     float32 inf), or large enough to overflow training; discrete actions outside the action space."""
     for key, arr in values.items():
         arr = np.asarray(arr)
-        if key == ("action",) and isinstance(act_space, gym.spaces.Discrete):
+        if key in (("action",), ("agents", "action")) and isinstance(act_space, gym.spaces.Discrete):
             flat = arr.reshape(-1)
             bad = np.flatnonzero((flat < 0) | (flat >= int(act_space.n)))
             if bad.size:
@@ -137,7 +141,7 @@ def check_chunk_values(path: Any, values: dict[tuple[str, ...], np.ndarray], dty
         if big.any():
             row = int(np.flatnonzero(big.reshape(big.shape[0], -1).any(axis=1))[0])
             value = arr.reshape(arr.shape[0], -1)[row][big.reshape(big.shape[0], -1)[row]][0]
-            name = {("action",): "actions", ("next", "reward"): "rewards"}.get(key) or (
+            name = _MARL_NAMES.get(key) or {("action",): "actions", ("next", "reward"): "rewards"}.get(key) or (
                 ("next_observations" if key[0] == "next" else "observations")
                 + "".join(f"/{k}" for k in key[1 + (key[0] == "next"):]))
             raise UserError(f"{path}: {name} value {value:g} at row {first_row + row} is too large (|x| >= "

@@ -24,9 +24,8 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from offrl.data.cache_check import (
@@ -40,11 +39,9 @@ from offrl.data.cache_check import (
 )
 from offrl.data.health import HealthStats, time_limit_warnings
 from offrl.data.source import RawSource, leaf_specs, tree_leaves
+from offrl.data.ted import marl_leaves, marl_values, space_summary, ted_layout
 from offrl.errors import UserError
 from offrl.fsio import NO_SPACE_ERRNOS, fsync_dir, no_space_error, write_text_atomic
-
-if TYPE_CHECKING:
-    from offrl.data.layout import RowLayout
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -56,6 +53,7 @@ __all__ = [
     "discounted_returns",
     "convert_to_dir",
     "build_cache",
+    "marl_leaves",
     "space_summary",
     "ted_layout",
 ]
@@ -160,52 +158,6 @@ def discounted_returns(
     return g, (float(g[0]) if n else carry)
 
 
-# --------------------------------------------------------------------------- spaces
-def space_summary(space: gym.Space) -> dict[str, Any]:
-    """``{"kind": "discrete", "n": ...}`` or ``{"kind": "continuous", "shape", "low", "high"}``."""
-    if isinstance(space, gym.spaces.Discrete):
-        return {"kind": "discrete", "n": int(space.n)}
-    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
-
-    def scalar_or_list(x: np.ndarray) -> Any:
-        vals = [
-            v if np.isfinite(v) else (float("inf") if v > 0 else float("-inf"))
-            for v in x.reshape(-1).tolist()
-        ]
-        return vals[0] if len(set(vals)) == 1 else vals
-
-    return {
-        "kind": "continuous",
-        "shape": list(space.shape),
-        "low": scalar_or_list(low),
-        "high": scalar_or_list(high),
-    }
-
-
-def ted_layout(obs_space: gym.Space, act_space: gym.Space) -> RowLayout:
-    """The packed-row layout of every TED leaf for these spaces (see :mod:`offrl.data.layout`)."""
-    from offrl.data.layout import RowLayout
-
-    leaves: list[tuple[tuple[str, ...], tuple[int, ...], np.dtype]] = []
-    for path, shape, dtype in leaf_specs(obs_space):
-        leaves.append((("observation", *path), shape, dtype))
-        leaves.append((("next", "observation", *path), shape, dtype))
-    if isinstance(act_space, gym.spaces.Discrete):
-        leaves.append((("action",), (), np.dtype(np.int64)))
-    else:
-        leaves.append((("action",), tuple(act_space.shape), np.dtype(np.float32)))
-    leaves += [
-        (("next", "reward"), (1,), np.dtype(np.float32)),
-        (("mc_return",), (1,), np.dtype(np.float32)),
-        (("episode",), (), np.dtype(np.int64)),
-        (("step",), (), np.dtype(np.int64)),
-        (("next", "done"), (1,), np.dtype(np.bool_)),
-        (("next", "terminated"), (1,), np.dtype(np.bool_)),
-        (("next", "truncated"), (1,), np.dtype(np.bool_)),
-    ]
-    return RowLayout.build(leaves)
-
-
 def _pwrite_all(fd: int, buf: np.ndarray, offset: int) -> None:
     view = memoryview(buf).cast("B")
     done = 0
@@ -225,7 +177,7 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int) -> None:
 
 def default_chunk_rows(raw: RawSource) -> int:
     """Rows per chunk so that one chunk of packed rows is about ``DEFAULT_CHUNK_BYTES``."""
-    return max(1024, DEFAULT_CHUNK_BYTES // ted_layout(raw.observation_space, raw.action_space).row_bytes)
+    return max(1024, DEFAULT_CHUNK_BYTES // ted_layout(raw.observation_space, raw.action_space, raw.multiagent).row_bytes)
 
 
 # --------------------------------------------------------------------------- conversion
@@ -235,7 +187,8 @@ def convert_to_dir(
     """Stream ``raw`` into ``dest/rows.memmap`` (packed TED rows); write and return ``dest/info.json``'s payload."""
     chunk_rows = int(chunk_rows or default_chunk_rows(raw))
     n = raw.transitions
-    layout = ted_layout(raw.observation_space, raw.action_space)
+    layout = ted_layout(raw.observation_space, raw.action_space, raw.multiagent)
+    agent_reward_sum = np.zeros(int(raw.multiagent["n_agents"]) if raw.multiagent else 0)
     check_spaces(raw.path, raw.observation_space, raw.action_space, leaf_specs(raw.observation_space))
     dtypes = {f.key: np.dtype(f.dtype) for f in layout.fields}
     # One flat file of packed rows, written with pwrite (never through a mapping, so RSS stays bounded
@@ -284,13 +237,17 @@ def convert_to_dir(
                         f"{raw.path}: NaN/inf values in {key} ({stats.first_nonfinite}); fix the data or pass "
                         "--allow-nan (load_dataset(..., allow_nan=True)) to accept them"
                     )
-                values = {("observation", *p): v for p, v in tree_leaves(chunk["observation"])}
-                values.update(
-                    {("next", "observation", *p): v for p, v in tree_leaves(chunk["next_observation"])}
-                )
+                if raw.multiagent:
+                    values = marl_values(chunk)
+                    agent_reward_sum += np.nan_to_num(np.asarray(chunk["agent_reward"], np.float64)).sum(0)
+                else:
+                    values = {("observation", *p): v for p, v in tree_leaves(chunk["observation"])}
+                    values.update(
+                        {("next", "observation", *p): v for p, v in tree_leaves(chunk["next_observation"])}
+                    )
+                    values[("action",)] = chunk["action"]
                 values.update(
                     {
-                        ("action",): chunk["action"],
                         ("next", "reward"): chunk["reward"],
                         ("next", "terminated"): term,
                         ("next", "truncated"): trunc,
@@ -377,6 +334,9 @@ def convert_to_dir(
         ),
         "metadata": raw.metadata,
     }
+    if raw.multiagent:  # per-agent episode returns: every row belongs to a finished episode
+        episodes = max(int(lengths.size), 1)
+        info["multiagent"] = {**raw.multiagent, "agent_return_mean": (agent_reward_sum / episodes).tolist()}
     info["rows_crc32"] = file_crc32(dest / ROWS_FILE)  # verified on load (offrl.data.cache_check)
     write_text_atomic(dest / "info.json", json.dumps(info, indent=1, default=_json_default))
     return info

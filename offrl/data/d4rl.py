@@ -36,7 +36,8 @@ import numpy as np
 from offrl.data.source import Chunk, RawSource, storage_dtype
 from offrl.errors import UserError
 
-__all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value", "box_action_space"]
+__all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value", "box_action_space", "check_flags",
+           "episode_rows", "float_or_none", "hdf5_metadata", "int_or_none", "pick"]
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
 FLAG_KEYS = ("terminals", "timeouts", "episode_terminals")
@@ -112,7 +113,7 @@ def hdf5_value(value: Any) -> Any:
     return value
 
 
-def _metadata(f: h5py.File) -> dict[str, Any]:
+def hdf5_metadata(f: h5py.File) -> dict[str, Any]:
     """Root attributes plus the ``metadata`` group's attributes and small datasets, flattened by name."""
     meta: dict[str, Any] = {k: hdf5_value(v) for k, v in f.attrs.items()}
     group = f.get("metadata")
@@ -130,7 +131,7 @@ def _metadata(f: h5py.File) -> dict[str, Any]:
     return meta
 
 
-def _pick(meta: dict[str, Any], *names: str) -> Any:
+def pick(meta: dict[str, Any], *names: str) -> Any:
     for name in names:
         for key, value in meta.items():
             if key.split("/")[-1] == name and value is not None:
@@ -174,6 +175,11 @@ def read_d4rl(path: Path) -> RawSource:
             raise UserError(f"{path}: zero transitions (the arrays are empty)")
         if obs.dtype.kind not in "fiub":
             raise UserError(f"{path}: 'observations' has dtype {obs.dtype}; expected numbers")
+        act = f["actions"]
+        if obs.ndim == 3 and act.ndim == 2 and act.shape[1] == obs.shape[1] > 1 and act.dtype.kind in "iu":
+            raise UserError(f"{path}: observations {obs.shape} and integer actions {act.shape} look like "
+                            f"{obs.shape[1]} agents; a multi-agent file declares the attribute "
+                            f"n_agents={obs.shape[1]} (docs/multiagent.md)")
         _row_count(f["actions"], n, "actions", path, per_row=False)
         _row_count(f["rewards"], n, "rewards", path, per_row=True)
         flags = [k for k in FLAG_KEYS if k in f]
@@ -192,7 +198,7 @@ def read_d4rl(path: Path) -> RawSource:
                     f"{path}: 'next_observations' has shape {shape}; expected {obs.shape} like 'observations'"
                 )
 
-        meta = _metadata(f)
+        meta = hdf5_metadata(f)
         fmt = (
             "d3rlpy" if ("episode_terminals" in f or "discrete_action" in f or "version" in meta) else "d4rl"
         )
@@ -201,6 +207,7 @@ def read_d4rl(path: Path) -> RawSource:
         if discrete and int(np.prod(act.shape[1:], dtype=np.int64)) != 1:
             raise UserError(
                 f"{path}: discrete 'actions' have shape {act.shape}; expected ({n},) or ({n}, 1) indices"
+                + ("; a multi-agent file declares the attribute n_agents (docs/multiagent.md)" if obs.ndim == 3 else "")
             )
         if act.dtype.kind not in "fiub":
             raise UserError(f"{path}: 'actions' has dtype {act.dtype}; expected numbers")
@@ -211,8 +218,8 @@ def read_d4rl(path: Path) -> RawSource:
         for s in range(0, n, _FLAG_CHUNK):
             e = min(s + _FLAG_CHUNK, n)
             for key in flags:  # 2, -1 or 0.5 would silently count as an episode end
-                _check_flags(np.asarray(f[key][s:e]), key, s, path)
-            rows = _rows(f, flags, s, e, n, has_next)
+                check_flags(np.asarray(f[key][s:e]), key, s, path)
+            rows = episode_rows(f, flags, s, e, n, has_next)
             kept += int(rows["keep"].sum())
             terminal_rows += int(rows["tail"].sum())
             a = np.asarray(act[s:e])
@@ -235,17 +242,17 @@ def read_d4rl(path: Path) -> RawSource:
         if discrete:
             if float(lo) < 0:
                 raise UserError(f"{path}: discrete 'actions' contain negative indices ({float(lo):g})")
-            n_act = int(_pick(meta, "action_size", "n_actions") or int(hi) + 1)
+            n_act = int(pick(meta, "action_size", "n_actions") or int(hi) + 1)
             act_space: gym.Space = gym.spaces.Discrete(n_act)
         else:
             act_space = box_action_space(lo, hi, tuple(act.shape[1:]) or (1,))
 
     metadata = {
-        "env_id": _pick(meta, "env_id", "env_name", "env"),
-        "ref_min_score": _float_or_none(_pick(meta, "ref_min_score")),
-        "ref_max_score": _float_or_none(_pick(meta, "ref_max_score")),
-        "max_episode_steps": _int_or_none(_pick(meta, "max_episode_steps")),
-        "dataset_id": _pick(meta, "dataset_id", "dataset_name"),
+        "env_id": pick(meta, "env_id", "env_name", "env"),
+        "ref_min_score": float_or_none(pick(meta, "ref_min_score")),
+        "ref_max_score": float_or_none(pick(meta, "ref_max_score")),
+        "max_episode_steps": int_or_none(pick(meta, "max_episode_steps")),
+        "dataset_id": pick(meta, "dataset_id", "dataset_name"),
     }
     if fmt == "d3rlpy":
         metadata["d3rlpy_version"] = meta.get("version")
@@ -292,31 +299,31 @@ def storage_dtype_of(dtype: np.dtype) -> Any:
     return storage_dtype(gym.spaces.Box(0, 1, shape=(1,), dtype=dtype))
 
 
-def _float_or_none(value: Any) -> float | None:
+def float_or_none(value: Any) -> float | None:
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
 
 
-def _int_or_none(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
     try:
         return None if value is None else int(value)
     except (TypeError, ValueError):
         return None
 
 
-def _check_flags(values: np.ndarray, key: str, first_row: int, path: Path) -> None:
+def check_flags(values: np.ndarray, key: str, first_row: int, path: Path) -> None:
     flat = values.reshape(-1)
     if flat.dtype.kind == "b":
         return
     bad = np.flatnonzero((flat != 0) & (flat != 1))
     if bad.size:
-        raise UserError(f"{path}: '{key}' holds {flat[bad[0]]!r} at row {first_row + int(bad[0])}; "
+        raise UserError(f"{path}: '{key}' holds {flat[bad[0]].item()!r} at row {first_row + int(bad[0])}; "
                         "flags must be 0 or 1")
 
 
-def _rows(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool) -> dict[str, np.ndarray]:
+def episode_rows(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool) -> dict[str, np.ndarray]:
     """Per-row bookkeeping for rows ``[s, e)``: which rows are kept and how each kept row ends.
 
     Reads one row before ``s`` and one past ``e`` (when there are): whether row ``i`` is the last kept
@@ -353,7 +360,7 @@ def _rows(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool
 
 
 def _chunk(f: h5py.File, flags: list[str], s: int, e: int, n: int, has_next: bool, discrete: bool) -> Chunk:
-    rows = _rows(f, flags, s, e, n, has_next)
+    rows = episode_rows(f, flags, s, e, n, has_next)
     keep = rows["keep"]
     stop = min(e + 1, n)
     obs_ext = np.asarray(f["observations"][s:stop])

@@ -1,4 +1,4 @@
-"""``load_dataset``: any D4RL-style / d3rlpy HDF5 file, Minari folder or id, or bundled dataset → an
+"""``load_dataset``: any D4RL-style / d3rlpy / multi-agent HDF5 file, Minari folder or id, or bundled dataset → an
 :class:`OfflineDataset` over a cached, memmapped TED TensorDict.
 
 Resolution order for ``source``: an existing path (HDF5 file, Minari ``<name>-vN`` folder or its
@@ -269,12 +269,15 @@ def load_dataset(
 
     layout = RowLayout.from_json(stored["layout"])
     meta = stored.get("metadata") or {}
+    multiagent = stored.get("multiagent")
     try:
-        resolution = envs.resolve_env(
+        resolution = None if multiagent else envs.resolve_env(
             stored["name"], env_spec=meta.get("eval_env_spec") or meta.get("env_spec"), override=env
         )
     except UserError:
         resolution = None
+    if multiagent and env:
+        check_marl_env_fits(resolved.path, multiagent, env)
     ref_min, ref_max, ref_source = references.reference_scores(
         stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score
     )
@@ -297,6 +300,11 @@ def load_dataset(
             warnings = [w for w in warnings if w not in stale]
             warnings += time_limit_warnings(lengths, terminated, max_steps)
     env_note = resolution.note if resolution else NO_ENV_NOTE
+    env_id, env_source = (resolution.env_id, resolution.source) if resolution else (meta.get("env_id"), None)
+    if multiagent:  # a torchrl multi-agent env (offrl.data.marl_envs), not a gymnasium one
+        env_id = env or meta.get("env_id")
+        env_source = "user" if env else "dataset metadata" if env_id else None
+        env_note = None if env_id else NO_ENV_NOTE
     returns = stored.get("episode_return_distribution") or {}
     normalized = None
     if ref_min is not None and ref_max is not None and ref_max != ref_min and returns:
@@ -315,7 +323,7 @@ def load_dataset(
         episode_length=stored["episode_length"],
         episode_return=stored["episode_return"],
         reward=stored["reward"],
-        env_id=resolution.env_id if resolution else meta.get("env_id"),
+        env_id=env_id,
         max_episode_steps=max_steps,
         ref_min_score=ref_min,
         ref_max_score=ref_max,
@@ -326,13 +334,13 @@ def load_dataset(
         gamma=float(stored["gamma"]),
         source=str(resolved.path),
         dropped_rows=int(stored.get("dropped_rows", 0)),
-        env_source=resolution.source if resolution else None,
+        env_source=env_source,
         env_note=env_note,
         ref_hint=ref_hint,
         episode_return_distribution=returns,
         normalized_score=normalized,
         row_rules=stored.get("row_rules") or {},
-        extra={"env_override": env} if env else {},
+        extra=({"env_override": env} if env else {}) | ({"multiagent": multiagent} if multiagent else {}),
     )
     return OfflineDataset(info, source=resolved.path, cache_path=entry, metadata=stored, layout=layout)
 
@@ -341,6 +349,20 @@ NO_ENV_NOTE = (
     "this dataset names no env; give one with --env ID (offrl datasets info) or --set dataset.env_id=ID "
     "(offrl train, the Python API: load_dataset(..., env=ID))"
 )
+
+
+def check_marl_env_fits(source: Path, multiagent: dict[str, Any], env_id: str) -> None:
+    """A one-line UserError when a multi-agent dataset's agents, observations or actions do not fit the
+    multi-agent env ``env_id`` (:mod:`offrl.data.marl_envs`)."""
+    from offrl.data.marl_envs import marl_env_shapes
+
+    shapes = marl_env_shapes(env_id)
+    data = {"n_agents": int(multiagent["n_agents"]), "observation_dim": int(multiagent["observation_shape"][-1]),
+            "n_actions": int(multiagent["n_actions"])}
+    for key, value in data.items():
+        if value != shapes[key] and not (key == "n_actions" and value < shapes[key]):
+            raise UserError(f"{source}: the data have {key}={value} but env {env_id} has {shapes[key]}; pass the "
+                            "env the data were recorded in")
 
 
 def check_env_fits(source: Path, stored: dict[str, Any], resolution: envs.EnvResolution | None) -> None:

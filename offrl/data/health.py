@@ -340,13 +340,15 @@ def _to_numpy(tree: Any) -> Any:
 
 
 def ted_chunk(td: TensorDictBase) -> dict[str, Any]:
-    """A TED TensorDict slice → the numpy chunk :class:`HealthStats` reads."""
-    obs = td.get("observation")
-    nxt = td.get(("next", "observation"))
+    """A TED TensorDict slice → the numpy chunk :class:`HealthStats` reads (multi-agent data: the
+    agents' observations and actions, with their agent axis)."""
+    group = ("agents",) if "observation" not in td.keys() and ("agents", "observation") in td.keys(True) else ()
+    obs = td.get((*group, "observation"))
+    nxt = td.get(("next", *group, "observation"))
     return {
         "observation": _to_numpy(obs),
         "next_observation": _to_numpy(nxt),
-        "action": td.get("action").cpu().numpy(),
+        "action": td.get((*group, "action")).cpu().numpy(),
         "reward": td.get(("next", "reward")).reshape(-1).cpu().numpy(),
         "terminated": td.get(("next", "terminated")).reshape(-1).cpu().numpy(),
         "truncated": td.get(("next", "truncated")).reshape(-1).cpu().numpy(),

@@ -1,9 +1,10 @@
 """Where a dataset lives and which reader opens it: a user's path or id → a :class:`ResolvedSource`.
 
-Resolution order for ``source``: an existing path (D4RL-style / d3rlpy 1.x HDF5 file, d3rlpy 2.x dump,
-``.npz`` demonstration archive, Minari ``<name>-vN`` folder or its ``data/``, HDF5 or Arrow); then a
-bundled id under :func:`offrl.data.catalog.bundled_root`; then a Minari id under
-``MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``). Nothing is downloaded.
+Resolution order for ``source``: an existing path (D4RL-style / d3rlpy 1.x HDF5 file, multi-agent HDF5
+file, d3rlpy 2.x dump, ``.npz`` demonstration archive, Minari ``<name>-vN`` folder or its ``data/``, HDF5
+or Arrow); then a bundled id under :func:`offrl.data.catalog.bundled_root`; then a Minari id under
+``MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``), or a multi-agent ``<id>.hdf5`` there.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from offrl.data import catalog
 from offrl.data.d3rlpy import is_d3rlpy2_file, read_d3rlpy2
 from offrl.data.d4rl import hdf5_errors, is_minari_file, open_hdf5, read_d4rl
+from offrl.data.marl_hdf5 import is_marl_file, read_marl_hdf5
 from offrl.data.minari import data_format, minari_data_dir, minari_root, read_minari
 from offrl.data.minari_arrow import arrow_files, read_minari_arrow
 from offrl.data.npz import is_npz_file, read_npz
@@ -73,6 +75,19 @@ def _latest_version(candidate: Path) -> Path:
     return max(versions)[1] if versions else candidate
 
 
+def _marl_file(candidate: Path) -> Path | None:
+    """``<id>.hdf5`` (the highest ``-vN`` when the id has none): where ``offrl datasets make`` writes a
+    multi-agent dataset under ``MINARI_DATASETS_PATH``."""
+    if re.search(r"-v\d+$", candidate.name):
+        path = candidate.with_name(candidate.name + ".hdf5")
+        return path if path.is_file() else None
+    if not candidate.parent.is_dir():
+        return None
+    versions = [(int(m.group(1)), p) for p in candidate.parent.glob(f"{candidate.name}-v*.hdf5")
+                if (m := re.fullmatch(re.escape(candidate.name) + r"-v(\d+)\.hdf5", p.name))]
+    return max(versions)[1] if versions else None
+
+
 def _known_ids() -> list[str]:
     """Bundled ids (and their short forms) and the Minari datasets on disk: what a mistyped id may mean."""
     ids = []
@@ -101,7 +116,9 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
         if is_npz_file(path):
             return ResolvedSource(path, [path], path.stem, lambda: read_npz(path))
         with open_hdf5(path) as f, hdf5_errors(path):
-            minari_file, d3rlpy2 = is_minari_file(f), is_d3rlpy2_file(f)
+            minari_file, d3rlpy2, marl = is_minari_file(f), is_d3rlpy2_file(f), is_marl_file(f)
+        if marl:
+            return ResolvedSource(path, [path], path.stem, lambda: read_marl_hdf5(path))
         if minari_file:
             return _minari_source(path.parent, _minari_name(path.parent), path.parent.parent)
         if d3rlpy2:
@@ -120,6 +137,10 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
         if data_dir is not None:
             name = candidate.relative_to(minari_root()).as_posix()
             return _minari_source(data_dir, name, candidate)
+        marl_file = _marl_file(minari_root() / text) or _marl_file(minari_root() / "offrl" / text)
+        if marl_file is not None:  # a generated multi-agent dataset (offrl datasets make)
+            name = marl_file.relative_to(minari_root()).with_suffix("").as_posix()
+            return ResolvedSource(marl_file, [marl_file], name, lambda: read_marl_hdf5(marl_file, name))
     looked.append(f"Minari datasets in {minari_root()} (MINARI_DATASETS_PATH)")
     if path.is_symlink():  # a dangling link or a loop: say so, not "no such file"
         try:

@@ -8,7 +8,11 @@ A chunk is a plain dict of numpy arrays, already in output order:
 ``action``, ``reward`` (float, ``[n]``), ``terminated`` and ``truncated`` (bool, ``[n]``). A row with
 ``terminated | truncated`` is the last row of its episode in the converted data. Optional
 ``source_row`` / ``next_source_row`` (int, ``[n]``): the file rows a transition and its next
-observation came from, so that errors name the file's row.
+observation came from, so that errors name the file's row. A multi-agent source
+(:mod:`offrl.data.marl_hdf5`, ``RawSource.multiagent`` set) has agent axes: ``observation`` /
+``next_observation`` ``[n, agents, obs]``, ``action`` ``[n, agents]``, ``agent_reward`` ``[n, agents]``
+(``reward`` is their mean, the team reward), optional ``state`` / ``next_state`` and ``action_mask`` /
+``next_action_mask``.
 
 The converter adds ``episode``, ``step``, ``done`` and ``mc_return`` and writes the TED layout.
 """
@@ -34,7 +38,7 @@ Chunk = dict[str, Any]
 class RawSource:
     """A validated dataset source, ready to be streamed into the converter."""
 
-    format: str  # the reader: "d4rl", "d3rlpy", "d3rlpy2", "minari", "minari-arrow" or "npz"
+    format: str  # the reader: "d4rl", "d3rlpy", "d3rlpy2", "minari", "minari-arrow", "npz" or "marl-hdf5"
     path: Path  # what the user pointed at (file, or the Minari dataset folder)
     files: list[Path]  # files whose bytes make up the content digest
     name: str  # id or file stem
@@ -47,6 +51,9 @@ class RawSource:
     metadata: dict[str, Any] = field(default_factory=dict)  # env_id, env_spec, ref_*_score, ...
     # Row rules the reader applied: name -> {"rows": rows touched, "rule": what it does}.
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Multi-agent sources (offrl.data.marl_hdf5): n_agents, observation_shape, n_actions, state_dim,
+    # action_masks, reward ("team" | "per-agent"); chunks then carry agent axes (see the reader). None: one agent.
+    multiagent: dict[str, Any] | None = None
 
     @property
     def dropped_rows(self) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from offrl.data.catalog import bundled_root
 from offrl.data.minari_writer import write_minari_dataset
+from offrl.datagen.marl import is_marl_recipe, make_marl_dataset
 from offrl.datagen.on_demand import make_on_demand
 from offrl.datagen.recipes import (
     is_on_demand,
@@ -43,6 +44,8 @@ def make_bundled(name: str, root: str | Path | None = None) -> Path:
     recipes, references = load_recipes()
     if name not in recipes and is_on_demand(name):
         return make_on_demand(name, root)
+    if name not in recipes and is_marl_recipe(name):
+        return make_marl_dataset(name, root)
     recipe = recipes[resolve_name(name, recipes)]
     if recipe.env_id not in references:
         raise UserError(f"{recipes_path()}: no 'references' entry for {recipe.env_id}; add one")

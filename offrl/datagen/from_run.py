@@ -114,6 +114,9 @@ def dataset_from_run(run_dir: str | os.PathLike[str], *, name: str | None = None
     (default ``offrl-runs/<run name>/replay-v0``) under ``root`` (default ``$MINARI_DATASETS_PATH``)."""
     run_dir = Path(run_dir)
     ckpt, cfg = _run_files(run_dir)
+    if cfg.get("algo") in ("qmix", "vdn", "iql"):
+        raise UserError(f"--from-run {run_dir}: a multi-agent run's replay buffer is not exported; record its "
+                        f"policy instead: offrl datasets make --policy {run_dir} --episodes K [--noise EPSILON]")
     rows = online_rows(ckpt)
     env, refs = _run_env_and_refs(cfg, env_id)
     name = name or f"offrl-runs/{run_dir.name}/replay-v0"
@@ -148,6 +151,11 @@ def dataset_from_policy(checkpoint: str | os.PathLike[str], *, episodes: int, en
     if not 0.0 <= float(noise):
         raise UserError(f"--noise: must be >= 0, got {noise}")
     loaded = load_policy(checkpoint)
+    if loaded.config.algo in ("qmix", "vdn", "iql"):  # the multi-agent layout, rolled out in an mpe2 env
+        from offrl.datagen.marl import dataset_from_marl_policy
+
+        return dataset_from_marl_policy(loaded, episodes=int(episodes), env_id=env_id, epsilon=float(noise),
+                                        seed=int(seed), name=name, root=root, ref_min=ref_min, ref_max=ref_max)
     from offrl.online.collect import env_factory
 
     env = env_factory(loaded.dataset, env_id or (loaded.env_id if loaded.dataset is None else None)).gym()

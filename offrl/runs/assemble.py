@@ -144,6 +144,9 @@ def build_components(
             check_batch_memory(cfg.algo_config, dataset, cfg.batch_size, device=device, bf16=cfg.precision == "bf16")
             parts = build_from_dataset(cfg.algo_config, dataset, device=str(device), seed=cfg.seed)
         replay_buffer, evaluator = _dataset_buffer_and_evaluator(cfg, dataset, parts, device, evaluator)
+        if cfg.algo in MARL_ALGOS and cfg.online.steps > 0:
+            raise UserError(f"--online-steps: a multi-agent run trains offline from {dataset.name} or online from "
+                            "scratch (--env mpe2/... without --dataset), not both; drop one")
         if collector is None:  # online.steps > 0: fine-tune through a torchrl collector (offrl.online)
             from offrl.online.setup import prepare_online
 
@@ -157,6 +160,8 @@ def build_components(
 
         logger = OnlineMetricsLogger(logger, replay_buffer)
     trainer_cls, extra = trainer_class(cfg, parts)
+    if cfg.algo in MARL_ALGOS and collector is None:  # offline: nothing explores, no epsilon to anneal or log
+        extra["greedy_module"] = None
     trainer = trainer_cls(
         collector=collector,
         total_frames=online.total_frames if online is not None else cfg.total_frames,
@@ -200,6 +205,20 @@ def _dataset_buffer_and_evaluator(cfg: TrainerConfig, dataset: Any, parts: Any, 
                                   evaluator: Any) -> tuple[Any, Any]:
     """The seeded replay buffer over the training episodes, and the default evaluator with its held-out
     episodes (the same ones for every seed: the split is seeded by the dataset alone)."""
+    if cfg.algo in MARL_ALGOS:  # multi-agent data: team returns in the multi-agent env, no critic diagnostics
+        replay_buffer = dataset.replay_buffer(cfg.batch_size, device=device, seed=cfg.seed)
+        if evaluator is None and cfg.eval.interval > 0:
+            env_id = dataset.info.env_id
+            if env_id is None:
+                raise UserError(f"{dataset.source}: no evaluation env known for dataset {dataset.name!r} (offrl "
+                                "train: --env ENV_ID, or --set dataset.env_id=ENV_ID; or --eval-every 0)")
+            from offrl.data.marl_envs import marl_env_shapes
+
+            marl_env_shapes(env_id)  # fail before anything is written: unknown env, mpe2 missing
+            ref = (dataset.info.ref_min_score, dataset.info.ref_max_score)
+            evaluator = _marl_env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device,
+                                            ref if None not in ref else None, cfg.eval.final_episodes)
+        return replay_buffer, evaluator
     train_idx = heldout = None
     if evaluator is None and cfg.eval.interval > 0 and cfg.eval.heldout_fraction > 0:
         from offrl.evaluation import heldout_split
@@ -240,11 +259,19 @@ def _env_evaluator(env_id: str, episodes: int, seed: int, device: Any,
 
 
 def _marl_env_evaluator(env_id: str, episodes: int, seed: int, device: Any,
-                        ref: tuple[float, float] | None = None) -> Callable[[Any, int], dict[str, float]]:
-    """Deterministic rollouts of the greedy joint policy in a multi-agent env (team return)."""
+                        ref: tuple[float, float] | None = None,
+                        final_episodes: int = 0) -> Callable[[Any, int], dict[str, float]]:
+    """Deterministic rollouts of the greedy joint policy in a multi-agent env (team return, normalized
+    with ``ref`` when given); ``.final`` is the run's last evaluation, over ``max(episodes,
+    final_episodes)`` episodes."""
     from offrl.evaluation.marl import evaluate_marl
 
     def evaluator(policy: Any, step: int) -> dict[str, float]:
         return evaluate_marl(policy, env_id, episodes=episodes, seed=seed, device=device, ref=ref).metrics()
 
+    def final(policy: Any, step: int) -> dict[str, float]:
+        n = max(episodes, final_episodes)
+        return evaluate_marl(policy, env_id, episodes=n, seed=seed, device=device, ref=ref).metrics()
+
+    evaluator.final = final  # type: ignore[attr-defined]
     return evaluator

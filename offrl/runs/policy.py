@@ -63,18 +63,30 @@ def load_policy(path: str | os.PathLike[str], *, device: str = "cpu") -> LoadedP
 
     saved = load_yaml(run_dir / "config.yaml", option="config")
     env_id = env_of_config(saved)
-    if env_id is not None:  # trained online from scratch: networks sized from the env
-        from offrl.online.setup import build_parts_for_env
+    from offrl.config.marl import MARL_ALGOS
 
+    if env_id is not None:  # trained online from scratch: networks sized from the env
         cfg = saved_config(saved, origin=str(run_dir / "config.yaml"))
         dataset = None
-        parts = build_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=device)
+        if cfg.algo in MARL_ALGOS:
+            from offrl.online.marl import build_marl_parts_for_env
+
+            parts = build_marl_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=device)
+        else:
+            from offrl.online.setup import build_parts_for_env
+
+            parts = build_parts_for_env(cfg.algo, cfg.algo_config, env_id, device=device)
     else:
         cfg, dataset = compose_config(config_file=run_dir / "config.yaml", overrides={"device": device},
                                       load=load_config_dataset)
-        from offrl.algos import build_from_dataset
+        if cfg.algo in MARL_ALGOS:
+            from offrl.algos.marl import build_marl_from_dataset
 
-        parts = build_from_dataset(cfg.algo_config, dataset, device=device)
+            parts = build_marl_from_dataset(cfg.algo_config, dataset, strategy=cfg.algo, device=device)
+        else:
+            from offrl.algos import build_from_dataset
+
+            parts = build_from_dataset(cfg.algo_config, dataset, device=device)
     state = load_checkpoint(ckpt)
     if "loss_module" not in state:
         raise UserError(f"{ckpt}: not an offrl trainer checkpoint (no 'loss_module' entry)")
@@ -106,6 +118,9 @@ def evaluate_checkpoint(
     from offrl.evaluation.rollout import evaluate
 
     loaded = load_policy(path, device=device)
+    if loaded.config.algo in ("qmix", "vdn", "iql"):
+        raise UserError(f"{path}: offrl eval scores single-agent policies; a multi-agent run's team returns are "
+                        "its eval_* columns (metrics.csv, summary.json), measured in its env during training")
     if env is not None:
         _check_spaces(env, loaded.dataset if loaded.dataset is not None else loaded.env_id)
     target = env if env is not None else (loaded.dataset if loaded.dataset is not None else loaded.env_id)
