@@ -78,7 +78,7 @@ def build(cfg: MixingConfig, *, strategy: str, n_agents: int, observation_dim: i
         qnet = q_network(cfg, n_agents=n_agents, observation_dim=observation_dim, n_actions=n_actions,
                          device=device)
         if strategy == "iql":
-            loss: Any = ConservativeIQLLoss(qnet, min_q_weight=cfg.min_q_weight, loss_function=cfg.loss_function,
+            loss: Any = ConservativeIQLLoss(qnet, min_q_weight=cfg.min_q_weight, double_q=cfg.double_q, loss_function=cfg.loss_function,
                                             delay_value=True, action_space=spec)
             loss.set_keys(action=(AGENTS, "action"), action_value=(AGENTS, "action_value"),
                           value=(AGENTS, "chosen_action_value"), reward=(AGENTS, "reward"),
@@ -93,7 +93,7 @@ def build(cfg: MixingConfig, *, strategy: str, n_agents: int, observation_dim: i
             else:
                 mixer, in_keys = VDNMixer(n_agents=n_agents, device=device), [(AGENTS, "chosen_action_value")]
             mixer_module = TensorDictModule(mixer, in_keys=in_keys, out_keys=["chosen_action_value"])
-            loss = ConservativeQMixerLoss(qnet, mixer_module, min_q_weight=cfg.min_q_weight,
+            loss = ConservativeQMixerLoss(qnet, mixer_module, min_q_weight=cfg.min_q_weight, double_q=cfg.double_q,
                                           loss_function=cfg.loss_function, delay_value=True, action_space=spec)
             loss.set_keys(action=(AGENTS, "action"), action_value=(AGENTS, "action_value"),
                           local_value=(AGENTS, "chosen_action_value"), global_value="chosen_action_value")

@@ -36,6 +36,20 @@ def _gather(q_all: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     return q_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
 
 
+def _next_local_q(network: Any, params: Any, target_params: Any, nxt: TensorDictBase, action_value_key: Any,
+                  double_q: bool) -> torch.Tensor:
+    """Each agent's bootstrap value at the next step, ``[B, n_agents]``, from the target parameters:
+    ``max_a target_Q_i(o'_i, a)``, or with ``double_q`` ``target_Q_i(o'_i, argmax_a Q_i(o'_i, a))`` (the
+    online parameters pick the action, Van Hasselt et al. 2016; PyMARL's ``double_q``)."""
+    with target_params.to_module(network, preserve_module_state=False):
+        q_target = network(nxt.clone(False)).get(action_value_key)
+    if not double_q:
+        return q_target.max(-1).values
+    with params.to_module(network, preserve_module_state=False):
+        q_online = network(nxt.clone(False)).get(action_value_key)
+    return q_target.gather(-1, q_online.argmax(-1, keepdim=True)).squeeze(-1)
+
+
 def _outputs(td_loss: torch.Tensor, gap: torch.Tensor, weight: float) -> TensorDict:
     return TensorDict({"loss": td_loss, "loss_cql": gap * weight, "cql_gap": gap.detach()}, [])
 
@@ -48,9 +62,10 @@ class ConservativeQMixerLoss(QMixerLoss):
     """
 
     def __init__(self, local_value_network: Any, mixer_network: Any, *, min_q_weight: float = 0.0,
-                 **kwargs: Any) -> None:
+                 double_q: bool = False, **kwargs: Any) -> None:
         super().__init__(local_value_network, mixer_network, **kwargs)
         self.min_q_weight = float(min_q_weight)
+        self.double_q = bool(double_q)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:  # type: ignore[override]
         keys = self.tensor_keys
@@ -65,10 +80,9 @@ class ConservativeQMixerLoss(QMixerLoss):
         q_tot = td.get(keys.global_value).reshape(q_data.shape[0])
         with torch.no_grad():
             nxt = tensordict.get("next").clone(False)
-            with self.target_local_value_network_params.to_module(self.local_value_network,
-                                                                   preserve_module_state=False):
-                self.local_value_network(nxt)
-            nxt.set(keys.local_value, nxt.get(keys.action_value).max(-1, keepdim=True).values)
+            next_q = _next_local_q(self.local_value_network, self.local_value_network_params,
+                                   self.target_local_value_network_params, nxt, keys.action_value, self.double_q)
+            nxt.set(keys.local_value, next_q.unsqueeze(-1))
             with self.target_mixer_network_params.to_module(self.mixer_network, preserve_module_state=False):
                 self.mixer_network(nxt)
             next_tot = nxt.get(keys.global_value).reshape(q_tot.shape)
@@ -85,9 +99,11 @@ class ConservativeIQLLoss(DQNLoss):
     ``Q_i(o_i, a_i)`` on ``r_i + gamma * (1 - terminated_i) * max_a target_Q_i(o'_i, a)``), plus the
     per-agent CQL penalty. Rewards and termination flags are per agent (the trainer broadcasts team ones)."""
 
-    def __init__(self, value_network: Any, *, min_q_weight: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, value_network: Any, *, min_q_weight: float = 0.0, double_q: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(value_network, **kwargs)
         self.min_q_weight = float(min_q_weight)
+        self.double_q = bool(double_q)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:  # type: ignore[override]
         keys = self.tensor_keys
@@ -97,10 +113,9 @@ class ConservativeIQLLoss(DQNLoss):
         q_all = td.get(keys.action_value)  # [B, n_agents, n_actions]
         q_data = _gather(q_all, tensordict.get(keys.action))  # [B, n_agents]
         with torch.no_grad():
-            nxt = tensordict.get("next").select(*self.value_network.in_keys).clone(False)
-            with self.target_value_network_params.to_module(self.value_network, preserve_module_state=False):
-                self.value_network(nxt)
-            next_q = nxt.get(keys.action_value).max(-1).values
+            nxt = tensordict.get("next").select(*self.value_network.in_keys)
+            next_q = _next_local_q(self.value_network, self.value_network_params, self.target_value_network_params,
+                                   nxt, keys.action_value, self.double_q)
             reward = tensordict.get(("next", keys.reward)).reshape(q_data.shape)
             not_terminated = (~tensordict.get(("next", keys.terminated)).reshape(q_data.shape)).to(reward.dtype)
             target = reward + self.value_estimator.gamma * not_terminated * next_q

@@ -38,6 +38,7 @@ class MixingConfig:
     mixing_embed_dim: int = 32  # QMIX hypernetwork width (Rashid et al. 2018; torchrl example)
     lr: float = 5e-4  # PyMARL QMIX
     gamma: float = 0.99
+    double_q: bool = False  # bootstrap with the target Q at the online argmax (PyMARL QMIX's double_q)
     loss_function: str = "l2"  # QMixerLoss default
     target_update: str = "soft"  # torchrl example: SoftUpdate(eps=0.995)
     target_update_interval: int = 200  # gradient steps between hard copies when target_update="hard"

@@ -172,21 +172,28 @@ def _q(parts, td, target: bool):
         return net(td.select(("agents", "observation")).clone()).get(("agents", "action_value"))
 
 
+@pytest.mark.parametrize("double_q", [False, True])
 @pytest.mark.parametrize("strategy", ["vdn", "iql"])
-def test_td_target_and_cql_penalty_by_hand(strategy):
-    """VDN: Q_tot = sum_i Q_i, target r + gamma (1 - terminated) sum_i max target Q_i; IQL per agent; the
-    penalty is mean over batch and agents of logsumexp Q_i - Q_i(a_i), times min_q_weight."""
-    cfg = MixingConfig(hidden_sizes=(16,), min_q_weight=2.5, gamma=0.9)
+def test_td_target_and_cql_penalty_by_hand(strategy, double_q):
+    """VDN: Q_tot = sum_i Q_i, target r + gamma (1 - terminated) sum_i max target Q_i; IQL per agent; with
+    double_q the target Q_i is read at the online network's argmax instead of its own; the penalty is mean
+    over batch and agents of logsumexp Q_i - Q_i(a_i), times min_q_weight."""
+    cfg = MixingConfig(hidden_sizes=(16,), min_q_weight=2.5, gamma=0.9, double_q=double_q)
     trainer, parts = make(strategy, cfg=cfg)
-    with torch.no_grad():  # a target network that differs from the online one
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a target network that differs from the online one (and ranks actions differently)
         for p in parts.loss_module.parameters():
-            p.add_(0.05)
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
     batch = trainer._prepare_batch(ma_batch(8, per_agent_flags=True))
     batch.set(("next", "reward"), torch.randn(8, 1))
     out = parts.loss_module(batch.clone())
     q_all = _q(parts, batch, target=False)
     q_data = q_all.gather(-1, batch.get(("agents", "action")).unsqueeze(-1)).squeeze(-1)
-    next_max = _q(parts, batch.get("next"), target=True).max(-1).values
+    next_target = _q(parts, batch.get("next"), target=True)
+    next_online = _q(parts, batch.get("next"), target=False)
+    assert not torch.equal(next_target.argmax(-1), next_online.argmax(-1))  # the two bootstraps differ here
+    pick = next_online.argmax(-1, keepdim=True) if double_q else next_target.argmax(-1, keepdim=True)
+    next_max = next_target.gather(-1, pick).squeeze(-1)
     live = (~batch.get(("next", "terminated"))).float()
     if strategy == "vdn":
         target = batch.get(("next", "reward")) + 0.9 * live * next_max.sum(-1, keepdim=True)
