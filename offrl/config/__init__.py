@@ -11,6 +11,7 @@ from __future__ import annotations
 from offrl.config.compose import (
     CONFIGS_DIR,
     bundled_config_files,
+    bundled_env_config_files,
     compose_config,
     compose_env_config,
     merge_layer,
@@ -52,6 +53,7 @@ __all__ = [
     "EvalConfig",
     "TrainerConfig",
     "bundled_config_files",
+    "bundled_env_config_files",
     "check_algo_compatible",
     "compose_config",
     "compose_env_config",

@@ -38,6 +38,7 @@ from offrl.errors import UserError, did_you_mean
 __all__ = [
     "CONFIGS_DIR",
     "bundled_config_files",
+    "bundled_env_config_files",
     "compose_config",
     "compose_env_config",
     "merge_layer",
@@ -63,6 +64,13 @@ def bundled_config_files(dataset_name: str, algo: str) -> list[Path]:
     env, flavour = parts[1], parts[2]
     candidates = [CONFIGS_DIR / f"{env}.{algo}.yaml", CONFIGS_DIR / f"{env}-{flavour}.{algo}.yaml"]
     return [p for p in candidates if p.is_file()]
+
+
+def bundled_env_config_files(env_id: str, algo: str) -> list[Path]:
+    """The bundled YAML for training ``algo`` online from scratch in ``env_id``:
+    ``offrl/configs/env-<env id, '/' as '-'>.<algo>.yaml`` (e.g. ``env-mpe2-simple_spread-n2.vdn.yaml``)."""
+    path = CONFIGS_DIR / f"env-{env_id.strip('/').replace('/', '-')}.{algo}.yaml"
+    return [path] if path.is_file() else []
 
 
 def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
@@ -253,12 +261,15 @@ def _check_inactive_sections(layers: Sequence[DictConfig], algo: str) -> None:
 def compose_env_config(env_id: str, algo: str, *, overrides: Mapping[str, Any] | None = None,
                        dotlist: Sequence[str] = (), base: Any = None, config_file: str | Path | None = None,
                        ) -> TrainerConfig:
-    """The config of a run trained online from scratch in ``env_id``: defaults < ``base`` (a saved run
-    config) < ``--config`` < keyword overrides < ``--set``; ``offline_steps`` = 0 and ``dataset.id`` =
+    """The config of a run trained online from scratch in ``env_id``: defaults < the env's bundled YAML
+    (or ``base``, a saved run config) < ``--config`` < keyword overrides < ``--set``; ``offline_steps`` = 0 and ``dataset.id`` =
     ``env:<ENV_ID>``. ``algo`` is already resolved (no ``auto``)."""
     node = merge_layer(structured_config(schema_for(algo)), marl_defaults(algo), "--algo")
     if base is not None:
         node = merge_layer(node, base, "saved run config")
+    else:
+        for path in bundled_env_config_files(env_id, algo):
+            node = merge_layer(node, load_yaml(path, option="bundled config"), f"bundled config {path}")
     if config_file is not None:
         node = merge_layer(node, load_yaml(config_file), f"--config {config_file}")
     node = merge_layer(node, {"algo": algo, "dataset": {"id": f"{ENV_PREFIX}{env_id}"}, "offline_steps": 0,

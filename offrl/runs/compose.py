@@ -80,7 +80,8 @@ def config_origins(cfg: TrainerConfig, *, config: Any = None, dotlist: Sequence[
     """Lines for a new run's config.yaml (``config_origins``): which layer set which keys, so a reader knows
     where every value comes from: the general defaults, the bundled per-dataset config, ``--config``, the
     command's flags and ``--set`` (later wins)."""
-    from offrl.config.compose import bundled_config_files, parse_dotlist
+    from offrl.config.compose import bundled_config_files, bundled_env_config_files, parse_dotlist
+    from offrl.config.schema import ENV_PREFIX
 
     def keys(node: Any) -> list[str]:
         flat = OmegaConf.to_container(node, resolve=False) if node is not None else {}
@@ -98,7 +99,10 @@ def config_origins(cfg: TrainerConfig, *, config: Any = None, dotlist: Sequence[
     from offrl.config.algos import DEFAULT_SOURCES
 
     lines = [f"defaults: {DEFAULT_SOURCES.get(cfg.algo, 'offrl/config/algos.py (sources in its comments)')}"]
-    for path in bundled_config_files(cfg.dataset.id, cfg.algo):
+    dataset_id = str(cfg.dataset.id)
+    bundled = (bundled_env_config_files(dataset_id[len(ENV_PREFIX):], cfg.algo) if dataset_id.startswith(ENV_PREFIX)
+               else bundled_config_files(dataset_id, cfg.algo))
+    for path in bundled:
         lines.append(f"bundled config offrl/configs/{path.name}: {', '.join(keys(load_yaml(path)))}")
     if config is not None:
         lines.append(f"--config {config}: {', '.join(keys(load_yaml(config)))}")

@@ -136,8 +136,8 @@ def train(
                              save_trainer_file=path / CHECKPOINT_DIR / LATEST_CHECKPOINT)
     meta = {"versions": package_versions(), "command": list(command),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if env_id is None:  # which layer set which keys (general defaults, bundled config, --config, flags, --set)
-        meta["config_origins"] = config_origins(cfg, config=config, dotlist=dotlist, overrides=values)
+    # which layer set which keys (general defaults, bundled config, --config, flags, --set)
+    meta["config_origins"] = config_origins(cfg, config=config, dotlist=dotlist, overrides=values)
     if data_notes:  # which defaults the dataset decided, and why (also printed by offrl train)
         meta["defaults_from_data"] = data_notes
     create_run_dir(path, {CONFIG_FILE: config_to_yaml(cfg, meta)})

@@ -4,6 +4,8 @@ written)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -164,8 +166,13 @@ def test_bad_files_are_one_line_naming_the_file(tmp_path, override, needles):
     assert str(path) in message and "\n" not in message
     for needle in needles:
         assert needle in message, (needle, message)
-    cache = tmp_path.parent  # nothing half-written: no dataset entry, no temporary
-    assert not [p for p in cache.rglob("datasets/*") if "bad" in p.name]
+    import os
+
+    cache = Path(os.environ["OFFRL_CACHE"])  # this test's own cache (conftest): nothing half-written there
+    assert not [p for p in cache.rglob("*") if "bad" in p.name]
+    write_marl(tmp_path / "bad-but-fixed.hdf5")  # the same cache holds an entry once a file loads
+    load_dataset(tmp_path / "bad-but-fixed.hdf5")
+    assert [p for p in cache.rglob("*") if "bad-but-fixed" in p.name]
 
 
 def test_next_observations_without_next_state_and_illegal_masked_actions_are_refused(tmp_path):

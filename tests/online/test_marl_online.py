@@ -76,3 +76,22 @@ def test_missing_extra_names_it(tmp_path):
     result = offrl_cli("train", "--env", ENV, "--algo", "qmix", "--online-steps", "50", "--no-progress", "--out",
                        str(tmp_path / "runs"), env={"PYTHONPATH": path})
     assert_user_error(result, ENV, "pip install 'offrl[marl]'")
+
+
+@pytest.mark.parametrize("algo", ["qmix", "vdn", "iql"])
+def test_bundled_online_config_applies_below_every_flag(algo):
+    """offrl/configs/env-mpe2-simple_spread-n2.<algo>.yaml sets the settings that learn here (docs/multiagent.md);
+    flags and --set still win, and a run's config_origins names the file."""
+    from offrl.config import compose_env_config
+    from offrl.runs.compose import config_origins
+
+    cfg = compose_env_config(ENV, algo)
+    assert cfg.online.steps == 4000 and cfg.optim_steps_per_batch == 20 and cfg.batch_size == 256
+    assert cfg.mixing.gamma == 0.9 and cfg.mixing.double_q and cfg.online.init_random_frames == 1000
+    assert cfg.mixing.mixing_embed_dim == (8 if algo == "qmix" else 32)
+    origins = config_origins(cfg)
+    assert any(f"env-mpe2-simple_spread-n2.{algo}.yaml" in line for line in origins), origins
+    cfg = compose_env_config(ENV, algo, overrides={"online.steps": 300}, dotlist=["mixing.gamma=0.95"])
+    assert cfg.online.steps == 300 and cfg.mixing.gamma == 0.95
+    # no bundled file for the 3-agent env: the general defaults
+    assert compose_env_config("mpe2/simple_spread", algo, overrides={"online.steps": 10}).mixing.gamma == 0.99
