@@ -44,3 +44,23 @@ def bundled_path(name: str, root: str | Path | None = None) -> Path | None:
         if name in (short, VERSION_RE.sub("", short)):
             return root / full
     return None
+
+
+def on_demand_names() -> list[str]:
+    """Ids of the datasets generated on demand (``offrl datasets make``): the ``on_demand`` and ``multiagent``
+    sections of the bundled ``recipes.yaml`` (its readers in :mod:`offrl.datagen` check the rest); [] when the
+    file is missing or unreadable."""
+    import yaml
+
+    path = bundled_root() / "recipes.yaml"
+    if not path.is_file():
+        path = Path(__file__).resolve().parents[2] / "datasets" / "recipes.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+    return sorted(str(name) for section in ("on_demand", "multiagent") if isinstance(raw.get(section), dict)
+                  for name in raw[section])
+

@@ -88,6 +88,15 @@ def _marl_file(candidate: Path) -> Path | None:
     return max(versions)[1] if versions else None
 
 
+def _on_demand_recipe(text: str) -> str | None:
+    """The on-demand recipe ``text`` names (``offrl/hopper/medium-v0``, ``hopper/medium-v0``, ``hopper/medium``)."""
+    for full in catalog.on_demand_names():
+        short = full.removeprefix("offrl/")
+        if text in (full, short, VERSION_RE.sub("", short), VERSION_RE.sub("", full)):
+            return full
+    return None
+
+
 def _known_ids() -> list[str]:
     """Bundled ids (and their short forms) and the Minari datasets on disk: what a mistyped id may mean."""
     ids = []
@@ -151,6 +160,10 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
             raise UserError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist") from None
     if text.endswith((".hdf5", ".h5")) or os.sep in text and path.is_absolute():
         raise UserError(f"{path}: no such file (see `offrl datasets list` for the datasets offrl can find)")
+    recipe = _on_demand_recipe(text)
+    if recipe is not None:
+        raise UserError(f"dataset {text!r} is generated on demand and has not been made yet in {minari_root()}; run "
+                        f"`offrl datasets make {recipe}` first")
     raise UserError(
         f"dataset {text!r} not found: no such file or folder, and not among {' or '.join(looked)}"
         f"{did_you_mean(text, _known_ids())}; see `offrl datasets list`"

@@ -233,3 +233,21 @@ def test_bundled_path_accepts_short_names(monkeypatch: pytest.MonkeyPatch) -> No
     assert bundled_path("cartpole/medium-v0") == full
     assert bundled_path("cartpole/medium") == full
     assert bundled_path("cartpole/nope") is None
+
+
+@pytest.mark.parametrize(("name", "recipe"), [
+    ("offrl/hopper/expert-v0", "offrl/hopper/expert-v0"),
+    ("hopper/expert", "offrl/hopper/expert-v0"),
+    ("simple_spread-n2/medium", "offrl/simple_spread-n2/medium-v0"),
+])
+def test_an_on_demand_dataset_not_made_yet_says_how_to_make_it(name, recipe):
+    """Before `offrl datasets make`, an on-demand id is one line naming the command (not "not found, did you
+    mean <another dataset>"); an unknown id still gets the suggestions."""
+    from offrl.data import load_dataset
+    from offrl.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        load_dataset(name)
+    assert f"run `offrl datasets make {recipe}` first" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="not found: no such file or folder"):
+        load_dataset("hopper/nonsense-v0")
