@@ -18,6 +18,7 @@ import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from offrl.data.marl_envs import make_marl_env
+from offrl.evaluation.findings import mean_ci
 
 __all__ = ["MarlEvalResult", "evaluate_marl"]
 
@@ -37,13 +38,24 @@ class MarlEvalResult:
         lo, hi = self.ref
         return float(np.mean(100.0 * (self.team_returns - lo) / (hi - lo)))
 
+    def normalized_episodes(self) -> np.ndarray:
+        if self.ref is None or self.ref[0] is None or self.ref[1] is None or self.ref[0] == self.ref[1]:
+            return np.full(len(self.team_returns), math.nan)
+        lo, hi = self.ref
+        return 100.0 * (self.team_returns - lo) / (hi - lo)
+
     def metrics(self) -> dict[str, float]:
-        """``eval_return_mean`` (team), ``eval_return_std``, ``eval_length_mean``, ``eval_normalized_score``
-        and ``eval_agent<i>_return_mean``."""
+        """The single-agent eval columns for the team return (``eval_return_mean``, ``eval_return_std``,
+        ``eval_length_mean``, ``eval_normalized_score``, ``eval_episodes`` and the Student-t 95% intervals
+        ``eval_return_ci_low/high``, ``eval_normalized_ci_low/high``) and ``eval_agent<i>_return_mean``."""
+        return_ci, normalized_ci = mean_ci(self.team_returns)[1:], mean_ci(self.normalized_episodes())[1:]
         out = {"eval_return_mean": float(np.mean(self.team_returns)),
                "eval_return_std": float(np.std(self.team_returns)),
                "eval_length_mean": float(np.mean(self.lengths)),
-               "eval_normalized_score": self.normalized()}
+               "eval_normalized_score": self.normalized(),
+               "eval_episodes": float(len(self.team_returns)),
+               "eval_return_ci_low": return_ci[0], "eval_return_ci_high": return_ci[1],
+               "eval_normalized_ci_low": normalized_ci[0], "eval_normalized_ci_high": normalized_ci[1]}
         for i, value in enumerate(self.agent_returns.mean(0).tolist()):
             out[f"eval_agent{i}_return_mean"] = float(value)
         return out

@@ -120,7 +120,8 @@ def build_components(
                                    async_collection=cfg.async_collection)
         collector, replay_buffer = online.collector, online.replay_buffer
         if evaluator is None and cfg.eval.interval > 0:
-            evaluator = _marl_env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device)
+            evaluator = _marl_env_evaluator(env_id, cfg.eval.episodes, cfg.eval.seed, device,
+                                            final_episodes=cfg.eval.final_episodes)
     elif env_id is not None:
         from offrl.online.setup import build_online, build_parts_for_env
 

@@ -86,7 +86,7 @@ def test_bundled_online_config_applies_below_every_flag(algo):
     from offrl.runs.compose import config_origins
 
     cfg = compose_env_config(ENV, algo)
-    assert cfg.online.steps == 4000 and cfg.optim_steps_per_batch == 20 and cfg.batch_size == 256
+    assert cfg.online.steps == 10000 and cfg.optim_steps_per_batch == 20 and cfg.batch_size == 256
     assert cfg.mixing.gamma == 0.9 and cfg.mixing.double_q and cfg.online.init_random_frames == 1000
     assert cfg.mixing.mixing_embed_dim == (8 if algo == "qmix" else 32)
     origins = config_origins(cfg)
@@ -95,3 +95,31 @@ def test_bundled_online_config_applies_below_every_flag(algo):
     assert cfg.online.steps == 300 and cfg.mixing.gamma == 0.95
     # no bundled file for the 3-agent env: the general defaults
     assert compose_env_config("mpe2/simple_spread", algo, overrides={"online.steps": 10}).mixing.gamma == 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["vdn", "qmix"])
+def test_online_mixing_learners_beat_random_play(tmp_path, algo):
+    """QMIX and VDN trained online from scratch with the bundled config (6,000 frames here: 1,200 gradient
+    steps, ~35 s on one core) get at least 15% of the way from random play to the scripted expert on the same
+    evaluation episodes. Measured over 5 seeds at this budget: random -20.4 (100 episodes), expert (`assign`)
+    -6.9, QMIX -13.9 to -16.5, VDN -13.6 to -16.4; this test's bar is about -18.4; an untrained greedy policy
+    scores -26 to -39 (docs/multiagent.md)."""
+    import numpy as np
+    import torch
+
+    from offrl.datagen.marl import team_returns
+    from offrl.evaluation.marl import evaluate_marl
+
+    run = train(None, algo, online_env=ENV, online_steps=6000, out=tmp_path, name=algo, progress=False,
+                dotlist=["mixing.annealing_num_steps=3000", "eval.interval=1200"])
+    final = json.loads((run.dir / "summary.json").read_text())["final"]
+    assert final["episodes"] == 20
+    random_play = []
+    for rep in range(5):  # 100 random episodes: the baseline's own noise stays small (sd of the mean ~0.7)
+        torch.manual_seed(rep)
+        random_play.append(evaluate_marl(None, ENV, episodes=20, seed=0).team_returns)
+    random_mean = float(np.mean(random_play))
+    expert_mean = float(np.mean(team_returns(ENV, "assign", 20, 0)))
+    bar = random_mean + 0.15 * (expert_mean - random_mean)
+    assert final["return_mean"] > bar, (final["return_mean"], random_mean, expert_mean)
