@@ -114,9 +114,10 @@ def dataset_from_run(run_dir: str | os.PathLike[str], *, name: str | None = None
     (default ``offrl-runs/<run name>/replay-v0``) under ``root`` (default ``$MINARI_DATASETS_PATH``)."""
     run_dir = Path(run_dir)
     ckpt, cfg = _run_files(run_dir)
-    if cfg.get("algo") in ("qmix", "vdn", "iql"):
-        raise UserError(f"--from-run {run_dir}: a multi-agent run's replay buffer is not exported; record its "
-                        f"policy instead: offrl datasets make --policy {run_dir} --episodes K [--noise EPSILON]")
+    if cfg.get("algo") in ("qmix", "vdn", "iql"):  # the multi-agent layout
+        from offrl.datagen.marl import dataset_from_marl_run
+
+        return dataset_from_marl_run(run_dir, ckpt, cfg, name=name, root=root, ref_min=ref_min, ref_max=ref_max)
     rows = online_rows(ckpt)
     env, refs = _run_env_and_refs(cfg, env_id)
     name = name or f"offrl-runs/{run_dir.name}/replay-v0"

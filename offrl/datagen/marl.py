@@ -26,11 +26,11 @@ import yaml
 from offrl.data.marl_envs import MARL_ENVS, make_raw_marl_env, marl_env_shapes
 from offrl.data.marl_writer import write_marl_hdf5
 from offrl.data.minari import minari_root
-from offrl.datagen.marl_policies import MARL_POLICIES, N_MOVES, marl_episodes
+from offrl.datagen.marl_policies import MARL_POLICIES, N_MOVES, MarlEpisode, marl_episodes
 from offrl.datagen.recipes import load_recipes, recipes_path
 from offrl.errors import UserError
 
-__all__ = ["MarlRecipe", "dataset_from_marl_policy", "is_marl_recipe", "load_marl_recipes", "make_marl_dataset",
+__all__ = ["MarlRecipe", "dataset_from_marl_policy", "dataset_from_marl_run", "marl_replay_episodes", "is_marl_recipe", "load_marl_recipes", "make_marl_dataset",
            "marl_status", "team_returns"]
 
 
@@ -230,3 +230,71 @@ def dataset_from_marl_policy(loaded: Any, *, episodes: int, env_id: str | None =
                         "--root") from None
     finally:
         env.close()
+
+
+def marl_replay_episodes(buffer_state: dict[str, Any]) -> list[MarlEpisode]:
+    """The episodes in a multi-agent run's saved online replay buffer (torchrl ``LazyTensorStorage`` state of
+    the collector's frames), oldest first. Rows are in collection order (after a wrap-around, from the write
+    cursor); an episode ends at the team's ``done`` or where the collector's trajectory id changes; a piece
+    that does not end in ``done`` (the run stopped, or older rows were overwritten) ends as a time-out."""
+    storage = (buffer_state.get("_storage") or {})
+    rows = storage.get("_storage") or {}
+    length, cursor = int(storage.get("_len") or 0), int((buffer_state.get("_writer") or {}).get("_cursor") or 0)
+    if not length or not rows:
+        return []
+    order = np.arange(length) if length < len(next(iter(rows.values()))) or cursor == 0 else \
+        np.r_[np.arange(cursor, length), np.arange(cursor)]
+
+    def get(key: str) -> np.ndarray:
+        return np.asarray(rows[key][:length].numpy())[order]
+
+    obs, next_obs = get("agents.observation"), get("next.agents.observation")
+    state, next_state = get("state"), get("next.state")
+    actions = get("agents.action").reshape(length, -1)
+    rewards = get("next.agents.reward").reshape(length, -1)
+    terminated = get("next.terminated").reshape(-1).astype(bool)
+    done = get("next.done").reshape(-1).astype(bool)
+    traj = get("collector.traj_ids").reshape(-1)
+    cuts = np.flatnonzero(done[:-1] | (traj[1:] != traj[:-1])) + 1
+    episodes = []
+    for seg in np.split(np.arange(length), cuts):
+        a, b = int(seg[0]), int(seg[-1]) + 1
+        term = terminated[a:b].copy()
+        timeouts = done[a:b] & ~term
+        if not done[b - 1]:
+            timeouts[-1] = True
+        episodes.append(MarlEpisode(observations=np.concatenate([obs[a:b], next_obs[b - 1:b]]),
+                                    state=np.concatenate([state[a:b], next_state[b - 1:b]]), actions=actions[a:b],
+                                    rewards=rewards[a:b], terminals=term, timeouts=timeouts))
+    return episodes
+
+
+def dataset_from_marl_run(run_dir: Path, checkpoint: Path, cfg: dict[str, Any], *, name: str | None = None,
+                          root: str | Path | None = None, ref_min: float | None = None,
+                          ref_max: float | None = None) -> Path:
+    """Write the online transitions of a multi-agent run (its latest checkpoint's replay buffer) as
+    ``<root>/<name>.hdf5`` in the multi-agent layout (``offrl datasets make --from-run RUN_DIR``)."""
+    from offrl.datagen.write import check_name, refs_metadata
+    from offrl.trainers.checkpoint import load_checkpoint
+
+    env_id = (cfg.get("online") or {}).get("env_id") or (cfg.get("dataset") or {}).get("env_id")
+    state = load_checkpoint(checkpoint)
+    buffer_state = (state.get("replay_buffer") or {}).get("buffer") or {}
+    episodes = marl_replay_episodes(buffer_state) if isinstance(buffer_state, dict) else []
+    if not episodes or env_id not in MARL_ENVS:
+        raise UserError(f"--from-run {run_dir}: this multi-agent run holds no online replay buffer (it trained "
+                        f"offline from a dataset); record its policy instead: offrl datasets make --policy "
+                        f"{run_dir} --episodes K [--noise EPSILON]")
+    name = name or f"offrl-runs/{run_dir.name}/replay-v0"
+    check_name(name)
+    attrs = {"dataset_id": name, "env_id": env_id, "max_episode_steps": MARL_ENVS[env_id].max_steps,
+             "offrl_source": {"kind": "run", "run_dir": str(run_dir), "algo": cfg.get("algo"),
+                              "step": int(state.get("step") or 0), "frames": int(state.get("frames") or 0)}}
+    attrs.update(refs_metadata((None, None, None), ref_min, ref_max))
+    try:
+        return write_marl_hdf5((Path(root) if root is not None else minari_root()) / f"{name}.hdf5", episodes,
+                               n_actions=int(marl_env_shapes(env_id)["n_actions"]), attrs=attrs)
+    except OSError as exc:
+        raise UserError(f"{exc.filename or root}: cannot write the dataset ({exc.strerror}); choose another "
+                        "--root") from None
+

@@ -33,6 +33,36 @@ def test_qmix_run_from_scratch_writes_team_and_agent_columns(tmp_path):
     assert "mixing_strategy: qmix" in config and "aggregated_reward_key: reward" in config and "mixing:" in config
 
 
+def test_an_online_multiagent_run_exports_its_replay_buffer(tmp_path):
+    """`offrl datasets make --from-run` writes a multi-agent run's online frames in the multi-agent layout:
+    every collected frame once, in order, cut into its 25-step episodes, the same bytes each time."""
+    import h5py
+    import numpy as np
+
+    from offrl.data import load_dataset
+    from offrl.trainers.checkpoint import load_checkpoint
+
+    run = train(None, "vdn", online_env=ENV, online_steps=150, frames_per_batch=50, utd=1, out=tmp_path / "runs",
+                name="r", progress=False, eval_every=0, batch_size=16,
+                dotlist=["mixing.hidden_sizes=[8]", "online.init_random_frames=50"]).dir
+    paths = []
+    for i in range(2):
+        made = offrl_cli("datasets", "make", "--from-run", str(run), "--root", str(tmp_path / f"made{i}"))
+        assert made.returncode == 0, made.stderr[-2000:]
+        paths.append(tmp_path / f"made{i}" / "offrl-runs" / "r" / "replay-v0.hdf5")
+        assert made.stdout.strip() == str(paths[-1])
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    ds = load_dataset(paths[0])
+    assert (len(ds), ds.info.episodes, ds.info.env_id) == (150, 6, ENV)
+    rows = load_checkpoint(run / "checkpoints" / "latest.pt")["replay_buffer"]["buffer"]["_storage"]["_storage"]
+    with h5py.File(paths[0]) as f:
+        assert np.array_equal(f["observations"][:], rows["agents.observation"][:150].numpy())
+        assert np.array_equal(f["actions"][:], rows["agents.action"][:150].numpy())
+        assert np.array_equal(f["rewards"][:], rows["next.agents.reward"][:150, :, 0].numpy())
+        assert f["timeouts"][:].sum() == 6 and not f["terminals"][:].any()
+        assert np.flatnonzero(f["timeouts"][:]).tolist() == [24, 49, 74, 99, 124, 149]
+
+
 def test_wrong_algorithm_for_a_multiagent_env_is_one_line(tmp_path):
     result = offrl_cli("train", "--env", ENV, "--algo", "dqn", "--online-steps", "50", "--no-progress", "--out",
                        str(tmp_path))

@@ -160,7 +160,7 @@ def test_a_trained_multi_agent_policy_records_a_dataset(tmp_path):
     from offrl.datagen.from_run import dataset_from_run
     from offrl.runs.policy import evaluate_checkpoint
 
-    with pytest.raises(UserError, match="multi-agent run's replay buffer is not exported.*--policy"):
+    with pytest.raises(UserError, match="holds no online replay buffer \\(it trained offline from a dataset\\).*--policy"):
         dataset_from_run(run)
     with pytest.raises(UserError, match="multi-agent run's team returns are its eval_\\* columns"):
         evaluate_checkpoint(run)
