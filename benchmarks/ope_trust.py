@@ -70,6 +70,60 @@ def run_study(name: str, dataset: str, algo: str, steps: int, every: int, extra:
     return summarize(name, dataset, algo, steps, report["data"], rows_of(report, truth), fqe_seconds)
 
 
+def d3rlpy_fqe(result: dict, work: Path, peer_python: str, steps: int, peer_args: list[str]) -> dict:
+    """d3rlpy's FQE (``benchmarks/d3rlpy_fqe_peer.py``, in the peer's environment) on the same checkpoints and
+    the same held-out episodes, each checkpoint's policy exported with ``offrl export --format torchscript``;
+    the same DOPE metrics against the same truth."""
+    import subprocess
+
+    import torch
+
+    from offrl.runs.ope import evaluation_rows
+    from offrl.runs.policy import load_policy
+    from offrl.runs.shipping import export_policy
+
+    run_dir = next(p for p in (work / "runs").glob(f"*/*/{result['study']}") if (p / "summary.json").exists())
+    loaded = load_policy(run_dir)
+    rows, _, _ = evaluation_rows(loaded, "heldout")
+    order = np.lexsort((rows["step"].numpy(), rows["episode"].numpy()))
+    rows = rows[torch.as_tensor(order)]
+    episode = rows["episode"].numpy()
+    last = np.r_[episode[1:] != episode[:-1], True]
+    terminated = rows["next", "terminated"].reshape(-1).numpy().astype(bool)
+    discrete = not torch.is_floating_point(rows["action"])
+    space = loaded.dataset.action_space
+    peer_dir = work / "d3rlpy-fqe" / result["study"]
+    peer_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(peer_dir / "episodes.npz", observations=rows["observation"].numpy(),
+             actions=rows["action"].reshape(len(rows), -1).numpy() if not discrete else rows["action"].reshape(-1).numpy(),
+             rewards=rows["next", "reward"].reshape(-1).numpy(), terminals=terminated,
+             timeouts=last & ~terminated, n_actions=int(space.n) if discrete else 0)
+    policies = []
+    for row in result["rows"]:
+        out = peer_dir / f"step_{row['step']}.pt"
+        if not out.exists():
+            export_policy(run_dir / "checkpoints" / f"step_{row['step']}.pt", "torchscript", out)
+        policies.append(str(out))
+    gamma = float(result["rows"][0]["gamma"])
+    cmd = [peer_python, str(Path(__file__).with_name("d3rlpy_fqe_peer.py")), "--data", str(peer_dir / "episodes.npz"),
+           "--gamma", str(gamma), "--steps", str(steps), "--out", str(peer_dir / "d3rlpy_fqe.json"), *peer_args,
+           *(["--discrete"] if discrete else []), "--policies", *policies]
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    seconds = time.time() - t0
+    peer = json.loads((peer_dir / "d3rlpy_fqe.json").read_text())
+    est = [r["value"] for r in peer["results"]]
+    truth = result["rows"]
+    chosen = truth[int(np.argmax(est))]
+    best = max(truth, key=lambda r: r["normalized"])
+    return {"version": peer["d3rlpy"], "steps": steps, "episodes": peer["episodes"], "config": peer["config"],
+            "values": est, "spearman_discounted": spearman(est, [r["discounted"] for r in truth]),
+            "spearman_normalized": spearman(est, [r["normalized"] for r in truth]),
+            "regret_at_1": best["normalized"] - chosen["normalized"], "selected_step": chosen["step"],
+            "abs_error_discounted": float(np.mean([abs(v - r["discounted"]) for v, r in zip(est, truth, strict=True)])),
+            "seconds": round(seconds, 1)}
+
+
 def rows_of(report: dict, truth: dict) -> list[dict]:
     rows = []
     for r in report["results"]:
@@ -128,17 +182,36 @@ def markdown(results: list[dict], machine: str) -> str:
     lines += ["", "Targets (issue 16): Spearman >= 0.7 over >= 10 checkpoints, regret@1 <= 10 points. \"kept\": the "
               "checkpoints whose fit did not diverge (what `--checkpoint all` ranks); nan: their true returns tie.",
               "FQE s: wall seconds for all checkpoints on a shared, heavily loaded machine.", ""]
+    peers = [r for r in results if r.get("d3rlpy")]
+    if peers:
+        d = peers[0]["d3rlpy"]
+        lines += [f"### d3rlpy {d['version']}'s FQE on the same checkpoints and episodes", "",
+                  "`python benchmarks/ope_trust.py --resummarize reports/ope/trust.json --d3rlpy-python PY`: each "
+                  "checkpoint exported with `offrl export --format torchscript`, then d3rlpy's `FQE` / `DiscreteFQE` "
+                  f"(`FQEConfig` defaults but {json.dumps(d['config'])}) for {d['steps']} steps on the same "
+                  "held-out episodes (its estimate: mean Q(s0, pi(s0)); no interval: d3rlpy gives none).", "",
+                  "| study | estimator | Spearman (discounted) | Spearman (normalized) | regret@1 (points) | "
+                  "abs error (discounted) | s, all checkpoints |", "|---|---|---|---|---|---|---|"]
+        for r in peers:
+            p = r["d3rlpy"]
+            lines.append(f"| {r['study']} | offrl FQE | {r['spearman_discounted']:.2f} | {r['spearman_normalized']:.2f} | "
+                         f"{r['regret_at_1']:.1f} | {r['abs_error_discounted']:.1f} | {r['fqe_seconds_all_checkpoints']} |")
+            lines.append(f"| {r['study']} | d3rlpy FQE | {p['spearman_discounted']:.2f} | {p['spearman_normalized']:.2f} | "
+                         f"{p['regret_at_1']:.1f} | {p['abs_error_discounted']:.1f} | {p['seconds']} |")
+        lines.append("")
     for r in results:
         lines.append(f"## {r['study']}\n\nData: {r['data']}. Selected step {r['selected_step']} "
                      f"(true normalized {r['selected_normalized']:.1f}), best step {r['best_step']} "
                      f"({r['best_normalized']:.1f}), last {r['last_normalized']:.1f}.\n")
-        lines.append("| step | true return | true normalized | true discounted | FQE [95% CI] | FQE normalized |")
-        lines.append("|---|---|---|---|---|---|")
-        for row in r["rows"]:
+        peer = (r.get("d3rlpy") or {}).get("values")
+        lines.append("| step | true return | true normalized | true discounted | FQE [95% CI] | FQE normalized |"
+                     + (" d3rlpy FQE |" if peer else ""))
+        lines.append("|---|---|---|---|---|---|" + ("---|" if peer else ""))
+        for i, row in enumerate(r["rows"]):
             flag = " (diverged)" if row["diverged"] else ""
             lines.append(f"| {row['step']} | {row['return']:.1f} | {row['normalized']:.1f} | {row['discounted']:.2f} | "
                          f"{row['fqe']:.2f} [{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]{flag} | "
-                         f"{_f(row['fqe_normalized'])} |")
+                         f"{_f(row['fqe_normalized'])} |" + (f" {peer[i]:.2f} |" if peer else ""))
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -152,6 +225,11 @@ def main() -> None:
     parser.add_argument("--out", default="reports/ope")
     parser.add_argument("--work", default="/tmp/ope-trust")
     parser.add_argument("--only", default=None, help="comma-separated study names")
+    parser.add_argument("--d3rlpy-python", default=None, metavar="PY",
+                        help="also run d3rlpy's FQE (in that interpreter's environment) on the same checkpoints")
+    parser.add_argument("--d3rlpy-steps", type=int, default=3000, help="d3rlpy FQE gradient steps (default 3000)")
+    parser.add_argument("--d3rlpy-args", default="", help="extra arguments for benchmarks/d3rlpy_fqe_peer.py, e.g. "
+                        "'--lr 1e-3 --target-update-interval 10' (offrl's FQE schedule)")
     parser.add_argument("--resummarize", default=None, metavar="TRUST.JSON",
                         help="recompute the metrics and trust.md from a previous trust.json (no training, no FQE)")
     args = parser.parse_args()
@@ -159,6 +237,12 @@ def main() -> None:
         old = json.loads(Path(args.resummarize).read_text())
         results = [summarize(r["study"], r["dataset"], r["algo"], r["steps"], r["data"], r["rows"],
                              r["fqe_seconds_all_checkpoints"]) for r in old]
+        for new, r in zip(results, old, strict=True):
+            if args.d3rlpy_python:
+                new["d3rlpy"] = d3rlpy_fqe(new, Path(args.work), args.d3rlpy_python, args.d3rlpy_steps,
+                                           args.d3rlpy_args.split())
+            elif r.get("d3rlpy"):
+                new["d3rlpy"] = r["d3rlpy"]
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "trust.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -170,6 +254,9 @@ def main() -> None:
     work, out = Path(args.work), Path(args.out)
     wanted = set(args.only.split(",")) if args.only else None
     results = [run_study(*s, work=work) for s in STUDIES if wanted is None or s[0] in wanted]
+    if args.d3rlpy_python:
+        for r in results:
+            r["d3rlpy"] = d3rlpy_fqe(r, work, args.d3rlpy_python, args.d3rlpy_steps, args.d3rlpy_args.split())
     machine = f"{platform.processor() or platform.machine()} (2-core AMD EPYC, shared), torch {torch.__version__}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "trust.json").write_text(json.dumps(results, indent=1) + "\n")

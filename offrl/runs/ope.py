@@ -23,7 +23,7 @@ from typing import Any
 from offrl.errors import UserError
 from offrl.runs.rundir import CHECKPOINT_DIR, LATEST_CHECKPOINT
 
-__all__ = ["checkpoint_files", "ope_run", "select_checkpoint"]
+__all__ = ["checkpoint_files", "evaluation_rows", "ope_run", "select_checkpoint"]
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -51,7 +51,7 @@ def checkpoint_files(run_dir: Path, which: str) -> list[tuple[int | None, Path]]
     raise UserError(f"--checkpoint {which}: no step_{which}.pt in {folder} (kept steps: {have})")
 
 
-def _ope_rows(loaded: Any, on: str) -> tuple[Any, str, bool]:
+def evaluation_rows(loaded: Any, on: str) -> tuple[Any, str, bool]:
     """(TED rows, what they are, whether the policy was trained on them)."""
     if loaded.dataset is None:
         raise UserError(f"{loaded.run_dir}: trained online from scratch, so there is no dataset to evaluate "
@@ -127,7 +127,7 @@ def ope_run(target: str | os.PathLike[str], *, checkpoint: str = "latest", on: s
     results, data_note, trained_on = [], "", False
     for _, ckpt in files:
         loaded = load_policy(ckpt)
-        rows, data_note, trained_on = _ope_rows(loaded, on)
+        rows, data_note, trained_on = evaluation_rows(loaded, on)
         results.append(_estimate(loaded, rows, bootstrap=bootstrap, seed=seed, steps=steps))
     ranked = sorted((r for r in results if not r["diverged"] and r["value"] is not None),
                     key=lambda r: -r["value"])
