@@ -37,7 +37,7 @@ from torchrl.envs import Compose, DoubleToFloat, EnvBase, GymWrapper, Transforme
 
 from offrl.data import envs
 from offrl.errors import UserError
-from offrl.online.envstate import gym_env_state, load_gym_env_state
+from offrl.online.envstate import gym_env_state, load_gym_env_state, load_object_env_state, object_env_state
 
 __all__ = ["EnvFactory", "GuardedCollector", "make_collector", "env_factory"]
 
@@ -168,7 +168,7 @@ def _td_state(td: TensorDictBase) -> dict[str, Any] | None:
         value = td.get(key)
         if isinstance(value, TensorDictBase):
             sub = _td_state(value)
-            if sub is None or list(value.batch_size) != list(td.batch_size):
+            if sub is None or list(value.batch_size)[:td.batch_dims] != list(td.batch_size):
                 return None
             out[key] = sub
         elif isinstance(value, torch.Tensor):
@@ -180,6 +180,62 @@ def _td_state(td: TensorDictBase) -> dict[str, Any] | None:
 
 #: torchrl transforms that keep no state between steps (an env under them resumes exactly).
 _STATELESS_TRANSFORMS = (DoubleToFloat,)
+
+
+def _td_batches(td: TensorDictBase, prefix: tuple[str, ...] = ()) -> list[list[Any]]:
+    """``[[key, ...], batch_size]`` of every nested tensordict whose batch is longer than its parent's (a
+    multi-agent group: ``("agents",)`` with ``[n_agents]``), outermost first."""
+    out: list[list[Any]] = []
+    for key in td.keys():
+        value = td.get(key)
+        if isinstance(value, TensorDictBase):
+            if value.batch_dims > td.batch_dims:
+                out.append([list((*prefix, key)), [int(s) for s in value.batch_size]])
+            out += _td_batches(value, (*prefix, key))
+    return out
+
+
+def _pettingzoo_env(env: Any) -> Any:
+    """The PettingZoo env under a torchrl ``PettingZooWrapper`` (possibly under stateless transforms such as
+    ``RewardSum``, whose running sum lives in the carried tensordict); None for anything else."""
+    from torchrl.envs import PettingZooWrapper, RewardSum
+
+    if isinstance(env, TransformedEnv):
+        transform = env.transform
+        parts = list(transform) if isinstance(transform, Compose) else [transform]
+        if not all(isinstance(t, (*_STATELESS_TRANSFORMS, RewardSum)) for t in parts):
+            return None
+        env = env.base_env
+    if isinstance(env, PettingZooWrapper) and type(env) is PettingZooWrapper:
+        return getattr(env, "_env", None)
+    return None
+
+
+def _env_state(env: Any) -> dict[str, Any] | None:
+    """The checkpointable state of the collector's env: a gymnasium env's (:func:`gym_env_state`), a
+    PettingZoo env's under ``"pettingzoo"`` (:func:`object_env_state`), else None."""
+    gym_env = _gym_env(env)
+    if gym_env is not None:
+        return gym_env_state(gym_env)
+    pz_env = _pettingzoo_env(env)
+    if pz_env is not None:
+        return {"pettingzoo": object_env_state(pz_env)}
+    return None
+
+
+def _load_env_state(env: Any, state: dict[str, Any]) -> bool:
+    """Restore :func:`_env_state`; False if it does not fit this env."""
+    if "pettingzoo" in state:
+        pz_env = _pettingzoo_env(env)
+        if pz_env is None:
+            return False
+        load_object_env_state(pz_env, state["pettingzoo"])
+        return True
+    gym_env = _gym_env(env)
+    if gym_env is None:
+        return False
+    load_gym_env_state(gym_env, state)
+    return True
 
 
 def _gym_env(env: Any) -> Any:
@@ -234,7 +290,8 @@ class GuardedCollector:
         """Whether :meth:`resume_state` captures the env and episode in progress (the sync collector over a
         gymnasium env); the async collector's resume starts new episodes."""
         c = self.collector
-        return isinstance(c, Collector) and _gym_env(getattr(c, "env", None)) is not None
+        env = getattr(c, "env", None)
+        return isinstance(c, Collector) and (_gym_env(env) is not None or _pettingzoo_env(env) is not None)
 
     def _fail(self, message: str) -> None:
         self.error = message
@@ -318,11 +375,11 @@ class GuardedCollector:
         state["iter"] = int(c._iter)
         if getattr(c, "track_traj_ids", False):
             state["traj_pool"] = c._traj_pool.state_dict()
-        gym_env = _gym_env(c.env)
         carrier = _td_state(c._carrier)
-        if self.error is None and gym_env is not None and carrier is not None:
+        env_state = _env_state(c.env) if self.error is None and carrier is not None else None
+        if env_state is not None:
             state.update(exact=True, carrier=carrier, carrier_batch=[int(s) for s in c._carrier.batch_size],
-                         env=gym_env_state(gym_env))
+                         carrier_groups=_td_batches(c._carrier), env=env_state)
         return state
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
@@ -336,11 +393,11 @@ class GuardedCollector:
             c._iter = int(state["iter"])
             if state.get("traj_pool") is not None and getattr(c, "track_traj_ids", False):
                 c._traj_pool.load_state_dict({"traj_id": torch.as_tensor(state["traj_pool"]["traj_id"])})
-            gym_env = _gym_env(c.env)
-            if state.get("exact") and gym_env is not None:
-                load_gym_env_state(gym_env, state["env"])
+            if state.get("exact") and _load_env_state(c.env, state["env"]):
                 old = c._carrier
                 carrier = TensorDict(state["carrier"], batch_size=list(state["carrier_batch"]), device=old.device)
+                for key, size in state.get("carrier_groups", []):
+                    carrier.get(tuple(key)).batch_size = list(size)
                 if getattr(c, "_carrier_has_no_device", False):
                     carrier.clear_device_()
                 c._carrier = carrier

@@ -28,7 +28,7 @@ import torch
 
 from offrl.errors import UserError
 
-__all__ = ["gym_env_state", "load_gym_env_state", "gym_layers"]
+__all__ = ["gym_env_state", "gym_layers", "load_gym_env_state", "load_object_env_state", "object_env_state"]
 
 _SKIP = frozenset({"spec", "metadata", "render_mode", "_saved_kwargs", "_ezpickle_args", "_ezpickle_kwargs"})
 
@@ -244,3 +244,78 @@ def load_gym_env_state(env: Any, state: dict[str, Any]) -> None:
                 raise UserError(f"checkpoint env state: {entry['type']} was a MuJoCo env when saved, but is not "
                                 "one now; resume in the env that wrote it")
             _load_mujoco_state(layer.model, layer.data, entry["mujoco"])
+
+
+# ------------------------------------------------------------------------- PettingZoo / MPE object graphs
+#: Packages whose objects :func:`object_env_state` walks into (the env, its wrappers, its world and entities).
+OBJECT_ENV_PACKAGES = ("pettingzoo", "mpe2")
+_OBJECT_SKIP = _SKIP | {"viewer", "screen", "game_font", "renderOn"}
+
+
+def _is_env_object(value: Any) -> bool:
+    return (type(value).__module__ or "").split(".")[0] in OBJECT_ENV_PACKAGES and hasattr(value, "__dict__")
+
+
+def _encode_value(value: Any, depth: int = 0) -> dict[str, Any] | None:
+    """:func:`_encode`, plus dicts with string keys (PettingZoo's per-agent ``rewards``, ``infos``...)."""
+    if isinstance(value, dict) and depth < 4:
+        if not all(isinstance(k, str) for k in value):
+            return None
+        items = {k: _encode_value(v, depth + 1) for k, v in value.items()}
+        return None if any(v is None for v in items.values()) else {"kind": "dict", "items": items}
+    return _encode(value)
+
+
+def _decode_value(enc: dict[str, Any]) -> Any:
+    if enc["kind"] == "dict":
+        return {k: _decode_value(v) for k, v in enc["items"].items()}
+    return _decode(enc)
+
+
+def object_env_state(env: Any, *, depth: int = 0) -> dict[str, Any]:
+    """The state of a PettingZoo env as an object graph (plain dicts of tensors and strings): for ``env`` and
+    every object of :data:`OBJECT_ENV_PACKAGES` it holds (wrappers, the MPE world, its agents and landmarks,
+    their ``state`` and ``action``, the agent selector), the attributes :func:`_encode_value` keeps and the
+    numpy random generators, bit for bit. What else such an env keeps (spaces, renderers) is rebuilt by
+    constructing it the same way."""
+    attrs: dict[str, Any] = {}
+    rngs: dict[str, Any] = {}
+    children: dict[str, Any] = {}
+    for name, value in vars(env).items():
+        if name in _OBJECT_SKIP:
+            continue
+        rng = _rng_state(value)
+        if rng is not None:
+            rngs[name] = rng
+            continue
+        enc = _encode_value(value)
+        if enc is not None:
+            attrs[name] = enc
+        elif depth < 8 and _is_env_object(value):
+            children[name] = {"kind": "object", "state": object_env_state(value, depth=depth + 1)}
+        elif depth < 8 and isinstance(value, list) and value and all(_is_env_object(v) for v in value):
+            children[name] = {"kind": "objects", "items": [object_env_state(v, depth=depth + 1) for v in value]}
+    return {"type": type(env).__name__, "attrs": attrs, "rngs": rngs, "children": children}
+
+
+def load_object_env_state(env: Any, state: dict[str, Any]) -> None:
+    """Restore :func:`object_env_state` into ``env``, an env built the same way."""
+    if str(state.get("type")) != type(env).__name__:
+        raise UserError(f"checkpoint env state: the checkpoint's env holds a {state.get('type')} where this run's "
+                        f"holds a {type(env).__name__}; resume in the env that wrote it")
+    for name, enc in state["attrs"].items():
+        setattr(env, name, _decode_value(enc))
+    for name, enc in state["rngs"].items():
+        setattr(env, name, _make_rng(enc, vars(env).get(name)))
+    for name, child in state["children"].items():
+        current = getattr(env, name, None)
+        if child["kind"] == "object":
+            load_object_env_state(current, child["state"])
+            continue
+        if not isinstance(current, list) or len(current) != len(child["items"]):
+            raise UserError(f"checkpoint env state: {name} holds {len(child['items'])} objects in the checkpoint, "
+                            f"{len(current) if isinstance(current, list) else 'none'} here; resume in the env "
+                            "that wrote it")
+        for obj, item in zip(current, child["items"], strict=True):
+            load_object_env_state(obj, item)
+

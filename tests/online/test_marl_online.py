@@ -153,3 +153,48 @@ def test_online_mixing_learners_beat_random_play(tmp_path, algo):
     expert_mean = float(np.mean(team_returns(ENV, "assign", 20, 0)))
     bar = random_mean + 0.15 * (expert_mean - random_mean)
     assert final["return_mean"] > bar, (final["return_mean"], random_mean, expert_mean)
+
+
+def test_killed_online_multiagent_run_resumes_bit_identical(tmp_path):
+    """SIGKILL an online QMIX run after a checkpoint, --resume it: metrics and weights equal the uninterrupted
+    run's (the env, collector, replay buffer and exploration state come back with the checkpoint)."""
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    from helpers.cli import OFFRL
+
+    def cmd(name: str) -> list[str]:
+        return [OFFRL, "train", "--env", ENV, "--algo", "qmix", "--online-steps", "400", "--frames-per-batch", "50",
+                "--utd", "2", "--eval-every", "8", "--eval-episodes", "2", "--no-progress", "--out", str(tmp_path),
+                "--name", name, "--set", "mixing.hidden_sizes=[16]", "--set", "batch_size=32", "--set",
+                "log_interval=4", "--set", "save_trainer_interval=4", "--set", "online.init_random_frames=50",
+                "--set", "eval.final_episodes=2"]
+
+    base = tmp_path / "env__mpe2__simple_spread-n2" / "qmix"
+    full = subprocess.Popen(cmd("full"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(cmd("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = base / "killed" / "checkpoints" / "step_8.pt"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(60) == -signal.SIGKILL  # killed mid-run, not after the end
+    assert full.wait(300) == 0, full.stderr.read()
+    resumed = subprocess.run([OFFRL, "train", "--resume", str(base / "killed"), "--no-progress"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((base / "killed" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed"] == 1 and summary["steps"] == 16
+
+    def comparable(run) -> pd.DataFrame:
+        metrics = pd.read_csv(run / "metrics.csv")
+        return metrics.drop(columns=[c for c in metrics if c in ("wall_time", "updates_per_s") or c.startswith("time_")])
+
+    metrics = comparable(base / "full")
+    assert {"eval_return_mean", "eval_agent0_return_mean", "online_return_mean", "epsilon"} <= set(metrics.columns)
+    pd.testing.assert_frame_equal(comparable(base / "killed"), metrics)
+    a, b = (torch.load(base / name / "checkpoints" / "latest.pt", weights_only=True)["loss_module"]
+            for name in ("full", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
