@@ -4,6 +4,7 @@ are there, and the folder of one by id or short name."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from offrl.data.references import VERSION_RE
@@ -46,15 +47,21 @@ def bundled_path(name: str, root: str | Path | None = None) -> Path | None:
     return None
 
 
+def recipes_file() -> Path:
+    """``recipes.yaml`` of the bundled datasets: under :func:`bundled_root`, else the repository's."""
+    candidate = bundled_root() / "recipes.yaml"
+    if candidate.is_file():
+        return candidate
+    return Path(__file__).resolve().parents[2] / "datasets" / "recipes.yaml"
+
+
 def on_demand_names() -> list[str]:
     """Ids of the datasets generated on demand (``offrl datasets make``): the ``on_demand`` and ``multiagent``
     sections of the bundled ``recipes.yaml`` (its readers in :mod:`offrl.datagen` check the rest); [] when the
     file is missing or unreadable."""
     import yaml
 
-    path = bundled_root() / "recipes.yaml"
-    if not path.is_file():
-        path = Path(__file__).resolve().parents[2] / "datasets" / "recipes.yaml"
+    path = recipes_file()
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
@@ -63,4 +70,17 @@ def on_demand_names() -> list[str]:
         return []
     return sorted(str(name) for section in ("on_demand", "multiagent") if isinstance(raw.get(section), dict)
                   for name in raw[section])
+
+
+def match_name(name: str, names: Iterable[str]) -> str | None:
+    """The full id among ``names`` that ``name`` means: itself, or a short form without ``offrl/`` and with or
+    without its version (``cartpole/medium``, ``cartpole/medium-v0`` for ``offrl/cartpole/medium-v0``)."""
+    names = list(names)
+    if name in names:
+        return name
+    for full in names:
+        short = full.removeprefix("offrl/")
+        if name in (short, VERSION_RE.sub("", short), VERSION_RE.sub("", full)):
+            return full
+    return None
 

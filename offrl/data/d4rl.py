@@ -37,7 +37,7 @@ from offrl.data.source import Chunk, RawSource, storage_dtype
 from offrl.errors import UserError
 
 __all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value", "box_action_space", "check_flags",
-           "episode_rows", "float_or_none", "hdf5_metadata", "int_or_none", "pick"]
+           "episode_rows", "float_or_none", "hdf5_metadata", "int_or_none", "pick", "source_metadata"]
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
 FLAG_KEYS = ("terminals", "timeouts", "episode_terminals")
@@ -111,6 +111,18 @@ def hdf5_value(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def source_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """The dataset facts a file's metadata (:func:`hdf5_metadata`) may carry, under their usual names: env id,
+    reference scores, episode limit and dataset id."""
+    return {
+        "env_id": pick(meta, "env_id", "env_name", "env"),
+        "ref_min_score": float_or_none(pick(meta, "ref_min_score")),
+        "ref_max_score": float_or_none(pick(meta, "ref_max_score")),
+        "max_episode_steps": int_or_none(pick(meta, "max_episode_steps")),
+        "dataset_id": pick(meta, "dataset_id", "dataset_name"),
+    }
 
 
 def hdf5_metadata(f: h5py.File) -> dict[str, Any]:
@@ -247,13 +259,7 @@ def read_d4rl(path: Path) -> RawSource:
         else:
             act_space = box_action_space(lo, hi, tuple(act.shape[1:]) or (1,))
 
-    metadata = {
-        "env_id": pick(meta, "env_id", "env_name", "env"),
-        "ref_min_score": float_or_none(pick(meta, "ref_min_score")),
-        "ref_max_score": float_or_none(pick(meta, "ref_max_score")),
-        "max_episode_steps": int_or_none(pick(meta, "max_episode_steps")),
-        "dataset_id": pick(meta, "dataset_id", "dataset_name"),
-    }
+    metadata = source_metadata(meta)
     if fmt == "d3rlpy":
         metadata["d3rlpy_version"] = meta.get("version")
     rules: dict[str, dict[str, Any]] = {}

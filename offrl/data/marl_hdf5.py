@@ -30,12 +30,11 @@ from offrl.data.d4rl import (
     CUT_LAST_ROW_RULE,
     check_flags,
     episode_rows,
-    float_or_none,
     hdf5_errors,
     hdf5_metadata,
-    int_or_none,
     open_hdf5,
     pick,
+    source_metadata,
     storage_dtype_of,
 )
 from offrl.data.source import Chunk, RawSource
@@ -164,13 +163,7 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
     multiagent = {"n_agents": n_agents, "observation_shape": [n_agents, int(obs_space.shape[-1])],
                   "n_actions": n_actions, "state_dim": state_dim, "action_masks": has_masks,
                   "reward": "per-agent" if per_agent else "team"}
-    metadata = {
-        "env_id": pick(meta, "env_id", "env_name", "env"),
-        "ref_min_score": float_or_none(pick(meta, "ref_min_score")),
-        "ref_max_score": float_or_none(pick(meta, "ref_max_score")),
-        "max_episode_steps": int_or_none(pick(meta, "max_episode_steps")),
-        "dataset_id": pick(meta, "dataset_id", "dataset_name"),
-    }
+    metadata = source_metadata(meta)
     extra = {k: meta[k] for k in ("offrl_recipe", "offrl_references", "offrl_generator_versions", "description")
              if k in meta}
     metadata.update(extra)

@@ -90,11 +90,7 @@ def _marl_file(candidate: Path) -> Path | None:
 
 def _on_demand_recipe(text: str) -> str | None:
     """The on-demand recipe ``text`` names (``offrl/hopper/medium-v0``, ``hopper/medium-v0``, ``hopper/medium``)."""
-    for full in catalog.on_demand_names():
-        short = full.removeprefix("offrl/")
-        if text in (full, short, VERSION_RE.sub("", short), VERSION_RE.sub("", full)):
-            return full
-    return None
+    return catalog.match_name(text, catalog.on_demand_names())
 
 
 def _known_ids() -> list[str]:

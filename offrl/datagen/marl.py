@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from offrl.data.catalog import match_name
 from offrl.data.marl_envs import MARL_ENVS, make_raw_marl_env, marl_env_shapes
 from offrl.data.marl_writer import write_marl_hdf5
 from offrl.data.minari import minari_root
@@ -89,13 +90,7 @@ def load_marl_recipes(path: str | Path | None = None) -> dict[str, MarlRecipe]:
 
 
 def _resolve(name: str, recipes: dict[str, MarlRecipe]) -> str | None:
-    if name in recipes:
-        return name
-    for full in recipes:
-        short = full.removeprefix("offrl/")
-        if name in (short, short.rsplit("-v", 1)[0]):
-            return full
-    return None
+    return match_name(name, recipes)
 
 
 def is_marl_recipe(name: str) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from offrl.data.catalog import bundled_root
+from offrl.data.catalog import match_name, recipes_file
 from offrl.datagen.policies import ActorPolicy, load_actor
 from offrl.errors import UserError
 
@@ -116,11 +116,8 @@ class ReferenceSpec:
 
 
 def recipes_path() -> Path:
-    """``recipes.yaml`` of the bundled datasets (under :func:`offrl.data.catalog.bundled_root`, else the repo's)."""
-    candidate = bundled_root() / "recipes.yaml"
-    if candidate.is_file():
-        return candidate
-    return Path(__file__).resolve().parents[2] / "datasets" / "recipes.yaml"
+    """``recipes.yaml`` of the bundled datasets (:func:`offrl.data.catalog.recipes_file`)."""
+    return recipes_file()
 
 
 def _noise_spec(value: Any, where: str) -> float | tuple[float, float]:
@@ -264,13 +261,9 @@ def is_on_demand(name: str) -> bool:
 
 def resolve_name(name: str, recipes: dict[str, Recipe]) -> str:
     """The full recipe name of ``name`` (also ``cartpole/medium``, ``cartpole/medium-v0``); else a UserError."""
-    if name in recipes:
-        return name
-    # Accept the short forms "cartpole/medium" and "cartpole/medium-v0".
-    for full in recipes:
-        short = full.removeprefix("offrl/")
-        if name in (short, short.rsplit("-v", 1)[0]):
-            return full
+    full = match_name(name, recipes)
+    if full is not None:
+        return full
     raise UserError(f"no recipe named {name!r}; choose one of: {', '.join(sorted(recipes))}")
 
 

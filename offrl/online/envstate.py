@@ -193,23 +193,39 @@ def _load_mujoco_state(model: Any, data: Any, enc: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------- public API
+def _capture(obj: Any, skip: frozenset[str], encode: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``obj``'s attributes outside ``skip``: (encoded by ``encode``, numpy generators' states, the rest)."""
+    attrs: dict[str, Any] = {}
+    rngs: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for name, value in vars(obj).items():
+        if name in skip:
+            continue
+        rng = _rng_state(value)
+        if rng is not None:
+            rngs[name] = rng
+            continue
+        enc = encode(value)
+        if enc is not None:
+            attrs[name] = enc
+        else:
+            rest[name] = value
+    return attrs, rngs, rest
+
+
+def _restore(obj: Any, attrs: dict[str, Any], rngs: dict[str, Any], decode: Any) -> None:
+    for name, enc in attrs.items():
+        setattr(obj, name, decode(enc))
+    for name, enc in rngs.items():
+        setattr(obj, name, _make_rng(enc, vars(obj).get(name)))
+
+
 def gym_env_state(env: Any) -> dict[str, Any]:
     """Everything :func:`load_gym_env_state` needs to put ``env`` (a gymnasium env, wrappers included) back
     exactly where it is now; plain dicts/lists of tensors and strings (``weights_only``-loadable)."""
     layers = []
     for layer in gym_layers(env):
-        attrs: dict[str, Any] = {}
-        rngs: dict[str, Any] = {}
-        for name, value in vars(layer).items():
-            if name in _SKIP or name == "env":
-                continue
-            rng = _rng_state(value)
-            if rng is not None:
-                rngs[name] = rng
-                continue
-            enc = _encode(value)
-            if enc is not None:
-                attrs[name] = enc
+        attrs, rngs, _ = _capture(layer, _SKIP | {"env"}, _encode)
         entry: dict[str, Any] = {"type": type(layer).__name__, "attrs": attrs, "rngs": rngs}
         if _is_mujoco(layer):
             entry["mujoco"] = _mujoco_state(layer.model, layer.data)
@@ -235,10 +251,7 @@ def load_gym_env_state(env: Any, state: dict[str, Any]) -> None:
         raise UserError(f"checkpoint env state: the checkpoint's env is {' > '.join(theirs)}, this run's is "
                         f"{' > '.join(ours)}; resume in the env that wrote it")
     for layer, entry in zip(layers, saved, strict=True):
-        for name, enc in entry["attrs"].items():
-            setattr(layer, name, _decode(enc))
-        for name, enc in entry["rngs"].items():
-            setattr(layer, name, _make_rng(enc, vars(layer).get(name)))
+        _restore(layer, entry["attrs"], entry["rngs"], _decode)
         if entry.get("mujoco") is not None:
             if not _is_mujoco(layer):
                 raise UserError(f"checkpoint env state: {entry['type']} was a MuJoCo env when saved, but is not "
@@ -278,20 +291,10 @@ def object_env_state(env: Any, *, depth: int = 0) -> dict[str, Any]:
     their ``state`` and ``action``, the agent selector), the attributes :func:`_encode_value` keeps and the
     numpy random generators, bit for bit. What else such an env keeps (spaces, renderers) is rebuilt by
     constructing it the same way."""
-    attrs: dict[str, Any] = {}
-    rngs: dict[str, Any] = {}
+    attrs, rngs, rest = _capture(env, _OBJECT_SKIP, _encode_value)
     children: dict[str, Any] = {}
-    for name, value in vars(env).items():
-        if name in _OBJECT_SKIP:
-            continue
-        rng = _rng_state(value)
-        if rng is not None:
-            rngs[name] = rng
-            continue
-        enc = _encode_value(value)
-        if enc is not None:
-            attrs[name] = enc
-        elif depth < 8 and _is_env_object(value):
+    for name, value in rest.items():
+        if depth < 8 and _is_env_object(value):
             children[name] = {"kind": "object", "state": object_env_state(value, depth=depth + 1)}
         elif depth < 8 and isinstance(value, list) and value and all(_is_env_object(v) for v in value):
             children[name] = {"kind": "objects", "items": [object_env_state(v, depth=depth + 1) for v in value]}
@@ -303,10 +306,7 @@ def load_object_env_state(env: Any, state: dict[str, Any]) -> None:
     if str(state.get("type")) != type(env).__name__:
         raise UserError(f"checkpoint env state: the checkpoint's env holds a {state.get('type')} where this run's "
                         f"holds a {type(env).__name__}; resume in the env that wrote it")
-    for name, enc in state["attrs"].items():
-        setattr(env, name, _decode_value(enc))
-    for name, enc in state["rngs"].items():
-        setattr(env, name, _make_rng(enc, vars(env).get(name)))
+    _restore(env, state["attrs"], state["rngs"], _decode_value)
     for name, child in state["children"].items():
         current = getattr(env, name, None)
         if child["kind"] == "object":

@@ -28,3 +28,23 @@ def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def kill_after_and_resume(full_cmd: list[str], killed_cmd: list[str], marker: Path, run_dir: Path,
+                          timeout: float = 300) -> None:
+    """Run ``full_cmd`` (the uninterrupted run) beside ``killed_cmd``, SIGKILL the latter as soon as ``marker``
+    (a checkpoint file) exists, then ``offrl train --resume run_dir``; asserts each step went as meant."""
+    import signal
+    import time
+
+    full = subprocess.Popen(full_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(killed_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(60) == -signal.SIGKILL  # killed mid-run, not after the end
+    assert full.wait(timeout) == 0, full.stderr.read()
+    resumed = subprocess.run([OFFRL, "train", "--resume", str(run_dir), "--no-progress"], capture_output=True,
+                             text=True, timeout=timeout)
+    assert resumed.returncode == 0, resumed.stderr

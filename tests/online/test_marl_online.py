@@ -158,12 +158,8 @@ def test_online_mixing_learners_beat_random_play(tmp_path, algo):
 def test_killed_online_multiagent_run_resumes_bit_identical(tmp_path):
     """SIGKILL an online QMIX run after a checkpoint, --resume it: metrics and weights equal the uninterrupted
     run's (the env, collector, replay buffer and exploration state come back with the checkpoint)."""
-    import signal
-    import subprocess
-    import time
-
     import torch
-    from helpers.cli import OFFRL
+    from helpers.cli import OFFRL, kill_after_and_resume
 
     def cmd(name: str) -> list[str]:
         return [OFFRL, "train", "--env", ENV, "--algo", "qmix", "--online-steps", "400", "--frames-per-batch", "50",
@@ -173,18 +169,7 @@ def test_killed_online_multiagent_run_resumes_bit_identical(tmp_path):
                 "--set", "eval.final_episodes=2"]
 
     base = tmp_path / "env__mpe2__simple_spread-n2" / "qmix"
-    full = subprocess.Popen(cmd("full"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed = subprocess.Popen(cmd("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = base / "killed" / "checkpoints" / "step_8.pt"
-    deadline = time.monotonic() + 240
-    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait(60) == -signal.SIGKILL  # killed mid-run, not after the end
-    assert full.wait(300) == 0, full.stderr.read()
-    resumed = subprocess.run([OFFRL, "train", "--resume", str(base / "killed"), "--no-progress"],
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    kill_after_and_resume(cmd("full"), cmd("killed"), base / "killed" / "checkpoints" / "step_8.pt", base / "killed")
     summary = json.loads((base / "killed" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed"] == 1 and summary["steps"] == 16
 

@@ -6,9 +6,7 @@ bit-identical; a trained policy records a dataset; bad inputs are one line."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
@@ -16,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers.cli import OFFRL, assert_user_error
+from helpers.cli import OFFRL, assert_user_error, kill_after_and_resume
 
 from offrl.errors import UserError
 
@@ -95,20 +93,8 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     data = _small_dataset(tmp_path / "team.hdf5")
     out = tmp_path / "runs"
     base = out / "team" / "qmix"
-    full = subprocess.Popen(_train_cmd(data, out, "full"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    killed = subprocess.Popen(_train_cmd(data, out, "killed"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    marker = base / "killed" / "checkpoints" / "step_80.pt"
-    deadline = time.monotonic() + 240
-    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait(60) == -signal.SIGKILL  # killed mid-run, not after the end
-    assert full.wait(300) == 0, full.stderr.read()
-    resumed = subprocess.run([OFFRL, "train", "--resume", str(base / "killed"), "--no-progress"],
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    kill_after_and_resume(_train_cmd(data, out, "full"), _train_cmd(data, out, "killed"),
+                          base / "killed" / "checkpoints" / "step_80.pt", base / "killed")
     summary = json.loads((base / "killed" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed"] == 1 and summary["steps"] == 160
 
