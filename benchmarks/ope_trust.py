@@ -186,9 +186,11 @@ def markdown(results: list[dict], machine: str) -> str:
     if peers:
         d = peers[0]["d3rlpy"]
         lines += [f"### d3rlpy {d['version']}'s FQE on the same checkpoints and episodes", "",
-                  "`python benchmarks/ope_trust.py --resummarize reports/ope/trust.json --d3rlpy-python PY`: each "
+                  "`python benchmarks/ope_trust.py --resummarize reports/ope/trust.json --d3rlpy-python PY "
+                  "[--d3rlpy-args ARGS]`: each "
                   "checkpoint exported with `offrl export --format torchscript`, then d3rlpy's `FQE` / `DiscreteFQE` "
-                  f"(`FQEConfig` defaults but {json.dumps(d['config'])}) for {d['steps']} steps on the same "
+                  f"(`FQEConfig` with {json.dumps(d['config'])}, the rest d3rlpy's defaults) for {d['steps']} "
+                  "steps on the same "
                   "held-out episodes (its estimate: mean Q(s0, pi(s0)); no interval: d3rlpy gives none).", "",
                   "| study | estimator | Spearman (discounted) | Spearman (normalized) | regret@1 (points) | "
                   "abs error (discounted) | s, all checkpoints |", "|---|---|---|---|---|---|---|"]
