@@ -89,13 +89,9 @@ def load_marl_recipes(path: str | Path | None = None) -> dict[str, MarlRecipe]:
             for name, entry in (raw.get("multiagent") or {}).items()}
 
 
-def _resolve(name: str, recipes: dict[str, MarlRecipe]) -> str | None:
-    return match_name(name, recipes)
-
-
 def is_marl_recipe(name: str) -> bool:
     """Whether ``name`` (or its short form, ``simple_spread-n2/medium``) is a multi-agent recipe."""
-    return _resolve(name, load_marl_recipes()) is not None
+    return match_name(name, load_marl_recipes()) is not None
 
 
 def team_returns(env_id: str, policy: str, episodes: int, seed: int, epsilon: float = 0.0) -> np.ndarray:
@@ -126,7 +122,7 @@ def make_marl_dataset(name: str, root: str | Path | None = None) -> Path:
     """Generate multi-agent dataset ``name`` as ``<root>/<name>.hdf5`` (default root
     ``$MINARI_DATASETS_PATH``); a file made from the same recipe is kept."""
     recipes = load_marl_recipes()
-    full = _resolve(name, recipes)
+    full = match_name(name, recipes)
     if full is None:
         raise UserError(f"no multi-agent recipe named {name!r}; choose one of: {', '.join(sorted(recipes))}")
     recipe = recipes[full]
@@ -217,12 +213,8 @@ def dataset_from_marl_policy(loaded: Any, *, episodes: int, env_id: str | None =
     attrs.update(refs_metadata(refs, ref_min, ref_max))
     env = make_raw_marl_env(env_id)
     try:
-        return write_marl_hdf5((Path(root) if root is not None else minari_root()) / f"{name}.hdf5",
-                               marl_episodes(env, act, int(episodes), seed, epsilon=epsilon, reset_seed=seed),
-                               n_actions=n_actions, attrs=attrs)
-    except OSError as exc:
-        raise UserError(f"{exc.filename or root}: cannot write the dataset ({exc.strerror}); choose another "
-                        "--root") from None
+        return _write_named(name, root, marl_episodes(env, act, int(episodes), seed, epsilon=epsilon,
+                                                      reset_seed=seed), n_actions, attrs)
     finally:
         env.close()
 
@@ -286,9 +278,14 @@ def dataset_from_marl_run(run_dir: Path, checkpoint: Path, cfg: dict[str, Any], 
              "offrl_source": {"kind": "run", "run_dir": str(run_dir), "algo": cfg.get("algo"),
                               "step": int(state.get("step") or 0), "frames": int(state.get("frames") or 0)}}
     attrs.update(refs_metadata((None, None, None), ref_min, ref_max))
+    return _write_named(name, root, episodes, int(marl_env_shapes(env_id)["n_actions"]), attrs)
+
+
+def _write_named(name: str, root: str | Path | None, episodes: Any, n_actions: int, attrs: dict[str, Any]) -> Path:
+    """Write ``episodes`` as ``<root>/<name>.hdf5`` (``--from-run`` / ``--policy``); a write error is one line."""
     try:
         return write_marl_hdf5((Path(root) if root is not None else minari_root()) / f"{name}.hdf5", episodes,
-                               n_actions=int(marl_env_shapes(env_id)["n_actions"]), attrs=attrs)
+                               n_actions=n_actions, attrs=attrs)
     except OSError as exc:
         raise UserError(f"{exc.filename or root}: cannot write the dataset ({exc.strerror}); choose another "
                         "--root") from None

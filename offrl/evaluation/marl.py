@@ -32,17 +32,15 @@ class MarlEvalResult:
     lengths: np.ndarray
     ref: tuple[float, float] | None = None
 
-    def normalized(self) -> float:
-        if self.ref is None or self.ref[0] is None or self.ref[1] is None or self.ref[0] == self.ref[1]:
-            return math.nan
-        lo, hi = self.ref
-        return float(np.mean(100.0 * (self.team_returns - lo) / (hi - lo)))
-
     def normalized_episodes(self) -> np.ndarray:
+        """Each episode's normalized team return (NaN without references)."""
         if self.ref is None or self.ref[0] is None or self.ref[1] is None or self.ref[0] == self.ref[1]:
             return np.full(len(self.team_returns), math.nan)
         lo, hi = self.ref
         return 100.0 * (self.team_returns - lo) / (hi - lo)
+
+    def normalized(self) -> float:
+        return float(np.mean(self.normalized_episodes()))
 
     def metrics(self) -> dict[str, float]:
         """The single-agent eval columns for the team return (``eval_return_mean``, ``eval_return_std``,

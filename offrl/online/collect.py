@@ -195,17 +195,24 @@ def _td_batches(td: TensorDictBase, prefix: tuple[str, ...] = ()) -> list[list[A
     return out
 
 
+def _under_stateless(env: Any, stateless: tuple[type, ...]) -> Any:
+    """``env`` without its transforms when each is one of ``stateless`` (they keep nothing between steps),
+    else None."""
+    if isinstance(env, TransformedEnv):
+        transform = env.transform
+        parts = list(transform) if isinstance(transform, Compose) else [transform]
+        if not all(isinstance(t, stateless) for t in parts):
+            return None
+        return env.base_env
+    return env
+
+
 def _pettingzoo_env(env: Any) -> Any:
     """The PettingZoo env under a torchrl ``PettingZooWrapper`` (possibly under stateless transforms such as
     ``RewardSum``, whose running sum lives in the carried tensordict); None for anything else."""
     from torchrl.envs import PettingZooWrapper, RewardSum
 
-    if isinstance(env, TransformedEnv):
-        transform = env.transform
-        parts = list(transform) if isinstance(transform, Compose) else [transform]
-        if not all(isinstance(t, (*_STATELESS_TRANSFORMS, RewardSum)) for t in parts):
-            return None
-        env = env.base_env
+    env = _under_stateless(env, (*_STATELESS_TRANSFORMS, RewardSum))
     if isinstance(env, PettingZooWrapper) and type(env) is PettingZooWrapper:
         return getattr(env, "_env", None)
     return None
@@ -242,12 +249,7 @@ def _gym_env(env: Any) -> Any:
     """The gymnasium env under a torchrl ``GymWrapper`` (possibly under stateless transforms such as offrl's
     ``DoubleToFloat`` for MuJoCo); None for anything else: other transforms and batched envs keep state
     offrl does not capture."""
-    if isinstance(env, TransformedEnv):
-        transform = env.transform
-        parts = list(transform) if isinstance(transform, Compose) else [transform]
-        if not all(isinstance(t, _STATELESS_TRANSFORMS) for t in parts):
-            return None
-        env = env.base_env
+    env = _under_stateless(env, _STATELESS_TRANSFORMS)
     if isinstance(env, GymWrapper) and type(env) is GymWrapper:
         return getattr(env, "_env", None)
     return None
