@@ -131,9 +131,9 @@ def _use_onednn(x: Tensor, w: Tensor, relu: bool) -> bool:
     """Whether this float32 CPU layer runs through oneDNN: where torch has it, as measured on this machine
     for this shape and thread count (:mod:`offrl.algos.routes`)."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and w.dtype == torch.float32
+        x.is_cpu  # the cheapest checks first: this runs on every layer call
+        and x.dtype is torch.float32
+        and w.dtype is torch.float32
         and x.ndim == 2
         and w.shape[0] > 1
         and not torch.is_autocast_enabled("cpu")

@@ -43,6 +43,24 @@ _loaded_from: Path | None = None
 #: ``$OFFRL_CACHE`` when the decisions were loaded: the per-call check is this string, not the path.
 _loaded_cache_env: str | None = None
 
+#: The variables a decision depends on, read from the environment's own mapping on every layer call
+#: (``os.environ.get`` costs ~1 us each; a layer call must cost well under that, it runs ~10 times a step).
+_ENV_NAMES = ("OFFRL_KERNEL_ROUTE", "OFFRL_ONEDNN", "OFFRL_CACHE")
+_env_data: Any = getattr(os.environ, "_data", None)
+try:
+    _env_keys: tuple[Any, ...] = tuple(os.environ.encodekey(n) for n in _ENV_NAMES)  # type: ignore[attr-defined]
+except AttributeError:  # not CPython's os._Environ: read it the usual way
+    _env_data = None
+#: Per-process answers (rows, out, in, relu, threads) -> route, valid while the environment reads the same.
+_answers: dict[tuple[int, int, int, bool, int], str] = {}
+_answers_env: tuple[Any, ...] | None = None
+
+
+def _env_state() -> tuple[Any, ...]:
+    if _env_data is not None:
+        return tuple(_env_data.get(k) for k in _env_keys)
+    return tuple(os.environ.get(n) for n in _ENV_NAMES)
+
 
 def forced_route() -> str | None:
     """The route the environment forces (``OFFRL_KERNEL_ROUTE``, or ``OFFRL_ONEDNN=0``), else None."""
@@ -157,7 +175,21 @@ def measure(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> dict
 
 
 def route_for(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> str:
-    """The route of a float32 CPU layer of this shape in this process: forced, recorded, or measured now."""
+    """The route of a float32 CPU layer of this shape in this process: forced, recorded, or measured now
+    (a shape already answered in this process, with the same environment, is a dictionary look-up)."""
+    global _answers_env
+    env = _env_state()
+    if env != _answers_env:
+        _answers.clear()
+        _answers_env = env
+    threads = torch.get_num_threads()
+    answer = _answers.get((rows, out, inp, relu, threads))
+    if answer is None:
+        answer = _answers[(rows, out, inp, relu, threads)] = _route(rows, out, inp, relu, onednn)
+    return answer
+
+
+def _route(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> str:
     forced = forced_route()
     if forced is not None:
         return forced
@@ -177,4 +209,5 @@ def reset() -> None:
     path = route_file()
     path.unlink(missing_ok=True)
     _decided.clear()
+    _answers.clear()
     _loaded_from = None

@@ -181,6 +181,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         self._finite_step = 0  # the last step whose losses (and all before it) were checked finite
         self._step_t = torch.zeros((), dtype=torch.int64, device=self.device)  # the update's own counter
         self._target_fn: Callable[[], None] | None = None
+        self._optimizer_fns: tuple[Any, Callable[[], None], Callable[[], None]] | None = None  # optim.py
         self._last_batch: TensorDictBase | None = None
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0

@@ -19,6 +19,7 @@ from tensordict.nn import CudaGraphModule
 from torchrl.objectives import HardUpdate, SoftUpdate
 
 from offrl.errors import UserError
+from offrl.trainers.optim import fast_optimizer_step, fast_zero_grad
 
 __all__ = ["UpdateStep", "capture_cuda_graph", "fast_target_step", "tune_allocator"]
 
@@ -120,8 +121,17 @@ class UpdateStep:
         metrics.update(self._batch_stats(batch))
         return total, metrics
 
+    def _optimizer_calls(self) -> tuple[Callable[[], None], Callable[[], None]]:
+        """``(zero_grad, step)`` of the current optimizer without their per-call bookkeeping
+        (:mod:`offrl.trainers.optim`; rebuilt if ``self.optimizer`` is replaced)."""
+        fns = self._optimizer_fns
+        if fns is None or fns[0] is not self.optimizer:
+            fns = self._optimizer_fns = (self.optimizer, fast_zero_grad(self.optimizer),
+                                         fast_optimizer_step(self.optimizer))
+        return fns[1], fns[2]
+
     def _backward(self, total: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self._optimizer_calls()[0]()
         total.backward()
 
     def _optim(self) -> dict[str, torch.Tensor]:
@@ -140,7 +150,7 @@ class UpdateStep:
             norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
         values = list(norms.values())
         norms["grad_norm"] = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum().sqrt()
-        self.optimizer.step()
+        self._optimizer_calls()[1]()
         return norms
 
     def _target(self) -> None:

@@ -29,6 +29,7 @@ from offrl.data.buffer import StackedSampler
 from offrl.errors import UserError
 from offrl.trainers.loop import Trainer
 from offrl.trainers.metrics import NonFiniteLossError
+from offrl.trainers.optim import fast_optimizer_step, fast_zero_grad
 from offrl.trainers.signals import install_stop_handlers
 
 __all__ = ["VectorizedSeeds", "vectorize_reason"]
@@ -91,6 +92,7 @@ class VectorizedSeeds:
                 t.hold_rng()
         self.loss = StackedQLoss([t.loss_module for t in self.trainers])
         self.optimizer = self._stack_optimizers()
+        self._zero_grad, self._optimizer_step = fast_zero_grad(self.optimizer), fast_optimizer_step(self.optimizer)
         self._target_fn = self._target_step()
         steps = torch.stack([t._step_t for t in self.trainers])
         for i, t in enumerate(self.trainers):
@@ -190,13 +192,13 @@ class VectorizedSeeds:
             norms[f"grad_norm_{group.get('name', i)}"] = norm
         values = list(norms.values())
         norms["grad_norm"] = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum(0).sqrt()
-        self.optimizer.step()
+        self._optimizer_step()
         return norms
 
     def _update(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of every seed; returns the metrics ``[N, K]`` (keys: ``self._keys``) and Q ``[N, B, A]``."""
         total, metrics, q = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         total.backward()
         for name, key in self._stats:  # the trainers' _batch_stats, per seed
             std, mean = torch.std_mean(batch.get(key).detach().flatten(1).float(), dim=1)
