@@ -28,7 +28,16 @@ from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.calql_loss import CalQLLoss
 from offrl.algos.cql_loss import OfflineCQLLoss
-from offrl.algos.plans import ParamCache, Plan, detached, ensemble_forward, ensemble_forward_split, mlp_plan
+from offrl.algos.kernels import chain
+from offrl.algos.plans import (
+    ParamCache,
+    Plan,
+    actor_plan,
+    detached,
+    ensemble_forward,
+    ensemble_forward_split,
+    mlp_plan,
+)
 
 __all__ = ["FusedCalQLLoss", "FusedOfflineCQLLoss"]
 
@@ -150,6 +159,7 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
             and sum(isinstance(st, tuple) for st in self._q_plan) >= 2
         )
         self._index_cache: dict = {}
+        self._actor = actor_plan(self.actor_network, self.actor_network_params)
 
     def _critic_pass(self, q_steps: list, obs_td: TensorDictBase, next_td: TensorDictBase,
                      blocks: list[tuple[str, Tensor, int]]) -> Tensor:
@@ -226,13 +236,26 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
     def _actor_dist_params(self, obs_td: TensorDictBase, next_td: TensorDictBase):
         """Distribution parameters at ``s`` (with grad: actor and BC losses) and at ``s'`` (no grad:
         torchrl samples there with the detached actor parameters). One actor pass each."""
+        dist_in = [unravel_key(k) for k in self._dist_param_keys()]
+        if self._actor is not None and {unravel_key(k) for k in self._actor[3]} >= set(dist_in):
+            plan, tail, in_key, out_keys = self._actor
+            steps = self._steps(plan, "actor_network_params")
+
+            def params(td: TensorDictBase, layer_steps: list) -> TensorDictBase:
+                out = tail(chain(layer_steps, td.get(in_key)))
+                out = out if isinstance(out, tuple) else (out,)
+                return TensorDict(dict(zip(out_keys, out, strict=True)), batch_size=td.batch_size).select(*dist_in)
+
+            params_obs = params(obs_td, steps)
+            with torch.no_grad():
+                params_next = params(next_td, detached(steps))
+            return params_obs, params_next
         with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
             params_obs = self.actor_network.get_dist_params(obs_td.copy())
         with torch.no_grad(), self.actor_network_params.data.to_module(
             self.actor_network, preserve_module_state=False
         ):
             params_next = self.actor_network.get_dist_params(next_td.copy())
-        dist_in = [unravel_key(k) for k in self._dist_param_keys()]
         return params_obs.select(*dist_in), params_next.select(*dist_in)
 
     @torch.no_grad()

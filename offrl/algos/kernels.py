@@ -90,15 +90,19 @@ def _onednn() -> Callable | None:
 class _OneDNNLinear(torch.autograd.Function):
     """``relu?(x @ w.T + b)`` in float32 on CPU through oneDNN: forward, input and weight gradients.
 
-    The weight gradient ``g.T @ x`` runs as oneDNN's linear on the two transposed views. ReLU is fused
-    into the forward kernel and its backward reads the saved output, as ``relu`` itself does.
+    The weight gradient ``g.T @ x`` runs as oneDNN's linear on the two transposed views, or with
+    ``mm_weight_grad`` as torch's ``mm`` (which of the two is faster depends on the CPU and the shape:
+    :mod:`offrl.algos.routes` measures it). ReLU is fused into the forward kernel and its backward reads
+    the saved output, as ``relu`` itself does.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, relu: bool) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, relu: bool,  # noqa: D102
+                mm_weight_grad: bool = False) -> Tensor:
         op = _onednn()
         y = op(x if x.is_contiguous() else x.contiguous(), w, b, "relu" if relu else "none", [], "")
         ctx.relu = relu
+        ctx.mm_weight_grad = mm_weight_grad
         ctx.has_bias = b is not None
         ctx.save_for_backward(x, w, y if relu else None)
         return y
@@ -111,26 +115,25 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn()(g, w.t().contiguous(), None, "none", [], "")
         if ctx.needs_input_grad[1]:
-            # g.T @ x as oneDNN's linear on transposed views: 4.9 ms against torch.mm's 6.2 ms for
-            # 7936 rows of 256 (AMD EPYC, 2 threads); a contiguous transpose first would cost more.
-            grad_w = _onednn()(g.t(), x.t(), None, "none", [], "")
+            grad_w = torch.mm(g.t(), x) if ctx.mm_weight_grad else _onednn()(g.t(), x.t(), None, "none", [], "")
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
-def onednn_linear(x: Tensor, w: Tensor, b: Tensor | None, relu: bool) -> Tensor:
+def onednn_linear(x: Tensor, w: Tensor, b: Tensor | None, relu: bool, mm_weight_grad: bool = False) -> Tensor:
     """``relu?(x @ w.T + b)`` through oneDNN, with autograd (:class:`_OneDNNLinear`)."""
-    return _OneDNNLinear.apply(x, w, b, relu)
+    return _OneDNNLinear.apply(x, w, b, relu, mm_weight_grad)
 
 
 _RELUS = (torch.relu, torch.relu_)
 
 
-def _use_onednn(x: Tensor, w: Tensor, relu: bool) -> bool:
-    """Whether this float32 CPU layer runs through oneDNN: where torch has it, as measured on this machine
-    for this shape and thread count (:mod:`offrl.algos.routes`)."""
-    return (
+def _route(x: Tensor, w: Tensor, relu: bool) -> str | None:
+    """The oneDNN route this float32 CPU layer runs on (``onednn`` or ``onednn-mm``), or None for torch's
+    own matmul: where torch has oneDNN, as measured on this machine for this shape and thread count
+    (:mod:`offrl.algos.routes`)."""
+    if not (
         x.is_cpu  # the cheapest checks first: this runs on every layer call
         and x.dtype is torch.float32
         and w.dtype is torch.float32
@@ -139,8 +142,10 @@ def _use_onednn(x: Tensor, w: Tensor, relu: bool) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor picks its own CPU kernels
         and _onednn() is not None
-        and route_for(x.shape[0], w.shape[0], w.shape[1], relu, onednn_linear) == "onednn"
-    )
+    ):
+        return None
+    route = route_for(x.shape[0], w.shape[0], w.shape[1], relu, onednn_linear)
+    return None if route == "torch" else route
 
 
 def chain(steps: list, x: Tensor) -> Tensor:
@@ -158,8 +163,8 @@ def chain(steps: list, x: Tensor) -> Tensor:
             w, b = step
             if i == last and (w.shape[0] == 1 or torch.is_autocast_enabled(x.device.type)):
                 x = _OutputLinear.apply(x, w, b)
-            elif _use_onednn(x, w, relu := i + 1 < n and any(steps[i + 1] is fn for fn in _RELUS)):
-                x = _OneDNNLinear.apply(x, w, b, relu)
+            elif (route := _route(x, w, relu := i + 1 < n and any(steps[i + 1] is f for f in _RELUS))) is not None:
+                x = _OneDNNLinear.apply(x, w, b, relu, route == "onednn-mm")
                 i += 2 if relu else 1
                 continue
             else:

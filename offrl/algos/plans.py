@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.modules import MLP
 
 from offrl.algos.kernels import chain, linear
 
-__all__ = ["Plan", "ParamCache", "detached", "ensemble_forward", "ensemble_forward_split", "member",
+__all__ = ["Plan", "ParamCache", "actor_plan", "detached", "ensemble_forward", "ensemble_forward_split", "member",
            "mlp_forward", "mlp_plan", "resolve"]
 
 Plan = list
@@ -58,6 +59,12 @@ def mlp_plan(owner: nn.Module, params: TensorDictBase) -> tuple[Plan, TensorDict
     if getattr(mlp, "_reshape_out", False):
         return None
     prefix = tuple(k for k in (name.split(".") if name else [])) + ("module",)
+    plan = _layer_plan(mlp, prefix, params)
+    return None if plan is None else (plan, td_module)
+
+
+def _layer_plan(mlp: MLP, prefix: tuple[str, ...], params: TensorDictBase) -> Plan | None:
+    """``mlp``'s layers as steps, its weights looked up under ``prefix`` in ``params``."""
     plan: Plan = []
     n_linear = 0
     for child_name, child in mlp.named_children():
@@ -75,9 +82,34 @@ def mlp_plan(owner: nn.Module, params: TensorDictBase) -> tuple[Plan, TensorDict
             if fn is torch.relu_ and n_linear == 0:
                 fn = torch.relu  # never modify the caller's input in place
             plan.append(fn)
-    if n_linear == 0:
+    return plan if n_linear else None
+
+
+def actor_plan(actor: nn.Module, params: TensorDictBase) -> tuple[Plan, nn.Module, NestedKey, list[NestedKey]] | None:
+    """The distribution-parameter network of a torchrl ``ProbabilisticActor`` laid out as offrl builds it,
+    ``TensorDictModule(Sequential(MLP, parameter-free tail such as NormalParamExtractor))`` then the
+    probabilistic module: the MLP's plan, the tail, the in-key and the out-keys (None for any other layout).
+
+    Running the plan on the parameters directly skips ``to_module``'s parameter swap and the
+    ``TensorDictModule`` plumbing, which cost more than a small actor's arithmetic.
+    """
+    modules = getattr(actor, "module", None)
+    if not isinstance(modules, nn.ModuleList) or len(modules) != 2:
         return None
-    return plan, td_module
+    td_module = modules[0]
+    if type(td_module) is not TensorDictModule or len(td_module.in_keys) != 1:
+        return None
+    seq = td_module.module
+    if not isinstance(seq, nn.Sequential) or len(seq) < 2 or type(seq[0]) is not MLP \
+            or getattr(seq[0], "_reshape_out", False):
+        return None
+    tail = seq[1:]
+    if any(True for _ in tail.parameters()) or any(True for _ in tail.buffers()):
+        return None
+    plan = _layer_plan(seq[0], ("module", "0", "module", "0"), params)
+    if plan is None:
+        return None
+    return plan, tail, td_module.in_keys[0], list(td_module.out_keys)
 
 
 def resolve(plan: Plan, params: TensorDictBase) -> list:

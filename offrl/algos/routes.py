@@ -1,17 +1,21 @@
 """Which CPU kernel a float32 linear layer of the fused losses runs on, decided by measuring on this machine.
 
-The two routes compute the same product: ``torch`` (torch's ``addmm``, MKL or OpenBLAS, then ``relu``) and
-``onednn`` (oneDNN's fused linear + ReLU, :class:`offrl.algos.kernels._OneDNNLinear`). Which is faster
+The routes compute the same product: ``torch`` (torch's ``addmm``, MKL or OpenBLAS, then ``relu``),
+``onednn`` (oneDNN's fused linear + ReLU, :class:`offrl.algos.kernels._OneDNNLinear`, its weight gradient
+through oneDNN on transposed views too) and ``onednn-mm`` (the same forward and input gradient, the weight
+gradient through torch's ``mm``, which reads the transposed operand without copying it). Which is faster
 depends on the CPU (AVX-512 or AVX2 only, the vendor's BLAS), the layer's shape and the thread count: a
-threshold measured on one CPU was 13% slower on another. So the first time a process meets a shape (rows x
-out x in, ReLU or not, threads) it times forward + backward through both routes (a few milliseconds; best of
-several repetitions), keeps the faster (``torch`` unless oneDNN is at least 3% faster: never slower than
-plain torch) and records the decision with both timings in the cache folder, one file per CPU model, ISA
-flags and torch version (``$OFFRL_CACHE/kernels/``). Later processes read the decisions; the first
+threshold measured on one CPU was 13% slower on another, and oneDNN's transposed weight gradient was 1.3x
+faster than ``mm`` at 7,936 x 256 on an AVX-512 EPYC but 1.2x slower at 3,328 x 64 on an AVX2 one. So the
+first time a process meets a shape (rows x out x in, ReLU or not, threads) it times forward + backward
+through every route (a few milliseconds; best of several repetitions), keeps the fastest (``torch`` unless a
+oneDNN route is at least 3% faster: never slower than plain torch) and records the decision with every
+timing in the cache folder, one file per CPU model, ISA flags, torch version and route set
+(``$OFFRL_CACHE/kernels/``). Later processes read the decisions; the first
 decision written for a shape wins (under a file lock), so concurrent processes and reruns on one machine
 agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
 
-``OFFRL_KERNEL_ROUTE=torch`` or ``=onednn`` forces one route everywhere (``OFFRL_ONEDNN=0`` is ``torch``).
+``OFFRL_KERNEL_ROUTE=torch``, ``=onednn`` or ``=onednn-mm`` forces one route everywhere (``OFFRL_ONEDNN=0`` is ``torch``).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import torch
 
 __all__ = ["ROUTES", "decisions", "forced_route", "route_file", "route_for"]
 
-ROUTES = ("torch", "onednn")
-#: oneDNN must beat torch by this factor to be chosen (measurement noise never makes a layer slower).
+ROUTES = ("torch", "onednn", "onednn-mm")
+#: Part of the decisions file's name: decisions recorded over another set of routes are measured again.
+ROUTE_SET = "r3"
+#: A oneDNN route must beat torch by this factor to be chosen (measurement noise never makes a layer slower).
 MARGIN = 0.97
 #: Seconds of timing per route and shape, at most (after one untimed call of each).
 BUDGET_S = 0.02
@@ -73,14 +79,14 @@ def forced_route() -> str | None:
 
 
 def route_file() -> Path:
-    """This machine's decisions: ``$OFFRL_CACHE/kernels/<cpu>-<isa digest>-torch<version>.json``."""
+    """This machine's decisions: ``$OFFRL_CACHE/kernels/<cpu>-<isa digest>-torch<version>-<route set>.json``."""
     from offrl.data.convert import cache_root
     from offrl.hardware import cpu_isa, cpu_model
 
     cpu = re.sub(r"[^A-Za-z0-9]+", "-", cpu_model()).strip("-").lower() or "cpu"
     isa = hashlib.sha256(cpu_isa().encode()).hexdigest()[:8]
     torch_version = re.sub(r"[^A-Za-z0-9.]+", "-", torch.__version__)
-    return cache_root() / "kernels" / f"{cpu}-{isa}-torch{torch_version}.json"
+    return cache_root() / "kernels" / f"{cpu}-{isa}-torch{torch_version}-{ROUTE_SET}.json"
 
 
 def _key(rows: int, out: int, inp: int, relu: bool, threads: int) -> str:
@@ -97,7 +103,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def decisions() -> dict[str, Any]:
-    """The recorded decisions on this machine (key -> {route, torch_us, onednn_us})."""
+    """The recorded decisions on this machine (key -> {route, torch_us, onednn_us, onednn-mm_us})."""
     return _read(route_file())
 
 
@@ -141,8 +147,8 @@ def _record(key: str, entry: dict[str, Any]) -> str:
 def _time_route(route: str, onednn: Callable, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
                 relu: bool) -> float:
     def once() -> None:
-        if route == "onednn":
-            y = onednn(x, w, b, relu)
+        if route != "torch":
+            y = onednn(x, w, b, relu, mm_weight_grad=route == "onednn-mm")
         else:
             y = torch.addmm(b, x, w.t())
             y = torch.relu(y) if relu else y
@@ -162,15 +168,16 @@ def _time_route(route: str, onednn: Callable, x: torch.Tensor, w: torch.Tensor, 
 
 
 def measure(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> dict[str, Any]:
-    """Time forward + backward of one layer through both routes (``onednn``: the oneDNN layer function,
-    offrl.algos.kernels.onednn_linear); the faster, and both timings (us)."""
+    """Time forward + backward of one layer through every route (``onednn``: the oneDNN layer function,
+    offrl.algos.kernels.onednn_linear); the fastest, and every timing (us)."""
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
         # Deterministic inputs (no random draws: the caller's RNG streams stay untouched).
         x = torch.linspace(-1.0, 1.0, rows * inp).reshape(rows, inp).requires_grad_()
         w = torch.linspace(-0.1, 0.1, out * inp).reshape(out, inp).requires_grad_()
         b = torch.zeros(out, requires_grad=True)
         times = {route: _time_route(route, onednn, x, w, b, relu) for route in ROUTES}
-    route = "onednn" if times["onednn"] < MARGIN * times["torch"] else "torch"
+    best = min(ROUTES[1:], key=times.__getitem__)
+    route = best if times[best] < MARGIN * times["torch"] else "torch"
     return {"route": route, **{f"{r}_us": round(t * 1e6, 1) for r, t in times.items()}}
 
 

@@ -223,7 +223,7 @@ def _roofline(trainer: Trainer, measured: float) -> dict[str, Any] | None:
         return None
     _, rows, out, inp = max(shapes)
     timing = routes.measure(rows, out, inp, True, kernels.onednn_linear)
-    seconds = min(timing["torch_us"], timing["onednn_us"]) * 1e-6
+    seconds = min(timing[f"{route}_us"] for route in routes.ROUTES) * 1e-6
     rate = 3 * 2 * rows * out * inp / seconds  # forward, input gradient, weight gradient
     bound = rate / flops
     return {"gflop_per_update": round(flops / 1e9, 3), "gemm_gflops": round(rate / 1e9, 1),

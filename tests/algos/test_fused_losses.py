@@ -33,34 +33,35 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 OBS, ACT, HIDDEN, BATCH = 5, 3, 32, 16
 
 
-@pytest.fixture(autouse=True, params=["onednn", "torch-matmul"])
+@pytest.fixture(autouse=True, params=["onednn", "onednn-mm", "torch-matmul"])
 def matmul_route(request, monkeypatch):
-    """Every comparison runs twice: every float32 CPU layer through oneDNN, and every one through torch's own
-    addmm (the two routes offrl.algos.routes chooses between by measuring)."""
+    """Every comparison runs on each route offrl.algos.routes chooses between by measuring: every float32
+    CPU layer through oneDNN (weight gradients through oneDNN, or through torch's mm), and every one through
+    torch's own addmm."""
     if request.param == "torch-matmul":
         monkeypatch.setattr(fused_module, "_ONEDNN", None)
         monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "torch")
-    else:  # every layer through oneDNN, whatever this machine's measurements chose (offrl.algos.routes)
-        monkeypatch.setenv("OFFRL_KERNEL_ROUTE", "onednn")
+    else:  # every layer on this route, whatever this machine's measurements chose (offrl.algos.routes)
+        monkeypatch.setenv("OFFRL_KERNEL_ROUTE", request.param)
     return request.param
 
 
 def test_onednn_route_is_live_where_torch_has_onednn(matmul_route):
-    if matmul_route != "onednn" or not torch.backends.mkldnn.is_available():
+    if matmul_route == "torch-matmul" or not torch.backends.mkldnn.is_available():
         pytest.skip("oneDNN route off in this run (torch-matmul parameter or a torch without oneDNN)")
     assert fused_module._onednn() is not None
 
 
 @pytest.mark.parametrize("relu", [True, False])
 def test_onednn_linear_matches_autograd(relu, matmul_route):
-    if matmul_route != "onednn" or fused_module._onednn() is None:
+    if matmul_route == "torch-matmul" or fused_module._onednn() is None:
         pytest.skip("oneDNN route off")
     g = torch.Generator().manual_seed(3)
     x = torch.randn(300, 40, generator=g, requires_grad=True)
     w = torch.randn(24, 40, generator=g, requires_grad=True)
     b = torch.randn(24, generator=g, requires_grad=True)
     upstream = torch.randn(300, 24, generator=g)
-    y = fused_module._OneDNNLinear.apply(x, w, b, relu)
+    y = fused_module._OneDNNLinear.apply(x, w, b, relu, matmul_route == "onednn-mm")
     grads = torch.autograd.grad(y, (x, w, b), upstream)
     y_ref = torch.nn.functional.linear(x, w, b)
     y_ref = torch.relu(y_ref) if relu else y_ref
@@ -276,7 +277,7 @@ def test_offline_cql_matches_offrl_loss(request, with_lagrange, max_q_backup, de
                   max_q_backup=max_q_backup, deterministic_backup=deterministic_backup, min_q_weight=5.0,
                   action_low=-bound, action_high=bound)
     ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), kwargs)
-    assert fused.fast_path
+    assert fused.fast_path and fused._actor is not None  # the actor runs as a plan on its parameters too
     keys = ["loss_actor", "loss_actor_bc", "loss_qvalue", "loss_cql", "loss_alpha"]
     if with_lagrange:
         keys.append("loss_alpha_prime")
@@ -284,6 +285,36 @@ def test_offline_cql_matches_offrl_loss(request, with_lagrange, max_q_backup, de
     r, f = _run(ref, data, keys), _run(fused, data, keys)
     _assert_same(r, f, rtol)
     torch.testing.assert_close(f[2]["pred_q1"], r[2]["pred_q1"], rtol=rtol, atol=rtol)
+
+
+class _ActorNet(torch.nn.Module):
+    """Distribution parameters from a module that is not Sequential(MLP, extractor): the actor runs as
+    torchrl runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = MLP(num_cells=[HIDDEN], out_features=2 * ACT, activation_class=torch.nn.ReLU)
+        self.extract = NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1)
+
+    def forward(self, obs):
+        return self.extract(self.mlp(obs))
+
+
+def test_cql_actor_of_another_layout_runs_as_torchrl_runs_it():
+    actor, qvalue, data = _cql_nets()
+    spec = actor.spec["action"] if "action" in actor.spec.keys() else actor.spec
+    other = ProbabilisticActor(
+        TensorDictModule(_ActorNet(), in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"], spec=spec, distribution_class=TanhNormal,
+        distribution_kwargs={"low": -torch.ones(ACT), "high": torch.ones(ACT), "tanh_loc": False},
+        default_interaction_type=ExplorationType.RANDOM,
+    )
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        other(data[:4].clone())
+    ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (other, qvalue), dict(num_random=3, with_lagrange=True))
+    assert fused.fast_path and fused._actor is None
+    keys = ["loss_actor", "loss_actor_bc", "loss_qvalue", "loss_cql", "loss_alpha_prime"]
+    _assert_same(_run(ref, data, keys), _run(fused, data, keys), 1e-5)
 
 
 def test_cql_critic_reading_action_first_uses_the_plain_path():

@@ -27,9 +27,10 @@ def test_first_use_measures_records_and_later_processes_reuse(monkeypatch):
     saved = json.loads(routes.route_file().read_text())
     key = f"64x32x16+relu@{torch.get_num_threads()}t"
     entry = saved["routes"][key]
-    assert entry["route"] == route and entry["torch_us"] > 0 and entry["onednn_us"] > 0
+    assert entry["route"] == route and all(entry[f"{r}_us"] > 0 for r in routes.ROUTES)
     assert saved["isa"] == routes_isa()
-    expected = "onednn" if entry["onednn_us"] < routes.MARGIN * entry["torch_us"] else "torch"
+    fastest = min(("onednn", "onednn-mm"), key=lambda r: entry[f"{r}_us"])
+    expected = fastest if entry[f"{fastest}_us"] < routes.MARGIN * entry["torch_us"] else "torch"
     assert route == expected
 
     # A new process (in-memory decisions forgotten) reads the file and measures nothing.
@@ -75,7 +76,7 @@ def test_forced_route_and_tune_reset(monkeypatch):
 
 
 @pytest.mark.skipif(kernels._onednn() is None, reason="torch without oneDNN: one route only")
-@pytest.mark.parametrize("recorded", ["torch", "onednn"])
+@pytest.mark.parametrize("recorded", ["torch", "onednn", "onednn-mm"])
 def test_chain_takes_the_recorded_route(monkeypatch, recorded):
     """The fused losses' layer chain runs each layer on the route recorded for its shape."""
     threads = torch.get_num_threads()
@@ -84,12 +85,13 @@ def test_chain_takes_the_recorded_route(monkeypatch, recorded):
     path.write_text(json.dumps({"routes": {f"10x6x5+relu@{threads}t": {"route": recorded}}}))
     calls = []
     real = kernels._OneDNNLinear.apply
-    monkeypatch.setattr(kernels._OneDNNLinear, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernels._OneDNNLinear, "apply", lambda *a: calls.append(a[-1]) or real(*a))
     w1, b1, w2, b2 = torch.randn(6, 5), torch.randn(6), torch.randn(1, 6), torch.randn(1)
     x = torch.randn(10, 5)
     out = kernels.chain([(w1, b1), torch.relu, (w2, b2)], x)
     assert torch.allclose(out, torch.relu(x @ w1.t() + b1) @ w2.t() + b2, rtol=1e-5, atol=1e-6)
-    assert len(calls) == (1 if recorded == "onednn" else 0)
+    # the weight-gradient kernel follows the route: oneDNN's on transposed views, or torch's mm
+    assert calls == {"torch": [], "onednn": [False], "onednn-mm": [True]}[recorded]
 
 
 def test_a_decided_shape_costs_no_file_or_cpuinfo_access(monkeypatch, tmp_path):
@@ -106,3 +108,35 @@ def test_a_decided_shape_costs_no_file_or_cpuinfo_access(monkeypatch, tmp_path):
     monkeypatch.setenv("OFFRL_CACHE", str(tmp_path / "other"))
     routes.route_for(64, 32, 16, True, kernels.onednn_linear)
     assert calls and (tmp_path / "other" / "kernels").is_dir()
+
+
+def test_decisions_over_another_route_set_are_not_reused(monkeypatch):
+    """A decisions file written before ``onednn-mm`` existed chose between two routes only: it lives under
+    another name, so every shape is measured again over all three."""
+    old = routes.route_file().with_name(routes.route_file().name.replace(f"-{routes.ROUTE_SET}.json", ".json"))
+    assert old != routes.route_file()
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"routes": {f"8x8x8+relu@{torch.get_num_threads()}t": {"route": "onednn"}}}))
+    measured = []
+    monkeypatch.setattr(routes, "measure", lambda *a: measured.append(a[:4]) or
+                        {"route": "onednn-mm", "torch_us": 3.0, "onednn_us": 2.0, "onednn-mm_us": 1.0})
+    assert routes.route_for(8, 8, 8, True, kernels.onednn_linear) == "onednn-mm"
+    assert measured == [(8, 8, 8, True)]
+
+
+def test_measure_picks_the_fastest_onednn_route_only_with_a_margin(monkeypatch):
+    timings = iter([])
+
+    def fake_time(route, *a):
+        return next(timings)[route]
+
+    monkeypatch.setattr(routes, "_time_route", fake_time)
+    for times, want in [
+        ({"torch": 1.0, "onednn": 0.8, "onednn-mm": 0.9}, "onednn"),
+        ({"torch": 1.0, "onednn": 0.8, "onednn-mm": 0.7}, "onednn-mm"),
+        ({"torch": 1.0, "onednn": 0.99, "onednn-mm": 0.98}, "torch"),  # within the 3% margin: torch
+    ]:
+        timings = iter([times] * 3)
+        entry = routes.measure(4, 4, 4, True, kernels.onednn_linear)
+        assert entry["route"] == want
+        assert entry["onednn-mm_us"] == round(times["onednn-mm"] * 1e6, 1)
