@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from offrl.bench import cpu_model
+from offrl.bench import cpu_isa, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 # offrl's workload names vs the peer scripts' names
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Command: python benchmarks/compare_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"Machine: {cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
+    print(f"Machine: {cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
           f"batch {args.batch}, offrl precision {args.precision}, {args.rounds} alternating rounds, "
           f"load average at the end {load}")
     print()
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(row) + " |")
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "threads": args.threads, "batch": args.batch,
-                                         "precision": args.precision, "cpu": cpu_model()}, indent=1))
+                                         "precision": args.precision, "cpu": cpu_model(), "cpu_isa": cpu_isa()}, indent=1))
     return 0
 
 
@@ -261,8 +261,6 @@ def end_to_end(args: argparse.Namespace, argv: list[str] | None) -> int:
     import tempfile
 
     import torch
-
-    from offrl.bench import cpu_isa
 
     args.libraries = ["d3rlpy"] if Path(args.d3rlpy_python).exists() else []
     if not args.libraries:
