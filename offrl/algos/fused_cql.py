@@ -159,7 +159,11 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
             and sum(isinstance(st, tuple) for st in self._q_plan) >= 2
         )
         self._index_cache: dict = {}
-        self._actor = actor_plan(self.actor_network, self.actor_network_params)
+        # The actor as a plan on its parameters too, where it is laid out as offrl builds it and its outputs
+        # cover the distribution's inputs (otherwise it runs through its modules, as torchrl runs it).
+        actor = actor_plan(self.actor_network, self.actor_network_params)
+        dist_in = {unravel_key(k) for k in self._dist_param_keys()}
+        self._actor = actor if actor is not None and {unravel_key(k) for k in actor[3]} >= dist_in else None
 
     def _critic_pass(self, q_steps: list, obs_td: TensorDictBase, next_td: TensorDictBase,
                      blocks: list[tuple[str, Tensor, int]]) -> Tensor:
@@ -237,18 +241,11 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
         """Distribution parameters at ``s`` (with grad: actor and BC losses) and at ``s'`` (no grad:
         torchrl samples there with the detached actor parameters). One actor pass each."""
         dist_in = [unravel_key(k) for k in self._dist_param_keys()]
-        if self._actor is not None and {unravel_key(k) for k in self._actor[3]} >= set(dist_in):
-            plan, tail, in_key, out_keys = self._actor
-            steps = self._steps(plan, "actor_network_params")
-
-            def params(td: TensorDictBase, layer_steps: list) -> TensorDictBase:
-                out = tail(chain(layer_steps, td.get(in_key)))
-                out = out if isinstance(out, tuple) else (out,)
-                return TensorDict(dict(zip(out_keys, out, strict=True)), batch_size=td.batch_size).select(*dist_in)
-
-            params_obs = params(obs_td, steps)
+        if self._actor is not None:
+            steps = self._steps(self._actor[0], "actor_network_params")
+            params_obs = self._actor_params(obs_td, steps, dist_in)
             with torch.no_grad():
-                params_next = params(next_td, detached(steps))
+                params_next = self._actor_params(next_td, detached(steps), dist_in)
             return params_obs, params_next
         with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
             params_obs = self.actor_network.get_dist_params(obs_td.copy())
@@ -257,6 +254,13 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
         ):
             params_next = self.actor_network.get_dist_params(next_td.copy())
         return params_obs.select(*dist_in), params_next.select(*dist_in)
+
+    def _actor_params(self, td: TensorDictBase, steps: list, dist_in: list[NestedKey]) -> TensorDictBase:
+        """The actor's distribution parameters at ``td``'s observations, computed by its plan."""
+        _, tail, in_key, out_keys = self._actor
+        out = tail(chain(steps, td.get(in_key)))
+        out = out if isinstance(out, tuple) else (out,)
+        return TensorDict(dict(zip(out_keys, out, strict=True)), batch_size=td.batch_size).select(*dist_in)
 
     @torch.no_grad()
     def _td_target(self, tensordict, next_td, next_action, next_log_prob, max_actions, alpha) -> Tensor:

@@ -115,7 +115,10 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn()(g, w.t().contiguous(), None, "none", [], "")
         if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(g.t(), x) if ctx.mm_weight_grad else _onednn()(g.t(), x.t(), None, "none", [], "")
+            if ctx.mm_weight_grad:
+                grad_w = torch.mm(g.t(), x)
+            else:
+                grad_w = _onednn()(g.t(), x.t(), None, "none", [], "")
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b, None, None
@@ -163,7 +166,7 @@ def chain(steps: list, x: Tensor) -> Tensor:
             w, b = step
             if i == last and (w.shape[0] == 1 or torch.is_autocast_enabled(x.device.type)):
                 x = _OutputLinear.apply(x, w, b)
-            elif (route := _route(x, w, relu := i + 1 < n and any(steps[i + 1] is f for f in _RELUS))) is not None:
+            elif (route := _route(x, w, relu := i + 1 < n and any(steps[i + 1] is f for f in _RELUS))):
                 x = _OneDNNLinear.apply(x, w, b, relu, route == "onednn-mm")
                 i += 2 if relu else 1
                 continue

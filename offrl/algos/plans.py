@@ -19,8 +19,8 @@ from torchrl.modules import MLP
 
 from offrl.algos.kernels import chain, linear
 
-__all__ = ["Plan", "ParamCache", "actor_plan", "detached", "ensemble_forward", "ensemble_forward_split", "member",
-           "mlp_forward", "mlp_plan", "resolve"]
+__all__ = ["Plan", "ParamCache", "actor_plan", "detached", "ensemble_forward", "ensemble_forward_split",
+           "member", "mlp_forward", "mlp_plan", "resolve"]
 
 Plan = list
 
@@ -85,7 +85,8 @@ def _layer_plan(mlp: MLP, prefix: tuple[str, ...], params: TensorDictBase) -> Pl
     return plan if n_linear else None
 
 
-def actor_plan(actor: nn.Module, params: TensorDictBase) -> tuple[Plan, nn.Module, NestedKey, list[NestedKey]] | None:
+def actor_plan(actor: nn.Module,
+               params: TensorDictBase) -> tuple[Plan, nn.Module, NestedKey, list[NestedKey]] | None:
     """The distribution-parameter network of a torchrl ``ProbabilisticActor`` laid out as offrl builds it,
     ``TensorDictModule(Sequential(MLP, parameter-free tail such as NormalParamExtractor))`` then the
     probabilistic module: the MLP's plan, the tail, the in-key and the out-keys (None for any other layout).

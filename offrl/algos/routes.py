@@ -15,7 +15,8 @@ timing in the cache folder, one file per CPU model, ISA flags, torch version and
 decision written for a shape wins (under a file lock), so concurrent processes and reruns on one machine
 agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
 
-``OFFRL_KERNEL_ROUTE=torch``, ``=onednn`` or ``=onednn-mm`` forces one route everywhere (``OFFRL_ONEDNN=0`` is ``torch``).
+``OFFRL_KERNEL_ROUTE=torch``, ``=onednn`` or ``=onednn-mm`` forces one route everywhere (``OFFRL_ONEDNN=0``
+is ``torch``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def forced_route() -> str | None:
 
 
 def route_file() -> Path:
-    """This machine's decisions: ``$OFFRL_CACHE/kernels/<cpu>-<isa digest>-torch<version>-<route set>.json``."""
+    """This machine's decisions:
+    ``$OFFRL_CACHE/kernels/<cpu>-<isa digest>-torch<version>-<route set>.json``."""
     from offrl.data.convert import cache_root
     from offrl.hardware import cpu_isa, cpu_model
 
