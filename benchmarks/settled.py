@@ -22,6 +22,9 @@ def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float, flo
 
 
 def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
     rows = []
     for root in map(Path, argv):
         for metrics in sorted(root.glob("*/*/seed*/metrics.csv")):
@@ -31,6 +34,10 @@ def main(argv: list[str]) -> int:
             at_two_thirds = score[np.searchsorted(steps, steps[-1] * 2 / 3)]
             rows.append(dict(dataset=ds, algo=algo, last=score[-1], last5=score[-5:].mean(),
                              change=score[-1] - at_two_thirds, steps=int(steps[-1])))
+    if not rows:
+        print(f"settled.py: no runs (*/*/seed*/metrics.csv) under {', '.join(argv)}; pass a suite's --runs folder",
+              file=sys.stderr)
+        return 2
     df = pd.DataFrame(rows)
     rng = np.random.default_rng(0)
     print("| dataset | algorithm | seeds | steps | mean of last 5 evaluations [95% CI] | change over the last third "
