@@ -304,9 +304,8 @@ def write_readme(out: Path, *, command: str, table: str, aggregate: str, facts: 
     peers = facts["peers"]
     text = f"""# offrl benchmark report
 
-Every bundled dataset (`offrl datasets list`) x the algorithms that fit its actions (CQL for continuous
-Pendulum; discrete CQL and DQN for discrete CartPole), {facts['seeds']} seeds each, trained with
-`offrl.train` on the dataset's bundled config. Open [index.html](index.html) for the curves (normalized
+{facts['scope']}, {facts['seeds']} seeds each, trained with `offrl.train` on the dataset's bundled config
+(`--steps` / `--set` overrides in the command below). Open [index.html](index.html) for the curves (normalized
 score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds the table below.
 
 ## Command
@@ -479,7 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     evals = sorted({f"{c['eval']['episodes']} episodes every {c['eval']['interval']} steps and after the last"
                     for c in configs.values()})
     failed = saved.get("failed", failed)
+    datasets_run = sorted({c["dataset"]["id"] for c in configs.values()})
+    algos_run = sorted({c["algo"] for c in configs.values()})
+    scope = (f"Datasets {', '.join(f'`{d}`' for d in datasets_run)} x offrl's {', '.join(algos_run)}"
+             + (f" and d3rlpy {peer_version}'s counterparts on the same data and config" if peer_version else ""))
     facts = {
+        "scope": scope,
         "seeds": args.seeds, "cpu": cpu_model(), "cores": os.cpu_count(), "peers": peer_version, "jobs": args.jobs,
         "budget": budget, "eval": "; ".join(evals),
         "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
