@@ -8,7 +8,6 @@ runs count (a run still training, or stopped, is left out and counted on stderr)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -24,9 +23,12 @@ def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float, flo
 
 
 def _status(run: Path) -> str | None:
+    from offrl.errors import UserError
+    from offrl.runs.rundir import read_summary
+
     try:
-        return json.loads((run / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
+        return read_summary(run).get("status")
+    except UserError:  # a damaged summary: not a completed run
         return None
 
 

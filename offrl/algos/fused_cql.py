@@ -162,8 +162,9 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
         # The actor as a plan on its parameters too, where it is laid out as offrl builds it and its outputs
         # cover the distribution's inputs (otherwise it runs through its modules, as torchrl runs it).
         actor = actor_plan(self.actor_network, self.actor_network_params)
-        dist_in = {unravel_key(k) for k in self._dist_param_keys()}
-        self._actor = actor if actor is not None and {unravel_key(k) for k in actor[3]} >= dist_in else None
+        self._dist_in = [unravel_key(k) for k in self._dist_param_keys()]
+        covers = actor is not None and {unravel_key(k) for k in actor[3]} >= set(self._dist_in)
+        self._actor = actor if covers else None
 
     def _critic_pass(self, q_steps: list, obs_td: TensorDictBase, next_td: TensorDictBase,
                      blocks: list[tuple[str, Tensor, int]]) -> Tensor:
@@ -240,12 +241,12 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
     def _actor_dist_params(self, obs_td: TensorDictBase, next_td: TensorDictBase):
         """Distribution parameters at ``s`` (with grad: actor and BC losses) and at ``s'`` (no grad:
         torchrl samples there with the detached actor parameters). One actor pass each."""
-        dist_in = [unravel_key(k) for k in self._dist_param_keys()]
+        dist_in = self._dist_in
         if self._actor is not None:
             steps = self._steps(self._actor[0], "actor_network_params")
-            params_obs = self._actor_params(obs_td, steps, dist_in)
+            params_obs = self._actor_params(obs_td, steps)
             with torch.no_grad():
-                params_next = self._actor_params(next_td, detached(steps), dist_in)
+                params_next = self._actor_params(next_td, detached(steps))
             return params_obs, params_next
         with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
             params_obs = self.actor_network.get_dist_params(obs_td.copy())
@@ -255,12 +256,12 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
             params_next = self.actor_network.get_dist_params(next_td.copy())
         return params_obs.select(*dist_in), params_next.select(*dist_in)
 
-    def _actor_params(self, td: TensorDictBase, steps: list, dist_in: list[NestedKey]) -> TensorDictBase:
+    def _actor_params(self, td: TensorDictBase, steps: list) -> TensorDictBase:
         """The actor's distribution parameters at ``td``'s observations, computed by its plan."""
         _, tail, in_key, out_keys = self._actor
         out = tail(chain(steps, td.get(in_key)))
         out = out if isinstance(out, tuple) else (out,)
-        return TensorDict(dict(zip(out_keys, out, strict=True)), batch_size=td.batch_size).select(*dist_in)
+        return TensorDict(dict(zip(out_keys, out, strict=True)), batch_size=td.batch_size).select(*self._dist_in)
 
     @torch.no_grad()
     def _td_target(self, tensordict, next_td, next_action, next_log_prob, max_actions, alpha) -> Tensor:
