@@ -42,6 +42,18 @@ PEER_ALGOS = {"cql": "d3rlpy-cql", "discrete-cql": "d3rlpy-discrete-cql", "dqn":
 RENAME = {"temp": "alpha", "alpha": "alpha_prime", "loss": "loss"}
 
 
+def this_machine() -> str:
+    """``cpu model (isa flags)`` as offrl's runs record it: offrl/hardware.py loaded by path (this script runs
+    in d3rlpy's environment, where offrl and its dependencies are not installed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("offrl_hardware", Path(__file__).resolve().parents[1] / "offrl"
+                                                  / "hardware.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return f"{module.cpu_model()} ({module.cpu_isa()})"
+
+
 def read_minari(path: Path) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
     """Episodes (observations T+1, actions, rewards, terminations, truncations) and metadata.json."""
     data = path / "data" if (path / "data").is_dir() else path
@@ -277,6 +289,14 @@ def train(args: argparse.Namespace) -> Path:
     if resumed:
         start, before, evals = load_checkpoint(agent, run, rows)
         summary["resumed"] = int(json.loads(state_file.read_text()).get("resumed", 0)) + 1
+    machines: list[str] = []  # the CPUs that trained the run, each once (a resumed run may have moved)
+    if resumed:
+        try:
+            machines = json.loads((run / "summary.json").read_text()).get("machines") or []
+        except (OSError, ValueError, AttributeError):
+            machines = []
+    here = this_machine()
+    summary["machines"] = [*machines, here] if here not in machines else machines
     _write_json(run / "summary.json", summary)
     t0 = time.perf_counter() - before
     acc: dict[str, list[float]] = {}

@@ -288,6 +288,33 @@ def markdown_table(summary: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def provenance(jobs: Sequence[Job], runs: Path) -> str:
+    """Which CPUs trained the completed runs and which bytes of each dataset they read: a study resumed across
+    machines, or a generated dataset made again on another CPU (MuJoCo rollouts differ in the last bits
+    between CPUs), shows here instead of being averaged in silently."""
+    from collections import Counter
+
+    from offrl.runs.rundir import read_summary
+
+    machines: Counter[str] = Counter()
+    digests: dict[str, Counter[str]] = {}
+    for job in jobs:
+        summary = read_summary(job.run_dir(runs)) if job.run_dir(runs).is_dir() else {}
+        if summary.get("status") != "completed":
+            continue
+        for machine in summary.get("machines") or ["not recorded"]:
+            machines[machine] += 1
+        digest = str((summary.get("dataset") or {}).get("digest") or "not recorded")[:12]
+        digests.setdefault(job.dataset, Counter())[digest] += 1
+    if not machines:
+        return ""
+    lines = ["- Trained on: " + "; ".join(f"{m}: {n} run{'s' * (n != 1)}" for m, n in sorted(machines.items()))]
+    lines += [f"- Dataset bytes: {ds}: " + ", ".join(f"{d} ({n} run{'s' * (n != 1)})" for d, n in sorted(c.items()))
+              + ("" if len(c) == 1 else " (made more than once, with different bytes: the rows mix them)")
+              for ds, c in sorted(digests.items())]
+    return "\n".join(lines)
+
+
 def aggregate_markdown(aggregate: Any) -> str:
     """Across datasets per algorithm: IQM and mean of the last normalized score with stratified CIs."""
     if aggregate is None or not len(aggregate):
@@ -325,6 +352,7 @@ score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds th
   ref_min), references from the dataset metadata (random policy = 0, scripted expert = 100).
 - Runs: {facts['n_runs']} ({facts['n_failed']} failed, {facts['n_reused']} reused from an earlier suite); wall time
   {facts['wall']}, started {facts['started']}.
+{facts['provenance']}
 
 ## Results
 
@@ -492,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_reused": saved.get("n_reused", reused), "started": saved.get("started", started),
         "wall": saved.get("wall", "n/a (--report-only: no training in this call)" if args.report_only
                           else f"{wall / 60:.1f} min"),
+        "provenance": provenance(jobs, runs),
         "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
     }

@@ -3,6 +3,7 @@ run's source (a dataset, or an env trained in from scratch: ``dataset.id`` ``env
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Mapping
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from offrl.config import ENV_PREFIX, TrainerConfig
 from offrl.errors import UserError
-from offrl.runs.rundir import METRICS_FILE
+from offrl.hardware import cpu_isa, cpu_model
+from offrl.runs.rundir import METRICS_FILE, SUMMARY_FILE
 
 if TYPE_CHECKING:
     from offrl.runs.metrics_log import TidyCSVLogger
@@ -61,11 +63,26 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
         "last_evals": recent,
         "critic": critic,
         "threads": _threads(),
+        "machines": _machines(path, resumed),
         "dataset": dataset,
         "ref": ref,
         "stop_reason": getattr(parts.trainer, "stop_reason", None),
         "online": _online_summary(parts),
     }
+
+
+def _machines(path: Path, resumed: int) -> list[str]:
+    """The CPUs that trained the run, each once, in order: a run resumed elsewhere lists both (a study that
+    spans machines says so in its report)."""
+    here = f"{cpu_model()} ({cpu_isa()})"
+    before: Any = []
+    if resumed:
+        try:
+            before = json.loads((path / SUMMARY_FILE).read_text()).get("machines") or []
+        except (OSError, ValueError, AttributeError):
+            before = []
+    before = [m for m in before if isinstance(m, str)] if isinstance(before, list) else []
+    return before if here in before else [*before, here]
 
 
 def _online_summary(parts: Any) -> dict[str, Any] | None:

@@ -53,6 +53,13 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         assert row["unit"] == "eval_normalized_score" and row["last_mean"] not in ("", "nan")
     readme = (out / "README.md").read_text()
     assert "python benchmarks/suite.py" in readme and "| offrl/cartpole/random-v0 | dqn | 2 | 8 |" in readme
+    # provenance: the CPU of every completed run and the one digest of the dataset they read
+    from offrl.hardware import cpu_isa, cpu_model
+
+    n_runs = len(expected) * 2
+    assert f"- Trained on: {cpu_model()} ({cpu_isa()}): {n_runs} runs" in readme
+    assert "- Dataset bytes: offrl/cartpole/random-v0: " in readme and f"({n_runs} runs)" in readme
+    assert "made more than once" not in readme
     html = (out / "index.html").read_text()
     assert "scores.png" in html and "offrl/cartpole/random-v0" in html
     # two seeds, each a run directory in offrl's format
@@ -71,3 +78,22 @@ def test_suite_rejects_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFix
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--datasets offrl/nope/x-v0" in err[0]
+
+
+def test_provenance_names_machines_and_mixed_dataset_bytes(tmp_path: Path) -> None:
+    import json
+
+    suite = _suite()
+    jobs = [suite.Job("offrl/x/y-v0", "cql", seed) for seed in range(3)]
+    records = [  # seed 0 resumed on a second CPU; seed 1 read other bytes; seed 2 did not finish
+        {"status": "completed", "machines": ["CPU A (avx2)", "CPU B (avx512f)"], "dataset": {"digest": "a" * 64}},
+        {"status": "completed", "machines": ["CPU A (avx2)"], "dataset": {"digest": "b" * 64}},
+        {"status": "running", "machines": ["CPU C (avx2)"], "dataset": {"digest": "a" * 64}},
+    ]
+    for job, record in zip(jobs, records, strict=True):
+        job.run_dir(tmp_path).mkdir(parents=True)
+        (job.run_dir(tmp_path) / "summary.json").write_text(json.dumps(record))
+    text = suite.provenance(jobs, tmp_path)
+    assert "- Trained on: CPU A (avx2): 2 runs; CPU B (avx512f): 1 run" in text and "CPU C" not in text
+    assert "offrl/x/y-v0: aaaaaaaaaaaa (1 run), bbbbbbbbbbbb (1 run) (made more than once" in text
+    assert suite.provenance(jobs[2:], tmp_path) == ""  # nothing completed: no line

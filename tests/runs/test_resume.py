@@ -17,6 +17,8 @@ import torch
 from helpers.cli import OFFRL
 from helpers.train import TINY_CQL, offrl_cli
 
+from offrl.hardware import cpu_isa, cpu_model
+
 STEPS = 300
 #: Tiny CQL, frequent rows and checkpoints, evaluation included (its RNG must not disturb training).
 SETTINGS = ["--steps", str(STEPS), "--batch-size", "16", "--eval-every", "150", "--eval-episodes", "1",
@@ -83,10 +85,17 @@ def test_sigkill_then_resume_equals_uninterrupted(pendulum, tmp_path):
     assert full.returncode == 0, full.stderr
     run_full = tmp_path / "pendulum-random" / "cql" / "full"
 
+    here = f"{cpu_model()} ({cpu_isa()})"
+    assert json.loads((run_full / "summary.json").read_text())["machines"] == [here]
+    # as if the killed process had run on another CPU: the resumed run lists both, in order
+    first = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**first, "machines": ["Other CPU (avx2 fma)"]}))
+
     resumed = offrl_cli("train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == STEPS and summary["resumed"] == 1
+    assert summary["machines"] == ["Other CPU (avx2 fma)", here]
 
     pd.testing.assert_frame_equal(comparable(run), comparable(run_full))
     a, b = weights(run), weights(run_full)
