@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
+import time
 
-__all__ = ["ISA_FLAGS", "bf16_available", "cpu_isa", "cpu_model"]
+__all__ = ["ISA_FLAGS", "bf16_available", "busy_cores", "cpu_isa", "cpu_model"]
 
 #: The instruction sets that decide matmul speed on a CPU (the figures' machine line names those present).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -44,3 +46,29 @@ def bf16_available() -> bool:
     """Whether the CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX)."""
     isa = cpu_isa().split()
     return "avx512_bf16" in isa or "amx_bf16" in isa
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat``; idle and iowait are not busy, steal is."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 8:
+        return None
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(interval: float = 0.1) -> float | None:
+    """How many cores other processes keep busy right now: the busy share of all CPUs over ``interval``
+    seconds while this process sleeps, times the core count (None where ``/proc/stat`` is unreadable)."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)

@@ -21,6 +21,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     return {
         "threads": threads if threads is not None else torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_waits": os.environ.get("OFFRL_OMP_WAITS"),  # why (offrl.cli.choose_openmp_waits)
         "device": "cpu",
         "cpu": cpu_model(),
         "cpu_isa": cpu_isa(),

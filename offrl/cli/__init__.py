@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from offrl.errors import UserError, did_you_mean
 
-__all__ = ["main", "build_parser", "passive_openmp_waits"]
+__all__ = ["main", "build_parser", "choose_openmp_waits"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,19 +40,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def passive_openmp_waits() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy: OpenMP threads that finished their share
-    sleep instead of spinning, so a busy core is not taken from the thread still working (docs/threads.md:
-    on a loaded 2-core machine spinning made 2 threads 10-30x slower than 1). Must run before torch is
-    imported (the OpenMP runtime reads it once); ``--seeds`` children inherit it."""
-    if not os.environ.get("OMP_WAIT_POLICY"):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+#: At most this many cores busy with other work when a command starts: the machine counts as idle.
+IDLE_BUSY_CORES = 0.25
+#: libgomp's own spin count when OMP_WAIT_POLICY is unset (about 3 ms of spinning before a thread sleeps).
+GOMP_DEFAULT_SPINCOUNT = "300000"
+
+
+def choose_openmp_waits(busy: float | None = None) -> str:
+    """How OpenMP threads wait between parallel regions, decided before torch is imported (the runtime reads
+    it once); returns the decision, also kept in ``OFFRL_OMP_WAITS`` for the run's summary.json.
+
+    A user's ``OMP_WAIT_POLICY`` wins (and a parent offrl process's decision, which its children inherit).
+    Otherwise offrl looks at the machine for 0.1 s (``busy``: cores busy with other work, measured when
+    None): idle, the threads spin a little before sleeping, libgomp's default (``ACTIVE`` with
+    ``GOMP_SPINCOUNT=300000``), which was 1.4x (CQL 2x256) to 2.4x (DQN) faster at 2 threads; busy (or
+    unknown), they sleep at once (``PASSIVE``), which kept 2 threads from collapsing when other work shares
+    the cores (docs/threads.md has both measurements)."""
+    chosen = os.environ.get("OMP_WAIT_POLICY")
+    if chosen:
+        decision = os.environ.get("OFFRL_OMP_WAITS") or f"user: OMP_WAIT_POLICY={chosen}"
+    else:
+        if busy is None:
+            from offrl.hardware import busy_cores
+
+            busy = busy_cores()
+        cores = os.cpu_count() or 1
+        if busy is not None and busy <= IDLE_BUSY_CORES:
+            os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+            os.environ.setdefault("GOMP_SPINCOUNT", GOMP_DEFAULT_SPINCOUNT)
+            decision = f"spin: {busy:.2f} of {cores} cores busy at start"
+        else:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            seen = "unknown" if busy is None else f"{busy:.2f} of {cores}"
+            decision = f"sleep: {seen} cores busy at start"
+    os.environ["OFFRL_OMP_WAITS"] = decision
+    return decision
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    passive_openmp_waits()
     parser = build_parser()
     args = parser.parse_args(argv)
+    choose_openmp_waits()
     try:
         code = args.func(args)
     except UserError as err:

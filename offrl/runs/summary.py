@@ -146,7 +146,8 @@ def _threads() -> dict[str, Any]:
 
     import torch
 
-    return {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    return {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "omp_waits": os.environ.get("OFFRL_OMP_WAITS")}
 
 
 def _mean_return(stats: Any) -> float | None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers.cli import assert_user_error
@@ -47,13 +48,57 @@ def test_a_mistyped_algo_names_the_nearest(offrl_cli):
     assert_user_error(result, "invalid choice: 'discrete_cql'", "(did you mean 'discrete-cql'?)")
 
 
-@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("", "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_unless_the_user_chose(given, expected):
-    # docs/threads.md: spinning OpenMP waits collapse throughput on a loaded machine; a user's choice wins
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+@pytest.mark.parametrize("given", [None, "", "ACTIVE", "PASSIVE"])
+def test_openmp_waits_are_chosen_before_torch_unless_the_user_chose(given):
+    # docs/threads.md: offrl picks the wait policy from the machine's load; a user's choice wins
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OFFRL_OMP_WAITS", "GOMP_SPINCOUNT")}
     if given is not None:
         env["OMP_WAIT_POLICY"] = given
     probe = ("import os, sys\nfrom offrl.cli import main\nmain(['datasets', 'list', '--json'])\n"
-             "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules, file=sys.stderr)")
+             "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules, os.environ['OFFRL_OMP_WAITS'], "
+             "file=sys.stderr)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
-    assert result.stderr.strip().splitlines()[-1] == f"{expected} False", result.stderr
+    policy, torch_loaded, waits = result.stderr.strip().splitlines()[-1].split(" ", 2)
+    assert torch_loaded == "False", result.stderr
+    if given:
+        assert policy == given and waits == f"user: OMP_WAIT_POLICY={given}"
+    else:
+        assert (policy, waits.split(":")[0]) in (("ACTIVE", "spin"), ("PASSIVE", "sleep")), result.stderr
+
+
+def test_openmp_waits_spin_only_on_an_idle_machine(monkeypatch):
+    from offrl import hardware
+    from offrl.cli import choose_openmp_waits
+
+    for key in ("OMP_WAIT_POLICY", "OFFRL_OMP_WAITS", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key, raising=False)
+    cores = os.cpu_count()
+    assert choose_openmp_waits(busy=0.1) == f"spin: 0.10 of {cores} cores busy at start"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["GOMP_SPINCOUNT"] == "300000"
+    # a child process inherits the decision instead of measuring again
+    assert choose_openmp_waits(busy=1.9) == f"spin: 0.10 of {cores} cores busy at start"
+
+    for key in ("OMP_WAIT_POLICY", "OFFRL_OMP_WAITS", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key)
+    assert choose_openmp_waits(busy=0.6) == f"sleep: 0.60 of {cores} cores busy at start"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
+
+    for key in ("OMP_WAIT_POLICY", "OFFRL_OMP_WAITS"):
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(hardware, "busy_cores", lambda interval=0.1: None)  # no /proc/stat: sleep, the safe side
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5000")
+    assert choose_openmp_waits() == "sleep: unknown cores busy at start"
+    assert os.environ["GOMP_SPINCOUNT"] == "5000"  # a user's spin count is left alone
+
+
+def test_busy_cores_sees_another_process_spinning():
+    from offrl.hardware import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = busy_cores(0.3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and 0.6 <= busy <= os.cpu_count() + 1e-9, busy
