@@ -103,8 +103,8 @@ class TrainerConfig:
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     num_threads: int | None = None
-    """torch CPU threads (``torch.set_num_threads``); null = torch's default. Small networks run fastest
-    on 1: per-matmul thread hand-offs cost more than they save, and much more on a busy machine."""
+    """torch CPU threads (``torch.set_num_threads``); null = torch's default. Small networks gain little or
+    nothing from a second thread on an idle machine and lose much on a busy one (docs/threads.md)."""
     offline_steps: int = 100_000
     """Gradient steps on the dataset (``--steps``). CORL runs 1M on MuJoCo; 100k is a CPU-sized default."""
     batch_size: int = 256
