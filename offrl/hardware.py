@@ -1,5 +1,6 @@
 """What the machine is: the CPU's model name and the instruction sets that decide matmul speed (read from
-``/proc/cpuinfo``; no torch). Benchmarks print them beside every figure; kernel routes are cached per CPU."""
+``/proc/cpuinfo``; no torch), and how busy its cores are (``/proc/stat``). Benchmarks print the first two
+beside every figure; kernel routes are cached per CPU; the CLI picks its OpenMP waits from the third."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def choose_openmp_waits(busy: float | None = None) -> str:
     A user's ``OMP_WAIT_POLICY`` wins (and a parent offrl process's decision, which its children inherit).
     Otherwise offrl looks at the machine for 0.1 s (``busy``: cores busy with other work, measured when
     None): idle, the threads spin a little before sleeping, libgomp's default (``ACTIVE`` with
-    ``GOMP_SPINCOUNT=300000``), which was 1.4x (CQL 2x256) to 2.4x (DQN) faster at 2 threads; busy (or
+    ``GOMP_SPINCOUNT=300000``), which was 1.3x (CQL 2x256) to 2.4x (DQN) faster at 2 threads on an idle Intel Xeon; busy (or
     unknown), they sleep at once (``PASSIVE``), which kept 2 threads from collapsing when other work shares
     the cores (docs/threads.md has both measurements)."""
     chosen = os.environ.get("OMP_WAIT_POLICY")
