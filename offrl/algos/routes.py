@@ -10,7 +10,8 @@ faster than ``mm`` at 7,936 x 256 on an AVX-512 EPYC but 1.2x slower at 3,328 x 
 first time a process meets a shape (rows x out x in, ReLU or not, threads) it times forward + backward
 through every route (a few milliseconds; best of several repetitions), keeps the fastest (``torch`` unless a
 oneDNN route is at least 3% faster: never slower than plain torch) and records the decision with every
-timing in the cache folder, one file per CPU model, ISA flags, torch version and route set
+timing in the cache folder (when other work keeps the cores this process needs busy, timings are not the
+machine's: it records ``torch`` unmeasured instead, which ``offrl bench --tune`` revisits), one file per CPU model, ISA flags, torch version and route set
 (``$OFFRL_CACHE/kernels/``). Later processes read the decisions; the first
 decision written for a shape wins (under a file lock), so concurrent processes and reruns on one machine
 agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
@@ -41,6 +42,8 @@ ROUTES = ("torch", "onednn", "onednn-mm")
 ROUTE_SET = "r3"
 #: A oneDNN route must beat torch by this factor to be chosen (measurement noise never makes a layer slower).
 MARGIN = 0.97
+#: Cores other work may keep busy, beyond the ones this process's threads need, for a measurement to count.
+BUSY_SLACK = 0.25
 #: Seconds of timing per route and shape, at most (after one untimed call of each).
 BUDGET_S = 0.02
 MIN_REPS, MAX_REPS = 3, 40
@@ -207,9 +210,26 @@ def _route(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> str:
     _load()
     route = _decided.get(key)
     if route is None:
-        route = _record(key, {**measure(rows, out, inp, relu, onednn), "threads": threads})
+        busy = _busy_cores()
+        if busy is not None and busy + threads > (os.cpu_count() or 1) + BUSY_SLACK:
+            # Other work shares the cores this layer needs: timings now are not the machine's (on a 2-core
+            # Intel Xeon a decision taken beside a 2-process study chose onednn-mm for a layer where torch was
+            # faster idle, and kept it). Record plain torch, never slower than itself; `offrl bench --tune`
+            # on a quiet machine measures again.
+            entry = {"route": "torch", "measured": False, "busy_cores": round(busy, 2), "threads": threads}
+        else:
+            entry = {**measure(rows, out, inp, relu, onednn), "threads": threads}
+            if busy is not None:
+                entry["busy_cores"] = round(busy, 2)
+        route = _record(key, entry)
         _decided[key] = route
     return route
+
+
+def _busy_cores() -> float | None:
+    from offrl.hardware import busy_cores
+
+    return busy_cores(0.05)
 
 
 def reset() -> None:

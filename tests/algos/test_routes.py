@@ -18,6 +18,7 @@ def fresh_routes(monkeypatch, tmp_path):
     monkeypatch.delenv("OFFRL_ONEDNN", raising=False)
     monkeypatch.setattr(routes, "_loaded_from", None)
     monkeypatch.setattr(routes, "_decided", {})
+    monkeypatch.setattr(routes, "_busy_cores", lambda: 0.0)  # a quiet machine unless a test says otherwise
 
 
 def test_first_use_measures_records_and_later_processes_reuse(monkeypatch):
@@ -140,3 +141,22 @@ def test_measure_picks_the_fastest_onednn_route_only_with_a_margin(monkeypatch):
         entry = routes.measure(4, 4, 4, True, kernels.onednn_linear)
         assert entry["route"] == want
         assert entry["onednn-mm_us"] == round(times["onednn-mm"] * 1e6, 1)
+
+
+def test_a_busy_machine_records_plain_torch_unmeasured(monkeypatch):
+    import os
+
+    monkeypatch.setattr(routes, "_busy_cores", lambda: float(os.cpu_count()))  # every core taken by other work
+    monkeypatch.setattr(routes, "measure", lambda *a: pytest.fail("timed the routes on a busy machine"))
+    assert routes.route_for(64, 32, 16, True, kernels.onednn_linear) == "torch"
+    entry = json.loads(routes.route_file().read_text())["routes"][f"64x32x16+relu@{torch.get_num_threads()}t"]
+    assert entry["measured"] is False and entry["busy_cores"] == float(os.cpu_count())
+    # the decision stands for later processes (reruns and resumes take the same route) until --tune
+    monkeypatch.setattr(routes, "_loaded_from", None)
+    monkeypatch.setattr(routes, "_decided", {})
+    monkeypatch.setattr(routes, "_busy_cores", lambda: 0.0)
+    assert routes.route_for(64, 32, 16, True, kernels.onednn_linear) == "torch"
+    routes.reset()
+    monkeypatch.setattr(routes, "measure", lambda *a: {"route": "onednn-mm", "torch_us": 2.0, "onednn_us": 1.5,
+                                                       "onednn-mm_us": 1.0})
+    assert routes.route_for(64, 32, 16, True, kernels.onednn_linear) == "onednn-mm"
