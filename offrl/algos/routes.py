@@ -10,9 +10,9 @@ faster than ``mm`` at 7,936 x 256 on an AVX-512 EPYC but 1.2x slower at 3,328 x 
 first time a process meets a shape (rows x out x in, ReLU or not, threads) it times forward + backward
 through every route (a few milliseconds; best of several repetitions), keeps the fastest (``torch`` unless a
 oneDNN route is at least 3% faster: never slower than plain torch) and records the decision with every
-timing in the cache folder (when other work keeps the cores this process needs busy, timings are not the
-machine's: it records ``torch`` unmeasured instead, which ``offrl bench --tune`` revisits), one file per CPU model, ISA flags, torch version and route set
-(``$OFFRL_CACHE/kernels/``). Later processes read the decisions; the first
+timing in the cache folder, one file per CPU model, ISA flags, torch version and route set
+(``$OFFRL_CACHE/kernels/``). When other work keeps the cores this process needs busy, timings are not the
+machine's: it records ``torch``, unmeasured, instead, which ``offrl bench --tune`` revisits. Later processes read the decisions; the first
 decision written for a shape wins (under a file lock), so concurrent processes and reruns on one machine
 agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
 
