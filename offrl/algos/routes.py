@@ -12,9 +12,9 @@ through every route (a few milliseconds; best of several repetitions), keeps the
 oneDNN route is at least 3% faster: never slower than plain torch) and records the decision with every
 timing in the cache folder, one file per CPU model, ISA flags, torch version and route set
 (``$OFFRL_CACHE/kernels/``). When other work keeps the cores this process needs busy, timings are not the
-machine's: it records ``torch``, unmeasured, instead, which ``offrl bench --tune`` revisits. Later processes read the decisions; the first
-decision written for a shape wins (under a file lock), so concurrent processes and reruns on one machine
-agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
+machine's: it records ``torch``, unmeasured, instead, which ``offrl bench --tune`` revisits. Later processes
+read the decisions; the first decision written for a shape wins (under a file lock), so concurrent processes
+and reruns on one machine agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
 
 ``OFFRL_KERNEL_ROUTE=torch``, ``=onednn`` or ``=onednn-mm`` forces one route everywhere (``OFFRL_ONEDNN=0``
 is ``torch``).
