@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from offrl.bench import cpu_isa, cpu_model
+from offrl.hardware import machine
 
 REPO = Path(__file__).resolve().parents[1]
 # offrl's workload names vs the peer scripts' names
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Command: python benchmarks/compare_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"Machine: {cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
+    print(f"Machine: {machine()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
           f"batch {args.batch}, offrl precision {args.precision}, {args.rounds} alternating rounds, "
           f"load average at the end {load}")
     print()
@@ -290,7 +291,7 @@ def end_to_end(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     print(f"Command: python benchmarks/compare_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"Machine: {cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores, {args.threads} torch threads, torch "
+    print(f"Machine: {machine()}, {os.cpu_count()} cores, {args.threads} torch threads, torch "
           f"{torch.__version__}, batch {args.batch}, end to end (offrl train vs d3rlpy update loop vs torchrl sota "
           f"loop, same data and config, evaluation off), {args.rounds} alternating rounds, load average at the end {load}")
     print()

@@ -51,7 +51,7 @@ def this_machine() -> str:
                                                   / "hardware.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return f"{module.cpu_model()} ({module.cpu_isa()})"
+    return module.machine()
 
 
 def read_minari(path: Path) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:

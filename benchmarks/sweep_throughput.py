@@ -94,7 +94,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     import offrl
-    from offrl.hardware import cpu_isa, cpu_model
+    from offrl.hardware import cpu_isa, cpu_model, machine
 
     datasets = [d for d in args.datasets.split(",") if d]
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
@@ -119,7 +119,7 @@ def main() -> None:
               "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "engine": args.engine,
               "cpu_model": cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count(), **results,
               "ratio": ratio, "identical_finals": identical}
-    print(f"machine: {cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores")
+    print(f"machine: {machine()}, {os.cpu_count()} cores")
     print(f"trials: {trials} ({len(datasets)} dataset(s) x {args.seeds} seed(s)), {args.steps} steps, evaluation "
           f"every {args.eval_every} steps x {args.eval_episodes} episodes, 1 torch thread per trial")
     for name in order:

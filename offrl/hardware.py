@@ -9,7 +9,8 @@ import os
 import platform
 import time
 
-__all__ = ["ISA_FLAGS", "bf16_available", "busy_cores", "cpu_isa", "cpu_model"]
+__all__ = ["ISA_FLAGS", "QUIET_SLACK", "bf16_available", "busy_cores", "cpu_isa", "cpu_model", "machine",
+           "quiet_for"]
 
 #: The instruction sets that decide matmul speed on a CPU (the figures' machine line names those present).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -43,10 +44,26 @@ def cpu_isa() -> str:
     return " ".join(flag for flag in ISA_FLAGS if flag in present) or "none of " + "/".join(ISA_FLAGS)
 
 
+def machine() -> str:
+    """``<cpu model> (<isa flags>)``: how runs and benchmarks name the CPU they ran on."""
+    return f"{cpu_model()} ({cpu_isa()})"
+
+
 def bf16_available() -> bool:
     """Whether the CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX)."""
     isa = cpu_isa().split()
     return "avx512_bf16" in isa or "amx_bf16" in isa
+
+
+#: Cores other work may keep busy, beyond the ones a process's threads need, for the machine to count as
+#: quiet for that process.
+QUIET_SLACK = 0.25
+
+
+def quiet_for(threads: int, busy: float) -> bool:
+    """Whether ``threads`` threads have the cores to themselves while other work keeps ``busy`` cores busy
+    (``busy_cores``): the rule behind the CLI's OpenMP waits and the kernel routes' measuring."""
+    return busy + threads <= (os.cpu_count() or 1) + QUIET_SLACK
 
 
 def _cpu_times() -> tuple[int, int] | None:

@@ -14,7 +14,8 @@ timing in the cache folder, one file per CPU model, ISA flags, torch version and
 (``$OFFRL_CACHE/kernels/``). When other work keeps the cores this process needs busy, timings are not the
 machine's: it records ``torch``, unmeasured, instead, which ``offrl bench --tune`` revisits. Later processes
 read the decisions; the first decision written for a shape wins (under a file lock), so concurrent processes
-and reruns on one machine agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the file and measures again.
+and reruns on one machine agree, and a rerun of a seed is bit-identical. ``offrl bench --tune`` clears the
+file and measures again.
 
 ``OFFRL_KERNEL_ROUTE=torch``, ``=onednn`` or ``=onednn-mm`` forces one route everywhere (``OFFRL_ONEDNN=0``
 is ``torch``).
@@ -35,6 +36,8 @@ from typing import Any
 
 import torch
 
+from offrl.hardware import busy_cores, cpu_isa, cpu_model, quiet_for
+
 __all__ = ["ROUTES", "decisions", "forced_route", "route_file", "route_for"]
 
 ROUTES = ("torch", "onednn", "onednn-mm")
@@ -42,8 +45,6 @@ ROUTES = ("torch", "onednn", "onednn-mm")
 ROUTE_SET = "r3"
 #: A oneDNN route must beat torch by this factor to be chosen (measurement noise never makes a layer slower).
 MARGIN = 0.97
-#: Cores other work may keep busy, beyond the ones this process's threads need, for a measurement to count.
-BUSY_SLACK = 0.25
 #: Seconds of timing per route and shape, at most (after one untimed call of each).
 BUDGET_S = 0.02
 MIN_REPS, MAX_REPS = 3, 40
@@ -86,7 +87,6 @@ def route_file() -> Path:
     """This machine's decisions:
     ``$OFFRL_CACHE/kernels/<cpu>-<isa digest>-torch<version>-<route set>.json``."""
     from offrl.data.convert import cache_root
-    from offrl.hardware import cpu_isa, cpu_model
 
     cpu = re.sub(r"[^A-Za-z0-9]+", "-", cpu_model()).strip("-").lower() or "cpu"
     isa = hashlib.sha256(cpu_isa().encode()).hexdigest()[:8]
@@ -128,8 +128,6 @@ def _load() -> None:
 
 def _record(key: str, entry: dict[str, Any]) -> str:
     """Write ``entry`` unless another process recorded ``key`` first; returns the route that stands."""
-    from offrl.hardware import cpu_isa, cpu_model
-
     path = route_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +209,7 @@ def _route(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> str:
     route = _decided.get(key)
     if route is None:
         busy = _busy_cores()
-        if busy is not None and busy + threads > (os.cpu_count() or 1) + BUSY_SLACK:
+        if busy is not None and not quiet_for(threads, busy):
             # Other work shares the cores this layer needs: timings now are not the machine's (on a 2-core
             # Intel Xeon a decision taken beside a 2-process study chose onednn-mm for a layer where torch was
             # faster idle, and kept it). Record plain torch, never slower than itself; `offrl bench --tune`
@@ -227,8 +225,6 @@ def _route(rows: int, out: int, inp: int, relu: bool, onednn: Callable) -> str:
 
 
 def _busy_cores() -> float | None:
-    from offrl.hardware import busy_cores
-
     return busy_cores(0.05)
 
 

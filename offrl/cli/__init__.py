@@ -40,8 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: At most this many cores busy with other work when a command starts: the machine counts as idle.
-IDLE_BUSY_CORES = 0.25
 #: libgomp's own spin count when OMP_WAIT_POLICY is unset (about 3 ms of spinning before a thread sleeps).
 GOMP_DEFAULT_SPINCOUNT = "300000"
 
@@ -60,12 +58,12 @@ def choose_openmp_waits(busy: float | None = None) -> str:
     if chosen:
         decision = os.environ.get("OFFRL_OMP_WAITS") or f"user: OMP_WAIT_POLICY={chosen}"
     else:
-        if busy is None:
-            from offrl.hardware import busy_cores
+        from offrl.hardware import busy_cores, quiet_for
 
+        if busy is None:
             busy = busy_cores()
         cores = os.cpu_count() or 1
-        if busy is not None and busy <= IDLE_BUSY_CORES:
+        if busy is not None and quiet_for(cores, busy):  # torch's default: a thread per core
             os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
             os.environ.setdefault("GOMP_SPINCOUNT", GOMP_DEFAULT_SPINCOUNT)
             decision = f"spin: {busy:.2f} of {cores} cores busy at start"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from offrl.config import ENV_PREFIX, TrainerConfig
 from offrl.errors import UserError
-from offrl.hardware import cpu_isa, cpu_model
+from offrl.hardware import machine
 from offrl.runs.rundir import METRICS_FILE, SUMMARY_FILE
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
 def _machines(path: Path, resumed: int) -> list[str]:
     """The CPUs that trained the run, each once, in order: a run resumed elsewhere lists both (a study that
     spans machines says so in its report)."""
-    here = f"{cpu_model()} ({cpu_isa()})"
+    here = machine()
     before: Any = []
     if resumed:
         try:
