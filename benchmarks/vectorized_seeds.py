@@ -1,4 +1,4 @@
-"""N seeds as one batched model (``offrl train --seeds N --vectorize``) against N separate processes.
+"""N seeds as batched models (``offrl train --seeds N --vectorize``) against N separate processes.
 
 Both ways train what ``offrl train`` trains on a dataset (the bundled per-dataset config, evaluation off)
 for the same number of steps per seed, in alternating order round by round:
@@ -6,14 +6,17 @@ for the same number of steps per seed, in alternating order round by round:
 * separate: one process per seed, ``--jobs`` of them at a time (default: one per CPU core, one torch thread
   each: what ``offrl train --seeds N`` runs). Each batch of processes builds its trainers, waits at a barrier,
   then trains; the throughput is the sum of the processes' own updates/s (startup excluded).
-* vectorized: one process training the N seeds as one batched model (``--threads`` torch threads).
+* vectorized: J processes at once, each training its share of the N seeds as one batched model (the split
+  ``offrl train --vectorize --jobs J`` makes), for each J of ``--vectorized-jobs`` (default 1 and one per
+  core); each gets the cores shared out as torch threads (or ``--vectorized-threads``).
 
 Prints one JSON line per measurement and a summary per algorithm: seed-updates/s (all seeds together, wall
 clock) and seed-updates per CPU-second of the processes (robust to other load on the machine), the ratio of
 both, the CPU model, its ISA flags and the load average before and after (the machine may be shared).
 
 Usage: python benchmarks/vectorized_seeds.py [--algos dqn,discrete-cql] [--seeds 8] [--steps 400]
-       [--rounds 2] [--jobs J] [--threads T] [--vectorized-threads T] [--dataset offrl/cartpole/medium-v0]
+       [--rounds 2] [--jobs J] [--threads T] [--vectorized-jobs 1,2] [--vectorized-threads T]
+       [--dataset offrl/cartpole/medium-v0]
        [--device cpu|cuda]
 """
 
@@ -95,8 +98,9 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seeds": len(seeds), "steps": args.steps, "wall_s": wall, "cpu_s": cpu}), flush=True)
 
 
-def _spawn(args: argparse.Namespace, seeds: list[int], barrier: Path, vectorized: bool) -> subprocess.Popen:
-    threads = args.vectorized_threads if vectorized else args.threads
+def _spawn(args: argparse.Namespace, seeds: list[int], barrier: Path, vectorized: bool,
+           threads: int | None = None) -> subprocess.Popen:
+    threads = threads or args.threads
     cmd = [sys.executable, __file__, "--child", ",".join(map(str, seeds)), "--algos", args.algo,
            "--steps", str(args.steps), "--threads", str(threads), "--dataset", args.dataset,
            "--device", args.device, "--barrier", str(barrier)]
@@ -105,16 +109,37 @@ def _spawn(args: argparse.Namespace, seeds: list[int], barrier: Path, vectorized
                             env=env)
 
 
-def _measure(args: argparse.Namespace, vectorized: bool) -> dict:
-    """Total seed-updates/s and seed-updates per CPU-second of one way (separate: batches of --jobs)."""
+def _vectorized_threads(args: argparse.Namespace, jobs: int) -> int:
+    """Torch threads of each of ``jobs`` vectorized processes: --vectorized-threads, else the cores shared out
+    (what ``offrl train --seeds N --vectorize --jobs J`` gives each group)."""
+    return args.vectorized_threads or max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _chunks(items: list[int], parts: int) -> list[list[int]]:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        out.append(items[start:start + size + (i < extra)])
+        start += len(out[-1])
+    return out
+
+
+def _measure(args: argparse.Namespace, vectorized_jobs: int) -> dict:
+    """Total seed-updates/s and seed-updates per CPU-second of one way: separate processes (``vectorized_jobs``
+    0; batches of --jobs at a time) or ``vectorized_jobs`` batched processes at once, the seeds split among them
+    as ``offrl train --vectorize --jobs J`` splits them."""
     seeds = list(range(args.seeds))
-    groups = [seeds] if vectorized else [seeds[i:i + args.jobs] for i in range(0, len(seeds), args.jobs)]
+    if vectorized_jobs:
+        # one batch: every group at once
+        batches = [_chunks(seeds, vectorized_jobs)]
+    else:
+        batches = [[[s] for s in seeds[i:i + args.jobs]] for i in range(0, len(seeds), args.jobs)]
     rates, per_cpu = [], []
-    for group in groups:
+    for groups in batches:
         with tempfile.TemporaryDirectory() as tmp:
             barrier = Path(tmp)
-            procs = [_spawn(args, group, barrier, True)] if vectorized else [_spawn(args, [s], barrier, False)
-                                                                           for s in group]
+            threads = _vectorized_threads(args, vectorized_jobs) if vectorized_jobs else args.threads
+            procs = [_spawn(args, g, barrier, bool(vectorized_jobs), threads) for g in groups]
             # the barrier opens once every process has built its trainers and warmed up
             while len(list(barrier.glob("ready-*"))) < len(procs):
                 if any(proc.poll() not in (None, 0) for proc in procs):
@@ -140,50 +165,54 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="separate processes at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each separate process")
-    p.add_argument("--vectorized-threads", type=int, default=None, help="torch threads of the vectorized process "
-                   "(default: --threads)")
+    p.add_argument("--vectorized-jobs", default=None,
+                   help="batched processes the seeds are split among, one or more ways, comma-separated (default: "
+                        "1 and one per CPU core: offrl train --vectorize's default on a CPU)")
+    p.add_argument("--vectorized-threads", type=int, default=None, help="torch threads of each vectorized process "
+                   "(default: the CPU cores shared out among them)")
     p.add_argument("--dataset", default="offrl/cartpole/medium-v0")
     p.add_argument("--device", default="cpu")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--barrier", help=argparse.SUPPRESS)
     p.add_argument("--vectorized", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.vectorized_threads is None:
-        args.vectorized_threads = args.threads
     if args.child is not None:
         args.algo = args.algos
         child(args)
         return 0
     from offrl.bench.environment import cpu_model, environment
 
+    ways = sorted({int(j) for j in (args.vectorized_jobs or f"1,{os.cpu_count() or 1}").split(",")})
     machine = {"cpu": cpu_model(), "isa": _isa_flags(), "cpu_count": os.cpu_count(), "load_before": _load(),
-               "jobs": args.jobs, "threads": args.threads, "vectorized_threads": args.vectorized_threads,
+               "jobs": args.jobs, "threads": args.threads,
+               "vectorized": {j: {"processes": j, "threads_each": _vectorized_threads(args, j)} for j in ways},
                "device": args.device,
                "versions": environment()["versions"]}
     print(json.dumps({"machine": machine}), flush=True)
     summary = {}
     for algo in args.algos.split(","):
         args.algo = algo
-        ratios, ratios_cpu, rows = [], [], []
+        rows = []
         for rnd in range(args.rounds):
-            order = (False, True) if rnd % 2 == 0 else (True, False)  # alternate: a drift favours neither
-            got = {vec: _measure(args, vec) for vec in order}
-            sep, vec = got[False], got[True]
+            order = [0, *ways] if rnd % 2 == 0 else [*reversed(ways), 0]  # alternate: a drift favours none
+            got = {j: _measure(args, j) for j in order}
+            sep = got[0]
             row = {"algo": algo, "round": rnd, "seeds": args.seeds, "steps": args.steps,
-                   "separate": {k: round(v, 1) for k, v in sep.items()},
-                   "vectorized": {k: round(v, 1) for k, v in vec.items()},
-                   "ratio": round(vec["seed_updates_per_s"] / sep["seed_updates_per_s"], 2),
-                   "ratio_per_cpu_s": round(vec["seed_updates_per_cpu_s"] / sep["seed_updates_per_cpu_s"], 2),
-                   "load": _load()}
+                   "separate": {k: round(v, 1) for k, v in sep.items()}, "load": _load()}
+            for j in ways:
+                vec = got[j]
+                row[f"vectorized_{j}"] = {k: round(v, 1) for k, v in vec.items()}
+                row[f"ratio_{j}"] = round(vec["seed_updates_per_s"] / sep["seed_updates_per_s"], 2)
+                row[f"ratio_per_cpu_s_{j}"] = round(vec["seed_updates_per_cpu_s"] / sep["seed_updates_per_cpu_s"], 2)
             print(json.dumps(row), flush=True)
             rows.append(row)
-            ratios.append(row["ratio"])
-            ratios_cpu.append(row["ratio_per_cpu_s"])
-        summary[algo] = {"median_ratio": statistics.median(ratios),
-                         "median_ratio_per_cpu_s": statistics.median(ratios_cpu),
-                         "separate_seed_updates_per_s": statistics.median(r["separate"]["seed_updates_per_s"] for r in rows),
-                         "vectorized_seed_updates_per_s": statistics.median(r["vectorized"]["seed_updates_per_s"]
-                                                                            for r in rows)}
+        summary[algo] = {"separate_seed_updates_per_s": statistics.median(r["separate"]["seed_updates_per_s"]
+                                                                          for r in rows)}
+        for j in ways:
+            summary[algo][f"vectorized_{j}_processes"] = {
+                "seed_updates_per_s": statistics.median(r[f"vectorized_{j}"]["seed_updates_per_s"] for r in rows),
+                "median_ratio": statistics.median(r[f"ratio_{j}"] for r in rows),
+                "median_ratio_per_cpu_s": statistics.median(r[f"ratio_per_cpu_s_{j}"] for r in rows)}
     print(json.dumps({"summary": summary, "load_after": _load(), "cpu": machine["cpu"], "isa": machine["isa"]}))
     return 0
 

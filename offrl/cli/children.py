@@ -31,6 +31,7 @@ class ChildProcess:
     run_dir: Path | None = None
     planned: int | None = None
     shown: int = 0  # progress milestones printed so far
+    title: str | None = None  # how progress lines name it (default: seed LABEL)
 
     def progress(self) -> str | None:
         """``seed 1: step 2500 of 10000 (25%)`` when the child passed its next milestone, else None; read
@@ -50,7 +51,7 @@ class ChildProcess:
         if passed <= self.shown:
             return None
         self.shown = passed
-        return f"seed {self.label}: step {step} of {self.planned} ({100 * step // self.planned}%)"
+        return f"{self.title or f'seed {self.label}'}: step {step} of {self.planned} ({100 * step // self.planned}%)"
 
     def finish(self) -> int:
         """Read the captured output back (call once the process has ended); returns its exit code."""

@@ -115,16 +115,21 @@ def register(subparsers: Any) -> None:
     s = p.add_argument_group("several seeds (one run folder each, in parallel processes or, with --vectorize, as one "
                              "batched model; then one report)")
     s.add_argument("--seeds", type=_seed_list, metavar="N|S1,S2,...",
-                   help="train seeds 0..N-1 (or the listed seeds), each as its own run; prints each score and the "
+                   help="train seeds 0..N-1 (or the listed seeds; one seed as a list: 5,), each as its own run; "
+                        "prints each score and the "
                         "mean with a bootstrap 95%% CI, and writes <tag>-report/index.html beside the runs")
     s.add_argument("--jobs", type=positive_int, metavar="J",
-                   help="with --seeds: runs at a time (default: one per CPU core); the cores are shared out as "
-                        "torch threads (config num_threads) unless the config sets num_threads")
+                   help="with --seeds: runs at a time (default: one per CPU core); with --vectorize: batched models "
+                        "in parallel processes, the seeds split among them (default: one per CPU core, one on a "
+                        "GPU); the cores are shared out as torch threads (config num_threads) unless the config "
+                        "sets num_threads")
     s.add_argument("--vectorize", action="store_true",
-                   help="with --seeds: train the seeds as one batched model in this process (DQN and discrete CQL, "
-                        "offline): each seed keeps its own initialisation, sampler stream, optimizer state, target "
-                        "network and run folder, at several times the updates/s of separate processes for small "
-                        "networks (docs/seeds.md); with --resume RUN_DIR ...: continue such seeds together")
+                   help="with --seeds: train the seeds as batched models (DQN and discrete CQL, offline; --jobs of "
+                        "them, each in its own process): each seed keeps its own initialisation, sampler stream, "
+                        "optimizer state, target network and run folder, at several times the updates/s of "
+                        "separate processes for small networks (docs/seeds.md); with --resume RUN_DIR ...: "
+                        "continue such seeds together")
+    s.add_argument("--seed-group", metavar="STAMP", help=argparse.SUPPRESS)  # set by --vectorize for its children
     p.set_defaults(func=run, train_parser=p)
 
 

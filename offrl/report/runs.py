@@ -30,7 +30,7 @@ CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary
 _NOT_IDENTITY = (
     "seed", "versions", "command", "created", "run", "device", "progress_bar", "logger", "enable_logging",
     "log_rewards", "log_actions", "log_observations", "log_timings", "save_trainer_interval",
-    "keep_checkpoints", "dataset.path", "dataset.cache_dir", "dataset.digest", "name", "out",
+    "keep_checkpoints", "dataset.path", "dataset.cache_dir", "dataset.digest", "name", "out", "vectorized_seeds",
 )
 
 

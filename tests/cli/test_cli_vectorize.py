@@ -1,4 +1,5 @@
-"""``offrl train --seeds N --vectorize``: the seeds as one batched model in one process, through the real CLI.
+"""``offrl train --seeds N --vectorize``: the seeds as batched models (one process, or --jobs groups), through the
+real CLI.
 
 Each seed's run folder holds what the same seed trained alone writes (metrics within float rounding, the same
 evaluations), ``offrl eval`` reads it like any run, a SIGTERM stops every seed after a checkpoint and
@@ -36,7 +37,7 @@ def _metrics(run) -> pd.DataFrame:
 def test_a_vectorized_seed_trains_as_the_same_seed_alone(cartpole, tmp_path):
     """The strongest form of 'each seed learns like a separate run': with the same draws, the same numbers."""
     group = offrl_cli("train", "--dataset", cartpole, "--steps", "40", *BASE, "--seeds", "0,2", "--vectorize",
-                      "--out", str(tmp_path / "g"), "--name", "v", *SETS)
+                      "--jobs", "1", "--out", str(tmp_path / "g"), "--name", "v", *SETS)
     alone = offrl_cli("train", "--dataset", cartpole, "--steps", "40", *BASE, "--seed", "2",
                       "--out", str(tmp_path / "a"), "--name", "a", *SETS)
     assert group.returncode == 0 and alone.returncode == 0, group.stderr + alone.stderr
@@ -67,7 +68,7 @@ def test_a_vectorized_seed_trains_as_the_same_seed_alone(cartpole, tmp_path):
 def test_sigterm_then_vectorized_resume_equals_uninterrupted(cartpole, tmp_path):
     steps = ["--steps", "600", "--set", "save_trainer_interval=50", "--set", "log_interval=10", "--batch-size", "16",
              "--eval-every", "300", "--eval-episodes", "1", "--no-progress"]
-    args = ["train", "--dataset", cartpole, *steps, "--seeds", "1,3", "--vectorize"]
+    args = ["train", "--dataset", cartpole, *steps, "--seeds", "1,3", "--vectorize", "--jobs", "1"]
     algo = tmp_path / "cartpole-random" / "dqn"
     dqn = ["--algo", "dqn", *[a for s in [*TINY_DQN, "num_threads=1", "eval.final_episodes=2"] for a in ("--set", s)]]
     proc = subprocess.Popen([OFFRL, *args, *dqn, "--out", str(tmp_path), "--name", "t"], stdout=subprocess.PIPE,
@@ -87,7 +88,7 @@ def test_sigterm_then_vectorized_resume_equals_uninterrupted(cartpole, tmp_path)
     assert {s["status"] for s in stopped} == {"stopped"} and stopped[0]["steps"] == stopped[1]["steps"] < 600
     assert f"offrl train --vectorize --resume {runs[0]} {runs[1]}" in err
 
-    resumed = offrl_cli("train", "--vectorize", "--resume", *map(str, runs), "--no-progress")
+    resumed = offrl_cli("train", "--vectorize", "--jobs", "1", "--resume", *map(str, runs), "--no-progress")
     full = offrl_cli(*args, *dqn, "--out", str(tmp_path), "--name", "full")
     assert resumed.returncode == 0 and full.returncode == 0, resumed.stderr + full.stderr
     for run, seed in zip(runs, (1, 3), strict=True):
@@ -99,9 +100,70 @@ def test_sigterm_then_vectorized_resume_equals_uninterrupted(cartpole, tmp_path)
         assert all(torch.equal(a["loss_module"][k], b["loss_module"][k]) for k in b["loss_module"])
 
 
+def test_groups_in_parallel_processes_stop_resume_and_report_as_one(cartpole, tmp_path):
+    """--jobs 2 splits seeds 1,3,5 into batched groups [1, 3] and [5], one process each: a SIGTERM stops both
+    after a checkpoint, the one printed command resumes them (the same groups), and every seed ends equal to an
+    uninterrupted grouped run, which equals the seeds batched in one process within float rounding."""
+    steps = ["--steps", "600", "--set", "save_trainer_interval=50", "--set", "log_interval=10", "--batch-size", "16",
+             "--eval-every", "300", "--eval-episodes", "1", "--no-progress"]
+    dqn = ["--algo", "dqn", *[a for s in [*TINY_DQN, "eval.final_episodes=2"] for a in ("--set", s)]]
+    args = ["train", "--dataset", cartpole, *steps, "--seeds", "1,3,5", "--vectorize", *dqn, "--out", str(tmp_path)]
+    algo = tmp_path / "cartpole-random" / "dqn"
+    proc = subprocess.Popen([OFFRL, *args, "--jobs", "2", "--name", "t"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpts = [algo / f"t-seed{s}" / "checkpoints" / "latest.pt" for s in (1, 5)]
+    deadline = time.monotonic() + 240
+    while not all(c.exists() for c in ckpts):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    runs = [algo / f"t-seed{s}" for s in (1, 3, 5)]
+    if any(_summary(run)["status"] == "completed" for run in runs):
+        pytest.skip("a group finished before SIGTERM arrived")
+    assert proc.returncode == 130, err
+    assert "as 2 batched models (2+1) in parallel processes, 1 torch thread(s) each" in out
+    stopped = [_summary(run) for run in runs]
+    assert {s["status"] for s in stopped} == {"stopped"} and stopped[0]["steps"] == stopped[1]["steps"] < 600
+    assert "vectorized_seeds:\n- 1\n- 3\n" in (runs[0] / "config.yaml").read_text()
+    assert "vectorized_seeds:\n- 5\n" in (runs[2] / "config.yaml").read_text()
+    command = f"offrl train --vectorize --resume {runs[0]} {runs[1]} {runs[2]}"
+    assert command in err
+
+    resumed = offrl_cli(*command.split()[1:], "--jobs", "2", "--no-progress")
+    full = offrl_cli(*args, "--jobs", "2", "--name", "full")
+    together = offrl_cli(*args, "--jobs", "1", "--name", "one")
+    assert resumed.returncode == 0 and full.returncode == 0 and together.returncode == 0, resumed.stderr + full.stderr
+    assert full.stdout.count("3 of 3 seeds") == 1  # one report over both groups
+    for run, seed in zip(runs, (1, 3, 5), strict=True):
+        summary = _summary(run)
+        assert summary["status"] == "completed" and summary["steps"] == 600 and summary["resumed"] == 1
+        reference = algo / f"full-seed{seed}"
+        pd.testing.assert_frame_equal(_metrics(run), _metrics(reference))
+        a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, reference))
+        assert all(torch.equal(a["loss_module"][k], b["loss_module"][k]) for k in b["loss_module"])
+        one = _metrics(algo / f"one-seed{seed}")
+        numeric = [c for c in one.columns if not c.startswith("eval_") and one[c].dtype.kind == "f"]
+        np.testing.assert_allclose(_metrics(reference)[numeric].to_numpy(), one[numeric].to_numpy(), rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_the_groups_and_their_processes():
+    from offrl.cli.seeds import _chunks, _vectorized_jobs, seed_list
+
+    assert seed_list("3") == [0, 1, 2] and seed_list("5,") == [5] and seed_list("2,4") == [2, 4]
+
+    assert _chunks([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]] and _chunks([7, 8], 2) == [[7], [8]]
+    assert _chunks(list(range(8)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert _vectorized_jobs(5, 3, "cpu") == 3  # never more processes than seeds
+    assert _vectorized_jobs(None, 8, "cuda:0") == 1  # one batched model on a GPU
+    import os
+
+    assert _vectorized_jobs(None, 8, "cpu") == min(os.cpu_count() or 1, 8)
+
+
 BAD = [
     (["--vectorize"], "--seeds"),
-    (["--seeds", "2", "--vectorize", "--jobs", "2"], "--jobs"),
     (["--seeds", "2", "--vectorize", "--online-steps", "10"], "--online-steps"),
     (["--resume", "a", "b"], "--vectorize"),
 ]
