@@ -115,15 +115,6 @@ def _vectorized_threads(args: argparse.Namespace, jobs: int) -> int:
     return args.vectorized_threads or max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _chunks(items: list[int], parts: int) -> list[list[int]]:
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for i in range(parts):
-        out.append(items[start:start + size + (i < extra)])
-        start += len(out[-1])
-    return out
-
-
 def _measure(args: argparse.Namespace, vectorized_jobs: int) -> dict:
     """Total seed-updates/s and seed-updates per CPU-second of one way: separate processes (``vectorized_jobs``
     0; batches of --jobs at a time) or ``vectorized_jobs`` batched processes at once, the seeds split among them
@@ -131,7 +122,9 @@ def _measure(args: argparse.Namespace, vectorized_jobs: int) -> dict:
     seeds = list(range(args.seeds))
     if vectorized_jobs:
         # one batch: every group at once
-        batches = [_chunks(seeds, vectorized_jobs)]
+        from offrl.cli.seeds import seed_groups
+
+        batches = [seed_groups(seeds, vectorized_jobs)]
     else:
         batches = [[[s] for s in seeds[i:i + args.jobs]] for i in range(0, len(seeds), args.jobs)]
     rates, per_cpu = [], []

@@ -23,7 +23,7 @@ from offrl.cli.children import MILESTONES, ChildProcess, sigterm_as_interrupt, s
 from offrl.cli.format import fmt
 from offrl.errors import UserError
 
-__all__ = ["seed_list", "run_seeds", "run_vectorized"]
+__all__ = ["run_seeds", "run_vectorized", "seed_groups", "seed_list"]
 
 # Options that --seeds sets itself for each child, or that make no sense with it.
 _NOT_FORWARDED = {"help", "seeds", "jobs", "seed", "name", "no_progress", "func", "train_parser", "vectorize",
@@ -240,7 +240,7 @@ def run_vectorized(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     jobs = _vectorized_jobs(args.jobs, len(units), device)
     if jobs == 1:
         return _vectorized_here(args, kwargs)
-    return _vectorized_groups(args, cfg, _chunks(units, jobs))
+    return _vectorized_groups(args, cfg, seed_groups(units, jobs))
 
 
 def _vectorized_jobs(jobs: int | None, n: int, device: str | None) -> int:
@@ -269,7 +269,7 @@ def _resumed_device(runs: list[Path]) -> str | None:
     return cfg.get("device") if isinstance(cfg, dict) else None
 
 
-def _chunks(items: list, parts: int) -> list[list]:
+def seed_groups(items: list, parts: int) -> list[list]:
     """``items`` in ``parts`` consecutive groups whose sizes differ by at most one (the larger first), so
     resuming the same list with the same ``--jobs`` forms the same groups."""
     size, extra = divmod(len(items), parts)

@@ -34,6 +34,15 @@ def _metrics(run) -> pd.DataFrame:
     return df.drop(columns=[c for c in df.columns if c in TIMING])
 
 
+def _assert_resumed_as_uninterrupted(run, reference, steps: int) -> None:
+    """A stopped-then-resumed run equals the uninterrupted one: metrics and final weights, bit for bit."""
+    summary = _summary(run)
+    assert summary["status"] == "completed" and summary["steps"] == steps and summary["resumed"] == 1
+    pd.testing.assert_frame_equal(_metrics(run), _metrics(reference))
+    a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, reference))
+    assert all(torch.equal(a["loss_module"][k], b["loss_module"][k]) for k in b["loss_module"])
+
+
 def test_a_vectorized_seed_trains_as_the_same_seed_alone(cartpole, tmp_path):
     """The strongest form of 'each seed learns like a separate run': with the same draws, the same numbers."""
     group = offrl_cli("train", "--dataset", cartpole, "--steps", "40", *BASE, "--seeds", "0,2", "--vectorize",
@@ -92,12 +101,7 @@ def test_sigterm_then_vectorized_resume_equals_uninterrupted(cartpole, tmp_path)
     full = offrl_cli(*args, *dqn, "--out", str(tmp_path), "--name", "full")
     assert resumed.returncode == 0 and full.returncode == 0, resumed.stderr + full.stderr
     for run, seed in zip(runs, (1, 3), strict=True):
-        summary = _summary(run)
-        assert summary["status"] == "completed" and summary["steps"] == 600 and summary["resumed"] == 1
-        reference = algo / f"full-seed{seed}"
-        pd.testing.assert_frame_equal(_metrics(run), _metrics(reference))
-        a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, reference))
-        assert all(torch.equal(a["loss_module"][k], b["loss_module"][k]) for k in b["loss_module"])
+        _assert_resumed_as_uninterrupted(run, algo / f"full-seed{seed}", 600)
 
 
 def test_groups_in_parallel_processes_stop_resume_and_report_as_one(cartpole, tmp_path):
@@ -136,12 +140,8 @@ def test_groups_in_parallel_processes_stop_resume_and_report_as_one(cartpole, tm
     assert resumed.returncode == 0 and full.returncode == 0 and together.returncode == 0, resumed.stderr + full.stderr
     assert full.stdout.count("3 of 3 seeds") == 1  # one report over both groups
     for run, seed in zip(runs, (1, 3, 5), strict=True):
-        summary = _summary(run)
-        assert summary["status"] == "completed" and summary["steps"] == 600 and summary["resumed"] == 1
         reference = algo / f"full-seed{seed}"
-        pd.testing.assert_frame_equal(_metrics(run), _metrics(reference))
-        a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, reference))
-        assert all(torch.equal(a["loss_module"][k], b["loss_module"][k]) for k in b["loss_module"])
+        _assert_resumed_as_uninterrupted(run, reference, 600)
         one = _metrics(algo / f"one-seed{seed}")
         numeric = [c for c in one.columns if not c.startswith("eval_") and one[c].dtype.kind == "f"]
         np.testing.assert_allclose(_metrics(reference)[numeric].to_numpy(), one[numeric].to_numpy(), rtol=1e-4,
@@ -149,12 +149,12 @@ def test_groups_in_parallel_processes_stop_resume_and_report_as_one(cartpole, tm
 
 
 def test_the_groups_and_their_processes():
-    from offrl.cli.seeds import _chunks, _vectorized_jobs, seed_list
+    from offrl.cli.seeds import _vectorized_jobs, seed_groups, seed_list
 
     assert seed_list("3") == [0, 1, 2] and seed_list("5,") == [5] and seed_list("2,4") == [2, 4]
 
-    assert _chunks([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]] and _chunks([7, 8], 2) == [[7], [8]]
-    assert _chunks(list(range(8)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert seed_groups([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]] and seed_groups([7, 8], 2) == [[7], [8]]
+    assert seed_groups(list(range(8)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
     assert _vectorized_jobs(5, 3, "cpu") == 3  # never more processes than seeds
     assert _vectorized_jobs(None, 8, "cuda:0") == 1  # one batched model on a GPU
     import os
