@@ -419,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--note", action="append", default=[], help="a line for the README's notes (repeatable)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild the report from the runs already in --runs")
+    p.add_argument("--completed-only", action="store_true",
+                   help="report the completed runs only (a study still training in --runs: publish what has "
+                        "finished; the notes say how many of the planned runs that is)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # worker: one offrl run (JSON spec)
     args = p.parse_args(argv)
     if args.one:
@@ -482,7 +485,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # One row per dataset x algorithm: the suite trains every seed of a row on one pinned config, so rows
     # are not split when offrl adds a config key (with its default) between two runs of a long suite.
-    report = build_report([runs], out=out, group_by="algo",
+    sources: list[Path] = [runs]
+    if args.completed_only:
+        from offrl.runs.rundir import read_summary
+
+        sources = [job.run_dir(runs) for job in jobs if job.run_dir(runs).is_dir()
+                   and read_summary(job.run_dir(runs)).get("status") == "completed"]
+        args.note.insert(0, f"Completed runs only (--completed-only): {len(sources)} of the {len(jobs)} planned; "
+                            "the others were still to run or training when this report was built.")
+        if not sources:
+            _fail(f"--completed-only: no completed run in {runs} yet")
+    report = build_report(sources, out=out, group_by="algo",
                           title=f"offrl benchmark: bundled datasets, {args.seeds} seeds")
     keep = ["dataset", "group", "unit", "n_seeds", "seeds", "steps", "last_mean", "last_low", "last_high", "last_iqm",
             "best_mean", "best_low", "best_high", "best_iqm", "behaviour_return", "behaviour_normalized",
