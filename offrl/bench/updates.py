@@ -192,13 +192,19 @@ def _roofline(trainer: Trainer, measured: float) -> dict[str, Any] | None:
 
     class FlopCounter(TorchDispatchMode):  # FlopCounterMode's module tracker trips over TensorDict modules
         total = 0
+        moved = 0  # bytes read and written by every other op (elementwise, reductions, gathers, copies)
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             count = flop_registry.get(func._overloadpacket)
+            name = func._overloadpacket.__name__
+            if count is None and name.endswith("_") and hasattr(torch.ops.aten, name[:-1]):  # addmm_ is addmm's
+                count = flop_registry.get(getattr(torch.ops.aten, name[:-1]))  # products, written in place
             if count is not None:
                 self.total += count(*args, **kwargs, out_val=out)
+            else:
+                self.moved += _bytes_moved(func, (*args, *kwargs.values()), out)
             return out
 
     previous = os.environ.get("OFFRL_KERNEL_ROUTE")
@@ -226,9 +232,66 @@ def _roofline(trainer: Trainer, measured: float) -> dict[str, Any] | None:
     seconds = min(timing[f"{route}_us"] for route in routes.ROUTES) * 1e-6
     rate = 3 * 2 * rows * out * inp / seconds  # forward, input gradient, weight gradient
     bound = rate / flops
-    return {"gflop_per_update": round(flops / 1e9, 3), "gemm_gflops": round(rate / 1e9, 1),
-            "at": f"{rows}x{out}x{inp}", "bound_updates_per_s": round(bound, 2),
-            "fraction_of_bound": round(measured / bound, 3)}
+    bandwidth = _stream_bandwidth(rows * out)
+    with_traffic = 1.0 / (flops / rate + counter.moved / bandwidth)
+    def sig(x: float) -> float:  # four significant digits, whatever the workload's scale
+        return float(f"{x:.4g}")
+
+    return {"gflop_per_update": sig(flops / 1e9), "gemm_gflops": sig(rate / 1e9),
+            "at": f"{rows}x{out}x{inp}", "bound_updates_per_s": sig(bound),
+            "fraction_of_bound": round(measured / bound, 3),
+            "other_mb_per_update": sig(counter.moved / 1e6), "stream_gb_per_s": sig(bandwidth / 1e9),
+            "bound_with_traffic_updates_per_s": sig(with_traffic),
+            "fraction_of_bound_with_traffic": round(measured / with_traffic, 3)}
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a kernel reads or writes for ``t``: its distinct elements (a broadcast dimension counts once)."""
+    distinct = 1
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        if stride != 0:
+            distinct *= size
+    return distinct * t.element_size()
+
+
+#: Ops that read only the rows or elements they return from their first input (a gather), and ops that read
+#: nothing from their tensor input (it gives only the dtype and device of a new tensor).
+_GATHERS = ("index_select", "gather", "embedding", "index")
+_FACTORIES = ("new_zeros", "new_empty", "new_ones", "new_full", "zeros_like", "empty_like", "ones_like", "full_like")
+
+
+def _bytes_moved(func: Any, inputs: tuple, out: Any) -> int:
+    """Bytes a non-matmul aten op reads and writes: its tensor inputs and outputs (a gather reads only what it
+    returns; a factory reads nothing); 0 for a view (an output sharing an input's storage, from an op that does
+    not write in place)."""
+    ins = [t for t in inputs if isinstance(t, torch.Tensor)]
+    ins += [t for a in inputs if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+    outs = [t for t in (out if isinstance(out, (list, tuple)) else (out,)) if isinstance(t, torch.Tensor)]
+    name = func._overloadpacket.__name__
+    in_place = name.endswith("_")
+    storages = {t.untyped_storage().data_ptr() for t in ins if t.device.type == "cpu"}
+    if not in_place and outs and all(t.untyped_storage().data_ptr() in storages for t in outs):
+        return 0
+    written = sum(_tensor_bytes(t) for t in outs)
+    if name in _FACTORIES:
+        return written
+    read = [_tensor_bytes(t) for t in ins]
+    if name in _GATHERS and read:
+        read[0] = min(read[0], written)
+    return sum(read) + written
+
+
+def _stream_bandwidth(elements: int) -> float:
+    """Bytes/s of an elementwise ``c = a + b`` over ``elements`` float32 values at this thread count (best of
+    20): the rate a memory-bound op can reach at the update's activation size."""
+    a, b = torch.rand(elements), torch.rand(elements)
+    c = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(20):
+        start = time.perf_counter()
+        torch.add(a, b, out=c)
+        best = min(best, time.perf_counter() - start)
+    return 3 * elements * 4 / best
 
 
 def bench_workload(
@@ -369,5 +432,9 @@ def format_results(report: dict[str, Any]) -> str:
             lines.append("              roofline: n/a (CPU fp32 only)" if b is None else
                          f"              roofline: {b['gflop_per_update']} GFLOP per update, fp32 GEMM "
                          f"{b['gemm_gflops']} GFLOP/s at {b['at']} -> bound {b['bound_updates_per_s']} updates/s; "
-                         f"measured = {100 * b['fraction_of_bound']:.0f}% of it")
+                         f"measured = {100 * b['fraction_of_bound']:.0f}% of it\n"
+                         f"              with the other ops' traffic: {b['other_mb_per_update']} MB per update at "
+                         f"{b['stream_gb_per_s']} GB/s (c = a + b at the layer's size) -> bound "
+                         f"{b['bound_with_traffic_updates_per_s']} updates/s; measured = "
+                         f"{100 * b['fraction_of_bound_with_traffic']:.0f}% of it")
     return "\n".join(lines)

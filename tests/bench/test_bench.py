@@ -111,3 +111,33 @@ def test_offrl_buffer_holds_the_peers_data(workload, tmp_path):
         expected = data[index]
         for key in expected.keys(True, True):
             assert torch.equal(batch[key], expected[key]), key
+
+
+def test_bytes_moved_counts_what_an_op_reads_and_writes():
+    from offrl.bench.updates import _bytes_moved
+
+    aten = torch.ops.aten
+    a, b = torch.ones(100, 10), torch.ones(100, 10)
+    c = aten.add.Tensor(a, b)
+    assert _bytes_moved(aten.add.Tensor, (a, b), c) == 3 * 4000  # two inputs read, one output written
+    assert _bytes_moved(aten.t.default, (a,), aten.t.default(a)) == 0  # a view moves nothing
+    assert _bytes_moved(aten.relu_.default, (a,), aten.relu_.default(a)) == 2 * 4000  # in place: read + write
+    row = torch.ones(1, 10)
+    assert _bytes_moved(aten.mul.Tensor, (a, row.expand(100, 10)), a * row) == 4000 + 40 + 4000  # broadcast once
+    index = torch.tensor([3, 7])
+    picked = aten.index_select.default(a, 0, index)
+    assert _bytes_moved(aten.index_select.default, (a, 0, index), picked) == 80 + 16 + 80  # the rows it gathers
+    zeros = aten.new_zeros.default(a, [5])
+    assert _bytes_moved(aten.new_zeros.default, (a, [5]), zeros) == 20  # a factory reads nothing
+
+
+def test_roofline_adds_the_other_ops_traffic_to_the_gemm_bound():
+    result = bench.bench_workload("dqn", updates=3, batch=32, n_transitions=2_000, warmup=1, roofline=True)
+    r = result["roofline"]
+    assert r["bound_updates_per_s"] == pytest.approx(r["gemm_gflops"] / r["gflop_per_update"], rel=0.01)
+    assert r["fraction_of_bound"] == pytest.approx(result["updates_per_s"] / r["bound_updates_per_s"], rel=0.02)
+    # the other ops' bytes at the stream rate, added to the matmul time: a lower bound than the GEMM one
+    seconds = 1 / r["bound_updates_per_s"] + r["other_mb_per_update"] * 1e6 / (r["stream_gb_per_s"] * 1e9)
+    assert r["bound_with_traffic_updates_per_s"] == pytest.approx(1 / seconds, rel=0.05)
+    assert r["bound_with_traffic_updates_per_s"] < r["bound_updates_per_s"]
+    assert r["fraction_of_bound_with_traffic"] > r["fraction_of_bound"]
