@@ -199,6 +199,12 @@ def _stackable(rb: Any) -> bool:
     )
 
 
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are views of the same elements (same memory, shape, strides and dtype)."""
+    return a is b or (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+                      and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
+
+
 class StackedSampler:
     """Samples one batch from each of several buffers at once: a TensorDict ``[len(buffers), batch_size]``
     (several seeds trained as one batched model, ``offrl train --vectorize``).
@@ -217,15 +223,24 @@ class StackedSampler:
         if self._fast:
             self._size = sizes.pop()
             self._draws = [(rb._sampler, rb._storage) for rb in self.buffers]
+            self._direct = [(len(st), st._rng, st._rng.device if st._rng is not None else st.device)
+                            if type(sp) is RandomSampler and len(st) else (None, None, None)
+                            for sp, st in self._draws]
             first = self.buffers[0]._storage
-            self._rows = first._rows if all(s._rows is first._rows for _, s in self._draws) else None
+            # one read when every buffer views the same packed rows (the seeds of one dataset: separate tensor
+            # objects over the same memory)
+            self._rows = first._rows if all(_same_memory(s._rows, first._rows) for _, s in self._draws) else None
             self._layout = first._layout
 
     def sample(self) -> TensorDictBase:
         if not self._fast:
             return torch.stack([rb.sample().exclude("index") for rb in self.buffers])
         size = self._size
-        indices = [sampler.sample(storage, size)[0] for sampler, storage in self._draws]
+        # A RandomSampler's draw is its storage's randint on its own generator; a dataset storage's length is
+        # fixed, so that draw is made here directly, without the sampler's per-call checks.
+        indices = [torch.randint(0, n, (size,), generator=rng, device=device) if n is not None
+                   else sampler.sample(storage, size)[0]
+                   for (sampler, storage), (n, rng, device) in zip(self._draws, self._direct, strict=True)]
         if self._rows is not None:
             index = torch.cat(indices).to(device=self._rows.device, dtype=torch.long)
             rows = torch.index_select(self._rows, 0, index)

@@ -149,6 +149,7 @@ def test_stacked_sampler_draws_each_buffers_own_batches(ds, kind):
 
     stacked, alone = buffers(), buffers()
     sampler = StackedSampler(stacked)
+    assert (getattr(sampler, "_rows", None) is not None) == (kind != "mixed")  # one read of the rows the seeds' buffers share
     for _ in range(3):
         batch = sampler.sample()
         assert batch.batch_size == torch.Size([len(alone), 16])
