@@ -224,7 +224,9 @@ def run_vectorized(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                  if getattr(args, k) is not None]
         if given:
             raise UserError(f"{given[0]}: not with --vectorize --resume (the runs keep their own); drop it")
-        units: list = [Path(r) for r in args.resume]
+        from offrl.runs.vectorized import check_resume_folders
+
+        units: list = check_resume_folders(args.resume)  # every folder checked before any group starts
         cfg, device = None, _resumed_device(units)
     else:
         if args.seeds is None:
@@ -395,8 +397,8 @@ def _status(run: Path) -> str | None:
     from offrl.runs.rundir import read_summary
 
     try:
-        return (read_summary(run) or {}).get("status")
-    except Exception:  # noqa: BLE001 - an unreadable summary: not a completed run
+        return read_summary(run).get("status")
+    except UserError:  # a damaged summary: not a completed run
         return None
 
 

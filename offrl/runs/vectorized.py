@@ -38,7 +38,7 @@ from offrl.runs.rundir import (
 from offrl.runs.summary import write_report
 from offrl.runs.training import apply_select, check_select, restore_run, run_ended, run_started
 
-__all__ = ["VECTORIZED_ALGOS", "check_vectorizable", "resume_vectorized", "train_vectorized"]
+__all__ = ["VECTORIZED_ALGOS", "check_resume_folders", "check_vectorizable", "resume_vectorized", "train_vectorized"]
 
 #: The algorithms whose seeds can be batched (their losses run as stacked matmuls: offrl.algos.stacked_q).
 VECTORIZED_ALGOS = ("dqn", "discrete-cql")
@@ -122,6 +122,18 @@ def train_vectorized(
     return [apply_select(run, select) for run in runs]
 
 
+def check_resume_folders(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The folders to resume together, each an offrl run folder and none listed twice (else one line)."""
+    folders = [Path(p) for p in paths]
+    if len(set(folders)) != len(folders):
+        raise UserError("--resume: a run folder is listed twice")
+    for path in folders:
+        if not path.is_dir() or not is_run_dir(path):
+            raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
+                            "pass folders printed by 'offrl train'")
+    return folders
+
+
 def resume_vectorized(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -138,13 +150,7 @@ def resume_vectorized(
     from offrl.runs.metrics_log import TidyCSVLogger, check_logger_available
 
     values = config_values(overrides)
-    folders = [Path(p) for p in paths]
-    if len(set(folders)) != len(folders):
-        raise UserError("--resume: a run folder is listed twice")
-    for path in folders:
-        if not path.is_dir() or not is_run_dir(path):
-            raise UserError(f"--resume {path}: not an offrl run folder (it needs {CONFIG_FILE} and {CHECKPOINT_DIR}/); "
-                            "pass folders printed by 'offrl train'")
+    folders = check_resume_folders(paths)
     locks: list[RunLock] = []
     try:
         for path in folders:

@@ -194,3 +194,13 @@ def test_each_setting_it_cannot_batch_is_named(cartpole, sets, message):
     cfg, _ = compose_run_config(cartpole, dotlist=[*TINY_DCQL, sets])
     with pytest.raises(UserError, match=message):
         check_vectorizable(cfg)
+
+
+def test_resuming_a_folder_that_is_not_a_run_is_one_line_before_any_group_starts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = offrl_cli("train", "--vectorize", "--jobs", "2", "--resume", str(tmp_path / "empty"),
+                       str(tmp_path / "missing"))
+    assert_user_error(result, f"--resume {tmp_path / 'empty'}", "not an offrl run folder")
+    assert "batched models" not in result.stdout  # refused in the parent: no group was started
+    twice = offrl_cli("train", "--vectorize", "--resume", str(tmp_path / "empty"), str(tmp_path / "empty"))
+    assert_user_error(twice, "--resume", "listed twice")
