@@ -20,7 +20,7 @@ examples:
   offrl train --dataset offrl/pendulum/medium-v0
   offrl train --dataset offrl/cartpole/medium-v0 --algo dqn --steps 20000 --seed 1
   offrl train --dataset offrl/pendulum/medium-v0 --seeds 5        (5 seeds in parallel, mean and 95% CI)
-  offrl train --dataset offrl/cartpole/medium-v0 --seeds 8 --vectorize   (8 seeds as one batched model)
+  offrl train --dataset offrl/cartpole/medium-v0 --seeds 8 --vectorize   (8 seeds as batched models, one per core)
   offrl train --dataset d4rl-hopper.hdf5 --set cql.min_q_weight=5 --set eval.seed=100
   offrl train --config runs/<dataset>/<algo>/<name>/config.yaml --name repro   (reproduce a run)
   offrl train --resume runs/<dataset>/<algo>/<name>                            (continue a stopped run)

@@ -1,6 +1,6 @@
-"""``offrl train --seeds N --vectorize``: N runs of one configuration, one per seed, trained as one batched
-model in this process (:class:`offrl.trainers.vectorized.VectorizedSeeds`), and ``--vectorize --resume R1
-R2 ...`` to continue such a group as one.
+"""One group of ``offrl train --seeds N --vectorize``: runs of one configuration, one per seed, trained as one
+batched model in this process (:class:`offrl.trainers.vectorized.VectorizedSeeds`), and ``--vectorize --resume
+R1 R2 ...`` to continue such a group as one (``offrl.cli.seeds`` splits the seeds into groups).
 
 Each seed gets the run folder, config.yaml, metrics.csv, checkpoints, summary.json and report.html its own
 ``offrl train --seed S`` would write (only ``command`` and ``vectorized_seeds`` in config.yaml say how it was
