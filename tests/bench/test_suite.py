@@ -71,6 +71,18 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     progress = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
     assert progress and all(": reused" in ln for ln in progress), progress
 
+    # --completed-only reports the finished runs of a study still training, and says how many they are
+    import json
+
+    summary = runs / "offrl__cartpole__random-v0" / "dqn" / "seed1" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "running"}))
+    partial = tmp_path / "partial"
+    assert _suite().main([*argv[:1], str(partial), *argv[2:], "--report-only", "--completed-only"]) == 0
+    rows = {r["group"]: r for r in csv.DictReader((partial / "summary.csv").open())}
+    assert rows["dqn"]["n_seeds"] == "1" and all(r["n_seeds"] == "2" for g, r in rows.items() if g != "dqn")
+    assert f"Completed runs only (--completed-only): {n_runs - 1} of the {n_runs} planned" in (
+        partial / "README.md").read_text()
+
 
 def test_suite_rejects_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
