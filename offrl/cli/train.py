@@ -112,8 +112,8 @@ def register(subparsers: Any) -> None:
                    help="Cal-QL: calibrate CQL's penalty by the Monte-Carlo return (online.calql)")
     g.add_argument("--async-collection", action="store_true", default=None,
                    help="collect in worker processes while updating (async_collection; not bit-reproducible)")
-    s = p.add_argument_group("several seeds (one run folder each, in parallel processes or, with --vectorize, as one "
-                             "batched model; then one report)")
+    s = p.add_argument_group("several seeds (one run folder each, in parallel processes or, with --vectorize, as "
+                             "batched models; then one report)")
     s.add_argument("--seeds", type=_seed_list, metavar="N|S1,S2,...",
                    help="train seeds 0..N-1 (or the listed seeds; one seed as a list: 5,), each as its own run; "
                         "prints each score and the "
