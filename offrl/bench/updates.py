@@ -239,10 +239,10 @@ def _roofline(trainer: Trainer, measured: float) -> dict[str, Any] | None:
 
     return {"gflop_per_update": sig(flops / 1e9), "gemm_gflops": sig(rate / 1e9),
             "at": f"{rows}x{out}x{inp}", "bound_updates_per_s": sig(bound),
-            "fraction_of_bound": round(measured / bound, 3),
+            "fraction_of_bound": sig(measured / bound),
             "other_mb_per_update": sig(counter.moved / 1e6), "stream_gb_per_s": sig(bandwidth / 1e9),
             "bound_with_traffic_updates_per_s": sig(with_traffic),
-            "fraction_of_bound_with_traffic": round(measured / with_traffic, 3)}
+            "fraction_of_bound_with_traffic": sig(measured / with_traffic)}
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
