@@ -99,8 +99,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def _spawn(args: argparse.Namespace, seeds: list[int], barrier: Path, vectorized: bool,
-           threads: int | None = None) -> subprocess.Popen:
-    threads = threads or args.threads
+           threads: int) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--child", ",".join(map(str, seeds)), "--algos", args.algo,
            "--steps", str(args.steps), "--threads", str(threads), "--dataset", args.dataset,
            "--device", args.device, "--barrier", str(barrier)]
@@ -112,7 +111,9 @@ def _spawn(args: argparse.Namespace, seeds: list[int], barrier: Path, vectorized
 def _vectorized_threads(args: argparse.Namespace, jobs: int) -> int:
     """Torch threads of each of ``jobs`` vectorized processes: --vectorized-threads, else the cores shared out
     (what ``offrl train --seeds N --vectorize --jobs J`` gives each group)."""
-    return args.vectorized_threads or max(1, (os.cpu_count() or 1) // jobs)
+    from offrl.cli.seeds import threads_per_job
+
+    return args.vectorized_threads or threads_per_job(jobs)
 
 
 def _measure(args: argparse.Namespace, vectorized_jobs: int) -> dict:

@@ -23,7 +23,7 @@ from offrl.cli.children import MILESTONES, ChildProcess, sigterm_as_interrupt, s
 from offrl.cli.format import fmt
 from offrl.errors import UserError
 
-__all__ = ["run_seeds", "run_vectorized", "seed_groups", "seed_list"]
+__all__ = ["run_seeds", "run_vectorized", "seed_groups", "seed_list", "threads_per_job"]
 
 # Options that --seeds sets itself for each child, or that make no sense with it.
 _NOT_FORWARDED = {"help", "seeds", "jobs", "seed", "name", "no_progress", "func", "train_parser", "vectorize",
@@ -101,6 +101,26 @@ def _threads_set(args: argparse.Namespace, cfg: Any) -> bool:
     return False
 
 
+def threads_per_job(jobs: int) -> int:
+    """Torch threads of each of ``jobs`` processes sharing this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _child_command(args: argparse.Namespace, jobs: int, user_threads: bool,
+                   exclude: set[str] = frozenset()) -> tuple[list[str], dict[str, str], str]:
+    """The ``offrl train`` command line every child shares (the user's options, no progress bar), its
+    environment, and how its threads are set: the cores shared out among ``jobs`` children, unless the
+    user's config fixes ``num_threads``."""
+    threads = threads_per_job(jobs)
+    # The thread count goes first: a user's own --set, later on the line, would win (later --set wins).
+    base = [sys.executable, "-m", "offrl", "train", *([] if user_threads else ["--set", f"num_threads={threads}"]),
+            *_forwarded(args, args.train_parser, exclude), "--no-progress"]
+    env = dict(os.environ)
+    if not user_threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return base, env, "num_threads as configured" if user_threads else f"{threads} torch thread(s) each"
+
+
 def _name(args: argparse.Namespace, seed: int, stamp: str) -> str:
     return f"{args.name}-seed{seed}" if args.name else f"seed{seed}-{stamp}"
 
@@ -112,21 +132,11 @@ def run_seeds(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
         raise UserError(f"--seed {args.seed}: give the seeds to --seeds instead (e.g. --seeds 0,1,2)")
     if args.resume is not None:
         raise UserError("--seeds: cannot resume several runs at once; --resume each run folder on its own")
-    cores = os.cpu_count() or 1
-    jobs = min(args.jobs or cores, len(seeds))
-    threads = max(1, cores // jobs)
+    jobs = min(args.jobs or os.cpu_count() or 1, len(seeds))
     cfg = _validate(args, kwargs, seeds)
-    user_threads = _threads_set(args, cfg)
-    # The thread count goes first: a user's own --set, later on the line, would win (later --set wins).
-    base = [sys.executable, "-m", "offrl", "train", *([] if user_threads else ["--set", f"num_threads={threads}"]),
-            *_forwarded(args, args.train_parser), "--no-progress"]
-    env = dict(os.environ)
-    if not user_threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    base, env, threads_said = _child_command(args, jobs, _threads_set(args, cfg))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    print(f"offrl: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {jobs} at a time, "
-          f"{'num_threads as configured' if user_threads else f'{threads} torch thread(s) each'}",
-          flush=True)
+    print(f"offrl: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {jobs} at a time, {threads_said}", flush=True)
 
     def finished(child: ChildProcess, code: int) -> None:
         if code == 0:
@@ -336,17 +346,10 @@ def _vectorized_here(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
 def _vectorized_groups(args: argparse.Namespace, cfg: Any, groups: list[list]) -> int:
     """Each group of seeds (or of run folders to resume) as one batched model in its own ``offrl train
     --vectorize --jobs 1`` child, the CPU cores shared out as torch threads; then one report over all."""
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // len(groups))
-    user_threads = args.resume is not None or _threads_set(args, cfg)  # resumed runs keep their own
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    base = [sys.executable, "-m", "offrl", "train", *([] if user_threads else ["--set", f"num_threads={threads}"]),
-            *_forwarded(args, args.train_parser, exclude={"resume"}),
-            *(["--name", args.name] if args.name else []), "--no-progress", "--vectorize", "--jobs", "1",
-            "--seed-group", stamp]
-    env = dict(os.environ)
-    if not user_threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    user_threads = args.resume is not None or _threads_set(args, cfg)  # resumed runs keep their own
+    base, env, threads_said = _child_command(args, len(groups), user_threads, exclude={"resume"})
+    base += [*(["--name", args.name] if args.name else []), "--vectorize", "--jobs", "1", "--seed-group", stamp]
     if args.resume is not None:
         units = [(i, [*base, "--resume", *map(str, g)]) for i, g in enumerate(groups)]
         what = f"{sum(map(len, groups))} runs"
@@ -354,8 +357,8 @@ def _vectorized_groups(args: argparse.Namespace, cfg: Any, groups: list[list]) -
         units = [(i, [*base, "--seeds", ",".join(map(str, g)) + ","]) for i, g in enumerate(groups)]  # a list
         what = f"{sum(map(len, groups))} seeds ({', '.join(str(s) for g in groups for s in g)})"
     sizes = "+".join(str(len(g)) for g in groups)
-    print(f"offrl: {what} as {len(groups)} batched models ({sizes}) in parallel processes, "
-          f"{'num_threads as configured' if user_threads else f'{threads} torch thread(s) each'}", flush=True)
+    print(f"offrl: {what} as {len(groups)} batched models ({sizes}) in parallel processes, {threads_said}",
+          flush=True)
 
     def title(i: int) -> str:
         return f"{'runs' if args.resume else 'seeds'} {','.join(str(x) for x in groups[i])}"
