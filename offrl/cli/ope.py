@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     """Add the ``ope`` subcommand."""
     p = subparsers.add_parser(
         "ope",
-        help="off-policy evaluation of a run's checkpoints from its data (FQE with a bootstrap 95% CI)",
+        help="off-policy evaluation of a run's checkpoints from its data (FQE with a bootstrap 95%% CI)",
         description="Fitted Q Evaluation of a run's deterministic policy on the run's held-out episodes: the "
         "estimated discounted return and normalized score with a bootstrap 95% CI over episodes, and the "
         "fit's diagnostics (TD error, divergence). No env needed.",

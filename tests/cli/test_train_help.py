@@ -4,6 +4,7 @@ is offered offrl's (issue 18)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -44,3 +45,26 @@ def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Pa
     waits = summary["threads"]["omp_waits"]  # offrl's rule: spin on an idle machine, sleep on a busy one
     assert (waits.startswith("spin: ") and summary["threads"]["omp_wait_policy"] == "ACTIVE") or (
         waits.startswith("sleep: ") and summary["threads"]["omp_wait_policy"] == "PASSIVE"), summary["threads"]
+
+
+def _parsers(parser):
+    """The parser and every sub-parser below it (offrl datasets info, ...)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_help_page_renders():
+    """argparse %-formats help strings only when --help prints them: a bare '95% CI' crashed `offrl --help`."""
+    from offrl.cli import build_parser
+
+    pages = [p.format_help() for p in _parsers(build_parser())]
+    assert len(pages) > 10 and all("usage:" in page for page in pages)
+
+
+def test_top_level_help(offrl_cli):
+    result = offrl_cli("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bootstrap 95% CI" in " ".join(result.stdout.split()) and "Traceback" not in result.stderr
