@@ -1,9 +1,17 @@
-"""Did the curves settle? Per dataset x algorithm of a suite's runs: the mean of each run's last 5 evaluations,
-and the change of the normalized score across the last third of the run, with percentile-bootstrap 95% CIs
-over seeds. A curve is called settled when that change's CI lies within +-5 normalized points. Only completed
-runs count (a run still training, or stopped, is left out and counted on stderr).
+"""Did the curves settle, and which library ends higher? Two Markdown tables over a suite's runs.
 
-    python benchmarks/settled.py RUNS_DIR [RUNS_DIR ...]   # prints a Markdown table
+1. Per dataset x algorithm: the mean of each run's last 5 evaluations, and the change of the normalized score
+   across the last third of the run, with percentile-bootstrap 95% CIs over seeds. A curve is called settled
+   when that change's CI lies within +-5 normalized points.
+2. Where an offrl algorithm and its d3rlpy row (``d3rlpy-<algo>``) both have runs on a dataset: offrl's mean
+   minus d3rlpy's, of the last evaluation and of the mean of the last 5, with a 95% CI from resampling each
+   library's seeds on their own (10,000 resamples), and the reading: "offrl higher" or "d3rlpy higher" only
+   when the CI excludes 0. A last row pools the datasets (each dataset's difference weighs the same,
+   seeds resampled within each dataset).
+
+Only completed runs count (a run still training, or stopped, is left out and counted on stderr).
+
+    python benchmarks/settled.py RUNS_DIR [RUNS_DIR ...]   # prints both tables
 """
 
 from __future__ import annotations
@@ -20,6 +28,52 @@ def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float, flo
         return float(values.mean()), float("nan"), float("nan")
     boot = rng.choice(values, (10_000, len(values))).mean(1)
     return float(values.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def _difference(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> tuple[float, float, float]:
+    """Mean over datasets of (offrl's seed mean - d3rlpy's seed mean), with a percentile-bootstrap CI that
+    resamples each library's seeds within each dataset; CI bounds are nan when a side has a single seed."""
+    point = float(np.mean([a.mean() - b.mean() for a, b in pairs]))
+    if any(len(a) < 2 or len(b) < 2 for a, b in pairs):
+        return point, float("nan"), float("nan")
+    boot = np.mean([rng.choice(a, (10_000, len(a))).mean(1) - rng.choice(b, (10_000, len(b))).mean(1)
+                    for a, b in pairs], axis=0)
+    return point, float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def _reading(lo: float, hi: float) -> str:
+    if not np.isfinite(lo):
+        return "no CI (one seed)"
+    return "offrl higher" if lo > 0 else "d3rlpy higher" if hi < 0 else "no difference shown"
+
+
+def _versus(df: pd.DataFrame, rng: np.random.Generator) -> list[str]:
+    """Table 2: offrl's rows against their d3rlpy counterparts, per dataset and pooled."""
+    lines, pooled = [], {}
+    for (ds, algo), mine in df[~df["algo"].str.startswith("d3rlpy-")].groupby(["dataset", "algo"]):
+        peer = df[(df["dataset"] == ds) & (df["algo"] == f"d3rlpy-{algo}")]
+        if peer.empty:
+            continue
+        cells = []
+        for key in ("last", "last5"):
+            pair = (mine[key].to_numpy(), peer[key].to_numpy())
+            pooled.setdefault((algo, key), []).append(pair)
+            d, lo, hi = _difference([pair], rng)
+            cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({_reading(lo, hi)})")
+        lines.append(f"| {ds} | {algo} | {len(mine)} / {len(peer)} | {cells[0]} | {cells[1]} |")
+    for algo in sorted({algo for algo, _ in pooled}):
+        cells = []
+        for key in ("last", "last5"):
+            d, lo, hi = _difference(pooled[(algo, key)], rng)
+            cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({_reading(lo, hi)})")
+        n = len(pooled[(algo, "last")])
+        lines.append(f"| across {n} dataset{'s' * (n != 1)} | {algo} | | {cells[0]} | {cells[1]} |")
+    if not lines:
+        return []
+    return ["", "offrl minus d3rlpy (normalized points; mean over seeds, 95% CI from resampling each library's "
+            "seeds; across datasets: the mean of the per-dataset differences):", "",
+            "| dataset | algorithm | seeds (offrl / d3rlpy) | last evaluation | mean of last 5 evaluations |",
+            "|---|---|---|---|---|", *lines]
 
 
 def _status(run: Path) -> str | None:
@@ -65,6 +119,8 @@ def main(argv: list[str]) -> int:
         settled = "yes" if (np.isfinite(clo) and -5 <= clo and chi <= 5) else "no"
         print(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {m:.1f} [{lo:.1f}, {hi:.1f}] | "
               f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {settled} |")
+    for line in _versus(df, rng):
+        print(line)
     return 0
 
 

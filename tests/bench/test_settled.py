@@ -1,0 +1,83 @@
+"""benchmarks/settled.py on hand-made run folders whose answers are known: which curves settled, and which
+library ends higher (or that the seeds cannot tell)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _settled():
+    spec = importlib.util.spec_from_file_location("offrl_bench_settled", REPO / "benchmarks" / "settled.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(root: Path, dataset: str, algo: str, seed: int, scores: list[float], status: str = "completed") -> None:
+    run = root / dataset.replace("/", "__") / algo / f"seed{seed}"
+    run.mkdir(parents=True)
+    steps = np.arange(1, len(scores) + 1) * 100
+    rows = ["step,phase,eval_normalized_score", *(f"{s},offline,{v}" for s, v in zip(steps, scores)),
+            f"{steps[-1]},offline,"]  # a training row with no evaluation: not an evaluation
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run / "summary.json").write_text(json.dumps({"status": status, "steps": int(steps[-1])}))
+
+
+def _table(text: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(f"| {first_cell}")]
+
+
+def test_settled_and_versus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flat = [10.0] * 6
+    for seed, level in enumerate((50.0, 52.0, 54.0)):  # offrl: flat, well above d3rlpy
+        _run(tmp_path, "toy/a-v0", "cql", seed, [level] * 9)
+    for seed, level in enumerate((30.0, 31.0, 32.0)):  # d3rlpy: still rising by ~30 points over the last third
+        _run(tmp_path, "toy/a-v0", "d3rlpy-cql", seed, list(np.linspace(0.0, level, 9)))
+    _run(tmp_path, "toy/a-v0", "cql", 3, [99.0] * 9, status="running")  # unfinished: left out
+    for seed, level in enumerate((10.0, 20.0)):  # one dataset where the seeds overlap
+        _run(tmp_path, "toy/b-v0", "cql", seed, [level] * 6)
+        _run(tmp_path, "toy/b-v0", "d3rlpy-cql", seed, [level + 1.0] * 6)
+    _run(tmp_path, "toy/c-v0", "cql", 0, flat)  # a single d3rlpy seed: no CI, no claim
+    _run(tmp_path, "toy/c-v0", "d3rlpy-cql", 0, flat)
+    _run(tmp_path, "toy/d-v0", "dqn", 0, flat)  # no peer row: not compared
+
+    assert _settled().main([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "left out 1 run(s)" in captured.err
+    rows = {(r[0], r[1]): r for r in _table(captured.out, "toy/") if len(r) == 7}
+    assert rows[("toy/a-v0", "cql")][2] == "3" and rows[("toy/a-v0", "cql")][6] == "yes"
+    assert rows[("toy/a-v0", "d3rlpy-cql")][6] == "no"  # +~10 over the last third
+    assert rows[("toy/a-v0", "cql")][4].startswith("52.0 ")
+
+    versus = {r[0]: r for r in _table(captured.out, "toy/") + _table(captured.out, "across") if len(r) == 5}
+    assert set(versus) == {"toy/a-v0", "toy/b-v0", "toy/c-v0", "across 3 datasets"}
+    assert versus["toy/a-v0"][2] == "3 / 3"
+    assert versus["toy/a-v0"][3].startswith("+21.0 [") and versus["toy/a-v0"][3].endswith("(offrl higher)")
+    assert versus["toy/b-v0"][3].startswith("-1.0 [") and versus["toy/b-v0"][3].endswith("(no difference shown)")
+    assert versus["toy/c-v0"][3] == "+0.0 [+nan, +nan] (no CI (one seed))"
+    assert versus["across 3 datasets"][3].endswith("(no CI (one seed))")
+
+
+def test_d3rlpy_higher_and_pooled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for ds in ("toy/a-v0", "toy/b-v0"):
+        for seed in range(3):
+            _run(tmp_path, ds, "cql", seed, [20.0 + seed] * 6)
+            _run(tmp_path, ds, "d3rlpy-cql", seed, [40.0 + seed] * 6)
+    assert _settled().main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    pooled = _table(out, "across 2 datasets")[0]
+    assert pooled[3].startswith("-20.0 [") and pooled[3].endswith("(d3rlpy higher)")
+
+
+def test_no_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _settled().main([str(tmp_path)]) == 2
+    assert "no runs" in capsys.readouterr().err
