@@ -56,7 +56,9 @@ def test_user_error_is_one_line_exit_2(capsys):
 def test_bench_workload_in_process(workload, reference):
     result = bench.bench_workload(workload, updates=2, batch=8, reference=reference, n_transitions=2_000,
                                   warmup=1)
-    assert result["updates_per_s"] > 0 and result["workload"] == workload
+    assert (result["workload"], result["updates"], result["warmup"], result["batch"]) == (workload, 2, 1, 8)
+    assert result["impl"] == ("torchrl plain loop (in-process)" if reference else "offrl trainer")
+    assert result["updates_per_s"] == pytest.approx(2 / result["seconds"], rel=0.01)  # the rate of the timed updates
 
 
 def test_bf16_workload_runs():
