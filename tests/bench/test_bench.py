@@ -58,7 +58,8 @@ def test_bench_workload_in_process(workload, reference):
                                   warmup=1)
     assert (result["workload"], result["updates"], result["warmup"], result["batch"]) == (workload, 2, 1, 8)
     assert result["impl"] == ("torchrl plain loop (in-process)" if reference else "offrl trainer")
-    assert result["updates_per_s"] == pytest.approx(2 / result["seconds"], rel=0.01)  # the rate of the timed updates
+    seconds = result["seconds"]  # rounded to 0.1 ms: the rate of the timed updates lies within that rounding
+    assert 2 / (seconds + 5e-5) - 0.01 <= result["updates_per_s"] <= 2 / max(seconds - 5e-5, 1e-9) + 0.01
 
 
 def test_bf16_workload_runs():
