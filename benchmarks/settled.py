@@ -86,41 +86,48 @@ def _status(run: Path) -> str | None:
         return None
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if argv else 2
+def tables(runs: list[Path]) -> tuple[list[str], int]:
+    """Both tables (Markdown lines) over the completed ones of these run folders
+    (``<dataset>/<algo>/seed<N>``), and how many were left out as not completed; no lines when none is."""
     rows, unfinished = [], 0
-    for root in map(Path, argv):
-        for metrics in sorted(root.glob("*/*/seed*/metrics.csv")):
-            if _status(metrics.parent) != "completed":
-                unfinished += 1
-                continue
-            ds, algo = metrics.parents[2].name.replace("__", "/"), metrics.parents[1].name
-            evals = pd.read_csv(metrics).dropna(subset=["eval_normalized_score"])
-            steps, score = evals["step"].to_numpy(), evals["eval_normalized_score"].to_numpy()
-            at_two_thirds = score[np.searchsorted(steps, steps[-1] * 2 / 3)]
-            rows.append(dict(dataset=ds, algo=algo, last=score[-1], last5=score[-5:].mean(),
-                             change=score[-1] - at_two_thirds, steps=int(steps[-1])))
-    if unfinished:
-        print(f"settled.py: left out {unfinished} run(s) that have not completed", file=sys.stderr)
+    for run in runs:
+        if _status(run) != "completed" or not (run / "metrics.csv").is_file():
+            unfinished += 1
+            continue
+        ds, algo = run.parent.parent.name.replace("__", "/"), run.parent.name
+        evals = pd.read_csv(run / "metrics.csv").dropna(subset=["eval_normalized_score"])
+        steps, score = evals["step"].to_numpy(), evals["eval_normalized_score"].to_numpy()
+        at_two_thirds = score[np.searchsorted(steps, steps[-1] * 2 / 3)]
+        rows.append(dict(dataset=ds, algo=algo, last=score[-1], last5=score[-5:].mean(),
+                         change=score[-1] - at_two_thirds, steps=int(steps[-1])))
     if not rows:
-        print(f"settled.py: no runs (*/*/seed*/metrics.csv) under {', '.join(argv)}; pass a suite's --runs folder",
-              file=sys.stderr)
-        return 2
+        return [], unfinished
     df = pd.DataFrame(rows)
     rng = np.random.default_rng(0)
-    print("| dataset | algorithm | seeds | steps | mean of last 5 evaluations [95% CI] | change over the last third "
-          "[95% CI] | settled |")
-    print("|---|---|---|---|---|---|---|")
+    lines = ["| dataset | algorithm | seeds | steps | mean of last 5 evaluations [95% CI] | change over the last "
+             "third [95% CI] | settled |", "|---|---|---|---|---|---|---|"]
     for (ds, algo), g in df.groupby(["dataset", "algo"]):
         m, lo, hi = _ci(g["last5"].to_numpy(), rng)
         c, clo, chi = _ci(g["change"].to_numpy(), rng)
         settled = "yes" if (np.isfinite(clo) and -5 <= clo and chi <= 5) else "no"
-        print(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {m:.1f} [{lo:.1f}, {hi:.1f}] | "
-              f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {settled} |")
-    for line in _versus(df, rng):
-        print(line)
+        lines.append(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {m:.1f} [{lo:.1f}, {hi:.1f}] | "
+                     f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {settled} |")
+    return lines + _versus(df, rng), unfinished
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    runs = [m.parent for root in map(Path, argv) for m in sorted(root.glob("*/*/seed*/metrics.csv"))]
+    lines, unfinished = tables(runs)
+    if unfinished:
+        print(f"settled.py: left out {unfinished} run(s) that have not completed", file=sys.stderr)
+    if not lines:
+        print(f"settled.py: no completed runs (*/*/seed*/metrics.csv) under {', '.join(argv)}; pass a suite's "
+              "--runs folder", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
     return 0
 
 

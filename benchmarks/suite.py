@@ -364,6 +364,7 @@ episode return, normalized the same way.
 Across datasets (last normalized score; stratified bootstrap over datasets):
 
 {aggregate}
+{facts['settled']}
 ## Notes
 
 {facts['notes']}
@@ -387,6 +388,25 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   h5py) and evaluates with gymnasium 1.0 in its own environment (same env ids, seeds and time limits).
 - updates/s counts training updates per second over the whole run, evaluations included, measured with
   other runs (and other people's jobs) sharing the CPU: compare it within this table only."""
+
+
+def settled_section(run_dirs: Sequence[Path], runs: Path) -> str:
+    """The README's "Did the curves settle?" section (benchmarks/settled.py's tables over the completed runs),
+    or nothing when no run has completed."""
+    spec = importlib.util.spec_from_file_location("offrl_bench_settled", Path(__file__).with_name("settled.py"))
+    assert spec is not None and spec.loader is not None
+    settled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(settled)
+    lines, _ = settled.tables(list(run_dirs))
+    if not lines:
+        return ""
+    return "\n".join([
+        "## Did the curves settle, and which library ends higher?", "",
+        f"`python benchmarks/settled.py {runs}` (completed runs only): per run, the mean of its last 5 evaluations and",
+        "the change from the evaluation at two thirds of the run to the last; bootstrap 95% CIs over seeds; \"settled\" =",
+        "that change's CI within +-5 points (a single seed has no CI: \"no\"). Then offrl minus d3rlpy: a library is",
+        "called higher only where the CI of the difference excludes 0 (with a few seeds a side, a bootstrap CI is",
+        "narrower than the seeds' real spread: read it as a floor on the uncertainty).", "", *lines, ""])
 
 
 def _load() -> str:
@@ -534,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall": saved.get("wall", "n/a (--report-only: no training in this call)" if args.report_only
                           else f"{wall / 60:.1f} min"),
         "provenance": provenance(jobs, runs),
+        "settled": settled_section([job.run_dir(runs) for job in jobs], runs),
         "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
     }

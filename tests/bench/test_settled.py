@@ -80,4 +80,4 @@ def test_d3rlpy_higher_and_pooled(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_no_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _settled().main([str(tmp_path)]) == 2
-    assert "no runs" in capsys.readouterr().err
+    assert "no completed runs" in capsys.readouterr().err

@@ -60,6 +60,11 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert f"- Trained on: {cpu_model()} ({cpu_isa()}): {n_runs} runs" in readme
     assert "- Dataset bytes: offrl/cartpole/random-v0: " in readme and f"({n_runs} runs)" in readme
     assert "made more than once" not in readme
+    # the settled table (and, with peer rows, offrl minus d3rlpy) over the completed runs
+    assert "## Did the curves settle, and which library ends higher?" in readme
+    assert "| offrl/cartpole/random-v0 | dqn | 2 | 8 | " in readme.split("## Did the curves settle")[1]
+    if "--no-peers" not in peers:
+        assert "| offrl/cartpole/random-v0 | dqn | 2 / 2 | " in readme
     html = (out / "index.html").read_text()
     assert "scores.png" in html and "offrl/cartpole/random-v0" in html
     # two seeds, each a run directory in offrl's format
@@ -80,8 +85,9 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert _suite().main([*argv[:1], str(partial), *argv[2:], "--report-only", "--completed-only"]) == 0
     rows = {r["group"]: r for r in csv.DictReader((partial / "summary.csv").open())}
     assert rows["dqn"]["n_seeds"] == "1" and all(r["n_seeds"] == "2" for g, r in rows.items() if g != "dqn")
-    assert f"Completed runs only (--completed-only): {n_runs - 1} of the {n_runs} planned" in (
-        partial / "README.md").read_text()
+    partial_readme = (partial / "README.md").read_text()
+    assert f"Completed runs only (--completed-only): {n_runs - 1} of the {n_runs} planned" in partial_readme
+    assert "| offrl/cartpole/random-v0 | dqn | 1 | 8 | " in partial_readme  # the running seed is left out
 
 
 def test_suite_rejects_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
