@@ -88,14 +88,19 @@ def _status(run: Path) -> str | None:
 
 def tables(runs: list[Path]) -> tuple[list[str], int]:
     """Both tables (Markdown lines) over the completed ones of these run folders
-    (``<dataset>/<algo>/seed<N>``), and how many were left out as not completed; no lines when none is."""
+    (``<dataset>/<algo>/seed<N>``), and how many were left out (not completed, or no normalized score); no
+    lines when none is left."""
     rows, unfinished = [], 0
     for run in runs:
         if _status(run) != "completed" or not (run / "metrics.csv").is_file():
             unfinished += 1
             continue
         ds, algo = run.parent.parent.name.replace("__", "/"), run.parent.name
-        evals = pd.read_csv(run / "metrics.csv").dropna(subset=["eval_normalized_score"])
+        evals = pd.read_csv(run / "metrics.csv")
+        if "eval_normalized_score" not in evals or evals["eval_normalized_score"].isna().all():
+            unfinished += 1  # no reference scores (raw returns only) or never evaluated: nothing to compare
+            continue
+        evals = evals.dropna(subset=["eval_normalized_score"])
         steps, score = evals["step"].to_numpy(), evals["eval_normalized_score"].to_numpy()
         at_two_thirds = score[np.searchsorted(steps, steps[-1] * 2 / 3)]
         rows.append(dict(dataset=ds, algo=algo, last=score[-1], last5=score[-5:].mean(),
@@ -122,7 +127,8 @@ def main(argv: list[str]) -> int:
     runs = [m.parent for root in map(Path, argv) for m in sorted(root.glob("*/*/seed*/metrics.csv"))]
     lines, unfinished = tables(runs)
     if unfinished:
-        print(f"settled.py: left out {unfinished} run(s) that have not completed", file=sys.stderr)
+        print(f"settled.py: left out {unfinished} run(s) that have not completed or have no normalized score",
+              file=sys.stderr)
     if not lines:
         print(f"settled.py: no completed runs (*/*/seed*/metrics.csv) under {', '.join(argv)}; pass a suite's "
               "--runs folder", file=sys.stderr)

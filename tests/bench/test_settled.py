@@ -49,10 +49,11 @@ def test_settled_and_versus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     _run(tmp_path, "toy/c-v0", "cql", 0, flat)  # a single d3rlpy seed: no CI, no claim
     _run(tmp_path, "toy/c-v0", "d3rlpy-cql", 0, flat)
     _run(tmp_path, "toy/d-v0", "dqn", 0, flat)  # no peer row: not compared
+    _run(tmp_path, "toy/e-v0", "cql", 0, [float("nan")] * 3)  # no reference scores: left out, no traceback
 
     assert _settled().main([str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "left out 1 run(s)" in captured.err
+    assert "left out 2 run(s)" in captured.err
     rows = {(r[0], r[1]): r for r in _table(captured.out, "toy/") if len(r) == 7}
     assert rows[("toy/a-v0", "cql")][2] == "3" and rows[("toy/a-v0", "cql")][6] == "yes"
     assert rows[("toy/a-v0", "d3rlpy-cql")][6] == "no"  # +~10 over the last third
