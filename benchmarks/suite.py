@@ -511,8 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sources = [job.run_dir(runs) for job in jobs if job.run_dir(runs).is_dir()
                    and read_summary(job.run_dir(runs)).get("status") == "completed"]
+        started_runs = [f"{job.label} at {summary.get('steps', 0):,} of {summary['target_steps']:,} steps"
+                        if isinstance(summary.get("target_steps"), int) else f"{job.label} (started)"
+                        for job in jobs if job.run_dir(runs).is_dir()
+                        and (summary := read_summary(job.run_dir(runs))).get("status") != "completed"]
         args.note.insert(0, f"Completed runs only (--completed-only): {len(sources)} of the {len(jobs)} planned; "
-                            "the others were still to run or training when this report was built.")
+                            + (f"training or stopped: {'; '.join(started_runs)}; " if started_runs else "")
+                            + f"no run folder in {runs} yet: {len(jobs) - len(sources) - len(started_runs)}.")
         if not sources:
             _fail(f"--completed-only: no completed run in {runs} yet")
     report = build_report(sources, out=out, group_by="algo",

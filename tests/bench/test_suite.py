@@ -86,7 +86,8 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     rows = {r["group"]: r for r in csv.DictReader((partial / "summary.csv").open())}
     assert rows["dqn"]["n_seeds"] == "1" and all(r["n_seeds"] == "2" for g, r in rows.items() if g != "dqn")
     partial_readme = (partial / "README.md").read_text()
-    assert f"Completed runs only (--completed-only): {n_runs - 1} of the {n_runs} planned" in partial_readme
+    assert (f"Completed runs only (--completed-only): {n_runs - 1} of the {n_runs} planned; training or stopped: "
+            f"offrl/cartpole/random-v0 dqn seed 1 at 8 of 8 steps; no run folder in {runs} yet: 0.") in partial_readme
     assert "| offrl/cartpole/random-v0 | dqn | 1 | 8 | " in partial_readme  # the running seed is left out
 
 
