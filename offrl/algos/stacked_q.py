@@ -90,6 +90,7 @@ class StackedQLoss:
                 targets[i].data = stacked_target[i]
             self.params.append(stacked)
             self.targets.append(stacked_target)
+        self.target_sources = self.params  # the target update's sources: the Q-network itself
         plan, self.obs_key = first.q_plan
         by_key = dict(zip(keys, self.params, strict=True))
         by_key_target = dict(zip(keys, self.targets, strict=True))

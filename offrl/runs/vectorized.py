@@ -40,8 +40,9 @@ from offrl.runs.training import apply_select, check_select, restore_run, run_end
 
 __all__ = ["VECTORIZED_ALGOS", "check_resume_folders", "check_vectorizable", "resume_vectorized", "train_vectorized"]
 
-#: The algorithms whose seeds can be batched (their losses run as stacked matmuls: offrl.algos.stacked_q).
-VECTORIZED_ALGOS = ("dqn", "discrete-cql")
+#: The algorithms whose seeds can be batched (their losses run as stacked matmuls: offrl.algos.stacked_q,
+#: offrl.algos.stacked_cql).
+VECTORIZED_ALGOS = ("dqn", "discrete-cql", "cql")
 
 #: ``(step, planned steps)`` after each logged row of the group's first seed.
 ProgressFn = Callable[[int, int], None]
@@ -50,15 +51,17 @@ ProgressFn = Callable[[int, int], None]
 def check_vectorizable(cfg: TrainerConfig, where: str = "--vectorize") -> None:
     """One line naming what keeps ``cfg``'s seeds from training as one batched model, if anything does."""
     if cfg.algo not in VECTORIZED_ALGOS:
-        what = ("continuous CQL samples actions from each seed's actor with its own random stream, which one "
-                "batched step cannot reproduce" if cfg.algo == "cql" else f"{cfg.algo} is not batched")
-        raise UserError(f"{where}: batches DQN and discrete CQL only ({what}); run --seeds N without --vectorize")
+        raise UserError(f"{where}: batches CQL, discrete CQL and DQN only ({cfg.algo} is not batched); run --seeds N "
+                        "without --vectorize")
     if cfg.online.steps:
         raise UserError(f"{where}: batches offline training only; drop --online-steps (or --vectorize)")
     section, name = cfg.algo_config, cfg.algo.replace("-", "_")
-    if not section.fused or section.dueling:
-        given = f"{name}.dueling=true" if section.dueling else f"{name}.fused=false"
-        raise UserError(f"{where}: batches the fused loss of a plain MLP Q-network; drop --set {given}")
+    dueling = getattr(section, "dueling", False)
+    if not section.fused or dueling:
+        given = f"{name}.dueling=true" if dueling else f"{name}.fused=false"
+        raise UserError(f"{where}: batches the fused loss of plain MLP networks; drop --set {given}")
+    if getattr(section, "max_q_backup", False):
+        raise UserError(f"{where}: the batched CQL step has no max-Q backup; drop --set cql.max_q_backup=true")
     for key, value, plain in (("precision", cfg.precision, "fp32"), ("cuda_graph", cfg.cuda_graph, False),
                               ("log_timings", cfg.log_timings, False)):
         if value != plain:

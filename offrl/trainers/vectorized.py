@@ -24,6 +24,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.objectives import HardUpdate, SoftUpdate
 
+from offrl.algos.stacked_cql import StackedCQLLoss, stackable_cql_reason
 from offrl.algos.stacked_q import StackedQLoss, stackable_reason
 from offrl.data.buffer import StackedSampler
 from offrl.errors import UserError
@@ -68,7 +69,26 @@ def vectorize_reason(trainers: Sequence[Trainer]) -> str | None:
         if type(t.optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or type(t.optimizer) is not type(
                 first.optimizer):
             return "the batched step needs the same Adam optimizer for every seed"
+    if _continuous_cql(first):
+        if any(t.bc_steps != first.bc_steps for t in trainers):
+            return "every seed must use the same bc_steps"
+        return stackable_cql_reason([t.loss_module for t in trainers])
     return stackable_reason([t.loss_module for t in trainers])
+
+
+def _continuous_cql(trainer: Trainer) -> bool:
+    return trainer.display_name == "cql"
+
+
+def _generator(trainer: Trainer, device: torch.device) -> torch.Generator:
+    """A generator at the trainer's held RNG state (its own random stream in a batched group)."""
+    gen = torch.Generator(device=device)
+    held = trainer._held_rng
+    if device.type == "cuda":
+        gen.set_state(held["cuda"][device.index or 0])
+    else:
+        gen.set_state(torch.as_tensor(held["torch"], dtype=torch.uint8))
+    return gen
 
 
 class VectorizedSeeds:
@@ -90,7 +110,14 @@ class VectorizedSeeds:
         for t in self.trainers:
             if t._held_rng is None:
                 t.hold_rng()
-        self.loss = StackedQLoss([t.loss_module for t in self.trainers])
+        self._generators: list[torch.Generator] = []
+        if _continuous_cql(first):  # the loss samples actions: each seed draws from its own stream
+            device = first.device
+            self._generators = [_generator(t, device) for t in self.trainers]
+            self.loss: StackedQLoss | StackedCQLLoss = StackedCQLLoss([t.loss_module for t in self.trainers],
+                                                                      self._generators)
+        else:
+            self.loss = StackedQLoss([t.loss_module for t in self.trainers])
         self.optimizer = self._stack_optimizers()
         self._zero_grad, self._optimizer_step = fast_zero_grad(self.optimizer), fast_optimizer_step(self.optimizer)
         self._target_fn = self._target_step()
@@ -122,10 +149,10 @@ class VectorizedSeeds:
                 other = opt.param_groups[g]
                 same = {k: v for k, v in other.items() if k != "params"} == hyper
                 if not same or [maps[i].get(id(p)) for p in other["params"]] != stacked:
-                    raise UserError("--vectorize: every seed's optimizer must cover its Q-network with the same "
+                    raise UserError("--vectorize: every seed's optimizer must cover its networks with the same "
                                     "settings")
             if any(s is None for s in stacked):
-                raise UserError("--vectorize: the optimizer holds parameters outside the Q-network")
+                raise UserError("--vectorize: the optimizer holds parameters outside the loss's networks")
             groups.append({**hyper, "params": stacked})
         optimizer = type(first)(groups, **first.defaults)
         for g, group in enumerate(optimizer.param_groups):
@@ -152,7 +179,7 @@ class VectorizedSeeds:
 
     def _target_step(self) -> Any:
         updaters = [t.target_net_updater for t in self.trainers]
-        sources = [p.data for p in self.loss.params]
+        sources = [p.data for p in self.loss.target_sources]
         targets = self.loss.targets
         if type(updaters[0]) is SoftUpdate:
             weight = 1 - updaters[0].eps  # fast_target_step's arithmetic
@@ -182,7 +209,7 @@ class VectorizedSeeds:
             if not params:
                 continue
             grads = [p.grad for p in params]
-            per_tensor = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+            per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])
             norm = torch.linalg.vector_norm(per_tensor, dim=0)  # [N]: each seed's norm over the group
             if first.clip_grad_norm and first.clip_norm is not None:  # clip_grad_norm_'s arithmetic, per seed
                 coef = (first.clip_norm / (norm + 1e-6)).clamp(max=1.0)
@@ -197,7 +224,11 @@ class VectorizedSeeds:
 
     def _update(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of every seed; returns the metrics ``[N, K]`` (keys: ``self._keys``) and Q ``[N, B, A]``."""
-        total, metrics, q = self.loss(batch)
+        if self._generators:
+            first = self.trainers[0]
+            total, metrics, q = self.loss(batch, bc_phase=first._step_t < first.bc_steps)
+        else:
+            total, metrics, q = self.loss(batch)
         self._zero_grad()
         total.backward()
         for name, key in self._stats:  # the trainers' _batch_stats, per seed
@@ -206,9 +237,19 @@ class VectorizedSeeds:
         metrics.update(self._optim())
         self._target_fn()
         self._steps_t += 1
+        self._keep_streams()
         if self._keys is None:
             self._keys = list(metrics)
         return torch.stack(list(metrics.values()), 1).detach(), q
+
+    def _keep_streams(self) -> None:
+        """Each trainer's held RNG state follows its seed's generator, so its checkpoint records where the
+        seed's stream stands (and a resume, batched or on its own, continues it)."""
+        for t, gen in zip(self.trainers, self._generators, strict=False):
+            if gen.device.type == "cuda":
+                t._held_rng["cuda"][gen.device.index or 0] = gen.get_state()
+            else:
+                t._held_rng["torch"] = gen.get_state()
 
     def _accumulate(self, values: torch.Tensor) -> None:
         """Add a step's metrics to every trainer's row sums: one add into the stacked sums that the

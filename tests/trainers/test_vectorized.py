@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from helpers.engine import SMALL_DCQL, SMALL_DQN, ListLogger, make_trainer, weights
+from helpers.engine import SMALL_CQL, SMALL_DCQL, SMALL_DQN, ListLogger, make_trainer, weights
 from tensordict import TensorDict
 
 from offrl.errors import UserError
@@ -36,10 +36,26 @@ def _evaluator(stop: dict | None = None):
     return evaluate
 
 
+PENDULUM_OBS = torch.tensor([[1.0, 0.0, 0.1], [0.0, 1.0, -0.3]])
+
+
+def _cql_evaluator(stop: dict | None = None):
+    """As :func:`_evaluator`, for a continuous actor: its deterministic actions on fixed states."""
+
+    def evaluate(policy, step):
+        if stop is not None and step == stop["at"]:
+            stop["group"].request_stop("test")
+        action = policy(TensorDict(observation=PENDULUM_OBS, batch_size=[2]))["action"]
+        return {"eval_action": float(action.sum()), "eval_rand": float(torch.rand(()))}
+
+    return evaluate
+
+
 def _trainers(kind, data, tmp, *, tag, stop=None, **kwargs):
     made = []
+    evaluator = _cql_evaluator if kind == "cql" else _evaluator
     for seed in SEEDS:
-        trainer, _ = make_trainer(kind, data, seed=seed, logger=ListLogger(), evaluator=_evaluator(stop),
+        trainer, _ = make_trainer(kind, data, seed=seed, logger=ListLogger(), evaluator=evaluator(stop),
                                   save_trainer_file=tmp / tag / f"seed{seed}.pt", **{**COMMON, **kwargs})
         trainer.hold_rng()
         made.append(trainer)
@@ -93,6 +109,57 @@ def test_each_seed_trains_as_it_would_alone(kind, kwargs, cartpole_medium, tmp_p
     # the seeds did learn apart (the comparison above could tell them apart)
     w0, w1 = weights(batched[0].loss_module), weights(batched[1].loss_module)
     assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
+
+
+CQL_CASES = [{"cfg": SMALL_CQL, "bc_steps": 6},  # the BC warm start ends mid-run
+             {"cfg": SMALL_CQL.__class__(**{**SMALL_CQL.__dict__, "with_lagrange": True, "backup_action": "mean",
+                                          "actor_bc_weight": 2.5}), "clip_norm": 0.5}]
+
+
+@pytest.mark.parametrize("kwargs", CQL_CASES, ids=["bc-warm-start", "lagrange-mean-backup-bc-clip"])
+def test_each_cql_seed_trains_as_it_would_alone(kwargs, pendulum_medium, tmp_path):
+    """Continuous CQL draws actions: each seed's draws come from its own stream, so it still equals its run."""
+    batched = _trainers("cql", pendulum_medium, tmp_path, tag="group", **kwargs)
+    VectorizedSeeds(batched, handle_signals=False).train()
+    for seed, trainer in zip(SEEDS, batched, strict=True):
+        own, _ = make_trainer("cql", pendulum_medium, seed=seed, logger=ListLogger(), evaluator=_cql_evaluator(),
+                              save_trainer_file=tmp_path / "alone" / f"seed{seed}.pt", **{**COMMON, **kwargs})
+        own.train()
+        assert trainer.step == own.step == STEPS
+        _close(weights(trainer.loss_module), weights(own.loss_module))
+        mine, theirs = trainer.optimizer.state_dict(), own.optimizer.state_dict()
+        assert mine["param_groups"] == theirs["param_groups"]
+        for index, state in theirs["state"].items():
+            _close({k: v for k, v in mine["state"][index].items() if k != "step"},
+                   {k: v for k, v in state.items() if k != "step"})
+        _rows_close(trainer.logger, own.logger)
+        a = load_checkpoint(tmp_path / "group" / f"seed{seed}.pt")
+        b = load_checkpoint(tmp_path / "alone" / f"seed{seed}.pt")
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # the seed's stream stands where its run's does
+    w0, w1 = weights(batched[0].loss_module), weights(batched[1].loss_module)
+    assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
+
+
+def test_a_stopped_cql_group_resumes_exactly(pendulum_medium, tmp_path):
+    full = _trainers("cql", pendulum_medium, tmp_path, tag="full")
+    VectorizedSeeds(full, handle_signals=False).train()
+    stop = {"at": 10}
+    first = _trainers("cql", pendulum_medium, tmp_path, tag="part", stop=stop)
+    stop["group"] = group = VectorizedSeeds(first, handle_signals=False)
+    group.train()
+    assert group.stopped and all(t.step == 10 and t.saved_step == 10 for t in first)
+    resumed = []
+    for seed, old in zip(SEEDS, first, strict=True):
+        trainer, _ = make_trainer("cql", pendulum_medium, seed=seed, logger=old.logger,
+                                  evaluator=_cql_evaluator(), save_trainer_file=old.save_trainer_file, **COMMON)
+        trainer.load_from_file(old.save_trainer_file)
+        trainer.hold_rng()
+        resumed.append(trainer)
+    VectorizedSeeds(resumed, handle_signals=False).train()
+    for a, b in zip(full, resumed, strict=True):
+        wa, wb = weights(a.loss_module), weights(b.loss_module)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert a.logger.comparable() == b.logger.comparable()
 
 
 @pytest.mark.parametrize("backend", ["torch", "memmap"])
@@ -155,5 +222,8 @@ def test_refuses_seeds_it_cannot_batch(cartpole_medium, pendulum_medium, tmp_pat
     with pytest.raises(UserError, match="fp32"):
         group(("dqn", cartpole_medium, {**small, "precision": "bf16"}),
               ("dqn", cartpole_medium, {**small, "precision": "bf16"}))
-    with pytest.raises(UserError, match="fused DQN and discrete CQL"):
-        group(("cql", pendulum_medium, small), ("cql", pendulum_medium, small))
+    with pytest.raises(UserError, match="fused continuous CQL loss"):
+        unfused = SMALL_CQL.__class__(**{**SMALL_CQL.__dict__, "fused": False})
+        group(("cql", pendulum_medium, {**small, "cfg": unfused}), ("cql", pendulum_medium, {**small, "cfg": unfused}))
+    with pytest.raises(UserError, match="same bc_steps"):
+        group(("cql", pendulum_medium, {**small, "bc_steps": 2}), ("cql", pendulum_medium, small))
