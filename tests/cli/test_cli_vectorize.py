@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.cli import OFFRL, assert_user_error
-from helpers.train import TINY_DCQL, TINY_DQN, offrl_cli
+from helpers.train import TINY_CQL, TINY_DCQL, TINY_DQN, offrl_cli
 
 SETS = [a for s in [*TINY_DCQL, "num_threads=1", "eval.final_episodes=2"] for a in ("--set", s)]
 BASE = ["--batch-size", "16", "--eval-every", "20", "--eval-episodes", "2", "--no-progress"]
@@ -177,21 +177,37 @@ def test_what_it_cannot_batch_is_one_line_and_writes_nothing(cartpole, tmp_path,
     assert not out.exists() or not any(out.rglob("*")), "a bad input must leave no run folder"
 
 
-def test_continuous_cql_is_refused_with_the_reason(pendulum, tmp_path):
-    result = offrl_cli("train", "--dataset", pendulum, "--steps", "5", "--seeds", "2", "--vectorize",
-                       "--out", str(tmp_path / "r"))
-    line = assert_user_error(result, "--vectorize", "continuous CQL", "without --vectorize")
-    assert "DQN and discrete CQL" in line and not (tmp_path / "r").exists()
+def test_a_vectorized_cql_seed_trains_as_the_same_seed_alone(pendulum, tmp_path):
+    """Continuous CQL samples actions in its loss: each seed draws them from its own stream, so a batched seed
+    still equals the same seed trained alone (and the group's other seed learns something else)."""
+    sets = [a for s in [*TINY_CQL, "num_threads=1", "eval.final_episodes=2", "cql.bc_steps=10"]
+            for a in ("--set", s)]
+    group = offrl_cli("train", "--dataset", pendulum, "--steps", "30", *BASE, "--seeds", "0,4", "--vectorize",
+                      "--jobs", "1", "--out", str(tmp_path / "g"), "--name", "v", *sets)
+    alone = offrl_cli("train", "--dataset", pendulum, "--steps", "30", *BASE, "--seed", "4",
+                      "--out", str(tmp_path / "a"), "--name", "a", *sets)
+    assert group.returncode == 0 and alone.returncode == 0, group.stderr + alone.stderr
+    algo = next((tmp_path / "a").iterdir()).name + "/cql"
+    mine, theirs = _metrics(tmp_path / "g" / algo / "v-seed4"), _metrics(tmp_path / "a" / algo / "a")
+    assert list(mine.columns) == list(theirs.columns) and list(mine["step"]) == list(theirs["step"])
+    assert {"loss_actor_bc", "loss_cql", "alpha", "cql_gap", "q_data_mean"} <= set(theirs.columns)
+    numeric = [c for c in theirs.columns if theirs[c].dtype.kind == "f" and not c.startswith("eval_")]
+    np.testing.assert_allclose(mine[numeric].to_numpy(), theirs[numeric].to_numpy(), rtol=1e-4, atol=1e-5)
+    evals = [c for c in theirs.columns if c.startswith("eval_return")]
+    np.testing.assert_allclose(mine[evals].to_numpy(dtype=float), theirs[evals].to_numpy(dtype=float), rtol=1e-4)
+    assert not _metrics(tmp_path / "g" / algo / "v-seed0")[numeric].equals(mine[numeric])
 
 
 @pytest.mark.parametrize(("sets", "message"), [("discrete_cql.dueling=true", "dueling"), ("precision=bf16", "precision"),
-                                               ("discrete_cql.fused=false", "fused"), ("log_timings=true", "log_timings")])
-def test_each_setting_it_cannot_batch_is_named(cartpole, sets, message):
+                                               ("discrete_cql.fused=false", "fused"), ("log_timings=true", "log_timings"),
+                                               ("cql.max_q_backup=true", "max_q_backup"), ("cql.fused=false", "fused")])
+def test_each_setting_it_cannot_batch_is_named(cartpole, pendulum, sets, message):
     from offrl.errors import UserError
     from offrl.runs.compose import compose_run_config
     from offrl.runs.vectorized import check_vectorizable
 
-    cfg, _ = compose_run_config(cartpole, dotlist=[*TINY_DCQL, sets])
+    data, tiny = (pendulum, TINY_CQL) if sets.startswith("cql.") else (cartpole, TINY_DCQL)
+    cfg, _ = compose_run_config(data, dotlist=[*tiny, sets])
     with pytest.raises(UserError, match=message):
         check_vectorizable(cfg)
 
