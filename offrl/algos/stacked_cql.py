@@ -78,6 +78,26 @@ def stackable_cql_reason(losses: Sequence[Any]) -> str | None:
     return None
 
 
+class _OutputLayer(torch.autograd.Function):
+    """The critics' width-1 output layer over a stack, ``h @ w.T + b`` ([M, R, H] -> [M, R, 1]), with the
+    input gradient as the broadcast product ``grad * w`` instead of a K=1 batched matmul (the same products;
+    CPU BLAS runs K=1 slowly: offrl.algos.kernels._OutputLinear does the same for one network)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(h, w)
+        ctx.has_bias = b is not None
+        return torch.baddbmm(b, h, w.transpose(1, 2)) if b is not None else h @ w.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        h, w = ctx.saved_tensors
+        grad_h = grad * w if ctx.needs_input_grad[0] else None
+        grad_w = grad.transpose(1, 2) @ h if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b
+
+
 def _tanh_normal_sample(dist: Any, eps: Tensor) -> tuple[Tensor, Tensor]:
     """TanhNormal's ``rsample_and_log_prob`` with the standard-normal noise ``eps`` given (same arithmetic)."""
     normal = dist.root_dist
@@ -180,8 +200,11 @@ class StackedCQLLoss:
             if isinstance(step, tuple):
                 w, b = step
                 w = w.reshape(n * n_q, *w.shape[2:])
-                h = torch.baddbmm(b.reshape(n * n_q, 1, -1), h, w.transpose(1, 2)) if b is not None \
-                    else h @ w.transpose(1, 2)
+                b = b.reshape(n * n_q, 1, -1) if b is not None else None
+                if w.shape[1] == 1:
+                    h = _OutputLayer.apply(h, w, b)
+                else:
+                    h = torch.baddbmm(b, h, w.transpose(1, 2)) if b is not None else h @ w.transpose(1, 2)
             else:
                 h = step(h)
         return h.reshape(n, n_q, rows)
