@@ -124,7 +124,7 @@ def register(subparsers: Any) -> None:
                         "GPU); the cores are shared out as torch threads (config num_threads) unless the config "
                         "sets num_threads")
     s.add_argument("--vectorize", action="store_true",
-                   help="with --seeds: train the seeds as batched models (DQN and discrete CQL, offline; --jobs of "
+                   help="with --seeds: train the seeds as batched models (CQL, discrete CQL and DQN, offline; --jobs of "
                         "them, each in its own process): each seed keeps its own initialisation, sampler stream, "
                         "optimizer state, target network and run folder, at several times the updates/s of "
                         "separate processes for small networks (docs/seeds.md); with --resume RUN_DIR ...: "

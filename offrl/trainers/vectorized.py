@@ -1,9 +1,12 @@
 """Several seeds trained as one batched model in one process (``offrl train --seeds N --vectorize``).
 
-:class:`VectorizedSeeds` takes N ordinary trainers (DQN or discrete CQL, offline, built as usual: each with
-its own seed, replay buffer, logger, evaluator and checkpoint file) and drives them in lockstep. Their
-Q-networks, target networks and Adam moments become slices of stacked ``[N, ...]`` tensors
-(:class:`~offrl.algos.stacked_q.StackedQLoss`); one step is then
+:class:`VectorizedSeeds` takes N ordinary trainers (CQL, discrete CQL or DQN, offline, built as usual: each
+with its own seed, replay buffer, logger, evaluator and checkpoint file) and drives them in lockstep. Their
+networks, target networks and Adam moments become slices of stacked ``[N, ...]`` tensors
+(:class:`~offrl.algos.stacked_q.StackedQLoss`, :class:`~offrl.algos.stacked_cql.StackedCQLLoss`). Continuous
+CQL also samples actions in its loss: each seed draws them from its own ``torch.Generator``, started at the
+RNG state its trainer holds and written back into it after every step, so its checkpoint records its stream
+as its separate run's would. One step is then
 
     each seed's sampler draws its batch (its own generator) -> one [N, B] gather -> one batched forward and
     backward (the sum of the seeds' mean losses) -> per-seed gradient norms and clipping -> one Adam step over
