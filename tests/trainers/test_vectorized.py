@@ -160,6 +160,13 @@ def test_a_stopped_cql_group_resumes_exactly(pendulum_medium, tmp_path):
         wa, wb = weights(a.loss_module), weights(b.loss_module)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
         assert a.logger.comparable() == b.logger.comparable()
+    # one seed of the stopped group goes on alone: its stream continues from its checkpoint, as in the group
+    seed, old = SEEDS[2], first[2]
+    alone, _ = make_trainer("cql", pendulum_medium, seed=seed, logger=ListLogger(), evaluator=_cql_evaluator(),
+                            save_trainer_file=tmp_path / "alone.pt", **COMMON)
+    alone.load_from_file(old.save_trainer_file)
+    alone.train()
+    _close(weights(alone.loss_module), weights(full[2].loss_module))
 
 
 @pytest.mark.parametrize("backend", ["torch", "memmap"])
