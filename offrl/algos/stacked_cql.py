@@ -204,7 +204,9 @@ class StackedCQLLoss:
                 if w.shape[1] == 1:
                     h = _OutputLayer.apply(h, w, b)
                 else:
-                    h = torch.baddbmm(b, h, w.transpose(1, 2)) if b is not None else h @ w.transpose(1, 2)
+                    h = torch.bmm(h, w.transpose(1, 2))
+                    if b is not None:
+                        h = h.add_(b)
             else:
                 h = step(h)
         return h.reshape(n, n_q, rows)
