@@ -257,6 +257,44 @@ class StackedCQLLoss:
         return torch.cat([obs, actions], -1)
 
     # ------------------------------------------------------------------------------------- the loss
+    def _penalty(self, out: dict[str, Tensor], q_pen: Tensor, pred_q: Tensor, curr_log_pis: Tensor,
+                 next_log_pis: Tensor, act: int) -> Tensor:
+        """CQL(H)'s penalty per seed (OfflineCQLLoss.cql_gaps and penalty_terms): adds ``loss_cql`` (and
+        ``loss_alpha_prime``) to ``out``, returns the unweighted gap [N]. ``q_pen``: [N, n_q, 3 * B * K], the
+        uniform, pi(s) and pi(s') proposals scored at s."""
+        first = self.losses[0]
+        n, n_q, b = pred_q.shape
+        k = first.num_random
+        log_density = torch.stack([torch.full_like(curr_log_pis, -act * math.log(2.0)), curr_log_pis,
+                                   next_log_pis], 1).reshape(n, 1, 3, b, k)
+        cat_q = (q_pen.reshape(n, n_q, 3, b, k) - log_density).permute(0, 1, 3, 2, 4).reshape(n, n_q, b, 3 * k)
+        lse = torch.logsumexp(cat_q / first.temperature, dim=-1) * first.temperature
+        gaps = (lse - pred_q).mean(-1)  # [N, n_q]
+        if not first.with_lagrange:
+            out["loss_cql"] = first.min_q_weight * gaps.sum(-1)
+        else:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6).unsqueeze(-1)
+            slack = first.min_q_weight * gaps - first.target_action_gap
+            out["loss_cql"] = (alpha_prime.detach() * slack).sum(-1)
+            out["loss_alpha_prime"] = -0.5 * (alpha_prime * slack.detach()).sum(-1)
+        return gaps.detach().mean(-1)
+
+    @torch.no_grad()
+    def _td_target(self, nxt: TensorDictBase, next_obs: Tensor, next_action: Tensor, next_log_prob: Tensor,
+                   alpha: Tensor) -> Tensor:
+        """TD(0) targets on the target critics (FusedOfflineCQLLoss._td_target per seed): [N, B]."""
+        first = self.losses[0]
+        q_next = self._critics(self.target_steps, self._q_rows(next_obs, next_action, 1))  # [N, n_q, B]
+        next_value = q_next.min(1)[0]
+        if not first.deterministic_backup:
+            next_value = next_value - alpha.unsqueeze(-1) * next_log_prob
+        keys = first.value_estimator.tensor_keys
+        reward = nxt.get(keys.reward).squeeze(-1)
+        terminated = nxt.get(keys.terminated, None)
+        if terminated is None:
+            terminated = nxt.get(keys.done)
+        return reward + self.gamma * (~terminated.squeeze(-1)).int() * next_value
+
     def __call__(self, batch: TensorDictBase, bc_phase: Tensor | bool = False
                  ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """``batch`` [N, B] (seed i's transitions in row i) -> (the sum of the seeds' total losses, the
@@ -267,12 +305,12 @@ class StackedCQLLoss:
         first = self.losses[0]
         keys = first.tensor_keys
         n, b = batch.shape
-        k, n_q = first.num_random, first.num_qvalue_nets
+        k = first.num_random
         obs_key = self.actor_in
         obs = batch.get(obs_key)
         nxt = batch.get("next")
         next_obs = nxt.get(obs_key)
-        action = ((batch.get(keys.action) - first.action_center) / first.action_half).clamp(-1 + 1e-5, 1 - 1e-5)
+        action = first._unit_actions(batch).get(keys.action)  # in [-1, 1], as each seed's own loss sees it
         act = action.shape[-1]
         if first.min_log_alpha is not None or first.max_log_alpha is not None:
             self.log_alpha.data.clamp_(first.min_log_alpha, first.max_log_alpha)
@@ -289,15 +327,7 @@ class StackedCQLLoss:
                 next_action = dist_next.deterministic_sample
             curr_actions, curr_log_pis = _tanh_normal_sample(self._dist(params_obs.detach(), k), eps_curr)
             next_actions, next_log_pis = _tanh_normal_sample(self._dist(params_next, k), eps_next_k)
-            q_next = self._critics(self.target_steps, self._q_rows(next_obs, next_action, 1))  # [N, n_q, B]
-            next_value = q_next.min(1)[0]
-            if not first.deterministic_backup:
-                next_value = next_value - alpha.unsqueeze(-1) * next_log_prob
-            reward = nxt.get(first.value_estimator.tensor_keys.reward).squeeze(-1)
-            terminated = nxt.get(first.value_estimator.tensor_keys.terminated, None)
-            if terminated is None:
-                terminated = nxt.get(first.value_estimator.tensor_keys.done)
-            target = reward + self.gamma * (~terminated.squeeze(-1)).int() * next_value  # [N, B]
+            target = self._td_target(nxt, next_obs, next_action, next_log_prob, alpha)  # [N, B]
         _, bc_sample_log_prob = _tanh_normal_sample(dist_obs, eps_bc)
         bc_log_prob = dist_obs.log_prob(action)
         pi_action, pi_log_prob = _tanh_normal_sample(dist_obs, eps_pi)
@@ -316,20 +346,7 @@ class StackedCQLLoss:
             out["loss_cql"] = torch.zeros_like(loss_qvalue)
             gap = torch.full_like(loss_qvalue.detach(), math.nan)
         else:
-            log_density = torch.stack([torch.full_like(curr_log_pis, -act * math.log(2.0)), curr_log_pis,
-                                       next_log_pis], 1).reshape(n, 1, 3, b, k)
-            q_pen = q_all[:, :, b:].reshape(n, n_q, 3, b, k)
-            cat_q = (q_pen - log_density).permute(0, 1, 3, 2, 4).reshape(n, n_q, b, 3 * k)
-            lse = torch.logsumexp(cat_q / first.temperature, dim=-1) * first.temperature
-            gaps = (lse - pred_q).mean(-1)  # [N, n_q]
-            gap = gaps.detach().mean(-1)
-            if not first.with_lagrange:
-                out["loss_cql"] = first.min_q_weight * gaps.sum(-1)
-            else:
-                alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6).unsqueeze(-1)
-                slack = first.min_q_weight * gaps - first.target_action_gap
-                out["loss_cql"] = (alpha_prime.detach() * slack).sum(-1)
-                out["loss_alpha_prime"] = -0.5 * (alpha_prime * slack.detach()).sum(-1)
+            gap = self._penalty(out, q_all[:, :, b:], pred_q, curr_log_pis, next_log_pis, act)
 
         a = alpha.unsqueeze(-1)
         q_pi = self._critics(detached(self.q_steps), self._q_rows(obs, pi_action, 1))

@@ -25,7 +25,7 @@ def _run(root: Path, dataset: str, algo: str, seed: int, scores: list[float], st
     run = root / dataset.replace("/", "__") / algo / f"seed{seed}"
     run.mkdir(parents=True)
     steps = np.arange(1, len(scores) + 1) * 100
-    rows = ["step,phase,eval_normalized_score", *(f"{s},offline,{v}" for s, v in zip(steps, scores)),
+    rows = ["step,phase,eval_normalized_score", *(f"{s},offline,{v}" for s, v in zip(steps, scores, strict=True)),
             f"{steps[-1]},offline,"]  # a training row with no evaluation: not an evaluation
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
     (run / "summary.json").write_text(json.dumps({"status": status, "steps": int(steps[-1])}))
