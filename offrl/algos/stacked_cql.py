@@ -29,7 +29,7 @@ from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
 from offrl.algos.plans import detached
-from offrl.algos.stacked_q import StackedQLoss
+from offrl.algos.stacked_q import StackedQLoss, stacked_steps
 
 __all__ = ["StackedCQLLoss", "stackable_cql_reason"]
 
@@ -140,9 +140,9 @@ class StackedCQLLoss:
         self.target_sources = list(self.critic_params.values())
         self.targets = list(self.target_critics.values())
         plan, self.tail, self.actor_in, self.actor_out = first._actor
-        self.actor_steps = [self._resolve(s, self.actor_params) for s in plan]
-        self.q_steps = [self._resolve(s, self.critic_params) for s in first._q_plan]
-        self.target_steps = [self._resolve(s, self.target_critics) for s in first._q_plan]
+        self.actor_steps = stacked_steps(plan, self.actor_params)
+        self.q_steps = stacked_steps(first._q_plan, self.critic_params)
+        self.target_steps = stacked_steps(first._q_plan, self.target_critics)
         self.q_in = first._q_in_keys
         self.dist_in = first._dist_in
         self.gamma = float(first.value_estimator.gamma)
@@ -168,13 +168,6 @@ class StackedCQLLoss:
         for i, p in enumerate(sources):
             p.data = stacked.data[i]
         return stacked
-
-    @staticmethod
-    def _resolve(step: Any, tensors: dict[tuple[str, ...], Tensor]) -> Any:
-        if not isinstance(step, tuple):
-            return step
-        _, w_key, b_key = step
-        return tensors[_key(w_key)], tensors[_key(b_key)] if b_key is not None else None
 
     def seed_params(self, i: int) -> dict[int, Tensor]:
         """``id(seed i's parameter) -> stacked leaf`` (how a seed's optimizer state maps onto the stack)."""

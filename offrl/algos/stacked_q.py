@@ -23,13 +23,20 @@ from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.fused_q import FusedDQNLoss, FusedWeightedDiscreteCQLLoss
 
-__all__ = ["StackedQLoss", "stackable_reason"]
+__all__ = ["StackedQLoss", "stackable_reason", "stacked_steps"]
 
 _HYPER = ("loss_function", "action_space", "double_dqn", "min_q_weight", "reduction")
 
 
 def _key(key: Any) -> tuple[str, ...]:
     return key if isinstance(key, tuple) else (key,)
+
+
+def stacked_steps(plan: list, tensors: dict[tuple[str, ...], Tensor]) -> list:
+    """A network's plan (``offrl.algos.plans``) resolved on stacked ``[N, ...]`` parameters, keyed like the
+    plan's (tuple) keys: ``(weight, bias | None)`` per linear step, activations as they are."""
+    return [(tensors[_key(s[1])], tensors[_key(s[2])] if s[2] is not None else None) if isinstance(s, tuple) else s
+            for s in plan]
 
 
 def _gamma(loss: Any) -> float:
@@ -94,21 +101,14 @@ class StackedQLoss:
         plan, self.obs_key = first.q_plan
         by_key = dict(zip(keys, self.params, strict=True))
         by_key_target = dict(zip(keys, self.targets, strict=True))
-        self.steps = [self._resolve(s, by_key) for s in plan]
-        self.target_steps = [self._resolve(s, by_key_target) for s in plan]
+        self.steps = stacked_steps(plan, by_key)
+        self.target_steps = stacked_steps(plan, by_key_target)
         self.gamma = _gamma(first)
         self.loss_function = first.loss_function
         self.double_dqn = bool(getattr(first, "double_dqn", False))
         self.categorical = first.action_space == "categorical"
         self.min_q_weight = float(getattr(first, "min_q_weight", 0.0))
         self._checked = False
-
-    @staticmethod
-    def _resolve(step: Any, tensors: dict[tuple[str, ...], Tensor]) -> Any:
-        if not isinstance(step, tuple):
-            return step
-        _, w_key, b_key = step
-        return tensors[_key(w_key)], tensors[_key(b_key)] if b_key is not None else None
 
     def seed_params(self, i: int) -> dict[int, Tensor]:
         """``id(seed i's parameter) -> stacked leaf`` (how a seed's optimizer state maps onto the stack)."""

@@ -76,16 +76,24 @@ def _rows_close(a: ListLogger, b: ListLogger) -> None:
             assert math.isclose(ma[key], mb[key], rel_tol=1e-4, abs_tol=1e-5), key
 
 
-CASES = [("dqn", {"cfg": SMALL_DQN, "clip_norm": 0.05}),  # hard target every 5 steps, clipping active
-         ("dcql", {"cfg": SMALL_DCQL.__class__(**{**SMALL_DCQL.__dict__, "target_update": "soft"})})]
+CASES = [("dqn", "cartpole_medium", {"cfg": SMALL_DQN, "clip_norm": 0.05}),  # hard target every 5 steps, clipping
+         ("dcql", "cartpole_medium", {"cfg": SMALL_DCQL.__class__(**{**SMALL_DCQL.__dict__, "target_update": "soft"})}),
+         # continuous CQL draws actions in its loss: each seed from its own stream
+         ("cql", "pendulum_medium", {"cfg": SMALL_CQL, "bc_steps": 6}),  # the BC warm start ends mid-run
+         ("cql", "pendulum_medium", {"cfg": SMALL_CQL.__class__(**{**SMALL_CQL.__dict__, "with_lagrange": True,
+                                                                   "backup_action": "mean", "actor_bc_weight": 2.5}),
+                                     "clip_norm": 0.5})]
 
 
-@pytest.mark.parametrize(("kind", "kwargs"), CASES, ids=[c[0] for c in CASES])
-def test_each_seed_trains_as_it_would_alone(kind, kwargs, cartpole_medium, tmp_path):
-    batched = _trainers(kind, cartpole_medium, tmp_path, tag="group", **kwargs)
+@pytest.mark.parametrize(("kind", "data", "kwargs"), CASES,
+                         ids=["dqn", "dcql", "cql-bc-warm-start", "cql-lagrange-mean-backup-bc-clip"])
+def test_each_seed_trains_as_it_would_alone(kind, data, kwargs, request, tmp_path):
+    dataset = request.getfixturevalue(data)
+    evaluator = _cql_evaluator if kind == "cql" else _evaluator
+    batched = _trainers(kind, dataset, tmp_path, tag="group", **kwargs)
     VectorizedSeeds(batched, handle_signals=False).train()
     for seed, trainer in zip(SEEDS, batched, strict=True):
-        own, _ = make_trainer(kind, cartpole_medium, seed=seed, logger=ListLogger(), evaluator=_evaluator(),
+        own, _ = make_trainer(kind, dataset, seed=seed, logger=ListLogger(), evaluator=evaluator(),
                               save_trainer_file=tmp_path / "alone" / f"seed{seed}.pt", **{**COMMON, **kwargs})
         own.train()
         assert trainer.step == own.step == STEPS
@@ -104,86 +112,33 @@ def test_each_seed_trains_as_it_would_alone(kind, kwargs, cartpole_medium, tmp_p
         assert ckpt.stat().st_size < 1.1 * ref.stat().st_size
         a, b = load_checkpoint(ckpt), load_checkpoint(ref)
         assert a["step"] == b["step"] == STEPS and a["target_net_updater"] == b["target_net_updater"]
-        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # CQL: its loss's stream stands where its run's does
         assert torch.equal(a["replay_buffer"]["buffer"]["_rng"][0], b["replay_buffer"]["buffer"]["_rng"][0])
     # the seeds did learn apart (the comparison above could tell them apart)
     w0, w1 = weights(batched[0].loss_module), weights(batched[1].loss_module)
     assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
 
 
-CQL_CASES = [{"cfg": SMALL_CQL, "bc_steps": 6},  # the BC warm start ends mid-run
-             {"cfg": SMALL_CQL.__class__(**{**SMALL_CQL.__dict__, "with_lagrange": True, "backup_action": "mean",
-                                          "actor_bc_weight": 2.5}), "clip_norm": 0.5}]
-
-
-@pytest.mark.parametrize("kwargs", CQL_CASES, ids=["bc-warm-start", "lagrange-mean-backup-bc-clip"])
-def test_each_cql_seed_trains_as_it_would_alone(kwargs, pendulum_medium, tmp_path):
-    """Continuous CQL draws actions: each seed's draws come from its own stream, so it still equals its run."""
-    batched = _trainers("cql", pendulum_medium, tmp_path, tag="group", **kwargs)
-    VectorizedSeeds(batched, handle_signals=False).train()
-    for seed, trainer in zip(SEEDS, batched, strict=True):
-        own, _ = make_trainer("cql", pendulum_medium, seed=seed, logger=ListLogger(), evaluator=_cql_evaluator(),
-                              save_trainer_file=tmp_path / "alone" / f"seed{seed}.pt", **{**COMMON, **kwargs})
-        own.train()
-        assert trainer.step == own.step == STEPS
-        _close(weights(trainer.loss_module), weights(own.loss_module))
-        mine, theirs = trainer.optimizer.state_dict(), own.optimizer.state_dict()
-        assert mine["param_groups"] == theirs["param_groups"]
-        for index, state in theirs["state"].items():
-            _close({k: v for k, v in mine["state"][index].items() if k != "step"},
-                   {k: v for k, v in state.items() if k != "step"})
-        _rows_close(trainer.logger, own.logger)
-        a = load_checkpoint(tmp_path / "group" / f"seed{seed}.pt")
-        b = load_checkpoint(tmp_path / "alone" / f"seed{seed}.pt")
-        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # the seed's stream stands where its run's does
-    w0, w1 = weights(batched[0].loss_module), weights(batched[1].loss_module)
-    assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
-
-
-def test_a_stopped_cql_group_resumes_exactly(pendulum_medium, tmp_path):
-    full = _trainers("cql", pendulum_medium, tmp_path, tag="full")
-    VectorizedSeeds(full, handle_signals=False).train()
-    stop = {"at": 10}
-    first = _trainers("cql", pendulum_medium, tmp_path, tag="part", stop=stop)
-    stop["group"] = group = VectorizedSeeds(first, handle_signals=False)
-    group.train()
-    assert group.stopped and all(t.step == 10 and t.saved_step == 10 for t in first)
-    resumed = []
-    for seed, old in zip(SEEDS, first, strict=True):
-        trainer, _ = make_trainer("cql", pendulum_medium, seed=seed, logger=old.logger,
-                                  evaluator=_cql_evaluator(), save_trainer_file=old.save_trainer_file, **COMMON)
-        trainer.load_from_file(old.save_trainer_file)
-        trainer.hold_rng()
-        resumed.append(trainer)
-    VectorizedSeeds(resumed, handle_signals=False).train()
-    for a, b in zip(full, resumed, strict=True):
-        wa, wb = weights(a.loss_module), weights(b.loss_module)
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
-        assert a.logger.comparable() == b.logger.comparable()
-    # one seed of the stopped group goes on alone: its stream continues from its checkpoint, as in the group
-    seed, old = SEEDS[2], first[2]
-    alone, _ = make_trainer("cql", pendulum_medium, seed=seed, logger=ListLogger(), evaluator=_cql_evaluator(),
-                            save_trainer_file=tmp_path / "alone.pt", **COMMON)
-    alone.load_from_file(old.save_trainer_file)
-    alone.train()
-    _close(weights(alone.loss_module), weights(full[2].loss_module))
-
-
-@pytest.mark.parametrize("backend", ["torch", "memmap"])
-def test_a_stopped_group_resumes_exactly(backend, cartpole_medium, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("kind", "data", "backend"), [("dcql", "cartpole_medium", "torch"),
+                                                       ("dcql", "cartpole_medium", "memmap"),
+                                                       ("cql", "pendulum_medium", "torch")])
+def test_a_stopped_group_resumes_exactly(kind, data, backend, request, tmp_path, monkeypatch):
+    """For CQL this also checks the seeds' random streams: each resumes from its own checkpointed state."""
     monkeypatch.setenv("CKPT_BACKEND", backend)
-    full = _trainers("dcql", cartpole_medium, tmp_path, tag="full")
+    dataset = request.getfixturevalue(data)
+    evaluator = _cql_evaluator if kind == "cql" else _evaluator
+    full = _trainers(kind, dataset, tmp_path, tag="full")
     VectorizedSeeds(full, handle_signals=False).train()
 
     stop = {"at": 10}
-    first = _trainers("dcql", cartpole_medium, tmp_path, tag="part", stop=stop)
+    first = _trainers(kind, dataset, tmp_path, tag="part", stop=stop)
     stop["group"] = group = VectorizedSeeds(first, handle_signals=False)
     group.train()
     assert group.stopped and all(t.step == 10 and t.saved_step == 10 for t in first)
 
     resumed = []
     for seed, old in zip(SEEDS, first, strict=True):
-        trainer, _ = make_trainer("dcql", cartpole_medium, seed=seed, logger=old.logger, evaluator=_evaluator(),
+        trainer, _ = make_trainer(kind, dataset, seed=seed, logger=old.logger, evaluator=evaluator(),
                                   save_trainer_file=old.save_trainer_file, **COMMON)
         trainer.load_from_file(old.save_trainer_file)
         trainer.hold_rng()
@@ -197,7 +152,7 @@ def test_a_stopped_group_resumes_exactly(backend, cartpole_medium, tmp_path, mon
 
     # one seed of the stopped group can also go on alone (plain offrl train --resume RUN)
     seed, old = SEEDS[1], first[1]
-    alone, _ = make_trainer("dcql", cartpole_medium, seed=seed, logger=ListLogger(), evaluator=_evaluator(),
+    alone, _ = make_trainer(kind, dataset, seed=seed, logger=ListLogger(), evaluator=evaluator(),
                             save_trainer_file=tmp_path / "alone.pt", **COMMON)
     alone.load_from_file(old.save_trainer_file)
     alone.train()
