@@ -9,8 +9,8 @@ in offrl's format (docs/contracts.md, "Run directory"): ``config.yaml`` (JSON, w
 
 Same protocol as offrl: the step budget, batch size, log and eval intervals and the hyperparameters come from
 the offrl config the suite resolved (``--config``, a JSON file); evaluation is deterministic
-(``predict``), ``episodes`` episodes, episode ``i`` reset with ``eval.seed + i`` in the dataset's env, every
-``eval.interval`` gradient steps and after the last one; normalized score = 100 (R - ref_min) /
+(``predict``), ``eval.episodes`` episodes (the last evaluation: ``eval.final_episodes``), episode ``i`` reset
+with ``eval.seed + i`` in the dataset's env, every ``eval.interval`` gradient steps and after the last one; normalized score = 100 (R - ref_min) /
 (ref_max - ref_min) with the dataset metadata's references.
 
     /tmp/peer-d3rlpy/bin/python benchmarks/d3rlpy_peer.py --dataset datasets/offrl/cartpole/medium-v0 \\
@@ -259,12 +259,15 @@ def train(args: argparse.Namespace) -> Path:
     run.mkdir(parents=True, exist_ok=args.force or resumed)
     steps, log_every = int(cfg["offline_steps"]), int(cfg["log_interval"])
     ev = cfg["eval"]
+    # the last evaluation runs eval.final_episodes episodes, as offrl's evaluator does (the same episodes, seeds
+    # eval.seed + i, for both libraries' "last" score)
+    final_episodes = max(int(ev["episodes"]), int(ev.get("final_episodes") or 0))
     config = {
         "dataset": {"id": dataset_id, "digest": cfg["dataset"].get("digest"), "path": str(Path(args.dataset).resolve()),
                     "ref_min_score": None, "ref_max_score": None},
         "algo": algo, "seed": seed, "device": "cpu", "offline_steps": steps, "batch_size": int(cfg["batch_size"]),
         "log_interval": log_every, "eval": {"interval": int(ev["interval"]), "episodes": int(ev["episodes"]),
-                                            "seed": int(ev["seed"])},
+                                            "final_episodes": final_episodes, "seed": int(ev["seed"])},
         "d3rlpy": {"class": type(agent).__name__, **hparams},
         "mirrors_offrl_config": cfg.get("config_hash"),  # the suite reuses a finished run only if this matches
         "versions": {"d3rlpy": d3rlpy.__version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -316,13 +319,16 @@ def train(args: argparse.Namespace) -> Path:
                 row["updates_per_s"] = (step - last_log_step) / max(now - last_log_t, 1e-9)
                 acc, last_log_t, last_log_step = {}, now, step
             if ev["interval"] and (step % int(ev["interval"]) == 0 or step == steps):
-                returns, lengths = evaluate(agent, env, int(ev["episodes"]), int(ev["seed"]), discrete)
+                n_episodes = final_episodes if step == steps else int(ev["episodes"])
+                returns, lengths = evaluate(agent, env, n_episodes, int(ev["seed"]), discrete)
                 mean = float(returns.mean())
                 norm = (100.0 * (mean - ref_min) / (ref_max - ref_min)) if ref_min is not None else math.nan
                 row.update(eval_return_mean=mean, eval_return_std=float(returns.std()),
-                           eval_length_mean=float(lengths.mean()), eval_normalized_score=norm)
+                           eval_length_mean=float(lengths.mean()), eval_normalized_score=norm,
+                           eval_episodes=float(n_episodes))
                 evals.append({"step": step, "return_mean": mean, "return_std": float(returns.std()),
-                              "length_mean": float(lengths.mean()), "normalized_score": _num(norm)})
+                              "length_mean": float(lengths.mean()), "normalized_score": _num(norm),
+                              "episodes": n_episodes})
                 last_log_t = time.perf_counter()  # the next row's updates/s counts updates only
             if row:
                 rows.add({"step": step, "phase": "offline", "wall_time": time.perf_counter() - t0, **row})

@@ -65,6 +65,13 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert "| offrl/cartpole/random-v0 | dqn | 2 | 8 | " in readme.split("## Did the curves settle")[1]
     if "--no-peers" not in peers:
         assert "| offrl/cartpole/random-v0 | dqn | 2 / 2 | " in readme
+        # both libraries' last evaluation runs eval.final_episodes episodes (the same episodes, the same seeds)
+        import pandas as pd
+
+        for algo in ("dqn", "d3rlpy-dqn"):
+            metrics = pd.read_csv(runs / "offrl__cartpole__random-v0" / algo / "seed0" / "metrics.csv")
+            episodes = metrics.dropna(subset=["eval_return_mean"])["eval_episodes"].tolist()
+            assert episodes[-1] == 20, (algo, episodes)
     html = (out / "index.html").read_text()
     assert "scores.png" in html and "offrl/cartpole/random-v0" in html
     # two seeds, each a run directory in offrl's format
