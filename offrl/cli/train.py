@@ -125,10 +125,10 @@ def register(subparsers: Any) -> None:
                         "sets num_threads")
     s.add_argument("--vectorize", action="store_true",
                    help="with --seeds: train the seeds as batched models (CQL, discrete CQL and DQN, offline; --jobs of "
-                        "them, each in its own process): each seed keeps its own initialisation, sampler stream, "
-                        "optimizer state, target network and run folder, at several times the updates/s of "
-                        "separate processes for small networks (docs/seeds.md); with --resume RUN_DIR ...: "
-                        "continue such seeds together")
+                        "them, each in its own process): each seed keeps its own initialisation, sampler and "
+                        "action-sampling streams, optimizer state, target network and run folder; 1.9-3.1x the "
+                        "updates/s of separate processes for small networks on 2 CPU cores, none for CQL's 2x256 "
+                        "(docs/seeds.md); with --resume RUN_DIR ...: continue such seeds together")
     s.add_argument("--seed-group", metavar="STAMP", help=argparse.SUPPRESS)  # set by --vectorize for its children
     p.set_defaults(func=run, train_parser=p)
 
