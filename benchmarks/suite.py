@@ -331,8 +331,8 @@ def write_readme(out: Path, *, command: str, table: str, aggregate: str, facts: 
     peers = facts["peers"]
     text = f"""# offrl benchmark report
 
-{facts['scope']}, {facts['seeds']} seeds each, trained with `offrl.train` on the dataset's bundled config
-(`--steps` / `--set` overrides in the command below). Open [index.html](index.html) for the curves (normalized
+{facts['scope']}, {facts['seeds']} seeds each, trained with `offrl.train` on the dataset's bundled config (offrl's
+general defaults where it has none; `--steps` / `--set` overrides in the command below). Open [index.html](index.html) for the curves (normalized
 score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds the table below.
 
 ## Command
@@ -541,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved = json.loads(record.read_text()) if record.is_file() else {}
     budget = "; ".join(sorted({f"{c['dataset']['id'].split('/')[1]} {c['algo']}: {c['offline_steps']} gradient steps, "
                                f"batch {c['batch_size']}" for c in configs.values()}))
-    evals = sorted({f"{c['eval']['episodes']} episodes every {c['eval']['interval']} steps and after the last"
+    evals = sorted({f"{c['eval']['episodes']} episodes every {c['eval']['interval']} steps, "
+                    f"{max(c['eval']['episodes'], c['eval'].get('final_episodes') or 0)} after the last"
                     for c in configs.values()})
     failed = saved.get("failed", failed)
     datasets_run = sorted({c["dataset"]["id"] for c in configs.values()})
