@@ -110,6 +110,10 @@ class VectorizedSeeds:
         self.n = len(self.trainers)
         self.handle_signals = handle_signals
         first = self.trainers[0]
+        if _continuous_cql(first) and any(t._held_rng is None for t in self.trainers):
+            # held now, every seed would start from this one process state: the same action noise for all
+            raise UserError("--vectorize: continuous CQL draws each seed's actions from its own random stream; call "
+                            "trainer.hold_rng() right after building (or loading) each trainer")
         for t in self.trainers:
             if t._held_rng is None:
                 t.hold_rng()

@@ -187,5 +187,7 @@ def test_refuses_seeds_it_cannot_batch(cartpole_medium, pendulum_medium, tmp_pat
     with pytest.raises(UserError, match="fused continuous CQL loss"):
         unfused = SMALL_CQL.__class__(**{**SMALL_CQL.__dict__, "fused": False})
         group(("cql", pendulum_medium, {**small, "cfg": unfused}), ("cql", pendulum_medium, {**small, "cfg": unfused}))
+    with pytest.raises(UserError, match="hold_rng"):  # CQL seeds would otherwise share one action-noise stream
+        group(("cql", pendulum_medium, small), ("cql", pendulum_medium, small))
     with pytest.raises(UserError, match="same bc_steps"):
         group(("cql", pendulum_medium, {**small, "bc_steps": 2}), ("cql", pendulum_medium, small))
