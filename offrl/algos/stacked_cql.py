@@ -29,7 +29,7 @@ from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
 from offrl.algos.plans import detached
-from offrl.algos.stacked_q import StackedQLoss, stacked_steps
+from offrl.algos.stacked_q import StackedQLoss, stack_as_views, stacked_steps
 
 __all__ = ["StackedCQLLoss", "stackable_cql_reason"]
 
@@ -63,11 +63,10 @@ def stackable_cql_reason(losses: Sequence[Any]) -> str | None:
             return "the batched seeds do not run cql.max_q_backup"
         if any(_value(getattr(loss, a, None)) != _value(getattr(first, a, None)) for a in _HYPER):
             return "every seed must use the same hyperparameters"
-        for attr in ("action_center", "action_half", "target_entropy", "min_log_alpha", "max_log_alpha"):
+        for attr in ("action_center", "action_half", "target_entropy", "min_log_alpha", "max_log_alpha",
+                     "target_action_gap"):
             if _value(getattr(loss, attr, None)) != _value(getattr(first, attr, None)):
-                return "every seed must use the same action bounds and entropy settings"
-        if getattr(loss, "target_action_gap", None) != getattr(first, "target_action_gap", None):
-            return "every seed must use the same hyperparameters"
+                return "every seed must use the same action bounds, entropy and Lagrange settings"
         if float(loss.value_estimator.gamma) != float(first.value_estimator.gamma) or \
                 type(loss.value_estimator).__name__ != "TD0Estimator":
             return "the batched seeds need the same TD(0) value estimator"
@@ -76,26 +75,6 @@ def stackable_cql_reason(losses: Sequence[Any]) -> str | None:
             if [(k, tuple(v.shape), v.device) for k, v in mine] != [(k, tuple(v.shape), v.device) for k, v in theirs]:
                 return "every seed must use the same network sizes and device"
     return None
-
-
-class _OutputLayer(torch.autograd.Function):
-    """The critics' width-1 output layer over a stack, ``h @ w.T + b`` ([M, R, H] -> [M, R, 1]), with the
-    input gradient as the broadcast product ``grad * w`` instead of a K=1 batched matmul (the same products;
-    CPU BLAS runs K=1 slowly: offrl.algos.kernels._OutputLinear does the same for one network)."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(h, w)
-        ctx.has_bias = b is not None
-        return torch.baddbmm(b, h, w.transpose(1, 2)) if b is not None else h @ w.transpose(1, 2)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        h, w = ctx.saved_tensors
-        grad_h = grad * w if ctx.needs_input_grad[0] else None
-        grad_w = grad.transpose(1, 2) @ h if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_h, grad_w, grad_b
 
 
 def _tanh_normal_sample(dist: Any, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,13 +107,13 @@ class StackedCQLLoss:
             raise ValueError("one generator per seed")
         self.losses = list(losses)
         self.generators = list(generators)
-        self.n = len(self.losses)
         first = self.losses[0]
         self.actor_params = self._stack_group("actor_network_params")
         self.critic_params = self._stack_group("qvalue_network_params")
         self.target_critics = self._stack_group("target_qvalue_network_params", grad=False)
-        self.log_alpha = self._stack_scalar("log_alpha")
-        self.log_alpha_prime = self._stack_scalar("log_alpha_prime") if first.with_lagrange else None
+        self.log_alpha = stack_as_views([loss.log_alpha for loss in self.losses])
+        self.log_alpha_prime = (stack_as_views([loss.log_alpha_prime for loss in self.losses]) if first.with_lagrange
+                                else None)
         self.params: list[Tensor] = [*self.actor_params.values(), *self.critic_params.values()]
         self.params += [p for p in (self.log_alpha, self.log_alpha_prime) if p is not None and p.requires_grad]
         self.target_sources = list(self.critic_params.values())
@@ -143,31 +122,15 @@ class StackedCQLLoss:
         self.actor_steps = stacked_steps(plan, self.actor_params)
         self.q_steps = stacked_steps(first._q_plan, self.critic_params)
         self.target_steps = stacked_steps(first._q_plan, self.target_critics)
-        self.q_in = first._q_in_keys
         self.dist_in = first._dist_in
         self.gamma = float(first.value_estimator.gamma)
         self._checked = False
 
     # ------------------------------------------------------------------------------------- building
     def _stack_group(self, name: str, grad: bool = True) -> dict[tuple[str, ...], Tensor]:
-        """Stack every seed's leaves of ``name`` (a TensorDictParams); the seeds' tensors become views."""
-        out = {}
-        for key, leaf in _leaves(getattr(self.losses[0], name)):
-            sources = [getattr(loss, name).get(key) for loss in self.losses]
-            stacked = torch.stack([p.detach() for p in sources])
-            if grad:
-                stacked.requires_grad_(leaf.requires_grad)
-            for i, p in enumerate(sources):
-                p.data = stacked.data[i]
-            out[key] = stacked
-        return out
-
-    def _stack_scalar(self, name: str) -> Tensor:
-        sources = [getattr(loss, name) for loss in self.losses]
-        stacked = torch.stack([p.detach() for p in sources]).requires_grad_(sources[0].requires_grad)
-        for i, p in enumerate(sources):
-            p.data = stacked.data[i]
-        return stacked
+        """Every seed's leaves of ``name`` (a TensorDictParams) stacked, by key; the seeds' tensors become views."""
+        return {key: stack_as_views([getattr(loss, name).get(key) for loss in self.losses], grad)
+                for key, _ in _leaves(getattr(self.losses[0], name))}
 
     def seed_params(self, i: int) -> dict[int, Tensor]:
         """``id(seed i's parameter) -> stacked leaf`` (how a seed's optimizer state maps onto the stack)."""
@@ -194,12 +157,9 @@ class StackedCQLLoss:
                 w, b = step
                 w = w.reshape(n * n_q, *w.shape[2:])
                 b = b.reshape(n * n_q, 1, -1) if b is not None else None
-                if w.shape[1] == 1:
-                    h = _OutputLayer.apply(h, w, b)
-                else:
-                    h = torch.bmm(h, w.transpose(1, 2))
-                    if b is not None:
-                        h = h.add_(b)
+                h = torch.bmm(h, w.transpose(1, 2))
+                if b is not None:
+                    h = h.add_(b)
             else:
                 h = step(h)
         return h.reshape(n, n_q, rows)

@@ -23,13 +23,25 @@ from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.fused_q import FusedDQNLoss, FusedWeightedDiscreteCQLLoss
 
-__all__ = ["StackedQLoss", "stackable_reason", "stacked_steps"]
+__all__ = ["StackedQLoss", "stack_as_views", "stackable_reason", "stacked_steps"]
 
 _HYPER = ("loss_function", "action_space", "double_dqn", "min_q_weight", "reduction")
 
 
 def _key(key: Any) -> tuple[str, ...]:
     return key if isinstance(key, tuple) else (key,)
+
+
+def stack_as_views(sources: Sequence[Tensor], grad: bool = True) -> Tensor:
+    """The seeds' tensors stacked ``[N, ...]`` (a leaf, requiring grad as they did when ``grad``), each
+    seed's own tensor then becoming a view of its slice (its identity kept: modules, optimizers and
+    ``state_dict`` still hold it, and read and write the stack)."""
+    stacked = torch.stack([p.detach() for p in sources])
+    if grad:
+        stacked.requires_grad_(sources[0].requires_grad)
+    for i, p in enumerate(sources):
+        p.data = stacked.data[i]
+    return stacked
 
 
 def stacked_steps(plan: list, tensors: dict[tuple[str, ...], Tensor]) -> list:
@@ -88,15 +100,9 @@ class StackedQLoss:
         self.params: list[Tensor] = []
         self.targets: list[Tensor] = []
         for key in keys:
-            sources = [loss.value_network_params.get(key) for loss in self.losses]
-            stacked = torch.stack([p.detach() for p in sources]).requires_grad_(sources[0].requires_grad)
-            targets = [loss.target_value_network_params.get(key) for loss in self.losses]
-            stacked_target = torch.stack([t.detach() for t in targets])
-            for i in range(self.n):  # each seed's tensors become views of its slice (identity kept)
-                sources[i].data = stacked.data[i]
-                targets[i].data = stacked_target[i]
-            self.params.append(stacked)
-            self.targets.append(stacked_target)
+            self.params.append(stack_as_views([loss.value_network_params.get(key) for loss in self.losses]))
+            self.targets.append(stack_as_views([loss.target_value_network_params.get(key) for loss in self.losses],
+                                               grad=False))
         self.target_sources = self.params  # the target update's sources: the Q-network itself
         plan, self.obs_key = first.q_plan
         by_key = dict(zip(keys, self.params, strict=True))
