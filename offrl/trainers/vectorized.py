@@ -231,13 +231,16 @@ class VectorizedSeeds:
 
     def _update(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of every seed; returns the metrics ``[N, K]`` (keys: ``self._keys``) and Q ``[N, B, A]``."""
-        if self._generators:
-            first = self.trainers[0]
-            total, metrics, q = self.loss(batch, bc_phase=first._step_t < first.bc_steps)
+        if isinstance(self.loss, StackedQLoss) and self.loss.manual:  # the gradients without autograd
+            metrics, q = self.loss.gradients(batch)
         else:
-            total, metrics, q = self.loss(batch)
-        self._zero_grad()
-        total.backward()
+            if self._generators:
+                first = self.trainers[0]
+                total, metrics, q = self.loss(batch, bc_phase=first._step_t < first.bc_steps)
+            else:
+                total, metrics, q = self.loss(batch)
+            self._zero_grad()
+            total.backward()
         for name, key in self._stats:  # the trainers' _batch_stats, per seed
             std, mean = torch.std_mean(batch.get(key).detach().flatten(1).float(), dim=1)
             metrics[f"{name}_mean"], metrics[f"{name}_std"] = mean, std

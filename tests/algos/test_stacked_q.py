@@ -107,3 +107,56 @@ def test_refuses_what_it_cannot_batch(cfg, message):
     mixed = _losses("dqn")[:1] + _losses("discrete-cql")[1:]
     with pytest.raises(ValueError, match="same algorithm"):
         StackedQLoss(mixed)
+
+
+MANUAL_CASES = CASES + [("dqn", {"double_dqn": False, "loss_function": "l2"}),
+                        ("discrete-cql", {"loss_function": "smooth_l1", "activation": "tanh"})]
+
+
+@pytest.mark.parametrize(("kind", "cfg"), MANUAL_CASES, ids=[f"{k}-{c}" for k, c in MANUAL_CASES])
+def test_gradients_without_autograd_equal_autograds(kind, cfg):
+    """``gradients`` (closed-form loss derivative, layer backward as batched matmuls) writes into ``.grad`` what
+    autograd computes from ``__call__``'s loss, and returns the same metrics and Q."""
+    gen = torch.Generator().manual_seed(3)
+    activation = cfg.pop("activation", None)
+    losses = _losses(kind, **cfg)
+    if activation == "tanh":  # swap the MLP's ReLUs for Tanh before stacking
+        for loss in losses:
+            mlp = next(m for m in loss.value_network.modules() if type(m).__name__ == "MLP")
+            for name, child in mlp.named_children():
+                if isinstance(child, torch.nn.ReLU):
+                    setattr(mlp, name, torch.nn.Tanh())
+            loss._init_fast_path()
+    for loss in losses:
+        for t in loss.target_value_network_params.values(True, True):
+            t.data.add_(0.05 * torch.randn(t.shape, generator=gen))
+    stacked = StackedQLoss(losses)
+    assert stacked.manual
+    if activation == "tanh":
+        assert torch.tanh in stacked.steps
+    batch = _batch(gen, len(SEEDS))
+    total, ref_metrics, ref_q = stacked(batch)
+    ref_grads = torch.autograd.grad(total, stacked.params)
+    metrics, q = stacked.gradients(batch)
+    assert torch.equal(q, ref_q)
+    assert list(metrics) == list(ref_metrics)
+    for key, value in metrics.items():
+        assert _rel(value, ref_metrics[key]) < 1e-6, key
+    for key, p, ref in zip(stacked.keys, stacked.params, ref_grads, strict=True):
+        assert p.grad is not None and _rel(p.grad, ref) < 1e-5, key
+    # a second call overwrites (does not add to) the gradients
+    stacked.gradients(batch)
+    for p, ref in zip(stacked.params, ref_grads, strict=True):
+        assert _rel(p.grad, ref) < 1e-5
+
+
+def test_an_activation_without_a_known_backward_falls_back_to_autograd():
+    losses = _losses("dqn")
+    for loss in losses:
+        mlp = next(m for m in loss.value_network.modules() if type(m).__name__ == "MLP")
+        for name, child in mlp.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(mlp, name, torch.nn.ELU())
+        loss._init_fast_path()
+    stacked = StackedQLoss(losses)
+    assert not stacked.manual
