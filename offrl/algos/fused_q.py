@@ -22,6 +22,7 @@ from torchrl.objectives.value import TD0Estimator
 
 from offrl.algos.discrete_cql_loss import WeightedDiscreteCQLLoss
 from offrl.algos.plans import ParamCache, Plan, mlp_forward, mlp_plan
+from offrl.algos.q_grad import ClosedFormLoss, QGrad, closed_form_reason, forward_saved
 
 __all__ = ["FusedDQNLoss", "FusedQMixin", "FusedWeightedDiscreteCQLLoss"]
 
@@ -66,20 +67,36 @@ class FusedQMixin(ParamCache):
             extra.append(keys.priority_weight)
         return self.fast_path and tensordict.ndim == 1 and all(tensordict.get(k, None) is None for k in extra)
 
-    def _q_terms(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
-        """Predicted Q for all actions [B, A], Q of the taken action [B], TD(0) target from the target
-        network [B] (with ``double_dqn``, at the action the online network picks; van Hasselt et al. 2016)."""
-        keys = self.tensor_keys
+    def _closed_form(self, tensordict: TensorDictBase) -> bool:
+        """Whether this call's gradients come in closed form (:mod:`offrl.algos.q_grad`): an MLP whose
+        activations and distance it knows, float32 parameters that need gradients, no autocast, no functorch
+        transform around the call."""
+        ok = self.__dict__.get("_closed_form_ok")
+        if ok is None:
+            steps = self._steps(self._q_plan, "value_network_params")
+            params = [t for step in steps if isinstance(step, tuple) for t in step if t is not None]
+            ok = self.__dict__["_closed_form_ok"] = (closed_form_reason(steps, self.loss_function) is None and all(
+                p.dtype == torch.float32 and p.requires_grad for p in params))
+        return (ok and torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+                and not torch.is_autocast_enabled(tensordict.device.type if tensordict.device is not None else "cpu"))
+
+    def _q_closed_form(self, tensordict: TensorDictBase, cql: bool) -> tuple[Tensor, Tensor, QGrad, tuple]:
+        """Q [B, A], the TD(0) target [B] and the loss head (:class:`~offrl.algos.q_grad.QGrad`), computed
+        without a graph; and what :class:`~offrl.algos.q_grad.ClosedFormLoss` attaches the loss values to
+        (the network's steps, saved activations and parameters)."""
+        steps = self._steps(self._q_plan, "value_network_params")
+        with torch.no_grad():
+            q, saved = forward_saved(steps, tensordict.get(self._q_obs_key))
+            target = self._td_target(tensordict)
+            head = QGrad(q, tensordict.get(self.tensor_keys.action), self.action_space == "categorical", target,
+                         self.loss_function, cql)
+        params = tuple(t for step in steps if isinstance(step, tuple) for t in step if t is not None)
+        return q, target, head, (steps, saved, *params)
+
+    def _td_target(self, tensordict: TensorDictBase) -> Tensor:
+        """The TD(0) target [B] from the target network (double DQN: at the online network's choice)."""
         plan = self._q_plan
         nxt = tensordict.get("next")
-        q = mlp_forward(self._steps(plan, "value_network_params"), tensordict.get(self._q_obs_key))
-        action = tensordict.get(keys.action)
-        if self.action_space == "categorical":
-            if action.ndim != q.ndim:
-                action = action.unsqueeze(-1)
-            q_a = torch.gather(q, -1, index=action).squeeze(-1)
-        else:
-            q_a = (q * action.to(torch.float)).sum(-1)
         with torch.no_grad():
             next_obs = nxt.get(self._q_obs_key)
             q_next = mlp_forward(self._steps(plan, "target_value_network_params"), next_obs)
@@ -95,7 +112,22 @@ class FusedQMixin(ParamCache):
                 terminated = nxt.get(est_keys.done)
             # td0_return_estimate, inline
             target = reward + self.value_estimator.gamma * (~terminated).int() * next_value
-        return q, q_a, target.squeeze(-1)
+        return target.squeeze(-1)
+
+    def _q_terms(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
+        """Predicted Q for all actions [B, A], Q of the taken action [B], TD(0) target from the target
+        network [B] (with ``double_dqn``, at the action the online network picks; van Hasselt et al. 2016)."""
+        keys = self.tensor_keys
+        plan = self._q_plan
+        q = mlp_forward(self._steps(plan, "value_network_params"), tensordict.get(self._q_obs_key))
+        action = tensordict.get(keys.action)
+        if self.action_space == "categorical":
+            if action.ndim != q.ndim:
+                action = action.unsqueeze(-1)
+            q_a = torch.gather(q, -1, index=action).squeeze(-1)
+        else:
+            q_a = (q * action.to(torch.float)).sum(-1)
+        return q, q_a, self._td_target(tensordict)
 
 
 class FusedDQNLoss(FusedQMixin, DQNLoss):
@@ -113,6 +145,11 @@ class FusedDQNLoss(FusedQMixin, DQNLoss):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         if not self.fast_path_for(tensordict):
             return super().forward(tensordict)
+        if self._closed_form(tensordict):
+            _, _, head, attach = self._q_closed_form(tensordict, cql=False)
+            tensordict.set(self.tensor_keys.priority, head.squared.unsqueeze(-1), inplace=True)
+            (loss,) = ClosedFormLoss.apply((head.distance.mean(),), head, ((1.0,),), *attach)
+            return TensorDict(loss=loss)
         _, q_a, target = self._q_terms(tensordict)
         tensordict.set(self.tensor_keys.priority, (q_a - target).pow(2).detach().unsqueeze(-1), inplace=True)
         loss = distance_loss(q_a, target, self.loss_function).mean()
@@ -138,6 +175,8 @@ class FusedWeightedDiscreteCQLLoss(FusedQMixin, WeightedDiscreteCQLLoss):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         if not self.fast_path or tensordict.ndim != 1:
             return super().forward(tensordict)
+        if self._closed_form(tensordict):
+            return self._closed_form_forward(tensordict)
         q, q_a, target = self._q_terms(tensordict)
         td_error = (q_a - target).pow(2).unsqueeze(-1)
         tensordict.set(self.tensor_keys.priority, td_error.detach(), inplace=True)
@@ -150,4 +189,23 @@ class FusedWeightedDiscreteCQLLoss(FusedQMixin, WeightedDiscreteCQLLoss):
             "pred_value": q.mean().detach(),
             "target_value": target.mean().detach(),
             "cql_gap": loss_cql.detach(),
+        })
+
+    def _closed_form_forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """:meth:`forward`'s outputs with the gradients in closed form (:mod:`offrl.algos.q_grad`)."""
+        q, target, head, attach = self._q_closed_form(tensordict, cql=True)
+        td_error = head.squared.unsqueeze(-1)
+        tensordict.set(self.tensor_keys.priority, td_error, inplace=True)
+        tensordict.set(self.tensor_keys.pred_val, q, inplace=True)
+        gap = (head.logsumexp - head.q_a).mean()
+        loss_qvalue, loss_cql = ClosedFormLoss.apply(
+            ((0.5 * head.distance).mean(), gap * self.min_q_weight), head, ((0.5,), (0.0, self.min_q_weight)),
+            *attach)
+        return TensorDict({
+            "loss_qvalue": loss_qvalue,
+            "loss_cql": loss_cql,
+            "td_error": td_error.mean(0),
+            "pred_value": q.mean(),
+            "target_value": target.mean(),
+            "cql_gap": gap,
         })

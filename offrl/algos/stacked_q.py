@@ -9,11 +9,9 @@ and a ``load_state_dict`` writes into them. One call runs the N fused forwards a
 is seed i's own gradient (the seeds share no parameter). Same numbers as each seed's own fused loss within
 float rounding (tests/algos/test_stacked_q.py).
 
-:meth:`StackedQLoss.gradients` computes the same gradients without autograd, for the networks it can (ReLU or
-Tanh MLPs, an l2, l1 or smooth-l1 distance): the loss's derivative with respect to Q in closed form, then
-each layer's backward as its batched matmuls, written into preallocated ``.grad`` tensors. A group of small
-networks spends a third of its step in autograd's per-node bookkeeping (docs/seeds.md); this is the same
-arithmetic without it.
+:meth:`StackedQLoss.gradients` computes the same gradients without autograd (:mod:`offrl.algos.q_grad`), written
+into ``.grad`` tensors allocated once, for the networks that allows (ReLU or Tanh MLPs; an l2, l1 or smooth-l1
+distance).
 """
 
 from __future__ import annotations
@@ -28,17 +26,11 @@ from torchrl.objectives import DQNLoss
 from torchrl.objectives.utils import distance_loss
 
 from offrl.algos.fused_q import FusedDQNLoss, FusedWeightedDiscreteCQLLoss
+from offrl.algos.q_grad import QGrad, backward, closed_form_reason, forward_saved, q_head
 
 __all__ = ["StackedQLoss", "stack_as_views", "stackable_reason", "stacked_steps"]
 
 _HYPER = ("loss_function", "action_space", "double_dqn", "min_q_weight", "reduction")
-
-
-# an activation step -> its backward from its output: (grad wrt output, output) -> grad wrt input
-_BACKWARD = {torch.relu_: lambda g, out: torch.ops.aten.threshold_backward(g, out, 0),
-             torch.tanh: torch.ops.aten.tanh_backward}
-# d distance(q_a, target) / d q_a as a function of q_a - target (torchrl's distance_loss; smooth-l1 with beta 1)
-_DISTANCE_GRAD = {"l2": lambda d: d * 2, "l1": torch.sign, "smooth_l1": lambda d: d.clamp(-1.0, 1.0)}
 
 
 def _key(key: Any) -> tuple[str, ...]:
@@ -130,8 +122,8 @@ class StackedQLoss:
         self._checked = False
         used = {id(t) for step in self.steps if isinstance(step, tuple) for t in step if t is not None}
         #: whether :meth:`gradients` can run (else: ``__call__`` and autograd)
-        self.manual = (self.loss_function in _DISTANCE_GRAD and used == {id(p) for p in self.params}
-                       and all(isinstance(step, tuple) or step in _BACKWARD for step in self.steps))
+        self.manual = (closed_form_reason(self.steps, self.loss_function) is None
+                       and used == {id(p) for p in self.params})
         self._grads: list[Tensor] = []
         self._grad_steps: list[tuple[Tensor, Tensor | None] | None] = []
         if self.manual:  # each linear step's (weight, bias) gradient tensors, written in place every step
@@ -155,34 +147,6 @@ class StackedQLoss:
             else:
                 x = step(x)
         return x
-
-    def _forward_saved(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """:meth:`forward_mlp` on the live parameters without autograd, keeping what the backward reads: each
-        linear step's input and each activation's output."""
-        saved = []
-        for step in self.steps:
-            if isinstance(step, tuple):
-                saved.append(x)
-                w, b = step
-                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else x @ w.transpose(1, 2)
-            else:
-                x = step(x)
-                saved.append(x)
-        return x, saved
-
-    def _backward(self, grad: Tensor, saved: list[Tensor]) -> None:
-        """Each layer's parameter gradients from ``grad`` = d loss / d output [N, B, out], into ``.grad``."""
-        for k in range(len(self.steps) - 1, -1, -1):
-            step, inp = self.steps[k], saved[k]
-            if not isinstance(step, tuple):
-                grad = _BACKWARD[step](grad, inp)
-                continue
-            g_w, g_b = self._grad_steps[k]
-            torch.bmm(grad.transpose(1, 2), inp, out=g_w)
-            if g_b is not None:
-                torch.sum(grad, 1, out=g_b)
-            if k:
-                grad = torch.bmm(grad, step[0])
 
     def _check_batch(self, batch: TensorDictBase) -> None:
         first = self.losses[0]
@@ -223,41 +187,17 @@ class StackedQLoss:
         for p, g in zip(self.params, self._grads, strict=True):
             p.grad = g
         with torch.no_grad():
-            q, saved = self._forward_saved(batch.get(self.obs_key))
+            q, saved = forward_saved(self.steps, batch.get(self.obs_key))
             target = self._target(batch)
-            action = batch.get(self.losses[0].tensor_keys.action)
-            if self.categorical:
-                index = action if action.ndim == q.ndim else action.unsqueeze(-1)
-                q_a = torch.gather(q, -1, index).squeeze(-1)
-            else:
-                mask = action.to(q.dtype)
-                q_a = (q * mask).sum(-1)
-            diff = q_a - target
-            squared = diff.square()
-            td_error = squared.mean(1)
-            distance = squared if self.loss_function == "l2" else distance_loss(q_a, target, self.loss_function)
-            scale = 1.0 / q.shape[1]  # the mean over the batch
-            grad_a = _DISTANCE_GRAD[self.loss_function](diff)
-            if self.discrete_cql:  # d/dq of 0.5 * distance + min_q_weight * (logsumexp(q) - q_a), batch mean
-                grad_a = grad_a.mul_(0.5 * scale).sub_(self.min_q_weight * scale)
-                # softmax and logsumexp from one exp
-                top = q.amax(-1, keepdim=True)
-                grad = (q - top).exp_()
-                total = grad.sum(-1, keepdim=True)
-                logsumexp = total.log().add_(top).squeeze(-1)
-                grad.mul_(total.reciprocal_().mul_(self.min_q_weight * scale))
-            else:
-                grad_a = grad_a.mul_(scale)
-                grad = torch.zeros_like(q)
-            if self.categorical:
-                grad.scatter_add_(-1, index, grad_a.unsqueeze(-1))
-            else:
-                grad.addcmul_(mask, grad_a.unsqueeze(-1))
-            self._backward(grad, saved)
+            head = QGrad(q, batch.get(self.losses[0].tensor_keys.action), self.categorical, target,
+                         self.loss_function, self.discrete_cql)
+            weights = (0.5, self.min_q_weight) if self.discrete_cql else (1.0,)
+            backward(self.steps, q_head(head, weights), saved, out=self._grad_steps)
+            td_error = head.squared.mean(1)
             if not self.discrete_cql:
-                return {"loss": distance.mean(1), "td_error": td_error}, q
-            gap = (logsumexp - q_a).mean(1)
-            metrics = {"loss_qvalue": (0.5 * distance).mean(1), "loss_cql": gap * self.min_q_weight,
+                return {"loss": head.distance.mean(1), "td_error": td_error}, q
+            gap = (head.logsumexp - head.q_a).mean(1)
+            metrics = {"loss_qvalue": (0.5 * head.distance).mean(1), "loss_cql": gap * self.min_q_weight,
                        "td_error": td_error, "cql_gap": gap, "target_value": target.mean(1)}
             return metrics, q
 

@@ -31,6 +31,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from offrl.data.buffer import direct_draw
 from offrl.errors import UserError
 from offrl.trainers.metrics import PHASES, TrainerMetrics
 from offrl.trainers.signals import install_stop_handlers
@@ -136,6 +137,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if evaluator is not None and policy is None:
             raise UserError("an evaluator needs policy= (the deterministic policy, e.g. AlgoParts.policy)")
         self.replay_buffer = replay_buffer
+        self._draw: tuple[Any, Any] | None = None  # (buffer, its direct draw or None): see _sample
         self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(loss_module.parameters(), lr=3e-4)
         self.target_net_updater = target_net_updater
         self.greedy_module = greedy_module
@@ -353,7 +355,10 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             self.save()
 
     def _sample(self) -> TensorDictBase:
-        batch = self.replay_buffer.sample()
+        draw = self._draw
+        if draw is None or draw[0] is not self.replay_buffer:  # built once per buffer (it may be replaced)
+            draw = self._draw = (self.replay_buffer, direct_draw(self.replay_buffer))
+        batch = draw[1]() if draw[1] is not None else self.replay_buffer.sample()
         if batch.device != self.device:
             batch = batch.to(self.device, non_blocking=True)
         return self._prepare_batch(batch)

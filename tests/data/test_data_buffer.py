@@ -161,3 +161,32 @@ def test_stacked_sampler_draws_each_buffers_own_batches(ds, kind):
     for a, b in zip(stacked, alone, strict=True):
         assert torch.equal(a._rng.get_state(), b._rng.get_state())
     assert not torch.equal(batch[0]["observation"], batch[1]["observation"])
+
+
+@pytest.mark.parametrize("kind", ["random", "subset", "without_replacement", "prefetch"])
+def test_direct_draw_is_sample_without_its_machinery(ds, kind):
+    """The trainers' draw (offrl.data.buffer.direct_draw): for a plain dataset buffer, the batch sample() draws
+    (less its ``index``), the generator left where sample() leaves it; any other buffer gets None."""
+    from offrl.data.buffer import direct_draw
+
+    def buffer():
+        if kind == "subset":
+            return ds.replay_buffer(16, seed=3, indices=torch.arange(1, len(ds), 3))
+        if kind == "without_replacement":
+            return ds.replay_buffer(16, seed=3, sampler="without_replacement")
+        if kind == "prefetch":
+            return ds.replay_buffer(16, seed=3, prefetch=2)
+        return ds.replay_buffer(16, seed=3)
+
+    fast, plain = buffer(), buffer()
+    draw = direct_draw(fast)
+    if kind in ("without_replacement", "prefetch"):
+        assert draw is None
+        return
+    for _ in range(4):
+        got, want = draw(), plain.sample().exclude("index")
+        assert got.batch_size == want.batch_size and set(got.keys(True, True)) == set(want.keys(True, True))
+        for key in want.keys(True, True):
+            assert torch.equal(got.get(key), want.get(key)), key
+    assert torch.equal(fast._storage._rng.get_state(), plain._storage._rng.get_state())
+    assert not torch.equal(draw()["observation"], draw()["observation"])

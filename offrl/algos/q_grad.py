@@ -1,0 +1,173 @@
+"""The discrete Q losses' gradients in closed form, without autograd's graph.
+
+DQN's and discrete CQL's loss is a function of the Q-values the network outputs: its derivative with respect to
+Q is known in closed form (the distance's derivative at the data action; CQL(H) adds ``softmax(Q) - onehot(a)``),
+and the network is a plain MLP (a plan, :mod:`offrl.algos.plans`), whose backward is a few matmuls and the
+activations' backward kernels. Small networks spend a large part of an update in autograd's per-node
+bookkeeping; computing the same arithmetic directly removes it. Used by the fused losses (one network, 2-D
+batches, through :class:`ClosedFormLoss`) and by the stacked seeds (``[N, B]`` batches, gradients written
+straight into ``.grad``). The numbers equal autograd's within float rounding (tests/algos/test_q_grad.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["ClosedFormLoss", "QGrad", "backward", "closed_form_reason", "forward_saved", "q_head"]
+
+
+def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
+    return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
+# an activation step -> its backward from its output: (grad wrt output, output) -> grad wrt input
+_BACKWARD: dict[Any, Callable[[Tensor, Tensor], Tensor]] = {
+    torch.relu_: _relu_backward, torch.relu: _relu_backward, torch.tanh: torch.ops.aten.tanh_backward}
+# d distance(q_a, target) / d q_a as a function of q_a - target (torchrl's distance_loss; smooth-l1 with beta 1)
+_DISTANCE_GRAD: dict[str, Callable[[Tensor], Tensor]] = {
+    "l2": lambda d: d * 2, "l1": torch.sign, "smooth_l1": lambda d: d.clamp(-1.0, 1.0)}
+
+
+def closed_form_reason(steps: Sequence[Any], loss_function: str) -> str | None:
+    """Why a plan's gradients cannot be computed here (None when they can)."""
+    if loss_function not in _DISTANCE_GRAD:
+        return f"no closed-form derivative for the {loss_function!r} distance"
+    for step in steps:
+        if not isinstance(step, tuple) and step not in _BACKWARD:
+            return f"no closed-form backward for the activation {step!r}"
+    return None
+
+
+def forward_saved(steps: Sequence[Any], x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The MLP on ``x`` ([B, in], or [N, B, in] for stacked ``[N, ...]`` parameters), keeping what
+    :func:`backward` reads: each linear step's input and each activation's output."""
+    saved = []
+    stacked = x.ndim == 3
+    for step in steps:
+        if isinstance(step, tuple):
+            saved.append(x)
+            w, b = step
+            if stacked:
+                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else x @ w.transpose(1, 2)
+            else:
+                x = torch.addmm(b, x, w.t()) if b is not None else x @ w.t()
+        else:
+            x = step(x)
+            saved.append(x)
+    return x, saved
+
+
+def backward(steps: Sequence[Any], grad: Tensor, saved: Sequence[Tensor],
+             out: Sequence[tuple[Tensor, Tensor | None] | None] | None = None) -> list[Tensor]:
+    """The parameters' gradients from ``grad`` = d loss / d output, in the order the steps hold them
+    (weight, then bias if any, per linear step). With ``out`` (per step, preallocated ``(weight, bias)``
+    gradient tensors), written into those."""
+    grads: list[Tensor] = []
+    stacked = grad.ndim == 3
+    for k in range(len(steps) - 1, -1, -1):
+        step, inp = steps[k], saved[k]
+        if not isinstance(step, tuple):
+            grad = _BACKWARD[step](grad, inp)
+            continue
+        g_w, g_b = out[k] if out is not None else (None, None)  # type: ignore[misc]
+        if stacked:
+            g_w = torch.bmm(grad.transpose(1, 2), inp, out=g_w)
+        else:
+            g_w = torch.mm(grad.t(), inp, out=g_w)
+        if step[1] is not None:
+            g_b = torch.sum(grad, -2, out=g_b)
+            grads.append(g_b)
+        grads.append(g_w)
+        if k:
+            grad = grad @ step[0]
+    grads.reverse()
+    return grads
+
+
+class QGrad:
+    """The loss head's values and derivatives with respect to Q ``[..., B, A]`` for a batch: the data action's
+    Q, the TD error, the distance, and d(mean distance)/dQ; with ``cql``, also logsumexp(Q) and
+    d(mean(logsumexp(Q) - Q[a]))/dQ."""
+
+    __slots__ = ("distance", "grad_cql", "grad_distance", "logsumexp", "q_a", "squared")
+
+    def __init__(self, q: Tensor, action: Tensor, categorical: bool, target: Tensor, loss_function: str,
+                 cql: bool) -> None:
+        if categorical:
+            index = action if action.ndim == q.ndim else action.unsqueeze(-1)
+            self.q_a = torch.gather(q, -1, index).squeeze(-1)
+        else:
+            mask = action.to(q.dtype)
+            self.q_a = (q * mask).sum(-1)
+        diff = self.q_a - target
+        self.squared = diff.square()
+        self.distance = self.squared if loss_function == "l2" else _distance(self.q_a, target, loss_function)
+        scale = 1.0 / q.shape[-2]  # the mean over the batch
+        grad_a = _DISTANCE_GRAD[loss_function](diff).mul_(scale).unsqueeze(-1)
+        self.grad_distance = _at_action(torch.zeros_like(q), grad_a, index if categorical else mask, categorical)
+        self.logsumexp: Tensor | None = None
+        self.grad_cql: Tensor | None = None
+        if cql:  # softmax and logsumexp from one exp
+            top = q.amax(-1, keepdim=True)
+            soft = (q - top).exp_()
+            total = soft.sum(-1, keepdim=True)
+            self.logsumexp = total.log().add_(top).squeeze(-1)
+            soft.mul_(total.reciprocal_().mul_(scale))
+            minus = torch.full_like(grad_a, -scale)
+            self.grad_cql = _at_action(soft, minus, index if categorical else mask, categorical)
+
+
+def _distance(q_a: Tensor, target: Tensor, loss_function: str) -> Tensor:
+    from torchrl.objectives.utils import distance_loss
+
+    return distance_loss(q_a, target, loss_function)
+
+
+def _at_action(grad: Tensor, value: Tensor, where: Tensor, categorical: bool) -> Tensor:
+    """``grad`` plus ``value`` [..., B, 1] at the data action (an index, or a one-hot mask)."""
+    if categorical:
+        return grad.scatter_add_(-1, where, value)
+    return grad.addcmul_(where, value)
+
+
+def q_head(head: QGrad, weights: Sequence[float]) -> Tensor:
+    """d loss / dQ for ``loss = weights[0] * mean distance (+ weights[1] * CQL gap)`` (a new tensor)."""
+    parts = [(head.grad_distance, weights[0])] if weights[0] else []
+    if len(weights) > 1 and weights[1] and head.grad_cql is not None:
+        parts.append((head.grad_cql, weights[1]))
+    if not parts:
+        return torch.zeros_like(head.grad_distance)
+    grad = parts[0][0].mul(parts[0][1])
+    for part, weight in parts[1:]:
+        grad.add_(part, alpha=weight)
+    return grad
+
+
+class ClosedFormLoss(torch.autograd.Function):
+    """Loss values computed without a graph, attached to the network's parameters: their backward is the
+    closed-form one. ``apply(values, head, per_value_weights, steps, saved, *params)``: value ``i``'s derivative
+    with respect to Q is ``q_head(head, per_value_weights[i])``; the upstream gradients of the values combine
+    them, then :func:`backward` runs the network's backward once."""
+
+    @staticmethod
+    def forward(ctx: Any, values: tuple[Tensor, ...], head: QGrad, weights: Sequence[Sequence[float]],  # noqa: D102
+                steps: Sequence[Any], saved: Sequence[Tensor], *params: Tensor) -> tuple[Tensor, ...]:
+        ctx.head, ctx.weights, ctx.steps, ctx.saved, ctx.n_params = head, weights, steps, saved, len(params)
+        return tuple(v.clone() for v in values)
+
+    @staticmethod
+    def backward(ctx: Any, *upstream: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        grad: Tensor | None = None
+        for up, weights in zip(upstream, ctx.weights, strict=True):
+            if up is None:
+                continue
+            part = q_head(ctx.head, weights).mul_(up)
+            grad = part if grad is None else grad.add_(part)
+        if grad is None:
+            return (None,) * (5 + ctx.n_params)
+        params = backward(ctx.steps, grad, ctx.saved)
+        return (None,) * 5 + tuple(params)
