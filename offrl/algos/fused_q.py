@@ -9,6 +9,7 @@ parent loss, whose own forward runs outside the fast path's assumptions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,7 +25,28 @@ from offrl.algos.discrete_cql_loss import WeightedDiscreteCQLLoss
 from offrl.algos.plans import ParamCache, Plan, mlp_forward, mlp_plan
 from offrl.algos.q_grad import ClosedFormLoss, QGrad, closed_form_reason, forward_saved
 
-__all__ = ["FusedDQNLoss", "FusedQMixin", "FusedWeightedDiscreteCQLLoss"]
+__all__ = ["FusedDQNLoss", "FusedQMixin", "FusedWeightedDiscreteCQLLoss", "td0_target"]
+
+
+def td0_target(forward: Callable[[list, Tensor], Tensor], steps: list, target_steps: list, batch: TensorDictBase,
+               obs_key: NestedKey, loss: Any) -> Tensor:
+    """``r + gamma * (1 - terminated) * V(s')`` [...] without a graph (torchrl's ``td0_return_estimate``), V from the
+    target network: its max over actions, or with ``loss.double_dqn`` its value at the online network's choice
+    (van Hasselt et al. 2016). ``forward(steps, obs)`` runs a network's steps."""
+    nxt = batch.get("next")
+    with torch.no_grad():
+        next_obs = nxt.get(obs_key)
+        q_next = forward(target_steps, next_obs)
+        if getattr(loss, "double_dqn", False):  # the online network chooses, the target network scores
+            next_value = torch.gather(q_next, -1, forward(steps, next_obs).argmax(-1, keepdim=True))
+        else:  # the greedy action's value (QValueModule's chosen_action_value) is the row max
+            next_value = q_next.max(-1, keepdim=True)[0]
+        est_keys = loss.value_estimator.tensor_keys
+        terminated = nxt.get(est_keys.terminated, None)
+        if terminated is None:
+            terminated = nxt.get(est_keys.done)
+        return torch.add(nxt.get(est_keys.reward), next_value.masked_fill_(terminated, 0.0),
+                         alpha=loss.value_estimator.gamma).squeeze(-1)
 
 
 class FusedQMixin(ParamCache):
@@ -96,23 +118,8 @@ class FusedQMixin(ParamCache):
     def _td_target(self, tensordict: TensorDictBase) -> Tensor:
         """The TD(0) target [B] from the target network (double DQN: at the online network's choice)."""
         plan = self._q_plan
-        nxt = tensordict.get("next")
-        with torch.no_grad():
-            next_obs = nxt.get(self._q_obs_key)
-            q_next = mlp_forward(self._steps(plan, "target_value_network_params"), next_obs)
-            if getattr(self, "double_dqn", False):  # the online network chooses, the target network scores
-                q_online = mlp_forward(self._steps(plan, "value_network_params"), next_obs)
-                next_value = torch.gather(q_next, -1, q_online.argmax(-1, keepdim=True))
-            else:  # the greedy action's value (QValueModule's chosen_action_value) is the row max
-                next_value = q_next.max(-1, keepdim=True)[0]
-            est_keys = self.value_estimator.tensor_keys
-            reward = nxt.get(est_keys.reward)
-            terminated = nxt.get(est_keys.terminated, None)
-            if terminated is None:
-                terminated = nxt.get(est_keys.done)
-            # td0_return_estimate, inline
-            target = reward + self.value_estimator.gamma * (~terminated).int() * next_value
-        return target.squeeze(-1)
+        return td0_target(mlp_forward, self._steps(plan, "value_network_params"),
+                          self._steps(plan, "target_value_network_params"), tensordict, self._q_obs_key, self)
 
     def _q_terms(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
         """Predicted Q for all actions [B, A], Q of the taken action [B], TD(0) target from the target
@@ -148,7 +155,7 @@ class FusedDQNLoss(FusedQMixin, DQNLoss):
         if self._closed_form(tensordict):
             _, _, head, attach = self._q_closed_form(tensordict, cql=False)
             tensordict.set(self.tensor_keys.priority, head.squared.unsqueeze(-1), inplace=True)
-            (loss,) = ClosedFormLoss.apply((head.distance.mean(),), head, ((1.0,),), *attach)
+            (loss,) = ClosedFormLoss.apply((head.distance.mean(),), head, ((1.0, 0.0),), *attach)
             return TensorDict(loss=loss)
         _, q_a, target = self._q_terms(tensordict)
         tensordict.set(self.tensor_keys.priority, (q_a - target).pow(2).detach().unsqueeze(-1), inplace=True)
@@ -199,7 +206,7 @@ class FusedWeightedDiscreteCQLLoss(FusedQMixin, WeightedDiscreteCQLLoss):
         tensordict.set(self.tensor_keys.pred_val, q, inplace=True)
         gap = (head.logsumexp - head.q_a).mean()
         loss_qvalue, loss_cql = ClosedFormLoss.apply(
-            ((0.5 * head.distance).mean(), gap * self.min_q_weight), head, ((0.5,), (0.0, self.min_q_weight)),
+            ((0.5 * head.distance).mean(), gap * self.min_q_weight), head, ((0.5, 0.0), (0.0, self.min_q_weight)),
             *attach)
         return TensorDict({
             "loss_qvalue": loss_qvalue,

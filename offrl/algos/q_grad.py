@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ClosedFormLoss", "QGrad", "backward", "closed_form_reason", "forward_saved", "q_head"]
+__all__ = ["ClosedFormLoss", "QGrad", "backward", "closed_form_reason", "forward_saved"]
 
 
 def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
@@ -89,36 +89,46 @@ def backward(steps: Sequence[Any], grad: Tensor, saved: Sequence[Tensor],
 
 
 class QGrad:
-    """The loss head's values and derivatives with respect to Q ``[..., B, A]`` for a batch: the data action's
-    Q, the TD error, the distance, and d(mean distance)/dQ; with ``cql``, also logsumexp(Q) and
-    d(mean(logsumexp(Q) - Q[a]))/dQ."""
+    """The loss head of a batch, from Q ``[..., B, A]``: the data action's Q, the squared TD error, the distance
+    and (with ``cql``) logsumexp(Q); :meth:`grad` gives the derivative of a weighted sum of the mean distance and
+    the mean CQL gap with respect to Q (computed only when a backward asks for it)."""
 
-    __slots__ = ("distance", "grad_cql", "grad_distance", "logsumexp", "q_a", "squared")
+    __slots__ = ("_exp", "_total", "categorical", "diff", "distance", "logsumexp", "loss_function", "q", "q_a",
+                 "scale", "squared", "where")
 
     def __init__(self, q: Tensor, action: Tensor, categorical: bool, target: Tensor, loss_function: str,
                  cql: bool) -> None:
+        self.q, self.categorical, self.loss_function = q, categorical, loss_function
         if categorical:
-            index = action if action.ndim == q.ndim else action.unsqueeze(-1)
-            self.q_a = torch.gather(q, -1, index).squeeze(-1)
+            self.where = action if action.ndim == q.ndim else action.unsqueeze(-1)
+            self.q_a = torch.gather(q, -1, self.where).squeeze(-1)
         else:
-            mask = action.to(q.dtype)
-            self.q_a = (q * mask).sum(-1)
-        diff = self.q_a - target
-        self.squared = diff.square()
+            self.where = action.to(q.dtype)
+            self.q_a = (q * self.where).sum(-1)
+        self.diff = self.q_a - target
+        self.squared = self.diff.square()
         self.distance = self.squared if loss_function == "l2" else _distance(self.q_a, target, loss_function)
-        scale = 1.0 / q.shape[-2]  # the mean over the batch
-        grad_a = _DISTANCE_GRAD[loss_function](diff).mul_(scale).unsqueeze(-1)
-        self.grad_distance = _at_action(torch.zeros_like(q), grad_a, index if categorical else mask, categorical)
+        self.scale = 1.0 / q.shape[-2]  # the mean over the batch
         self.logsumexp: Tensor | None = None
-        self.grad_cql: Tensor | None = None
-        if cql:  # softmax and logsumexp from one exp
+        if cql:  # softmax (in grad) and logsumexp from one exp
             top = q.amax(-1, keepdim=True)
-            soft = (q - top).exp_()
-            total = soft.sum(-1, keepdim=True)
-            self.logsumexp = total.log().add_(top).squeeze(-1)
-            soft.mul_(total.reciprocal_().mul_(scale))
-            minus = torch.full_like(grad_a, -scale)
-            self.grad_cql = _at_action(soft, minus, index if categorical else mask, categorical)
+            self._exp = (q - top).exp_()
+            self._total = self._exp.sum(-1, keepdim=True)
+            self.logsumexp = self._total.log().add_(top).squeeze(-1)
+
+    def grad(self, distance_weight: float | Tensor, cql_weight: float | Tensor = 0.0) -> Tensor:
+        """d/dQ of ``distance_weight * mean(distance) + cql_weight * mean(logsumexp(Q) - Q[a])`` (a new tensor)."""
+        grad_a = _DISTANCE_GRAD[self.loss_function](self.diff).mul_(distance_weight * self.scale)
+        if self.logsumexp is not None and not (isinstance(cql_weight, float) and cql_weight == 0.0):
+            weight = cql_weight * self.scale
+            grad = self._exp.mul(self._total.reciprocal().mul_(weight))  # weight * softmax(Q)
+            grad_a = grad_a.sub_(weight)
+        else:
+            grad = torch.zeros_like(self.q)
+        grad_a = grad_a.unsqueeze(-1)
+        if self.categorical:
+            return grad.scatter_add_(-1, self.where, grad_a)
+        return grad.addcmul_(self.where, grad_a)
 
 
 def _distance(q_a: Tensor, target: Tensor, loss_function: str) -> Tensor:
@@ -127,47 +137,33 @@ def _distance(q_a: Tensor, target: Tensor, loss_function: str) -> Tensor:
     return distance_loss(q_a, target, loss_function)
 
 
-def _at_action(grad: Tensor, value: Tensor, where: Tensor, categorical: bool) -> Tensor:
-    """``grad`` plus ``value`` [..., B, 1] at the data action (an index, or a one-hot mask)."""
-    if categorical:
-        return grad.scatter_add_(-1, where, value)
-    return grad.addcmul_(where, value)
-
-
-def q_head(head: QGrad, weights: Sequence[float]) -> Tensor:
-    """d loss / dQ for ``loss = weights[0] * mean distance (+ weights[1] * CQL gap)`` (a new tensor)."""
-    parts = [(head.grad_distance, weights[0])] if weights[0] else []
-    if len(weights) > 1 and weights[1] and head.grad_cql is not None:
-        parts.append((head.grad_cql, weights[1]))
-    if not parts:
-        return torch.zeros_like(head.grad_distance)
-    grad = parts[0][0].mul(parts[0][1])
-    for part, weight in parts[1:]:
-        grad.add_(part, alpha=weight)
-    return grad
-
-
 class ClosedFormLoss(torch.autograd.Function):
     """Loss values computed without a graph, attached to the network's parameters: their backward is the
-    closed-form one. ``apply(values, head, per_value_weights, steps, saved, *params)``: value ``i``'s derivative
-    with respect to Q is ``q_head(head, per_value_weights[i])``; the upstream gradients of the values combine
-    them, then :func:`backward` runs the network's backward once."""
+    closed-form one. ``apply(values, head, weights, steps, saved, *params)``: value ``i`` is
+    ``weights[i][0] * mean distance + weights[i][1] * mean CQL gap`` of ``head``; the values' upstream gradients
+    weigh those terms into one derivative with respect to Q (:meth:`QGrad.grad`), then :func:`backward` runs the
+    network's backward once."""
 
     @staticmethod
-    def forward(ctx: Any, values: tuple[Tensor, ...], head: QGrad, weights: Sequence[Sequence[float]],  # noqa: D102
+    def forward(ctx: Any, values: tuple[Tensor, ...], head: QGrad, weights: Sequence[tuple[float, float]],  # noqa: D102
                 steps: Sequence[Any], saved: Sequence[Tensor], *params: Tensor) -> tuple[Tensor, ...]:
         ctx.head, ctx.weights, ctx.steps, ctx.saved, ctx.n_params = head, weights, steps, saved, len(params)
         return tuple(v.clone() for v in values)
 
     @staticmethod
     def backward(ctx: Any, *upstream: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
-        grad: Tensor | None = None
-        for up, weights in zip(upstream, ctx.weights, strict=True):
+        distance: Tensor | float = 0.0
+        cql: Tensor | float = 0.0
+        used = False
+        for up, (w_distance, w_cql) in zip(upstream, ctx.weights, strict=True):
             if up is None:
                 continue
-            part = q_head(ctx.head, weights).mul_(up)
-            grad = part if grad is None else grad.add_(part)
-        if grad is None:
+            used = True
+            if w_distance:
+                distance = distance + up * w_distance
+            if w_cql:
+                cql = cql + up * w_cql
+        if not used:
             return (None,) * (5 + ctx.n_params)
-        params = backward(ctx.steps, grad, ctx.saved)
+        params = backward(ctx.steps, ctx.head.grad(distance, cql), ctx.saved)
         return (None,) * 5 + tuple(params)

@@ -25,8 +25,8 @@ from torch import Tensor
 from torchrl.objectives import DQNLoss
 from torchrl.objectives.utils import distance_loss
 
-from offrl.algos.fused_q import FusedDQNLoss, FusedWeightedDiscreteCQLLoss
-from offrl.algos.q_grad import QGrad, backward, closed_form_reason, forward_saved, q_head
+from offrl.algos.fused_q import FusedDQNLoss, FusedWeightedDiscreteCQLLoss, td0_target
+from offrl.algos.q_grad import QGrad, backward, closed_form_reason, forward_saved
 
 __all__ = ["StackedQLoss", "stack_as_views", "stackable_reason", "stacked_steps"]
 
@@ -114,9 +114,7 @@ class StackedQLoss:
         by_key_target = dict(zip(keys, self.targets, strict=True))
         self.steps = stacked_steps(plan, by_key)
         self.target_steps = stacked_steps(plan, by_key_target)
-        self.gamma = _gamma(first)
         self.loss_function = first.loss_function
-        self.double_dqn = bool(getattr(first, "double_dqn", False))
         self.categorical = first.action_space == "categorical"
         self.min_q_weight = float(getattr(first, "min_q_weight", 0.0))
         self._checked = False
@@ -160,23 +158,7 @@ class StackedQLoss:
 
     def _target(self, batch: TensorDictBase) -> Tensor:
         """The TD(0) target [N, B] from the target network (double DQN: at the online network's choice)."""
-        first = self.losses[0]
-        nxt = batch.get("next")
-        with torch.no_grad():
-            next_obs = nxt.get(self.obs_key)
-            q_next = self.forward_mlp(self.target_steps, next_obs)
-            if self.double_dqn:  # the online network chooses, the target network scores
-                q_online = self.forward_mlp(self.steps, next_obs)
-                next_value = torch.gather(q_next, -1, q_online.argmax(-1, keepdim=True))
-            else:
-                next_value = q_next.max(-1, keepdim=True)[0]
-            est_keys = first.value_estimator.tensor_keys
-            reward = nxt.get(est_keys.reward)
-            terminated = nxt.get(est_keys.terminated, None)
-            if terminated is None:
-                terminated = nxt.get(est_keys.done)
-            # r + gamma * (1 - terminated) * V(s'), as torchrl's td0_return_estimate, in two kernels
-            return torch.add(reward, next_value.masked_fill_(terminated, 0.0), alpha=self.gamma).squeeze(-1)
+        return td0_target(self.forward_mlp, self.steps, self.target_steps, batch, self.obs_key, self.losses[0])
 
     def gradients(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], Tensor]:
         """:meth:`__call__`'s metrics and Q, with every seed's gradient written into its slice of the stacked
@@ -191,8 +173,8 @@ class StackedQLoss:
             target = self._target(batch)
             head = QGrad(q, batch.get(self.losses[0].tensor_keys.action), self.categorical, target,
                          self.loss_function, self.discrete_cql)
-            weights = (0.5, self.min_q_weight) if self.discrete_cql else (1.0,)
-            backward(self.steps, q_head(head, weights), saved, out=self._grad_steps)
+            grad = head.grad(0.5, self.min_q_weight) if self.discrete_cql else head.grad(1.0)
+            backward(self.steps, grad, saved, out=self._grad_steps)
             td_error = head.squared.mean(1)
             if not self.discrete_cql:
                 return {"loss": head.distance.mean(1), "td_error": td_error}, q
