@@ -49,6 +49,9 @@ def td0_target(forward: Callable[[list, Tensor], Tensor], steps: list, target_st
                          alpha=loss.value_estimator.gamma).squeeze(-1)
 
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 class FusedQMixin(ParamCache):
     """The discrete losses' fast path: the Q-network as a matmul chain, TD(0) inline, target network
     bootstrap. Mixed into a torchrl loss with a ``value_network`` (``self`` has its attributes)."""
@@ -99,7 +102,7 @@ class FusedQMixin(ParamCache):
             params = [t for step in steps if isinstance(step, tuple) for t in step if t is not None]
             ok = self.__dict__["_closed_form_ok"] = (closed_form_reason(steps, self.loss_function) is None and all(
                 p.dtype == torch.float32 and p.requires_grad for p in params))
-        return (ok and torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+        return (ok and torch.is_grad_enabled() and not _functorch_active()
                 and not torch.is_autocast_enabled(tensordict.device.type if tensordict.device is not None else "cpu"))
 
     def _q_closed_form(self, tensordict: TensorDictBase, cql: bool) -> tuple[Tensor, Tensor, QGrad, tuple]:
