@@ -109,6 +109,16 @@ def test_refuses_what_it_cannot_batch(cfg, message):
         StackedQLoss(mixed)
 
 
+def _swap_activations(losses, activation) -> None:
+    """Replace the Q-networks' ReLUs by ``activation()`` (then the losses' plans are rebuilt)."""
+    for loss in losses:
+        mlp = next(m for m in loss.value_network.modules() if type(m).__name__ == "MLP")
+        for name, child in mlp.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(mlp, name, activation())
+        loss._init_fast_path()
+
+
 MANUAL_CASES = CASES + [("dqn", {"double_dqn": False, "loss_function": "l2"}),
                         ("discrete-cql", {"loss_function": "smooth_l1", "activation": "tanh"})]
 
@@ -121,12 +131,7 @@ def test_gradients_without_autograd_equal_autograds(kind, cfg):
     activation = cfg.pop("activation", None)
     losses = _losses(kind, **cfg)
     if activation == "tanh":  # swap the MLP's ReLUs for Tanh before stacking
-        for loss in losses:
-            mlp = next(m for m in loss.value_network.modules() if type(m).__name__ == "MLP")
-            for name, child in mlp.named_children():
-                if isinstance(child, torch.nn.ReLU):
-                    setattr(mlp, name, torch.nn.Tanh())
-            loss._init_fast_path()
+        _swap_activations(losses, torch.nn.Tanh)
     for loss in losses:
         for t in loss.target_value_network_params.values(True, True):
             t.data.add_(0.05 * torch.randn(t.shape, generator=gen))
@@ -152,11 +157,6 @@ def test_gradients_without_autograd_equal_autograds(kind, cfg):
 
 def test_an_activation_without_a_known_backward_falls_back_to_autograd():
     losses = _losses("dqn")
-    for loss in losses:
-        mlp = next(m for m in loss.value_network.modules() if type(m).__name__ == "MLP")
-        for name, child in mlp.named_children():
-            if isinstance(child, torch.nn.ReLU):
-                setattr(mlp, name, torch.nn.ELU())
-        loss._init_fast_path()
+    _swap_activations(losses, torch.nn.ELU)
     stacked = StackedQLoss(losses)
     assert not stacked.manual
