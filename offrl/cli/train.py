@@ -126,7 +126,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--vectorize", action="store_true",
                    help="with --seeds: train the seeds as batched models (CQL, discrete CQL and DQN, offline; --jobs of "
                         "them, each in its own process): each seed keeps its own initialisation, sampler and "
-                        "action-sampling streams, optimizer state, target network and run folder; 1.9-3.1x the "
+                        "action-sampling streams, optimizer state, target network and run folder; 1.9-3.4x the "
                         "updates/s of separate processes for small networks on 2 CPU cores, none for CQL's 2x256 "
                         "(docs/seeds.md); with --resume RUN_DIR ...: continue such seeds together")
     s.add_argument("--seed-group", metavar="STAMP", help=argparse.SUPPRESS)  # set by --vectorize for its children
