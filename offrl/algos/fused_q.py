@@ -94,16 +94,16 @@ class FusedQMixin(ParamCache):
 
     def _closed_form(self, tensordict: TensorDictBase) -> bool:
         """Whether this call's gradients come in closed form (:mod:`offrl.algos.q_grad`): an MLP whose
-        activations and distance it knows, float32 parameters that need gradients, no autocast, no functorch
+        activations and distance it knows, gradients wanted, no autocast on the network's device, no functorch
         transform around the call."""
-        ok = self.__dict__.get("_closed_form_ok")
-        if ok is None:
-            steps = self._steps(self._q_plan, "value_network_params")
-            params = [t for step in steps if isinstance(step, tuple) for t in step if t is not None]
-            ok = self.__dict__["_closed_form_ok"] = (closed_form_reason(steps, self.loss_function) is None and all(
-                p.dtype == torch.float32 and p.requires_grad for p in params))
-        return (ok and torch.is_grad_enabled() and not _functorch_active()
-                and not torch.is_autocast_enabled(tensordict.device.type if tensordict.device is not None else "cpu"))
+        steps = self._steps(self._q_plan, "value_network_params")
+        cache = self.__dict__["_step_cache"]  # dropped with the steps when the parameters may be replaced
+        found = cache.get("closed_form")
+        if found is None:  # (possible, the device its matmuls run on)
+            device = next(step[0] for step in steps if isinstance(step, tuple)).device.type
+            found = cache["closed_form"] = (closed_form_reason(steps, self.loss_function) is None, device)
+        ok, device = found
+        return ok and torch.is_grad_enabled() and not _functorch_active() and not torch.is_autocast_enabled(device)
 
     def _q_closed_form(self, tensordict: TensorDictBase, cql: bool) -> tuple[Tensor, Tensor, QGrad, tuple]:
         """Q [B, A], the TD(0) target [B] and the loss head (:class:`~offrl.algos.q_grad.QGrad`), computed

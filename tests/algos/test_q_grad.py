@@ -121,3 +121,21 @@ def test_where_it_cannot_apply_autograd_runs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert type(loss(batch.clone())["loss"].grad_fn).__name__ != "ClosedFormLossBackward"
     assert type(loss(batch.clone())["loss"].grad_fn).__name__ == "ClosedFormLossBackward"
+
+
+def test_closed_form_follows_the_parameters_when_they_are_replaced(monkeypatch):
+    """``.double()`` replaces the parameters: the steps the closed form reads are looked up again (gradients in
+    float64, equal to autograd's)."""
+    loss = _loss("discrete-cql")
+    batch = _batch("categorical")
+    loss(batch.clone())  # caches the float32 steps
+    loss.double()
+    batch64 = batch.apply(lambda t: t.double() if t.is_floating_point() else t)
+    out, grads, _ = _grads(loss, batch64, _terms("discrete-cql"))
+    assert out["loss_qvalue"].dtype == torch.float64
+    assert type(out["loss_cql"].grad_fn).__name__ == "ClosedFormLossBackward"
+    monkeypatch.setattr(type(loss), "_closed_form", lambda self, td: False)
+    _, ref, _ = _grads(loss, batch64, _terms("discrete-cql"))
+    for g, r in zip(grads["total"], ref["total"], strict=True):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
