@@ -209,10 +209,12 @@ def direct_draw(rb: Any) -> Callable[[], TensorDictBase] | None:
     random = type(sampler) is RandomSampler
 
     def draw() -> TensorDictBase:
+        if rb._sampler is not sampler or not _stackable(rb):  # changed since (a transform appended, ...)
+            return rb.sample().exclude("index")
         size = rb._batch_size
         if random:  # RandomSampler.sample: the storage's randint on its generator (DatasetStorage._rand_given_ndim)
             if not len(storage):
-                return rb.sample()  # torchrl's own error
+                return rb.sample()  # raises torchrl's own error
             index = storage._rand_given_ndim(size)
         else:
             index = sampler.sample(storage, size)[0]

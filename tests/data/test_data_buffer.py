@@ -190,3 +190,17 @@ def test_direct_draw_is_sample_without_its_machinery(ds, kind):
             assert torch.equal(got.get(key), want.get(key)), key
     assert torch.equal(fast._storage._rng.get_state(), plain._storage._rng.get_state())
     assert not torch.equal(draw()["observation"], draw()["observation"])
+
+
+def test_direct_draw_follows_a_buffer_changed_after_it_was_made(ds):
+    """A transform appended later is applied: the draw then goes through sample()."""
+    from torchrl.envs.transforms import RenameTransform
+
+    from offrl.data.buffer import direct_draw
+
+    rb = ds.replay_buffer(8, seed=1)
+    draw = direct_draw(rb)
+    assert "observation" in draw().keys()
+    rb.append_transform(RenameTransform(["observation"], ["obs"]))
+    batch = draw()
+    assert "obs" in batch.keys() and "observation" not in batch.keys() and "index" not in batch.keys()
