@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchrl.objectives.utils import distance_loss
 
 __all__ = ["ClosedFormLoss", "QGrad", "backward", "closed_form_reason", "forward_saved"]
 
@@ -107,7 +108,7 @@ class QGrad:
             self.q_a = (q * self.where).sum(-1)
         self.diff = self.q_a - target
         self.squared = self.diff.square()
-        self.distance = self.squared if loss_function == "l2" else _distance(self.q_a, target, loss_function)
+        self.distance = self.squared if loss_function == "l2" else distance_loss(self.q_a, target, loss_function)
         self.scale = 1.0 / q.shape[-2]  # the mean over the batch
         self.logsumexp: Tensor | None = None
         if cql:  # softmax (in grad) and logsumexp from one exp
@@ -129,12 +130,6 @@ class QGrad:
         if self.categorical:
             return grad.scatter_add_(-1, self.where, grad_a)
         return grad.addcmul_(self.where, grad_a)
-
-
-def _distance(q_a: Tensor, target: Tensor, loss_function: str) -> Tensor:
-    from torchrl.objectives.utils import distance_loss
-
-    return distance_loss(q_a, target, loss_function)
 
 
 class ClosedFormLoss(torch.autograd.Function):

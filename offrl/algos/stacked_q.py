@@ -138,13 +138,7 @@ class StackedQLoss:
     @staticmethod
     def forward_mlp(steps: list, x: Tensor) -> Tensor:
         """N stacked MLPs on their own inputs: ``x`` [N, B, in] -> [N, B, out] (batched matmuls)."""
-        for step in steps:
-            if isinstance(step, tuple):
-                w, b = step
-                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else x @ w.transpose(1, 2)
-            else:
-                x = step(x)
-        return x
+        return forward_saved(steps, x)[0]
 
     def _check_batch(self, batch: TensorDictBase) -> None:
         first = self.losses[0]

@@ -234,11 +234,9 @@ class VectorizedSeeds:
         if isinstance(self.loss, StackedQLoss) and self.loss.manual:  # the gradients without autograd
             metrics, q = self.loss.gradients(batch)
         else:
-            if self._generators:
-                first = self.trainers[0]
-                total, metrics, q = self.loss(batch, bc_phase=first._step_t < first.bc_steps)
-            else:
-                total, metrics, q = self.loss(batch)
+            first = self.trainers[0]
+            total, metrics, q = (self.loss(batch, bc_phase=first._step_t < first.bc_steps) if self._generators
+                                 else self.loss(batch))
             self._zero_grad()
             total.backward()
         for name, key in self._stats:  # the trainers' _batch_stats, per seed
