@@ -182,13 +182,16 @@ def dataset_folder(name: str) -> Path:
     return bundled_path(name) or minari_root() / name
 
 
+PEER_IGNORES = frozenset({"fused", "orthogonal_init"})  # offrl settings the d3rlpy peer does not read
+
+
 def _mirrored(job: Job, config: dict[str, Any]) -> str:
     """What d3rlpy_peer.py reads from offrl's config, as a comparable string."""
     ev = config.get("eval") or {}
     keep = {k: config.get(k) for k in ("offline_steps", "batch_size", "log_interval")}
-    section = {k: v for k, v in (config.get(SECTIONS[job.algo]) or {}).items() if k != "fused"}  # speed only
+    section = {k: v for k, v in (config.get(SECTIONS[job.algo]) or {}).items() if k not in PEER_IGNORES}
     keep.update(dataset=(config.get("dataset") or {}).get("id"), section=section,
-                eval={k: ev.get(k) for k in ("interval", "episodes", "seed")})
+                eval={k: ev.get(k) for k in ("interval", "episodes", "final_episodes", "seed")})
     return json.dumps(keep, sort_keys=True)
 
 
@@ -381,7 +384,7 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   scored at s; d3rlpy 2.8.1 `cql_impl.py`). Differences that remain: d3rlpy bootstraps its deterministic backup
   from the mean action tanh(mu(s')), offrl from `cql.backup_action` (the row's config says which); d3rlpy's
   discrete Q-learning uses the Huber loss where offrl uses MSE; offrl initialises CQL's layers orthogonally
-  (CORL), d3rlpy with torch's default; the actor's std is a softplus head bounded below (offrl, torchrl) or a
+  (CORL) unless `cql.orthogonal_init` is false (the bundled Pendulum config), d3rlpy with torch's default; the actor's std is a softplus head bounded below (offrl, torchrl) or a
   clamped log-std head (d3rlpy); offrl holds `eval.heldout_fraction` of the episodes out of training for its
   TD-error diagnostic, d3rlpy trains on all of them; d3rlpy reads the Minari files through
   `benchmarks/d3rlpy_peer.py` (plain

@@ -123,3 +123,21 @@ def test_provenance_names_machines_and_mixed_dataset_bytes(tmp_path: Path) -> No
     assert "- Trained on: CPU A (avx2): 2 runs; CPU B (avx512f): 1 run" in text and "CPU C" not in text
     assert "offrl/x/y-v0: aaaaaaaaaaaa (1 run), bbbbbbbbbbbb (1 run) (made more than once" in text
     assert suite.provenance(jobs[2:], tmp_path) == ""  # nothing completed: no line
+
+
+def test_peer_reuse_follows_what_the_peer_reads() -> None:
+    """A d3rlpy run is reused across offrl-only settings (init, fused kernels) and retrained when anything the
+    peer reads changes (a learning rate, the last evaluation's episodes)."""
+    suite = _suite()
+    job = suite.Job("offrl/pendulum/random-v0", "cql", 0, peer=True)
+    base = {"offline_steps": 100, "batch_size": 256, "log_interval": 50, "dataset": {"id": "offrl/pendulum/random-v0"},
+            "eval": {"interval": 50, "episodes": 10, "final_episodes": 20, "seed": 0, "heldout_fraction": 0.05},
+            "cql": {"critic_lr": 1e-3, "orthogonal_init": True, "fused": True}}
+
+    def changed(section: str, key: str, value: object) -> bool:
+        other = {**base, section: {**base[section], key: value}}
+        return suite._mirrored(job, other) != suite._mirrored(job, base)
+
+    assert not changed("cql", "orthogonal_init", False) and not changed("cql", "fused", False)
+    assert not changed("eval", "heldout_fraction", 0.0)  # the peer trains on every episode either way
+    assert changed("cql", "critic_lr", 3e-4) and changed("eval", "final_episodes", 10)
