@@ -154,8 +154,29 @@ def _same_config(job: Job, run: Path, config: dict[str, Any]) -> bool:
             return False
         return (saved.get("mirrors_offrl_config") == given.get("config_hash")
                 and _mirrored(job, given) == _mirrored(job, config))
-    keys = ("algo", "offline_steps", "batch_size", "eval", SECTIONS[job.algo])
-    return all(json.dumps(saved.get(k), sort_keys=True) == json.dumps(config.get(k), sort_keys=True) for k in keys)
+    mine = _flat(saved)
+    return all(json.dumps(mine.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
+               for k, v in _flat(config).items() if k not in OUTCOME_FREE)
+
+
+#: Config keys that do not change what a run learns (paths, logging, checkpoint cadence, threads: the suite
+#: trains on one): a run that differs from the plan only in these is still a run of the plan's config.
+OUTCOME_FREE = frozenset({
+    "dataset.path", "dataset.cache_dir", "progress_bar", "num_threads", "log_interval", "save_trainer_interval",
+    "keep_checkpoints", "enable_logging", "log_timings", "log_rewards", "log_observations", "log_actions", "logger",
+    "online.scratch_dir",
+})
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:
@@ -202,6 +223,12 @@ def _peer_config_file(job: Job, runs: Path) -> Path:
 def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, Any]) -> tuple[Job, float, str]:
     """Run one job in its own process (one torch thread); returns (job, seconds, error or '')."""
     run = job.run_dir(runs)
+    pinned = runs / ".configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.yaml"
+    if not job.peer:  # the config this suite resolved, whether the run is reused or trained
+        import yaml
+
+        pinned.parent.mkdir(parents=True, exist_ok=True)
+        pinned.write_text(yaml.safe_dump(config, sort_keys=False))
     if not args.fresh and _completed(job, run, config):
         return job, 0.0, "reused"
     resume = not args.fresh and _resumable(job, run, config)
@@ -218,11 +245,6 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, An
         if resume:
             cmd.append("--resume")
     else:
-        import yaml
-
-        pinned = runs / ".configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.yaml"
-        pinned.parent.mkdir(parents=True, exist_ok=True)
-        pinned.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one",
                json.dumps({"dataset": job.dataset, "algo": job.algo, "seed": job.seed, "runs": str(runs),
                            "config": str(pinned), "resume": str(run) if resume else None})]

@@ -141,3 +141,33 @@ def test_peer_reuse_follows_what_the_peer_reads() -> None:
     assert not changed("cql", "orthogonal_init", False) and not changed("cql", "fused", False)
     assert not changed("eval", "heldout_fraction", 0.0)  # the peer trains on every episode either way
     assert changed("cql", "critic_lr", 3e-4) and changed("eval", "final_episodes", 10)
+
+
+def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path) -> None:
+    """An offrl run is reused only when every setting that changes what it learns matches the plan (not just
+    its algorithm's section): paths, logging and thread counts may differ."""
+    import yaml
+
+    suite = _suite()
+    job = suite.Job("offrl/pendulum/random-v0", "cql", 0)
+    plan = {"algo": "cql", "offline_steps": 100, "batch_size": 256, "num_threads": 1, "progress_bar": True,
+            "clip_norm": None, "precision": "fp32", "dataset": {"id": "offrl/pendulum/random-v0", "path": "/a"},
+            "eval": {"interval": 50, "heldout_fraction": 0.05}, "online": {"steps": 0, "scratch_dir": None},
+            "cql": {"critic_lr": 1e-3}}
+    run = job.run_dir(tmp_path)
+    run.mkdir(parents=True)
+
+    def reused(**changes: object) -> bool:
+        saved = {**plan, "seed": 0, "created": "now"}
+        for dotted, value in changes.items():
+            *parents, leaf = dotted.split("__")
+            node = saved
+            for key in parents:
+                node[key] = node = dict(node[key])
+            node[leaf] = value
+        (run / "config.yaml").write_text(yaml.safe_dump(saved))
+        return suite._same_config(job, run, plan)
+
+    assert reused() and reused(dataset__path="/b", progress_bar=False, num_threads=2, online__scratch_dir="/tmp/x")
+    assert not reused(clip_norm=1.0) and not reused(precision="bf16") and not reused(online__steps=1000)
+    assert not reused(eval__heldout_fraction=0.0) and not reused(cql__critic_lr=3e-4)
