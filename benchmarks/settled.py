@@ -1,8 +1,11 @@
 """Did the curves settle, and which library ends higher? Two Markdown tables over a suite's runs.
 
-1. Per dataset x algorithm: the mean of each run's last 5 evaluations, and the change of the normalized score
-   across the last third of the run, with percentile-bootstrap 95% CIs over seeds. A curve is called settled
-   when that change's CI lies within +-5 normalized points.
+1. Per dataset x algorithm: the mean of each run's last 5 evaluations; the change of the normalized score
+   from the evaluation at two thirds of the run to the last; and the trend over the last third: the slope of a
+   least-squares line through every evaluation from two thirds on, times the steps it spans (equal to the
+   change when there are two). Percentile-bootstrap 95% CIs over seeds. A curve is called settled when the
+   trend's CI lies within +-5 normalized points: a line through all of the last third's evaluations, not two
+   single evaluations, each a few noisy episodes.
 2. Where an offrl algorithm and its d3rlpy row (``d3rlpy-<algo>``) both have runs on a dataset: offrl's mean
    minus d3rlpy's, of the last evaluation and of the mean of the last 5, with a 95% CI from resampling each
    library's seeds on their own (10,000 resamples), and the reading: "offrl higher" or "d3rlpy higher" only
@@ -28,6 +31,13 @@ def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float, flo
         return float(values.mean()), float("nan"), float("nan")
     boot = rng.choice(values, (10_000, len(values))).mean(1)
     return float(values.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def _trend(steps: np.ndarray, score: np.ndarray) -> float:
+    """Least-squares slope through these evaluations times the steps they span (0 for a single one)."""
+    if len(steps) < 2:
+        return 0.0
+    return float(np.polyfit(steps.astype(float), score, 1)[0] * (steps[-1] - steps[0]))
 
 
 def _difference(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> tuple[float, float, float]:
@@ -102,21 +112,24 @@ def tables(runs: list[Path]) -> tuple[list[str], int]:
             continue
         evals = evals.dropna(subset=["eval_normalized_score"])
         steps, score = evals["step"].to_numpy(), evals["eval_normalized_score"].to_numpy()
-        at_two_thirds = score[np.searchsorted(steps, steps[-1] * 2 / 3)]
+        start = int(np.searchsorted(steps, steps[-1] * 2 / 3))
         rows.append(dict(dataset=ds, algo=algo, last=score[-1], last5=score[-5:].mean(),
-                         change=score[-1] - at_two_thirds, steps=int(steps[-1])))
+                         change=score[-1] - score[start], trend=_trend(steps[start:], score[start:]),
+                         steps=int(steps[-1])))
     if not rows:
         return [], unfinished
     df = pd.DataFrame(rows)
     rng = np.random.default_rng(0)
-    lines = ["| dataset | algorithm | seeds | steps | mean of last 5 evaluations [95% CI] | change over the last "
-             "third [95% CI] | settled |", "|---|---|---|---|---|---|---|"]
+    trend_rng = np.random.default_rng(1)  # its own stream: the other CIs stay what they were before it existed
+    lines = ["| dataset | algorithm | seeds | steps | mean of last 5 evaluations [95% CI] | change, two thirds to "
+             "last [95% CI] | trend over the last third [95% CI] | settled |", "|---|---|---|---|---|---|---|---|"]
     for (ds, algo), g in df.groupby(["dataset", "algo"]):
         m, lo, hi = _ci(g["last5"].to_numpy(), rng)
         c, clo, chi = _ci(g["change"].to_numpy(), rng)
-        settled = "yes" if (np.isfinite(clo) and -5 <= clo and chi <= 5) else "no"
+        t, tlo, thi = _ci(g["trend"].to_numpy(), trend_rng)
+        settled = "yes" if (np.isfinite(tlo) and -5 <= tlo and thi <= 5) else "no"
         lines.append(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {m:.1f} [{lo:.1f}, {hi:.1f}] | "
-                     f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {settled} |")
+                     f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {t:+.1f} [{tlo:+.1f}, {thi:+.1f}] | {settled} |")
     return lines + _versus(df, rng), unfinished
 
 

@@ -427,9 +427,12 @@ def settled_section(run_dirs: Sequence[Path], runs: Path) -> str:
         return ""
     return "\n".join([
         "## Did the curves settle, and which library ends higher?", "",
-        f"`python benchmarks/settled.py {runs}` (completed runs only): per run, the mean of its last 5 evaluations and",
-        "the change from the evaluation at two thirds of the run to the last; bootstrap 95% CIs over seeds; \"settled\" =",
-        "that change's CI within +-5 points (a single seed has no CI: \"no\"). Then offrl minus d3rlpy: a library is",
+        f"`python benchmarks/settled.py {runs}` (completed runs only): per run, the mean of its last 5 evaluations,",
+        "the change from the evaluation at two thirds of the run to the last, and the trend over the last third (a",
+        "least-squares line through every evaluation from two thirds on, times the steps it spans); bootstrap 95% CIs",
+        "over seeds; \"settled\" = the trend's CI within +-5 points (a single seed has no CI: \"no\"). The last",
+        "evaluation runs eval.final_episodes, the others eval.episodes, so both measures include that change of",
+        "episodes. Then offrl minus d3rlpy: a library is",
         "called higher only where the CI of the difference excludes 0 (with a few seeds a side, a bootstrap CI is",
         "narrower than the seeds' real spread: read it as a floor on the uncertainty).", "", *lines, ""])
 

@@ -54,9 +54,10 @@ def test_settled_and_versus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert _settled().main([str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "left out 2 run(s)" in captured.err
-    rows = {(r[0], r[1]): r for r in _table(captured.out, "toy/") if len(r) == 7}
-    assert rows[("toy/a-v0", "cql")][2] == "3" and rows[("toy/a-v0", "cql")][6] == "yes"
-    assert rows[("toy/a-v0", "d3rlpy-cql")][6] == "no"  # +~10 over the last third
+    rows = {(r[0], r[1]): r for r in _table(captured.out, "toy/") if len(r) == 8}
+    assert rows[("toy/a-v0", "cql")][2] == "3" and rows[("toy/a-v0", "cql")][7] == "yes"
+    assert rows[("toy/a-v0", "d3rlpy-cql")][7] == "no"  # +~10 over the last third
+    assert rows[("toy/a-v0", "d3rlpy-cql")][6].startswith("+11.6 [")  # the line through 4 evaluations
     assert rows[("toy/a-v0", "cql")][4].startswith("52.0 ")
 
     versus = {r[0]: r for r in _table(captured.out, "toy/") + _table(captured.out, "across") if len(r) == 5}
@@ -82,3 +83,19 @@ def test_d3rlpy_higher_and_pooled(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_no_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _settled().main([str(tmp_path)]) == 2
     assert "no completed runs" in capsys.readouterr().err
+
+
+def test_settled_reads_the_trend_not_two_evaluations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A noisy plateau whose last evaluation happens to be high is settled (the line through the last third is
+    flat); a steady climb of a few points per evaluation is not, even where two single evaluations would say
+    little."""
+    for seed in range(4):  # last third: 40, 30, 40, 30, 40, 30, 44 (the last one high by chance)
+        _run(tmp_path, "toy/a-v0", "dqn", seed, [10.0] * 12 + [40.0, 30.0] * 3 + [44.0 + seed])
+        _run(tmp_path, "toy/b-v0", "dqn", seed, list(np.arange(19) * 1.5 + seed))  # +1.5 per evaluation
+    assert _settled().main([str(tmp_path)]) == 0
+    rows = {r[0]: r for r in _table(capsys.readouterr().out, "toy/") if len(r) == 8}
+    plateau, climb = rows["toy/a-v0"], rows["toy/b-v0"]
+    change_high = float(plateau[5].split(", ")[1].rstrip("]"))
+    assert plateau[5].startswith("+5.5 [") and change_high > 5  # two evaluations alone would call it unsettled
+    assert plateau[7] == "yes", plateau
+    assert climb[6].startswith("+9.0 [") and climb[7] == "no", climb
