@@ -220,15 +220,26 @@ def _peer_config_file(job: Job, runs: Path) -> Path:
     return runs / ".peer-configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.seed{job.seed}.json"
 
 
+def _pinned(runs: Path, dataset: str, algo: str) -> Path:
+    return runs / ".configs" / f"{dataset.replace('/', '__')}.{algo}.yaml"
+
+
+def pin_configs(runs: Path, configs: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Write each resolved config once, before any job starts (the workers read them; a reused run's is
+    written too, so ``<runs>/.configs`` always shows what this suite's runs used)."""
+    import yaml
+
+    from offrl.fsio import write_text_atomic
+
+    for (dataset, algo), config in configs.items():
+        path = _pinned(runs, dataset, algo)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, yaml.safe_dump(config, sort_keys=False), fsync=False)
+
+
 def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, Any]) -> tuple[Job, float, str]:
     """Run one job in its own process (one torch thread); returns (job, seconds, error or '')."""
     run = job.run_dir(runs)
-    pinned = runs / ".configs" / f"{job.dataset.replace('/', '__')}.{job.algo}.yaml"
-    if not job.peer:  # the config this suite resolved, whether the run is reused or trained
-        import yaml
-
-        pinned.parent.mkdir(parents=True, exist_ok=True)
-        pinned.write_text(yaml.safe_dump(config, sort_keys=False))
     if not args.fresh and _completed(job, run, config):
         return job, 0.0, "reused"
     resume = not args.fresh and _resumable(job, run, config)
@@ -247,7 +258,7 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, config: dict[str, An
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one",
                json.dumps({"dataset": job.dataset, "algo": job.algo, "seed": job.seed, "runs": str(runs),
-                           "config": str(pinned), "resume": str(run) if resume else None})]
+                           "config": str(_pinned(runs, job.dataset, job.algo)), "resume": str(run) if resume else None})]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
@@ -517,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"suite: {len(jobs)} runs, {args.jobs} at a time; runs in {runs}; d3rlpy peer: {peer_version}", flush=True)
     failed: list[str] = []
     reused = 0
+    if not args.report_only:
+        pin_configs(runs, configs)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         todo = [] if args.report_only else jobs
         futures = [pool.submit(run_job, job, runs, args, configs[(job.dataset, job.algo)]) for job in todo]
