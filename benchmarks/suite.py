@@ -416,8 +416,9 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   actions scaled to [-1, 1]). Both penalties importance-sample the same three sources (uniform, pi(s), pi(s')
   scored at s; d3rlpy 2.8.1 `cql_impl.py`). Differences that remain: d3rlpy bootstraps its deterministic backup
   from the mean action tanh(mu(s')), offrl from `cql.backup_action` (the row's config says which); d3rlpy's
-  discrete Q-learning uses the Huber loss where offrl uses MSE; offrl initialises CQL's layers orthogonally
-  (CORL) unless `cql.orthogonal_init` is false (the bundled Pendulum config), d3rlpy with torch's default; the actor's std is a softplus head bounded below (offrl, torchrl) or a
+  discrete Q-learning uses the Huber loss where offrl uses MSE; offrl initialises CQL's layers with torch's
+  default as d3rlpy does unless `cql.orthogonal_init` is true (CORL's orthogonal init, offrl's default until
+  2026-12-06; the row's config says which); the actor's std is a softplus head bounded below (offrl, torchrl) or a
   clamped log-std head (d3rlpy); offrl holds `eval.heldout_fraction` of the episodes out of training for its
   TD-error diagnostic, d3rlpy trains on all of them; d3rlpy reads the Minari files through
   `benchmarks/d3rlpy_peer.py` (plain

@@ -23,7 +23,7 @@ class CQLConfig:
 
     hidden_sizes: tuple[int, ...] = (256, 256)  # d3rlpy VectorEncoderFactory (CORL: 3 x 256 for 1M steps)
     activation: str = "relu"  # paper / CORL
-    orthogonal_init: bool = True  # CORL orthogonal_init
+    orthogonal_init: bool = False  # torch's default init, as d3rlpy and the authors (CORL: True); reports/ablations/
     actor_lr: float = 1e-4  # d3rlpy actor_learning_rate; the paper's text (CORL and the authors' code: 3e-5)
     critic_lr: float = 3e-4  # CORL qf_lr; paper
     alpha_lr: float = 3e-4  # entropy temperature lr (torchrl sota-implementations/cql)
@@ -91,7 +91,8 @@ class DQNConfig:
 
 #: Where each algorithm's general defaults come from (the per-key sources are comments in offrl/config/algos.py).
 DEFAULT_SOURCES = {
-    "cql": "d3rlpy 2.8 CQLConfig's values (2x256 nets, actor lr 1e-4, critic lr 3e-4, CQL alpha 5), for budgets "
+    "cql": "d3rlpy 2.8 CQLConfig's values (2x256 nets, actor lr 1e-4, critic lr 3e-4, CQL alpha 5, torch's default "
+           "init), for budgets "
            "of tens of thousands of steps (CORL's 3x256 / actor lr 3e-5 / alpha 10 are tuned for 1M steps)",
     "discrete-cql": "d3rlpy DiscreteCQLConfig (alpha 1), lr 3e-4 for low-dimensional states",
     "dqn": "CleanRL dqn.py (120x84 nets, lr 2.5e-4), double DQN",

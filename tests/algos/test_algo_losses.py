@@ -178,10 +178,21 @@ def test_seeded_builds_are_identical_and_leave_global_rng_alone():
     sa, sb, sc = (p.loss_module.state_dict() for p in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
-    # every critic copy gets CORL's orthogonal init, the target starts equal to it
+    # each critic copy gets its own weights (torch's default init), the target starts equal to them
     w = sa["qvalue_network_params.module.0.weight"]
     assert not torch.equal(w[0], w[1])
     assert torch.equal(w, sa["target_qvalue_network_params.module.0.weight"])
+    # with CORL's orthogonal init too: every copy re-initialised orthogonally, the targets copied after it
+    o = cql.build(CQLConfig(hidden_sizes=(8,), orthogonal_init=True), observation_shape=(3,), action_spec=BOX2,
+                  seed=7).loss_module.state_dict()
+    ow = o["qvalue_network_params.module.0.weight"]
+    assert not torch.equal(ow[0], ow[1]) and not torch.equal(ow, w)
+    assert torch.equal(ow, o["target_qvalue_network_params.module.0.weight"])
+    gram = ow[0] @ ow[0].T  # orthogonal rows with gain sqrt(2): W W^T = 2 I (8 rows of 5 inputs: the 5 x 5 side)
+    side = ow[0].T @ ow[0]
+    assert torch.allclose(side, 2 * torch.eye(side.shape[0]), atol=1e-5) or torch.allclose(
+        gram, 2 * torch.eye(gram.shape[0]), atol=1e-5)
+    assert torch.count_nonzero(o["qvalue_network_params.module.0.bias"]) == 0
 
 
 def test_specs_from_bundled_datasets(tmp_path):
