@@ -153,7 +153,8 @@ def _same_config(job: Job, run: Path, config: dict[str, Any]) -> bool:
         except (OSError, ValueError):
             return False
         return (saved.get("mirrors_offrl_config") == given.get("config_hash")
-                and _mirrored(job, given) == _mirrored(job, config))
+                and _mirrored(job, given) == _mirrored(job, config)
+                and _last_episodes(saved) == _last_episodes(config))
     mine = _flat(saved)
     return all(json.dumps(mine.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
                for k, v in _flat(config).items() if k not in OUTCOME_FREE)
@@ -177,6 +178,13 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _last_episodes(config: dict[str, Any]) -> int:
+    """Episodes of a run's last evaluation. A peer run recorded before d3rlpy_peer.py ran
+    ``eval.final_episodes`` has no such key: its last evaluation ran ``eval.episodes``."""
+    ev = config.get("eval") or {}
+    return max(int(ev.get("episodes") or 0), int(ev.get("final_episodes") or 0))
 
 
 def _completed(job: Job, run: Path, config: dict[str, Any]) -> bool:

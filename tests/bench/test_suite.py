@@ -171,3 +171,27 @@ def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path
     assert reused() and reused(dataset__path="/b", progress_bar=False, num_threads=2, online__scratch_dir="/tmp/x")
     assert not reused(clip_norm=1.0) and not reused(precision="bf16") and not reused(online__steps=1000)
     assert not reused(eval__heldout_fraction=0.0) and not reused(cql__critic_lr=3e-4)
+
+
+def test_peer_run_of_the_old_last_evaluation_is_not_reused(tmp_path: Path) -> None:
+    """A d3rlpy run recorded before the peer ran eval.final_episodes (its last evaluation ran eval.episodes)
+    is retrained when the plan's last evaluation runs more episodes, even though the config it was given
+    (which had final_episodes) matches the plan."""
+    import json
+
+    suite = _suite()
+    job = suite.Job("offrl/hopper/medium-v0", "cql", 0, peer=True)
+    plan = {"offline_steps": 100, "batch_size": 256, "log_interval": 50, "dataset": {"id": "offrl/hopper/medium-v0"},
+            "eval": {"interval": 50, "episodes": 10, "final_episodes": 20, "seed": 0}, "cql": {"critic_lr": 3e-4}}
+    given = suite._peer_config_file(job, tmp_path)
+    given.parent.mkdir(parents=True)
+    given.write_text(json.dumps({**plan, "seed": 0, "config_hash": suite.config_hash(plan)}))
+    run = job.run_dir(tmp_path)
+    run.mkdir(parents=True)
+
+    def record(ev: dict) -> bool:
+        (run / "config.yaml").write_text(json.dumps({"mirrors_offrl_config": suite.config_hash(plan), "eval": ev}))
+        return suite._same_config(job, run, plan)
+
+    assert record({"interval": 50, "episodes": 10, "final_episodes": 20, "seed": 0})
+    assert not record({"interval": 50, "episodes": 10, "seed": 0})  # the old protocol: 10 episodes last
