@@ -161,9 +161,11 @@ def _same_config(job: Job, run: Path, config: dict[str, Any]) -> bool:
 
 
 #: Config keys that do not change what a run learns (paths, logging, checkpoint cadence, threads: the suite
-#: trains on one): a run that differs from the plan only in these is still a run of the plan's config.
+#: trains on one): a run that differs from the plan only in these is still a run of the plan's config. The
+#: dataset's digest is one of them so that a study resumes on another machine, whose regenerated MuJoCo
+#: datasets hold other bytes of the same recipe; the report lists the bytes each run read (``provenance``).
 OUTCOME_FREE = frozenset({
-    "dataset.path", "dataset.cache_dir", "progress_bar", "num_threads", "log_interval", "save_trainer_interval",
+    "dataset.path", "dataset.cache_dir", "dataset.digest", "progress_bar", "num_threads", "log_interval", "save_trainer_interval",
     "keep_checkpoints", "enable_logging", "log_timings", "log_rewards", "log_observations", "log_actions", "logger",
     "online.scratch_dir",
 })

@@ -151,7 +151,8 @@ def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path
     suite = _suite()
     job = suite.Job("offrl/pendulum/random-v0", "cql", 0)
     plan = {"algo": "cql", "offline_steps": 100, "batch_size": 256, "num_threads": 1, "progress_bar": True,
-            "clip_norm": None, "precision": "fp32", "dataset": {"id": "offrl/pendulum/random-v0", "path": "/a"},
+            "clip_norm": None, "precision": "fp32",
+            "dataset": {"id": "offrl/pendulum/random-v0", "path": "/a", "digest": "a" * 64},
             "eval": {"interval": 50, "heldout_fraction": 0.05}, "online": {"steps": 0, "scratch_dir": None},
             "cql": {"critic_lr": 1e-3}}
     run = job.run_dir(tmp_path)
@@ -169,6 +170,7 @@ def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path
         return suite._same_config(job, run, plan)
 
     assert reused() and reused(dataset__path="/b", progress_bar=False, num_threads=2, online__scratch_dir="/tmp/x")
+    assert reused(dataset__digest="b" * 64)  # regenerated on another CPU: reused, and the report lists the bytes
     assert not reused(clip_norm=1.0) and not reused(precision="bf16") and not reused(online__steps=1000)
     assert not reused(eval__heldout_fraction=0.0) and not reused(cql__critic_lr=3e-4)
 
