@@ -120,7 +120,7 @@ def tables(runs: list[Path]) -> tuple[list[str], int]:
         return [], unfinished
     df = pd.DataFrame(rows)
     rng = np.random.default_rng(0)
-    trend_rng = np.random.default_rng(1)  # its own stream: the other CIs stay what they were before it existed
+    trend_rng = np.random.default_rng(1)  # its own stream: the other columns' CIs do not depend on this one
     lines = ["| dataset | algorithm | seeds | steps | mean of last 5 evaluations [95% CI] | change, two thirds to "
              "last [95% CI] | trend over the last third [95% CI] | settled |", "|---|---|---|---|---|---|---|---|"]
     for (ds, algo), g in df.groupby(["dataset", "algo"]):
