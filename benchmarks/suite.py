@@ -600,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets_run = sorted({c["dataset"]["id"] for c in configs.values()})
     algos_run = sorted({c["algo"] for c in configs.values()})
     scope = (f"Datasets {', '.join(f'`{d}`' for d in datasets_run)} x offrl's {', '.join(algos_run)}"
-             + (f" and d3rlpy {peer_version}'s counterparts on the same data and config" if peer_version else ""))
+             + (f" and d3rlpy {peer_version}'s counterparts on the same data and config" if args.d3rlpy_python else ""))
     facts = {
         "scope": scope,
         "seeds": args.seeds, "cpu": cpu_model(), "cores": os.cpu_count(), "peers": peer_version, "jobs": args.jobs,

@@ -53,6 +53,9 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         assert row["unit"] == "eval_normalized_score" and row["last_mean"] not in ("", "nan")
     readme = (out / "README.md").read_text()
     assert "python benchmarks/suite.py" in readme and "| offrl/cartpole/random-v0 | dqn | 2 | 8 |" in readme
+    scope = readme.split("\n\n")[1]  # the opening paragraph names the peer only when one trained
+    assert scope.startswith("Datasets `offrl/cartpole/random-v0` x offrl's dqn")
+    assert ("d3rlpy" in scope) == ("--no-peers" not in peers), scope
     # provenance: the CPU of every completed run and the one digest of the dataset they read
     from offrl.hardware import cpu_isa, cpu_model
 
@@ -93,6 +96,12 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     rows = {r["group"]: r for r in csv.DictReader((partial / "summary.csv").open())}
     assert rows["dqn"]["n_seeds"] == "1" and all(r["n_seeds"] == "2" for g, r in rows.items() if g != "dqn")
     partial_readme = (partial / "README.md").read_text()
+    # a report without the peer does not claim one in its opening paragraph
+    bare = tmp_path / "bare"
+    base = argv[: len(argv) - len(peers)]
+    assert _suite().main([*base[:1], str(bare), *base[2:], "--no-peers", "--report-only"]) == 0
+    bare_scope = (bare / "README.md").read_text().split("\n\n")[1]
+    assert bare_scope.startswith("Datasets `offrl/cartpole/random-v0` x offrl's dqn, 2 seeds each"), bare_scope
     assert (f"Completed runs only (--completed-only): {n_runs - 1} of the {n_runs} planned; training or stopped: "
             f"offrl/cartpole/random-v0 dqn seed 1 at 8 of 8 steps; no run folder in {runs} yet: 0.") in partial_readme
     assert "| offrl/cartpole/random-v0 | dqn | 1 | 8 | " in partial_readme  # the running seed is left out
