@@ -33,6 +33,6 @@ echo "== vectorized seeds on cuda (8 seeds, one group): CQL on Pendulum, discret
 timeout 120 python3 benchmarks/vectorized_seeds.py --device cuda --algos cql --dataset offrl/pendulum/medium-v0 --seeds 8 --steps 300 --rounds 1 --jobs 1 --vectorized-jobs 1 2>&1 | grep -v INFO | tail -2
 timeout 90 python3 benchmarks/vectorized_seeds.py --device cuda --algos discrete-cql --seeds 8 --steps 500 --rounds 1 --jobs 1 --vectorized-jobs 1 2>&1 | grep -v INFO | tail -2
 echo "== gpu tests"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/trainers/test_trainer_precision_graph.py tests/test_bench.py tests/data/test_data_buffer.py 2>&1 | tail -15
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/trainers/test_trainer_precision_graph.py tests/bench/test_bench.py tests/data/test_data_buffer.py 2>&1 | tail -15
 } > $L 2>&1
 tail -c 11500 $L
