@@ -20,7 +20,8 @@ class AlgoParts:
     """Everything a trainer needs for one algorithm, built once from a config dataclass.
 
     ``policy`` is deterministic (evaluation); ``exploration_policy`` is what a collector runs.
-    ``trainer_kwargs`` are algorithm-specific trainer arguments (e.g. ``bc_steps`` for CQL).
+    ``trainer_kwargs`` are algorithm-specific trainer arguments (e.g. ``bc_steps`` for CQL, the
+    ``observation_scaler`` when the config scales observations).
     """
 
     loss_module: Any
@@ -31,6 +32,8 @@ class AlgoParts:
     config: Any
     greedy_module: Any = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    observation_scaler: Any = None
+    """The fitted :class:`offrl.data.scaling.ObservationScaler` (``config.observation_scaler``), or None."""
 
 
 def make_mlp(in_features: int, out_features: int, hidden: Sequence[int], activation: str = "relu",

@@ -10,7 +10,6 @@ import torch
 
 from offrl.algos import cql, discrete_cql, dqn
 from offrl.algos._common import AlgoParts
-from offrl.algos._spec import dataset_shapes
 from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
 
 __all__ = ["build_from_dataset", "builder_for"]
@@ -30,7 +29,4 @@ def builder_for(cfg: Any) -> ModuleType:
 def build_from_dataset(cfg: CQLConfig | DiscreteCQLConfig | DQNConfig, dataset: Any, *,
                        device: torch.device | str = "cpu", seed: int | None = None) -> AlgoParts:
     """The algorithm of ``cfg``'s type built with shapes, ``n`` and bounds read from an ``OfflineDataset``."""
-    module = builder_for(cfg)
-    if module is cql:  # dataset-dependent defaults (actor_bc_weight=None: auto from the data's coverage)
-        cfg, _ = cql.resolve_auto(cfg, dataset)
-    return module.build(cfg, **dataset_shapes(dataset), device=device, seed=seed)
+    return builder_for(cfg).build_from_dataset(cfg, dataset, device=device, seed=seed)

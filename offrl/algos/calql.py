@@ -13,6 +13,7 @@ from offrl.algos._common import AlgoParts
 from offrl.algos._spec import dataset_shapes
 from offrl.algos.calql_loss import CalQLLoss, calibrate
 from offrl.algos.fused_cql import FusedCalQLLoss
+from offrl.algos.scaled import observation_scaler_for
 from offrl.config.algos import CQLConfig
 from offrl.errors import UserError
 
@@ -20,9 +21,11 @@ __all__ = ["CalQLLoss", "FusedCalQLLoss", "build", "build_from_dataset", "calibr
 
 
 def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
-          device: torch.device | str = "cpu", seed: int | None = None, calibrated: bool = True) -> AlgoParts:
+          device: torch.device | str = "cpu", seed: int | None = None, calibrated: bool = True,
+          observation_scaler: Any = None) -> AlgoParts:
     """:func:`offrl.algos.cql.build` with the loss turned into a :class:`CalQLLoss` (same networks)."""
-    parts = cql.build(cfg, observation_shape=observation_shape, action_spec=action_spec, device=device, seed=seed)
+    parts = cql.build(cfg, observation_shape=observation_shape, action_spec=action_spec, device=device, seed=seed,
+                      observation_scaler=observation_scaler)
     parts.loss_module = CalQLLoss.from_cql(parts.loss_module, calibrated=calibrated)
     return parts
 
@@ -33,4 +36,5 @@ def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | s
     if "mc_return" not in dataset.data.keys():
         raise UserError(f"{dataset.name}: no mc_return in the converted data; Cal-QL needs the Monte-Carlo "
                         "return-to-go (re-convert the dataset with this offrl version)")
-    return build(cfg, **dataset_shapes(dataset), device=device, seed=seed, calibrated=calibrated)
+    return build(cfg, **dataset_shapes(dataset), device=device, seed=seed, calibrated=calibrated,
+                 observation_scaler=observation_scaler_for(cfg, dataset, device))

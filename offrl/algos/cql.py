@@ -23,6 +23,7 @@ from offrl.algos._common import AlgoParts, make_mlp, named_adam, orthogonal_init
 from offrl.algos._spec import dataset_shapes
 from offrl.algos.cql_loss import BACKUP_ACTIONS, OfflineCQLLoss
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
+from offrl.algos.scaled import attach_observation_scaler, observation_scaler_for
 from offrl.config.algos import CQLConfig
 from offrl.data.coverage import action_coverage
 from offrl.errors import UserError
@@ -88,9 +89,10 @@ def _make_loss(cfg: CQLConfig, actor: Any, qvalue: Any, low: torch.Tensor, high:
 
 
 def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
-          device: torch.device | str = "cpu", seed: int | None = None) -> AlgoParts:
+          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None) -> AlgoParts:
     """Actor, twin critics, :class:`OfflineCQLLoss`, one Adam (groups actor/critic/alpha[/alpha_prime]) and
-    a SoftUpdate. ``action_spec``: a torchrl ``Bounded`` spec (``low``/``high``) in env units."""
+    a SoftUpdate. ``action_spec``: a torchrl ``Bounded`` spec (``low``/``high``) in env units.
+    ``observation_scaler``: the fitted scaler ``cfg.observation_scaler`` asks for (:mod:`offrl.algos.scaled`)."""
     if len(observation_shape) != 1:
         raise UserError(f"CQL's MLPs need flat observations, got shape {tuple(observation_shape)}; flatten them")
     if cfg.actor_bc_weight is None:  # auto, and no dataset to measure: off
@@ -136,10 +138,10 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
     optimizer = named_adam(groups, lrs)
     rescale = TensorDictModule(ActionRescale(low, high), in_keys=["action"], out_keys=["action"])
     policy = TensorDictSequential(actor, rescale)
-    return AlgoParts(
+    return attach_observation_scaler(AlgoParts(
         loss_module=loss, optimizer=optimizer, target_net_updater=SoftUpdate(loss, tau=cfg.tau),
         policy=policy, exploration_policy=policy, config=cfg, trainer_kwargs={"bc_steps": cfg.bc_steps},
-    )
+    ), observation_scaler)
 
 
 def resolve_auto(cfg: CQLConfig, dataset: Any) -> tuple[CQLConfig, str | None]:
@@ -160,4 +162,5 @@ def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | s
     """:func:`build` with shapes and bounds read from an ``OfflineDataset`` (its ``data``) and the
     dataset-dependent defaults resolved (:func:`resolve_auto`)."""
     cfg, _ = resolve_auto(cfg, dataset)
-    return build(cfg, **dataset_shapes(dataset), device=device, seed=seed)
+    return build(cfg, **dataset_shapes(dataset), device=device, seed=seed,
+                 observation_scaler=observation_scaler_for(cfg, dataset, device))

@@ -5,7 +5,8 @@ deterministic mode.
 
 * continuous (CQL's tanh-squashed actor): ``center + half * clamp(tanh(loc), ±(1 - 1e-6))`` ``[B, act_dim]``,
   exactly what torchrl's ``TanhNormal`` returns in deterministic mode, rescaled to the action bounds;
-* discrete (DQN / discrete CQL's Q-network): ``argmax_a Q(s, a)`` as an int64 index ``[B]``.
+* discrete (DQN / discrete CQL's Q-network): ``argmax_a Q(s, a)`` as an int64 index ``[B]``;
+* either behind the run's observation scaling (``(obs - loc) / scale``) when it trained with one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from offrl.algos.cql import ActionRescale
 from offrl.errors import UserError
 
-__all__ = ["ContinuousPolicyNet", "DiscretePolicyNet", "deployable_policy"]
+__all__ = ["ContinuousPolicyNet", "DiscretePolicyNet", "ScaledPolicyNet", "deployable_policy"]
 
 
 class ContinuousPolicyNet(nn.Module):
@@ -49,10 +50,26 @@ class DiscretePolicyNet(nn.Module):
         return self.net(observation).argmax(-1)
 
 
+class ScaledPolicyNet(nn.Module):
+    """``obs -> net(scaler(obs))``: a policy trained on scaled observations, fed the env's raw ones."""
+
+    def __init__(self, scaler: nn.Module, net: nn.Module) -> None:
+        super().__init__()
+        self.scaler = scaler
+        self.net = net
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.net(self.scaler(observation))
+
+
 def deployable_policy(policy: Any) -> nn.Module:
     """A copy of ``policy`` (a built algorithm's deterministic ``policy``) as a plain module, in eval mode."""
     from torchrl.modules import ProbabilisticActor, QValueActor
 
+    from offrl.algos.scaled import ScaledObservationPolicy
+
+    if isinstance(policy, ScaledObservationPolicy):  # the scaling travels with the exported networks
+        return ScaledPolicyNet(copy.deepcopy(policy.scaler), deployable_policy(policy.module)).eval()
     if isinstance(policy, QValueActor):
         out: nn.Module = DiscretePolicyNet(copy.deepcopy(policy.module[0].module))
         return out.eval()

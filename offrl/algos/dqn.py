@@ -17,6 +17,7 @@ from offrl.algos._common import AlgoParts, named_adam, seeded
 from offrl.algos._spec import dataset_shapes
 from offrl.algos.fused_q import FusedDQNLoss
 from offrl.algos.qnets import categorical_spec, make_q_network, target_updater
+from offrl.algos.scaled import attach_observation_scaler, observation_scaler_for
 from offrl.config.algos import DQNConfig
 from offrl.errors import UserError
 
@@ -24,9 +25,9 @@ __all__ = ["DQNConfig", "build", "build_from_dataset"]
 
 
 def build(cfg: DQNConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
-          device: torch.device | str = "cpu", seed: int | None = None) -> AlgoParts:
+          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None) -> AlgoParts:
     """Q-network, ``DQNLoss`` (:class:`FusedDQNLoss` when ``cfg.fused``), Adam (group ``value``), target
-    updater and an ``EGreedyModule``."""
+    updater and an ``EGreedyModule``; ``observation_scaler`` as in :func:`offrl.algos.cql.build`."""
     if len(observation_shape) != 1:
         raise UserError(f"the Q-network's MLP needs flat observations, got shape {tuple(observation_shape)}")
     if cfg.eps_end > cfg.eps_init:
@@ -42,12 +43,14 @@ def build(cfg: DQNConfig, *, observation_shape: tuple[int, ...], action_spec: An
     optimizer = named_adam({"value": list(loss.value_network_params.values(True, True))}, {"value": cfg.lr})
     greedy = EGreedyModule(spec, eps_init=float(cfg.eps_init), eps_end=float(cfg.eps_end),
                            annealing_num_steps=cfg.annealing_num_steps, device=device)
-    return AlgoParts(loss_module=loss, optimizer=optimizer, target_net_updater=target_updater(cfg, loss),
-                     policy=qnet, exploration_policy=TensorDictSequential(qnet, greedy), config=cfg,
-                     greedy_module=greedy)
+    return attach_observation_scaler(AlgoParts(
+        loss_module=loss, optimizer=optimizer, target_net_updater=target_updater(cfg, loss), policy=qnet,
+        exploration_policy=TensorDictSequential(qnet, greedy), config=cfg, greedy_module=greedy,
+    ), observation_scaler)
 
 
 def build_from_dataset(cfg: DQNConfig, dataset: Any, *, device: torch.device | str = "cpu",
                        seed: int | None = None) -> AlgoParts:
     """:func:`build` with shapes and ``n`` read from an ``OfflineDataset``."""
-    return build(cfg, **dataset_shapes(dataset), device=device, seed=seed)
+    return build(cfg, **dataset_shapes(dataset), device=device, seed=seed,
+                 observation_scaler=observation_scaler_for(cfg, dataset, device))

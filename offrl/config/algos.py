@@ -48,6 +48,9 @@ class CQLConfig:
     loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
     scale_lb: float = 1e-4  # lower bound of the actor's std
     fused: bool = True  # FusedOfflineCQLLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py), ~1.5-2x faster
+    # "none" (d3rlpy's CQLConfig default, the authors' gym code), "standard" (CORL's state normalization) or
+    # "min_max": fitted on the dataset's observations (offrl.data.scaling; docs/cql.md)
+    observation_scaler: str = "none"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class DiscreteCQLConfig:
     target_update_interval: int = 1000  # gradient steps between hard copies (d3rlpy: 8000 for Atari)
     tau: float = 5e-3  # soft update rate when target_update="soft"
     fused: bool = True  # FusedWeightedDiscreteCQLLoss: the same loss within 1e-5, fewer kernels per step
+    observation_scaler: str = "none"  # d3rlpy's default; "standard" or "min_max" (offrl.data.scaling)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class DQNConfig:
     eps_end: float = 0.05  # CleanRL end_e
     annealing_num_steps: int = 10_000  # frames over which epsilon decays (CleanRL: 0.5 * total steps)
     fused: bool = True  # FusedDQNLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py)
+    observation_scaler: str = "none"  # CleanRL: none; "standard" or "min_max" (offrl.data.scaling)
 
 
 #: Where each algorithm's general defaults come from (the per-key sources are comments in offrl/config/algos.py).

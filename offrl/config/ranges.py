@@ -14,10 +14,13 @@ from typing import Any
 
 from offrl.errors import UserError
 
-__all__ = ["ACTIVATION_CHOICES", "LOSS_FUNCTION_CHOICES", "check_algo_ranges", "check_finite_floats"]
+__all__ = ["ACTIVATION_CHOICES", "LOSS_FUNCTION_CHOICES", "OBSERVATION_SCALERS", "check_algo_ranges",
+           "check_finite_floats"]
 
 ACTIVATION_CHOICES = ("relu", "elu", "tanh", "silu")
 LOSS_FUNCTION_CHOICES = ("l2", "l1", "smooth_l1")
+#: ``observation_scaler`` choices (:mod:`offrl.data.scaling`): d3rlpy's names.
+OBSERVATION_SCALERS = ("none", "standard", "min_max")
 
 # (predicate, wording) per field name of the algorithm sections (offrl.config.algos) and the online section.
 _Rule = tuple[Callable[[Any], bool], str]
@@ -50,6 +53,7 @@ _RULES: dict[str, _Rule] = {
     "activation": (lambda v: v in ACTIVATION_CHOICES, f"use one of {', '.join(ACTIVATION_CHOICES)}"),
     "loss_function": (lambda v: v in LOSS_FUNCTION_CHOICES, f"use one of {', '.join(LOSS_FUNCTION_CHOICES)}"),
     "target_update": (lambda v: v in ("hard", "soft"), "use hard or soft"),
+    "observation_scaler": (lambda v: v in OBSERVATION_SCALERS, f"use one of {', '.join(OBSERVATION_SCALERS)}"),
 }
 
 

@@ -68,9 +68,19 @@ def _gather(action_value: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     return action_value.gather(-1, action.long().reshape(-1, 1)).squeeze(-1)
 
 
-def critic_from_loss(loss: Any) -> Critic:
+def critic_from_loss(loss: Any, observation_scaler: Any = None) -> Critic:
     """A :class:`Critic` over the current parameters of a torchrl ``CQLLoss``, ``DiscreteCQLLoss`` or
-    ``DQNLoss`` (the losses hold functional params; they are swapped into the network for each call)."""
+    ``DQNLoss`` (the losses hold functional params; they are swapped into the network for each call).
+    ``observation_scaler``: what the run's networks see (:mod:`offrl.data.scaling`); the critic takes raw
+    observations and scales them."""
+    critic = _loss_critic(loss)
+    if observation_scaler is None:
+        return critic
+    return Critic(lambda obs, action: critic._q(observation_scaler(obs), action),
+                  lambda obs: critic._v(observation_scaler(obs)))
+
+
+def _loss_critic(loss: Any) -> Critic:
     if hasattr(loss, "qvalue_network_params"):  # CQLLoss (and SAC-like losses): actor + Q ensemble
         qnet, qparams = loss.qvalue_network, loss.qvalue_network_params
         actor, aparams = loss.actor_network, loss.actor_network_params

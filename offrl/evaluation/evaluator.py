@@ -49,11 +49,12 @@ class Evaluator:
         heldout: TensorDictBase | None = None,
         ref: Any = None,
         final_episodes: int | None = None,
+        observation_scaler: Any = None,
     ) -> None:
         self.dataset = dataset
         self.critic: Critic | None = None
-        if critic is not None:
-            self.critic = critic if isinstance(critic, Critic) else critic_from_loss(critic)
+        if critic is not None:  # observation_scaler: the one the run's networks were trained with
+            self.critic = critic if isinstance(critic, Critic) else critic_from_loss(critic, observation_scaler)
         self.episodes, self.seed, self.device = episodes, seed, device
         self.final_episodes = max(episodes, final_episodes or 0) if episodes > 0 else 0
         self.env = env if env is not None else dataset

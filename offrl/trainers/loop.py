@@ -108,6 +108,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         episode_reward_key: Any = "reward_sum",
         action_key: Any = "action",
         observation_key: Any = "observation",
+        observation_scaler: Any = None,
     ) -> None:
         self._check_loss(loss_module)
         self.loss_module = loss_module
@@ -164,6 +165,11 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if device is None:
             device = next(iter(loss_module.parameters())).device
         self.device = torch.device(device)
+        if observation_scaler is not None and not hasattr(observation_scaler, "scale_batch"):
+            raise UserError("observation_scaler must be an offrl.data.scaling.ObservationScaler (AlgoParts."
+                            f"observation_scaler), got {type(observation_scaler).__name__}")
+        # sampled batches are scaled before the update; the policy scales the env's observations itself
+        self.observation_scaler = None if observation_scaler is None else observation_scaler.to(self.device)
         if self.device.type == "cpu":
             tune_allocator()  # process-wide: keeps the update's activation buffers in the heap
         # bf16: the loss forward runs under autocast (bf16 matmuls; parameters, optimizer and the critic's
@@ -361,6 +367,8 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         batch = draw[1]() if draw[1] is not None else self.replay_buffer.sample()
         if batch.device != self.device:
             batch = batch.to(self.device, non_blocking=True)
+        if self.observation_scaler is not None:
+            batch = self.observation_scaler.scale_batch(batch, self.observation_key)
         return self._prepare_batch(batch)
 
     def _train_step(self, batch: TensorDictBase, phase: str) -> Iterator[tuple[int, dict[str, float]]]:

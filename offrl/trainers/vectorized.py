@@ -60,6 +60,8 @@ def vectorize_reason(trainers: Sequence[Trainer]) -> str | None:
             return "every seed must use the same settings and be at the same step"
         if t.replay_buffer.batch_size != first.replay_buffer.batch_size:
             return "every seed must use the same batch size"
+        if not _same_scaler(t.observation_scaler, first.observation_scaler):
+            return "every seed must scale observations the same way"
         if type(t.target_net_updater) not in (SoftUpdate, HardUpdate) or \
                 type(t.target_net_updater) is not type(first.target_net_updater):
             return "the batched step needs a soft or hard target update, the same for every seed"
@@ -77,6 +79,12 @@ def vectorize_reason(trainers: Sequence[Trainer]) -> str | None:
             return "every seed must use the same bc_steps"
         return stackable_cql_reason([t.loss_module for t in trainers])
     return stackable_reason([t.loss_module for t in trainers])
+
+
+def _same_scaler(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.kind == b.kind and torch.equal(a.loc, b.loc) and torch.equal(a.scale, b.scale)
 
 
 def _continuous_cql(trainer: Trainer) -> bool:
@@ -331,8 +339,11 @@ class VectorizedSeeds:
         trainers = self.trainers
         first = trainers[0]
         sampler = StackedSampler([t.replay_buffer for t in trainers])
+        scaler = first.observation_scaler  # every seed's: one dataset, one fitted scaler
         while first.step < first.offline_steps:
             batch = sampler.sample()
+            if scaler is not None:
+                batch = scaler.scale_batch(batch, first.observation_key)
             values, q = self._update(batch)
             self._accumulate(values)
             failed: NonFiniteLossError | None = None

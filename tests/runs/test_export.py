@@ -27,10 +27,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory, pendulum: str) -> dict[str, P
                      progress=False, cache_dir=cache, dotlist=["dqn.hidden_sizes=[16,16]"])
     pend = train(pendulum, "cql", out=base / "runs", name="cql", steps=30, eval_every=0, progress=False,
                  cache_dir=cache, dotlist=TINY_CQL)
-    return {"discrete": cartpole.dir, "continuous": pend.dir, "cache": cache}
+    # trained on scaled observations: the export must carry the scaling (raw observations in)
+    scaled_dqn = train("offrl/cartpole/medium-v0", "dqn", out=base / "runs", name="dqn-scaled", steps=30,
+                       eval_every=0, progress=False, cache_dir=cache,
+                       dotlist=["dqn.hidden_sizes=[16,16]", "dqn.observation_scaler=min_max"])
+    scaled_cql = train(pendulum, "cql", out=base / "runs", name="cql-scaled", steps=30, eval_every=0,
+                       progress=False, cache_dir=cache, dotlist=[*TINY_CQL, "cql.observation_scaler=standard"])
+    return {"discrete": cartpole.dir, "continuous": pend.dir, "scaled-discrete": scaled_dqn.dir,
+            "scaled-continuous": scaled_cql.dir, "cache": cache}
 
 
-@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+@pytest.mark.parametrize("kind", ["discrete", "continuous", "scaled-discrete", "scaled-continuous"])
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_exported_policy_matches_pytorch(runs, kind, fmt, tmp_path, monkeypatch):
     if fmt == "onnx":
@@ -50,7 +57,11 @@ def test_exported_policy_matches_pytorch(runs, kind, fmt, tmp_path, monkeypatch)
     obs = torch.cat([data_obs[torch.randint(len(data_obs), (500,), generator=gen)],
                      3 * torch.randn(500, data_obs.shape[1], generator=gen)])
     got, want = act(obs.numpy()), policy_actions_of(loaded.policy, obs)
-    if kind == "discrete":
+    if kind.startswith("scaled"):  # the networks see scaled observations, the export takes raw ones
+        scaler = loaded.policy.scaler
+        np.testing.assert_array_equal(want, policy_actions_of(loaded.policy.module, scaler(obs)))
+        assert not np.allclose(want, policy_actions_of(loaded.policy.module, obs), atol=1e-3)
+    if kind.endswith("discrete"):
         assert got.dtype == np.int64 and got.shape == (1000,)
         assert (got == want.reshape(1000)).all()
     else:
