@@ -17,8 +17,10 @@ from offrl.trainers import load_checkpoint
 ALGOS = {"cql": "pendulum_medium", "discrete-cql": "cartpole_medium", "dqn": "cartpole_medium"}
 SMALL = {
     "cql": ["cql.hidden_sizes=[16,16]", "cql.num_random=2", "cql.bc_steps=4", "cql.with_lagrange=true"],
-    "discrete-cql": ["discrete_cql.hidden_sizes=[16,16]", "discrete_cql.target_update_interval=3"],
-    "dqn": ["dqn.hidden_sizes=[16,16]", "dqn.target_update_interval=3"],
+    # the discrete ones scale observations: sampled batches scaled, the collector's policy reading raw ones
+    "discrete-cql": ["discrete_cql.hidden_sizes=[16,16]", "discrete_cql.target_update_interval=3",
+                     "discrete_cql.observation_scaler=min_max"],
+    "dqn": ["dqn.hidden_sizes=[16,16]", "dqn.target_update_interval=3", "dqn.observation_scaler=standard"],
 }
 OFFLINE_STEPS = 12
 #: phase -> (steps the uninterrupted run trains, the step the interrupted one stops at, extra settings).

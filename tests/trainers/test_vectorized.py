@@ -82,11 +82,14 @@ CASES = [("dqn", "cartpole_medium", {"cfg": SMALL_DQN, "clip_norm": 0.05}),  # h
          ("cql", "pendulum_medium", {"cfg": SMALL_CQL, "bc_steps": 6}),  # the BC warm start ends mid-run
          ("cql", "pendulum_medium", {"cfg": SMALL_CQL.__class__(**{**SMALL_CQL.__dict__, "with_lagrange": True,
                                                                    "backup_action": "mean", "actor_bc_weight": 2.5}),
-                                     "clip_norm": 0.5})]
+                                     "clip_norm": 0.5}),
+         # the group scales its stacked batch as each seed's trainer scales its own
+         ("dqn", "cartpole_medium", {"cfg": SMALL_DQN.__class__(**{**SMALL_DQN.__dict__,
+                                                                  "observation_scaler": "standard"})})]
 
 
 @pytest.mark.parametrize(("kind", "data", "kwargs"), CASES,
-                         ids=["dqn", "dcql", "cql-bc-warm-start", "cql-lagrange-mean-backup-bc-clip"])
+                         ids=["dqn", "dcql", "cql-bc-warm-start", "cql-lagrange-mean-backup-bc-clip", "dqn-scaled"])
 def test_each_seed_trains_as_it_would_alone(kind, data, kwargs, request, tmp_path):
     dataset = request.getfixturevalue(data)
     evaluator = _cql_evaluator if kind == "cql" else _evaluator
