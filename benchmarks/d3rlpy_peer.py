@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -132,9 +133,15 @@ def make_agent(algo: str, cfg: dict[str, Any], action_space: dict[str, Any]) -> 
         else:  # offrl's DQN is double DQN by default
             make = d3rlpy.algos.DoubleDQNConfig if c.get("double_dqn", True) else d3rlpy.algos.DQNConfig
             agent_cfg = make(**kw)
+    scaler = c.get("observation_scaler", "none")
+    if scaler != "none":  # d3rlpy fits it on the dataset in fit(), with the same formula as offrl.data.scaling
+        make_scaler = {"standard": d3rlpy.preprocessing.StandardObservationScaler,
+                       "min_max": d3rlpy.preprocessing.MinMaxObservationScaler}[scaler]
+        agent_cfg = dataclasses.replace(agent_cfg, observation_scaler=make_scaler())
     shown = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kw.items()
              if not k.endswith("_factory") and k != "action_scaler"}
     shown["hidden_units"] = list(c["hidden_sizes"])
+    shown["observation_scaler"] = scaler
     return agent_cfg.create(device="cpu:0"), shown
 
 

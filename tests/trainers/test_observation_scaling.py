@@ -8,7 +8,6 @@ import dataclasses
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 import torch
 from helpers.engine import SMALL_CQL, SMALL_DQN, make_trainer, weights
