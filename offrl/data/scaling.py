@@ -22,7 +22,7 @@ from torch import nn
 from offrl.config.ranges import OBSERVATION_SCALERS
 from offrl.errors import UserError
 
-__all__ = ["ObservationScaler", "fit_observation_scaler"]
+__all__ = ["ObservationScaler", "checked_scaler", "fit_observation_scaler"]
 
 _STD_EPS = 1e-3  # d3rlpy StandardObservationScaler's eps, CORL's normalize_states eps
 _CHUNK = 1 << 18  # rows per float64 pass: bounded memory on large memmapped datasets
@@ -58,6 +58,17 @@ class ObservationScaler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, dims={self.loc.numel()}"
+
+
+def checked_scaler(scaler: Any, device: Any) -> ObservationScaler | None:
+    """A trainer's ``observation_scaler`` argument, on ``device`` (None stays None; anything else is a
+    user error)."""
+    if scaler is None:
+        return None
+    if not isinstance(scaler, ObservationScaler):
+        raise UserError("observation_scaler must be an offrl.data.scaling.ObservationScaler (AlgoParts."
+                        f"observation_scaler), got {type(scaler).__name__}")
+    return scaler.to(device)
 
 
 def _moments(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

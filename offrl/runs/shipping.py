@@ -133,6 +133,16 @@ def _summary_score(run_dir: Path) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("status", "steps", "final", "best", "selected") if k in summary}
 
 
+def _scaling_note(policy: Any) -> str | None:
+    """How the exported network scales its input, when the run trained on scaled observations."""
+    scaler = getattr(policy, "scaler", None)
+    if scaler is None:
+        return None
+    loc = [round(float(v), 6) for v in scaler.loc.reshape(-1)]
+    scale = [round(float(v), 6) for v in scaler.scale.reshape(-1)]
+    return f"; the network scales it itself ({scaler.kind}: (obs - {loc}) / {scale})"
+
+
 def export_policy(target: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Export the policy of ``target`` (a run directory or one of its checkpoints) as ``fmt``; returns the
     sidecar's content (with ``file`` and ``sidecar`` paths)."""
@@ -173,7 +183,8 @@ def export_policy(target: str | os.PathLike[str], fmt: str, out: str | os.PathLi
     discrete = exported.dtype.kind in "iu"
     sidecar: dict[str, Any] = {
         "format": fmt, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "input": {"name": "observation", "shape": ["batch", *obs_space.shape], "dtype": "float32"},
+        "input": {"name": "observation", "shape": ["batch", *obs_space.shape], "dtype": "float32",
+                  "meaning": "the env's raw observation" + (_scaling_note(loaded.policy) or "")},
         "output": {"name": "action", "shape": ["batch"] if discrete else ["batch", *act_space.shape],
                    "dtype": str(exported.dtype),
                    "meaning": "action index (argmax of Q)" if discrete else "action in the env's units (within bounds)"},

@@ -11,8 +11,6 @@ One gradient step, read top to bottom (:meth:`Trainer._run`):
 Offline, ``offline_steps`` such steps sample from ``replay_buffer``. With a collector, they are followed by
 the online phase: collect ``frames_per_batch`` env steps, extend the buffer, anneal epsilon, do
 ``optim_steps_per_batch`` steps, until ``total_frames`` frames (``frame_skip`` frames per env step).
-
-
 The update step, metrics and state are mixins in their own modules (:mod:`~offrl.trainers.update`,
 :mod:`~offrl.trainers.metrics`, :mod:`~offrl.trainers.state`).
 """
@@ -32,6 +30,7 @@ from tensordict import TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from offrl.data.buffer import direct_draw
+from offrl.data.scaling import checked_scaler
 from offrl.errors import UserError
 from offrl.trainers.metrics import PHASES, TrainerMetrics
 from offrl.trainers.signals import install_stop_handlers
@@ -165,11 +164,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if device is None:
             device = next(iter(loss_module.parameters())).device
         self.device = torch.device(device)
-        if observation_scaler is not None and not hasattr(observation_scaler, "scale_batch"):
-            raise UserError("observation_scaler must be an offrl.data.scaling.ObservationScaler (AlgoParts."
-                            f"observation_scaler), got {type(observation_scaler).__name__}")
-        # sampled batches are scaled before the update; the policy scales the env's observations itself
-        self.observation_scaler = None if observation_scaler is None else observation_scaler.to(self.device)
+        self.observation_scaler = checked_scaler(observation_scaler, self.device)  # scales each sampled batch
         if self.device.type == "cpu":
             tune_allocator()  # process-wide: keeps the update's activation buffers in the heap
         # bf16: the loss forward runs under autocast (bf16 matmuls; parameters, optimizer and the critic's
@@ -367,9 +362,8 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         batch = draw[1]() if draw[1] is not None else self.replay_buffer.sample()
         if batch.device != self.device:
             batch = batch.to(self.device, non_blocking=True)
-        if self.observation_scaler is not None:
-            batch = self.observation_scaler.scale_batch(batch, self.observation_key)
-        return self._prepare_batch(batch)
+        scaler = self.observation_scaler
+        return self._prepare_batch(batch if scaler is None else scaler.scale_batch(batch, self.observation_key))
 
     def _train_step(self, batch: TensorDictBase, phase: str) -> Iterator[tuple[int, dict[str, float]]]:
         if self.log_timings and not self.cuda_graph:  # the same pieces as update(), timed one by one

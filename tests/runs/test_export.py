@@ -61,6 +61,9 @@ def test_exported_policy_matches_pytorch(runs, kind, fmt, tmp_path, monkeypatch)
         scaler = loaded.policy.scaler
         np.testing.assert_array_equal(want, policy_actions_of(loaded.policy.module, scaler(obs)))
         assert not np.allclose(want, policy_actions_of(loaded.policy.module, obs), atol=1e-3)
+        assert "the network scales it itself" in sidecar["input"]["meaning"]
+    else:
+        assert sidecar["input"]["meaning"] == "the env's raw observation"
     if kind.endswith("discrete"):
         assert got.dtype == np.int64 and got.shape == (1000,)
         assert (got == want.reshape(1000)).all()
