@@ -121,6 +121,7 @@ def _fmt(value: Any) -> str:
 def _info(args: argparse.Namespace) -> int:
     from offrl.algos.cql import NARROW_BC_WEIGHT
     from offrl.data.coverage import action_coverage
+    from offrl.data.scaling import observation_spread
 
     ds = _load(args, env=args.env, ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score)
     payload = ds.info.to_dict()
@@ -132,6 +133,9 @@ def _info(args: argparse.Namespace) -> int:
                 f"{coverage.describe()}. Offline RL can only trust actions the data took: offrl's CQL holds its "
                 f"actor on them (cql.actor_bc_weight={NARROW_BC_WEIGHT:g}, chosen automatically; "
                 "--set cql.actor_bc_weight=0 turns it off)")]
+    spread = None if payload.get("multiagent") else observation_spread(ds)
+    if spread is not None:
+        payload["observation_std"] = {"min": spread.std_min, "max": spread.std_max, "constant": spread.constant}
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return 0
@@ -174,6 +178,8 @@ def _info(args: argparse.Namespace) -> int:
         rows.insert(at + 1, ("agent return mean", _fmt(ma["agent_return_mean"])))
     if coverage is not None:
         rows.append(("action coverage", coverage.describe()))
+    if spread is not None:  # raw by default, as in d3rlpy; <algo>.observation_scaler=standard scales them
+        rows.append(("observation scale", spread.describe()))
     if payload.get("env_note"):
         rows.append(("env note", payload["env_note"]))
     if payload.get("ref_hint"):

@@ -13,6 +13,7 @@ env's observations itself (:mod:`offrl.algos.scaled`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,10 +23,28 @@ from torch import nn
 from offrl.config.ranges import OBSERVATION_SCALERS
 from offrl.errors import UserError
 
-__all__ = ["ObservationScaler", "checked_scaler", "fit_observation_scaler"]
+__all__ = ["ObservationScaler", "ObservationSpread", "checked_scaler", "fit_observation_scaler",
+           "observation_spread"]
 
 _STD_EPS = 1e-3  # d3rlpy StandardObservationScaler's eps, CORL's normalize_states eps
 _CHUNK = 1 << 18  # rows per float64 pass: bounded memory on large memmapped datasets
+
+
+@dataclass(frozen=True)
+class ObservationSpread:
+    """How far apart the observation dimensions' scales are (population std per dimension)."""
+
+    std_min: float  # over the non-constant dimensions
+    std_max: float
+    constant: int  # dimensions with one value throughout
+
+    @property
+    def ratio(self) -> float:
+        return self.std_max / self.std_min if self.std_min > 0 else 1.0
+
+    def describe(self) -> str:
+        const = f"; {self.constant} constant" if self.constant else ""
+        return f"std {self.std_min:.3g} to {self.std_max:.3g} per dimension ({self.ratio:.0f}x apart{const})"
 
 
 class ObservationScaler(nn.Module):
@@ -89,6 +108,18 @@ def _moments(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         square += (part - mean).square().sum(0)
     assert lo is not None and hi is not None
     return mean, (square / n).sqrt(), lo, hi
+
+
+def observation_spread(dataset: Any) -> ObservationSpread | None:
+    """The spread of ``dataset``'s flat floating-point observations (None for other layouts)."""
+    obs = dataset.data.get("observation", None)
+    if obs is None or obs.ndim != 2 or obs.shape[0] == 0 or not torch.is_floating_point(obs):
+        return None
+    std = _moments(obs)[1]
+    live = std[std > 0]
+    if not torch.isfinite(std).all() or live.numel() == 0:
+        return None
+    return ObservationSpread(float(live.min()), float(live.max()), int((std == 0).sum()))
 
 
 def fit_observation_scaler(kind: str, dataset: Any, *, option: str = "observation_scaler") -> ObservationScaler | None:

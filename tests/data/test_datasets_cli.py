@@ -16,6 +16,8 @@ import pytest
 from helpers.cli import OFFRL, assert_user_error
 from helpers.datafiles import cartpole_episodes, write_d4rl, write_minari
 
+from offrl.data import load_dataset
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 INFO_KEYS = {
@@ -50,7 +52,7 @@ def _cache() -> Path:
 
 
 def test_info_json_and_table(tmp_path):
-    write_d4rl(tmp_path / "hopper-medium-v2.hdf5", obs_dim=11, act_dim=3)
+    arrays = write_d4rl(tmp_path / "hopper-medium-v2.hdf5", obs_dim=11, act_dim=3)
     out = offrl("datasets", "info", str(tmp_path / "hopper-medium-v2.hdf5"), "--json")
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
@@ -61,11 +63,20 @@ def test_info_json_and_table(tmp_path):
     assert set(payload["reward"]) == {"min", "mean", "max", "std"}
     assert payload["ref_source"] == "D4RL table" and payload["env_id"] == "Hopper-v5"
     assert Path(payload["cache"]).is_dir()
+    # the observation dimensions' spread: population std over the rows kept (column 0 is the row index)
+    kept = load_dataset(tmp_path / "hopper-medium-v2.hdf5", cache_dir=_cache()).data["observation"].numpy()
+    assert set(kept[:, 0].astype(int)) <= set(range(len(arrays["observations"])))
+    std = kept.astype(np.float64).std(0)
+    assert payload["observation_std"] == {"min": pytest.approx(std.min(), rel=1e-6),
+                                          "max": pytest.approx(std.max(), rel=1e-6), "constant": 0}
 
     table = offrl("datasets", "info", str(tmp_path / "hopper-medium-v2.hdf5"))
     assert table.returncode == 0, table.stderr
     assert "terminated / truncated   1 / 2" in table.stdout
     assert "source: D4RL table" in table.stdout and "warnings" in table.stdout
+    ratio = std.max() / std.min()
+    assert f"observation scale        std {std.min():.3g} to {std.max():.3g} per dimension ({ratio:.0f}x apart)" \
+        in table.stdout
 
 
 def test_convert_then_list(tmp_path):
