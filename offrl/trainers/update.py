@@ -183,6 +183,10 @@ class UpdateStep:
         return metrics
 
     def update(self, batch: TensorDictBase) -> TensorDictBase:
-        """One gradient step on ``batch``; returns a TensorDict of detached scalar metrics."""
+        """One gradient step on ``batch`` (as sampled: scaled here when the trainer has an
+        ``observation_scaler``, as its own batches are); returns a TensorDict of detached scalar metrics."""
+        scaler = getattr(self, "observation_scaler", None)
+        if scaler is not None:
+            batch = scaler.scale_batch(batch, getattr(self, "observation_key", "observation"))
         return TensorDict(self._update(batch))
 

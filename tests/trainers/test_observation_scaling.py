@@ -75,6 +75,20 @@ def test_scaled_run_equals_a_run_on_prescaled_data(algo, request, tmp_path):
     assert any(not torch.equal(a[k], v) for k, v in weights(unscaled.loss_module).items())
 
 
+def test_update_scales_a_raw_batch_as_training_does(request, tmp_path):
+    fixture, cfg, kind = SETUP["dqn"]
+    raw, pre = _prescaled(request.getfixturevalue(fixture), kind, tmp_path)
+    scaled, _ = make_trainer("dqn", raw, cfg=dataclasses.replace(cfg, observation_scaler=kind), offline_steps=1)
+    plain, _ = make_trainer("dqn", pre, cfg=cfg, offline_steps=1)
+    rows = torch.arange(0, 64)
+    for _ in range(3):  # torchrl's Trainer.update(batch): the batch as a replay buffer returns it
+        out = scaled.update(raw.data[rows].clone())
+        ref = plain.update(pre.data[rows].clone())
+        assert torch.equal(out["loss"], ref["loss"])
+    for key, value in weights(plain.loss_module).items():
+        assert torch.equal(weights(scaled.loss_module)[key], value), key
+
+
 def test_trainer_rejects_a_scaler_of_the_wrong_type(pendulum_medium):
     _, parts = make_trainer("cql", pendulum_medium, offline_steps=1)
     with pytest.raises(Exception, match="observation_scaler must be an offrl.data.scaling.ObservationScaler"):
