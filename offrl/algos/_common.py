@@ -20,8 +20,7 @@ class AlgoParts:
     """Everything a trainer needs for one algorithm, built once from a config dataclass.
 
     ``policy`` is deterministic (evaluation); ``exploration_policy`` is what a collector runs.
-    ``trainer_kwargs`` are algorithm-specific trainer arguments (e.g. ``bc_steps`` for CQL, the
-    ``observation_scaler`` when the config scales observations).
+    ``trainer_kwargs`` are algorithm-specific trainer arguments (e.g. ``bc_steps`` for CQL).
     """
 
     loss_module: Any

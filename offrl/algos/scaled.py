@@ -1,7 +1,8 @@
 """Observation scaling around a built algorithm: its policies read the env's raw observations and scale them
-(:class:`ScaledObservationPolicy`), its trainer scales every sampled batch (``observation_scaler``, passed in
-``AlgoParts.trainer_kwargs``), so the networks only ever see scaled observations and everything outside them
-(rollouts, collectors, export, the stored data) stays in the env's units."""
+(:class:`ScaledObservationPolicy`), and its loss module carries the scaler (``loss_module.observation_scaler``,
+not a registered submodule: checkpoints are unchanged), where a trainer and the critic diagnostics find it and
+scale what they feed the networks. So the networks only ever see scaled observations and everything outside
+them (rollouts, collectors, export, the stored data) stays in the env's units."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def observation_scaler_for(cfg: Any, dataset: Any, device: Any = "cpu") -> Obser
 
 
 def attach_observation_scaler(parts: AlgoParts, scaler: ObservationScaler | None) -> AlgoParts:
-    """``parts`` whose policies read raw observations and whose trainer scales its batches with ``scaler``;
-    unchanged when ``scaler`` is None. A config that asks for scaling without a fitted scaler (a build from
+    """``parts`` whose policies read raw observations and whose loss module carries ``scaler`` (a trainer
+    scales its batches with it); unchanged when ``scaler`` is None. A config that asks for scaling without a fitted scaler (a build from
     shapes alone, online from scratch) is one user-error line."""
     kind = getattr(parts.config, "observation_scaler", "none")
     if scaler is None:
@@ -67,5 +68,5 @@ def attach_observation_scaler(parts: AlgoParts, scaler: ObservationScaler | None
     parts.policy = ScaledObservationPolicy(parts.policy, scaler)
     parts.exploration_policy = parts.policy if same else ScaledObservationPolicy(parts.exploration_policy, scaler)
     parts.observation_scaler = scaler
-    parts.trainer_kwargs = {**(parts.trainer_kwargs or {}), "observation_scaler": scaler}
+    object.__setattr__(parts.loss_module, "observation_scaler", scaler)  # plain attribute: not in state_dict
     return parts

@@ -79,9 +79,10 @@ class ObservationScaler(nn.Module):
         return f"kind={self.kind!r}, dims={self.loc.numel()}"
 
 
-def checked_scaler(scaler: Any, device: Any) -> ObservationScaler | None:
-    """A trainer's ``observation_scaler`` argument, on ``device`` (None stays None; anything else is a
-    user error)."""
+def checked_scaler(scaler: Any, device: Any, loss_module: Any = None) -> ObservationScaler | None:
+    """A trainer's ``observation_scaler`` argument on ``device``; None: the one ``loss_module`` carries (a
+    built algorithm's, :mod:`offrl.algos.scaled`), if any. Anything but a scaler is a user error."""
+    scaler = scaler if scaler is not None else getattr(loss_module, "observation_scaler", None)
     if scaler is None:
         return None
     if not isinstance(scaler, ObservationScaler):

@@ -71,9 +71,10 @@ def _gather(action_value: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
 def critic_from_loss(loss: Any, observation_scaler: Any = None) -> Critic:
     """A :class:`Critic` over the current parameters of a torchrl ``CQLLoss``, ``DiscreteCQLLoss`` or
     ``DQNLoss`` (the losses hold functional params; they are swapped into the network for each call).
-    ``observation_scaler``: what the run's networks see (:mod:`offrl.data.scaling`); the critic takes raw
-    observations and scales them."""
+    ``observation_scaler`` (default: the one the loss carries, :mod:`offrl.algos.scaled`): the critic takes
+    raw observations and scales them as the networks saw them in training."""
     critic = _loss_critic(loss)
+    observation_scaler = observation_scaler or getattr(loss, "observation_scaler", None)
     if observation_scaler is None:
         return critic
     return Critic(lambda obs, action: critic._q(observation_scaler(obs), action),

@@ -238,8 +238,7 @@ def _dataset_buffer_and_evaluator(cfg: TrainerConfig, dataset: Any, parts: Any, 
         # eval_* columns from env rollouts plus the critic's diag_* columns (docs/contracts.md).
         evaluator = Evaluator(dataset, critic=parts.loss_module, episodes=cfg.eval.episodes, seed=cfg.eval.seed,
                               device=device, gamma=getattr(cfg.algo_config, "gamma", None), heldout=heldout,
-                              final_episodes=cfg.eval.final_episodes,
-                              observation_scaler=getattr(parts, "observation_scaler", None))
+                              final_episodes=cfg.eval.final_episodes)
     return replay_buffer, evaluator
 
 

@@ -164,7 +164,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if device is None:
             device = next(iter(loss_module.parameters())).device
         self.device = torch.device(device)
-        self.observation_scaler = checked_scaler(observation_scaler, self.device)  # scales each sampled batch
+        self.observation_scaler = checked_scaler(observation_scaler, self.device, loss_module)  # scales batches
         if self.device.type == "cpu":
             tune_allocator()  # process-wide: keeps the update's activation buffers in the heap
         # bf16: the loss forward runs under autocast (bf16 matmuls; parameters, optimizer and the critic's

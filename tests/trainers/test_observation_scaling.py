@@ -89,8 +89,14 @@ def test_update_scales_a_raw_batch_as_training_does(request, tmp_path):
         assert torch.equal(weights(scaled.loss_module)[key], value), key
 
 
-def test_trainer_rejects_a_scaler_of_the_wrong_type(pendulum_medium):
-    _, parts = make_trainer("cql", pendulum_medium, offline_steps=1)
+def test_the_trainer_finds_the_scaler_on_the_loss_and_rejects_other_types(pendulum_medium):
+    cfg = dataclasses.replace(SMALL_CQL, observation_scaler="standard")
+    _, parts = make_trainer("cql", pendulum_medium, cfg=cfg, offline_steps=1)
+    # built as the README's example builds it: no trainer_kwargs, the scaler comes with the loss
+    bare = CQLTrainer(loss_module=parts.loss_module, optimizer=parts.optimizer,
+                      replay_buffer=pendulum_medium.replay_buffer(8), offline_steps=1, progress_bar=False)
+    assert bare.observation_scaler is parts.observation_scaler is parts.policy.scaler
+    assert "observation_scaler.loc" not in parts.loss_module.state_dict()  # checkpoints unchanged
     with pytest.raises(Exception, match="observation_scaler must be an offrl.data.scaling.ObservationScaler"):
         CQLTrainer(loss_module=parts.loss_module, replay_buffer=pendulum_medium.replay_buffer(8), offline_steps=1,
                    observation_scaler=lambda x: x, progress_bar=False)
