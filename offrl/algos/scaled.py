@@ -57,8 +57,8 @@ def observation_scaler_for(cfg: Any, dataset: Any, device: Any = "cpu") -> Obser
 
 def attach_observation_scaler(parts: AlgoParts, scaler: ObservationScaler | None) -> AlgoParts:
     """``parts`` whose policies read raw observations and whose loss module carries ``scaler`` (a trainer
-    scales its batches with it); unchanged when ``scaler`` is None. A config that asks for scaling without a fitted scaler (a build from
-    shapes alone, online from scratch) is one user-error line."""
+    scales its batches with it); unchanged when ``scaler`` is None. A config that asks for scaling without a
+    fitted scaler (a build from shapes alone, online from scratch) is one user-error line."""
     kind = getattr(parts.config, "observation_scaler", "none")
     if scaler is None:
         if kind != "none":
