@@ -34,6 +34,9 @@ def _metrics(run) -> pd.DataFrame:
     return df.drop(columns=[c for c in df.columns if c in TIMING])
 
 
+STOP_STEPS = 4000
+
+
 def _assert_resumed_as_uninterrupted(run, reference, steps: int) -> None:
     """A stopped-then-resumed run equals the uninterrupted one: metrics and final weights, bit for bit."""
     summary = _summary(run)
@@ -108,7 +111,8 @@ def test_groups_in_parallel_processes_stop_resume_and_report_as_one(cartpole, tm
     """--jobs 2 splits seeds 1,3,5 into batched groups [1, 3] and [5], one process each: a SIGTERM stops both
     after a checkpoint, the one printed command resumes them (the same groups), and every seed ends equal to an
     uninterrupted grouped run, which equals the seeds batched in one process within float rounding."""
-    steps = ["--steps", "600", "--set", "save_trainer_interval=50", "--set", "log_interval=10", "--batch-size", "16",
+    # 4,000 steps: long enough that the one-seed group cannot finish while the other process is still starting
+    steps = ["--steps", str(STOP_STEPS), "--set", "save_trainer_interval=200", "--set", "log_interval=10", "--batch-size", "16",
              "--eval-every", "300", "--eval-episodes", "1", "--no-progress"]
     dqn = ["--algo", "dqn", *[a for s in [*TINY_DQN, "eval.final_episodes=2"] for a in ("--set", s)]]
     args = ["train", "--dataset", cartpole, *steps, "--seeds", "1,3,5", "--vectorize", *dqn, "--out", str(tmp_path)]
@@ -123,12 +127,11 @@ def test_groups_in_parallel_processes_stop_resume_and_report_as_one(cartpole, tm
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     runs = [algo / f"t-seed{s}" for s in (1, 3, 5)]
-    if any(_summary(run)["status"] == "completed" for run in runs):
-        pytest.skip("a group finished before SIGTERM arrived")
+    assert not any(_summary(run)["status"] == "completed" for run in runs), "a group finished before SIGTERM"
     assert proc.returncode == 130, err
     assert "as 2 batched models (2+1) in parallel processes, 1 torch thread(s) each" in out
     stopped = [_summary(run) for run in runs]
-    assert {s["status"] for s in stopped} == {"stopped"} and stopped[0]["steps"] == stopped[1]["steps"] < 600
+    assert {s["status"] for s in stopped} == {"stopped"} and stopped[0]["steps"] == stopped[1]["steps"] < STOP_STEPS
     assert "vectorized_seeds:\n- 1\n- 3\n" in (runs[0] / "config.yaml").read_text()
     assert "vectorized_seeds:\n- 5\n" in (runs[2] / "config.yaml").read_text()
     command = f"offrl train --vectorize --resume {runs[0]} {runs[1]} {runs[2]}"
@@ -141,7 +144,7 @@ def test_groups_in_parallel_processes_stop_resume_and_report_as_one(cartpole, tm
     assert full.stdout.count("3 of 3 seeds") == 1  # one report over both groups
     for run, seed in zip(runs, (1, 3, 5), strict=True):
         reference = algo / f"full-seed{seed}"
-        _assert_resumed_as_uninterrupted(run, reference, 600)
+        _assert_resumed_as_uninterrupted(run, reference, STOP_STEPS)
         one = _metrics(algo / f"one-seed{seed}")
         numeric = [c for c in one.columns if not c.startswith("eval_") and one[c].dtype.kind == "f"]
         np.testing.assert_allclose(_metrics(reference)[numeric].to_numpy(), one[numeric].to_numpy(), rtol=1e-4,
