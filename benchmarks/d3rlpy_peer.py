@@ -134,7 +134,7 @@ def make_agent(algo: str, cfg: dict[str, Any], action_space: dict[str, Any]) -> 
             make = d3rlpy.algos.DoubleDQNConfig if c.get("double_dqn", True) else d3rlpy.algos.DQNConfig
             agent_cfg = make(**kw)
     scaler = c.get("observation_scaler", "none")
-    if scaler != "none":  # d3rlpy fits it on the dataset in fit(), with the same formula as offrl.data.scaling
+    if scaler != "none":  # fitted on the dataset before training (main), with the formula of offrl.data.scaling
         make_scaler = {"standard": d3rlpy.preprocessing.StandardObservationScaler,
                        "min_max": d3rlpy.preprocessing.MinMaxObservationScaler}[scaler]
         agent_cfg = dataclasses.replace(agent_cfg, observation_scaler=make_scaler())
@@ -255,6 +255,10 @@ def train(args: argparse.Namespace) -> Path:
     d3rlpy.seed(seed)
     rb = build_replay_buffer(episodes, discrete, action_space.get("n"))
     agent, hparams = make_agent(args.algo, cfg, action_space)
+    # what d3rlpy's fit() does first: fit the scalers not given their statistics (the observation scaler), on
+    # the data's transitions; this runner calls update() itself
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
+    build_scalers_with_transition_picker(agent, rb)
     agent.build_with_dataset(rb)
     env = make_env(meta)
     ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")

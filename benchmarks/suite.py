@@ -157,6 +157,7 @@ def _same_config(job: Job, run: Path, config: dict[str, Any]) -> bool:
                 and _last_episodes(saved) == _last_episodes(config))
     mine = _flat(saved)
     return all(json.dumps(mine.get(k), sort_keys=True) == json.dumps(v, sort_keys=True)
+               or (k not in mine and _added_default(k) == v)
                for k, v in _flat(config).items() if k not in OUTCOME_FREE)
 
 
@@ -169,6 +170,16 @@ OUTCOME_FREE = frozenset({
     "keep_checkpoints", "enable_logging", "log_timings", "log_rewards", "log_observations", "log_actions", "logger",
     "online.scratch_dir",
 })
+
+
+#: Config keys offrl added after runs of a long study had started, with the value that reproduces what those
+#: runs did (a run recorded without the key ran that way): by the key's last part.
+ADDED_KEYS = {"observation_scaler": "none"}  # 2026-12-06: observations were always raw before
+_UNSET = object()
+
+
+def _added_default(key: str) -> Any:
+    return ADDED_KEYS.get(key.rsplit(".", 1)[-1], _UNSET)
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -220,7 +231,8 @@ def _mirrored(job: Job, config: dict[str, Any]) -> str:
     """What d3rlpy_peer.py reads from offrl's config, as a comparable string."""
     ev = config.get("eval") or {}
     keep = {k: config.get(k) for k in ("offline_steps", "batch_size", "log_interval")}
-    section = {k: v for k, v in (config.get(SECTIONS[job.algo]) or {}).items() if k not in PEER_IGNORES}
+    section = {k: v for k, v in (config.get(SECTIONS[job.algo]) or {}).items()
+               if k not in PEER_IGNORES and _added_default(k) != v}  # an added key at its old behaviour: absent
     keep.update(dataset=(config.get("dataset") or {}).get("id"), section=section,
                 eval={k: ev.get(k) for k in ("interval", "episodes", "final_episodes", "seed")})
     return json.dumps(keep, sort_keys=True)

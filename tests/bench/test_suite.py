@@ -150,6 +150,8 @@ def test_peer_reuse_follows_what_the_peer_reads() -> None:
     assert not changed("cql", "orthogonal_init", False) and not changed("cql", "fused", False)
     assert not changed("eval", "heldout_fraction", 0.0)  # the peer trains on every episode either way
     assert changed("cql", "critic_lr", 3e-4) and changed("eval", "final_episodes", 10)
+    # a key added after the run (observation_scaler, 2026-12-06): at its old behaviour it is the same config
+    assert not changed("cql", "observation_scaler", "none") and changed("cql", "observation_scaler", "standard")
 
 
 def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path) -> None:
@@ -182,6 +184,14 @@ def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path
     assert reused(dataset__digest="b" * 64)  # regenerated on another CPU: reused, and the report lists the bytes
     assert not reused(clip_norm=1.0) and not reused(precision="bf16") and not reused(online__steps=1000)
     assert not reused(eval__heldout_fraction=0.0) and not reused(cql__critic_lr=3e-4)
+    # a run recorded before offrl had cql.observation_scaler ran with raw observations: "none", not "standard"
+    plan["cql"] = {**plan["cql"], "observation_scaler": "none"}
+    assert reused() and not reused(cql__observation_scaler="standard")
+    saved_before = {**plan, "seed": 0, "cql": {"critic_lr": 1e-3}}
+    (run / "config.yaml").write_text(yaml.safe_dump(saved_before))
+    assert suite._same_config(job, run, plan)
+    plan["cql"] = {**plan["cql"], "observation_scaler": "standard"}
+    assert not suite._same_config(job, run, plan)
 
 
 def test_peer_run_of_the_old_last_evaluation_is_not_reused(tmp_path: Path) -> None:
