@@ -81,10 +81,13 @@ def test_update_scales_a_raw_batch_as_training_does(request, tmp_path):
     scaled, _ = make_trainer("dqn", raw, cfg=dataclasses.replace(cfg, observation_scaler=kind), offline_steps=1)
     plain, _ = make_trainer("dqn", pre, cfg=cfg, offline_steps=1)
     rows = torch.arange(0, 64)
-    for _ in range(3):  # torchrl's Trainer.update(batch): the batch as a replay buffer returns it
-        out = scaled.update(raw.data[rows].clone())
+    batch = raw.data[rows].clone()
+    given = batch.clone()
+    for _ in range(3):  # torchrl's Trainer.update(batch): the batch as a replay buffer returns it, used again
+        out = scaled.update(batch)
         ref = plain.update(pre.data[rows].clone())
         assert torch.equal(out["loss"], ref["loss"])
+        assert (batch == given).all()  # the caller's batch is not scaled in place (nor its "next" entries)
     for key, value in weights(plain.loss_module).items():
         assert torch.equal(weights(scaled.loss_module)[key], value), key
 
