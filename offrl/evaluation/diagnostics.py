@@ -74,7 +74,8 @@ def critic_from_loss(loss: Any, observation_scaler: Any = None) -> Critic:
     ``observation_scaler`` (default: the one the loss carries, :mod:`offrl.algos.scaled`): the critic takes
     raw observations and scales them as the networks saw them in training."""
     critic = _loss_critic(loss)
-    observation_scaler = observation_scaler or getattr(loss, "observation_scaler", None)
+    if observation_scaler is None:
+        observation_scaler = getattr(loss, "observation_scaler", None)
     if observation_scaler is None:
         return critic
     return Critic(lambda obs, action: critic._q(observation_scaler(obs), action),
