@@ -31,8 +31,12 @@ class AlgoParts:
     config: Any
     greedy_module: Any = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    observation_scaler: Any = None
-    """The fitted :class:`offrl.data.scaling.ObservationScaler` (``config.observation_scaler``), or None."""
+
+    @property
+    def observation_scaler(self) -> Any:
+        """The fitted :class:`offrl.data.scaling.ObservationScaler` the loss module carries
+        (``config.observation_scaler``, :mod:`offrl.algos.scaled`), or None."""
+        return getattr(self.loss_module, "observation_scaler", None)
 
 
 def make_mlp(in_features: int, out_features: int, hidden: Sequence[int], activation: str = "relu",

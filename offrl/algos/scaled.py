@@ -67,6 +67,5 @@ def attach_observation_scaler(parts: AlgoParts, scaler: ObservationScaler | None
     same = parts.exploration_policy is parts.policy
     parts.policy = ScaledObservationPolicy(parts.policy, scaler)
     parts.exploration_policy = parts.policy if same else ScaledObservationPolicy(parts.exploration_policy, scaler)
-    parts.observation_scaler = scaler
     object.__setattr__(parts.loss_module, "observation_scaler", scaler)  # plain attribute: not in state_dict
     return parts

@@ -70,11 +70,6 @@ class ObservationScaler(nn.Module):
                 out.set(key, self(value))
         return out
 
-    def describe(self) -> str:
-        return (f"{self.kind} observation scaling over {self.loc.numel()} dimensions (loc in "
-                f"[{self.loc.min().item():.3g}, {self.loc.max().item():.3g}], scale in "
-                f"[{self.scale.min().item():.3g}, {self.scale.max().item():.3g}])")
-
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, dims={self.loc.numel()}"
 

@@ -362,8 +362,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         batch = draw[1]() if draw[1] is not None else self.replay_buffer.sample()
         if batch.device != self.device:
             batch = batch.to(self.device, non_blocking=True)
-        scaler = self.observation_scaler
-        return self._prepare_batch(batch if scaler is None else scaler.scale_batch(batch, self.observation_key))
+        return self._prepare_batch(self._scaled(batch))
 
     def _train_step(self, batch: TensorDictBase, phase: str) -> Iterator[tuple[int, dict[str, float]]]:
         if self.log_timings and not self.cuda_graph:  # the same pieces as update(), timed one by one

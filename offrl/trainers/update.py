@@ -182,11 +182,13 @@ class UpdateStep:
         self._target()  # outside any graph: HardUpdate's interval counter is Python state
         return metrics
 
+    def _scaled(self, batch: TensorDictBase) -> TensorDictBase:
+        """``batch`` as the networks see it: observations scaled when the trainer has an ``observation_scaler``."""
+        scaler = self.observation_scaler
+        return batch if scaler is None else scaler.scale_batch(batch, self.observation_key)
+
     def update(self, batch: TensorDictBase) -> TensorDictBase:
-        """One gradient step on ``batch`` (as sampled: scaled here when the trainer has an
-        ``observation_scaler``, as its own batches are); returns a TensorDict of detached scalar metrics."""
-        scaler = getattr(self, "observation_scaler", None)
-        if scaler is not None:
-            batch = scaler.scale_batch(batch, getattr(self, "observation_key", "observation"))
-        return TensorDict(self._update(batch))
+        """One gradient step on ``batch`` (as sampled: scaled like the trainer's own batches); returns a
+        TensorDict of detached scalar metrics."""
+        return TensorDict(self._update(self._scaled(batch)))
 

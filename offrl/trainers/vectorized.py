@@ -339,11 +339,8 @@ class VectorizedSeeds:
         trainers = self.trainers
         first = trainers[0]
         sampler = StackedSampler([t.replay_buffer for t in trainers])
-        scaler = first.observation_scaler  # every seed's: one dataset, one fitted scaler
         while first.step < first.offline_steps:
-            batch = sampler.sample()
-            if scaler is not None:
-                batch = scaler.scale_batch(batch, first.observation_key)
+            batch = first._scaled(sampler.sample())  # every seed's scaler is the same (vectorize_reason)
             values, q = self._update(batch)
             self._accumulate(values)
             failed: NonFiniteLossError | None = None
