@@ -138,11 +138,35 @@ def make_agent(algo: str, cfg: dict[str, Any], action_space: dict[str, Any]) -> 
         make_scaler = {"standard": d3rlpy.preprocessing.StandardObservationScaler,
                        "min_max": d3rlpy.preprocessing.MinMaxObservationScaler}[scaler]
         agent_cfg = dataclasses.replace(agent_cfg, observation_scaler=make_scaler())
+    reward = _reward_scaler(c)
+    if reward is not None:  # fitted on the dataset before training (main), as offrl.data.reward_scaling does
+        agent_cfg = dataclasses.replace(agent_cfg, reward_scaler=reward)
     shown = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kw.items()
              if not k.endswith("_factory") and k != "action_scaler"}
     shown["hidden_units"] = list(c["hidden_sizes"])
     shown["observation_scaler"] = scaler
+    shown["reward_scaler"] = None if reward is None else type(reward).__name__
     return agent_cfg.create(device="cpu:0"), shown
+
+
+def _reward_scaler(c: dict[str, Any]) -> Any:
+    """d3rlpy's reward scaler for offrl's ``reward_scaler`` / ``reward_scale`` / ``reward_bias`` (None: none).
+    d3rlpy takes one scaler, so a fitted kind or a multiplier together with a shift has no d3rlpy mirror."""
+    import d3rlpy
+
+    kind, scale, bias = c.get("reward_scaler", "none"), float(c.get("reward_scale", 1.0)), float(c.get("reward_bias", 0.0))
+    pre = d3rlpy.preprocessing
+    if kind == "none":
+        if bias == 0.0:
+            return None if scale == 1.0 else pre.MultiplyRewardScaler(multiplier=scale)
+        if scale == 1.0:
+            return pre.ConstantShiftRewardScaler(shift=bias)
+    elif bias == 0.0:
+        make = {"standard": pre.StandardRewardScaler, "min_max": pre.MinMaxRewardScaler,
+                "return_based": pre.ReturnBasedRewardScaler}[kind]
+        return make(multiplier=scale)
+    raise SystemExit(f"d3rlpy_peer: reward_scaler={kind} with reward_scale={scale:g} and reward_bias={bias:g} has no "
+                     "d3rlpy equivalent (d3rlpy takes one reward scaler); drop the shift or the scale")
 
 
 def make_env(meta: dict[str, Any]) -> Any:
@@ -255,8 +279,8 @@ def train(args: argparse.Namespace) -> Path:
     d3rlpy.seed(seed)
     rb = build_replay_buffer(episodes, discrete, action_space.get("n"))
     agent, hparams = make_agent(args.algo, cfg, action_space)
-    # what d3rlpy's fit() does first: fit the scalers not given their statistics (the observation scaler), on
-    # the data's transitions; this runner calls update() itself
+    # what d3rlpy's fit() does first: fit the scalers not given their statistics (observation, reward), on the
+    # data's transitions and episodes; this runner calls update() itself
     from d3rlpy.algos.utility import build_scalers_with_transition_picker
     build_scalers_with_transition_picker(agent, rb)
     agent.build_with_dataset(rb)

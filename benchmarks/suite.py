@@ -174,7 +174,8 @@ OUTCOME_FREE = frozenset({
 
 #: Config keys offrl added after runs of a long study had started, with the value that reproduces what those
 #: runs did (a run recorded without the key ran that way): by the key's last part.
-ADDED_KEYS = {"observation_scaler": "none"}  # 2026-12-06: observations were always raw before
+ADDED_KEYS = {"observation_scaler": "none",  # 2026-12-06: observations were always raw before
+              "reward_scaler": "none", "reward_scale": 1.0, "reward_bias": 0.0}  # 2026-12-06: rewards too
 _UNSET = object()
 
 

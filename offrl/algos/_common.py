@@ -38,6 +38,12 @@ class AlgoParts:
         (``config.observation_scaler``, :mod:`offrl.algos.scaled`), or None."""
         return getattr(self.loss_module, "observation_scaler", None)
 
+    @property
+    def reward_scaler(self) -> Any:
+        """The :class:`offrl.data.reward_scaling.RewardScaler` the loss module carries (``config.reward_scaler``,
+        ``reward_scale``, ``reward_bias``), or None: rewards as stored."""
+        return getattr(self.loss_module, "reward_scaler", None)
+
 
 def make_mlp(in_features: int, out_features: int, hidden: Sequence[int], activation: str = "relu",
              device: torch.device | str = "cpu") -> MLP:

@@ -13,7 +13,7 @@ from offrl.algos._common import AlgoParts
 from offrl.algos._spec import dataset_shapes
 from offrl.algos.calql_loss import CalQLLoss, calibrate
 from offrl.algos.fused_cql import FusedCalQLLoss
-from offrl.algos.scaled import observation_scaler_for
+from offrl.algos.scaled import observation_scaler_for, reward_scaler_for
 from offrl.config.algos import CQLConfig
 from offrl.errors import UserError
 
@@ -22,10 +22,16 @@ __all__ = ["CalQLLoss", "FusedCalQLLoss", "build", "build_from_dataset", "calibr
 
 def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
           device: torch.device | str = "cpu", seed: int | None = None, calibrated: bool = True,
-          observation_scaler: Any = None) -> AlgoParts:
-    """:func:`offrl.algos.cql.build` with the loss turned into a :class:`CalQLLoss` (same networks)."""
+          observation_scaler: Any = None, reward_scaler: Any = None) -> AlgoParts:
+    """:func:`offrl.algos.cql.build` with the loss turned into a :class:`CalQLLoss` (same networks); a reward
+    shift is refused (:func:`offrl.algos.scaled.reward_scaler_for`)."""
+    if reward_scaler is None:
+        reward_scaler = reward_scaler_for(cfg, None, calql=True)
+    elif reward_scaler.shift:
+        raise UserError(f"Cal-QL's Monte-Carlo bound cannot follow a reward shift ({reward_scaler.describe()}); "
+                        "scale rewards without a shift")
     parts = cql.build(cfg, observation_shape=observation_shape, action_spec=action_spec, device=device, seed=seed,
-                      observation_scaler=observation_scaler)
+                      observation_scaler=observation_scaler, reward_scaler=reward_scaler)
     parts.loss_module = CalQLLoss.from_cql(parts.loss_module, calibrated=calibrated)
     return parts
 
@@ -37,4 +43,5 @@ def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | s
         raise UserError(f"{dataset.name}: no mc_return in the converted data; Cal-QL needs the Monte-Carlo "
                         "return-to-go (re-convert the dataset with this offrl version)")
     return build(cfg, **dataset_shapes(dataset), device=device, seed=seed, calibrated=calibrated,
-                 observation_scaler=observation_scaler_for(cfg, dataset, device))
+                 observation_scaler=observation_scaler_for(cfg, dataset, device),
+                 reward_scaler=reward_scaler_for(cfg, dataset, calql=True))

@@ -23,7 +23,7 @@ from offrl.algos._common import AlgoParts, make_mlp, named_adam, orthogonal_init
 from offrl.algos._spec import dataset_shapes
 from offrl.algos.cql_loss import BACKUP_ACTIONS, OfflineCQLLoss
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
-from offrl.algos.scaled import attach_observation_scaler, observation_scaler_for
+from offrl.algos.scaled import attach_scalers, observation_scaler_for, reward_scaler_for
 from offrl.config.algos import CQLConfig
 from offrl.data.coverage import action_coverage
 from offrl.errors import UserError
@@ -89,10 +89,12 @@ def _make_loss(cfg: CQLConfig, actor: Any, qvalue: Any, low: torch.Tensor, high:
 
 
 def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
-          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None) -> AlgoParts:
+          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None,
+          reward_scaler: Any = None) -> AlgoParts:
     """Actor, twin critics, :class:`OfflineCQLLoss`, one Adam (groups actor/critic/alpha[/alpha_prime]) and
     a SoftUpdate. ``action_spec``: a torchrl ``Bounded`` spec (``low``/``high``) in env units.
-    ``observation_scaler``: the fitted scaler ``cfg.observation_scaler`` asks for (:mod:`offrl.algos.scaled`)."""
+    ``observation_scaler`` / ``reward_scaler``: the fitted scalers ``cfg`` asks for (:mod:`offrl.algos.scaled`;
+    ``reward_scale``/``reward_bias`` alone need no data and are applied when ``reward_scaler`` is None)."""
     if len(observation_shape) != 1:
         raise UserError(f"CQL's MLPs need flat observations, got shape {tuple(observation_shape)}; flatten them")
     if cfg.actor_bc_weight is None:  # auto, and no dataset to measure: off
@@ -138,10 +140,10 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
     optimizer = named_adam(groups, lrs)
     rescale = TensorDictModule(ActionRescale(low, high), in_keys=["action"], out_keys=["action"])
     policy = TensorDictSequential(actor, rescale)
-    return attach_observation_scaler(AlgoParts(
+    return attach_scalers(AlgoParts(
         loss_module=loss, optimizer=optimizer, target_net_updater=SoftUpdate(loss, tau=cfg.tau),
         policy=policy, exploration_policy=policy, config=cfg, trainer_kwargs={"bc_steps": cfg.bc_steps},
-    ), observation_scaler)
+    ), observation_scaler, reward_scaler)
 
 
 def resolve_auto(cfg: CQLConfig, dataset: Any) -> tuple[CQLConfig, str | None]:
@@ -163,4 +165,5 @@ def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | s
     dataset-dependent defaults resolved (:func:`resolve_auto`)."""
     cfg, _ = resolve_auto(cfg, dataset)
     return build(cfg, **dataset_shapes(dataset), device=device, seed=seed,
-                 observation_scaler=observation_scaler_for(cfg, dataset, device))
+                 observation_scaler=observation_scaler_for(cfg, dataset, device),
+                 reward_scaler=reward_scaler_for(cfg, dataset))

@@ -16,7 +16,7 @@ from offrl.algos._spec import dataset_shapes
 from offrl.algos.discrete_cql_loss import WeightedDiscreteCQLLoss
 from offrl.algos.fused_q import FusedWeightedDiscreteCQLLoss
 from offrl.algos.qnets import categorical_spec, make_q_network, target_updater
-from offrl.algos.scaled import attach_observation_scaler, observation_scaler_for
+from offrl.algos.scaled import attach_scalers, observation_scaler_for, reward_scaler_for
 from offrl.config.algos import DiscreteCQLConfig
 from offrl.errors import UserError
 
@@ -25,7 +25,8 @@ __all__ = ["DiscreteCQLConfig", "WeightedDiscreteCQLLoss", "build", "build_from_
 
 
 def build(cfg: DiscreteCQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
-          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None) -> AlgoParts:
+          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None,
+          reward_scaler: Any = None) -> AlgoParts:
     """Q-network, :class:`WeightedDiscreteCQLLoss`, Adam (group ``value``) and a Hard/Soft target update;
     ``observation_scaler`` as in :func:`offrl.algos.cql.build`."""
     if len(observation_shape) != 1:
@@ -39,14 +40,15 @@ def build(cfg: DiscreteCQLConfig, *, observation_shape: tuple[int, ...], action_
                         delay_value=True, action_space=spec)
     loss.make_value_estimator(gamma=cfg.gamma)
     optimizer = named_adam({"value": list(loss.value_network_params.values(True, True))}, {"value": cfg.lr})
-    return attach_observation_scaler(AlgoParts(
+    return attach_scalers(AlgoParts(
         loss_module=loss, optimizer=optimizer, target_net_updater=target_updater(cfg, loss), policy=qnet,
         exploration_policy=qnet, config=cfg,
-    ), observation_scaler)
+    ), observation_scaler, reward_scaler)
 
 
 def build_from_dataset(cfg: DiscreteCQLConfig, dataset: Any, *, device: torch.device | str = "cpu",
                        seed: int | None = None) -> AlgoParts:
     """:func:`build` with shapes and ``n`` read from an ``OfflineDataset``."""
     return build(cfg, **dataset_shapes(dataset), device=device, seed=seed,
-                 observation_scaler=observation_scaler_for(cfg, dataset, device))
+                 observation_scaler=observation_scaler_for(cfg, dataset, device),
+                 reward_scaler=reward_scaler_for(cfg, dataset))

@@ -17,7 +17,7 @@ from offrl.algos._common import AlgoParts, named_adam, seeded
 from offrl.algos._spec import dataset_shapes
 from offrl.algos.fused_q import FusedDQNLoss
 from offrl.algos.qnets import categorical_spec, make_q_network, target_updater
-from offrl.algos.scaled import attach_observation_scaler, observation_scaler_for
+from offrl.algos.scaled import attach_scalers, observation_scaler_for, reward_scaler_for
 from offrl.config.algos import DQNConfig
 from offrl.errors import UserError
 
@@ -25,7 +25,8 @@ __all__ = ["DQNConfig", "build", "build_from_dataset"]
 
 
 def build(cfg: DQNConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
-          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None) -> AlgoParts:
+          device: torch.device | str = "cpu", seed: int | None = None, observation_scaler: Any = None,
+          reward_scaler: Any = None) -> AlgoParts:
     """Q-network, ``DQNLoss`` (:class:`FusedDQNLoss` when ``cfg.fused``), Adam (group ``value``), target
     updater and an ``EGreedyModule``; ``observation_scaler`` as in :func:`offrl.algos.cql.build`."""
     if len(observation_shape) != 1:
@@ -43,14 +44,15 @@ def build(cfg: DQNConfig, *, observation_shape: tuple[int, ...], action_spec: An
     optimizer = named_adam({"value": list(loss.value_network_params.values(True, True))}, {"value": cfg.lr})
     greedy = EGreedyModule(spec, eps_init=float(cfg.eps_init), eps_end=float(cfg.eps_end),
                            annealing_num_steps=cfg.annealing_num_steps, device=device)
-    return attach_observation_scaler(AlgoParts(
+    return attach_scalers(AlgoParts(
         loss_module=loss, optimizer=optimizer, target_net_updater=target_updater(cfg, loss), policy=qnet,
         exploration_policy=TensorDictSequential(qnet, greedy), config=cfg, greedy_module=greedy,
-    ), observation_scaler)
+    ), observation_scaler, reward_scaler)
 
 
 def build_from_dataset(cfg: DQNConfig, dataset: Any, *, device: torch.device | str = "cpu",
                        seed: int | None = None) -> AlgoParts:
     """:func:`build` with shapes and ``n`` read from an ``OfflineDataset``."""
     return build(cfg, **dataset_shapes(dataset), device=device, seed=seed,
-                 observation_scaler=observation_scaler_for(cfg, dataset, device))
+                 observation_scaler=observation_scaler_for(cfg, dataset, device),
+                 reward_scaler=reward_scaler_for(cfg, dataset))

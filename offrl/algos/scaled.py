@@ -1,8 +1,9 @@
-"""Observation scaling around a built algorithm: its policies read the env's raw observations and scale them
-(:class:`ScaledObservationPolicy`), and its loss module carries the scaler (``loss_module.observation_scaler``,
-not a registered submodule: checkpoints are unchanged), where a trainer and the critic diagnostics find it and
-scale what they feed the networks. So the networks only ever see scaled observations and everything outside
-them (rollouts, collectors, export, the stored data) stays in the env's units."""
+"""Observation and reward scaling around a built algorithm: its policies read the env's raw observations and
+scale them (:class:`ScaledObservationPolicy`), and its loss module carries the scalers
+(``loss_module.observation_scaler`` / ``reward_scaler``, plain attributes, not registered submodules: checkpoints
+are unchanged), where a trainer and the critic diagnostics find them and scale what they feed the networks. So
+the networks only ever see scaled observations and rewards, and everything outside them (rollouts, collectors,
+export, the stored data) stays in the env's units."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from tensordict.nn import TensorDictModuleBase
 
 from offrl.algos._common import AlgoParts
 from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
+from offrl.data.reward_scaling import RewardScaler, fit_reward_scaler
 from offrl.data.scaling import ObservationScaler, fit_observation_scaler
+from offrl.errors import UserError
 
-__all__ = ["ScaledObservationPolicy", "attach_observation_scaler", "observation_scaler_for"]
+__all__ = ["ScaledObservationPolicy", "attach_scalers", "observation_scaler_for", "reward_scaler_for"]
 
 _SECTION = {CQLConfig: "cql", DiscreteCQLConfig: "discrete_cql", DQNConfig: "dqn"}
 
@@ -55,10 +58,30 @@ def observation_scaler_for(cfg: Any, dataset: Any, device: Any = "cpu") -> Obser
     return None if scaler is None else scaler.to(device)
 
 
-def attach_observation_scaler(parts: AlgoParts, scaler: ObservationScaler | None) -> AlgoParts:
-    """``parts`` whose policies read raw observations and whose loss module carries ``scaler`` (a trainer
-    scales its batches with it); unchanged when ``scaler`` is None. A config that asks for scaling without a
-    fitted scaler (a build from shapes alone, online from scratch) is one user-error line."""
+def reward_scaler_for(cfg: Any, dataset: Any, *, calql: bool = False) -> RewardScaler | None:
+    """The reward scaler ``cfg`` asks for (``reward_scaler``, ``reward_scale``, ``reward_bias``), fitted on
+    ``dataset`` (which may be None when nothing is fitted); None: rewards unchanged. ``calql``: Cal-QL bounds Q
+    with each transition's Monte-Carlo return, which a shift changes by an amount depending on the steps to
+    the episode's end, so a shift is refused there."""
+    section = _SECTION.get(type(cfg), "algo")
+    scaler = fit_reward_scaler(getattr(cfg, "reward_scaler", "none"), dataset, scale=getattr(cfg, "reward_scale", 1.0),
+                               bias=getattr(cfg, "reward_bias", 0.0), section=section)
+    if calql and scaler is not None and scaler.shift:
+        raise UserError(f"{section}.reward_scaler/reward_bias: Cal-QL's Monte-Carlo bound cannot follow a reward shift "
+                        f"({scaler.describe()}); use reward_scaler=none or return_based with reward_scale only")
+    return scaler
+
+
+def attach_scalers(parts: AlgoParts, scaler: ObservationScaler | None,
+                   reward_scaler: RewardScaler | None = None) -> AlgoParts:
+    """``parts`` whose policies read raw observations and whose loss module carries ``scaler`` and
+    ``reward_scaler`` (a trainer scales its batches with them). A config that asks for a fitted scaler without
+    one (a build from shapes alone, online from scratch) is one user-error line; ``reward_scale`` and
+    ``reward_bias`` alone need no data and are applied here when ``reward_scaler`` is None."""
+    if reward_scaler is None:
+        reward_scaler = reward_scaler_for(parts.config, None)  # raises for a fitted kind: nothing to fit on
+    if reward_scaler is not None:
+        object.__setattr__(parts.loss_module, "reward_scaler", reward_scaler)  # plain attribute: not in state_dict
     kind = getattr(parts.config, "observation_scaler", "none")
     if scaler is None:
         if kind != "none":

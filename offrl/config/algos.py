@@ -51,6 +51,11 @@ class CQLConfig:
     # "none" (d3rlpy's CQLConfig default, the authors' gym code), "standard" (CORL's state normalization) or
     # "min_max": fitted on the dataset's observations (offrl.data.scaling; docs/cql.md)
     observation_scaler: str = "none"
+    # rewards -> reward_scale * T(r) + reward_bias, T = "none" | "standard" | "min_max" | "return_based" fitted on
+    # the dataset (d3rlpy's reward scalers; reward_scale/bias: CORL's and the authors'); offrl.data.reward_scaling
+    reward_scaler: str = "none"
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class DiscreteCQLConfig:
     tau: float = 5e-3  # soft update rate when target_update="soft"
     fused: bool = True  # FusedWeightedDiscreteCQLLoss: the same loss within 1e-5, fewer kernels per step
     observation_scaler: str = "none"  # d3rlpy's default; "standard" or "min_max" (offrl.data.scaling)
+    reward_scaler: str = "none"  # as cql.reward_scaler (offrl.data.reward_scaling)
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,9 @@ class DQNConfig:
     annealing_num_steps: int = 10_000  # frames over which epsilon decays (CleanRL: 0.5 * total steps)
     fused: bool = True  # FusedDQNLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py)
     observation_scaler: str = "none"  # CleanRL: none; "standard" or "min_max" (offrl.data.scaling)
+    reward_scaler: str = "none"  # as cql.reward_scaler (offrl.data.reward_scaling)
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
 
 
 #: Where each algorithm's general defaults come from (the per-key sources are comments in offrl/config/algos.py).

@@ -14,13 +14,15 @@ from typing import Any
 
 from offrl.errors import UserError
 
-__all__ = ["ACTIVATION_CHOICES", "LOSS_FUNCTION_CHOICES", "OBSERVATION_SCALERS", "check_algo_ranges",
-           "check_finite_floats"]
+__all__ = ["ACTIVATION_CHOICES", "LOSS_FUNCTION_CHOICES", "OBSERVATION_SCALERS", "REWARD_SCALERS",
+           "check_algo_ranges", "check_finite_floats"]
 
 ACTIVATION_CHOICES = ("relu", "elu", "tanh", "silu")
 LOSS_FUNCTION_CHOICES = ("l2", "l1", "smooth_l1")
 #: ``observation_scaler`` choices (:mod:`offrl.data.scaling`): d3rlpy's names.
 OBSERVATION_SCALERS = ("none", "standard", "min_max")
+#: ``reward_scaler`` choices (:mod:`offrl.data.reward_scaling`): d3rlpy's names.
+REWARD_SCALERS = ("none", "standard", "min_max", "return_based")
 
 # (predicate, wording) per field name of the algorithm sections (offrl.config.algos) and the online section.
 _Rule = tuple[Callable[[Any], bool], str]
@@ -54,6 +56,8 @@ _RULES: dict[str, _Rule] = {
     "loss_function": (lambda v: v in LOSS_FUNCTION_CHOICES, f"use one of {', '.join(LOSS_FUNCTION_CHOICES)}"),
     "target_update": (lambda v: v in ("hard", "soft"), "use hard or soft"),
     "observation_scaler": (lambda v: v in OBSERVATION_SCALERS, f"use one of {', '.join(OBSERVATION_SCALERS)}"),
+    "reward_scaler": (lambda v: v in REWARD_SCALERS, f"use one of {', '.join(REWARD_SCALERS)}"),
+    "reward_scale": _POSITIVE,  # d3rlpy's multiplier; <= 0 would flip or erase the task
 }
 
 

@@ -50,11 +50,15 @@ class Evaluator:
         ref: Any = None,
         final_episodes: int | None = None,
         observation_scaler: Any = None,
+        reward_scaler: Any = None,
     ) -> None:
         self.dataset = dataset
         self.critic: Critic | None = None
         if critic is not None:  # observation_scaler: the one the run's networks were trained with
             self.critic = critic if isinstance(critic, Critic) else critic_from_loss(critic, observation_scaler)
+        # the critic's values are in the units of the rewards it was trained on: the diagnostics' rewards and
+        # returns are scaled the same way (offrl.data.reward_scaling), so their comparisons hold
+        self.reward_scaler = reward_scaler if reward_scaler is not None else getattr(critic, "reward_scaler", None)
         self.episodes, self.seed, self.device = episodes, seed, device
         self.final_episodes = max(episodes, final_episodes or 0) if episodes > 0 else 0
         self.env = env if env is not None else dataset
@@ -73,7 +77,20 @@ class Evaluator:
                 self._heldout = data[idx].to(self.device)
             s0_rows = torch.nonzero(data["step"].reshape(-1) == 0).reshape(-1)[:4096]
             self._s0 = data[s0_rows].to(self.device)
+            if self.reward_scaler is not None:
+                self._heldout, self._s0 = self._scaled_rewards(data, self._heldout, self._s0)
         return self._heldout, self._s0
+
+    def _scaled_rewards(self, data: TensorDictBase, heldout: TensorDictBase,
+                        s0: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
+        """``heldout`` with scaled rewards, ``s0`` with the MC return over its episode's length rescaled."""
+        scaler = self.reward_scaler
+        episode = data["episode"].reshape(-1).long()
+        lengths = torch.bincount(episode - episode.min())[s0["episode"].reshape(-1).long().cpu() - episode.min()]
+        mc = scaler.returns(s0["mc_return"].reshape(-1).double().cpu().numpy(), lengths.numpy(), self.gamma)
+        s0 = s0.copy()
+        s0.set("mc_return", torch.as_tensor(mc, dtype=torch.float32, device=s0.device).reshape(-1, 1))
+        return scaler.scale_batch(heldout), s0
 
     def final(self, policy: Any, step: int) -> dict[str, float]:
         """The run's last evaluation: ``final_episodes`` episodes instead of ``episodes``."""
@@ -92,5 +109,5 @@ class Evaluator:
             self.last_result = result
             row.update(result.metrics())
             if self.critic is not None:
-                row.update(eval_diagnostics(self.critic, result))
+                row.update(eval_diagnostics(self.critic, result, reward_scaler=self.reward_scaler))
         return row

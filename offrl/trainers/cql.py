@@ -69,6 +69,7 @@ class CQLTrainer(Trainer):
         cuda_graph: bool = False,
         greedy_module: Any = None,
         observation_scaler: Any = None,
+        reward_scaler: Any = None,
     ) -> None:
         if isinstance(bc_steps, bool) or not isinstance(bc_steps, int) or bc_steps < 0:
             raise UserError(f"bc_steps must be an integer >= 0, got {bc_steps!r}")
@@ -87,7 +88,7 @@ class CQLTrainer(Trainer):
             keep_checkpoints=keep_checkpoints, device=device, handle_signals=handle_signals,
             precision=precision, cuda_graph=cuda_graph,
             greedy_module=greedy_module,  # discrete CQL online: epsilon-greedy exploration (offrl.online)
-            observation_scaler=observation_scaler,
+            observation_scaler=observation_scaler, reward_scaler=reward_scaler,
         )
         self._discrete = isinstance(loss_module, DiscreteCQLLoss)
 

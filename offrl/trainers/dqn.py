@@ -78,6 +78,7 @@ class DQNTrainer(Trainer):
         precision: str = "fp32",
         cuda_graph: bool = False,
         observation_scaler: Any = None,
+        reward_scaler: Any = None,
     ) -> None:
         if mixing_strategy not in _MIXING:
             raise UserError(f"mixing_strategy must be one of 'qmix', 'vdn', 'iql' or None, got {mixing_strategy!r}")
@@ -85,9 +86,9 @@ class DQNTrainer(Trainer):
                                                    or aggregated_episode_reward_key is None):
             raise UserError(f"mixing_strategy={mixing_strategy!r} needs aggregated_reward_key and "
                             "aggregated_episode_reward_key (where the agent-averaged rewards go); set both")
-        if mixing_strategy is not None and observation_scaler is not None:
-            raise UserError("observation_scaler: multi-agent runs (mixing_strategy) train on raw observations; "
-                            "drop the scaler")
+        if mixing_strategy is not None and (observation_scaler is not None or reward_scaler is not None):
+            raise UserError("observation_scaler/reward_scaler: multi-agent runs (mixing_strategy) train on raw "
+                            "observations and rewards; drop the scaler")
         if greedy_module is not None and not hasattr(greedy_module, "step"):
             raise UserError("greedy_module must be an EGreedyModule (something with step(frames) and eps)")
         self.mixing_strategy = mixing_strategy
@@ -108,7 +109,7 @@ class DQNTrainer(Trainer):
             precision=precision, cuda_graph=cuda_graph,
             greedy_module=greedy_module, reward_key=reward_key, done_key=done_key,
             episode_reward_key=episode_reward_key, action_key=action_key, observation_key=observation_key,
-            observation_scaler=observation_scaler,
+            observation_scaler=observation_scaler, reward_scaler=reward_scaler,
         )
         # the loss reads the same signals: non-default team keys, and the agent-averaged reward when mixing
         # (independent learners read per-agent keys, filled from the team ones by _prepare_batch)

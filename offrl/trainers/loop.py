@@ -30,12 +30,11 @@ from tensordict import TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from offrl.data.buffer import direct_draw
-from offrl.data.scaling import checked_scaler
 from offrl.errors import UserError
 from offrl.trainers.metrics import PHASES, TrainerMetrics
 from offrl.trainers.signals import install_stop_handlers
 from offrl.trainers.state import TrainerState, rng_state, set_rng_state
-from offrl.trainers.update import UpdateStep, tune_allocator
+from offrl.trainers.update import UpdateStep, batch_scalers, tune_allocator
 
 __all__ = ["EvalFn", "Trainer"]
 
@@ -108,6 +107,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         action_key: Any = "action",
         observation_key: Any = "observation",
         observation_scaler: Any = None,
+        reward_scaler: Any = None,
     ) -> None:
         self._check_loss(loss_module)
         self.loss_module = loss_module
@@ -164,7 +164,8 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if device is None:
             device = next(iter(loss_module.parameters())).device
         self.device = torch.device(device)
-        self.observation_scaler = checked_scaler(observation_scaler, self.device, loss_module)  # scales batches
+        self.observation_scaler, self.reward_scaler = batch_scalers(observation_scaler, reward_scaler, self.device,
+                                                                    loss_module)  # scale sampled batches
         if self.device.type == "cpu":
             tune_allocator()  # process-wide: keeps the update's activation buffers in the heap
         # bf16: the loss forward runs under autocast (bf16 matmuls; parameters, optimizer and the critic's

@@ -18,10 +18,18 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import CudaGraphModule
 from torchrl.objectives import HardUpdate, SoftUpdate
 
+from offrl.data.reward_scaling import RewardScaler, checked_reward_scaler
+from offrl.data.scaling import ObservationScaler, checked_scaler
 from offrl.errors import UserError
 from offrl.trainers.optim import fast_optimizer_step, fast_zero_grad
 
-__all__ = ["UpdateStep", "capture_cuda_graph", "fast_target_step", "tune_allocator"]
+__all__ = ["UpdateStep", "batch_scalers", "capture_cuda_graph", "fast_target_step", "tune_allocator"]
+
+
+def batch_scalers(observation_scaler: Any, reward_scaler: Any, device: Any,
+                  loss_module: Any) -> tuple[ObservationScaler | None, RewardScaler | None]:
+    """A trainer's scaler arguments, checked; None: the ones ``loss_module`` carries (:mod:`offrl.algos.scaled`)."""
+    return checked_scaler(observation_scaler, device, loss_module), checked_reward_scaler(reward_scaler, loss_module)
 
 
 def tune_allocator() -> bool:
@@ -183,9 +191,13 @@ class UpdateStep:
         return metrics
 
     def _scaled(self, batch: TensorDictBase) -> TensorDictBase:
-        """``batch`` as the networks see it: observations scaled when the trainer has an ``observation_scaler``."""
-        scaler = self.observation_scaler
-        return batch if scaler is None else scaler.scale_batch(batch, self.observation_key)
+        """``batch`` as the networks see it: observations and rewards scaled when the trainer has an
+        ``observation_scaler`` / ``reward_scaler``."""
+        if self.observation_scaler is not None:
+            batch = self.observation_scaler.scale_batch(batch, self.observation_key)
+        if self.reward_scaler is not None:
+            batch = self.reward_scaler.scale_batch(batch, ("next", self.reward_key))
+        return batch
 
     def update(self, batch: TensorDictBase) -> TensorDictBase:
         """One gradient step on ``batch`` (as sampled: scaled like the trainer's own batches); returns a

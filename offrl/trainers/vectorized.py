@@ -62,6 +62,8 @@ def vectorize_reason(trainers: Sequence[Trainer]) -> str | None:
             return "every seed must use the same batch size"
         if not _same_scaler(t.observation_scaler, first.observation_scaler):
             return "every seed must scale observations the same way"
+        if t.reward_scaler != first.reward_scaler:
+            return "every seed must scale rewards the same way"
         if type(t.target_net_updater) not in (SoftUpdate, HardUpdate) or \
                 type(t.target_net_updater) is not type(first.target_net_updater):
             return "the batched step needs a soft or hard target update, the same for every seed"

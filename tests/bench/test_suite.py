@@ -152,6 +152,8 @@ def test_peer_reuse_follows_what_the_peer_reads() -> None:
     assert changed("cql", "critic_lr", 3e-4) and changed("eval", "final_episodes", 10)
     # a key added after the run (observation_scaler, 2026-12-06): at its old behaviour it is the same config
     assert not changed("cql", "observation_scaler", "none") and changed("cql", "observation_scaler", "standard")
+    assert not changed("cql", "reward_scale", 1.0) and changed("cql", "reward_scale", 0.1)
+    assert not changed("cql", "reward_bias", 0.0) and changed("cql", "reward_scaler", "return_based")
 
 
 def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path) -> None:
@@ -191,6 +193,11 @@ def test_offrl_reuse_compares_every_setting_that_changes_learning(tmp_path: Path
     (run / "config.yaml").write_text(yaml.safe_dump(saved_before))
     assert suite._same_config(job, run, plan)
     plan["cql"] = {**plan["cql"], "observation_scaler": "standard"}
+    assert not suite._same_config(job, run, plan)
+    plan["cql"] = {**plan["cql"], "observation_scaler": "none", "reward_scaler": "none", "reward_scale": 1.0,
+                   "reward_bias": 0.0}  # and before it had reward scaling: rewards as stored
+    assert suite._same_config(job, run, plan)
+    plan["cql"] = {**plan["cql"], "reward_scale": 10.0}
     assert not suite._same_config(job, run, plan)
 
 

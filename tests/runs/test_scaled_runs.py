@@ -1,10 +1,12 @@
-"""A run trained with an observation scaler, through the application layer: its config records the scaler,
-a restored policy re-fits the same one from the run's dataset and reproduces the run's last evaluation; the
-bad settings are one line, exit 2, nothing written. (Exact resume with a scaler, offline and online: the
+"""A run trained with an observation and a reward scaler, through the application layer: its config records
+them, a restored policy re-fits the same observation scaler from the run's dataset and reproduces the run's
+last evaluation, the critic diagnostics read in scaled-reward units; the bad settings are one line, exit 2,
+nothing written. (Exact resume with a scaler, offline and online: the
 discrete rows of tests/runs/test_resume_matrix.py.)"""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from offrl.config import load_yaml
 from offrl.data.scaling import fit_observation_scaler
 from offrl.runs import evaluate_checkpoint, load_policy
 
-SCALED = [*TINY_CQL, "cql.observation_scaler=standard"]
+SCALED = [*TINY_CQL, "cql.observation_scaler=standard", "cql.reward_scaler=return_based", "cql.reward_scale=10"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, pendulum: str) -> tuple[Path, 
 def test_restored_policy_scales_as_the_run_did(run, monkeypatch):
     run_dir, cache = run
     monkeypatch.setenv("OFFRL_CACHE", str(cache))
-    assert load_yaml(run_dir / "config.yaml")["cql"]["observation_scaler"] == "standard"
+    saved = load_yaml(run_dir / "config.yaml")["cql"]
+    assert (saved["observation_scaler"], saved["reward_scaler"], saved["reward_scale"]) == ("standard",
+                                                                                          "return_based", 10.0)
     loaded = load_policy(run_dir)
     assert isinstance(loaded.policy, ScaledObservationPolicy)
     fitted = fit_observation_scaler("standard", loaded.dataset)
@@ -42,6 +46,12 @@ def test_restored_policy_scales_as_the_run_did(run, monkeypatch):
     n = summary["final"]["episodes"]
     result, _ = evaluate_checkpoint(run_dir, episodes=n, seed=0)
     assert float(result.returns.mean()) == pytest.approx(summary["final"]["return_mean"], rel=1e-6)
+    # the diagnostics compare the critic with returns on its own scale: the data's MC return of s0 (50-step
+    # episodes) and the achieved one (200 steps) times 10 / (the range of the data's episode returns), a few
+    # to a few tens, where raw discounted Pendulum returns are in the hundreds
+    rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("diag_achieved_return_s0")]
+    assert rows and all(-10.0 < float(r["diag_mc_return_s0"]) < -1.0 for r in rows)
+    assert all(-100.0 < float(r["diag_achieved_return_s0"]) < -5.0 for r in rows)
 
 
 def test_bad_scaler_settings_are_one_line(offrl_cli, assert_user_error, pendulum, tmp_path):
@@ -53,4 +63,16 @@ def test_bad_scaler_settings_are_one_line(offrl_cli, assert_user_error, pendulum
     scratch = offrl_cli("train", "--env", "Pendulum-v1", "--online-steps", "20", "--out", str(out),
                         "--set", "cql.observation_scaler=standard")
     assert_user_error(scratch, "cql.observation_scaler=standard", "online from scratch")
+    cases = [(["cql.reward_scaler=zscore"], ("cql.reward_scaler", "use one of none, standard, min_max, "
+                                                                  "return_based", "zscore")),
+             (["cql.reward_scale=0"], ("cql.reward_scale", "must be > 0")),
+             (["cql.reward_bias=-1", "online.calql=true"], ("Cal-QL's Monte-Carlo bound cannot follow a reward shift",))]
+    for dotlist, words in cases:
+        sets = [a for d in ["dataset.env_id=Pendulum-v1", *dotlist] for a in ("--set", d)]
+        done = offrl_cli("train", "--dataset", pendulum, "--steps", "5", "--out", str(out), *sets,
+                         env={"OFFRL_CACHE": str(tmp_path / "cache")})
+        assert_user_error(done, *words)
+    scratch = offrl_cli("train", "--env", "Pendulum-v1", "--online-steps", "20", "--out", str(out),
+                        "--set", "cql.reward_scaler=min_max")
+    assert_user_error(scratch, "cql.reward_scaler=min_max", "online from scratch", "reward_scale/reward_bias need no data")
     assert not out.exists()

@@ -83,9 +83,10 @@ CASES = [("dqn", "cartpole_medium", {"cfg": SMALL_DQN, "clip_norm": 0.05}),  # h
          ("cql", "pendulum_medium", {"cfg": SMALL_CQL.__class__(**{**SMALL_CQL.__dict__, "with_lagrange": True,
                                                                    "backup_action": "mean", "actor_bc_weight": 2.5}),
                                      "clip_norm": 0.5}),
-         # the group scales its stacked batch as each seed's trainer scales its own
+         # the group scales its stacked batch (observations and rewards) as each seed's trainer scales its own
          ("dqn", "cartpole_medium", {"cfg": SMALL_DQN.__class__(**{**SMALL_DQN.__dict__,
-                                                                  "observation_scaler": "standard"})})]
+                                                                  "observation_scaler": "standard",
+                                                                  "reward_scale": 0.5, "reward_bias": -1.0})})]
 
 
 @pytest.mark.parametrize(("kind", "data", "kwargs"), CASES,
