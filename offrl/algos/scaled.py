@@ -18,7 +18,8 @@ from offrl.data.reward_scaling import RewardScaler, fit_reward_scaler
 from offrl.data.scaling import ObservationScaler, fit_observation_scaler
 from offrl.errors import UserError
 
-__all__ = ["ScaledObservationPolicy", "attach_scalers", "observation_scaler_for", "reward_scaler_for"]
+__all__ = ["ScaledObservationPolicy", "attach_scalers", "describe_scalers", "observation_scaler_for",
+           "reward_scaler_for"]
 
 _SECTION = {CQLConfig: "cql", DiscreteCQLConfig: "discrete_cql", DQNConfig: "dqn"}
 
@@ -92,3 +93,17 @@ def attach_scalers(parts: AlgoParts, scaler: ObservationScaler | None,
     parts.exploration_policy = parts.policy if same else ScaledObservationPolicy(parts.exploration_policy, scaler)
     object.__setattr__(parts.loss_module, "observation_scaler", scaler)  # plain attribute: not in state_dict
     return parts
+
+
+def describe_scalers(parts: AlgoParts) -> list[str]:
+    """One line per scaler ``parts`` carries, saying what was fitted (a run's ``defaults_from_data``)."""
+    section, lines = _SECTION.get(type(parts.config), "algo"), []
+    obs = parts.observation_scaler
+    if obs is not None:
+        what = "(obs - mean) / (std + 1e-3)" if obs.kind == "standard" else "[min, max] mapped to [-1, 1]"
+        lines.append(f"{section}.observation_scaler={obs.kind}: {what} per dimension, fitted on the dataset's "
+                     f"observations ({obs.loc.numel()} dimensions)")
+    reward = parts.reward_scaler
+    if reward is not None:
+        lines.append(f"{section}.reward_scaler={reward.kind}: {reward.describe()}")
+    return lines

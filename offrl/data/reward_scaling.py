@@ -10,8 +10,9 @@
   (d3rlpy ``ReturnBasedRewardScaler``; CORL's MuJoCo reward normalisation is this with ``reward_scale=1000``).
 
 ``reward_scale`` is d3rlpy's ``multiplier``. Every choice is affine, ``r' = a r + b``, so a discounted return
-over ``n`` steps maps to ``a G + b (1 - gamma^n) / (1 - gamma)`` (:meth:`RewardScaler.returns`): that is how the
-critic diagnostics compare values learnt on scaled rewards with the data's and the policy's returns.
+over ``n`` steps maps to ``a G + b (1 - gamma^n) / (1 - gamma)`` (:meth:`RewardScaler.returns`), and a value
+learnt on scaled rewards maps back with the inverse (:meth:`RewardScaler.unscale_value`): that is how the
+critic diagnostics put V(s0) in the env's units, beside the data's and the policy's returns.
 The stored data stays raw; a trainer scales each sampled batch's reward.
 """
 
@@ -62,10 +63,12 @@ class RewardScaler:
 
     def returns(self, discounted: Any, steps: Any, gamma: float) -> np.ndarray:
         """Discounted returns over ``steps`` rewards each, as they read with scaled rewards."""
-        g = np.asarray(discounted, dtype=np.float64)
-        n = np.asarray(steps, dtype=np.float64)
-        horizon = n if gamma == 1.0 else (1.0 - np.power(gamma, n)) / (1.0 - gamma)
-        return self.multiplier * g + self.shift * horizon
+        return self.multiplier * np.asarray(discounted, dtype=np.float64) + self.shift * _horizon(steps, gamma)
+
+    def unscale_value(self, mean_value: float, steps: Any, gamma: float) -> float:
+        """The mean of values learnt on scaled rewards, back in the env's units, for states whose returns run
+        ``steps`` rewards each: the inverse of :meth:`returns`, averaged (it is linear)."""
+        return (float(mean_value) - self.shift * float(np.mean(_horizon(steps, gamma)))) / self.multiplier
 
     def scale_batch(self, batch: TensorDictBase, reward_key: Any = ("next", "reward")) -> TensorDictBase:
         """``batch`` with its reward scaled (new tensors in a shallow copy: the buffer is never written).
@@ -83,6 +86,12 @@ class RewardScaler:
             else:
                 out.set("mc_return", self(mc_return))
         return out
+
+
+def _horizon(steps: Any, gamma: float) -> np.ndarray:
+    """``sum_{k < n} gamma^k`` for each ``n`` of ``steps``: what a constant reward of 1 adds to a return."""
+    n = np.asarray(steps, dtype=np.float64)
+    return n if gamma == 1.0 else (1.0 - np.power(gamma, n)) / (1.0 - gamma)
 
 
 def checked_reward_scaler(scaler: Any, loss_module: Any = None) -> RewardScaler | None:

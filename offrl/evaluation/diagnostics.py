@@ -139,9 +139,8 @@ def offline_diagnostics(
     return out
 
 
-def eval_diagnostics(critic: Critic | Any, result: Any, *, reward_scaler: Any = None) -> dict[str, float]:
-    """After an env evaluation: V of the episodes' initial states vs the discounted return achieved (in the
-    units of a critic trained on rewards scaled by ``reward_scaler``, :mod:`offrl.data.reward_scaling`)."""
+def eval_diagnostics(critic: Critic | Any, result: Any) -> dict[str, float]:
+    """After an env evaluation: V of the episodes' initial states vs the discounted return achieved."""
     critic = critic if isinstance(critic, Critic) else critic_from_loss(critic)
     s0 = result.initial_observations
     if isinstance(s0, dict):
@@ -150,9 +149,7 @@ def eval_diagnostics(critic: Critic | Any, result: Any, *, reward_scaler: Any = 
         s0 = torch.as_tensor(np.asarray(s0, dtype=np.float32))
     return {
         "diag_v_s0_eval": _mean(critic.v(s0)),
-        "diag_achieved_return_s0": float(np.mean(result.discounted_returns if reward_scaler is None else
-                                                 reward_scaler.returns(result.discounted_returns, result.lengths,
-                                                                       result.gamma))),
+        "diag_achieved_return_s0": float(np.mean(result.discounted_returns)),
     }
 
 

@@ -56,8 +56,8 @@ class Evaluator:
         self.critic: Critic | None = None
         if critic is not None:  # observation_scaler: the one the run's networks were trained with
             self.critic = critic if isinstance(critic, Critic) else critic_from_loss(critic, observation_scaler)
-        # the critic's values are in the units of the rewards it was trained on: the diagnostics' rewards and
-        # returns are scaled the same way (offrl.data.reward_scaling), so their comparisons hold
+        # a critic trained on scaled rewards (offrl.data.reward_scaling): the TD error and Q columns read in its
+        # units (held-out rewards scaled), V(s0) is mapped back to the env's units beside the returns
         self.reward_scaler = reward_scaler if reward_scaler is not None else getattr(critic, "reward_scaler", None)
         self.episodes, self.seed, self.device = episodes, seed, device
         self.final_episodes = max(episodes, final_episodes or 0) if episodes > 0 else 0
@@ -68,6 +68,7 @@ class Evaluator:
         self.last_result: EvalResult | None = None
         self._heldout = heldout
         self._s0: TensorDictBase | None = None
+        self._s0_steps: Any = None  # with a reward scaler: the length of each s0 row's episode
 
     def _diag_data(self) -> tuple[TensorDictBase, TensorDictBase]:
         if self._heldout is None or self._s0 is None:
@@ -78,19 +79,11 @@ class Evaluator:
             s0_rows = torch.nonzero(data["step"].reshape(-1) == 0).reshape(-1)[:4096]
             self._s0 = data[s0_rows].to(self.device)
             if self.reward_scaler is not None:
-                self._heldout, self._s0 = self._scaled_rewards(data, self._heldout, self._s0)
+                self._heldout = self.reward_scaler.scale_batch(self._heldout)
+                episode = data["episode"].reshape(-1).long()  # s0's returns run over their episodes' lengths
+                counts = torch.bincount(episode - episode.min())
+                self._s0_steps = counts[self._s0["episode"].reshape(-1).long().cpu() - episode.min()].numpy()
         return self._heldout, self._s0
-
-    def _scaled_rewards(self, data: TensorDictBase, heldout: TensorDictBase,
-                        s0: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
-        """``heldout`` with scaled rewards, ``s0`` with the MC return over its episode's length rescaled."""
-        scaler = self.reward_scaler
-        episode = data["episode"].reshape(-1).long()
-        lengths = torch.bincount(episode - episode.min())[s0["episode"].reshape(-1).long().cpu() - episode.min()]
-        mc = scaler.returns(s0["mc_return"].reshape(-1).double().cpu().numpy(), lengths.numpy(), self.gamma)
-        s0 = s0.copy()
-        s0.set("mc_return", torch.as_tensor(mc, dtype=torch.float32, device=s0.device).reshape(-1, 1))
-        return scaler.scale_batch(heldout), s0
 
     def final(self, policy: Any, step: int) -> dict[str, float]:
         """The run's last evaluation: ``final_episodes`` episodes instead of ``episodes``."""
@@ -102,6 +95,8 @@ class Evaluator:
         if self.critic is not None:
             heldout, s0 = self._diag_data()
             row.update(offline_diagnostics(self.critic, heldout, gamma=self.gamma, s0=s0))
+            if self.reward_scaler is not None and "diag_v_s0" in row:
+                row["diag_v_s0"] = self.reward_scaler.unscale_value(row["diag_v_s0"], self._s0_steps, self.gamma)
         if episodes > 0:
             result = evaluate(
                 policy, self.env, episodes=episodes, seed=self.seed, device=self.device, ref=self.ref, gamma=self.gamma
@@ -109,5 +104,8 @@ class Evaluator:
             self.last_result = result
             row.update(result.metrics())
             if self.critic is not None:
-                row.update(eval_diagnostics(self.critic, result, reward_scaler=self.reward_scaler))
+                row.update(eval_diagnostics(self.critic, result))
+                if self.reward_scaler is not None:
+                    row["diag_v_s0_eval"] = self.reward_scaler.unscale_value(row["diag_v_s0_eval"], result.lengths,
+                                                                             self.gamma)
         return row

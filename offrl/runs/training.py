@@ -119,6 +119,7 @@ def train(
     else:
         cfg, data = compose_env_run_config(env_id, algo, config=config, dotlist=dotlist, overrides=values), None
         check_writable(runs_root(out))
+    from offrl.algos.scaled import describe_scalers
     from offrl.runs.assemble import build_components
     from offrl.runs.metrics_log import TidyCSVLogger, check_logger_available
 
@@ -138,6 +139,7 @@ def train(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     # which layer set which keys (general defaults, bundled config, --config, flags, --set)
     meta["config_origins"] = config_origins(cfg, config=config, dotlist=dotlist, overrides=values)
+    data_notes = [*data_notes, *describe_scalers(parts.parts)]  # and what the scalers fitted on it
     if data_notes:  # which defaults the dataset decided, and why (also printed by offrl train)
         meta["defaults_from_data"] = data_notes
     create_run_dir(path, {CONFIG_FILE: config_to_yaml(cfg, meta)})

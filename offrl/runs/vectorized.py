@@ -111,6 +111,9 @@ def train_vectorized(
     group = _group([parts for _, parts, _ in built])
     meta = {"versions": package_versions(), "command": list(command),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "vectorized_seeds": [int(s) for s in seeds]}
+    from offrl.algos.scaled import describe_scalers
+
+    notes = [*notes, *describe_scalers(built[0][1].parts)]  # every seed fits the same scalers on the same data
     if notes:
         meta["defaults_from_data"] = notes
     locks: list[RunLock] = []

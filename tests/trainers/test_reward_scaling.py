@@ -69,15 +69,18 @@ def test_scaled_run_equals_a_run_on_prescaled_rewards(case, request, tmp_path):
     unscaled, _ = make_trainer(algo, raw, cfg=cfg, offline_steps=STEPS)  # and it is not a no-op
     unscaled.train()
     assert any(not torch.equal(a[k], v) for k, v in weights(unscaled.loss_module).items())
-    # the diagnostics: TD error on scaled rewards equals the one on the prescaled file; the data's MC return
-    # of the initial states is the one the prescaled file's converter computed from its scaled rewards
+    # the diagnostics: the TD error and Q columns read in the critic's units, as on the prescaled file; V(s0)
+    # is mapped back to the env's units beside the data's raw MC return: the gap between them is the
+    # prescaled run's gap (both in scaled units there) divided by the multiplier
     ours = Evaluator(raw, critic=scaled.loss_module, episodes=0)(parts.policy, STEPS)
     theirs = Evaluator(pre, critic=plain.loss_module, episodes=0)(plain_parts.policy, STEPS)
-    for key in ("diag_td_error", "diag_q_data", "diag_v_s0"):
+    for key in ("diag_td_error", "diag_q_data", "diag_q_policy"):
         assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
-    assert ours["diag_mc_return_s0"] == pytest.approx(theirs["diag_mc_return_s0"], rel=1e-4)
-    assert ours["diag_mc_return_s0"] != pytest.approx(
-        Evaluator(raw, critic=unscaled.loss_module, episodes=0)(parts.policy, STEPS)["diag_mc_return_s0"], rel=1e-3)
+    raw_mc = Evaluator(raw, critic=unscaled.loss_module, episodes=0)(parts.policy, STEPS)["diag_mc_return_s0"]
+    assert ours["diag_mc_return_s0"] == raw_mc != pytest.approx(theirs["diag_mc_return_s0"], rel=1e-3)
+    gap, their_gap = (d["diag_v_s0"] - d["diag_mc_return_s0"] for d in (ours, theirs))
+    assert gap == pytest.approx(their_gap / scaler.multiplier, rel=1e-4, abs=1e-3)
+    assert ours["diag_v_s0"] != pytest.approx(theirs["diag_v_s0"], rel=1e-3)
 
 
 def test_fitted_values_match_numpy(pendulum, cartpole, tmp_path):
@@ -100,6 +103,9 @@ def test_fitted_values_match_numpy(pendulum, cartpole, tmp_path):
     scaled_g = np.sum(0.9 ** np.arange(4) * (5.0 * np.array([1.0, 2.0, 0.5, 3.0]) - 4.0))
     assert plain.returns(g, [4], 0.9)[0] == pytest.approx(scaled_g)
     assert plain.returns(np.array([10.0]), [3], 1.0)[0] == pytest.approx(5.0 * 10 - 12.0)
+    # and a mean of values learnt on scaled rewards maps back (the inverse, averaged over the horizons)
+    values = plain.returns(np.array([10.0, -3.0]), [3, 7], 0.9)
+    assert plain.unscale_value(values.mean(), [3, 7], 0.9) == pytest.approx(3.5)
 
 
 @pytest.mark.parametrize(("kind", "scale", "bias", "message"), [
