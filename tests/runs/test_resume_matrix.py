@@ -16,11 +16,14 @@ from offrl.trainers import load_checkpoint
 
 ALGOS = {"cql": "pendulum_medium", "discrete-cql": "cartpole_medium", "dqn": "cartpole_medium"}
 SMALL = {
-    "cql": ["cql.hidden_sizes=[16,16]", "cql.num_random=2", "cql.bc_steps=4", "cql.with_lagrange=true"],
+    # CQL and DQN scale rewards (fitted on the data, and affine), sampled batches only: collected rows stay raw
+    "cql": ["cql.hidden_sizes=[16,16]", "cql.num_random=2", "cql.bc_steps=4", "cql.with_lagrange=true",
+            "cql.reward_scaler=return_based"],
     # the discrete ones scale observations: sampled batches scaled, the collector's policy reading raw ones
     "discrete-cql": ["discrete_cql.hidden_sizes=[16,16]", "discrete_cql.target_update_interval=3",
                      "discrete_cql.observation_scaler=min_max"],
-    "dqn": ["dqn.hidden_sizes=[16,16]", "dqn.target_update_interval=3", "dqn.observation_scaler=standard"],
+    "dqn": ["dqn.hidden_sizes=[16,16]", "dqn.target_update_interval=3", "dqn.observation_scaler=standard",
+            "dqn.reward_scale=0.5", "dqn.reward_bias=-1.0"],
 }
 OFFLINE_STEPS = 12
 #: phase -> (steps the uninterrupted run trains, the step the interrupted one stops at, extra settings).
