@@ -67,7 +67,10 @@ class RewardScaler:
 
     def unscale_value(self, mean_value: float, steps: Any, gamma: float) -> float:
         """The mean of values learnt on scaled rewards, back in the env's units, for states whose returns run
-        ``steps`` rewards each: the inverse of :meth:`returns`, averaged (it is linear)."""
+        ``steps`` rewards each (``inf`` where the episode was truncated: the critic bootstraps through a
+        truncation, so the shift adds ``1 / (1 - gamma)`` there): the inverse of :meth:`returns`, averaged."""
+        if not self.shift:
+            return float(mean_value) / self.multiplier
         return (float(mean_value) - self.shift * float(np.mean(_horizon(steps, gamma)))) / self.multiplier
 
     def scale_batch(self, batch: TensorDictBase, reward_key: Any = ("next", "reward")) -> TensorDictBase:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 
@@ -68,7 +69,7 @@ class Evaluator:
         self.last_result: EvalResult | None = None
         self._heldout = heldout
         self._s0: TensorDictBase | None = None
-        self._s0_steps: Any = None  # with a reward scaler: the length of each s0 row's episode
+        self._s0_steps: Any = None  # with a reward scaler: each s0 row's steps to termination (inf: truncated)
 
     def _diag_data(self) -> tuple[TensorDictBase, TensorDictBase]:
         if self._heldout is None or self._s0 is None:
@@ -80,9 +81,7 @@ class Evaluator:
             self._s0 = data[s0_rows].to(self.device)
             if self.reward_scaler is not None:
                 self._heldout = self.reward_scaler.scale_batch(self._heldout)
-                episode = data["episode"].reshape(-1).long()  # s0's returns run over their episodes' lengths
-                counts = torch.bincount(episode - episode.min())
-                self._s0_steps = counts[self._s0["episode"].reshape(-1).long().cpu() - episode.min()].numpy()
+                self._s0_steps = _steps_to_termination(data, self._s0)
         return self._heldout, self._s0
 
     def final(self, policy: Any, step: int) -> dict[str, float]:
@@ -106,6 +105,18 @@ class Evaluator:
             if self.critic is not None:
                 row.update(eval_diagnostics(self.critic, result))
                 if self.reward_scaler is not None:
-                    row["diag_v_s0_eval"] = self.reward_scaler.unscale_value(row["diag_v_s0_eval"], result.lengths,
-                                                                             self.gamma)
+                    steps = np.where(result.terminated, result.lengths, np.inf)
+                    row["diag_v_s0_eval"] = self.reward_scaler.unscale_value(row["diag_v_s0_eval"], steps, self.gamma)
         return row
+
+
+def _steps_to_termination(data: TensorDictBase, s0: TensorDictBase) -> np.ndarray:
+    """For each initial-state row of ``s0``: its episode's length when the episode ends in a termination,
+    ``inf`` when it was truncated (the critic bootstraps past the data's end there)."""
+    episode = data["episode"].reshape(-1).long()
+    ids = episode - episode.min()
+    lengths = torch.bincount(ids)
+    terminated = torch.zeros(len(lengths), dtype=torch.long).index_add_(
+        0, ids, data["next", "terminated"].reshape(-1).long()) > 0
+    rows = s0["episode"].reshape(-1).long().cpu() - episode.min()
+    return np.where(terminated[rows].numpy(), lengths[rows].numpy().astype(np.float64), np.inf)

@@ -84,6 +84,7 @@ class EvalResult:
     initial_observations: Any = field(repr=False, default=None)  # stacked s0 of each episode
     ref: Reference | None = None
     env_id: str | None = None
+    terminated: Any = field(repr=False, default=None)  # per episode: ended by termination (else truncated)
 
     @property
     def mean(self) -> float:
@@ -249,6 +250,7 @@ def evaluate(
     returns = np.zeros(episodes)
     disc = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
+    ended = np.zeros(episodes, dtype=bool)  # terminated (not truncated, not cut at max_steps)
     first_obs: list[Any] = []
     seeds = [seed + i for i in range(episodes)]
 
@@ -279,6 +281,7 @@ def evaluate(
                     returns[idx] += np.where(active[:n], reward[:n], 0.0)
                     disc[idx] += np.where(active[:n], discount[:n] * reward[:n], 0.0)
                     lengths[idx] += active[:n]
+                    ended[idx] |= active[:n] & np.asarray(terminated, dtype=bool)[:n]
                     discount *= gamma
                     t += 1
                     done = np.asarray(terminated) | np.asarray(truncated)
@@ -297,6 +300,7 @@ def evaluate(
     return EvalResult(
         returns=returns,
         lengths=lengths,
+        terminated=ended,
         seeds=seeds,
         discounted_returns=disc,
         gamma=gamma,

@@ -46,6 +46,7 @@ def test_cartpole_balancer_scores_full_episodes_with_reference():
     res = evaluate(_td_policy(_balance), "CartPole-v1", episodes=4, seed=3, ref=(0.0, 500.0, "user"), gamma=0.9)
     assert res.returns.tolist() == [500.0] * 4
     assert res.lengths.tolist() == [500] * 4
+    assert res.terminated.tolist() == [False] * 4  # truncated at the time limit, not terminated
     assert res.seeds == [3, 4, 5, 6]
     assert res.normalized_mean == pytest.approx(100.0)
     assert res.ref_source == "user"
@@ -61,6 +62,7 @@ def test_each_episode_runs_to_its_own_end_and_matches_sequential_replay():
     assert res.returns.tolist() == [r for r, _ in expected]
     assert res.lengths.tolist() == [n for _, n in expected]
     assert len(set(res.lengths.tolist())) > 1, "episodes of different lengths: none was cut at the first done"
+    assert res.terminated.tolist() == [True] * 6  # the pole fell in each, well before the time limit
     assert np.isnan(res.normalized_mean) and res.ref_source is None
     # the same episodes through a single env instance (sequential path)
     seq = evaluate(_td_policy(_weak), gym.make("CartPole-v1"), episodes=6, seed=10)

@@ -70,17 +70,22 @@ def test_scaled_run_equals_a_run_on_prescaled_rewards(case, request, tmp_path):
     unscaled.train()
     assert any(not torch.equal(a[k], v) for k, v in weights(unscaled.loss_module).items())
     # the diagnostics: the TD error and Q columns read in the critic's units, as on the prescaled file; V(s0)
-    # is mapped back to the env's units beside the data's raw MC return: the gap between them is the
-    # prescaled run's gap (both in scaled units there) divided by the multiplier
+    # (the prescaled critic's, in scaled units) is mapped back to the env's units beside the data's raw MC
+    # return: minus the shift times sum(gamma^k) to the episode's termination (forever where it was truncated:
+    # the critic bootstraps there), over the multiplier
     ours = Evaluator(raw, critic=scaled.loss_module, episodes=0)(parts.policy, STEPS)
     theirs = Evaluator(pre, critic=plain.loss_module, episodes=0)(plain_parts.policy, STEPS)
     for key in ("diag_td_error", "diag_q_data", "diag_q_policy"):
         assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
     raw_mc = Evaluator(raw, critic=unscaled.loss_module, episodes=0)(parts.policy, STEPS)["diag_mc_return_s0"]
     assert ours["diag_mc_return_s0"] == raw_mc != pytest.approx(theirs["diag_mc_return_s0"], rel=1e-3)
-    gap, their_gap = (d["diag_v_s0"] - d["diag_mc_return_s0"] for d in (ours, theirs))
-    assert gap == pytest.approx(their_gap / scaler.multiplier, rel=1e-4, abs=1e-3)
-    assert ours["diag_v_s0"] != pytest.approx(theirs["diag_v_s0"], rel=1e-3)
+    gamma = raw.info.gamma
+    episode = raw.data["episode"].reshape(-1).numpy()
+    terminal = raw.data["next", "terminated"].reshape(-1).numpy()
+    horizon = [(1 - gamma ** (episode == e).sum()) / (1 - gamma) if terminal[episode == e].any() else 1 / (1 - gamma)
+               for e in episode[raw.data["step"].reshape(-1).numpy() == 0]]
+    expected = (theirs["diag_v_s0"] - scaler.shift * np.mean(horizon)) / scaler.multiplier
+    assert ours["diag_v_s0"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
 def test_fitted_values_match_numpy(pendulum, cartpole, tmp_path):
