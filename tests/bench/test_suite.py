@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -223,3 +224,32 @@ def test_peer_run_of_the_old_last_evaluation_is_not_reused(tmp_path: Path) -> No
 
     assert record({"interval": 50, "episodes": 10, "final_episodes": 20, "seed": 0})
     assert not record({"interval": 50, "episodes": 10, "seed": 0})  # the old protocol: 10 episodes last
+
+
+def test_peer_mirrors_the_reward_scaling() -> None:
+    """d3rlpy_peer.py gives d3rlpy the reward scaler offrl's settings name (d3rlpy's own classes), and stops with
+    one line where d3rlpy has no single scaler for them (a fitted kind or a multiplier with a shift)."""
+    python = os.environ.get("OFFRL_D3RLPY_PYTHON") or (sys.executable if importlib.util.find_spec("d3rlpy") else None)
+    if not python or not Path(python).exists():
+        pytest.skip("needs d3rlpy 2.x: set OFFRL_D3RLPY_PYTHON to a Python with it")
+    import subprocess
+
+    script = (
+        "import sys, json; sys.path.insert(0, 'benchmarks'); import d3rlpy_peer as p\n"
+        "cases = [('none', 1.0, 0.0), ('none', 10.0, 0.0), ('none', 1.0, -1.0), ('standard', 2.0, 0.0),\n"
+        "         ('min_max', 1.0, 0.0), ('return_based', 1000.0, 0.0)]\n"
+        "out = []\n"
+        "for kind, scale, bias in cases:\n"
+        "    s = p._reward_scaler({'reward_scaler': kind, 'reward_scale': scale, 'reward_bias': bias})\n"
+        "    out.append(None if s is None else [type(s).__name__, getattr(s, 'multiplier', None),\n"
+        "                                       getattr(s, 'shift', None)])\n"
+        "print(json.dumps(out))\n"
+        "p._reward_scaler({'reward_scaler': 'standard', 'reward_scale': 1.0, 'reward_bias': 1.0})\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([python, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    first = done.stdout.strip().splitlines()[0]
+    assert json.loads(first) == [None, ["MultiplyRewardScaler", 10.0, None], ["ConstantShiftRewardScaler", 1.0, -1.0],
+                                 ["StandardRewardScaler", 2.0, None], ["MinMaxRewardScaler", 1.0, None],
+                                 ["ReturnBasedRewardScaler", 1000.0, None]]
+    assert done.returncode == 1 and "reward_scaler=standard with reward_scale=1 and reward_bias=1 has no d3rlpy " \
+                                   "equivalent" in done.stderr, done.stderr
