@@ -23,13 +23,8 @@ __all__ = ["CalQLLoss", "FusedCalQLLoss", "build", "build_from_dataset", "calibr
 def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: Any,
           device: torch.device | str = "cpu", seed: int | None = None, calibrated: bool = True,
           observation_scaler: Any = None, reward_scaler: Any = None) -> AlgoParts:
-    """:func:`offrl.algos.cql.build` with the loss turned into a :class:`CalQLLoss` (same networks); a reward
-    shift is refused (:func:`offrl.algos.scaled.reward_scaler_for`)."""
-    if reward_scaler is None:
-        reward_scaler = reward_scaler_for(cfg, None, calql=True)
-    elif reward_scaler.shift:
-        raise UserError(f"Cal-QL's Monte-Carlo bound cannot follow a reward shift ({reward_scaler.describe()}); "
-                        "scale rewards without a shift")
+    """:func:`offrl.algos.cql.build` with the loss turned into a :class:`CalQLLoss` (same networks; a reward
+    shift is refused by :meth:`CalQLLoss.from_cql`)."""
     parts = cql.build(cfg, observation_shape=observation_shape, action_spec=action_spec, device=device, seed=seed,
                       observation_scaler=observation_scaler, reward_scaler=reward_scaler)
     parts.loss_module = CalQLLoss.from_cql(parts.loss_module, calibrated=calibrated)
@@ -44,4 +39,4 @@ def build_from_dataset(cfg: CQLConfig, dataset: Any, *, device: torch.device | s
                         "return-to-go (re-convert the dataset with this offrl version)")
     return build(cfg, **dataset_shapes(dataset), device=device, seed=seed, calibrated=calibrated,
                  observation_scaler=observation_scaler_for(cfg, dataset, device),
-                 reward_scaler=reward_scaler_for(cfg, dataset, calql=True))
+                 reward_scaler=reward_scaler_for(cfg, dataset))

@@ -65,7 +65,13 @@ class CalQLLoss(OfflineCQLLoss):
     def from_cql(cls, loss: OfflineCQLLoss, *, mc_return_key: str = "mc_return",
                   calibrated: bool = True) -> CalQLLoss:
         """Turn a built :class:`OfflineCQLLoss` into a :class:`CalQLLoss` *in place* (same parameters, so the
-        optimizer, target updater and policy built with it keep working) and return it."""
+        optimizer, target updater and policy built with it keep working) and return it. A reward scaler with a
+        shift on the loss (:mod:`offrl.algos.scaled`) is refused: each row's bound would move by the shift
+        summed over its steps to the episode's end, which the stored rows do not carry."""
+        shifted = getattr(loss, "reward_scaler", None)
+        if shifted is not None and shifted.shift:
+            raise UserError(f"Cal-QL's Monte-Carlo bound cannot follow a reward shift ({shifted.describe()}); drop "
+                            "reward_bias, or use reward_scaler=none or return_based (they only multiply)")
         variant = getattr(type(loss), "calql_class", None)  # a fused loss names its Cal-QL class
         if isinstance(loss, CalQLLoss):
             pass

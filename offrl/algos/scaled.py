@@ -16,7 +16,6 @@ from offrl.algos._common import AlgoParts
 from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
 from offrl.data.reward_scaling import RewardScaler, fit_reward_scaler
 from offrl.data.scaling import ObservationScaler, fit_observation_scaler
-from offrl.errors import UserError
 
 __all__ = ["ScaledObservationPolicy", "attach_scalers", "describe_scalers", "observation_scaler_for",
            "reward_scaler_for"]
@@ -59,18 +58,11 @@ def observation_scaler_for(cfg: Any, dataset: Any, device: Any = "cpu") -> Obser
     return None if scaler is None else scaler.to(device)
 
 
-def reward_scaler_for(cfg: Any, dataset: Any, *, calql: bool = False) -> RewardScaler | None:
+def reward_scaler_for(cfg: Any, dataset: Any) -> RewardScaler | None:
     """The reward scaler ``cfg`` asks for (``reward_scaler``, ``reward_scale``, ``reward_bias``), fitted on
-    ``dataset`` (which may be None when nothing is fitted); None: rewards unchanged. ``calql``: Cal-QL bounds Q
-    with each transition's Monte-Carlo return, which a shift changes by an amount depending on the steps to
-    the episode's end, so a shift is refused there."""
-    section = _SECTION.get(type(cfg), "algo")
-    scaler = fit_reward_scaler(getattr(cfg, "reward_scaler", "none"), dataset, scale=getattr(cfg, "reward_scale", 1.0),
-                               bias=getattr(cfg, "reward_bias", 0.0), section=section)
-    if calql and scaler is not None and scaler.shift:
-        raise UserError(f"{section}.reward_scaler/reward_bias: Cal-QL's Monte-Carlo bound cannot follow a reward shift "
-                        f"({scaler.describe()}); use reward_scaler=none or return_based with reward_scale only")
-    return scaler
+    ``dataset`` (which may be None when nothing is fitted); None: rewards unchanged."""
+    return fit_reward_scaler(getattr(cfg, "reward_scaler", "none"), dataset, scale=getattr(cfg, "reward_scale", 1.0),
+                             bias=getattr(cfg, "reward_bias", 0.0), section=_SECTION.get(type(cfg), "algo"))
 
 
 def attach_scalers(parts: AlgoParts, scaler: ObservationScaler | None,

@@ -77,7 +77,7 @@ class RewardScaler:
         """``batch`` with its reward scaled (new tensors in a shallow copy: the buffer is never written).
         ``mc_return`` (Cal-QL's bound) is multiplied too; with a shift its value depends on the steps to the
         end of the episode, which a row does not carry, so it is left out of the batch (Cal-QL refuses
-        shifts, :func:`offrl.algos.scaled.reward_scaler_for`)."""
+        shifts, :meth:`offrl.algos.calql_loss.CalQLLoss.from_cql`)."""
         out = batch.copy()
         reward = batch.get(reward_key, None)
         if reward is not None:

@@ -219,11 +219,6 @@ def prepare_online(cfg: OnlineConfig, *, parts: Any, dataset: Any, offline_buffe
                             f"{type(parts.loss_module).__name__}; use --algo cql (cql.fused=false)")
         if dataset is not None and "mc_return" not in dataset.data.keys():
             raise UserError(f"online.calql=true: {dataset.name} has no mc_return; re-convert it with this offrl")
-        shifted = getattr(parts.loss_module, "reward_scaler", None)
-        if shifted is not None and shifted.shift:
-            raise UserError(f"online.calql=true: Cal-QL's Monte-Carlo bound cannot follow a reward shift "
-                            f"({shifted.describe()}); drop cql.reward_bias, or use cql.reward_scaler=none or "
-                            "return_based (they only multiply)")
         parts.loss_module = CalQLLoss.from_cql(parts.loss_module)
     if cfg.steps <= 0:
         return None
