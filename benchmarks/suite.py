@@ -96,12 +96,13 @@ def find_d3rlpy(python: str | None, no_peers: bool) -> tuple[str | None, str]:
 
 def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers: bool,
          peer_algos: Sequence[str], overrides: dict[str, dict[str, Any]],
-         dotlist: Sequence[str] = ()) -> tuple[list[Job], dict[tuple[str, str], dict]]:
+         dotlist: Sequence[str] = (), first_seed: int = 0) -> tuple[list[Job], dict[tuple[str, str], dict]]:
     """The jobs and offrl's resolved config of each dataset x algorithm (seed-free).
 
     The config is resolved once, here, and every seed (and the d3rlpy peer) trains on exactly it, even if
     the bundled YAML changes while the suite runs. Jobs go seed by seed (longest first within a seed), so a
-    suite stopped early still has every row with fewer seeds.
+    suite stopped early still has every row with fewer seeds. Seeds are ``first_seed`` ..
+    ``first_seed + seeds - 1`` (a later call adds seeds to a study without touching the earlier ones).
     """
     import gymnasium as gym
 
@@ -125,7 +126,7 @@ def plan(datasets: Sequence[str], algos: Sequence[str] | None, seeds: int, peers
             for other in (set(SECTIONS.values()) | {"mixing"}) - {SECTIONS[algo]}:  # inactive sections
                 resolved.pop(other, None)
             configs[(ds, algo)] = resolved
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 jobs.append(Job(ds, algo, seed))
                 if peers and algo in peer_algos:
                     jobs.append(Job(ds, algo, seed, peer=True))
@@ -485,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="reports", help="report folder (default reports/)")
     p.add_argument("--runs", default=None, help="scratch folder for the run directories (default runs/suite)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per dataset x algorithm (default 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="train seeds FIRST_SEED .. FIRST_SEED + SEEDS - 1 (default 0): add seeds to a study in --runs; "
+                        "the report still covers every run there")
     p.add_argument("--steps", default=None,
                    help="gradient steps per run: N for every dataset, or per env like cartpole=2000,pendulum=2500 "
                         "(default: the bundled config's)")
@@ -519,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.seeds < 1 or args.jobs < 1:
         _fail("--seeds and --jobs must be positive")
+    if args.first_seed < 0:
+        _fail(f"--first-seed {args.first_seed}: must be 0 or more")
     steps = parse_steps(args.steps)
     bundled = list_bundled()
     on_demand = sorted(load_on_demand())
@@ -546,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, load_start, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), _load(), time.perf_counter()
     try:
         jobs, configs = plan(datasets, algos, args.seeds, args.d3rlpy_python is not None,
-                             args.peer_algos.split(","), overrides, args.dotlist)
+                             args.peer_algos.split(","), overrides, args.dotlist, args.first_seed)
     except UserError as err:
         _fail(str(err))
     print(f"suite: {len(jobs)} runs, {args.jobs} at a time; runs in {runs}; d3rlpy peer: {peer_version}", flush=True)
@@ -586,7 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sources:
             _fail(f"--completed-only: no completed run in {runs} yet")
     report = build_report(sources, out=out, group_by="algo",
-                          title=f"offrl benchmark: bundled datasets, {args.seeds} seeds")
+                          title="offrl benchmark: bundled datasets"
+                          + ("" if args.first_seed else f", {args.seeds} seeds"))
     keep = ["dataset", "group", "unit", "n_seeds", "seeds", "steps", "last_mean", "last_low", "last_high", "last_iqm",
             "best_mean", "best_low", "best_high", "best_iqm", "behaviour_return", "behaviour_normalized",
             "updates_per_s", "ref_source"]

@@ -107,6 +107,29 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
             f"offrl/cartpole/random-v0 dqn seed 1 at 8 of 8 steps; no run folder in {runs} yet: 0.") in partial_readme
     assert "| offrl/cartpole/random-v0 | dqn | 1 | 8 | " in partial_readme  # the running seed is left out
 
+    # --first-seed adds seeds to the study: only the new seed trains, the report covers every run there
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "completed"}))
+    capsys.readouterr()
+    more = tmp_path / "more"
+    more_argv = [*argv[:1], str(more), *argv[2:]]
+    more_argv[more_argv.index("--seeds") + 1] = "1"
+    assert _suite().main([*more_argv, "--first-seed", "2"]) == 0
+    progress = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    assert len(progress) == len(expected) and all("seed 2: ok" in ln for ln in progress), progress
+    assert sorted(p.name for p in (runs / "offrl__cartpole__random-v0" / "dqn").iterdir()) == ["seed0", "seed1", "seed2"]
+    rows = list(csv.DictReader((more / "summary.csv").open()))
+    assert {r["group"] for r in rows} == expected and all(r["n_seeds"] == "3" for r in rows), rows
+
+
+@pytest.mark.parametrize("option", [["--first-seed", "-1"], ["--seeds", "0"]])
+def test_suite_rejects_bad_seed_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _suite().main(["--out", str(tmp_path / "r"), "--no-peers", *option])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option[0] in err[0], err
+    assert not (tmp_path / "r").exists()
+
 
 def test_suite_rejects_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
