@@ -100,7 +100,10 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, relu: bool,  # noqa: D102
                 mm_weight_grad: bool = False) -> Tensor:
         op = _onednn()
-        y = op(x if x.is_contiguous() else x.contiguous(), w, b, "relu" if relu else "none", [], "")
+        # A strided input (observations sliced out of a packed batch row) is copied once here: oneDNN's
+        # weight gradient on its transposed view falls back to a kernel ~250x slower (docs/performance.md).
+        x = x.contiguous()
+        y = op(x, w, b, "relu" if relu else "none", [], "")
         ctx.relu = relu
         ctx.mm_weight_grad = mm_weight_grad
         ctx.has_bias = b is not None

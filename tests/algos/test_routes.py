@@ -160,3 +160,28 @@ def test_a_busy_machine_records_plain_torch_unmeasured(monkeypatch):
     monkeypatch.setattr(routes, "measure", lambda *a: {"route": "onednn-mm", "torch_us": 2.0, "onednn_us": 1.5,
                                                        "onednn-mm_us": 1.0})
     assert routes.route_for(64, 32, 16, True, kernels.onednn_linear) == "onednn-mm"
+
+
+@pytest.mark.skipif(kernels._onednn() is None, reason="torch without oneDNN's fused linear")
+@pytest.mark.parametrize("mm_weight_grad", [False, True])
+def test_onednn_layer_on_a_strided_input(mm_weight_grad):
+    """Observations sliced out of a packed batch row reach the first layer as a strided view: the layer
+    computes the reference values and gradients on it, and keeps a contiguous copy for its backward (on a
+    strided one oneDNN's weight gradient runs a kernel ~250x slower)."""
+    gen = torch.Generator().manual_seed(0)
+    packed = torch.randn(256, 32, generator=gen)
+    x = packed[:, :11]
+    assert not x.is_contiguous()
+    w = torch.randn(64, 11, generator=gen).requires_grad_()
+    b = torch.randn(64, generator=gen).requires_grad_()
+    y = kernels.onednn_linear(x, w, b, True, mm_weight_grad)
+    saved_x = y.grad_fn.saved_tensors[0]
+    assert saved_x.is_contiguous() and torch.equal(saved_x, x)
+    grad = torch.randn(y.shape, generator=gen)
+    gw, gb = torch.autograd.grad(y, (w, b), grad)
+    w_ref, b_ref = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    y_ref = torch.relu(x @ w_ref.t() + b_ref)
+    gw_ref, gb_ref = torch.autograd.grad(y_ref, (w_ref, b_ref), grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gb, gb_ref, rtol=1e-5, atol=1e-4)
