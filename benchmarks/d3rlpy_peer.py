@@ -363,7 +363,10 @@ def train(args: argparse.Namespace) -> Path:
                            eval_episodes=float(n_episodes))
                 evals.append({"step": step, "return_mean": mean, "return_std": float(returns.std()),
                               "length_mean": float(lengths.mean()), "normalized_score": _num(norm),
-                              "episodes": n_episodes})
+                              "episodes": n_episodes,
+                              # per episode (seeded ev.seed, ev.seed + 1, ...): the last evaluation's first
+                              # eval.episodes of them compare with a run whose last one ran fewer
+                              "episode_returns": [round(float(r), 4) for r in returns]})
                 last_log_t = time.perf_counter()  # the next row's updates/s counts updates only
             if row:
                 rows.add({"step": step, "phase": "offline", "wall_time": time.perf_counter() - t0, **row})

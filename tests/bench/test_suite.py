@@ -76,6 +76,10 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
             metrics = pd.read_csv(runs / "offrl__cartpole__random-v0" / algo / "seed0" / "metrics.csv")
             episodes = metrics.dropna(subset=["eval_return_mean"])["eval_episodes"].tolist()
             assert episodes[-1] == 20, (algo, episodes)
+        # the peer keeps each episode's return, so a last evaluation can be cut to the first 10 episodes
+        final = json.loads((runs / "offrl__cartpole__random-v0" / "d3rlpy-dqn" / "seed0" / "summary.json").read_text())["final"]
+        assert len(final["episode_returns"]) == 20
+        assert sum(final["episode_returns"]) / 20 == pytest.approx(final["return_mean"], abs=1e-3)
     html = (out / "index.html").read_text()
     assert "scores.png" in html and "offrl/cartpole/random-v0" in html
     # two seeds, each a run directory in offrl's format
@@ -88,8 +92,6 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert progress and all(": reused" in ln for ln in progress), progress
 
     # --completed-only reports the finished runs of a study still training, and says how many they are
-    import json
-
     summary = runs / "offrl__cartpole__random-v0" / "dqn" / "seed1" / "summary.json"
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "running"}))
     partial = tmp_path / "partial"
