@@ -17,8 +17,8 @@ Runs go to ``--runs`` (scratch, default ``runs/suite``; a completed run of the s
 ``summary.csv``, ``summary.md`` (the table) and ``README.md`` (command, machine, budget, wall time, table);
 ``--report-only --note TEXT`` rebuilds them from the runs without training, keeping the training call's facts.
 A study longer than one session grows in steps: ``--first-seed K --seeds N`` trains seeds K .. K+N-1 beside the
-runs already in ``--runs`` (copied back from a report's ``runs/`` folder), and ``--completed-only`` publishes
-what has finished.
+runs already in ``--runs`` (copied back from a report's ``runs/`` folder, where ``benchmarks/collect_runs.py`` put
+them), and ``--completed-only`` publishes what has finished.
 """
 
 from __future__ import annotations
