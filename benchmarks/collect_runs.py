@@ -46,9 +46,9 @@ def completed_runs(runs: Path) -> list[Path]:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    from offrl.fsio import atomic_write
+
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp), fsync=False)
 
 
 def copy_run(run: Path, runs: Path, dest: Path) -> Path:
