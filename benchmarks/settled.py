@@ -14,13 +14,22 @@
 
 Only completed runs count (a run still training, or stopped, is left out and counted on stderr).
 
-    python benchmarks/settled.py RUNS_DIR [RUNS_DIR ...]   # prints both tables
+``--last-episodes K`` scores every run's last evaluation on its episodes 0..K-1 only, so that runs whose last
+evaluations ran different episode counts (offrl's ``eval.final_episodes`` against an older peer's
+``eval.episodes``) compare like for like; that score replaces the last evaluation's in every column. Per run it
+comes from the first K of the summary's ``final.episode_returns`` (the d3rlpy peer keeps them), else from a
+last evaluation of exactly K episodes, else from the ``offrl_last_<K>_episodes.csv`` beside the runs folder
+(``benchmarks/collect_runs.py --last-episodes K`` writes it); a run with none of these is left out.
+
+    python benchmarks/settled.py RUNS_DIR [RUNS_DIR ...] [--last-episodes K]   # prints both tables
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,23 +95,62 @@ def _versus(df: pd.DataFrame, rng: np.random.Generator) -> list[str]:
             "|---|---|---|---|---|", *lines]
 
 
-def _status(run: Path) -> str | None:
+def _summary(run: Path) -> dict[str, Any]:
     from offrl.errors import UserError
     from offrl.runs.rundir import read_summary
 
     try:
-        return read_summary(run).get("status")
+        return read_summary(run)
     except UserError:  # a damaged summary: not a completed run
+        return {}
+
+
+def _scored_tables(run: Path, k: int) -> dict[tuple[str, str, int, int], float]:
+    """``offrl_last_<k>_episodes.csv`` beside this run's runs folder, keyed (dataset, algo, seed, step)."""
+    path = run.parents[2].parent / f"offrl_last_{k}_episodes.csv"
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path)
+    return {(r.dataset, r.algo, int(r.seed), int(r.step)): float(r.normalized_mean) for r in df.itertuples()}
+
+
+def _final_episodes(run: Path, final: dict[str, Any]) -> int | None:
+    """How many episodes the last evaluation ran: the summary says so, or (records of older peers) the run's
+    config does: ``eval.final_episodes`` where it has one, else ``eval.episodes``."""
+    if final.get("episodes") is not None:
+        return int(final["episodes"])
+    import yaml
+
+    try:
+        ev = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("eval") or {}
+    except (OSError, yaml.YAMLError):
         return None
+    counts = [int(ev[key]) for key in ("episodes", "final_episodes") if ev.get(key)]
+    return max(counts) if counts else None
 
 
-def tables(runs: list[Path]) -> tuple[list[str], int]:
+def last_on_episodes(run: Path, summary: dict[str, Any], k: int) -> float | None:
+    """The normalized mean of this run's last evaluation over its episodes 0..k-1, or None when its records
+    cannot give it (see the module's docstring for the three sources, in order)."""
+    final, ref = summary.get("final") or {}, summary.get("ref") or {}
+    returns = final.get("episode_returns")
+    if returns and len(returns) >= k and ref.get("min") is not None and ref.get("max") is not None:
+        return float(100.0 * (np.mean(returns[:k]) - ref["min"]) / (ref["max"] - ref["min"]))
+    if _final_episodes(run, final) == k and final.get("normalized_score") is not None:
+        return float(final["normalized_score"])
+    ds, algo = run.parent.parent.name.replace("__", "/"), run.parent.name
+    seed = int(run.name.removeprefix("seed"))
+    return _scored_tables(run, k).get((ds, algo, seed, int(final.get("step", summary.get("steps", -1)))))
+
+
+def tables(runs: list[Path], last_episodes: int = 0) -> tuple[list[str], int]:
     """Both tables (Markdown lines) over the completed ones of these run folders
-    (``<dataset>/<algo>/seed<N>``), and how many were left out (not completed, or no normalized score); no
-    lines when none is left."""
+    (``<dataset>/<algo>/seed<N>``), and how many were left out (not completed, no normalized score, or, with
+    ``last_episodes``, no score over that many episodes); no lines when none is left."""
     rows, unfinished = [], 0
     for run in runs:
-        if _status(run) != "completed" or not (run / "metrics.csv").is_file():
+        summary = _summary(run)
+        if summary.get("status") != "completed" or not (run / "metrics.csv").is_file():
             unfinished += 1
             continue
         ds, algo = run.parent.parent.name.replace("__", "/"), run.parent.name
@@ -111,7 +159,13 @@ def tables(runs: list[Path]) -> tuple[list[str], int]:
             unfinished += 1  # no reference scores (raw returns only) or never evaluated: nothing to compare
             continue
         evals = evals.dropna(subset=["eval_normalized_score"])
-        steps, score = evals["step"].to_numpy(), evals["eval_normalized_score"].to_numpy()
+        steps, score = evals["step"].to_numpy(), evals["eval_normalized_score"].to_numpy(copy=True)
+        if last_episodes:
+            last = last_on_episodes(run, summary, last_episodes)
+            if last is None:
+                unfinished += 1
+                continue
+            score[-1] = last
         start = int(np.searchsorted(steps, steps[-1] * 2 / 3))
         rows.append(dict(dataset=ds, algo=algo, last=score[-1], last5=score[-5:].mean(),
                          change=score[-1] - score[start], trend=_trend(steps[start:], score[start:]),
@@ -137,14 +191,23 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    runs = [m.parent for root in map(Path, argv) for m in sorted(root.glob("*/*/seed*/metrics.csv"))]
-    lines, unfinished = tables(runs)
-    if unfinished:
-        print(f"settled.py: left out {unfinished} run(s) that have not completed or have no normalized score",
+    parser = argparse.ArgumentParser(prog="settled.py", add_help=False)
+    parser.add_argument("roots", nargs="+", type=Path)
+    parser.add_argument("--last-episodes", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.last_episodes < 0:
+        print(f"settled.py: --last-episodes {args.last_episodes}: must be 0 (every episode) or more",
               file=sys.stderr)
+        return 2
+    runs = [m.parent for root in args.roots for m in sorted(root.glob("*/*/seed*/metrics.csv"))]
+    lines, unfinished = tables(runs, args.last_episodes)
+    if unfinished:
+        why = (f", have no normalized score or no score over episodes 0-{args.last_episodes - 1}"
+               if args.last_episodes else " or have no normalized score")
+        print(f"settled.py: left out {unfinished} run(s) that have not completed{why}", file=sys.stderr)
     if not lines:
-        print(f"settled.py: no completed runs (*/*/seed*/metrics.csv) under {', '.join(argv)}; pass a suite's "
-              "--runs folder", file=sys.stderr)
+        print(f"settled.py: no completed runs (*/*/seed*/metrics.csv) under {', '.join(map(str, args.roots))}; "
+              "pass a suite's --runs folder", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0

@@ -454,24 +454,30 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   other runs (and other people's jobs) sharing the CPU: compare it within this table only."""
 
 
-def settled_section(run_dirs: Sequence[Path], runs: Path) -> str:
-    """The README's "Did the curves settle?" section (benchmarks/settled.py's tables over the completed runs),
-    or nothing when no run has completed."""
+def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0) -> str:
+    """The README's "Did the curves settle?" section (benchmarks/settled.py's tables over the completed runs,
+    each last evaluation scored on its first ``last_episodes`` episodes when that is not 0), or nothing when no
+    run has completed."""
     spec = importlib.util.spec_from_file_location("offrl_bench_settled", Path(__file__).with_name("settled.py"))
     assert spec is not None and spec.loader is not None
     settled = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(settled)
-    lines, _ = settled.tables(list(run_dirs))
+    lines, _ = settled.tables(list(run_dirs), last_episodes)
     if not lines:
         return ""
+    episodes = ("evaluation runs eval.final_episodes, the others eval.episodes, so both measures include that change of "
+                "episodes." if not last_episodes else
+                f"evaluation is scored on its episodes 0-{last_episodes - 1} only (`--last-episodes {last_episodes}`: "
+                "like for like where the libraries' last evaluations ran different episode counts; a run with no "
+                "record of those episodes is left out), so both measures compare the same episodes throughout.")
     return "\n".join([
         "## Did the curves settle, and which library ends higher?", "",
-        f"`python benchmarks/settled.py {runs}` (completed runs only): per run, the mean of its last 5 evaluations,",
+        f"`python benchmarks/settled.py {runs}{f' --last-episodes {last_episodes}' if last_episodes else ''}` "
+        "(completed runs only): per run, the mean of its last 5 evaluations,",
         "the change from the evaluation at two thirds of the run to the last, and the trend over the last third (a",
         "least-squares line through every evaluation from two thirds on, times the steps it spans); bootstrap 95% CIs",
         "over seeds; \"settled\" = the trend's CI within +-5 points (a single seed has no CI: \"no\"). The last",
-        "evaluation runs eval.final_episodes, the others eval.episodes, so both measures include that change of",
-        "episodes. Then offrl minus d3rlpy: a library is",
+        episodes, "Then offrl minus d3rlpy: a library is",
         "called higher only where the CI of the difference excludes 0 (with a few seeds a side, a bootstrap CI is",
         "narrower than the seeds' real spread: read it as a floor on the uncertainty).", "", *lines, ""])
 
@@ -512,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--completed-only", action="store_true",
                    help="report the completed runs only (a study still training in --runs: publish what has "
                         "finished; the notes say how many of the planned runs that is)")
+    p.add_argument("--last-episodes", type=int, default=0, metavar="K",
+                   help="in the settled / offrl-minus-d3rlpy section, score each run's last evaluation on its "
+                        "episodes 0..K-1 only (benchmarks/settled.py --last-episodes; default 0: all of them)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # worker: one offrl run (JSON spec)
     args = p.parse_args(argv)
     if args.one:
@@ -528,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail("--seeds and --jobs must be positive")
     if args.first_seed < 0:
         _fail(f"--first-seed {args.first_seed}: must be 0 or more")
+    if args.last_episodes < 0:
+        _fail(f"--last-episodes {args.last_episodes}: must be 0 (every episode of the last evaluation) or more")
     steps = parse_steps(args.steps)
     bundled = list_bundled()
     on_demand = sorted(load_on_demand())
@@ -635,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall": saved.get("wall", "n/a (--report-only: no training in this call)" if args.report_only
                           else f"{wall / 60:.1f} min"),
         "provenance": provenance(jobs, runs),
-        "settled": settled_section([job.run_dir(runs) for job in jobs], runs),
+        "settled": settled_section([job.run_dir(runs) for job in jobs], runs, args.last_episodes),
         "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
     }

@@ -99,3 +99,49 @@ def test_settled_reads_the_trend_not_two_evaluations(tmp_path: Path, capsys: pyt
     assert plateau[5].startswith("+5.5 [") and change_high > 5  # two evaluations alone would call it unsettled
     assert plateau[7] == "yes", plateau
     assert climb[6].startswith("+9.0 [") and climb[7] == "no", climb
+
+
+def test_last_episodes_compares_like_for_like(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--last-episodes 2: each run's last evaluation is rescored on its episodes 0-1, from whichever record has
+    them: the peer's per-episode returns, a last evaluation of exactly 2 episodes (read from an older peer's
+    config), or the offrl_last_2_episodes.csv beside the runs folder; a run with none is left out."""
+    root = tmp_path / "runs"
+    ref = {"min": 0.0, "max": 200.0}
+    for seed in range(2):  # offrl: last evaluation over 4 episodes reads 90, over episodes 0-1 it reads 40 + seed
+        _run(root, "toy/a-v0", "cql", seed, [30.0] * 5 + [90.0])
+        s = root / "toy__a-v0" / "cql" / f"seed{seed}"
+        (s / "summary.json").write_text(json.dumps({"status": "completed", "steps": 600, "ref": ref,
+                                                    "final": {"step": 600, "episodes": 4, "normalized_score": 90.0}}))
+    (tmp_path / "offrl_last_2_episodes.csv").write_text(
+        "dataset,algo,seed,step,episodes,return_mean,normalized_mean\n"
+        "toy/a-v0,cql,0,600,2,80.0,40.0\ntoy/a-v0,cql,1,600,2,82.0,41.0\n")
+    # the newer peer keeps each episode's return: episodes 0-1 average 60 -> 30 normalized (not its 4-episode 50)
+    _run(root, "toy/a-v0", "d3rlpy-cql", 0, [30.0] * 5 + [50.0])
+    (root / "toy__a-v0" / "d3rlpy-cql" / "seed0" / "summary.json").write_text(json.dumps(
+        {"status": "completed", "steps": 600, "ref": ref,
+         "final": {"step": 600, "episodes": 4, "normalized_score": 50.0, "episode_returns": [50, 70, 130, 150]}}))
+    # an older peer: no episode count in its summary, its config's eval ran 2 episodes: its last score stands
+    _run(root, "toy/a-v0", "d3rlpy-cql", 1, [30.0] * 5 + [34.0])
+    old = root / "toy__a-v0" / "d3rlpy-cql" / "seed1"
+    (old / "summary.json").write_text(json.dumps({"status": "completed", "steps": 600, "ref": ref,
+                                                  "final": {"step": 600, "normalized_score": 34.0}}))
+    (old / "config.yaml").write_text(json.dumps({"eval": {"interval": 100, "episodes": 2, "seed": 0}}))
+    # an offrl run the csv does not cover: left out rather than compared on other episodes
+    _run(root, "toy/a-v0", "cql", 2, [30.0] * 5 + [90.0])
+    (root / "toy__a-v0" / "cql" / "seed2" / "summary.json").write_text(json.dumps(
+        {"status": "completed", "steps": 600, "ref": ref, "final": {"step": 600, "episodes": 4}}))
+
+    assert _settled().main([str(root), "--last-episodes", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "left out 1 run(s)" in captured.err and "episodes 0-1" in captured.err
+    rows = {r[1]: r for r in _table(captured.out, "toy/") if len(r) == 8}
+    assert rows["cql"][2] == "2" and rows["cql"][4].startswith("32.1 ")  # (30*4 + 40.5) / 5
+    assert rows["d3rlpy-cql"][4].startswith("30.4 ")  # (30*4 + (30 + 34) / 2) / 5
+    versus = {r[0]: r for r in _table(captured.out, "toy/") if len(r) == 5}
+    assert versus["toy/a-v0"][3].startswith("+8.5 [")  # 40.5 - 32.0
+
+    assert _settled().main([str(root)]) == 0  # without it: every run's own last evaluation
+    rows = {r[0]: r for r in _table(capsys.readouterr().out, "toy/") if len(r) == 5}
+    assert rows["toy/a-v0"][3].startswith("+48.0 [")  # 90 - 42
+    assert _settled().main([str(root), "--last-episodes", "-1"]) == 2
+    assert "--last-episodes -1" in capsys.readouterr().err

@@ -109,6 +109,13 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
             f"offrl/cartpole/random-v0 dqn seed 1 at 8 of 8 steps; no run folder in {runs} yet: 0.") in partial_readme
     assert "| offrl/cartpole/random-v0 | dqn | 1 | 8 | " in partial_readme  # the running seed is left out
 
+    # --last-episodes K: the settled section scores each last evaluation on its episodes 0..K-1 and says so
+    cut = tmp_path / "cut"
+    assert _suite().main([*argv[:1], str(cut), *argv[2:], "--report-only", "--last-episodes", "20"]) == 0
+    section = (cut / "README.md").read_text().split("## Did the curves settle")[1]
+    assert "--last-episodes 20` (completed runs only)" in section and "episodes 0-19 only" in section
+    assert "| offrl/cartpole/random-v0 | dqn | 1 | 8 | " in section  # seed 1 is still marked running
+
     # --first-seed adds seeds to the study: only the new seed trains, the report covers every run there
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "completed"}))
     capsys.readouterr()
@@ -123,7 +130,7 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert {r["group"] for r in rows} == expected and all(r["n_seeds"] == "3" for r in rows), rows
 
 
-@pytest.mark.parametrize("option", [["--first-seed", "-1"], ["--seeds", "0"]])
+@pytest.mark.parametrize("option", [["--first-seed", "-1"], ["--seeds", "0"], ["--last-episodes", "-1"]])
 def test_suite_rejects_bad_seed_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         _suite().main(["--out", str(tmp_path / "r"), "--no-peers", *option])
