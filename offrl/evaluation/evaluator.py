@@ -67,6 +67,7 @@ class Evaluator:
         info = getattr(dataset, "info", None)
         self.gamma = float(gamma if gamma is not None else getattr(info, "gamma", None) or 0.99)
         self.last_result: EvalResult | None = None
+        self.last_step: int | None = None  # the step of last_result's evaluation
         self._heldout = heldout
         self._s0: TensorDictBase | None = None
         self._s0_steps: Any = None  # with a reward scaler: each s0 row's steps to termination (inf: truncated)
@@ -100,7 +101,7 @@ class Evaluator:
             result = evaluate(
                 policy, self.env, episodes=episodes, seed=self.seed, device=self.device, ref=self.ref, gamma=self.gamma
             )
-            self.last_result = result
+            self.last_result, self.last_step = result, int(step)
             row.update(result.metrics())
             if self.critic is not None:
                 row.update(eval_diagnostics(self.critic, result))

@@ -31,6 +31,7 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
     if "eval_return_mean" in metrics and metrics["eval_return_mean"].notna().any():
         evals = metrics[metrics["eval_return_mean"].notna()]
         final = eval_row(evals.iloc[-1])
+        final.update(_episode_returns(parts, final))
         best = eval_row(evals.loc[evals["eval_return_mean"].idxmax()])
         recent = recent_evals(evals)
         critic = critic_summary(evals.iloc[-1])
@@ -97,6 +98,17 @@ def _online_summary(parts: Any) -> dict[str, Any] | None:
             "best_return": t.best_return if t.episodes else None,
             "regret": t.regret if t.ref is not None else None,
             "offline_fraction": offline}
+
+
+def _episode_returns(parts: Any, final: dict[str, Any]) -> dict[str, Any]:
+    """``episode_returns`` of the last evaluation, episode i reset with seed eval.seed + i, when this process
+    ran it (a run resumed after its last evaluation has none): a like-for-like score on any first k episodes."""
+    evaluator = getattr(getattr(parts, "trainer", None), "evaluator", None)
+    result = getattr(evaluator, "last_result", None)
+    if result is None or getattr(evaluator, "last_step", None) != final.get("step"):
+        return {}
+    returns = [round(float(r), 4) for r in result.returns]
+    return {"episode_returns": returns} if len(returns) == final.get("episodes") else {}
 
 
 def _num(row: Any, key: str) -> float | None:

@@ -48,6 +48,8 @@ def test_eval_reproduces_the_trainers_final_evaluation(trained, monkeypatch: pyt
     assert res["mean"] == pytest.approx(summary["final"]["return_mean"])
     assert res["return_ci95"] == pytest.approx(summary["final"]["return_ci95"])
     assert res["normalized_mean"] == pytest.approx(summary["final"]["normalized_score"])
+    # summary.json keeps each episode's return of that last evaluation: any first k episodes can be rescored
+    assert summary["final"]["episode_returns"] == pytest.approx(res["returns"], abs=1e-4)
     assert res["ref_source"] == summary["ref"]["source"] and res["env_id"] == "CartPole-v1"
     lo, hi = summary["ref"]["min"], summary["ref"]["max"]
     assert res["normalized"][0] == pytest.approx(100 * (res["returns"][0] - lo) / (hi - lo))

@@ -96,6 +96,10 @@ def test_sigkill_then_resume_equals_uninterrupted(pendulum, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == STEPS and summary["resumed"] == 1
     assert summary["machines"] == ["Other CPU (avx2 fma)", here]
+    # the last evaluation's per-episode returns: the same after a kill and resume as uninterrupted
+    returns = summary["final"]["episode_returns"]
+    assert returns == json.loads((run_full / "summary.json").read_text())["final"]["episode_returns"]
+    assert len(returns) == summary["final"]["episodes"]
 
     pd.testing.assert_frame_equal(comparable(run), comparable(run_full))
     a, b = weights(run), weights(run_full)
