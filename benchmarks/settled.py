@@ -17,7 +17,7 @@ Only completed runs count (a run still training, or stopped, is left out and cou
 ``--last-episodes K`` scores every run's last evaluation on its episodes 0..K-1 only, so that runs whose last
 evaluations ran different episode counts (offrl's ``eval.final_episodes`` against an older peer's
 ``eval.episodes``) compare like for like; that score replaces the last evaluation's in every column. Per run it
-comes from the first K of the summary's ``final.episode_returns`` (the d3rlpy peer keeps them), else from a
+comes from the first K of the summary's ``final.episode_returns`` (offrl runs and the d3rlpy peer keep them), else from a
 last evaluation of exactly K episodes, else from the ``offrl_last_<K>_episodes.csv`` beside the runs folder
 (``benchmarks/collect_runs.py --last-episodes K`` writes it); a run with none of these is left out.
 
