@@ -1,6 +1,6 @@
 """Did the curves settle, and which library ends higher? Two Markdown tables over a suite's runs.
 
-1. Per dataset x algorithm: the mean of each run's last 5 evaluations; the change of the normalized score
+1. Per dataset x algorithm: the last evaluation; the mean of each run's last 5 evaluations; the change of the normalized score
    from the evaluation at two thirds of the run to the last; and the trend over the last third: the slope of a
    least-squares line through every evaluation from two thirds on, times the steps it spans (equal to the
    change when there are two). Percentile-bootstrap 95% CIs over seeds. A curve is called settled when the
@@ -175,14 +175,18 @@ def tables(runs: list[Path], last_episodes: int = 0) -> tuple[list[str], int]:
     df = pd.DataFrame(rows)
     rng = np.random.default_rng(0)
     trend_rng = np.random.default_rng(1)  # its own stream: the other columns' CIs do not depend on this one
-    lines = ["| dataset | algorithm | seeds | steps | mean of last 5 evaluations [95% CI] | change, two thirds to "
-             "last [95% CI] | trend over the last third [95% CI] | settled |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | algorithm | seeds | steps | last evaluation [95% CI] | mean of last 5 evaluations [95% CI] | "
+             "change, two thirds to last [95% CI] | trend over the last third [95% CI] | settled |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    last_rng = np.random.default_rng(2)  # its own stream: the columns that were there before keep their CIs
     for (ds, algo), g in df.groupby(["dataset", "algo"]):
+        a, alo, ahi = _ci(g["last"].to_numpy(), last_rng)
         m, lo, hi = _ci(g["last5"].to_numpy(), rng)
         c, clo, chi = _ci(g["change"].to_numpy(), rng)
         t, tlo, thi = _ci(g["trend"].to_numpy(), trend_rng)
         settled = "yes" if (np.isfinite(tlo) and -5 <= tlo and thi <= 5) else "no"
-        lines.append(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {m:.1f} [{lo:.1f}, {hi:.1f}] | "
+        lines.append(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {a:.1f} [{alo:.1f}, {ahi:.1f}] | "
+                     f"{m:.1f} [{lo:.1f}, {hi:.1f}] | "
                      f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {t:+.1f} [{tlo:+.1f}, {thi:+.1f}] | {settled} |")
     return lines + _versus(df, rng), unfinished
 

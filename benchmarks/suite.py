@@ -473,7 +473,7 @@ def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0
     return "\n".join([
         "## Did the curves settle, and which library ends higher?", "",
         f"`python benchmarks/settled.py {runs}{f' --last-episodes {last_episodes}' if last_episodes else ''}` "
-        "(completed runs only): per run, the mean of its last 5 evaluations,",
+        "(completed runs only): per run, the last evaluation, the mean of its last 5 evaluations,",
         "the change from the evaluation at two thirds of the run to the last, and the trend over the last third (a",
         "least-squares line through every evaluation from two thirds on, times the steps it spans); bootstrap 95% CIs",
         "over seeds; \"settled\" = the trend's CI within +-5 points (a single seed has no CI: \"no\"). The last",

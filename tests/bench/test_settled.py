@@ -54,11 +54,12 @@ def test_settled_and_versus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert _settled().main([str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "left out 2 run(s)" in captured.err
-    rows = {(r[0], r[1]): r for r in _table(captured.out, "toy/") if len(r) == 8}
-    assert rows[("toy/a-v0", "cql")][2] == "3" and rows[("toy/a-v0", "cql")][7] == "yes"
-    assert rows[("toy/a-v0", "d3rlpy-cql")][7] == "no"  # +~10 over the last third
-    assert rows[("toy/a-v0", "d3rlpy-cql")][6].startswith("+11.6 [")  # the line through 4 evaluations
-    assert rows[("toy/a-v0", "cql")][4].startswith("52.0 ")
+    rows = {(r[0], r[1]): r for r in _table(captured.out, "toy/") if len(r) == 9}
+    assert rows[("toy/a-v0", "cql")][2] == "3" and rows[("toy/a-v0", "cql")][8] == "yes"
+    assert rows[("toy/a-v0", "d3rlpy-cql")][8] == "no"  # +~10 over the last third
+    assert rows[("toy/a-v0", "d3rlpy-cql")][7].startswith("+11.6 [")  # the line through 4 evaluations
+    assert rows[("toy/a-v0", "cql")][5].startswith("52.0 ")
+    assert rows[("toy/a-v0", "d3rlpy-cql")][4].startswith("31.0 [")  # the last evaluations: 30, 31, 32
 
     versus = {r[0]: r for r in _table(captured.out, "toy/") + _table(captured.out, "across") if len(r) == 5}
     assert set(versus) == {"toy/a-v0", "toy/b-v0", "toy/c-v0", "across 3 datasets"}
@@ -93,12 +94,12 @@ def test_settled_reads_the_trend_not_two_evaluations(tmp_path: Path, capsys: pyt
         _run(tmp_path, "toy/a-v0", "dqn", seed, [10.0] * 12 + [40.0, 30.0] * 3 + [44.0 + seed])
         _run(tmp_path, "toy/b-v0", "dqn", seed, list(np.arange(19) * 1.5 + seed))  # +1.5 per evaluation
     assert _settled().main([str(tmp_path)]) == 0
-    rows = {r[0]: r for r in _table(capsys.readouterr().out, "toy/") if len(r) == 8}
+    rows = {r[0]: r for r in _table(capsys.readouterr().out, "toy/") if len(r) == 9}
     plateau, climb = rows["toy/a-v0"], rows["toy/b-v0"]
-    change_high = float(plateau[5].split(", ")[1].rstrip("]"))
-    assert plateau[5].startswith("+5.5 [") and change_high > 5  # two evaluations alone would call it unsettled
-    assert plateau[7] == "yes", plateau
-    assert climb[6].startswith("+9.0 [") and climb[7] == "no", climb
+    change_high = float(plateau[6].split(", ")[1].rstrip("]"))
+    assert plateau[6].startswith("+5.5 [") and change_high > 5  # two evaluations alone would call it unsettled
+    assert plateau[8] == "yes", plateau
+    assert climb[7].startswith("+9.0 [") and climb[8] == "no", climb
 
 
 def test_last_episodes_compares_like_for_like(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,9 +135,11 @@ def test_last_episodes_compares_like_for_like(tmp_path: Path, capsys: pytest.Cap
     assert _settled().main([str(root), "--last-episodes", "2"]) == 0
     captured = capsys.readouterr()
     assert "left out 1 run(s)" in captured.err and "episodes 0-1" in captured.err
-    rows = {r[1]: r for r in _table(captured.out, "toy/") if len(r) == 8}
-    assert rows["cql"][2] == "2" and rows["cql"][4].startswith("32.1 ")  # (30*4 + 40.5) / 5
-    assert rows["d3rlpy-cql"][4].startswith("30.4 ")  # (30*4 + (30 + 34) / 2) / 5
+    rows = {r[1]: r for r in _table(captured.out, "toy/") if len(r) == 9}
+    assert rows["cql"][2] == "2" and rows["cql"][5].startswith("32.1 ")  # (30*4 + 40.5) / 5
+    assert rows["cql"][4].startswith("40.5 [40.0, 41.0]")  # episodes 0-1 of each seed, from the csv
+    assert rows["d3rlpy-cql"][4].startswith("32.0 [30.0, 34.0]")  # 30 (its returns 50, 70) and 34 (2 episodes)
+    assert rows["d3rlpy-cql"][5].startswith("30.4 ")  # (30*4 + (30 + 34) / 2) / 5
     versus = {r[0]: r for r in _table(captured.out, "toy/") if len(r) == 5}
     assert versus["toy/a-v0"][3].startswith("+8.5 [")  # 40.5 - 32.0
 
