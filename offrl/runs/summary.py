@@ -101,14 +101,13 @@ def _online_summary(parts: Any) -> dict[str, Any] | None:
 
 
 def _episode_returns(parts: Any, final: dict[str, Any]) -> dict[str, Any]:
-    """``episode_returns`` of the last evaluation, episode i reset with seed eval.seed + i, when this process
-    ran it (a run resumed after its last evaluation has none): a like-for-like score on any first k episodes."""
-    evaluator = getattr(getattr(parts, "trainer", None), "evaluator", None)
-    result = getattr(evaluator, "last_result", None)
-    if result is None or getattr(evaluator, "last_step", None) != final.get("step"):
+    """``episode_returns`` of the last evaluation, episode i reset with seed eval.seed + i: from the trainer
+    (its evaluator, or the checkpoint it resumed from), so that a killed and resumed run writes what an
+    uninterrupted one does; a like-for-like score on any first k episodes."""
+    got = getattr(getattr(parts, "trainer", None), "last_eval_returns", None)
+    if got is None or got[0] != final.get("step") or len(got[1]) != final.get("episodes"):
         return {}
-    returns = [round(float(r), 4) for r in result.returns]
-    return {"episode_returns": returns} if len(returns) == final.get("episodes") else {}
+    return {"episode_returns": [round(float(r), 4) for r in got[1]]}
 
 
 def _num(row: Any, key: str) -> float | None:

@@ -77,6 +77,18 @@ class TrainerState:
         process RNG belongs to none of them; call it right after building (or loading) the trainer."""
         self._held_rng = rng_state()
 
+    @property
+    def last_eval_returns(self) -> tuple[int, list[float]] | None:
+        """(step, each episode's return) of the last evaluation that ran episodes, if it is the trainer's last
+        evaluation: from this process's evaluator (``last_result``) or from the checkpoint the trainer resumed
+        from; None otherwise (no evaluation yet, an evaluator that keeps no result, or older checkpoints)."""
+        evaluator = getattr(self, "evaluator", None)
+        result = getattr(evaluator, "last_result", None)
+        if result is not None and getattr(evaluator, "last_step", None) == self._last_eval_step:
+            return self._last_eval_step, [float(r) for r in result.returns]
+        restored = getattr(self, "_restored_eval_returns", None)
+        return restored if restored is not None and restored[0] == self._last_eval_step else None
+
     def _replay_buffer_state(self) -> dict[str, Any]:
         """The buffer's own ``state_dict()`` (sampler, writer, generator, prefetch; the storage's state: only
         the length for offrl's read-only dataset storage, the collected data for a torchrl storage)."""
@@ -108,6 +120,9 @@ class TrainerState:
             "updates_left": self._updates_left,
             "step_tensor": self._step_t.detach().cpu().clone(),
             "last_eval_step": self._last_eval_step,
+            # that evaluation's per-episode returns (summary.json's final.episode_returns after a resume)
+            "last_eval_returns": ({"step": returns[0], "returns": torch.tensor(returns[1], dtype=torch.float64)}
+                                  if (returns := self.last_eval_returns) is not None else {}),
             "loss_module": own_storage(self.loss_module.state_dict()),
             "optimizer": own_storage(self.optimizer.state_dict()),
             "target_net_updater": {"counter": int(getattr(updater, "counter", 0) or 0)},
@@ -149,6 +164,9 @@ class TrainerState:
         self._updates_left = int(state.get("updates_left", 0))
         self._step_t.copy_(torch.as_tensor(state["step_tensor"]))
         self._last_eval_step = int(state.get("last_eval_step", -1))
+        saved = state.get("last_eval_returns") or {}
+        self._restored_eval_returns = ((int(saved["step"]), torch.as_tensor(saved["returns"]).tolist())
+                                       if saved else None)
         acc = state.get("metrics_acc") or {}
         self._acc = {k: torch.as_tensor(v).to(self.device) for k, v in (acc.get("sums") or {}).items()}
         self._acc_keys, self._acc_vec = None, None
