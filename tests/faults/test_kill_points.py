@@ -182,8 +182,9 @@ def _assert_same_run(run: Path, reference: Path, report: bool) -> None:
         _equal(ours, _relative(torch.load(ckpt, weights_only=True), reference), ckpt.name)
     ours, theirs = (json.loads((r / "summary.json").read_text()) for r in (run, reference))
     assert ours["status"] == "completed"
-    for summary in (ours, theirs):  # the thread policy's reason quotes the load when each process started
-        summary["threads"].pop("omp_waits")  # ("sleep: 1.90 of 2 cores busy at start"): not the run's result
+    for summary in (ours, theirs):  # OpenMP's wait policy follows the load when each process started (spin
+        summary["threads"].pop("omp_waits")  # when idle, sleep when busy; "sleep: 1.90 of 2 cores busy at
+        summary["threads"].pop("omp_wait_policy")  # start"): the machine's state, not the run's result
     assert {k: v for k, v in ours.items() if k not in TIMING} == {k: v for k, v in theirs.items() if k not in TIMING}
 
 
