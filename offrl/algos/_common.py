@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tensordict.nn import NormalParamExtractor
 from torch import nn
 from torchrl.modules import MLP
 
-__all__ = ["AlgoParts", "fused_adam", "make_mlp", "named_adam", "orthogonal_init_", "seeded"]
+__all__ = ["ACTOR_STDS", "AlgoParts", "ClampedExpScale", "actor_std_tail", "fused_adam", "make_mlp", "named_adam",
+           "orthogonal_init_", "seeded"]
+
+#: How a Gaussian actor maps its raw std outputs to a std (``cql.actor_std``; docs/cql.md).
+ACTOR_STDS = ("softplus", "exp")
 
 
 @dataclass
@@ -53,6 +58,32 @@ def make_mlp(in_features: int, out_features: int, hidden: Sequence[int], activat
         raise ValueError(f"unknown activation {activation!r}")
     return MLP(in_features=in_features, out_features=out_features, num_cells=list(hidden),
                activation_class=act, device=device)
+
+
+class ClampedExpScale(nn.Module):
+    """``[loc, log_std] -> (loc, max(exp(clamp(log_std, lo, hi)), scale_lb))``: the std of d3rlpy's
+    ``NormalPolicy`` and of the CQL authors' (rlkit's) ``TanhGaussianPolicy``: log std clamped to [-20, 2].
+    A drop-in for tensordict's ``NormalParamExtractor`` (parameter-free, so the fused losses
+    run it as the actor's tail)."""
+
+    def __init__(self, min_log_std: float = -20.0, max_log_std: float = 2.0, scale_lb: float = 0.0) -> None:
+        super().__init__()
+        self.min_log_std, self.max_log_std, self.scale_lb = float(min_log_std), float(max_log_std), float(scale_lb)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_std = x.chunk(2, -1)
+        return loc, log_std.clamp(self.min_log_std, self.max_log_std).exp().clamp_min(self.scale_lb)
+
+
+def actor_std_tail(actor_std: str, scale_lb: float) -> nn.Module:
+    """The module after a Gaussian actor's MLP that splits ``[loc, raw]`` into ``(loc, scale)``:
+    ``"softplus"``: torchrl's and tensordict's ``biased_softplus_1.0`` (``softplus(raw + b) + 0.01``, 1 at raw 0);
+    ``"exp"``: :class:`ClampedExpScale` (d3rlpy). Both floored at ``scale_lb``."""
+    if actor_std == "softplus":
+        return NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=scale_lb)
+    if actor_std == "exp":
+        return ClampedExpScale(scale_lb=scale_lb)
+    raise ValueError(f"actor_std must be one of {ACTOR_STDS}, got {actor_std!r}")
 
 
 def orthogonal_init_(module: nn.Module, last_gain: float = 1e-2) -> None:

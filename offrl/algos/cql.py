@@ -13,13 +13,21 @@ import warnings
 from typing import Any
 
 import torch
-from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SoftUpdate
 
-from offrl.algos._common import AlgoParts, make_mlp, named_adam, orthogonal_init_, seeded
+from offrl.algos._common import (
+    ACTOR_STDS,
+    AlgoParts,
+    actor_std_tail,
+    make_mlp,
+    named_adam,
+    orthogonal_init_,
+    seeded,
+)
 from offrl.algos._spec import dataset_shapes
 from offrl.algos.cql_loss import BACKUP_ACTIONS, OfflineCQLLoss
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
@@ -101,6 +109,8 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
         cfg = dataclasses.replace(cfg, actor_bc_weight=0.0)
     if cfg.backup_action not in BACKUP_ACTIONS:
         raise UserError(f"cql.backup_action: must be one of {', '.join(BACKUP_ACTIONS)}, got {cfg.backup_action!r}")
+    if cfg.actor_std not in ACTOR_STDS:
+        raise UserError(f"cql.actor_std: must be one of {', '.join(ACTOR_STDS)}, got {cfg.actor_std!r}")
     low, high = _box_bounds(action_spec)
     obs_dim, act_dim = int(observation_shape[0]), int(low.numel())
     low, high = low.reshape(act_dim).to(device), high.reshape(act_dim).to(device)
@@ -108,7 +118,7 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
     with seeded(seed):
         actor_net = nn.Sequential(
             make_mlp(obs_dim, 2 * act_dim, cfg.hidden_sizes, cfg.activation, device),
-            NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=cfg.scale_lb),
+            actor_std_tail(cfg.actor_std, cfg.scale_lb),
         )
         q_net = make_mlp(obs_dim + act_dim, 1, cfg.hidden_sizes, cfg.activation, device)
         if cfg.orthogonal_init:

@@ -47,6 +47,9 @@ class CQLConfig:
     bc_steps: int = 0  # behaviour-cloning warm start (paper policy_eval_start; CORL bc_steps, default 0)
     loss_function: str = "l2"  # MSE TD loss as in CORL (torchrl's default is smooth_l1)
     scale_lb: float = 1e-4  # lower bound of the actor's std
+    # actor std from its raw output: "softplus" (torchrl's biased_softplus_1.0, floor 0.01) or "exp":
+    # exp(clamp(raw, -20, 2)) (d3rlpy NormalPolicy, the authors' rlkit policy); docs/cql.md
+    actor_std: str = "softplus"
     fused: bool = True  # FusedOfflineCQLLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py), ~1.5-2x faster
     # "none" (d3rlpy's CQLConfig default, the authors' gym code), "standard" (CORL's state normalization) or
     # "min_max": fitted on the dataset's observations (offrl.data.scaling; docs/cql.md)

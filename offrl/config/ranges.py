@@ -44,6 +44,7 @@ _RULES: dict[str, _Rule] = {
     "bc_steps": _NON_NEGATIVE,
     "actor_bc_weight": _NON_NEGATIVE,  # None (auto) is skipped
     "backup_action": (lambda v: v in ("sample", "mean"), "use one of sample, mean"),
+    "actor_std": (lambda v: v in ("softplus", "exp"), "use one of softplus, exp"),
     "scale_lb": _POSITIVE,
     "target_update_interval": _POSITIVE,
     "eps_init": _UNIT,

@@ -152,7 +152,8 @@ def export_actor(checkpoint: str | Path, out: str | Path, *, env_id: str, episod
                                            "command") if k in full}
     activation = str(((config.get("cql") or {}).get("activation")) or "relu")
     scale_lb = float(((config.get("cql") or {}).get("scale_lb")) or 1e-4)
-    actor = actor_from_trainer_checkpoint(checkpoint, activation=activation, scale_lb=scale_lb)
+    actor_std = str(((config.get("cql") or {}).get("actor_std")) or "softplus")
+    actor = actor_from_trainer_checkpoint(checkpoint, activation=activation, scale_lb=scale_lb, actor_std=actor_std)
     returns = actor_returns(actor, env_id, episodes=episodes, seed=seed)
     sampled = actor_returns(actor, env_id, episodes=episodes, seed=seed, sample=True)
     cql_cfg = config.get("cql") or {}

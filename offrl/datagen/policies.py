@@ -231,8 +231,9 @@ class ActorPolicy:
     medium-replay behaviour), read from an actor-only checkpoint (:func:`load_actor`).
 
     The network is the one :func:`offrl.algos.cql.build` makes: an MLP ``observation -> (loc, scale_param)``,
-    ``scale = softplus(scale_param + inv_softplus(1 - 0.01)) + 0.01`` clamped to ``scale_lb`` (tensordict's
-    ``biased_softplus_1.0``), a TanhNormal on ``[-1, 1]``, and the box rescaling of ``ActionRescale``.
+    ``scale = softplus(scale_param + inv_softplus(1 - 0.01)) + 0.01`` (tensordict's ``biased_softplus_1.0``,
+    ``actor_std="softplus"``) or ``exp(clip(scale_param, -20, 2))`` (``actor_std="exp"``, d3rlpy's), floored at
+    ``scale_lb``, a TanhNormal on ``[-1, 1]``, and the box rescaling of ``ActionRescale``.
 
     - ``sample=False``: the deterministic action ``tanh(loc)`` (what ``offrl eval`` runs);
       ``sample=True``: ``tanh(loc + scale * N(0, 1))``, the policy's own exploration (what its training
@@ -247,9 +248,12 @@ class ActorPolicy:
 
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], *, low: np.ndarray, high: np.ndarray,
                  activation: str = "relu", scale_lb: float = 1e-4, sample: bool = False, noise_std: float = 0.0,
-                 epsilon: float = 0.0, meta: dict | None = None) -> None:
+                 epsilon: float = 0.0, meta: dict | None = None, actor_std: str = "softplus") -> None:
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)}")
+        if actor_std not in ("softplus", "exp"):
+            raise ValueError(f"unknown actor_std {actor_std!r}; use one of exp, softplus")
+        self.actor_std = actor_std
         self.layers = [(np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32)) for w, b in layers]
         self.low = np.asarray(low, dtype=np.float32).reshape(-1)
         self.high = np.asarray(high, dtype=np.float32).reshape(-1)
@@ -266,7 +270,8 @@ class ActorPolicy:
                    epsilon: float | None = None) -> ActorPolicy:
         """The same network with other exploration settings."""
         return ActorPolicy(self.layers, low=self.low, high=self.high, activation=self.activation,
-                           scale_lb=self.scale_lb, sample=self.sample if sample is None else sample,
+                           scale_lb=self.scale_lb, actor_std=self.actor_std,
+                           sample=self.sample if sample is None else sample,
                            noise_std=self.noise_std if noise_std is None else noise_std,
                            epsilon=self.epsilon if epsilon is None else epsilon, meta=self.meta)
 
@@ -279,7 +284,10 @@ class ActorPolicy:
             if i < len(self.layers) - 1:
                 h = act(h)
         loc, scale_param = h[..., : self.act_dim], h[..., self.act_dim:]
-        scale = np.logaddexp(np.float32(0.0), scale_param + _SOFTPLUS_BIAS).astype(np.float32) + np.float32(0.01)
+        if self.actor_std == "exp":
+            scale = np.exp(np.clip(scale_param, np.float32(-20.0), np.float32(2.0))).astype(np.float32)
+        else:
+            scale = np.logaddexp(np.float32(0.0), scale_param + _SOFTPLUS_BIAS).astype(np.float32) + np.float32(0.01)
         return loc, np.maximum(scale, np.float32(self.scale_lb))
 
     def unit_action(self, observation: np.ndarray, eps: np.ndarray | None = None) -> np.ndarray:
@@ -342,6 +350,7 @@ def load_actor(path: str | Path, *, what: str = "behaviour checkpoint") -> Actor
         low, high = arrays["action_low"], arrays["action_high"]
         activation = str(arrays["activation"])
         scale_lb = float(arrays["scale_lb"])
+        actor_std = str(arrays["actor_std"]) if "actor_std" in arrays else "softplus"  # files before 2026-12-07
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{path}: damaged actor checkpoint (missing or bad entry {exc}); restore or re-export "
                         "it") from None
@@ -352,7 +361,8 @@ def load_actor(path: str | Path, *, what: str = "behaviour checkpoint") -> Actor
         raise UserError(f"{path}: damaged actor checkpoint (inconsistent or non-finite weights); restore or "
                         "re-export it")
     try:
-        return ActorPolicy(layers, low=low, high=high, activation=activation, scale_lb=scale_lb, meta=meta)
+        return ActorPolicy(layers, low=low, high=high, activation=activation, scale_lb=scale_lb, meta=meta,
+                           actor_std=actor_std)
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
 
@@ -380,6 +390,7 @@ def save_actor(path: str | Path, policy: ActorPolicy) -> None:
     arrays: dict[str, np.ndarray] = {
         "format": np.array(ACTOR_FORMAT), "layers": np.array(len(policy.layers)),
         "activation": np.array(policy.activation), "scale_lb": np.array(policy.scale_lb),
+        "actor_std": np.array(policy.actor_std),
         "action_low": policy.low, "action_high": policy.high,
         "meta": np.array(json.dumps(policy.meta, sort_keys=True)),
     }
@@ -392,7 +403,8 @@ def save_actor(path: str | Path, policy: ActorPolicy) -> None:
 
 def actor_from_trainer_checkpoint(checkpoint: str | Path, *, low: np.ndarray | None = None,
                                   high: np.ndarray | None = None, activation: str = "relu",
-                                  scale_lb: float = 1e-4, meta: dict | None = None) -> ActorPolicy:
+                                  scale_lb: float = 1e-4, meta: dict | None = None,
+                                  actor_std: str = "softplus") -> ActorPolicy:
     """The actor of an offrl CQL trainer checkpoint (``checkpoints/latest.pt`` / ``step_N.pt``): the
     ``actor_network_params`` linear layers, and the action box from the loss's ``action_center`` /
     ``action_half`` unless ``low``/``high`` are given."""
@@ -420,4 +432,4 @@ def actor_from_trainer_checkpoint(checkpoint: str | Path, *, low: np.ndarray | N
         half = loss["action_half"].cpu().numpy()
         low, high = center - half, center + half
     return ActorPolicy(layers, low=np.asarray(low), high=np.asarray(high), activation=activation,
-                       scale_lb=scale_lb, meta=meta)
+                       scale_lb=scale_lb, meta=meta, actor_std=actor_std)

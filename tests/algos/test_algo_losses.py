@@ -194,6 +194,29 @@ def test_seeded_builds_are_identical_and_leave_global_rng_alone():
     assert torch.count_nonzero(o["qvalue_network_params.module.0.bias"]) == 0
 
 
+def test_cql_actor_std_option_builds_d3rlpys_std():
+    """cql.actor_std: "exp" puts exp(clamp(raw, -20, 2)) (floored at scale_lb) after the actor's MLP, with the
+    same weights as "softplus" (one seed, same init); a bad value is a UserError naming the key."""
+    from tensordict import TensorDict
+
+    from offrl.errors import UserError
+
+    built = {std: cql.build(CQLConfig(hidden_sizes=(8,), actor_std=std), observation_shape=(3,), action_spec=BOX2,
+                            seed=7) for std in ("softplus", "exp")}
+    mlp = built["exp"].loss_module.actor_network.module[0].module[0]
+    obs = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)) * 20
+    td = TensorDict({"observation": obs}, [64])
+    with torch.no_grad():
+        out = mlp(obs)
+        raw = out[:, out.shape[1] // 2:]
+        scales = {std: p.loss_module.actor_network.get_dist_params(td.clone())["scale"] for std, p in built.items()}
+    torch.testing.assert_close(scales["exp"], raw.clamp(-20, 2).exp().clamp_min(1e-4))
+    assert not torch.allclose(scales["exp"], scales["softplus"])
+    assert torch.equal(mlp[0].weight, built["softplus"].loss_module.actor_network.module[0].module[0][0].weight)
+    with pytest.raises(UserError, match="cql.actor_std: must be one of softplus, exp"):
+        cql.build(CQLConfig(actor_std="log"), observation_shape=(3,), action_spec=BOX2, seed=0)
+
+
 def test_specs_from_bundled_datasets(tmp_path):
     from offrl.data import load_dataset
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from torchrl.modules import MLP, ProbabilisticActor, QValueActor, TanhNormal, Va
 from torchrl.objectives import DQNLoss
 
 from offrl.algos import kernels as fused_module
+from offrl.algos._common import ClampedExpScale
 from offrl.algos.cql_loss import OfflineCQLLoss
 from offrl.algos.discrete_cql_loss import WeightedDiscreteCQLLoss
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
@@ -99,12 +101,12 @@ def _batch(n: int, obs_dim: int, action: torch.Tensor, seed: int = 1) -> TensorD
     )
 
 
-def _cql_nets(critic=None):
+def _cql_nets(critic=None, tail=None):
     torch.manual_seed(0)
     spec = Bounded(-torch.ones(ACT), torch.ones(ACT), (ACT,))
     actor_net = torch.nn.Sequential(
         MLP(num_cells=[HIDDEN, HIDDEN], out_features=2 * ACT, activation_class=torch.nn.ReLU),
-        NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
+        tail if tail is not None else NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
     )
     actor = ProbabilisticActor(
         TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
@@ -363,6 +365,31 @@ def test_cql_mean_backup_action_matches_and_changes_the_target(deterministic_bac
     assert not torch.allclose(outs["mean"]["loss_qvalue"], outs["sample"]["loss_qvalue"])
     for key in ("loss_actor", "loss_cql", "loss_alpha"):
         torch.testing.assert_close(outs["mean"][key], outs["sample"][key])
+
+
+def test_cql_exp_actor_std_matches():
+    """cql.actor_std=exp (d3rlpy's std, exp of a log std clamped to [-20, 2]) as the actor's tail: fused =
+    reference, and the actor's losses differ from the softplus tail's on the same weights."""
+    keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"]
+    kwargs = dict(num_random=3, min_q_weight=5.0)
+    outs = {}
+    for name, tail in (("exp", ClampedExpScale(scale_lb=0.1)), ("softplus", None)):
+        actor, qvalue, data = _cql_nets(tail=tail)
+        ref, fused = _pair(OfflineCQLLoss, FusedOfflineCQLLoss, (actor, qvalue), kwargs)
+        r = _run(ref, data, keys)
+        _assert_same(r, _run(fused, data, keys), 1e-5)
+        outs[name] = r[0]
+    assert not torch.allclose(outs["exp"]["loss_actor"], outs["softplus"]["loss_actor"])
+
+
+def test_clamped_exp_scale_is_d3rlpys_std():
+    raw = torch.tensor([[0.3, -25.0, 0.0, 3.0], [-1.0, 1.5, -0.5, -9.5]])
+    loc, scale = ClampedExpScale(scale_lb=1e-4)(raw)
+    torch.testing.assert_close(loc, raw[:, :2])
+    torch.testing.assert_close(scale, torch.tensor([[1.0, 7.38905609], [0.60653066, 1e-4]]))
+    raw.requires_grad_(True)
+    ClampedExpScale()(raw)[1].sum().backward()  # no gradient where the clamp holds
+    torch.testing.assert_close(raw.grad[:, 2:], torch.tensor([[1.0, 0.0], [0.60653066, math.exp(-9.5)]]))
 
 
 def test_cql_backup_action_is_checked():

@@ -77,4 +77,7 @@ def test_cli_says_what_the_data_chose(tmp_path, offrl_cli, assert_user_error):
     bad = offrl_cli("train", "--dataset", "offrl/pendulum/expert-v0", "--steps", "2", "--set", "cql.backup_action=max",
                     "--out", str(tmp_path / "bad"))
     assert_user_error(bad, "cql.backup_action", "sample, mean")
+    bad = offrl_cli("train", "--dataset", "offrl/pendulum/expert-v0", "--steps", "2", "--set", "cql.actor_std=log",
+                    "--out", str(tmp_path / "bad"))
+    assert_user_error(bad, "cql.actor_std", "softplus, exp")
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("config.yaml"))

@@ -33,9 +33,9 @@ OBS, ACT, BATCH = 7, 3, 32
 
 
 def _parts(*, fused: bool, min_q_weight: float = 0.0, with_lagrange: bool = False, low: float = -1.0,
-           high: float = 1.0, obs: int = OBS, act: int = ACT):
+           high: float = 1.0, obs: int = OBS, act: int = ACT, actor_std: str = "softplus"):
     cfg = cql.CQLConfig(hidden_sizes=(32, 32), min_q_weight=min_q_weight, with_lagrange=with_lagrange,
-                        fused=fused, num_random=4)
+                        fused=fused, num_random=4, actor_std=actor_std)
     spec = Bounded(low=torch.full((act,), low), high=torch.full((act,), high), shape=(act,))
     return cql.build(cfg, observation_shape=(obs,), action_spec=spec, seed=0)
 
@@ -137,23 +137,33 @@ def _trainer_checkpoint(tmp_path: Path, parts) -> Path:
     return path
 
 
-@pytest.fixture
-def pendulum_parts():
-    parts = _parts(fused=True, low=-2.0, high=2.0, obs=3, act=1)
+def _pendulum_parts(actor_std: str = "softplus", std_shift: float = 0.0):
+    parts = _parts(fused=True, low=-2.0, high=2.0, obs=3, act=1, actor_std=actor_std)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a non-trivial actor whose actions spread over the box
-        for p in parts.loss_module.actor_network_params.values(True, True):
+        params = list(parts.loss_module.actor_network_params.values(True, True))
+        for p in params:
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        params[-1][1:] += std_shift  # the last bias's std half: raw std outputs around std_shift
     return parts
 
 
-def test_numpy_actor_acts_as_the_torch_policy(tmp_path, pendulum_parts):
+@pytest.fixture
+def pendulum_parts():
+    return _pendulum_parts()
+
+
+@pytest.mark.parametrize("actor_std", ["softplus", "exp"])
+def test_numpy_actor_acts_as_the_torch_policy(tmp_path, actor_std):
     from offrl.datagen.policies import actor_from_trainer_checkpoint, load_actor, save_actor
 
+    # exp: raw outputs around 2 so that the clamp at log std 2 is crossed both ways
+    pendulum_parts = _pendulum_parts(actor_std, std_shift=2.0 if actor_std == "exp" else 0.0)
     ckpt = _trainer_checkpoint(tmp_path, pendulum_parts)
-    save_actor(tmp_path / "a.npz", actor_from_trainer_checkpoint(ckpt, meta={"env_id": "Pendulum-v1"}))
+    save_actor(tmp_path / "a.npz", actor_from_trainer_checkpoint(ckpt, meta={"env_id": "Pendulum-v1"},
+                                                                  actor_std=actor_std))
     actor = load_actor(tmp_path / "a.npz")
-    assert (actor.obs_dim, actor.act_dim, actor.meta) == (3, 1, {"env_id": "Pendulum-v1"})
+    assert (actor.obs_dim, actor.act_dim, actor.meta, actor.actor_std) == (3, 1, {"env_id": "Pendulum-v1"}, actor_std)
     obs = np.random.default_rng(0).standard_normal((256, 3)).astype(np.float32)
     td = TensorDict({"observation": torch.as_tensor(obs)}, [256])
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
@@ -164,6 +174,8 @@ def test_numpy_actor_acts_as_the_torch_policy(tmp_path, pendulum_parts):
     loc, scale = actor.dist_params(obs)
     np.testing.assert_allclose(loc, dist["loc"].numpy(), atol=1e-5)
     np.testing.assert_allclose(scale, dist["scale"].numpy(), rtol=1e-5, atol=1e-6)
+    if actor_std == "exp":  # the ceiling is reached and not everywhere
+        assert np.isclose(scale, np.exp(2.0)).any() and (scale < np.exp(2.0) - 1e-3).any()
     # sampled actions: tanh(loc + scale * N(0, 1)), mapped to [-2, 2]
     rng = np.random.default_rng(0)
     sampler = actor.with_noise(sample=True)
