@@ -54,3 +54,37 @@ def test_nothing_in_common_is_one_line(tmp_path, capsys):
     assert _module().main([str(tmp_path / "a"), str(tmp_path / "b"), "--algo-a", "cql", "--algo-b", "d3rlpy-cql"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no dataset has completed runs of cql" in err[0] and "d3rlpy-cql" in err[0]
+
+
+def test_last_episodes_scores_both_sides_on_the_same_episodes(tmp_path, capsys):
+    """--last-episodes K: the last evaluation becomes the mean over episodes 0..K-1 (A: from the summary's
+    episode returns, B: a last evaluation of exactly K episodes); a run that cannot give it is left out, said on
+    stderr; a negative K is exit 2 with one line."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    ref = {"min": 0.0, "max": 100.0}
+    for seed in (0, 1):
+        _run(a, "offrl__x__v0", "cql", seed, [10.0] * 9 + [30.0])
+        (a / "offrl__x__v0" / "cql" / f"seed{seed}" / "summary.json").write_text(json.dumps({
+            "status": "completed", "ref": ref,
+            "final": {"step": 1000, "episodes": 4, "normalized_score": 30.0, "episode_returns": [20, 20, 40, 40]}}))
+        _run(b, "offrl__x__v0", "d3rlpy-cql", seed, [10.0] * 9 + [25.0])
+        (b / "offrl__x__v0" / "d3rlpy-cql" / f"seed{seed}" / "summary.json").write_text(json.dumps({
+            "status": "completed", "ref": ref, "final": {"step": 1000, "episodes": 2, "normalized_score": 25.0}}))
+    _run(a, "offrl__x__v0", "cql", 2, [10.0] * 10)  # 10 episodes, no returns kept: no score over 2 episodes
+    (a / "offrl__x__v0" / "cql" / "seed2" / "summary.json").write_text(json.dumps({
+        "status": "completed", "ref": ref, "final": {"step": 1000, "episodes": 10, "normalized_score": 10.0}}))
+    mod = _module()
+    assert mod.main([str(a), str(b), "--algo-a", "cql", "--algo-b", "d3rlpy-cql", "--last-episodes", "2"]) == 0
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if line.startswith("| offrl/x/v0 |"))
+    # A's last over episodes 0-1 is 20 (not its 4-episode 30); last 5 = (4 x 10 + 20) / 5 = 12
+    assert row == "| offrl/x/v0 | 2 / 2 | 10.0, 10.0, +0.0 [+0.0, +0.0] | 12.0, 13.0, -1.0 [-1.0, -1.0] | " \
+                  "20.0, 25.0, -5.0 [-5.0, -5.0] |"
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "left out 1 completed run" in err[0] and "seed2" in err[0]
+    # without the option every run counts, with its own last evaluation
+    assert mod.main([str(a), str(b), "--algo-a", "cql", "--algo-b", "d3rlpy-cql"]) == 0
+    assert "| offrl/x/v0 | 3 / 2 |" in capsys.readouterr().out
+    assert mod.main([str(a), str(b), "--algo-a", "cql", "--last-episodes", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--last-episodes -1" in err[0]
