@@ -445,8 +445,9 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   from the mean action tanh(mu(s')), offrl from `cql.backup_action` (the row's config says which); d3rlpy's
   discrete Q-learning uses the Huber loss where offrl uses MSE; offrl initialises CQL's layers with torch's
   default as d3rlpy does unless `cql.orthogonal_init` is true (CORL's orthogonal init, offrl's default until
-  2026-12-06; the row's config says which); the actor's std is a softplus head bounded below (offrl, torchrl) or a
-  clamped log-std head (d3rlpy); offrl holds `eval.heldout_fraction` of the episodes out of training for its
+  2026-12-06; the row's config says which); the actor's std is a softplus head bounded below (offrl's default,
+  torchrl's) or a clamped log-std head (d3rlpy; offrl with `cql.actor_std=exp`); d3rlpy steps its critics before
+  its actor, offrl steps both from one backward; offrl holds `eval.heldout_fraction` of the episodes out of training for its
   TD-error diagnostic, d3rlpy trains on all of them; d3rlpy reads the Minari files through
   `benchmarks/d3rlpy_peer.py` (plain
   h5py) and evaluates with gymnasium 1.0 in its own environment (same env ids, seeds and time limits).
