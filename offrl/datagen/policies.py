@@ -350,7 +350,7 @@ def load_actor(path: str | Path, *, what: str = "behaviour checkpoint") -> Actor
         low, high = arrays["action_low"], arrays["action_high"]
         activation = str(arrays["activation"])
         scale_lb = float(arrays["scale_lb"])
-        actor_std = str(arrays["actor_std"]) if "actor_std" in arrays else "softplus"  # files before 2026-12-07
+        actor_std = str(arrays["actor_std"]) if "actor_std" in arrays else "softplus"  # older files: no entry
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{path}: damaged actor checkpoint (missing or bad entry {exc}); restore or re-export "
                         "it") from None
