@@ -3,20 +3,14 @@ pooled row; running and damaged runs left out; nothing in common is exit 2 with 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.bench import benchmark_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ablation_diff", REPO / "benchmarks" / "ablation_diff.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("ablation_diff")
 
 
 def _run(root: Path, dataset: str, algo: str, seed: int, scores: list[float], status: str = "completed") -> None:

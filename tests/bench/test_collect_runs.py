@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers.bench import benchmark_module
 
 import offrl
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _collect() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("offrl_bench_collect_runs", REPO / "benchmarks" / "collect_runs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _collect():
+    return benchmark_module("collect_runs")
 
 
 def test_collects_finished_runs_once_with_a_like_for_like_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,22 +5,16 @@ environment against this one on the MuJoCo envs the study compares."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers.bench import benchmark_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("peer_env_check", REPO / "benchmarks" / "peer_env_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("peer_env_check")
 
 
 def test_same_python_is_same_and_a_changed_episode_is_found(capsys):

@@ -3,22 +3,16 @@ library ends higher (or that the seeds cannot tell)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers.bench import benchmark_module
 
 
 def _settled():
-    spec = importlib.util.spec_from_file_location("offrl_bench_settled", REPO / "benchmarks" / "settled.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("settled")
 
 
 def _run(root: Path, dataset: str, algo: str, seed: int, scores: list[float], status: str = "completed") -> None:

@@ -8,20 +8,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers.bench import benchmark_module
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _suite() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("offrl_bench_suite", REPO / "benchmarks" / "suite.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _suite():
+    return benchmark_module("suite")
 
 
 def _peer_args() -> list[str]:
