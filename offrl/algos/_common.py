@@ -13,11 +13,10 @@ from tensordict.nn import NormalParamExtractor
 from torch import nn
 from torchrl.modules import MLP
 
+from offrl.config.algos import ACTOR_STDS
+
 __all__ = ["ACTOR_STDS", "AlgoParts", "ClampedExpScale", "actor_std_tail", "fused_adam", "make_mlp", "named_adam",
            "orthogonal_init_", "seeded"]
-
-#: How a Gaussian actor maps its raw std outputs to a std (``cql.actor_std``; docs/cql.md).
-ACTOR_STDS = ("softplus", "exp")
 
 
 @dataclass

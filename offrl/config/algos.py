@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: How a Gaussian actor maps its raw std outputs to a std (``CQLConfig.actor_std``; docs/cql.md).
+ACTOR_STDS = ("softplus", "exp")
+
 __all__ = ["CQLConfig", "DQNConfig", "DiscreteCQLConfig"]
 
 

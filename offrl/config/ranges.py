@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from offrl.config.algos import ACTOR_STDS
 from offrl.errors import UserError
 
 __all__ = ["ACTIVATION_CHOICES", "LOSS_FUNCTION_CHOICES", "OBSERVATION_SCALERS", "REWARD_SCALERS",
@@ -44,7 +45,7 @@ _RULES: dict[str, _Rule] = {
     "bc_steps": _NON_NEGATIVE,
     "actor_bc_weight": _NON_NEGATIVE,  # None (auto) is skipped
     "backup_action": (lambda v: v in ("sample", "mean"), "use one of sample, mean"),
-    "actor_std": (lambda v: v in ("softplus", "exp"), "use one of softplus, exp"),
+    "actor_std": (lambda v: v in ACTOR_STDS, f"use one of {', '.join(ACTOR_STDS)}"),
     "scale_lb": _POSITIVE,
     "target_update_interval": _POSITIVE,
     "eps_init": _UNIT,

@@ -26,6 +26,7 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 
+from offrl.config.algos import ACTOR_STDS
 from offrl.data.envs import make_env
 
 __all__ = [
@@ -251,8 +252,8 @@ class ActorPolicy:
                  epsilon: float = 0.0, meta: dict | None = None, actor_std: str = "softplus") -> None:
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)}")
-        if actor_std not in ("softplus", "exp"):
-            raise ValueError(f"unknown actor_std {actor_std!r}; use one of exp, softplus")
+        if actor_std not in ACTOR_STDS:
+            raise ValueError(f"unknown actor_std {actor_std!r}; use one of {', '.join(ACTOR_STDS)}")
         self.actor_std = actor_std
         self.layers = [(np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32)) for w, b in layers]
         self.low = np.asarray(low, dtype=np.float32).reshape(-1)
