@@ -20,7 +20,6 @@ from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SoftUpdate
 
 from offrl.algos._common import (
-    ACTOR_STDS,
     AlgoParts,
     actor_std_tail,
     make_mlp,
@@ -29,10 +28,10 @@ from offrl.algos._common import (
     seeded,
 )
 from offrl.algos._spec import dataset_shapes
-from offrl.algos.cql_loss import BACKUP_ACTIONS, OfflineCQLLoss
+from offrl.algos.cql_loss import OfflineCQLLoss
 from offrl.algos.fused_cql import FusedOfflineCQLLoss
 from offrl.algos.scaled import attach_scalers, observation_scaler_for, reward_scaler_for
-from offrl.config.algos import CQLConfig
+from offrl.config.algos import ACTOR_STDS, BACKUP_ACTIONS, UPDATE_ORDERS, CQLConfig
 from offrl.data.coverage import action_coverage
 from offrl.errors import UserError
 
@@ -111,6 +110,8 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
         raise UserError(f"cql.backup_action: must be one of {', '.join(BACKUP_ACTIONS)}, got {cfg.backup_action!r}")
     if cfg.actor_std not in ACTOR_STDS:
         raise UserError(f"cql.actor_std: must be one of {', '.join(ACTOR_STDS)}, got {cfg.actor_std!r}")
+    if cfg.update_order not in UPDATE_ORDERS:
+        raise UserError(f"cql.update_order: must be one of {', '.join(UPDATE_ORDERS)}, got {cfg.update_order!r}")
     low, high = _box_bounds(action_spec)
     obs_dim, act_dim = int(observation_shape[0]), int(low.numel())
     low, high = low.reshape(act_dim).to(device), high.reshape(act_dim).to(device)
@@ -152,7 +153,7 @@ def build(cfg: CQLConfig, *, observation_shape: tuple[int, ...], action_spec: An
     policy = TensorDictSequential(actor, rescale)
     return attach_scalers(AlgoParts(
         loss_module=loss, optimizer=optimizer, target_net_updater=SoftUpdate(loss, tau=cfg.tau),
-        policy=policy, exploration_policy=policy, config=cfg, trainer_kwargs={"bc_steps": cfg.bc_steps},
+        policy=policy, exploration_policy=policy, config=cfg, trainer_kwargs={"bc_steps": cfg.bc_steps, "update_order": cfg.update_order},
     ), observation_scaler, reward_scaler)
 
 

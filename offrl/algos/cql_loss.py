@@ -41,10 +41,10 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives import CQLLoss
 
+from offrl.config.algos import BACKUP_ACTIONS
+
 __all__ = ["BACKUP_ACTIONS", "OfflineCQLLoss"]
 
-#: The action the TD target bootstraps from at s': a policy sample (torchrl, CORL) or the mean (d3rlpy).
-BACKUP_ACTIONS = ("sample", "mean")
 
 # Keep dataset actions strictly inside the tanh's range: the BC warm start takes log pi(a|s) of them, and
 # atanh(+-1) is infinite (datasets clip actions to the bounds).
@@ -185,6 +185,32 @@ class OfflineCQLLoss(CQLLoss):
         # critics minimise alpha' * slack; alpha' maximises it (gradient ascent via the minus sign)
         return {"loss_cql": (alpha_prime.detach() * slack).sum(),
                 "loss_alpha_prime": -0.5 * (alpha_prime * slack.detach()).sum()}
+
+    def actor_forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The actor-side outputs of :meth:`forward` alone (``loss_actor``, ``loss_actor_bc``, ``loss_alpha``,
+        ``alpha``, ``entropy``), from the current parameters: the second pass of ``update_order="critic_first"``,
+        taken after the critics stepped (the critics are detached here, as in :meth:`forward`)."""
+        td = self._unit_actions(tensordict)
+        out = {"loss_actor_bc": self.actor_bc_loss(td)[0]}
+        out["loss_actor"], actor_metadata = self.actor_loss(td)
+        if self.actor_bc_weight > 0:
+            out["loss_actor"] = out["loss_actor"] + self._regularizer_now(td)
+        out["loss_alpha"], _ = self.alpha_loss(actor_metadata, mask_tensordict=td)
+        out["alpha"] = self._alpha
+        out["entropy"] = -actor_metadata[self.tensor_keys.log_prob].mean()
+        return TensorDict(out)
+
+    def _regularizer_now(self, td: TensorDictBase) -> torch.Tensor:
+        """:meth:`actor_regularizer` with ``Q(s, a_data)`` scored by the critics as they are now."""
+        with set_exploration_type(ExplorationType.RANDOM), self.actor_network_params.to_module(
+            self.actor_network, preserve_module_state=False
+        ):
+            mean_action = self.actor_network.get_dist(td).deterministic_sample
+        with torch.no_grad():
+            q_in = td.select(*self.qvalue_network.in_keys, strict=False)
+            q_data = self._vmap_qvalue_networkN0(q_in, self.qvalue_network_params.data).get(
+                self.tensor_keys.state_action_value)
+        return self.actor_regularizer(mean_action, td.get(self.tensor_keys.action), q_data.squeeze(-1))
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]

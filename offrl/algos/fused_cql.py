@@ -137,6 +137,36 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
             out["alpha_prime"] = self.log_alpha_prime.detach().exp()
         return TensorDict(out)
 
+    def actor_forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """:meth:`OfflineCQLLoss.actor_forward` with the fused actor and critic passes."""
+        if not self.fast_path or tensordict.ndim != 1:
+            return super().actor_forward(tensordict)
+        td = self._unit_actions(tensordict)
+        actor_in = [unravel_key(k) for k in self.actor_network.in_keys]
+        obs_td = td.select(*actor_in)
+        action = td.get(self.tensor_keys.action)
+        alpha = self._alpha
+        with set_exploration_type(ExplorationType.RANDOM), torch.autocast(action.device.type, enabled=False):
+            if self._actor is not None:
+                params_obs = self._actor_params(obs_td, self._steps(self._actor[0], "actor_network_params"))
+            else:
+                with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
+                    params_obs = self.actor_network.get_dist_params(obs_td.copy()).select(*self._dist_in)
+            dist_obs = self.actor_network.build_dist_from_params(params_obs)
+            _, bc_sample_log_prob = rsample_and_log_prob(dist_obs)  # torchrl's order: BC sample, then actor's
+            bc_log_prob = dist_obs.log_prob(action)
+            pi_action, pi_log_prob = rsample_and_log_prob(dist_obs)
+        q_steps = self._steps(self._q_plan, "qvalue_network_params")
+        out = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob, alpha)
+        if self.actor_bc_weight > 0:
+            with torch.no_grad():
+                q_data = ensemble_forward(detached(q_steps), self._q_input(obs_td, action), self.num_qvalue_nets)
+            out["loss_actor"] = out["loss_actor"] + self.actor_regularizer(
+                dist_obs.deterministic_sample, action, q_data.squeeze(-1))
+        out["alpha"] = alpha
+        out["entropy"] = -pi_log_prob.detach().mean()
+        return TensorDict(out)
+
     def _init_fast_path(self) -> None:
         found = mlp_plan(self.qvalue_network, self.qvalue_network_params)
         self._q_plan: Plan | None = None

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 #: How a Gaussian actor maps its raw std outputs to a std (``CQLConfig.actor_std``; docs/cql.md).
 ACTOR_STDS = ("softplus", "exp")
+#: The action the TD target bootstraps from at s': a policy sample (torchrl, CORL) or the mean (d3rlpy).
+BACKUP_ACTIONS = ("sample", "mean")
+#: When the actor and temperature step relative to the critics (``CQLConfig.update_order``; docs/cql.md).
+UPDATE_ORDERS = ("joint", "critic_first")
 
 __all__ = ["CQLConfig", "DQNConfig", "DiscreteCQLConfig"]
 
@@ -53,6 +57,9 @@ class CQLConfig:
     # actor std from its raw output: "softplus" (torchrl's biased_softplus_1.0, floor 0.01) or "exp":
     # exp(clamp(raw, -20, 2)) (d3rlpy NormalPolicy, the authors' rlkit policy); docs/cql.md
     actor_std: str = "softplus"
+    # "joint": every loss from the same parameters, one backward (the authors, CORL, torchrl); "critic_first":
+    # the critics step, then the actor and temperature losses are taken against the updated critics (d3rlpy)
+    update_order: str = "joint"
     fused: bool = True  # FusedOfflineCQLLoss: the same loss within 1e-5 (tests/algos/test_fused_losses.py), ~1.5-2x faster
     # "none" (d3rlpy's CQLConfig default, the authors' gym code), "standard" (CORL's state normalization) or
     # "min_max": fitted on the dataset's observations (offrl.data.scaling; docs/cql.md)

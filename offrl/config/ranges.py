@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from offrl.config.algos import ACTOR_STDS
+from offrl.config.algos import ACTOR_STDS, BACKUP_ACTIONS, UPDATE_ORDERS
 from offrl.errors import UserError
 
 __all__ = ["ACTIVATION_CHOICES", "LOSS_FUNCTION_CHOICES", "OBSERVATION_SCALERS", "REWARD_SCALERS",
@@ -44,8 +44,9 @@ _RULES: dict[str, _Rule] = {
     "num_random": _POSITIVE,
     "bc_steps": _NON_NEGATIVE,
     "actor_bc_weight": _NON_NEGATIVE,  # None (auto) is skipped
-    "backup_action": (lambda v: v in ("sample", "mean"), "use one of sample, mean"),
+    "backup_action": (lambda v: v in BACKUP_ACTIONS, f"use one of {', '.join(BACKUP_ACTIONS)}"),
     "actor_std": (lambda v: v in ACTOR_STDS, f"use one of {', '.join(ACTOR_STDS)}"),
+    "update_order": (lambda v: v in UPDATE_ORDERS, f"use one of {', '.join(UPDATE_ORDERS)}"),
     "scale_lb": _POSITIVE,
     "target_update_interval": _POSITIVE,
     "eps_init": _UNIT,

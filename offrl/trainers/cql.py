@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import CQLLoss, DiscreteCQLLoss
 
+from offrl.config.algos import UPDATE_ORDERS
 from offrl.errors import UserError
 from offrl.trainers.loop import EvalFn, Trainer
 from offrl.trainers.metrics import q_stats
@@ -22,7 +23,10 @@ class CQLTrainer(Trainer):
 
     offrl additions: ``collector`` may be None (offline: ``offline_steps`` gradient steps from
     ``replay_buffer``); ``bc_steps`` (behaviour-cloning warm start of the actor, continuous CQL);
-    ``evaluator``/``eval_interval``/``policy``; ``keep_checkpoints``; ``device``; ``handle_signals``.
+    ``evaluator``/``eval_interval``/``policy``; ``keep_checkpoints``; ``device``; ``handle_signals``;
+    ``update_order`` (continuous CQL): ``"joint"`` takes every loss from the same parameters in one backward
+    (torchrl, the authors, CORL); ``"critic_first"`` steps the critics (and the Lagrange multiplier) first,
+    then recomputes the actor and temperature losses against the updated critics and steps those (d3rlpy).
     Intervals count gradient steps. See docs/contracts.md (Trainers).
     """
 
@@ -70,12 +74,22 @@ class CQLTrainer(Trainer):
         greedy_module: Any = None,
         observation_scaler: Any = None,
         reward_scaler: Any = None,
+        update_order: str = "joint",
     ) -> None:
         if isinstance(bc_steps, bool) or not isinstance(bc_steps, int) or bc_steps < 0:
             raise UserError(f"bc_steps must be an integer >= 0, got {bc_steps!r}")
         if bc_steps and isinstance(loss_module, DiscreteCQLLoss):
             raise UserError("bc_steps warms up an actor; discrete CQL has none, set bc_steps=0")
         self.bc_steps = bc_steps
+        if update_order not in UPDATE_ORDERS:
+            raise UserError(f"update_order must be one of {', '.join(UPDATE_ORDERS)}, got {update_order!r}")
+        if update_order != "joint" and isinstance(loss_module, DiscreteCQLLoss):
+            raise UserError(f"update_order={update_order!r} orders the critic and actor steps; discrete CQL has "
+                            "no actor, use 'joint'")
+        if update_order != "joint" and cuda_graph:
+            raise UserError("cuda_graph captures one joint step; use update_order='joint' or cuda_graph=False")
+        self.update_order = update_order
+        self._pass_params: tuple[frozenset[int], frozenset[int]] | None = None
         super().__init__(
             collector=collector, total_frames=total_frames, frame_skip=frame_skip,
             optim_steps_per_batch=optim_steps_per_batch, loss_module=loss_module, optimizer=optimizer,
@@ -130,8 +144,7 @@ class CQLTrainer(Trainer):
             return total, metrics
         # continuous: the actor trains on behaviour cloning for the first bc_steps updates (CQL paper's
         # policy_eval_start), switched by a tensor compare so the update stays branch-free
-        loss_actor = torch.where(self._step_t < self.bc_steps, loss_td.get("loss_actor_bc"),
-                                 loss_td.get("loss_actor"))
+        loss_actor = self._actor_loss(loss_td)
         total = loss_actor + loss_td.get("loss_qvalue") + loss_td.get("loss_cql") + loss_td.get("loss_alpha")
         if "loss_alpha_prime" in loss_td.keys():
             total = total + loss_td.get("loss_alpha_prime")
@@ -143,3 +156,54 @@ class CQLTrainer(Trainer):
         metrics.update(q_stats(batch.get(keys.pred_q1)))
         metrics["td_error"] = batch.get(keys.priority).detach().mean()
         return total, metrics
+
+    def _actor_loss(self, loss_td: TensorDictBase) -> torch.Tensor:
+        return torch.where(self._step_t < self.bc_steps, loss_td.get("loss_actor_bc"), loss_td.get("loss_actor"))
+
+    @staticmethod
+    def _critic_total(loss_td: TensorDictBase) -> torch.Tensor:
+        total = loss_td.get("loss_qvalue") + loss_td.get("loss_cql")
+        if "loss_alpha_prime" in loss_td.keys():
+            total = total + loss_td.get("loss_alpha_prime")
+        return total
+
+    def _passes(self):
+        if self.update_order == "joint":
+            return super()._passes()
+        if self._pass_params is None:
+            loss = self.loss_module
+            critic = list(loss.qvalue_network_params.values(True, True))
+            actor = list(loss.actor_network_params.values(True, True))
+            if isinstance(getattr(loss, "log_alpha_prime", None), torch.nn.Parameter):
+                critic.append(loss.log_alpha_prime)
+            if isinstance(loss.log_alpha, torch.nn.Parameter):
+                actor.append(loss.log_alpha)
+            self._pass_params = (frozenset(map(id, critic)), frozenset(map(id, actor)))
+        return ((self._critic_pass, self._pass_params[0]), (self._actor_pass, self._pass_params[1]))
+
+    def _critic_pass(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """critic_first, pass 1: the full loss; the critics' and the Lagrange multiplier's terms step."""
+        loss_td = self._autocast(self.loss_module, batch)
+        _, metrics = self._loss_terms(loss_td, batch)
+        metrics.update(self._batch_stats(batch))
+        return self._critic_total(loss_td), metrics
+
+    def _actor_pass(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """critic_first, pass 2: the actor and temperature losses against the critics as they now are."""
+        loss_td = self._autocast(lambda b: actor_forward(self.loss_module, b), batch)
+        metrics = {k: loss_td.get(k).detach() for k in ("loss_actor", "loss_actor_bc", "loss_alpha", "alpha",
+                                                         "entropy")}
+        return self._actor_loss(loss_td) + loss_td.get("loss_alpha"), metrics
+
+
+def actor_forward(loss: CQLLoss, batch: TensorDictBase) -> TensorDictBase:
+    """The actor-side outputs of ``loss`` alone: offrl's losses compute them (``actor_forward``); a plain torchrl
+    ``CQLLoss`` through its own ``actor_bc_loss`` / ``actor_loss`` / ``alpha_loss``."""
+    if hasattr(loss, "actor_forward"):
+        return loss.actor_forward(batch)
+    td = batch.copy()
+    loss_actor_bc, _ = loss.actor_bc_loss(td)
+    loss_actor, metadata = loss.actor_loss(td)
+    loss_alpha, _ = loss.alpha_loss(metadata)
+    return TensorDict({"loss_actor": loss_actor, "loss_actor_bc": loss_actor_bc, "loss_alpha": loss_alpha,
+                       "alpha": loss._alpha, "entropy": -metadata[loss.tensor_keys.log_prob].mean()})

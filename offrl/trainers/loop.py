@@ -367,18 +367,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
 
     def _train_step(self, batch: TensorDictBase, phase: str) -> Iterator[tuple[int, dict[str, float]]]:
         if self.log_timings and not self.cuda_graph:  # the same pieces as update(), timed one by one
-            t0 = time.perf_counter()
-            total, metrics = self._forward(batch)
-            t1 = time.perf_counter()
-            self._backward(total)
-            t2 = time.perf_counter()
-            metrics.update(self._optim())
-            t3 = time.perf_counter()
-            self._target()
-            t4 = time.perf_counter()
-            for name, dt in zip(("forward", "backward", "optim", "target"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-                self._timings[name] += dt
-            metrics = {k: v.detach() for k, v in metrics.items()}
+            metrics = self._timed_update(batch, self._timings)
         else:
             metrics = self._update(batch)
         self._accumulate(metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from offrl.data.scaling import ObservationScaler, checked_scaler
 from offrl.errors import UserError
 from offrl.trainers.optim import fast_optimizer_step, fast_zero_grad
 
-__all__ = ["UpdateStep", "batch_scalers", "capture_cuda_graph", "fast_target_step", "tune_allocator"]
+__all__ = ["UpdateStep", "batch_scalers", "capture_cuda_graph", "fast_target_step", "tune_allocator", "with_total_norm"]
 
 
 def batch_scalers(observation_scaler: Any, reward_scaler: Any, device: Any,
@@ -108,6 +109,19 @@ def capture_cuda_graph(step: Callable[[TensorDictBase], TensorDict], optimizer: 
         return CudaGraphModule(step, in_keys=[], out_keys=[], warmup=warmup)
 
 
+def _no_clock() -> float:
+    return 0.0
+
+
+def with_total_norm(norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``norms`` (one ``grad_norm_<group>`` per param group) with ``grad_norm``, the norm over all groups."""
+    values = [v for k, v in norms.items() if k != "grad_norm"]
+    if not values:
+        return dict(norms)
+    total = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum().sqrt()
+    return {**{k: v for k, v in norms.items() if k != "grad_norm"}, "grad_norm": total}
+
+
 class UpdateStep:
     """One gradient step of a :class:`~offrl.trainers.Trainer` (a mixin: ``self`` is the trainer).
 
@@ -119,15 +133,23 @@ class UpdateStep:
         """``(total loss, metrics)`` from the loss module's output; tensor ops only."""
         raise NotImplementedError
 
-    def _forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _autocast(self, fn: Callable[[TensorDictBase], TensorDictBase], batch: TensorDictBase) -> TensorDictBase:
+        """``fn(batch)`` under bf16 autocast when the trainer's precision asks for it."""
         if self.precision == "bf16":
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                loss_td = self.loss_module(batch)
-        else:
-            loss_td = self.loss_module(batch)
-        total, metrics = self._loss_terms(loss_td, batch)
+                return fn(batch)
+        return fn(batch)
+
+    def _forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, metrics = self._loss_terms(self._autocast(self.loss_module, batch), batch)
         metrics.update(self._batch_stats(batch))
         return total, metrics
+
+    def _passes(self) -> tuple[tuple[Callable[[TensorDictBase], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+                                     frozenset[int] | None], ...]:
+        """The gradient step's passes: ``(forward, ids of the parameters it steps, None for all)``, run in
+        order, each a forward, backward and optimizer step. One pass over every loss by default."""
+        return ((self._forward, None),)
 
     def _optimizer_calls(self) -> tuple[Callable[[], None], Callable[[], None]]:
         """``(zero_grad, step)`` of the current optimizer without their per-call bookkeeping
@@ -142,10 +164,16 @@ class UpdateStep:
         self._optimizer_calls()[0]()
         total.backward()
 
-    def _optim(self) -> dict[str, torch.Tensor]:
-        """Clip (torchrl's semantics) per param group, log the norms before clipping, step."""
+    def _optim(self, only: frozenset[int] | None = None) -> dict[str, torch.Tensor]:
+        """Clip (torchrl's semantics) per param group, step; returns each group's norm before clipping
+        (``grad_norm_<group>``). ``only``: the ids
+        of the parameters to step; the others' gradients are dropped first, so the optimizer skips them."""
         norms: dict[str, torch.Tensor] = {}
         for i, group in enumerate(self.optimizer.param_groups):
+            if only is not None:
+                for p in group["params"]:
+                    if id(p) not in only:
+                        p.grad = None
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
@@ -156,8 +184,6 @@ class UpdateStep:
                 if self.clip_norm is not None:
                     torch.nn.utils.clip_grad_value_(params, self.clip_norm)
             norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
-        values = list(norms.values())
-        norms["grad_norm"] = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum().sqrt()
         self._optimizer_calls()[1]()
         return norms
 
@@ -169,11 +195,27 @@ class UpdateStep:
             self._target_fn()
         self._step_t += 1
 
-    def _gradient_step(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
-        """Forward, backward, clip and optimizer step: the part a CUDA graph captures."""
-        total, metrics = self._forward(batch)
-        self._backward(total)
-        metrics.update(self._optim())
+    def _gradient_step(self, batch: TensorDictBase, timings: dict[str, float] | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """Forward, backward, clip and optimizer step of each pass: the part a CUDA graph captures.
+        ``timings``: add each piece's wall time to it (``log_timings``)."""
+        metrics: dict[str, torch.Tensor] = {}
+        norms: dict[str, torch.Tensor] = {}
+        clock = time.perf_counter if timings is not None else _no_clock
+        for forward, only in self._passes():
+            t0 = clock()
+            total, pass_metrics = forward(batch)
+            t1 = clock()
+            self._backward(total)
+            t2 = clock()
+            for key, norm in self._optim(only).items():  # a group stepped in two passes: both parts' norm
+                norms[key] = torch.hypot(norms[key], norm) if key in norms else norm
+            t3 = clock()
+            metrics.update(pass_metrics)
+            if timings is not None:
+                for name, dt in (("forward", t1 - t0), ("backward", t2 - t1), ("optim", t3 - t2)):
+                    timings[name] += dt
+        metrics.update(with_total_norm(norms))
         return {k: v.detach() for k, v in metrics.items()}
 
     def _graph_step(self) -> Callable[[TensorDictBase], TensorDictBase]:
@@ -188,6 +230,15 @@ class UpdateStep:
         """:meth:`update` without wrapping the metrics in a TensorDict (the loop's per-step path)."""
         metrics = dict(self._graph_step()(batch).items()) if self.cuda_graph else self._gradient_step(batch)
         self._target()  # outside any graph: HardUpdate's interval counter is Python state
+        return metrics
+
+    def _timed_update(self, batch: TensorDictBase, timings: dict[str, float]) -> dict[str, torch.Tensor]:
+        """:meth:`_update` (without a CUDA graph) adding each piece's wall time to ``timings`` (forward,
+        backward, optim, target: ``log_timings``)."""
+        metrics = self._gradient_step(batch, timings)
+        t0 = time.perf_counter()
+        self._target()
+        timings["target"] += time.perf_counter() - t0
         return metrics
 
     def _scaled(self, batch: TensorDictBase) -> TensorDictBase:

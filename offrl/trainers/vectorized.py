@@ -77,6 +77,8 @@ def vectorize_reason(trainers: Sequence[Trainer]) -> str | None:
                 first.optimizer):
             return "the batched step needs the same Adam optimizer for every seed"
     if _continuous_cql(first):
+        if any(t.update_order != "joint" for t in trainers):
+            return "the batched step runs update_order=joint only; run the seeds without --vectorize"
         if any(t.bc_steps != first.bc_steps for t in trainers):
             return "every seed must use the same bc_steps"
         return stackable_cql_reason([t.loss_module for t in trainers])

@@ -41,7 +41,7 @@ def test_cql_build_parts_and_policy_scale():
     parts = cql.build(CQLConfig(hidden_sizes=(16, 16)), observation_shape=(3,), action_spec=BOX2, seed=0)
     assert isinstance(parts, AlgoParts)
     assert [g["name"] for g in parts.optimizer.param_groups] == ["actor", "critic", "alpha"]
-    assert parts.trainer_kwargs == {"bc_steps": 0}
+    assert parts.trainer_kwargs == {"bc_steps": 0, "update_order": "joint"}
     td = _batch(256)
     with set_exploration_type(ExplorationType.RANDOM):
         actions = parts.policy(td.select("observation"))["action"]

@@ -80,4 +80,7 @@ def test_cli_says_what_the_data_chose(tmp_path, offrl_cli, assert_user_error):
     bad = offrl_cli("train", "--dataset", "offrl/pendulum/expert-v0", "--steps", "2", "--set", "cql.actor_std=log",
                     "--out", str(tmp_path / "bad"))
     assert_user_error(bad, "cql.actor_std", "softplus, exp")
+    bad = offrl_cli("train", "--dataset", "offrl/pendulum/expert-v0", "--steps", "2", "--set",
+                    "cql.update_order=actor_first", "--out", str(tmp_path / "bad"))
+    assert_user_error(bad, "cql.update_order", "joint, critic_first")
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("config.yaml"))

@@ -27,10 +27,12 @@ def _stop_at(k: int):
     return evaluator, box
 
 
-@pytest.mark.parametrize("kind", ["cql", "dcql", "dqn"])
+@pytest.mark.parametrize("kind", ["cql", "cql-critic-first", "dcql", "dqn"])
 @pytest.mark.parametrize("backend", ["torch", "memmap"])
 def test_stop_and_resume_matches_uninterrupted(kind, backend, request, tmp_path, monkeypatch):
     monkeypatch.setenv("CKPT_BACKEND", backend)
+    order = "critic_first" if kind == "cql-critic-first" else "joint"
+    kind = kind.removesuffix("-critic-first")
     data = request.getfixturevalue("pendulum_medium" if kind == "cql" else "cartpole_medium")
     common = dict(offline_steps=STEPS, log_interval=3, eval_interval=5, save_trainer_interval=7)
     # SoftUpdate/HardUpdate counters, Adam moments, bc switch (cql) and sampler RNG all matter here
@@ -39,7 +41,8 @@ def test_stop_and_resume_matches_uninterrupted(kind, backend, request, tmp_path,
 
         from offrl.algos import cql
 
-        common["cfg"] = cql.CQLConfig(**{**SMALL_CQL.__dict__, "bc_steps": 12, "with_lagrange": True})
+        common["cfg"] = cql.CQLConfig(**{**SMALL_CQL.__dict__, "bc_steps": 12, "with_lagrange": True,
+                                         "update_order": order})
 
     full_log = ListLogger()
     ev, _ = _stop_at(-1)

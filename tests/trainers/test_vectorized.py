@@ -195,3 +195,6 @@ def test_refuses_seeds_it_cannot_batch(cartpole_medium, pendulum_medium, tmp_pat
         group(("cql", pendulum_medium, small), ("cql", pendulum_medium, small))
     with pytest.raises(UserError, match="same bc_steps"):
         group(("cql", pendulum_medium, {**small, "bc_steps": 2}), ("cql", pendulum_medium, small))
+    with pytest.raises(UserError, match="update_order=joint only; run the seeds without --vectorize"):
+        critic_first = {**small, "update_order": "critic_first"}
+        group(("cql", pendulum_medium, critic_first), ("cql", pendulum_medium, critic_first))
