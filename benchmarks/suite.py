@@ -447,7 +447,7 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   default as d3rlpy does unless `cql.orthogonal_init` is true (CORL's orthogonal init, offrl's default until
   2026-12-06; the row's config says which); the actor's std is a softplus head bounded below (offrl's default,
   torchrl's) or a clamped log-std head (d3rlpy; offrl with `cql.actor_std=exp`); d3rlpy steps its critics before
-  its actor, offrl steps both from one backward; offrl holds `eval.heldout_fraction` of the episodes out of training for its
+  its actor, offrl steps both from one backward unless `cql.update_order` is `critic_first`; offrl holds `eval.heldout_fraction` of the episodes out of training for its
   TD-error diagnostic, d3rlpy trains on all of them; d3rlpy reads the Minari files through
   `benchmarks/d3rlpy_peer.py` (plain
   h5py) and evaluates with gymnasium 1.0 in its own environment (same env ids, seeds and time limits).
