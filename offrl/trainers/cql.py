@@ -167,7 +167,7 @@ class CQLTrainer(Trainer):
             total = total + loss_td.get("loss_alpha_prime")
         return total
 
-    def _passes(self):
+    def _passes(self) -> tuple:
         if self.update_order == "joint":
             return super()._passes()
         if self._pass_params is None:

@@ -24,7 +24,7 @@ from offrl.data.scaling import ObservationScaler, checked_scaler
 from offrl.errors import UserError
 from offrl.trainers.optim import fast_optimizer_step, fast_zero_grad
 
-__all__ = ["UpdateStep", "batch_scalers", "capture_cuda_graph", "fast_target_step", "tune_allocator", "with_total_norm"]
+__all__ = ["UpdateStep", "batch_scalers", "capture_cuda_graph", "fast_target_step", "tune_allocator"]
 
 
 def batch_scalers(observation_scaler: Any, reward_scaler: Any, device: Any,
@@ -113,13 +113,13 @@ def _no_clock() -> float:
     return 0.0
 
 
-def with_total_norm(norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _with_total_norm(norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``norms`` (one ``grad_norm_<group>`` per param group) with ``grad_norm``, the norm over all groups."""
-    values = [v for k, v in norms.items() if k != "grad_norm"]
+    values = list(norms.values())
     if not values:
-        return dict(norms)
+        return norms
     total = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum().sqrt()
-    return {**{k: v for k, v in norms.items() if k != "grad_norm"}, "grad_norm": total}
+    return {**norms, "grad_norm": total}
 
 
 class UpdateStep:
@@ -166,8 +166,8 @@ class UpdateStep:
 
     def _optim(self, only: frozenset[int] | None = None) -> dict[str, torch.Tensor]:
         """Clip (torchrl's semantics) per param group, step; returns each group's norm before clipping
-        (``grad_norm_<group>``). ``only``: the ids
-        of the parameters to step; the others' gradients are dropped first, so the optimizer skips them."""
+        (``grad_norm_<group>``). ``only``: the ids of the parameters to step; the others' gradients are
+        dropped first, so the optimizer skips them."""
         norms: dict[str, torch.Tensor] = {}
         for i, group in enumerate(self.optimizer.param_groups):
             if only is not None:
@@ -215,7 +215,7 @@ class UpdateStep:
             if timings is not None:
                 for name, dt in (("forward", t1 - t0), ("backward", t2 - t1), ("optim", t3 - t2)):
                     timings[name] += dt
-        metrics.update(with_total_norm(norms))
+        metrics.update(_with_total_norm(norms))
         return {k: v.detach() for k, v in metrics.items()}
 
     def _graph_step(self) -> Callable[[TensorDictBase], TensorDictBase]:
