@@ -202,15 +202,18 @@ class OfflineCQLLoss(CQLLoss):
 
     def _regularizer_now(self, td: TensorDictBase) -> torch.Tensor:
         """:meth:`actor_regularizer` with ``Q(s, a_data)`` scored by the critics as they are now."""
-        with set_exploration_type(ExplorationType.RANDOM), self.actor_network_params.to_module(
-            self.actor_network, preserve_module_state=False
-        ):
-            mean_action = self.actor_network.get_dist(td).deterministic_sample
         with torch.no_grad():
             q_in = td.select(*self.qvalue_network.in_keys, strict=False)
             q_data = self._vmap_qvalue_networkN0(q_in, self.qvalue_network_params.data).get(
                 self.tensor_keys.state_action_value)
-        return self.actor_regularizer(mean_action, td.get(self.tensor_keys.action), q_data.squeeze(-1))
+        return self.actor_regularizer(self._mean_action(td), td.get(self.tensor_keys.action), q_data.squeeze(-1))
+
+    def _mean_action(self, td: TensorDictBase) -> torch.Tensor:
+        """tanh(mu(s)), with gradient to the actor (the TD3+BC term's action)."""
+        with set_exploration_type(ExplorationType.RANDOM), self.actor_network_params.to_module(
+            self.actor_network, preserve_module_state=False
+        ):
+            return self.actor_network.get_dist(td).deterministic_sample
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:  # type: ignore[override]
@@ -227,13 +230,9 @@ class OfflineCQLLoss(CQLLoss):
         out["loss_actor_bc"], _ = self.actor_bc_loss(td)
         out["loss_actor"], actor_metadata = self.actor_loss(td)
         if self.actor_bc_weight > 0:
-            with set_exploration_type(ExplorationType.RANDOM), self.actor_network_params.to_module(
-                self.actor_network, preserve_module_state=False
-            ):
-                mean_action = self.actor_network.get_dist(td).deterministic_sample
             q_data = torch.stack([td.get(self.tensor_keys.pred_q1), td.get(self.tensor_keys.pred_q2)])
             out["loss_actor"] = out["loss_actor"] + self.actor_regularizer(
-                mean_action, td.get(self.tensor_keys.action), q_data)
+                self._mean_action(td), td.get(self.tensor_keys.action), q_data)
         out["loss_alpha"], _ = self.alpha_loss(actor_metadata, mask_tensordict=td)
         out["alpha"] = self._alpha
         out["entropy"] = -actor_metadata[self.tensor_keys.log_prob].mean()

@@ -73,7 +73,7 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
         with set_exploration_type(ExplorationType.RANDOM), torch.autocast(action.device.type, enabled=False):
             params_obs, params_next = self._actor_dist_params(obs_td, next_td)
             # Random draws in OfflineCQLLoss's order: backup action (q_loss), then pi(s), pi(s'), uniform
-            # (cql_gaps), then the BC and actor samples.
+            # (cql_gaps), then the BC and actor samples (_actor_terms).
             with torch.no_grad():
                 dist_next = self.actor_network.build_dist_from_params(params_next)
                 next_action, next_log_prob = rsample_and_log_prob(dist_next)
@@ -84,10 +84,6 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
                 curr_actions, curr_log_pis = rsample_and_log_prob(self._repeat_dist(params_obs.detach(), n_rand))
                 next_actions, next_log_pis = rsample_and_log_prob(dist_next_rep)
                 random_actions = torch.empty_like(curr_actions).uniform_(-1, 1)
-            dist_obs = self.actor_network.build_dist_from_params(params_obs)
-            _, bc_sample_log_prob = rsample_and_log_prob(dist_obs)
-            bc_log_prob = dist_obs.log_prob(action)
-            pi_action, pi_log_prob = rsample_and_log_prob(dist_obs)
 
         target_value = self._td_target(td, next_td, next_action, next_log_prob, max_actions, alpha)
 
@@ -122,16 +118,7 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
             gaps = (lse - pred_q).mean(-1)  # [n_q]
             gap = gaps.detach().mean()
             out = {"loss_qvalue": loss_qvalue, **self.penalty_terms(gaps)}
-        actor = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob,
-                                  alpha)
-        if self.actor_bc_weight > 0:
-            actor["loss_actor"] = actor["loss_actor"] + self.actor_regularizer(
-                dist_obs.deterministic_sample, action, q_data.squeeze(-1))
-        out["loss_actor_bc"] = actor["loss_actor_bc"]
-        out["loss_actor"] = actor["loss_actor"]
-        out["loss_alpha"] = actor["loss_alpha"]
-        out["alpha"] = alpha
-        out["entropy"] = -pi_log_prob.detach().mean()
+        out.update(self._actor_terms(q_steps, obs_td, params_obs, action, alpha, q_data))
         out["cql_gap"] = gap
         if self.with_lagrange:
             out["alpha_prime"] = self.log_alpha_prime.detach().exp()
@@ -142,30 +129,16 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
         if not self.fast_path or tensordict.ndim != 1:
             return super().actor_forward(tensordict)
         td = self._unit_actions(tensordict)
-        actor_in = [unravel_key(k) for k in self.actor_network.in_keys]
-        obs_td = td.select(*actor_in)
+        obs_td = td.select(*[unravel_key(k) for k in self.actor_network.in_keys])
         action = td.get(self.tensor_keys.action)
-        alpha = self._alpha
         with set_exploration_type(ExplorationType.RANDOM), torch.autocast(action.device.type, enabled=False):
-            if self._actor is not None:
-                params_obs = self._actor_params(obs_td, self._steps(self._actor[0], "actor_network_params"))
-            else:
-                with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-                    params_obs = self.actor_network.get_dist_params(obs_td.copy()).select(*self._dist_in)
-            dist_obs = self.actor_network.build_dist_from_params(params_obs)
-            _, bc_sample_log_prob = rsample_and_log_prob(dist_obs)  # torchrl's order: BC sample, then actor's
-            bc_log_prob = dist_obs.log_prob(action)
-            pi_action, pi_log_prob = rsample_and_log_prob(dist_obs)
+            params_obs = self._dist_params(obs_td)
         q_steps = self._steps(self._q_plan, "qvalue_network_params")
-        out = self._actor_terms(q_steps, obs_td, pi_action, pi_log_prob, bc_sample_log_prob, bc_log_prob, alpha)
-        if self.actor_bc_weight > 0:
+        q_data = None
+        if self.actor_bc_weight > 0:  # the regulariser's scale, from the critics as they are now
             with torch.no_grad():
-                q_data = ensemble_forward(detached(q_steps), self._q_input(obs_td, action), self.num_qvalue_nets)
-            out["loss_actor"] = out["loss_actor"] + self.actor_regularizer(
-                dist_obs.deterministic_sample, action, q_data.squeeze(-1))
-        out["alpha"] = alpha
-        out["entropy"] = -pi_log_prob.detach().mean()
-        return TensorDict(out)
+                q_data = ensemble_forward(q_steps, self._q_input(obs_td, action), self.num_qvalue_nets)
+        return TensorDict(self._actor_terms(q_steps, obs_td, params_obs, action, self._alpha, q_data))
 
     def _init_fast_path(self) -> None:
         found = mlp_plan(self.qvalue_network, self.qvalue_network_params)
@@ -271,20 +244,18 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
     def _actor_dist_params(self, obs_td: TensorDictBase, next_td: TensorDictBase):
         """Distribution parameters at ``s`` (with grad: actor and BC losses) and at ``s'`` (no grad:
         torchrl samples there with the detached actor parameters). One actor pass each."""
-        dist_in = self._dist_in
+        params_obs = self._dist_params(obs_td)
+        with torch.no_grad():
+            return params_obs, self._dist_params(next_td, detach=True)
+
+    def _dist_params(self, td: TensorDictBase, detach: bool = False) -> TensorDictBase:
+        """The actor's distribution parameters at ``td`` (through its plan where it has one)."""
         if self._actor is not None:
             steps = self._steps(self._actor[0], "actor_network_params")
-            params_obs = self._actor_params(obs_td, steps)
-            with torch.no_grad():
-                params_next = self._actor_params(next_td, detached(steps))
-            return params_obs, params_next
-        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-            params_obs = self.actor_network.get_dist_params(obs_td.copy())
-        with torch.no_grad(), self.actor_network_params.data.to_module(
-            self.actor_network, preserve_module_state=False
-        ):
-            params_next = self.actor_network.get_dist_params(next_td.copy())
-        return params_obs.select(*dist_in), params_next.select(*dist_in)
+            return self._actor_params(td, detached(steps) if detach else steps)
+        params = self.actor_network_params.data if detach else self.actor_network_params
+        with params.to_module(self.actor_network, preserve_module_state=False):
+            return self.actor_network.get_dist_params(td.copy()).select(*self._dist_in)
 
     def _actor_params(self, td: TensorDictBase, steps: list) -> TensorDictBase:
         """The actor's distribution parameters at ``td``'s observations, computed by its plan."""
@@ -310,21 +281,33 @@ class FusedOfflineCQLLoss(ParamCache, OfflineCQLLoss):
         value_td.set(("next", self.value_estimator.tensor_keys.value), next_value)
         return self.value_estimator.value_estimate(value_td).squeeze(-1)
 
-    def _actor_terms(self, q_steps: list, obs_td: TensorDictBase, pi_action: Tensor, pi_log_prob: Tensor,
-                     bc_sample_log_prob: Tensor, bc_log_prob: Tensor, alpha: Tensor) -> dict[str, Tensor]:
-        """loss_actor (critics detached), loss_actor_bc and loss_alpha, as torchrl computes them."""
+    def _actor_terms(self, q_steps: list, obs_td: TensorDictBase, params_obs: TensorDictBase, action: Tensor,
+                     alpha: Tensor, q_data: Tensor | None) -> dict[str, Tensor]:
+        """loss_actor (critics detached; plus the TD3+BC term, scaled by ``q_data`` = Q(s, a_data) per critic,
+        when ``actor_bc_weight`` > 0), loss_actor_bc, loss_alpha, alpha and entropy, as torchrl computes them.
+        Draws the BC sample, then the actor's, from pi(.|s) (``params_obs``)."""
+        with set_exploration_type(ExplorationType.RANDOM), torch.autocast(action.device.type, enabled=False):
+            dist_obs = self.actor_network.build_dist_from_params(params_obs)
+            _, bc_sample_log_prob = rsample_and_log_prob(dist_obs)
+            bc_log_prob = dist_obs.log_prob(action)
+            pi_action, pi_log_prob = rsample_and_log_prob(dist_obs)
         q_pi = ensemble_forward(detached(q_steps), self._q_input(obs_td, pi_action), self.num_qvalue_nets)
         min_q_pi = q_pi.min(0)[0].squeeze(-1)
         if self.target_entropy is not None:
             loss_alpha = (-self.log_alpha * (pi_log_prob.detach() + self.target_entropy)).mean()
         else:
             loss_alpha = torch.zeros_like(pi_log_prob).mean()
+        loss_actor = (alpha * pi_log_prob - min_q_pi).mean()
+        if self.actor_bc_weight > 0:
+            loss_actor = loss_actor + self.actor_regularizer(dist_obs.deterministic_sample, action,
+                                                             q_data.squeeze(-1))
         return {
-            "loss_actor": (alpha * pi_log_prob - min_q_pi).mean(),
             "loss_actor_bc": (alpha * bc_sample_log_prob - bc_log_prob).mean(),
+            "loss_actor": loss_actor,
             "loss_alpha": loss_alpha,
+            "alpha": alpha,
+            "entropy": -pi_log_prob.detach().mean(),
         }
-
 
 
 class FusedCalQLLoss(CalQLLoss, FusedOfflineCQLLoss):

@@ -109,10 +109,6 @@ def capture_cuda_graph(step: Callable[[TensorDictBase], TensorDict], optimizer: 
         return CudaGraphModule(step, in_keys=[], out_keys=[], warmup=warmup)
 
 
-def _no_clock() -> float:
-    return 0.0
-
-
 def _with_total_norm(norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``norms`` (one ``grad_norm_<group>`` per param group) with ``grad_norm``, the norm over all groups."""
     values = list(norms.values())
@@ -201,16 +197,15 @@ class UpdateStep:
         ``timings``: add each piece's wall time to it (``log_timings``)."""
         metrics: dict[str, torch.Tensor] = {}
         norms: dict[str, torch.Tensor] = {}
-        clock = time.perf_counter if timings is not None else _no_clock
         for forward, only in self._passes():
-            t0 = clock()
+            t0 = time.perf_counter()
             total, pass_metrics = forward(batch)
-            t1 = clock()
+            t1 = time.perf_counter()
             self._backward(total)
-            t2 = clock()
+            t2 = time.perf_counter()
             for key, norm in self._optim(only).items():  # a group stepped in two passes: both parts' norm
                 norms[key] = torch.hypot(norms[key], norm) if key in norms else norm
-            t3 = clock()
+            t3 = time.perf_counter()
             metrics.update(pass_metrics)
             if timings is not None:
                 for name, dt in (("forward", t1 - t0), ("backward", t2 - t1), ("optim", t3 - t2)):
