@@ -43,10 +43,12 @@ def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float, flo
 
 
 def _trend(steps: np.ndarray, score: np.ndarray) -> float:
-    """Least-squares slope through these evaluations times the steps they span (0 for a single one)."""
-    if len(steps) < 2:
-        return 0.0
-    return float(np.polyfit(steps.astype(float), score, 1)[0] * (steps[-1] - steps[0]))
+    """The last third's trend (offrl's :func:`~offrl.evaluation.findings.curve_trend`: the least-squares
+    slope through the evaluations from two thirds of the run on, times the steps they span); 0 for one."""
+    from offrl.evaluation.findings import curve_trend
+
+    change = curve_trend(steps, score)[0]
+    return 0.0 if np.isnan(change) else change
 
 
 def _difference(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> tuple[float, float, float]:
@@ -168,7 +170,7 @@ def tables(runs: list[Path], last_episodes: int = 0) -> tuple[list[str], int]:
             score[-1] = last
         start = int(np.searchsorted(steps, steps[-1] * 2 / 3))
         rows.append(dict(dataset=ds, algo=algo, last=score[-1], last5=score[-5:].mean(),
-                         change=score[-1] - score[start], trend=_trend(steps[start:], score[start:]),
+                         change=score[-1] - score[start], trend=_trend(steps, score),
                          steps=int(steps[-1])))
     if not rows:
         return [], unfinished

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-__all__ = ["ci_text", "critic_line", "fmt", "non_negative_int", "positive_int", "score_line"]
+__all__ = ["ci_text", "critic_line", "fmt", "non_negative_int", "positive_int", "score_line", "trend_text"]
 
 
 def fmt(x: Any, spec: str = ".1f") -> str:
@@ -51,6 +51,9 @@ def score_line(summary: dict[str, Any], *, eval_interval: int | None = None) -> 
             key = "normalized_score" if recent.get("normalized_score") is not None else "return_mean"
             parts.append(f"mean of last {recent['evaluations']} evaluations {fmt(recent.get(key))}"
                          + (" normalized" if key == "normalized_score" else ""))
+        trend = trend_text(summary.get("trend"))
+        if trend:
+            parts.append(trend)
         best_key = "normalized_score" if best.get("normalized_score") is not None else "return_mean"
         parts.append(f"best {fmt(best.get(best_key))}{' normalized' if best_key == 'normalized_score' else ''} "
                      f"at step {best.get('step')}")
@@ -67,6 +70,22 @@ def score_line(summary: dict[str, Any], *, eval_interval: int | None = None) -> 
         parts.append("no evaluation")
     parts.append(f"dataset mean return {fmt(data.get('mean_return'))}")
     return ": ".join(parts[:1]) + ": " + ", ".join(parts[1:])
+
+
+def trend_text(trend: dict[str, Any] | None) -> str | None:
+    """``last third +5.7 [+2.2, +9.2] normalized: still rising (more steps may score higher)``: the trend of
+    the score over the last third of the run (summary.json's ``trend``, or the mean over seeds), or None
+    where it has no interval (too few evaluations to say anything)."""
+    given = lambda x: x is not None and not (isinstance(x, float) and math.isnan(x))  # noqa: E731
+    low, high = (list((trend or {}).get("ci95") or []) + [None, None])[:2]
+    if not trend or not (given(trend.get("change")) and given(low) and given(high)):
+        return None
+    unit = " normalized" if trend.get("unit") == "normalized_score" else ""
+    reading = trend.get("reading")
+    advice = {"still rising": " (more steps may score higher)",
+              "unclear": " (too noisy to tell: evaluate more often or run more seeds)"}.get(reading, "")
+    return (f"last third {fmt(trend['change'], '+.1f')} [{fmt(low, '+.1f')}, {fmt(high, '+.1f')}]{unit}: "
+            f"{reading}{advice}")
 
 
 def positive_int(text: str) -> int:

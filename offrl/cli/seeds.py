@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from offrl.cli.children import MILESTONES, ChildProcess, sigterm_as_interrupt, start_child
-from offrl.cli.format import fmt
+from offrl.cli.format import fmt, trend_text
 from offrl.errors import UserError
 
 __all__ = ["run_seeds", "run_vectorized", "seed_groups", "seed_list", "threads_per_job"]
@@ -421,7 +421,11 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
         print(f"{len(runs)} of {n_seeds} seeds, {row['dataset']} {row['group']}: last {unit} {_ci(row, 'last')} "
               f"(mean [95% CI over seeds]), IQM {fmt(row['last_iqm'])}; mean of last {int(row['recent_evals'])} "
               f"evaluations {_ci(row, 'recent')}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")
-        if row["critic"]:
+        trend = trend_text({"change": row["trend_mean"], "ci95": [row["trend_low"], row["trend_high"]],
+                            "reading": row["trend_reading"], "unit": "normalized_score" if normalized else "return"})
+        if trend:
+            print(f"  {trend} (mean over seeds)")
+        if isinstance(row["critic"], str):  # pandas reads a missing finding as NaN
             print(f"  critic (mean over seeds): {row['critic']}")
     print(f"report: {report.html}")
 

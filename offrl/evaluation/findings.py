@@ -10,6 +10,11 @@ Plain numpy (no torch): the reports and the CLI's score lines use it without imp
 - :func:`critic_finding`: ``over-estimates`` / ``under-estimates`` / ``consistent`` with the gap in
   return units and as a share of the achieved discounted return; consistent within
   :data:`CONSISTENT_WITHIN` (10%) of its magnitude.
+- :func:`curve_trend` and :func:`trend_reading`: has a learning curve settled? The trend over the last third
+  of the run (the least-squares line through every evaluation from two thirds of the last evaluated step
+  on, its slope times the steps it spans) with the Student-t 95% interval of that slope; settled when the
+  interval lies within :data:`SETTLED_WITHIN` (5%) of the score's span (5 normalized points), still rising
+  or falling when it excludes 0 otherwise (docs/reports.md).
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CONSISTENT_WITHIN", "critic_finding", "critic_verdict", "mean_ci", "t975"]
+__all__ = ["CONSISTENT_WITHIN", "SETTLED_WITHIN", "critic_finding", "critic_verdict", "curve_trend", "mean_ci", "t975",
+           "trend_reading"]
 
 #: |V(s0) - achieved| within this share of |achieved| reads as "consistent".
 CONSISTENT_WITHIN = 0.10
+#: A curve has settled when its last third's trend lies within this share of the score's span: of the
+#: random-to-expert range for normalized scores (5 points), of the range the curve covers for raw returns.
+SETTLED_WITHIN = 0.05
 
 # t(0.975, df) for df = 1..30 (any statistics table); beyond 30 the Cornish-Fisher expansion below is
 # within 1e-4 of it.
@@ -81,3 +90,49 @@ def critic_finding(v_s0: float | None, achieved: float | None) -> str | None:
         return f"consistent: {numbers} (within {100 * CONSISTENT_WITHIN:.0f}%, off by {abs(gap):.1f})"
     side = "above" if gap > 0 else "below"
     return f"{verdict}-estimates by {abs(gap):.1f} ({numbers}, {pct} {side})"
+
+
+def curve_trend(steps: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray
+                ) -> tuple[float, float, float, int]:
+    """``(change, low, high, n)``: the trend of a learning curve over the last third of its run.
+
+    The least-squares line through the ``n`` evaluations at or after two thirds of the last evaluated step,
+    its slope times the steps those evaluations span (with two of them, their difference), and the Student-t
+    95% interval of that slope from the line's residuals scaled the same way. ``change`` is NaN with fewer
+    than two evaluations there; the interval's ends are NaN with fewer than three."""
+    s = np.asarray(steps, dtype=np.float64).reshape(-1)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    keep = np.isfinite(s) & np.isfinite(v)
+    s, v = s[keep], v[keep]
+    if not s.size:
+        return math.nan, math.nan, math.nan, 0
+    order = np.argsort(s, kind="stable")
+    s, v = s[order], v[order]
+    start = int(np.searchsorted(s, s[-1] * 2 / 3))
+    s, v = s[start:], v[start:]
+    n = int(s.size)
+    span = float(s[-1] - s[0])
+    if n < 2 or span <= 0:
+        return math.nan, math.nan, math.nan, n
+    sxx = float(((s - s.mean()) ** 2).sum())
+    slope = float(((s - s.mean()) * (v - v.mean())).sum()) / sxx
+    if n < 3:
+        return slope * span, math.nan, math.nan, n
+    residuals = v - (v.mean() + slope * (s - s.mean()))
+    half = t975(n - 2) * math.sqrt(float((residuals**2).sum()) / (n - 2) / sxx)
+    return slope * span, (slope - half) * span, (slope + half) * span, n
+
+
+def trend_reading(change: float, low: float, high: float, tolerance: float) -> str:
+    """``settled`` (the interval within +-``tolerance``), ``still rising`` / ``still falling`` (it excludes
+    0 otherwise), ``unclear`` (too wide to tell: more evaluations or seeds), ``too few evaluations`` (no
+    interval: fewer than three evaluations in the last third, and one seed)."""
+    if not all(math.isfinite(x) for x in (change, low, high, tolerance)):
+        return "too few evaluations"
+    if -tolerance <= low and high <= tolerance:
+        return "settled"
+    if low > 0:
+        return "still rising"
+    if high < 0:
+        return "still falling"
+    return "unclear"

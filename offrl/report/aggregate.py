@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from offrl.evaluation.findings import critic_finding
+from offrl.evaluation.findings import SETTLED_WITHIN, critic_finding, curve_trend, trend_reading
 from offrl.report.runs import RunRecord
 from offrl.report.stats import CURVE_RESAMPLES, bootstrap_ci, iqm, stratified_bootstrap_ci
 
-__all__ = ["Group", "ScoreUnit", "aggregate_table", "chosen_table", "curve", "group_runs", "run_table", "summary_table"]
+__all__ = ["Group", "ScoreUnit", "aggregate_table", "chosen_table", "curve", "group_runs", "group_trend", "run_table",
+           "summary_table"]
 
 NORMALIZED, RAW = "eval_normalized_score", "eval_return_mean"
 
@@ -284,9 +285,32 @@ def _fmt_ci(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v)), "n": int(v.size)}
 
 
+def group_trend(group: Group) -> dict[str, Any]:
+    """The score's trend over the last third of the runs (:func:`~offrl.evaluation.findings.curve_trend` per
+    run): the mean over seeds with a bootstrap 95% CI over them, or one seed's own Student-t interval, and its
+    reading against the tolerance (5 normalized points, or 5% of the range the group's raw returns cover)."""
+    trends, values = [], []
+    for run in group.runs:
+        ev = run_evals(run, group.unit.column)
+        values.append(ev["value"].to_numpy(dtype=float))
+        trends.append(curve_trend(ev["step"].to_numpy(dtype=float), ev["value"].to_numpy(dtype=float)))
+    scored = [t for t in trends if math.isfinite(t[0])]
+    if len(scored) > 1:
+        changes = np.array([t[0] for t in scored])
+        mean, (low, high) = float(changes.mean()), bootstrap_ci(changes)
+    else:
+        mean, low, high = scored[0][:3] if scored else (math.nan, math.nan, math.nan)
+    seen = np.concatenate(values) if values else np.array([])
+    span = 100.0 if group.unit.normalized else (float(seen.max() - seen.min()) if seen.size else math.nan)
+    tolerance = SETTLED_WITHIN * span
+    return {"trend_mean": mean, "trend_low": low, "trend_high": high, "trend_n": len(scored),
+            "trend_tolerance": tolerance, "trend_reading": trend_reading(mean, low, high, tolerance)}
+
+
 def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
-    """One row per dataset × group: last and best (mean, IQM, 95% CI over seeds), seeds, steps, updates/s,
-    and the behaviour policy's mean return from the dataset."""
+    """One row per dataset × group: last and best (mean, IQM, 95% CI over seeds), the mean of the last
+    evaluations, the last third's trend (:func:`group_trend`), seeds, steps, updates/s, and the behaviour
+    policy's mean return from the dataset."""
     rows = []
     for g in groups:
         lb = np.array([last_and_best(r, g.unit.column) for r in g.runs], dtype=float).reshape(-1, 2)
@@ -309,6 +333,7 @@ def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
             **{f"last_{k}": v for k, v in last.items()}, **{f"best_{k}": v for k, v in best.items()},
             **{f"recent_{k}": v for k, v in recent.items()},
             "recent_evals": max((f.recent_n for f in finals), default=0),
+            **group_trend(g),
             "last_episodes": float(np.median(episodes)) if episodes else math.nan,
             # one seed: the interval over its final evaluation's episodes is the only noise figure there is
             "last_episode_low": one.low if one else math.nan, "last_episode_high": one.high if one else math.nan,

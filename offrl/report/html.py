@@ -32,6 +32,7 @@ td.l,th.l{text-align:left}
 tr.ds td{background:#f0f3f8;font-weight:600;text-align:left}
 .ci{color:#6b7385;font-size:.85em;white-space:nowrap}
 .raw{color:#9a5b00;font-size:.8em}
+.settled{color:#2e7d32;font-size:.85em}.unsettled{color:#9a5b00;font-size:.85em}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:.8em;color:#fff;background:#6b7385}
 .completed{background:#2e7d32}.running{background:#1565c0}.crashed{background:#c62828}.stopped{background:#ef6c00}
 .incomplete{background:#8e24aa}.duplicate{background:#9e9e9e}
@@ -87,12 +88,13 @@ def _summary(table: pd.DataFrame) -> str:
     if table.empty:
         return '<p class="note">No runs.</p>'
     head = ("<tr><th class='l'>Algorithm</th><th>Seeds</th><th>Steps</th><th>Updates/s</th>"
-            "<th>Last (mean [95% CI])</th><th>Mean of last 5 evaluations</th><th>Best (mean [95% CI])</th>"
+            "<th>Last (mean [95% CI])</th><th>Mean of last 5 evaluations</th><th>Last third: trend [95% CI]</th>"
+            "<th>Best (mean [95% CI])</th>"
             "<th>IQM last</th><th>Behaviour policy</th><th class='l'>Critic: V(s0) vs achieved return</th>"
             "<th class='l'>References</th></tr>")
     body = []
     for ds, part in table.groupby("dataset", sort=True):
-        body.append(f"<tr class='ds'><td colspan='11'>{_e(ds)}</td></tr>")
+        body.append(f"<tr class='ds'><td colspan='12'>{_e(ds)}</td></tr>")
         for _, row in part.iterrows():
             beh = _num(row["behaviour_return"])
             if not math.isnan(row["behaviour_normalized"]):
@@ -101,9 +103,9 @@ def _summary(table: pd.DataFrame) -> str:
                 beh += ' <span class="raw">raw</span>'
             body.append(
                 f"<tr><td class='l'>{_e(row['group'])}</td><td>{_e(row['seeds'])}</td><td>{int(row['steps']):,}</td>"
-                f"<td>{_num(row['updates_per_s'])}</td><td>{_score(row, 'last')}</td><td>{_recent(row)}</td>"
+                f"<td>{_num(row['updates_per_s'])}</td><td>{_score(row, 'last')}</td><td>{_recent(row)}</td><td>{_trend(row)}</td>"
                 f"<td>{_score(row, 'best')}</td><td>{_num(row['last_iqm'])}</td><td>{beh}</td>"
-                f"<td class='l critic'>{_e(row['critic'] or 'no critic diagnostic logged')}</td>"
+                f"<td class='l critic'>{_e(row['critic'] if isinstance(row['critic'], str) else 'no critic diagnostic logged')}</td>"
                 f"<td class='l'>{_e(row['ref_source'] if isinstance(row['ref_source'], str) else 'none: raw returns')}</td></tr>"
             )
     return f"<table id='summary'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
@@ -114,6 +116,20 @@ def _recent(row: pd.Series) -> str:
     if not n:
         return "–"
     return f"{_score(row, 'recent')}<br><span class='ci'>{n} evaluation{'s' if n > 1 else ''} per run</span>"
+
+
+def _trend(row: pd.Series) -> str:
+    """The last third's trend with its interval and reading (``settled`` within the tolerance shown)."""
+    if not _finite(row.get("trend_mean")):
+        return f"<span class='ci'>{_e(row.get('trend_reading') or 'too few evaluations')}</span>"
+    signed = lambda x: "–" if not _finite(x) else f"{float(x):+.1f}".replace("-", "−")  # noqa: E731
+    cell = signed(row["trend_mean"])
+    if _finite(row.get("trend_low")):
+        cell += f" <span class='ci'>[{signed(row['trend_low'])}, {signed(row['trend_high'])}]</span>"
+    reading = row.get("trend_reading")
+    css = "settled" if reading == "settled" else "unsettled"
+    tol = f" (±{_num(row['trend_tolerance'])})" if reading == "settled" and _finite(row.get("trend_tolerance")) else ""
+    return f"{cell}<br><span class='{css}'>{_e(reading)}{tol}</span>"
 
 
 def _aggregate(table: pd.DataFrame) -> str:
@@ -143,7 +159,7 @@ def _runs(table: pd.DataFrame) -> str:
         f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td><td>{_e(r['seed'])}</td>"
         f"<td class='l'><span class='badge {_e(r['status'])}'>{_e(r['status'])}</span>{_not_counted(r)}</td><td>{int(r['steps']):,}</td>"
         f"<td>{_run_last(r)}</td><td>{_num(r['recent'])}</td><td>{_num(r['best'])}</td>"
-        f"<td class='l critic'>{_e(r['critic'] or '–')}</td><td>{int(r['warnings']) or ''}</td>"
+        f"<td class='l critic'>{_e(r['critic'] if isinstance(r['critic'], str) else '–')}</td><td>{int(r['warnings']) or ''}</td>"
         f"<td class='l path'>{_e(r['path'])}</td></tr>"
         for _, r in table.iterrows()
     )
@@ -244,7 +260,11 @@ def render(
         "its episodes (deterministic policy, episode i seeded eval.seed + i); a run's last evaluation uses "
         "eval.final_episodes, and its bracket is a Student-t 95% CI over those episodes. <i>Critic</i>: the "
         "critic's V(s0) on the last evaluation's start states against the discounted return achieved from them "
-        "(consistent within 10%). Normalized score = 100 × (R − ref min) / (ref max − ref min); "
+        "(consistent within 10%). <i>Last third</i>: the least-squares line through each run's evaluations from two "
+        "thirds of its steps on, its slope times the steps it spans (mean over seeds, bootstrap 95% CI; one seed: "
+        "the line's Student-t 95% CI); <i>settled</i> when the interval lies within ±5% of the score's span (5 "
+        "normalized points, or 5% of the range the raw returns cover), <i>still rising</i> or <i>falling</i> when "
+        "it excludes 0 otherwise, <i>unclear</i> when it is too wide to tell. Normalized score = 100 × (R − ref min) / (ref max − ref min); "
         "datasets without reference scores show raw returns, marked <span class='raw'>raw</span>."
         + (" Runs without summary.json are <span class='badge incomplete'>incomplete</span> (still running or "
            "killed); they are shown with what they logged." if "incomplete" in statuses else "")

@@ -27,13 +27,14 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
     from offrl.runs.metrics_log import read_metrics  # torchrl: imported once a run is under way
 
     metrics = read_metrics(path / METRICS_FILE)
-    final = best = recent = critic = None
+    final = best = recent = trend = critic = None
     if "eval_return_mean" in metrics and metrics["eval_return_mean"].notna().any():
         evals = metrics[metrics["eval_return_mean"].notna()]
         final = eval_row(evals.iloc[-1])
         final.update(_episode_returns(parts, final))
         best = eval_row(evals.loc[evals["eval_return_mean"].idxmax()])
         recent = recent_evals(evals)
+        trend = last_third_trend(evals)
         critic = critic_summary(evals.iloc[-1])
     done = step - start_step
     train_seconds = seconds - float(getattr(parts.trainer, "eval_seconds", 0.0))
@@ -62,6 +63,7 @@ def run_summary(path: Path, cfg: TrainerConfig, parts: Any, status: str, start_s
         "final": final,
         "best": best,
         "last_evals": recent,
+        "trend": trend,
         "critic": critic,
         "threads": _threads(),
         "machines": _machines(path, resumed),
@@ -137,6 +139,27 @@ def recent_evals(evals: Any, n: int = RECENT_EVALS) -> dict[str, Any]:
     mean = lambda key: float(tail[key].mean()) if key in tail and tail[key].notna().any() else None  # noqa: E731
     return {"evaluations": int(len(tail)), "from_step": int(tail["step"].iloc[0]), "to_step": int(tail["step"].iloc[-1]),
             "return_mean": mean("eval_return_mean"), "normalized_score": mean("eval_normalized_score")}
+
+
+def last_third_trend(evals: Any) -> dict[str, Any] | None:
+    """Has the score settled? Its trend over the last third of the run with a 95% interval, and the reading
+    (:func:`offrl.evaluation.findings.curve_trend`): normalized where the run has reference scores, else in
+    returns, where the tolerance is 5% of the range the curve covers. None without an evaluation."""
+    from offrl.evaluation.findings import SETTLED_WITHIN, curve_trend, trend_reading
+
+    normalized = "eval_normalized_score" in evals and evals["eval_normalized_score"].notna().any()
+    key = "eval_normalized_score" if normalized else "eval_return_mean"
+    rows = evals[evals[key].notna()]
+    if not len(rows):
+        return None
+    values = rows[key].to_numpy(dtype=float)
+    change, low, high, n = curve_trend(rows["step"].to_numpy(dtype=float), values)
+    tolerance = SETTLED_WITHIN * (100.0 if normalized else float(values.max() - values.min()))
+    finite = lambda x: None if math.isnan(x) else float(x)  # noqa: E731
+    return {"unit": key.removeprefix("eval_"), "evaluations": n,
+            "from_step": int(rows["step"].iloc[len(rows) - n]) if n else None, "to_step": int(rows["step"].iloc[-1]),
+            "change": finite(change), "ci95": [finite(low), finite(high)], "tolerance": tolerance,
+            "reading": trend_reading(change, low, high, tolerance)}
 
 
 def critic_summary(row: Any) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ def _summary(run):
 
 
 def test_seeds_run_in_parallel_and_aggregate(cartpole, tmp_path):
-    result = offrl_cli("train", "--dataset", cartpole, *BASE, "--seeds", "1,3", "--jobs", "2",
+    result = offrl_cli("train", "--dataset", cartpole, *BASE, "--eval-every", "5", "--seeds", "1,3", "--jobs", "2",
                        "--out", str(tmp_path), "--name", "grp", *SETS)
     assert result.returncode == 0, result.stderr
     algo_dir = tmp_path / "cartpole-random" / "discrete-cql"
@@ -42,6 +42,13 @@ def test_seeds_run_in_parallel_and_aggregate(cartpole, tmp_path):
                        .replace("[", "").replace("]", "").replace(",", "").split())
     assert mean == pytest.approx(np.mean(last), abs=0.051)
     assert min(last) - 0.051 <= low <= mean <= high <= max(last) + 0.051
+    # and whether the curves settled: the mean over seeds of each run's last-third trend (steps 20, 25, 30)
+    trends = [_summary(run)["trend"] for run in runs.values()]
+    assert [t["evaluations"] for t in trends] == [3, 3]
+    line = result.stdout.splitlines()[result.stdout.splitlines().index(line) + 1]
+    assert re.fullmatch(r"  last third [-+][\d.]+ \[[-+][\d.]+, [-+][\d.]+\]: "
+                        r"(settled|still rising|still falling|unclear).* \(mean over seeds\)", line), line
+    assert float(line.split()[2]) == pytest.approx(np.mean([t["change"] for t in trends]), abs=0.051)
     assert "Traceback" not in result.stderr
 
 

@@ -9,7 +9,12 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
+import pytest
 from helpers.datafiles import write_d4rl
+
+from offrl.cli.format import trend_text
+from offrl.evaluation.findings import SETTLED_WITHIN, curve_trend, trend_reading
 
 
 def test_help_shows_defaults_env_and_references(offrl_cli):
@@ -25,7 +30,7 @@ def test_help_shows_defaults_env_and_references(offrl_cli):
 def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Path):
     data = tmp_path / "pendulum-file.hdf5"  # a user's file: no references, no env named
     write_d4rl(data, lengths=(30, 30, 30), terminal=(False, False, False), obs_dim=3, act_dim=1)
-    result = offrl_cli("train", "--dataset", str(data), "--env", "Pendulum-v1", "--steps", "4", "--batch-size", "8",
+    result = offrl_cli("train", "--dataset", str(data), "--env", "Pendulum-v1", "--steps", "12", "--batch-size", "8",
                        "--eval-every", "2", "--eval-episodes", "2", "--set", "cql.hidden_sizes=[8,8]",
                        "--set", "log_interval=2", "--out", str(tmp_path / "runs"), "--no-progress",
                        env={"OMP_WAIT_POLICY": ""}, timeout=900)  # unset: offrl's rule applies (docs/threads.md)
@@ -33,14 +38,24 @@ def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Pa
     score = result.stdout.strip().splitlines()[-1]
     # the last evaluation ran eval.final_episodes (20), not --eval-episodes (2), and says so with its interval
     assert re.search(r"final return -?[\d.]+ \[-?[\d.]+, -?[\d.]+\] over 20 episodes \(normalized n/a", score), score
-    assert "mean of last 2 evaluations" in score
+    assert "mean of last 5 evaluations" in score
     assert re.search(r"^critic: (over|under)-estimates by [\d.]+ \(V\(s0\) ", result.stdout, re.M), result.stdout
     assert "offrl: note: no reference scores, so no normalized score; offrl's references for Pendulum-v1" in result.stderr
     run = Path(result.stdout.splitlines()[0].removeprefix("run: "))
     summary = json.loads((run / "summary.json").read_text())
     final = summary["final"]
     assert final["episodes"] == 20 and final["return_ci95"][0] < final["return_mean"] < final["return_ci95"][1]
-    assert summary["best"]["episodes"] == 2 and summary["last_evals"]["evaluations"] == 2
+    assert summary["best"]["episodes"] == 2 and summary["last_evals"]["evaluations"] == 5
+    # has the score settled: the last third's trend (steps 8, 10, 12) in returns (no references), as printed
+    evals = pd.read_csv(run / "metrics.csv").dropna(subset=["eval_return_mean"])
+    change, low, high, n = curve_trend(evals["step"], evals["eval_return_mean"])
+    tolerance = SETTLED_WITHIN * (evals["eval_return_mean"].max() - evals["eval_return_mean"].min())
+    trend = summary["trend"]
+    assert (trend["unit"], trend["evaluations"], trend["from_step"], trend["to_step"]) == ("return_mean", 3, 8, 12)
+    assert trend["change"] == pytest.approx(change) and trend["ci95"] == pytest.approx([low, high])
+    assert trend["tolerance"] == pytest.approx(tolerance) and low < change < high
+    assert trend["reading"] == trend_reading(change, low, high, tolerance)
+    assert trend_text(trend) in score and f"last third {change:+.1f} [{low:+.1f}, {high:+.1f}]: " in score
     assert summary["critic"]["verdict"] in ("over", "under", "consistent")
     waits = summary["threads"]["omp_waits"]  # offrl's rule: spin on an idle machine, sleep on a busy one
     assert (waits.startswith("spin: ") and summary["threads"]["omp_wait_policy"] == "ACTIVE") or (

@@ -30,9 +30,11 @@ def make_run(
     stop_at: int | None = None,
     episodes: int | None = None,
     v_s0_eval: float | None = None,
+    plateau_from: float | None = None,
 ) -> Path:
     """One run dir: ``status=None`` leaves no summary.json (a crashed or running run). ``episodes``: log
-    the episode count and the 95% interval columns (runs before issue 18 have neither)."""
+    the episode count and the 95% interval columns (runs before issue 18 have neither). The evaluation score
+    rises linearly to ``final_score``, or with ``plateau_from`` (a fraction of the run) only until then."""
     run = root / dataset.replace("/", "__") / algo / f"seed{seed}-20260101-000000"
     run.mkdir(parents=True)
     lo, hi = REF.get(dataset, (0.0, 100.0))
@@ -60,7 +62,7 @@ def make_run(
         if nan_loss_from is not None and step >= nan_loss_from:
             row["loss_qvalue"] = float("nan")
         if step % eval_every == 0:
-            score = final_score * frac + rng.normal(0, 2.0)
+            score = final_score * min(frac / (plateau_from or 1.0), 1.0) + rng.normal(0, 2.0)
             ret = lo + score / 100 * (hi - lo)
             row.update({"eval_return_mean": ret, "eval_return_std": 5.0, "eval_length_mean": 200.0,
                         "eval_normalized_score": score if refs else float("nan"),

@@ -219,6 +219,50 @@ def test_report_carries_episodes_interval_recent_mean_and_the_critic_in_words(tm
     assert np.isnan(build_report([old], tmp_path / "out-old").summary.iloc[0]["last_episodes"])
 
 
+def test_report_says_whether_the_curves_have_settled(tmp_path: Path) -> None:
+    # issue 13: a final score from a curve still climbing is not the method's score; the report says which
+    from offrl.evaluation.findings import curve_trend
+
+    rising = [make_run(tmp_path / "rising", seed=s, final_score=60.0, steps=3000, eval_every=100) for s in range(3)]
+    flat = [make_run(tmp_path / "flat", seed=s, final_score=60.0, steps=3000, eval_every=100, plateau_from=0.5)
+            for s in range(3)]
+    changes = []
+    for run in rising:
+        evals = pd.read_csv(run / "metrics.csv").dropna(subset=["eval_normalized_score"])
+        changes.append(curve_trend(evals["step"], evals["eval_normalized_score"])[0])
+    rep = build_report(rising, tmp_path / "out-rising")
+    row = rep.summary.iloc[0]
+    assert row["trend_mean"] == pytest.approx(np.mean(changes)) and row["trend_mean"] == pytest.approx(20.0, abs=3)
+    assert row["trend_low"] > 5 and row["trend_n"] == 3 and row["trend_tolerance"] == 5.0
+    assert row["trend_reading"] == "still rising"
+    assert "Last third: trend [95% CI]" in rep.html.read_text() and "still rising" in rep.html.read_text()
+    row = build_report(flat, tmp_path / "out-flat").summary.iloc[0]
+    assert -5 <= row["trend_low"] <= row["trend_mean"] <= row["trend_high"] <= 5 and row["trend_reading"] == "settled"
+    # one seed: the interval of its own least-squares line (10 evaluations in the last third)
+    one = build_report(rising[:1], tmp_path / "out-one").summary.iloc[0]
+    evals = pd.read_csv(rising[0] / "metrics.csv").dropna(subset=["eval_normalized_score"])
+    assert (one["trend_mean"], one["trend_low"], one["trend_high"], one["trend_n"]) == pytest.approx(
+        (*curve_trend(evals["step"], evals["eval_normalized_score"])[:3], 1))
+    # raw returns (no references): the tolerance is 5% of the range the group's returns cover
+    raw = [make_run(tmp_path / "raw", seed=s, refs=False, steps=3000, plateau_from=0.5) for s in range(2)]
+    row = build_report(raw, tmp_path / "out-raw").summary.iloc[0]
+    returns = pd.concat([pd.read_csv(r / "metrics.csv")["eval_return_mean"].dropna() for r in raw])
+    assert row["unit"] == "eval_return_mean"
+    assert row["trend_tolerance"] == pytest.approx(0.05 * (returns.max() - returns.min()))
+
+
+def test_a_group_without_critic_diagnostics_says_so_beside_one_with_them(tmp_path: Path) -> None:
+    # a peer's runs (d3rlpy logs no V(s0)) beside offrl's: pandas reads their missing finding as NaN
+    with_critic = make_run(tmp_path / "runs", algo="cql", v_s0_eval=-100.0)
+    without = make_run(tmp_path / "runs", algo="d3rlpy-cql")
+    metrics = pd.read_csv(without / "metrics.csv")
+    metrics.drop(columns=[c for c in metrics.columns if c.startswith("diag_")]).to_csv(without / "metrics.csv", index=False)
+    rep = build_report([with_critic, without], tmp_path / "out")
+    page = rep.html.read_text()
+    assert "no critic diagnostic logged" in page and "over-estimates by" in page
+    assert not re.search(r">\s*nan\s*<", page)
+
+
 def test_critic_findings_in_words() -> None:
     from offrl.evaluation.findings import critic_finding, mean_ci
 
