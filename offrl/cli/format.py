@@ -6,7 +6,8 @@ import argparse
 import math
 from typing import Any
 
-__all__ = ["ci_text", "critic_line", "fmt", "non_negative_int", "positive_int", "score_line", "trend_text"]
+__all__ = ["ci_text", "critic_line", "fmt", "longer_run_hint", "non_negative_int", "positive_int", "score_line",
+           "trend_text"]
 
 
 def fmt(x: Any, spec: str = ".1f") -> str:
@@ -86,6 +87,18 @@ def trend_text(trend: dict[str, Any] | None) -> str | None:
               "unclear": " (too noisy to tell: evaluate more often or run more seeds)"}.get(reading, "")
     return (f"last third {fmt(trend['change'], '+.1f')} [{fmt(low, '+.1f')}, {fmt(high, '+.1f')}]{unit}: "
             f"{reading}{advice}")
+
+
+def longer_run_hint(summary: dict[str, Any], run_dir: Any) -> str | None:
+    """For an offline run that completed while its score still rose over its last third: the command that
+    continues it to twice its steps from its checkpoint (``--resume``), else None."""
+    if summary.get("status") != "completed" or (summary.get("trend") or {}).get("reading") != "still rising":
+        return None
+    if summary.get("online") or not summary.get("steps"):
+        return None  # an online phase's budget is env frames: --online-steps, not --steps
+    return (f"offrl: note: the score still rises over the last third of the run; continue it to "
+            f"{2 * int(summary['steps'])} steps with: offrl train --resume {run_dir} --steps {2 * int(summary['steps'])} "
+            "--force")
 
 
 def positive_int(text: str) -> int:

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from offrl.cli.format import critic_line, non_negative_int, positive_int, score_line
+from offrl.cli.format import critic_line, longer_run_hint, non_negative_int, positive_int, score_line
 from offrl.config.algos import DEFAULT_SOURCES
 from offrl.config.schema import EvalConfig, TrainerConfig
 from offrl.data.references import ENV_REFERENCES
@@ -210,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
     if critic:
         print(critic)
     print(score_line(summary, eval_interval=(result.config.get("eval") or {}).get("interval")))
+    hint = longer_run_hint(summary, result.dir)
+    if hint:
+        print(hint, file=sys.stderr)
     known = (summary.get("ref") or {}).get("known")
     if known and (summary.get("ref") or {}).get("min") is None:
         print(f"offrl: note: no reference scores, so no normalized score; {known}", file=sys.stderr)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from helpers.datafiles import write_d4rl
 
-from offrl.cli.format import trend_text
+from offrl.cli.format import longer_run_hint, trend_text
 from offrl.evaluation.findings import SETTLED_WITHIN, curve_trend, trend_reading
 
 
@@ -56,6 +56,8 @@ def test_score_line_interval_critic_and_known_references(offrl_cli, tmp_path: Pa
     assert trend["tolerance"] == pytest.approx(tolerance) and low < change < high
     assert trend["reading"] == trend_reading(change, low, high, tolerance)
     assert trend_text(trend) in score and f"last third {change:+.1f} [{low:+.1f}, {high:+.1f}]: " in score
+    rising = f"continue it to 24 steps with: offrl train --resume {run} --steps 24 --force"
+    assert (rising in result.stderr) == (trend["reading"] == "still rising"), result.stderr
     assert summary["critic"]["verdict"] in ("over", "under", "consistent")
     waits = summary["threads"]["omp_waits"]  # offrl's rule: spin on an idle machine, sleep on a busy one
     assert (waits.startswith("spin: ") and summary["threads"]["omp_wait_policy"] == "ACTIVE") or (
@@ -83,3 +85,13 @@ def test_top_level_help(offrl_cli):
     result = offrl_cli("--help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "bootstrap 95% CI" in " ".join(result.stdout.split()) and "Traceback" not in result.stderr
+
+
+def test_a_run_whose_score_still_rises_is_told_how_to_continue_it() -> None:
+    rising = {"status": "completed", "steps": 5000, "online": None, "trend": {"reading": "still rising"}}
+    assert longer_run_hint(rising, "runs/x/cql/a") == (
+        "offrl: note: the score still rises over the last third of the run; continue it to 10000 steps with: "
+        "offrl train --resume runs/x/cql/a --steps 10000 --force")
+    for other in ({"trend": {"reading": "settled"}}, {"trend": {"reading": "unclear"}}, {"trend": None},
+                  {"status": "stopped"}, {"online": {"frames": 100}}):
+        assert longer_run_hint({**rising, **other}, "runs/x/cql/a") is None, other
