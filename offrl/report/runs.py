@@ -31,6 +31,9 @@ _NOT_IDENTITY = (
     "seed", "versions", "command", "created", "run", "device", "progress_bar", "logger", "enable_logging",
     "log_rewards", "log_actions", "log_observations", "log_timings", "save_trainer_interval",
     "keep_checkpoints", "dataset.path", "dataset.cache_dir", "dataset.digest", "name", "out", "vectorized_seeds",
+    # provenance: where the defaults came from (its wording changes between offrl versions), and the d3rlpy
+    # peer's hash of the offrl config it mirrors (its own settings are in its config)
+    "config_origins", "mirrors_offrl_config",
 )
 
 

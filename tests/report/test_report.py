@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from helpers.cli import OFFRL
 from helpers.report import make_run
 
@@ -175,6 +176,18 @@ def test_a_config_key_missing_from_older_runs_does_not_split_a_group(tmp_path: P
     assert [len(g.runs) for g in groups] == [2] and groups[0].label == "cql"
     make_run(tmp_path, seed=2, extra_config={"lr": 1e-3})
     assert sorted(len(g.runs) for g in group_runs(load_runs([tmp_path]), None, [])) == [1, 2]
+
+
+def test_provenance_does_not_split_a_group(tmp_path: Path) -> None:
+    # seeds trained by two offrl versions whose config.yaml words config_origins differently: one experiment
+    runs = [make_run(tmp_path / "runs", seed=s) for s in range(3)]
+    for run, words in zip(runs, ("defaults: d3rlpy 2.8", "defaults: d3rlpy 2.8, torch's default init", "x"), strict=True):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["config_origins"] = [words]
+        config["mirrors_offrl_config"] = words[-4:]
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    rep = build_report(runs, tmp_path / "out")
+    assert len(rep.summary) == 1 and rep.summary.iloc[0]["n_seeds"] == 3 and rep.summary.iloc[0]["group"] == "cql"
 
 
 def test_runs_of_one_seed_count_once_and_one_seed_has_no_interval(tmp_path: Path) -> None:
