@@ -14,6 +14,8 @@ examples:
   offrl report runs/                                   (every run under runs/, any depth)
   offrl report runs/offrl__pendulum__medium-v0 --out reports/pendulum --smooth 3
   offrl report runs/ --group-by cql.min_q_weight        (one curve per value of a config key)
+  offrl report runs/ --group-by cql.min_q_weight --baseline "min_q_weight=5.0"
+                                                       (every other value minus 5.0, with a 95% CI)
 """
 
 
@@ -44,6 +46,10 @@ def register(subparsers: Any) -> None:
                    help="aggregate by algo, dataset or a dotted config key (default: same config except seed)")
     p.add_argument("--smooth", type=_smooth, default=1, metavar="N",
                    help="trailing mean over N evaluations per run before aggregating (default 1: none)")
+    p.add_argument("--baseline", default=None, metavar="LABEL",
+                   help="the experiment (its label, or part of it) every other experiment on its dataset is "
+                   "compared with: difference of the seed means with a bootstrap 95%% CI (default: the first "
+                   "experiment of each dataset by label)")
     p.add_argument("--title", default="offrl report", help="page title")
     p.set_defaults(func=_run)
 
@@ -51,9 +57,23 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from offrl.report import build_report
 
-    report = build_report(args.runs, args.out, group_by=args.group_by, smooth=args.smooth, title=args.title)
+    report = build_report(args.runs, args.out, group_by=args.group_by, smooth=args.smooth, title=args.title,
+                          baseline=args.baseline)
     for warning in report.warnings:
         print(f"offrl: warning: {warning}", file=sys.stderr)
+    for _, row in report.differences.iterrows():
+        print(f"{row['dataset']}: {row['group']} minus {row['baseline']} ({int(row['n'])} / {int(row['n_baseline'])} "
+              f"seeds): last {_diff(row, 'last')}; mean of last 5 evaluations {_diff(row, 'recent')}")
     n = len(report.runs)
     print(f"report: {report.html} ({n} run(s), {len(report.summary)} experiment(s), {len(report.figures)} figure(s))")
     return 0
+
+
+def _diff(row: Any, key: str) -> str:
+    """``+4.4 [-1.0, +8.5] (no difference shown)``; one seed on either side: no interval."""
+    from offrl.cli.format import fmt
+
+    text = fmt(row[f"{key}_diff"], "+.1f")
+    if row[f"{key}_low"] == row[f"{key}_low"]:  # not NaN
+        text += f" [{fmt(row[f'{key}_low'], '+.1f')}, {fmt(row[f'{key}_high'], '+.1f')}]"
+    return f"{text} ({row[f'{key}_reading']})"

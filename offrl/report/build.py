@@ -14,6 +14,7 @@ from offrl.errors import UserError
 from offrl.fsio import write_text_atomic
 from offrl.report import html as html_page
 from offrl.report.aggregate import aggregate_table, chosen_table, group_runs, run_table, summary_table
+from offrl.report.compare import difference_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
 from offrl.report.runs import RunRecord, load_run, load_runs
 from offrl.report.settings import changed_settings, eval_protocol
@@ -34,14 +35,18 @@ class Report:
     chosen: pd.DataFrame = field(default_factory=pd.DataFrame)
     plots: list[Figure] = field(default_factory=list)
     """The figures as drawn: each one's panels (title, lines) and whether its legend clears the panels."""
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Each experiment minus its dataset's baseline (:func:`offrl.report.compare.difference_table`)."""
 
 
 def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
-            title: str, choose: bool = False, settings: RunRecord | None = None) -> Report:
+            title: str, choose: bool = False, settings: RunRecord | None = None,
+            baseline: str | None = None) -> Report:
     if smooth < 1:
         raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")
     warnings = [w for r in runs for w in r.warnings]
     groups = group_runs(runs, group_by, warnings)
+    differences = difference_table(groups, baseline)  # a bad --baseline is refused before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -59,11 +64,13 @@ def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: s
     chosen = chosen_table(summary) if choose else None
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
                             warnings=warnings, group_by=group_by, smooth=smooth, chosen=chosen,
+                            differences=differences,
                             settings=(changed_settings(settings), eval_protocol(settings)) if settings else None)
     path = out / html_name
     write_text_atomic(path, page)
     return Report(path, [f.path for f in figures], summary, aggregate, table, warnings,
-                  chosen=chosen if chosen is not None else pd.DataFrame(), plots=list(figures))
+                  chosen=chosen if chosen is not None else pd.DataFrame(), plots=list(figures),
+                  differences=differences)
 
 
 def build_report(
@@ -74,18 +81,21 @@ def build_report(
     smooth: int = 1,
     title: str = "offrl report",
     choose: bool = False,
+    baseline: str | None = None,
 ) -> Report:
     """Read every run directory under ``paths``, aggregate seeds and write ``<out>/index.html`` + PNGs.
 
     ``group_by``: None (seeds of the same dataset and config), ``"algo"``, ``"dataset"`` or a dotted config
     key. ``smooth``: trailing mean over that many evaluations per run before aggregating. ``choose``: add a
     "chosen config" per dataset (best mean last evaluation; ``Report.chosen``) with its test-set-selection
-    warning (``offrl sweep``'s report).
+    warning (``offrl sweep``'s report). ``baseline``: the experiment (its label, or part of it) that every
+    other experiment on its dataset is compared with (``Report.differences``; default: the first by label).
     """
     if not paths:
         raise UserError("offrl report: give at least one run directory or a folder of runs")
     runs = load_runs(paths)
-    return _render(runs, Path(out), "index.html", group_by=group_by, smooth=smooth, title=title, choose=choose)
+    return _render(runs, Path(out), "index.html", group_by=group_by, smooth=smooth, title=title, choose=choose,
+                   baseline=baseline)
 
 
 def write_run_report(run_dir: str | os.PathLike[str]) -> Path:

@@ -194,6 +194,39 @@ def _chosen(table: pd.DataFrame | None) -> str:
     )
 
 
+def _differences(table: pd.DataFrame | None) -> str:
+    if table is None or table.empty:
+        return ""
+
+    def cell(r: pd.Series, key: str) -> str:
+        signed = lambda x: f"{float(x):+.1f}".replace("-", "−")  # noqa: E731
+        text = signed(r[f"{key}_diff"])
+        if _finite(r[f"{key}_low"]):
+            text += f" <span class='ci'>[{signed(r[f'{key}_low'])}, {signed(r[f'{key}_high'])}]</span>"
+        css = "unsettled" if r[f"{key}_reading"] in ("higher", "lower") else "ci"
+        return f"{text}<br><span class='{css}'>{_e(r[f'{key}_reading'])}</span>"
+
+    rows = "".join(
+        f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td>"
+        f"<td class='l'>{_e(r['baseline'])}</td><td>{int(r['n'])} / {int(r['n_baseline'])}</td>"
+        f"<td>{cell(r, 'last')}</td><td>{cell(r, 'recent')}</td></tr>"
+        for _, r in table.iterrows()
+    )
+    unit = "raw return" if (table["unit"] == "eval_return_mean").all() else "normalized points"
+    return (
+        "<h2>Differences between experiments</h2>"
+        "<table id='differences'><thead><tr><th class='l'>Dataset</th><th class='l'>Experiment</th>"
+        "<th class='l'>minus baseline</th><th>Seeds</th><th>Last: difference [95% CI]</th>"
+        "<th>Mean of last 5 evaluations: difference [95% CI]</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        f"<p class='note'>Seed mean minus the baseline's seed mean ({unit} where the dataset has references, raw "
+        "returns otherwise), with a percentile bootstrap 95% CI that resamples each experiment's seeds on their "
+        "own (10,000 resamples, seed 0). <i>higher</i> / <i>lower</i> only when the interval excludes 0. The "
+        "baseline is the first experiment of each dataset by label unless <code>offrl report --baseline</code> "
+        "names one. A difference means something only when both ran the same budget and evaluation.</p>"
+    )
+
+
 def _run_last(r: pd.Series) -> str:
     cell = _num(r["last"])
     if _finite(r.get("last_low")):
@@ -239,6 +272,7 @@ def render(
     smooth: int,
     chosen: pd.DataFrame | None = None,
     settings: tuple[Sequence[tuple[str, Any, Any]], str] | None = None,
+    differences: pd.DataFrame | None = None,
 ) -> str:
     """The whole page as a string; ``chosen``: the chosen-config table (a sweep's report), else none;
     ``settings`` (a run report): the changed hyperparameters and the evaluation protocol."""
@@ -284,6 +318,7 @@ def render(
 {_settings(settings)}
 <p class="note">{method}</p>
 {_aggregate(aggregate)}
+{_differences(differences)}
 {_chosen(chosen)}
 <h2>Figures</h2>
 {figs or '<p class="note">Nothing to plot yet.</p>'}

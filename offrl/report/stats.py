@@ -16,6 +16,7 @@ __all__ = [
     "CURVE_RESAMPLES",
     "TABLE_RESAMPLES",
     "bootstrap_ci",
+    "difference_ci",
     "iqm",
     "mean",
     "stratified_bootstrap_ci",
@@ -79,3 +80,28 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap CI over one group of samples (e.g. the seeds of one dataset × algorithm)."""
     return stratified_bootstrap_ci([samples], statistic, reps=reps, confidence=confidence, seed=seed)
+
+
+def difference_ci(
+    a: np.ndarray | Sequence[float],
+    b: np.ndarray | Sequence[float],
+    *,
+    reps: int = TABLE_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), low, high)``: percentile bootstrap CI of the difference of two groups' means,
+    each group's seeds resampled on their own (they are independent experiments). NaN values are dropped;
+    the interval is NaN when a group has fewer than two values, everything when one has none."""
+    x, y = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not (x.size and y.size):
+        return (float("nan"),) * 3
+    point = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return point, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    diffs = x[rng.integers(0, x.size, (reps, x.size))].mean(1) - y[rng.integers(0, y.size, (reps, y.size))].mean(1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(diffs, [tail, 100.0 - tail])
+    return point, float(low), float(high)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -287,3 +288,41 @@ def test_critic_findings_in_words() -> None:
     mean, low, high = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])  # t(0.975, 4) = 2.7764, s = 1.5811
     assert (mean, low, high) == pytest.approx((3.0, 3 - 2.7764 * 1.5811 / 5 ** 0.5, 3 + 2.7764 * 1.5811 / 5 ** 0.5), abs=1e-3)
     assert np.isnan(mean_ci([7.0])[1])
+
+
+def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Path) -> None:
+    # what a change of setting did: seed mean minus the baseline's, each side's seeds resampled on their own
+    from offrl.report.stats import difference_ci
+
+    root = tmp_path / "runs"
+    for seed in range(4):
+        make_run(root, algo="cql", seed=seed, final_score=60.0 + seed)
+        make_run(root, algo="d3rlpy-cql", seed=seed, final_score=80.0 + seed)
+        make_run(root, algo="dqn-like", seed=seed, final_score=61.0 + seed)  # within the noise of cql
+    rep = build_report([root], tmp_path / "out", group_by="algo")
+    diffs = rep.differences.set_index("group")
+    assert set(diffs["baseline"]) == {"cql"} and sorted(diffs.index) == ["d3rlpy-cql", "dqn-like"]  # first by label
+    cql, d3 = _last_scores(root, "offrl/pendulum/medium-v0", "cql"), _last_scores(root, "offrl/pendulum/medium-v0",
+                                                                                   "d3rlpy-cql")
+    row = diffs.loc["d3rlpy-cql"]
+    assert (row["last_diff"], row["last_low"], row["last_high"]) == pytest.approx(difference_ci(d3, cql))
+    assert row["last_diff"] == pytest.approx(np.mean(d3) - np.mean(cql)) and row["last_low"] > 0
+    assert row["last_reading"] == "higher" and row["recent_reading"] == "higher" and row["n"] == row["n_baseline"] == 4
+    assert diffs.loc["dqn-like", "last_reading"] == "no difference shown"
+    page = rep.html.read_text()
+    assert "Differences between experiments" in page and "minus baseline" in page
+    # --baseline names the experiment: the others are compared with it
+    rep = build_report([root], tmp_path / "out-b", group_by="algo", baseline="d3rlpy")
+    assert set(rep.differences["baseline"]) == {"d3rlpy-cql"} and set(rep.differences["last_reading"]) == {"lower"}
+    with pytest.raises(UserError, match=r"--baseline 'c': 2 experiments .* match it"):
+        build_report([root], tmp_path / "out-c", group_by="algo", baseline="c")
+    result = _offrl("report", str(root), "--group-by", "algo", "--baseline", "sac", "--out", str(tmp_path / "no"),
+                    cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "no").exists()
+    assert result.stderr.strip() == ("offrl: error: --baseline 'sac': no experiment's label contains it; the labels "
+                                     "are: cql; d3rlpy-cql; dqn-like")
+    # one experiment: nothing to compare, no section
+    one = build_report([root / "offrl__pendulum__medium-v0" / "cql"], tmp_path / "out-one")
+    assert one.differences.empty and "Differences between experiments" not in one.html.read_text()
+    # one seed on a side: the difference, no interval
+    assert math.isnan(difference_ci([1.0], [2.0, 3.0])[1]) and difference_ci([1.0], [2.0, 3.0])[0] == -1.5
