@@ -43,6 +43,7 @@ figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{color:#5b6475;font-size:.86em;margin-top:6px}
 .path{font-family:ui-monospace,monospace;font-size:.8em;color:#5b6475;word-break:break-all}
 .note{color:#5b6475;font-size:.86em}
+.wide{overflow-x:auto}td.critic{min-width:12em}
 """
 
 
@@ -108,7 +109,7 @@ def _summary(table: pd.DataFrame) -> str:
                 f"<td class='l critic'>{_e(row['critic'] if isinstance(row['critic'], str) else 'no critic diagnostic logged')}</td>"
                 f"<td class='l'>{_e(row['ref_source'] if isinstance(row['ref_source'], str) else 'none: raw returns')}</td></tr>"
             )
-    return f"<table id='summary'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='wide'><table id='summary'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _recent(row: pd.Series) -> str:

@@ -62,6 +62,8 @@ LAYOUT_STATE = """({
   settings: Array.from(document.querySelectorAll('#settings tbody tr')).map(tr => tr.cells[0].textContent),
   protocol: (document.querySelector('#protocol') || {}).textContent || null,
   critic: Array.from(document.querySelectorAll('#summary td.critic')).map(td => td.textContent),
+  headers: Array.from(document.querySelectorAll('#summary th')).map(th => th.textContent),
+  overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
 })"""
 
 
@@ -76,6 +78,12 @@ def test_report_layout_at_1400_px(tmp_path: Path):
         make_run(root, dataset="offrl/cartpole/mixed-v0", algo="discrete-cql", seed=seed, episodes=20)
     rep = build_report([root], tmp_path / "out")
     page = visit(rep.html.as_uri(), LAYOUT_STATE, width=1400, height=1000)
+    # long experiment labels (three settings named in each) scroll inside the summary's box, not the page
+    wide = tmp_path / "wide"
+    for variant in ("a", "b"):
+        make_run(wide / variant, extra_config={f"setting_{k}": f"{variant}_{'value' * 6}" for k in "xyz"})
+    wide_page = visit(build_report([wide], tmp_path / "out-wide").html.as_uri(), LAYOUT_STATE, width=1400, height=1000)
+    assert wide_page.result["overflow"] <= 0 and len(wide_page.result["critic"]) == 2, wide_page.result
     (artifacts_dir() / "report-1400.png").write_bytes(page.screenshot)
     state = page.result
     assert len(state["images"]) == len(rep.figures) == 4
@@ -83,6 +91,7 @@ def test_report_layout_at_1400_px(tmp_path: Path):
         assert img["w"] > 0 and img["shown"] == img["w"], img
     assert "incomplete" not in state["badges"] and "badge incomplete" not in rep.html.read_text()
     assert all(c.startswith("over-estimates by") for c in state["critic"]) and len(state["critic"]) == 2
+    assert "Last third: trend [95% CI]" in state["headers"] and state["overflow"] <= 0, state  # no sideways page
     for fig in rep.plots:  # no empty panel, no legend over a panel
         assert fig.panels and all(lines > 0 for _, lines in fig.panels), (fig.path.name, fig.panels)
         assert fig.legend_clear, fig.path.name
