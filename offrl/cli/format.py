@@ -96,9 +96,9 @@ def longer_run_hint(summary: dict[str, Any], run_dir: Any) -> str | None:
         return None
     if summary.get("online") or not summary.get("steps"):
         return None  # an online phase's budget is env frames: --online-steps, not --steps
-    return (f"offrl: note: the score still rises over the last third of the run; continue it to "
-            f"{2 * int(summary['steps'])} steps with: offrl train --resume {run_dir} --steps {2 * int(summary['steps'])} "
-            "--force")
+    steps = 2 * int(summary["steps"])
+    return (f"offrl: note: the score still rises over the last third of the run; continue it to {steps} steps "
+            f"with: offrl train --resume {run_dir} --steps {steps} --force")
 
 
 def positive_int(text: str) -> int:

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
+
+from offrl.cli.format import fmt
 
 __all__ = ["register"]
 
@@ -71,9 +74,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _diff(row: Any, key: str) -> str:
     """``+4.4 [-1.0, +8.5] (no difference shown)``; one seed on either side: no interval."""
-    from offrl.cli.format import fmt
-
     text = fmt(row[f"{key}_diff"], "+.1f")
-    if row[f"{key}_low"] == row[f"{key}_low"]:  # not NaN
+    if not math.isnan(row[f"{key}_low"]):
         text += f" [{fmt(row[f'{key}_low'], '+.1f')}, {fmt(row[f'{key}_high'], '+.1f')}]"
     return f"{text} ({row[f'{key}_reading']})"

@@ -422,7 +422,7 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
               f"(mean [95% CI over seeds]), IQM {fmt(row['last_iqm'])}; mean of last {int(row['recent_evals'])} "
               f"evaluations {_ci(row, 'recent')}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")
         trend = trend_text({"change": row["trend_mean"], "ci95": [row["trend_low"], row["trend_high"]],
-                            "reading": row["trend_reading"], "unit": "normalized_score" if normalized else "return"})
+                            "reading": row["trend_reading"], "unit": "normalized_score" if normalized else "return_mean"})
         if trend:
             print(f"  {trend} (mean over seeds)")
         if isinstance(row["critic"], str):  # pandas reads a missing finding as NaN
