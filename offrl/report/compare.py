@@ -4,7 +4,9 @@ For every dataset with two or more groups, each group's seed mean minus the base
 evaluation and for the mean of the last 5 evaluations (steadier than one), with a percentile-bootstrap 95% CI
 that resamples each group's seeds on their own (:func:`offrl.report.stats.difference_ci`), and the reading:
 ``higher`` / ``lower`` only when the interval excludes 0. The baseline is the group whose label contains
-``baseline`` (``offrl report --baseline``), else the first group of the dataset in label order.
+``baseline`` (``offrl report --baseline``), else the first group of the dataset in label order. Groups that
+trained different budgets (runs still going, or other ``--steps``) are compared as they stand, and the reading
+says so instead of ranking them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from offrl.report.stats import difference_ci
 
 __all__ = ["difference_table", "reading"]
 
-COLUMNS = ["dataset", "group", "baseline", "unit", "n", "n_baseline",
+COLUMNS = ["dataset", "group", "baseline", "unit", "n", "n_baseline", "steps", "steps_baseline",
            "last_diff", "last_low", "last_high", "last_reading",
            "recent_diff", "recent_low", "recent_high", "recent_reading"]
 
@@ -30,8 +32,13 @@ COLUMNS = ["dataset", "group", "baseline", "unit", "n", "n_baseline",
 def reading(low: float, high: float) -> str:
     """``higher`` / ``lower`` when the 95% interval excludes 0, else ``no difference shown``."""
     if not (math.isfinite(low) and math.isfinite(high)):
-        return "no interval (one seed)"
+        return "no interval: one seed"
     return "higher" if low > 0 else "lower" if high < 0 else "no difference shown"
+
+
+def _steps(group: Group) -> int:
+    """The group's budget as its runs stand: the median of the steps each reached."""
+    return int(np.median([r.steps for r in group.runs])) if group.runs else 0
 
 
 def _values(group: Group) -> tuple[np.ndarray, np.ndarray]:
@@ -70,12 +77,14 @@ def difference_table(groups: Sequence[Group], baseline: str | None = None) -> pd
             if g is base:
                 continue
             last, recent = _values(g)
+            steps, base_steps = _steps(g), _steps(base)
             row: dict[str, Any] = {"dataset": g.dataset, "group": g.label, "baseline": base.label,
-                                   "unit": g.unit.column, "n": len(g.runs), "n_baseline": len(base.runs)}
+                                   "unit": g.unit.column, "n": len(g.runs), "n_baseline": len(base.runs),
+                                   "steps": steps, "steps_baseline": base_steps}
             for key, mine, theirs in (("last", last, base_last), ("recent", recent, base_recent)):
                 diff, low, high = difference_ci(mine, theirs)
-                row.update({f"{key}_diff": diff, f"{key}_low": low, f"{key}_high": high,
-                            f"{key}_reading": reading(low, high)})
+                said = reading(low, high) if steps == base_steps else f"different budgets: {steps:,} vs {base_steps:,} steps"
+                row.update({f"{key}_diff": diff, f"{key}_low": low, f"{key}_high": high, f"{key}_reading": said})
             rows.append(row)
     if baseline is not None and not matched:
         labels = sorted({g.label for g in groups})

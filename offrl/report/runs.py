@@ -128,10 +128,13 @@ class RunRecord:
 
     @property
     def steps(self) -> int:
-        steps = (self.summary or {}).get("steps")
-        if steps is None and len(self.metrics) and self.metrics["step"].notna().any():
-            steps = self.metrics["step"].max()
-        return int(steps) if steps is not None and not _isnan(steps) else 0
+        # the furthest of summary.json's count and the metrics' last row: a run still going (or resumed) has
+        # logged past the summary.json it wrote when it started
+        counts = [_float((self.summary or {}).get("steps"))]
+        if len(self.metrics) and self.metrics["step"].notna().any():
+            counts.append(_float(self.metrics["step"].max()))
+        counts = [c for c in counts if not math.isnan(c)]
+        return int(max(counts)) if counts else 0
 
 
 def _float(x: Any) -> float:
@@ -139,10 +142,6 @@ def _float(x: Any) -> float:
         return float(x)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _isnan(x: Any) -> bool:
-    return isinstance(x, float) and math.isnan(x)
 
 
 def is_run_dir(path: Path) -> bool:

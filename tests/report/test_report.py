@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -179,6 +180,16 @@ def test_a_config_key_missing_from_older_runs_does_not_split_a_group(tmp_path: P
     assert sorted(len(g.runs) for g in group_runs(load_runs([tmp_path]), None, [])) == [1, 2]
 
 
+def test_a_run_still_going_counts_the_steps_it_has_logged(tmp_path: Path) -> None:
+    # a resumed study's summary.json says where the run (re)started; its metrics say how far it has got
+    run = make_run(tmp_path / "runs", steps=1000, stop_at=600, status="running")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "steps": 200}))
+    assert load_run(run).steps == 600
+    (run / "summary.json").write_text(json.dumps({**summary, "steps": 1000}))  # the summary ahead: it counts
+    assert load_run(run).steps == 1000
+
+
 def test_provenance_does_not_split_a_group(tmp_path: Path) -> None:
     # seeds trained by two offrl versions whose config.yaml words config_origins differently: one experiment
     runs = [make_run(tmp_path / "runs", seed=s) for s in range(3)]
@@ -326,3 +337,11 @@ def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Pat
     assert one.differences.empty and "Differences between experiments" not in one.html.read_text()
     # one seed on a side: the difference, no interval
     assert math.isnan(difference_ci([1.0], [2.0, 3.0])[1]) and difference_ci([1.0], [2.0, 3.0])[0] == -1.5
+    # runs of another budget (a study still going): compared as they stand, never ranked
+    shorter = tmp_path / "shorter"
+    for seed in range(3):
+        make_run(shorter, algo="cql", seed=seed, final_score=60.0)
+        make_run(shorter, algo="long", seed=seed, final_score=90.0, steps=2000)
+    row = build_report([shorter], tmp_path / "out-s", group_by="algo").differences.iloc[0]
+    assert (row["group"], row["steps"], row["steps_baseline"]) == ("long", 2000, 1000) and row["last_low"] > 0
+    assert row["last_reading"] == row["recent_reading"] == "different budgets: 2,000 vs 1,000 steps"
