@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
                    help="the experiment (its label, or part of it) every other experiment on its dataset is "
                    "compared with: difference of the seed means with a bootstrap 95%% CI (default: the first "
                    "experiment of each dataset by label)")
+    p.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap",
+                   help="intervals over seeds: bootstrap (percentile, rliable's; too narrow over few seeds: about "
+                   "84%% coverage with 5) or t (Student-t, Welch's for differences; docs/reports.md)")
     p.add_argument("--title", default="offrl report", help="page title")
     p.set_defaults(func=_run)
 
@@ -61,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     from offrl.report import build_report
 
     report = build_report(args.runs, args.out, group_by=args.group_by, smooth=args.smooth, title=args.title,
-                          baseline=args.baseline)
+                          baseline=args.baseline, interval=args.interval)
     for warning in report.warnings:
         print(f"offrl: warning: {warning}", file=sys.stderr)
     for _, row in report.differences.iterrows():

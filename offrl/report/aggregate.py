@@ -13,7 +13,7 @@ import pandas as pd
 
 from offrl.evaluation.findings import SETTLED_WITHIN, critic_finding, curve_trend, trend_reading
 from offrl.report.runs import RunRecord
-from offrl.report.stats import CURVE_RESAMPLES, bootstrap_ci, iqm, stratified_bootstrap_ci
+from offrl.report.stats import CURVE_RESAMPLES, iqm, seed_ci, stratified_bootstrap_ci
 
 __all__ = ["Group", "ScoreUnit", "aggregate_table", "chosen_table", "curve", "group_runs", "group_trend", "run_table",
            "summary_table"]
@@ -243,8 +243,9 @@ def _num(x: Any) -> float:
     return v
 
 
-def curve(group: Group, column: str, *, smooth: int = 1, ci: bool = True) -> pd.DataFrame:
-    """Mean over seeds per step with a bootstrap 95% CI (``CURVE_RESAMPLES`` resamples, seeded).
+def curve(group: Group, column: str, *, smooth: int = 1, ci: bool = True, interval: str = "bootstrap") -> pd.DataFrame:
+    """Mean over seeds per step with a 95% CI (``interval``: bootstrap with ``CURVE_RESAMPLES`` resamples,
+    seeded, or Student-t).
 
     Each run is smoothed first (trailing mean over ``smooth`` points). Returns columns ``step``, ``mean``,
     ``low``, ``high``, ``n`` (seeds with a value at that step).
@@ -264,7 +265,7 @@ def curve(group: Group, column: str, *, smooth: int = 1, ci: bool = True) -> pd.
     for step, vals in wide.iterrows():
         v = vals.to_numpy(dtype=float)
         v = v[np.isfinite(v)]
-        lo, hi = bootstrap_ci(v, reps=CURVE_RESAMPLES, seed=0) if ci and v.size > 1 else (math.nan, math.nan)
+        lo, hi = seed_ci(v, interval, reps=CURVE_RESAMPLES) if ci else (math.nan, math.nan)
         rows.append((float(step), float(v.mean()), lo, hi, int(v.size)))
     return pd.DataFrame(rows, columns=["step", "mean", "low", "high", "n"])
 
@@ -276,18 +277,18 @@ def online_switch(group: Group) -> float | None:
     return float(min(steps)) if steps else None
 
 
-def _fmt_ci(values: np.ndarray) -> dict[str, float]:
-    """Mean, 95% bootstrap CI over seeds, IQM and ``n`` (seeds with a value); one seed has no interval."""
+def _fmt_ci(values: np.ndarray, interval: str = "bootstrap") -> dict[str, float]:
+    """Mean, 95% CI over seeds (``interval``), IQM and ``n`` (seeds with a value); one seed has no interval."""
     v = values[np.isfinite(values)]
     if not v.size:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "iqm": math.nan, "n": 0}
-    lo, hi = bootstrap_ci(v) if v.size > 1 else (math.nan, math.nan)
+    lo, hi = seed_ci(v, interval)
     return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v)), "n": int(v.size)}
 
 
-def group_trend(group: Group) -> dict[str, Any]:
+def group_trend(group: Group, interval: str = "bootstrap") -> dict[str, Any]:
     """The score's trend over the last third of the runs (:func:`~offrl.evaluation.findings.curve_trend` per
-    run): the mean over seeds with a bootstrap 95% CI over them, or one seed's own Student-t interval, and its
+    run): the mean over seeds with a 95% CI over them (``interval``), or one seed's own Student-t interval, and its
     reading against the tolerance (5 normalized points, or 5% of the range the group's raw returns cover)."""
     trends, values = [], []
     for run in group.runs:
@@ -297,7 +298,7 @@ def group_trend(group: Group) -> dict[str, Any]:
     scored = [t for t in trends if math.isfinite(t[0])]
     if len(scored) > 1:
         changes = np.array([t[0] for t in scored])
-        mean, (low, high) = float(changes.mean()), bootstrap_ci(changes)
+        mean, (low, high) = float(changes.mean()), seed_ci(changes, interval)
     else:
         mean, low, high = scored[0][:3] if scored else (math.nan, math.nan, math.nan)
     seen = np.concatenate(values) if values else np.array([])
@@ -307,14 +308,15 @@ def group_trend(group: Group) -> dict[str, Any]:
             "trend_tolerance": tolerance, "trend_reading": trend_reading(mean, low, high, tolerance)}
 
 
-def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
+def summary_table(groups: Sequence[Group], interval: str = "bootstrap") -> pd.DataFrame:
     """One row per dataset × group: last and best (mean, IQM, 95% CI over seeds), the mean of the last
     evaluations, the last third's trend (:func:`group_trend`), seeds, steps, updates/s, and the behaviour
-    policy's mean return from the dataset."""
+    policy's mean return from the dataset. ``interval``: how the intervals over seeds are made
+    (:data:`offrl.report.stats.INTERVALS`)."""
     rows = []
     for g in groups:
         lb = np.array([last_and_best(r, g.unit.column) for r in g.runs], dtype=float).reshape(-1, 2)
-        last, best = _fmt_ci(lb[:, 0]), _fmt_ci(lb[:, 1])
+        last, best = _fmt_ci(lb[:, 0], interval), _fmt_ci(lb[:, 1], interval)
         behaviour = np.nanmean([r.behaviour_return for r in g.runs]) if any(
             np.isfinite(r.behaviour_return) for r in g.runs) else math.nan
         ref = next((r.ref() for r in g.runs if r.ref().get("min") is not None), {})
@@ -323,7 +325,7 @@ def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
             behaviour_norm = 100.0 * (behaviour - float(ref["min"])) / (float(ref["max"]) - float(ref["min"]))
         ups = [r.updates_per_s for r in g.runs if np.isfinite(r.updates_per_s)]
         finals = [last_eval(r, g.unit.column) for r in g.runs]
-        recent = _fmt_ci(np.array([f.recent for f in finals], dtype=float))
+        recent = _fmt_ci(np.array([f.recent for f in finals], dtype=float), interval)
         episodes = [f.episodes for f in finals if np.isfinite(f.episodes)]
         one = finals[0] if len(finals) == 1 else None
         rows.append({
@@ -333,7 +335,7 @@ def summary_table(groups: Sequence[Group]) -> pd.DataFrame:
             **{f"last_{k}": v for k, v in last.items()}, **{f"best_{k}": v for k, v in best.items()},
             **{f"recent_{k}": v for k, v in recent.items()},
             "recent_evals": max((f.recent_n for f in finals), default=0),
-            **group_trend(g),
+            **group_trend(g, interval),
             "last_episodes": float(np.median(episodes)) if episodes else math.nan,
             # one seed: the interval over its final evaluation's episodes is the only noise figure there is
             "last_episode_low": one.low if one else math.nan, "last_episode_high": one.high if one else math.nan,

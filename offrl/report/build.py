@@ -18,6 +18,7 @@ from offrl.report.compare import difference_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
 from offrl.report.runs import RunRecord, load_run, load_runs
 from offrl.report.settings import changed_settings, eval_protocol
+from offrl.report.stats import INTERVALS
 
 __all__ = ["Report", "build_report", "write_run_report"]
 
@@ -41,30 +42,32 @@ class Report:
 
 def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
             title: str, choose: bool = False, settings: RunRecord | None = None,
-            baseline: str | None = None) -> Report:
+            baseline: str | None = None, interval: str = "bootstrap") -> Report:
     if smooth < 1:
         raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")
+    if interval not in INTERVALS:
+        raise UserError(f"--interval {interval}: choose one of {', '.join(INTERVALS)}")
     warnings = [w for r in runs for w in r.warnings]
     groups = group_runs(runs, group_by, warnings)
-    differences = difference_table(groups, baseline)  # a bad --baseline is refused before anything is written
+    differences = difference_table(groups, baseline, interval)  # a bad --baseline: refused before any write
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot create the report folder ({err.strerror}); choose another --out") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"--out {out}: not writable; choose another --out")
-    figures: list[Figure] = [plot_scores(groups, out, smooth=smooth)]
+    figures: list[Figure] = [plot_scores(groups, out, smooth=smooth, interval=interval)]
     for make in (plot_diagnostics, plot_losses, plot_alpha):
         fig = make(groups, out)
         if fig is not None:
             figures.append(fig)
-    summary, aggregate, table = summary_table(groups), aggregate_table(groups), run_table(groups)
+    summary, aggregate, table = summary_table(groups, interval), aggregate_table(groups), run_table(groups)
     if sum(len(g.runs) for g in groups) == 1:  # one counted run: the across-datasets table would repeat it
         aggregate = aggregate.iloc[0:0]
     chosen = chosen_table(summary) if choose else None
     page = html_page.render(title=title, summary=summary, aggregate=aggregate, runs=table, figures=figures,
                             warnings=warnings, group_by=group_by, smooth=smooth, chosen=chosen,
-                            differences=differences,
+                            differences=differences, interval=interval,
                             settings=(changed_settings(settings), eval_protocol(settings)) if settings else None)
     path = out / html_name
     write_text_atomic(path, page)
@@ -82,6 +85,7 @@ def build_report(
     title: str = "offrl report",
     choose: bool = False,
     baseline: str | None = None,
+    interval: str = "bootstrap",
 ) -> Report:
     """Read every run directory under ``paths``, aggregate seeds and write ``<out>/index.html`` + PNGs.
 
@@ -90,12 +94,14 @@ def build_report(
     "chosen config" per dataset (best mean last evaluation; ``Report.chosen``) with its test-set-selection
     warning (``offrl sweep``'s report). ``baseline``: the experiment (its label, or part of it) that every
     other experiment on its dataset is compared with (``Report.differences``; default: the first by label).
+    ``interval``: the intervals over seeds, ``bootstrap`` (percentile, rliable's; too narrow over few seeds) or
+    ``t`` (Student-t, Welch's for differences; docs/reports.md). Across datasets stays a stratified bootstrap.
     """
     if not paths:
         raise UserError("offrl report: give at least one run directory or a folder of runs")
     runs = load_runs(paths)
     return _render(runs, Path(out), "index.html", group_by=group_by, smooth=smooth, title=title, choose=choose,
-                   baseline=baseline)
+                   baseline=baseline, interval=interval)
 
 
 def write_run_report(run_dir: str | os.PathLike[str]) -> Path:

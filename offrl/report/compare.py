@@ -2,7 +2,8 @@
 
 For every dataset with two or more groups, each group's seed mean minus the baseline group's, for the last
 evaluation and for the mean of the last 5 evaluations (steadier than one), with a percentile-bootstrap 95% CI
-that resamples each group's seeds on their own (:func:`offrl.report.stats.difference_ci`), and the reading:
+that resamples each group's seeds on their own (:func:`offrl.report.stats.difference_ci`; or Welch's
+interval, :func:`offrl.report.stats.welch_ci`), and the reading:
 ``higher`` / ``lower`` only when the interval excludes 0. The baseline is the group whose label contains
 ``baseline`` (``offrl report --baseline``), else the first group of the dataset in label order. Groups that
 trained different budgets (runs still going, or other ``--steps``) are compared as they stand, and the reading
@@ -20,7 +21,7 @@ import pandas as pd
 
 from offrl.errors import UserError
 from offrl.report.aggregate import Group, last_and_best, last_eval
-from offrl.report.stats import difference_ci
+from offrl.report.stats import difference_ci, welch_ci
 
 __all__ = ["difference_table", "reading"]
 
@@ -59,9 +60,11 @@ def _baseline(part: Sequence[Group], baseline: str | None) -> Group | None:
     return found[0] if found else None
 
 
-def difference_table(groups: Sequence[Group], baseline: str | None = None) -> pd.DataFrame:
+def difference_table(groups: Sequence[Group], baseline: str | None = None, interval: str = "bootstrap") -> pd.DataFrame:
     """One row per group against its dataset's baseline (see the module docstring); empty when no dataset
-    has two groups. A ``baseline`` no group's label contains is one error line naming the labels."""
+    has two groups. A ``baseline`` no group's label contains is one error line naming the labels.
+    ``interval``: ``bootstrap`` (each side's seeds resampled on their own) or ``t`` (Welch's interval)."""
+    diff_ci = welch_ci if interval == "t" else difference_ci
     by_dataset: dict[str, list[Group]] = {}
     for g in sorted(groups, key=lambda g: (g.dataset, g.label)):
         by_dataset.setdefault(g.dataset, []).append(g)
@@ -82,7 +85,7 @@ def difference_table(groups: Sequence[Group], baseline: str | None = None) -> pd
                                    "unit": g.unit.column, "n": len(g.runs), "n_baseline": len(base.runs),
                                    "steps": steps, "steps_baseline": base_steps}
             for key, mine, theirs in (("last", last, base_last), ("recent", recent, base_recent)):
-                diff, low, high = difference_ci(mine, theirs)
+                diff, low, high = diff_ci(mine, theirs)
                 said = reading(low, high) if steps == base_steps else f"different budgets: {steps:,} vs {base_steps:,} steps"
                 row.update({f"{key}_diff": diff, f"{key}_low": low, f"{key}_high": high, f"{key}_reading": said})
             rows.append(row)

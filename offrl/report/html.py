@@ -195,7 +195,19 @@ def _chosen(table: pd.DataFrame | None) -> str:
     )
 
 
-def _differences(table: pd.DataFrame | None) -> str:
+def _interval_note(interval: str) -> str:
+    """How the intervals over seeds were made, and how far to trust them (benchmarks/ci_coverage.py)."""
+    if interval == "t":
+        return ("Table intervals over seeds: Student-t 95% CI of the mean (Welch's for differences), which holds its "
+                "coverage over few seeds for normal scores (benchmarks/ci_coverage.py); curves the same per step; "
+                f"across datasets a stratified bootstrap ({TABLE_RESAMPLES:,} resamples, seed 0).")
+    return (f"Table intervals: percentile bootstrap 95% CI over seeds, {TABLE_RESAMPLES:,} resamples, seed 0; curves: "
+            f"{CURVE_RESAMPLES:,} resamples per step. Over few seeds such an interval is too narrow: simulated with "
+            "normal scores it holds the true mean 75% of the time with 3 seeds, 84% with 5, 90% with 10 "
+            "(benchmarks/ci_coverage.py, docs/reports.md; <code>offrl report --interval t</code> for Student-t).")
+
+
+def _differences(table: pd.DataFrame | None, interval: str = "bootstrap") -> str:
     if table is None or table.empty:
         return ""
 
@@ -221,8 +233,10 @@ def _differences(table: pd.DataFrame | None) -> str:
         "<th>Mean of last 5 evaluations: difference [95% CI]</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         f"<p class='note'>Seed mean minus the baseline's seed mean ({unit} where the dataset has references, raw "
-        "returns otherwise), with a percentile bootstrap 95% CI that resamples each experiment's seeds on their "
-        "own (10,000 resamples, seed 0). <i>higher</i> / <i>lower</i> only when the interval excludes 0. The "
+        "returns otherwise), with "
+        + ("Welch's 95% CI" if interval == "t" else
+           "a percentile bootstrap 95% CI that resamples each experiment's seeds on their own (10,000 resamples, seed 0)")
+        + ". <i>higher</i> / <i>lower</i> only when the interval excludes 0. The "
         "baseline is the first experiment of each dataset by label unless <code>offrl report --baseline</code> "
         "names one. A difference means something only when both ran the same budget and evaluation.</p>"
     )
@@ -274,6 +288,7 @@ def render(
     chosen: pd.DataFrame | None = None,
     settings: tuple[Sequence[tuple[str, Any, Any]], str] | None = None,
     differences: pd.DataFrame | None = None,
+    interval: str = "bootstrap",
 ) -> str:
     """The whole page as a string; ``chosen``: the chosen-config table (a sweep's report), else none;
     ``settings`` (a run report): the changed hyperparameters and the evaluation protocol."""
@@ -287,10 +302,7 @@ def render(
         warn = f"<h2>Warnings</h2><div class='warn' id='warnings'><ul>{items}</ul></div>"
     method = (
         f"Seeds of the same dataset and configuration (grouping: {_e(group_by or 'full config except seed')}) are "
-        f"aggregated. Table intervals: percentile bootstrap 95% CI over seeds, {TABLE_RESAMPLES:,} resamples, "
-        f"seed 0; curves: {CURVE_RESAMPLES:,} resamples per step. Over few seeds such an interval is too narrow: "
-        "simulated with normal scores it holds the true mean 75% of the time with 3 seeds, 84% with 5, 90% with 10 "
-        "(benchmarks/ci_coverage.py, docs/reports.md). IQM = mean of the middle 50% of seeds "
+        f"aggregated. {_interval_note(interval)} IQM = mean of the middle 50% of seeds "
         "(25% trimmed mean). <i>Last</i> = final evaluation, <i>best</i> = best evaluation of each run (an optimistic "
         "figure: it selects on the evaluation itself); <i>mean of last 5 evaluations</i> = each run's last five "
         "evaluations averaged, then over seeds (less luck than the last alone). Each evaluation is the mean over "
@@ -321,7 +333,7 @@ def render(
 {_settings(settings)}
 <p class="note">{method}</p>
 {_aggregate(aggregate)}
-{_differences(differences)}
+{_differences(differences, interval)}
 {_chosen(chosen)}
 <h2>Figures</h2>
 {figs or '<p class="note">Nothing to plot yet.</p>'}

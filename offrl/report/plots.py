@@ -134,7 +134,7 @@ def _behaviour(members: Sequence[Group]) -> float | None:
     return value
 
 
-def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figure:
+def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1, interval: str = "bootstrap") -> Figure:
     """Score vs gradient step per dataset (the per-dataset panel): mean over seeds with a 95% CI band."""
     datasets = _datasets(groups)
     colour = colours(groups)
@@ -145,7 +145,7 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figur
     for ax, ds in zip(axes.flat, datasets, strict=False):  # a grid may have spare cells
         members = [g for g in groups if g.dataset == ds]
         for g in members:
-            c = curve(g, g.unit.column, smooth=smooth)
+            c = curve(g, g.unit.column, smooth=smooth, interval=interval)
             if not len(c):
                 continue
             ax.plot(c["step"], c["mean"], color=colour[g.label], lw=1.8, marker="o" if len(c) < 3 else None, ms=4)
@@ -167,7 +167,8 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1) -> Figur
     handles = [h for h in _group_handles(groups, colour, lambda g: label.get(g.label, g.label)) if h.get_label()
                in label.values()]
     _figure_legend(fig, handles + list(extra.values()))
-    fig.suptitle("Evaluation score (mean over seeds, 95% bootstrap CI)", fontsize=11)
+    method = "Student-t" if interval == "t" else "bootstrap"
+    fig.suptitle(f"Evaluation score (mean over seeds, 95% {method} CI)", fontsize=11)
     path = out / "scores.png"
     drawn_info = _save(fig, path)
     smooth_note = f", each run smoothed over {smooth} evaluations" if smooth > 1 else ""

@@ -12,15 +12,25 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from offrl.evaluation.findings import mean_ci, t975
+
 __all__ = [
     "CURVE_RESAMPLES",
+    "INTERVALS",
     "TABLE_RESAMPLES",
     "bootstrap_ci",
     "difference_ci",
+    "seed_ci",
     "iqm",
     "mean",
     "stratified_bootstrap_ci",
+    "welch_ci",
 ]
+
+#: How an interval over seeds is made: ``bootstrap`` (percentile, rliable's) or ``t`` (Student-t; Welch's for a
+#: difference), which holds its coverage over few seeds where the bootstrap's is too narrow
+#: (benchmarks/ci_coverage.py, docs/reports.md).
+INTERVALS = ("bootstrap", "t")
 
 TABLE_RESAMPLES = 10_000  # per table cell: a few seeds, so this is cheap and the CI ends are stable
 CURVE_RESAMPLES = 1_000  # per evaluation step of a learning curve (hundreds of steps)
@@ -105,3 +115,33 @@ def difference_ci(
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(diffs, [tail, 100.0 - tail])
     return point, float(low), float(high)
+
+
+def seed_ci(values: np.ndarray | Sequence[float], interval: str = "bootstrap", *,
+            reps: int = TABLE_RESAMPLES) -> tuple[float, float]:
+    """95% interval of the mean over seeds by ``interval`` (:data:`INTERVALS`); NaN with fewer than two."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return (float("nan"), float("nan"))
+    if interval == "t":
+        return mean_ci(v)[1:]
+    return bootstrap_ci(v, reps=reps)
+
+
+def welch_ci(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), low, high)``: Welch's 95% interval of a difference of two independent means (t with
+    the Welch-Satterthwaite degrees of freedom, rounded down); NaN ends when a group has fewer than two values."""
+    x, y = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not (x.size and y.size):
+        return (float("nan"),) * 3
+    point = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return point, float("nan"), float("nan")
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    if vx + vy == 0:
+        return point, point, point
+    df = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    half = t975(max(1, int(df))) * float(np.sqrt(vx + vy))
+    return point, point - half, point + half

@@ -345,3 +345,27 @@ def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Pat
     row = build_report([shorter], tmp_path / "out-s", group_by="algo").differences.iloc[0]
     assert (row["group"], row["steps"], row["steps_baseline"]) == ("long", 2000, 1000) and row["last_low"] > 0
     assert row["last_reading"] == row["recent_reading"] == "different budgets: 2,000 vs 1,000 steps"
+
+
+def test_student_t_intervals_on_request(tmp_path: Path) -> None:
+    # percentile bootstrap intervals over 3-5 seeds are too narrow (benchmarks/ci_coverage.py): --interval t
+    from offrl.evaluation.findings import mean_ci
+    from offrl.report.stats import welch_ci
+
+    root = tmp_path / "runs"
+    for seed in range(4):
+        make_run(root, algo="cql", seed=seed, final_score=60.0 + 3 * seed)
+        make_run(root, algo="d3rlpy-cql", seed=seed, final_score=70.0 + 2 * seed)
+    rep = build_report([root], tmp_path / "out", group_by="algo", interval="t")
+    cql, d3 = (_last_scores(root, "offrl/pendulum/medium-v0", a) for a in ("cql", "d3rlpy-cql"))
+    row = rep.summary.set_index("group").loc["cql"]
+    assert (row["last_mean"], row["last_low"], row["last_high"]) == pytest.approx(mean_ci(cql))
+    diff = rep.differences.iloc[0]
+    assert (diff["last_diff"], diff["last_low"], diff["last_high"]) == pytest.approx(welch_ci(d3, cql))
+    page = rep.html.read_text()
+    assert "Student-t 95% CI of the mean" in page and "Welch's 95% CI" in page
+    boot = build_report([root], tmp_path / "out-b", group_by="algo")  # the default: percentile bootstrap
+    assert boot.summary.set_index("group").loc["cql", "last_low"] > row["last_low"]
+    assert "84% with 5" in boot.html.read_text()
+    with pytest.raises(UserError, match="--interval z: choose one of bootstrap, t"):
+        build_report([root], tmp_path / "out-z", interval="z")

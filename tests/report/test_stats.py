@@ -47,3 +47,31 @@ def test_stratified_bootstrap_keeps_seed_counts_per_dataset():
     # IQM as the statistic, over two datasets of 4 seeds each (8 values: cut 2 at each end)
     strata = [[0.0, 0.0, 0.0, 0.0], [10.0, 10.0, 10.0, 10.0]]
     assert stratified_bootstrap_ci(strata, iqm) == pytest.approx((5.0, 5.0))
+
+
+def test_intervals_over_seeds_by_method() -> None:
+    from offrl.evaluation.findings import mean_ci
+    from offrl.report.stats import seed_ci
+
+    x = [61.0, 64.5, 58.2, 70.1, 66.3]
+    assert seed_ci(x, "t") == pytest.approx(mean_ci(x)[1:])  # mean ± t(0.975, 4) s / sqrt(5)
+    assert seed_ci(x, "bootstrap") == bootstrap_ci(x)
+    lo_t, hi_t = seed_ci(x, "t")
+    lo_b, hi_b = seed_ci(x, "bootstrap")
+    assert hi_t - lo_t > hi_b - lo_b  # over 5 seeds the bootstrap's interval is the narrower (too narrow)
+    assert all(np.isnan(seed_ci([3.0], "t"))) and all(np.isnan(seed_ci([3.0, np.nan], "bootstrap")))
+
+
+def test_welch_interval_of_a_difference() -> None:
+    from offrl.evaluation.findings import t975
+    from offrl.report.stats import welch_ci
+
+    a, b = np.array([10.0, 12.0, 11.0, 13.0]), np.array([5.0, 9.0, 4.0, 8.0, 6.0, 7.0])
+    va, vb = a.var(ddof=1) / 4, b.var(ddof=1) / 6
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 5)  # Welch-Satterthwaite
+    half = t975(int(df)) * np.sqrt(va + vb)
+    assert welch_ci(a, b) == pytest.approx((5.0, 5.0 - half, 5.0 + half))
+    stats = pytest.importorskip("scipy.stats")
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)  # scipy keeps df fractional
+    assert welch_ci(a, b)[1] == pytest.approx(ci.low, rel=0.03) and welch_ci(a, b)[2] == pytest.approx(ci.high, rel=0.03)
+    assert welch_ci([1.0, 1.0], [0.0, 0.0]) == (1.0, 1.0, 1.0) and np.isnan(welch_ci([1.0], [0.0, 2.0])[1])
