@@ -15,7 +15,8 @@ appear in the report as peer rows (``d3rlpy-cql``, ...).
 Runs go to ``--runs`` (scratch, default ``runs/suite``; a completed run of the same config is reused unless
 ``--fresh``). The report goes to ``--out``: ``index.html`` + PNGs (``offrl.report.build_report``),
 ``summary.csv``, ``summary.md`` (the table) and ``README.md`` (command, machine, budget, wall time, table);
-``--report-only --note TEXT`` rebuilds them from the runs without training, keeping the training call's facts.
+``--report-only --note TEXT`` rebuilds them from the runs without training, keeping the training call's facts and
+every note given before (both in ``<runs>/.suite.json``) and adding TEXT.
 A study longer than one session grows in steps: ``--first-seed K --seeds N`` trains seeds K .. K+N-1 beside the
 runs already in ``--runs`` (copied back from a report's ``runs/`` folder, where ``benchmarks/collect_runs.py`` put
 them), and ``--completed-only`` publishes what has finished.
@@ -592,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One row per dataset x algorithm: the suite trains every seed of a row on one pinned config, so rows
     # are not split when offrl adds a config key (with its default) between two runs of a long suite.
     sources: list[Path] = [runs]
+    partial: list[str] = []  # this call's own note (not kept for later rebuilds)
     if args.completed_only:
         from offrl.runs.rundir import read_summary
 
@@ -601,9 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if isinstance(summary.get("target_steps"), int) else f"{job.label} (started)"
                         for job in jobs if job.run_dir(runs).is_dir()
                         and (summary := read_summary(job.run_dir(runs))).get("status") != "completed"]
-        args.note.insert(0, f"Completed runs only (--completed-only): {len(sources)} of the {len(jobs)} planned; "
-                            + (f"training or stopped: {'; '.join(started_runs)}; " if started_runs else "")
-                            + f"no run folder in {runs} yet: {len(jobs) - len(sources) - len(started_runs)}.")
+        partial.append(f"Completed runs only (--completed-only): {len(sources)} of the {len(jobs)} planned; "
+                       + (f"training or stopped: {'; '.join(started_runs)}; " if started_runs else "")
+                       + f"no run folder in {runs} yet: {len(jobs) - len(sources) - len(started_runs)}.")
         if not sources:
             _fail(f"--completed-only: no completed run in {runs} yet")
     report = build_report(sources, out=out, group_by="algo",
@@ -620,12 +622,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --report-only (say, to add a --note) still shows it.
     record = runs / ".suite.json"
     if not args.report_only:
+        saved: dict[str, Any] = {}
         record.write_text(json.dumps({"command": shown, "wall": f"{wall / 60:.1f} min", "started": started,
                                       "load_start": load_start, "load_end": _load(), "n_reused": reused,
-                                      "failed": failed}, indent=1))
-        saved: dict[str, Any] = {}
-    else:
+                                      "failed": failed, "notes": list(args.note)}, indent=1))
+    else:  # the training call's facts, and every note given so far: a rebuild keeps them and adds new ones
         saved = json.loads(record.read_text()) if record.is_file() else {}
+        kept = [n for n in saved.get("notes", []) if isinstance(n, str)]
+        args.note = kept + [n for n in args.note if n not in kept]
+        record.write_text(json.dumps({**saved, "notes": args.note}, indent=1))
     budget = "; ".join(sorted({f"{c['dataset']['id'].split('/')[1]} {c['algo']}: {c['offline_steps']} gradient steps, "
                                f"batch {c['batch_size']}" for c in configs.values()}))
     evals = sorted({f"{c['eval']['episodes']} episodes every {c['eval']['interval']} steps, "
@@ -648,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           else f"{wall / 60:.1f} min"),
         "provenance": provenance(jobs, runs),
         "settled": settled_section([job.run_dir(runs) for job in jobs], runs, args.last_episodes),
-        "notes": "\n".join([*(f"- {n}" for n in args.note), PEER_NOTES,
+        "notes": "\n".join([*(f"- {n}" for n in [*partial, *args.note]), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
     }
     readme = write_readme(out, command=saved.get("command", shown), table=table,

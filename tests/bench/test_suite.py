@@ -109,6 +109,13 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert "--last-episodes 20` (completed runs only)" in section and "episodes 0-19 only" in section
     assert "| offrl/cartpole/random-v0 | dqn | 1 | 8 | " in section  # seed 1 is still marked running
 
+    # a note given to any call is kept by every later rebuild (in <runs>/.suite.json); --completed-only's is not
+    noted = tmp_path / "noted"
+    for note in ("first note", "second note"):
+        assert _suite().main([*argv[:1], str(noted), *argv[2:], "--report-only", "--note", note]) == 0
+    notes = (noted / "README.md").read_text().split("## Notes")[1]
+    assert "- first note\n- second note\n" in notes and "Completed runs only" not in notes
+
     # --first-seed adds seeds to the study: only the new seed trains, the report covers every run there
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "completed"}))
     capsys.readouterr()
