@@ -5,7 +5,8 @@ percentile-bootstrap 95% CI that resamples each side's seeds on their own (``ben
 mean of the first 5 evaluations (how fast it learns), the mean of the last 5 (where it ends, steadier than one
 evaluation) and the last evaluation. A last row pools the datasets (each weighs the same).
 
-    python benchmarks/ablation_diff.py A_RUNS B_RUNS --algo-a cql [--algo-b d3rlpy-cql] [--last-episodes K]
+    python benchmarks/ablation_diff.py A_RUNS B_RUNS --algo-a cql [--algo-b d3rlpy-cql] [--last-episodes K] \
+        [--interval bootstrap|t]
 
 ``A_RUNS`` / ``B_RUNS``: suite ``--runs`` folders (``<dataset>/<algo>/seed*/`` with metrics.csv and
 summary.json); ``--algo-b`` defaults to ``--algo-a``. Only completed runs count. ``--last-episodes K`` scores
@@ -55,7 +56,7 @@ def _scores(root: Path, dataset: str, algo: str, last_episodes: int = 0,
 
 
 def table(a_root: Path, b_root: Path, algo_a: str, algo_b: str, seed: int = 0, last_episodes: int = 0,
-          left_out: list[Path] | None = None) -> list[str]:
+          left_out: list[Path] | None = None, interval: str = "bootstrap") -> list[str]:
     rng = np.random.default_rng(seed)
     head = "| dataset | seeds A / B | " + " | ".join(f"{m}: A, B, A - B [95% CI]" for m, _ in MEASURES) + " |"
     lines = [head, "|" + "---|" * (2 + len(MEASURES))]
@@ -70,13 +71,13 @@ def table(a_root: Path, b_root: Path, algo_a: str, algo_b: str, seed: int = 0, l
         for name, fn in MEASURES:
             x, y = np.array([fn(s) for s in a]), np.array([fn(s) for s in b])
             pooled[name].append((x, y))
-            d, lo, hi = _difference([(x, y)], rng)
+            d, lo, hi = _difference([(x, y)], rng, interval)
             cells.append(f"{x.mean():.1f}, {y.mean():.1f}, {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
         lines.append(f"| {ds.replace('__', '/')} | {len(a)} / {len(b)} | " + " | ".join(cells) + " |")
     if len(lines) > 3:
         cells = []
         for name, _ in MEASURES:
-            d, lo, hi = _difference(pooled[name], rng)
+            d, lo, hi = _difference(pooled[name], rng, interval)
             cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
         lines.append("| across the datasets | | " + " | ".join(cells) + " |")
     return lines
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algo-b")
     parser.add_argument("--last-episodes", type=int, default=0, metavar="K",
                         help="score each run's last evaluation on its episodes 0..K-1 (default: all)")
+    parser.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap",
+                        help="percentile bootstrap (default; too narrow over few seeds, benchmarks/ci_coverage.py) "
+                        "or Welch's t interval")
     args = parser.parse_args(argv)
     if args.last_episodes < 0:
         print(f"ablation_diff: --last-episodes {args.last_episodes}: must be 0 (every episode) or more",
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     left_out: list[Path] = []
     lines = table(args.a_runs, args.b_runs, args.algo_a, args.algo_b or args.algo_a,
-                  last_episodes=args.last_episodes, left_out=left_out)
+                  last_episodes=args.last_episodes, left_out=left_out, interval=args.interval)
     if left_out:
         print(f"ablation_diff: left out {len(left_out)} completed run(s) with no score over episodes "
               f"0-{args.last_episodes - 1} (e.g. {left_out[0]})", file=sys.stderr)

@@ -21,7 +21,10 @@ comes from the first K of the summary's ``final.episode_returns`` (offrl runs an
 last evaluation of exactly K episodes, else from the ``offrl_last_<K>_episodes.csv`` beside the runs folder
 (``benchmarks/collect_runs.py --last-episodes K`` writes it); a run with none of these is left out.
 
-    python benchmarks/settled.py RUNS_DIR [RUNS_DIR ...] [--last-episodes K]   # prints both tables
+``--interval t`` makes every interval over seeds Student-t (Welch's for the differences) instead of the percentile
+bootstrap, which is too narrow over a few seeds (``benchmarks/ci_coverage.py``).
+
+    python benchmarks/settled.py RUNS_DIR [RUNS_DIR ...] [--last-episodes K] [--interval bootstrap|t]
 """
 
 from __future__ import annotations
@@ -35,9 +38,13 @@ import numpy as np
 import pandas as pd
 
 
-def _ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
+def _ci(values: np.ndarray, rng: np.random.Generator, interval: str = "bootstrap") -> tuple[float, float, float]:
     if len(values) < 2:
         return float(values.mean()), float("nan"), float("nan")
+    if interval == "t":  # Student-t: holds its coverage over few seeds (benchmarks/ci_coverage.py)
+        from offrl.evaluation.findings import mean_ci
+
+        return mean_ci(values)
     boot = rng.choice(values, (10_000, len(values))).mean(1)
     return float(values.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
@@ -51,12 +58,25 @@ def _trend(steps: np.ndarray, score: np.ndarray) -> float:
     return 0.0 if np.isnan(change) else change
 
 
-def _difference(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> tuple[float, float, float]:
+def _difference(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,
+                interval: str = "bootstrap") -> tuple[float, float, float]:
     """Mean over datasets of (offrl's seed mean - d3rlpy's seed mean), with a percentile-bootstrap CI that
-    resamples each library's seeds within each dataset; CI bounds are nan when a side has a single seed."""
+    resamples each library's seeds within each dataset, or with ``interval="t"`` Welch's interval (the
+    variance of the mean of the differences and its Welch-Satterthwaite degrees of freedom over every
+    group); CI bounds are nan when a side has a single seed."""
     point = float(np.mean([a.mean() - b.mean() for a, b in pairs]))
     if any(len(a) < 2 or len(b) < 2 for a, b in pairs):
         return point, float("nan"), float("nan")
+    if interval == "t":
+        from offrl.evaluation.findings import t975
+
+        parts = [(x.var(ddof=1) / x.size / len(pairs) ** 2, x.size - 1) for a, b in pairs for x in (a, b)]
+        var = sum(v for v, _ in parts)
+        if var == 0:
+            return point, point, point
+        df = var**2 / sum(v**2 / d for v, d in parts)
+        half = t975(max(1, int(df))) * float(np.sqrt(var))
+        return point, point - half, point + half
     boot = np.mean([rng.choice(a, (10_000, len(a))).mean(1) - rng.choice(b, (10_000, len(b))).mean(1)
                     for a, b in pairs], axis=0)
     return point, float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
@@ -68,7 +88,7 @@ def _reading(lo: float, hi: float) -> str:
     return "offrl higher" if lo > 0 else "d3rlpy higher" if hi < 0 else "no difference shown"
 
 
-def _versus(df: pd.DataFrame, rng: np.random.Generator) -> list[str]:
+def _versus(df: pd.DataFrame, rng: np.random.Generator, interval: str = "bootstrap") -> list[str]:
     """Table 2: offrl's rows against their d3rlpy counterparts, per dataset and pooled."""
     lines, pooled = [], {}
     for (ds, algo), mine in df[~df["algo"].str.startswith("d3rlpy-")].groupby(["dataset", "algo"]):
@@ -79,13 +99,13 @@ def _versus(df: pd.DataFrame, rng: np.random.Generator) -> list[str]:
         for key in ("last", "last5"):
             pair = (mine[key].to_numpy(), peer[key].to_numpy())
             pooled.setdefault((algo, key), []).append(pair)
-            d, lo, hi = _difference([pair], rng)
+            d, lo, hi = _difference([pair], rng, interval)
             cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({_reading(lo, hi)})")
         lines.append(f"| {ds} | {algo} | {len(mine)} / {len(peer)} | {cells[0]} | {cells[1]} |")
     for algo in sorted({algo for algo, _ in pooled}):
         cells = []
         for key in ("last", "last5"):
-            d, lo, hi = _difference(pooled[(algo, key)], rng)
+            d, lo, hi = _difference(pooled[(algo, key)], rng, interval)
             cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({_reading(lo, hi)})")
         n = len(pooled[(algo, "last")])
         lines.append(f"| across {n} dataset{'s' * (n != 1)} | {algo} | | {cells[0]} | {cells[1]} |")
@@ -145,7 +165,7 @@ def last_on_episodes(run: Path, summary: dict[str, Any], k: int) -> float | None
     return _scored_tables(run, k).get((ds, algo, seed, int(final.get("step", summary.get("steps", -1)))))
 
 
-def tables(runs: list[Path], last_episodes: int = 0) -> tuple[list[str], int]:
+def tables(runs: list[Path], last_episodes: int = 0, interval: str = "bootstrap") -> tuple[list[str], int]:
     """Both tables (Markdown lines) over the completed ones of these run folders
     (``<dataset>/<algo>/seed<N>``), and how many were left out (not completed, no normalized score, or, with
     ``last_episodes``, no score over that many episodes); no lines when none is left."""
@@ -182,15 +202,15 @@ def tables(runs: list[Path], last_episodes: int = 0) -> tuple[list[str], int]:
              "|---|---|---|---|---|---|---|---|---|"]
     last_rng = np.random.default_rng(2)  # its own stream: the columns that were there before keep their CIs
     for (ds, algo), g in df.groupby(["dataset", "algo"]):
-        a, alo, ahi = _ci(g["last"].to_numpy(), last_rng)
-        m, lo, hi = _ci(g["last5"].to_numpy(), rng)
-        c, clo, chi = _ci(g["change"].to_numpy(), rng)
-        t, tlo, thi = _ci(g["trend"].to_numpy(), trend_rng)
+        a, alo, ahi = _ci(g["last"].to_numpy(), last_rng, interval)
+        m, lo, hi = _ci(g["last5"].to_numpy(), rng, interval)
+        c, clo, chi = _ci(g["change"].to_numpy(), rng, interval)
+        t, tlo, thi = _ci(g["trend"].to_numpy(), trend_rng, interval)
         settled = "yes" if (np.isfinite(tlo) and -5 <= tlo and thi <= 5) else "no"
         lines.append(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {a:.1f} [{alo:.1f}, {ahi:.1f}] | "
                      f"{m:.1f} [{lo:.1f}, {hi:.1f}] | "
                      f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {t:+.1f} [{tlo:+.1f}, {thi:+.1f}] | {settled} |")
-    return lines + _versus(df, rng), unfinished
+    return lines + _versus(df, rng, interval), unfinished
 
 
 def main(argv: list[str]) -> int:
@@ -200,13 +220,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="settled.py", add_help=False)
     parser.add_argument("roots", nargs="+", type=Path)
     parser.add_argument("--last-episodes", type=int, default=0)
+    parser.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap")
     args = parser.parse_args(argv)
     if args.last_episodes < 0:
         print(f"settled.py: --last-episodes {args.last_episodes}: must be 0 (every episode) or more",
               file=sys.stderr)
         return 2
     runs = [m.parent for root in args.roots for m in sorted(root.glob("*/*/seed*/metrics.csv"))]
-    lines, unfinished = tables(runs, args.last_episodes)
+    lines, unfinished = tables(runs, args.last_episodes, args.interval)
     if unfinished:
         why = (f", have no normalized score or no score over episodes 0-{args.last_episodes - 1}"
                if args.last_episodes else " or have no normalized score")

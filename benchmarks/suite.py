@@ -456,7 +456,7 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   other runs (and other people's jobs) sharing the CPU: compare it within this table only."""
 
 
-def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0) -> str:
+def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0, interval: str = "bootstrap") -> str:
     """The README's "Did the curves settle?" section (benchmarks/settled.py's tables over the completed runs,
     each last evaluation scored on its first ``last_episodes`` episodes when that is not 0), or nothing when no
     run has completed."""
@@ -464,7 +464,7 @@ def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0
     assert spec is not None and spec.loader is not None
     settled = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(settled)
-    lines, _ = settled.tables(list(run_dirs), last_episodes)
+    lines, _ = settled.tables(list(run_dirs), last_episodes, interval)
     if not lines:
         return ""
     episodes = ("evaluation runs eval.final_episodes, the others eval.episodes, so both measures include that change of "
@@ -474,14 +474,18 @@ def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0
                 "record of those episodes is left out), so both measures compare the same episodes throughout.")
     return "\n".join([
         "## Did the curves settle, and which library ends higher?", "",
-        f"`python benchmarks/settled.py {runs}{f' --last-episodes {last_episodes}' if last_episodes else ''}` "
+        f"`python benchmarks/settled.py {runs}{f' --last-episodes {last_episodes}' if last_episodes else ''}"
+        f"{' --interval t' if interval == 't' else ''}` "
         "(completed runs only): per run, the last evaluation, the mean of its last 5 evaluations,",
         "the change from the evaluation at two thirds of the run to the last, and the trend over the last third (a",
-        "least-squares line through every evaluation from two thirds on, times the steps it spans); bootstrap 95% CIs",
+        "least-squares line through every evaluation from two thirds on, times the steps it spans); "
+        + ("Student-t 95% CIs (Welch's for the differences)" if interval == "t" else "bootstrap 95% CIs"),
         "over seeds; \"settled\" = the trend's CI within +-5 points (a single seed has no CI: \"no\"). The last",
         episodes, "Then offrl minus d3rlpy: a library is",
-        "called higher only where the CI of the difference excludes 0 (with a few seeds a side, a bootstrap CI is",
-        "narrower than the seeds' real spread: read it as a floor on the uncertainty).", "", *lines, ""])
+        "called higher only where the CI of the difference excludes 0"
+        + (" (Welch's interval holds its coverage over a few seeds)." if interval == "t" else
+           " (with a few seeds a side, a bootstrap CI is narrower than the seeds' real spread: a \"95%\" one over 5 "
+           "seeds holds the mean about 84% of the time, benchmarks/ci_coverage.py)."), "", *lines, ""])
 
 
 def _load() -> str:
@@ -510,6 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="override an offrl config key for every run (repeatable; an algorithm's section applies "
                         "to that algorithm only), e.g. --set cql.backup_action=mean for an ablation row")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    p.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap",
+                   help="intervals over seeds: percentile bootstrap (default; too narrow over a few seeds) or "
+                   "Student-t / Welch (benchmarks/ci_coverage.py)")
     p.add_argument("--d3rlpy-python", default=None, help="a Python with d3rlpy for the peer rows (default: this one)")
     p.add_argument("--peer-algos", default="cql,discrete-cql,dqn", help="algorithms d3rlpy mirrors (default all)")
     p.add_argument("--no-peers", action="store_true", help="skip the d3rlpy peer rows")
@@ -608,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        + f"no run folder in {runs} yet: {len(jobs) - len(sources) - len(started_runs)}.")
         if not sources:
             _fail(f"--completed-only: no completed run in {runs} yet")
-    report = build_report(sources, out=out, group_by="algo",
+    report = build_report(sources, out=out, group_by="algo", interval=args.interval,
                           title="offrl benchmark: bundled datasets"
                           + ("" if args.first_seed else f", {args.seeds} seeds"))
     keep = ["dataset", "group", "unit", "n_seeds", "seeds", "steps", "last_mean", "last_low", "last_high", "last_iqm",
@@ -652,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall": saved.get("wall", "n/a (--report-only: no training in this call)" if args.report_only
                           else f"{wall / 60:.1f} min"),
         "provenance": provenance(jobs, runs),
-        "settled": settled_section([job.run_dir(runs) for job in jobs], runs, args.last_episodes),
+        "settled": settled_section([job.run_dir(runs) for job in jobs], runs, args.last_episodes, args.interval),
         "notes": "\n".join([*(f"- {n}" for n in [*partial, *args.note]), PEER_NOTES,
                             *(f"- Failed: {f}" for f in failed), *(f"- Report warning: {w}" for w in report.warnings)]),
     }

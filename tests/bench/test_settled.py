@@ -142,3 +142,20 @@ def test_last_episodes_compares_like_for_like(tmp_path: Path, capsys: pytest.Cap
     assert rows["toy/a-v0"][3].startswith("+48.0 [")  # 90 - 42
     assert _settled().main([str(root), "--last-episodes", "-1"]) == 2
     assert "--last-episodes -1" in capsys.readouterr().err
+
+
+def test_student_t_intervals_on_request() -> None:
+    from offrl.evaluation.findings import mean_ci
+    from offrl.report.stats import welch_ci
+
+    settled = _settled()
+    rng = np.random.default_rng(0)
+    a, b = np.array([21.0, 23.5, 19.8, 22.4, 20.9]), np.array([16.0, 22.1, 12.3, 19.9, 14.7])
+    assert settled._ci(a, rng, "t") == pytest.approx(mean_ci(a))
+    assert settled._difference([(a, b)], rng, "t") == pytest.approx(welch_ci(a, b))
+    boot = settled._difference([(a, b)], np.random.default_rng(0))
+    t = settled._difference([(a, b)], rng, "t")
+    assert t[2] - t[1] > boot[2] - boot[1]  # the bootstrap over 5 seeds is the narrower one
+    # pooled over datasets: the mean of the differences, its variance the mean of theirs over the count squared
+    pooled = settled._difference([(a, b), (a + 1, b)], rng, "t")
+    assert pooled[0] == pytest.approx(a.mean() - b.mean() + 0.5) and pooled[1] < pooled[0] < pooled[2]

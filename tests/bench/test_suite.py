@@ -115,6 +115,12 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         assert _suite().main([*argv[:1], str(noted), *argv[2:], "--report-only", "--note", note]) == 0
     notes = (noted / "README.md").read_text().split("## Notes")[1]
     assert "- first note\n- second note\n" in notes and "Completed runs only" not in notes
+    # --interval t: Student-t intervals over seeds in the tables and the settled section, said where they show
+    student = tmp_path / "student"
+    assert _suite().main([*argv[:1], str(student), *argv[2:], "--report-only", "--interval", "t"]) == 0
+    text = (student / "README.md").read_text()
+    assert "--interval t` (completed runs only)" in text and "Student-t 95% CIs (Welch's for the differences)" in text
+    assert "Student-t 95% CI of the mean" in (student / "index.html").read_text()
 
     # --first-seed adds seeds to the study: only the new seed trains, the report covers every run there
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "completed"}))
