@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
                    help="trailing mean over N evaluations per run before aggregating (default 1: none)")
     p.add_argument("--baseline", default=None, metavar="LABEL",
                    help="the experiment (its label, or part of it) every other experiment on its dataset is "
-                   "compared with: difference of the seed means with a bootstrap 95%% CI (default: the first "
+                   "compared with: difference of the seed means with a 95%% CI (see --interval; default: the first "
                    "experiment of each dataset by label)")
     p.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap",
                    help="intervals over seeds: bootstrap (percentile, rliable's; too narrow over few seeds: about "
