@@ -92,6 +92,19 @@ def bootstrap_ci(
     return stratified_bootstrap_ci([samples], statistic, reps=reps, confidence=confidence, seed=seed)
 
 
+def _two_groups(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]
+                ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float] | None]:
+    """Two groups' finite values, and the answer when there is no interval to make: all NaN when a group is
+    empty, the difference of the means with NaN ends when one has a single value; else None."""
+    x, y = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not (x.size and y.size):
+        return x, y, (float("nan"),) * 3
+    if x.size < 2 or y.size < 2:
+        return x, y, (float(x.mean() - y.mean()), float("nan"), float("nan"))
+    return x, y, None
+
+
 def difference_ci(
     a: np.ndarray | Sequence[float],
     b: np.ndarray | Sequence[float],
@@ -103,13 +116,10 @@ def difference_ci(
     """``(mean(a) - mean(b), low, high)``: percentile bootstrap CI of the difference of two groups' means,
     each group's seeds resampled on their own (they are independent experiments). NaN values are dropped;
     the interval is NaN when a group has fewer than two values, everything when one has none."""
-    x, y = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b))
-    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-    if not (x.size and y.size):
-        return (float("nan"),) * 3
+    x, y, early = _two_groups(a, b)
+    if early is not None:
+        return early
     point = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return point, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     diffs = x[rng.integers(0, x.size, (reps, x.size))].mean(1) - y[rng.integers(0, y.size, (reps, y.size))].mean(1)
     tail = 100.0 * (1.0 - confidence) / 2.0
@@ -132,13 +142,10 @@ def seed_ci(values: np.ndarray | Sequence[float], interval: str = "bootstrap", *
 def welch_ci(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> tuple[float, float, float]:
     """``(mean(a) - mean(b), low, high)``: Welch's 95% interval of a difference of two independent means (t with
     the Welch-Satterthwaite degrees of freedom, rounded down); NaN ends when a group has fewer than two values."""
-    x, y = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b))
-    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-    if not (x.size and y.size):
-        return (float("nan"),) * 3
+    x, y, early = _two_groups(a, b)
+    if early is not None:
+        return early
     point = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return point, float("nan"), float("nan")
     vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     if vx + vy == 0:
         return point, point, point
