@@ -86,7 +86,12 @@ def difference_table(groups: Sequence[Group], baseline: str | None = None, inter
                                    "steps": steps, "steps_baseline": base_steps}
             for key, mine, theirs in (("last", last, base_last), ("recent", recent, base_recent)):
                 diff, low, high = diff_ci(mine, theirs)
-                said = reading(low, high) if steps == base_steps else f"different budgets: {steps:,} vs {base_steps:,} steps"
+                if not math.isfinite(diff):
+                    said = "no score to compare"  # a side with no finite evaluation (diverged, never evaluated)
+                elif steps != base_steps:
+                    said = f"different budgets: {steps:,} vs {base_steps:,} steps"
+                else:
+                    said = reading(low, high)
                 row.update({f"{key}_diff": diff, f"{key}_low": low, f"{key}_high": high, f"{key}_reading": said})
             rows.append(row)
     if baseline is not None and not matched:

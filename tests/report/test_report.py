@@ -345,6 +345,18 @@ def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Pat
     row = build_report([shorter], tmp_path / "out-s", group_by="algo").differences.iloc[0]
     assert (row["group"], row["steps"], row["steps_baseline"]) == ("long", 2000, 1000) and row["last_low"] > 0
     assert row["last_reading"] == row["recent_reading"] == "different budgets: 2,000 vs 1,000 steps"
+    # a side with no evaluation at all: nothing to compare, said so (not "one seed")
+    silent = tmp_path / "silent"
+    for seed in range(2):
+        make_run(silent, algo="cql", seed=seed)
+        quiet = make_run(silent, algo="quiet", seed=seed)
+        metrics = pd.read_csv(quiet / "metrics.csv")
+        metrics.drop(columns=[c for c in metrics.columns if c.startswith("eval_")]).to_csv(quiet / "metrics.csv",
+                                                                                          index=False)
+        summary = json.loads((quiet / "summary.json").read_text())
+        (quiet / "summary.json").write_text(json.dumps({**summary, "final": None, "best": None}))
+    row = build_report([silent], tmp_path / "out-q", group_by="algo").differences.iloc[0]
+    assert row["group"] == "quiet" and row["last_reading"] == "no score to compare"
 
 
 def test_student_t_intervals_on_request(tmp_path: Path) -> None:
