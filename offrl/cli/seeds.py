@@ -4,7 +4,7 @@ Each seed is an ordinary ``offrl train ... --seed S`` child process (its own run
 atomically as always), ``--jobs`` of them at a time with the CPU cores shared out as torch threads
 (``num_threads``). The parent checks the inputs once before any child starts (a bad input is one line,
 exit 2, nothing written), prints a line as each running seed passes 25%, 50% and 75% of its steps and its
-score line as it finishes, then writes one report over the seeds (mean, IQM, bootstrap 95% CI) and
+score line as it finishes, then writes one report over the seeds (mean, IQM, Student-t 95% CI) and
 prints the aggregate.
 """
 

@@ -117,7 +117,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--seeds", type=_seed_list, metavar="N|S1,S2,...",
                    help="train seeds 0..N-1 (or the listed seeds; one seed as a list: 5,), each as its own run; "
                         "prints each score and the "
-                        "mean with a bootstrap 95%% CI, and writes <tag>-report/index.html beside the runs")
+                        "mean with a Student-t 95%% CI, and writes <tag>-report/index.html beside the runs")
     s.add_argument("--jobs", type=positive_int, metavar="J",
                    help="with --seeds: runs at a time (default: one per CPU core); with --vectorize: batched models "
                         "in parallel processes, the seeds split among them (default: one per CPU core, one on a "

@@ -13,7 +13,7 @@ import pandas as pd
 
 from offrl.evaluation.findings import SETTLED_WITHIN, critic_finding, curve_trend, trend_reading
 from offrl.report.runs import RunRecord
-from offrl.report.stats import CURVE_RESAMPLES, iqm, seed_ci, stratified_bootstrap_ci
+from offrl.report.stats import CURVE_RESAMPLES, DEFAULT_INTERVAL, iqm, seed_ci, stratified_bootstrap_ci
 
 __all__ = ["Group", "ScoreUnit", "aggregate_table", "chosen_table", "curve", "group_runs", "group_trend", "run_table",
            "summary_table"]
@@ -243,7 +243,7 @@ def _num(x: Any) -> float:
     return v
 
 
-def curve(group: Group, column: str, *, smooth: int = 1, ci: bool = True, interval: str = "bootstrap") -> pd.DataFrame:
+def curve(group: Group, column: str, *, smooth: int = 1, ci: bool = True, interval: str = DEFAULT_INTERVAL) -> pd.DataFrame:
     """Mean over seeds per step with a 95% CI (``interval``: bootstrap with ``CURVE_RESAMPLES`` resamples,
     seeded, or Student-t).
 
@@ -277,7 +277,7 @@ def online_switch(group: Group) -> float | None:
     return float(min(steps)) if steps else None
 
 
-def _fmt_ci(values: np.ndarray, interval: str = "bootstrap") -> dict[str, float]:
+def _fmt_ci(values: np.ndarray, interval: str = DEFAULT_INTERVAL) -> dict[str, float]:
     """Mean, 95% CI over seeds (``interval``), IQM and ``n`` (seeds with a value); one seed has no interval."""
     v = values[np.isfinite(values)]
     if not v.size:
@@ -286,7 +286,7 @@ def _fmt_ci(values: np.ndarray, interval: str = "bootstrap") -> dict[str, float]
     return {"mean": float(v.mean()), "low": lo, "high": hi, "iqm": float(iqm(v)), "n": int(v.size)}
 
 
-def group_trend(group: Group, interval: str = "bootstrap") -> dict[str, Any]:
+def group_trend(group: Group, interval: str = DEFAULT_INTERVAL) -> dict[str, Any]:
     """The score's trend over the last third of the runs (:func:`~offrl.evaluation.findings.curve_trend` per
     run): the mean over seeds with a 95% CI over them (``interval``), or one seed's own Student-t interval, and its
     reading against the tolerance (5 normalized points, or 5% of the range the group's raw returns cover)."""
@@ -308,7 +308,7 @@ def group_trend(group: Group, interval: str = "bootstrap") -> dict[str, Any]:
             "trend_tolerance": tolerance, "trend_reading": trend_reading(mean, low, high, tolerance)}
 
 
-def summary_table(groups: Sequence[Group], interval: str = "bootstrap") -> pd.DataFrame:
+def summary_table(groups: Sequence[Group], interval: str = DEFAULT_INTERVAL) -> pd.DataFrame:
     """One row per dataset × group: last and best (mean, IQM, 95% CI over seeds), the mean of the last
     evaluations, the last third's trend (:func:`group_trend`), seeds, steps, updates/s, and the behaviour
     policy's mean return from the dataset. ``interval``: how the intervals over seeds are made

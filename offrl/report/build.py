@@ -18,7 +18,7 @@ from offrl.report.compare import difference_table
 from offrl.report.plots import Figure, plot_alpha, plot_diagnostics, plot_losses, plot_scores
 from offrl.report.runs import RunRecord, load_run, load_runs
 from offrl.report.settings import changed_settings, eval_protocol
-from offrl.report.stats import INTERVALS
+from offrl.report.stats import DEFAULT_INTERVAL, INTERVALS
 
 __all__ = ["Report", "build_report", "write_run_report"]
 
@@ -42,7 +42,7 @@ class Report:
 
 def _render(runs: Sequence[RunRecord], out: Path, html_name: str, *, group_by: str | None, smooth: int,
             title: str, choose: bool = False, settings: RunRecord | None = None,
-            baseline: str | None = None, interval: str = "bootstrap") -> Report:
+            baseline: str | None = None, interval: str = DEFAULT_INTERVAL) -> Report:
     if smooth < 1:
         raise UserError(f"--smooth {smooth}: must be 1 (no smoothing) or more evaluations")
     if interval not in INTERVALS:
@@ -85,7 +85,7 @@ def build_report(
     title: str = "offrl report",
     choose: bool = False,
     baseline: str | None = None,
-    interval: str = "bootstrap",
+    interval: str = DEFAULT_INTERVAL,
 ) -> Report:
     """Read every run directory under ``paths``, aggregate seeds and write ``<out>/index.html`` + PNGs.
 
@@ -94,8 +94,9 @@ def build_report(
     "chosen config" per dataset (best mean last evaluation; ``Report.chosen``) with its test-set-selection
     warning (``offrl sweep``'s report). ``baseline``: the experiment (its label, or part of it) that every
     other experiment on its dataset is compared with (``Report.differences``; default: the first by label).
-    ``interval``: the intervals over seeds, ``bootstrap`` (percentile, rliable's; too narrow over few seeds) or
-    ``t`` (Student-t, Welch's for differences; docs/reports.md). Across datasets stays a stratified bootstrap.
+    ``interval``: the intervals over seeds, ``t`` (the default: Student-t, Welch's for differences) or
+    ``bootstrap`` (percentile, rliable's; too narrow over few seeds, docs/reports.md). Across datasets stays a
+    stratified bootstrap.
     """
     if not paths:
         raise UserError("offrl report: give at least one run directory or a folder of runs")

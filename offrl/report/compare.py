@@ -1,9 +1,9 @@
 """Experiment against experiment on each dataset: what a change of setting did, with its noise.
 
 For every dataset with two or more groups, each group's seed mean minus the baseline group's, for the last
-evaluation and for the mean of the last 5 evaluations (steadier than one), with a percentile-bootstrap 95% CI
-that resamples each group's seeds on their own (:func:`offrl.report.stats.difference_ci`; or Welch's
-interval, :func:`offrl.report.stats.welch_ci`), and the reading:
+evaluation and for the mean of the last 5 evaluations (steadier than one), with Welch's 95% interval
+(:func:`offrl.report.stats.welch_ci`; or a percentile bootstrap that resamples each group's seeds on their own,
+:func:`offrl.report.stats.difference_ci`), and the reading:
 ``higher`` / ``lower`` only when the interval excludes 0. The baseline is the group whose label contains
 ``baseline`` (``offrl report --baseline``), else the first group of the dataset in label order. Groups that
 trained different budgets (runs still going, or other ``--steps``) are compared as they stand, and the reading
@@ -21,7 +21,7 @@ import pandas as pd
 
 from offrl.errors import UserError
 from offrl.report.aggregate import Group, last_and_best, last_eval
-from offrl.report.stats import difference_ci, welch_ci
+from offrl.report.stats import DEFAULT_INTERVAL, difference_ci, welch_ci
 
 __all__ = ["difference_table", "reading"]
 
@@ -60,7 +60,7 @@ def _baseline(part: Sequence[Group], baseline: str | None) -> Group | None:
     return found[0] if found else None
 
 
-def difference_table(groups: Sequence[Group], baseline: str | None = None, interval: str = "bootstrap") -> pd.DataFrame:
+def difference_table(groups: Sequence[Group], baseline: str | None = None, interval: str = DEFAULT_INTERVAL) -> pd.DataFrame:
     """One row per group against its dataset's baseline (see the module docstring); empty when no dataset
     has two groups. A ``baseline`` no group's label contains is one error line naming the labels.
     ``interval``: ``bootstrap`` (each side's seeds resampled on their own) or ``t`` (Welch's interval)."""

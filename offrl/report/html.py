@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from offrl.report.plots import Figure
-from offrl.report.stats import CURVE_RESAMPLES, TABLE_RESAMPLES
+from offrl.report.stats import CURVE_RESAMPLES, DEFAULT_INTERVAL, TABLE_RESAMPLES
 
 __all__ = ["render"]
 
@@ -207,7 +207,7 @@ def _interval_note(interval: str) -> str:
             "(benchmarks/ci_coverage.py, docs/reports.md; <code>offrl report --interval t</code> for Student-t).")
 
 
-def _differences(table: pd.DataFrame | None, interval: str = "bootstrap") -> str:
+def _differences(table: pd.DataFrame | None, interval: str = DEFAULT_INTERVAL) -> str:
     if table is None or table.empty:
         return ""
 
@@ -288,7 +288,7 @@ def render(
     chosen: pd.DataFrame | None = None,
     settings: tuple[Sequence[tuple[str, Any, Any]], str] | None = None,
     differences: pd.DataFrame | None = None,
-    interval: str = "bootstrap",
+    interval: str = DEFAULT_INTERVAL,
 ) -> str:
     """The whole page as a string; ``chosen``: the chosen-config table (a sweep's report), else none;
     ``settings`` (a run report): the changed hyperparameters and the evaluation protocol."""

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from offrl.fsio import atomic_write  # noqa: E402
 from offrl.report.aggregate import Group, curve, online_switch  # noqa: E402
+from offrl.report.stats import DEFAULT_INTERVAL  # noqa: E402
 
 __all__ = ["Figure", "colours", "plot_alpha", "plot_diagnostics", "plot_losses", "plot_scores"]
 
@@ -134,7 +135,7 @@ def _behaviour(members: Sequence[Group]) -> float | None:
     return value
 
 
-def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1, interval: str = "bootstrap") -> Figure:
+def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1, interval: str = DEFAULT_INTERVAL) -> Figure:
     """Score vs gradient step per dataset (the per-dataset panel): mean over seeds with a 95% CI band."""
     datasets = _datasets(groups)
     colour = colours(groups)

@@ -13,6 +13,8 @@ import pytest
 from helpers.cli import OFFRL, assert_user_error
 from helpers.train import TINY_DCQL, offrl_cli
 
+from offrl.evaluation.findings import mean_ci
+
 SETS = [a for s in [*TINY_DCQL, "num_threads=1"] for a in ("--set", s)]
 BASE = ["--steps", "30", "--batch-size", "16", "--eval-every", "15", "--eval-episodes", "2"]
 
@@ -35,13 +37,13 @@ def test_seeds_run_in_parallel_and_aggregate(cartpole, tmp_path):
     report = algo_dir / "grp-report" / "index.html"
     assert f"report: {report}" in result.stdout and report.stat().st_size > 0
     # The aggregate line is the mean of the two runs' last evaluations (raw returns: a test file has no
-    # reference scores), with a bootstrap CI around it.
+    # reference scores), with the Student-t 95% interval over the two seeds around it.
     last = [_summary(run)["final"]["return_mean"] for run in runs.values()]
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("2 of 2 seeds"))
     mean, low, high = (float(x) for x in line.split("last return ")[1].split(" (mean")[0]
                        .replace("[", "").replace("]", "").replace(",", "").split())
     assert mean == pytest.approx(np.mean(last), abs=0.051)
-    assert min(last) - 0.051 <= low <= mean <= high <= max(last) + 0.051
+    assert (low, high) == pytest.approx(mean_ci(last)[1:], abs=0.051) and low < mean < high
     # and whether the curves settled: the mean over seeds of each run's last-third trend (steps 20, 25, 30)
     trends = [_summary(run)["trend"] for run in runs.values()]
     assert [t["evaluations"] for t in trends] == [3, 3]

@@ -17,6 +17,7 @@ from helpers.cli import OFFRL
 from helpers.report import make_run
 
 from offrl.errors import UserError
+from offrl.evaluation.findings import mean_ci
 from offrl.report import build_report, load_run, load_runs, write_run_report
 from offrl.report.aggregate import aggregate_table, group_runs, online_switch, summary_table
 
@@ -42,8 +43,10 @@ def test_report_aggregates_seeds_and_writes_a_self_contained_page(runs_root: Pat
     row = table.loc[("offrl/cartpole/mixed-v0", "discrete-cql")]
     lasts = _last_scores(runs_root, "offrl/cartpole/mixed-v0", "discrete-cql")
     assert row["last_mean"] == pytest.approx(np.mean(lasts))
-    assert row["last_low"] <= np.mean(lasts) <= row["last_high"]
-    assert min(lasts) - 1e-9 <= row["last_low"] and row["last_high"] <= max(lasts) + 1e-9
+    assert (row["last_low"], row["last_high"]) == pytest.approx(mean_ci(lasts)[1:])  # Student-t over the seeds
+    boot = build_report([runs_root], tmp_path / "out-boot", interval="bootstrap").summary.set_index(["dataset", "group"])
+    low, high = boot.loc[("offrl/cartpole/mixed-v0", "discrete-cql"), ["last_low", "last_high"]]
+    assert min(lasts) - 1e-9 <= low <= np.mean(lasts) <= high <= max(lasts) + 1e-9  # a bootstrap stays in range
     assert row["n_seeds"] == 3 and row["steps"] == 1000 and row["updates_per_s"] == pytest.approx(50.0)
     assert row["behaviour_normalized"] == pytest.approx(40.0)  # fixture: behaviour at 40% of the range
     # the run without summary.json counts, labelled, with what it logged (600 steps)
@@ -60,7 +63,7 @@ def test_report_aggregates_seeds_and_writes_a_self_contained_page(runs_root: Pat
     srcs = re.findall(r"""src=['"]([^'"]+)""", page)
     assert len(srcs) == len(rep.figures) and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http://" not in page and "https://" not in page
-    assert "10,000 resamples" in page
+    assert "Student-t 95% CI of the mean" in page and "10,000 resamples" in page  # across datasets: bootstrap
     assert not list((tmp_path / "out").glob("*.tmp"))  # atomic writes left nothing behind
 
 
@@ -303,7 +306,7 @@ def test_critic_findings_in_words() -> None:
 
 def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Path) -> None:
     # what a change of setting did: seed mean minus the baseline's, each side's seeds resampled on their own
-    from offrl.report.stats import difference_ci
+    from offrl.report.stats import difference_ci, welch_ci
 
     root = tmp_path / "runs"
     for seed in range(4):
@@ -316,12 +319,15 @@ def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Pat
     cql, d3 = _last_scores(root, "offrl/pendulum/medium-v0", "cql"), _last_scores(root, "offrl/pendulum/medium-v0",
                                                                                    "d3rlpy-cql")
     row = diffs.loc["d3rlpy-cql"]
-    assert (row["last_diff"], row["last_low"], row["last_high"]) == pytest.approx(difference_ci(d3, cql))
+    assert (row["last_diff"], row["last_low"], row["last_high"]) == pytest.approx(welch_ci(d3, cql))  # the default
+    boot = build_report([root], tmp_path / "out-boot", group_by="algo", interval="bootstrap").differences
+    assert tuple(boot.set_index("group").loc["d3rlpy-cql", ["last_diff", "last_low", "last_high"]]) == pytest.approx(
+        difference_ci(d3, cql))
     assert row["last_diff"] == pytest.approx(np.mean(d3) - np.mean(cql)) and row["last_low"] > 0
     assert row["last_reading"] == "higher" and row["recent_reading"] == "higher" and row["n"] == row["n_baseline"] == 4
     assert diffs.loc["dqn-like", "last_reading"] == "no difference shown"
     page = rep.html.read_text()
-    assert "Differences between experiments" in page and "minus baseline" in page
+    assert "Differences between experiments" in page and "minus baseline" in page and "Welch's 95% CI" in page
     # --baseline names the experiment: the others are compared with it
     rep = build_report([root], tmp_path / "out-b", group_by="algo", baseline="d3rlpy")
     assert set(rep.differences["baseline"]) == {"d3rlpy-cql"} and set(rep.differences["last_reading"]) == {"lower"}
@@ -359,8 +365,8 @@ def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Pat
     assert row["group"] == "quiet" and row["last_reading"] == "no score to compare"
 
 
-def test_student_t_intervals_on_request(tmp_path: Path) -> None:
-    # percentile bootstrap intervals over 3-5 seeds are too narrow (benchmarks/ci_coverage.py): --interval t
+def test_student_t_intervals_by_default_and_the_bootstrap_on_request(tmp_path: Path) -> None:
+    # percentile bootstrap intervals over 3-5 seeds are too narrow (benchmarks/ci_coverage.py): t by default
     from offrl.evaluation.findings import mean_ci
     from offrl.report.stats import welch_ci
 
@@ -368,7 +374,7 @@ def test_student_t_intervals_on_request(tmp_path: Path) -> None:
     for seed in range(4):
         make_run(root, algo="cql", seed=seed, final_score=60.0 + 3 * seed)
         make_run(root, algo="d3rlpy-cql", seed=seed, final_score=70.0 + 2 * seed)
-    rep = build_report([root], tmp_path / "out", group_by="algo", interval="t")
+    rep = build_report([root], tmp_path / "out", group_by="algo")
     cql, d3 = (_last_scores(root, "offrl/pendulum/medium-v0", a) for a in ("cql", "d3rlpy-cql"))
     row = rep.summary.set_index("group").loc["cql"]
     assert (row["last_mean"], row["last_low"], row["last_high"]) == pytest.approx(mean_ci(cql))
@@ -376,7 +382,7 @@ def test_student_t_intervals_on_request(tmp_path: Path) -> None:
     assert (diff["last_diff"], diff["last_low"], diff["last_high"]) == pytest.approx(welch_ci(d3, cql))
     page = rep.html.read_text()
     assert "Student-t 95% CI of the mean" in page and "Welch's 95% CI" in page
-    boot = build_report([root], tmp_path / "out-b", group_by="algo")  # the default: percentile bootstrap
+    boot = build_report([root], tmp_path / "out-b", group_by="algo", interval="bootstrap")
     assert boot.summary.set_index("group").loc["cql", "last_low"] > row["last_low"]
     assert "84% with 5" in boot.html.read_text()
     with pytest.raises(UserError, match="--interval z: choose one of bootstrap, t"):
