@@ -212,7 +212,7 @@ def _differences(table: pd.DataFrame | None, interval: str = DEFAULT_INTERVAL) -
         return ""
 
     def cell(r: pd.Series, key: str) -> str:
-        signed = lambda x: f"{float(x):+.1f}".replace("-", "−")  # noqa: E731
+        signed = lambda x: f"{float(x):+.1f}".replace("-", "−") if _finite(x) else "–"  # noqa: E731
         text = signed(r[f"{key}_diff"])
         if _finite(r[f"{key}_low"]):
             text += f" <span class='ci'>[{signed(r[f'{key}_low'])}, {signed(r[f'{key}_high'])}]</span>"

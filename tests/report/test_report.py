@@ -361,8 +361,10 @@ def test_experiments_are_compared_with_a_baseline_with_their_noise(tmp_path: Pat
                                                                                           index=False)
         summary = json.loads((quiet / "summary.json").read_text())
         (quiet / "summary.json").write_text(json.dumps({**summary, "final": None, "best": None}))
-    row = build_report([silent], tmp_path / "out-q", group_by="algo").differences.iloc[0]
+    quiet_rep = build_report([silent], tmp_path / "out-q", group_by="algo")
+    row = quiet_rep.differences.iloc[0]
     assert row["group"] == "quiet" and row["last_reading"] == "no score to compare"
+    assert "nan" not in quiet_rep.html.read_text().split("Differences between experiments")[1].split("</table>")[0]
 
 
 def test_student_t_intervals_by_default_and_the_bootstrap_on_request(tmp_path: Path) -> None:
