@@ -1,7 +1,7 @@
 """One setting against another: A minus B per dataset, over two folders of suite runs, as a Markdown table.
 
-For each dataset with completed runs on both sides: the seed means of A and B and their difference, with a
-percentile-bootstrap 95% CI that resamples each side's seeds on their own (``benchmarks/settled.py``), for the
+For each dataset with completed runs on both sides: the seed means of A and B and their difference, with Welch's
+95% CI (``--interval bootstrap``: a percentile bootstrap resampling each side's seeds; ``benchmarks/settled.py``), for the
 mean of the first 5 evaluations (how fast it learns), the mean of the last 5 (where it ends, steadier than one
 evaluation) and the last evaluation. A last row pools the datasets (each weighs the same).
 
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from settled import _difference, _summary, last_on_episodes  # noqa: E402  (the suite report's bootstrap)
+from settled import _difference, _summary, last_on_episodes  # noqa: E402  (the suite report's intervals)
 
 MEASURES = (("first 5", lambda s: s[:5].mean()), ("last 5", lambda s: s[-5:].mean()), ("last", lambda s: s[-1]))
 
@@ -56,7 +56,7 @@ def _scores(root: Path, dataset: str, algo: str, last_episodes: int = 0,
 
 
 def table(a_root: Path, b_root: Path, algo_a: str, algo_b: str, seed: int = 0, last_episodes: int = 0,
-          left_out: list[Path] | None = None, interval: str = "bootstrap") -> list[str]:
+          left_out: list[Path] | None = None, interval: str = "t") -> list[str]:
     rng = np.random.default_rng(seed)
     head = "| dataset | seeds A / B | " + " | ".join(f"{m}: A, B, A - B [95% CI]" for m, _ in MEASURES) + " |"
     lines = [head, "|" + "---|" * (2 + len(MEASURES))]
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algo-b")
     parser.add_argument("--last-episodes", type=int, default=0, metavar="K",
                         help="score each run's last evaluation on its episodes 0..K-1 (default: all)")
-    parser.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap",
-                        help="percentile bootstrap (default; too narrow over few seeds, benchmarks/ci_coverage.py) "
-                        "or Welch's t interval")
+    parser.add_argument("--interval", choices=("bootstrap", "t"), default="t",
+                        help="Welch's t interval (default) or a percentile bootstrap (too narrow over few seeds, "
+                        "benchmarks/ci_coverage.py)")
     args = parser.parse_args(argv)
     if args.last_episodes < 0:
         print(f"ablation_diff: --last-episodes {args.last_episodes}: must be 0 (every episode) or more",

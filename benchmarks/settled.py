@@ -3,14 +3,14 @@
 1. Per dataset x algorithm: the last evaluation; the mean of each run's last 5 evaluations; the change of the normalized score
    from the evaluation at two thirds of the run to the last; and the trend over the last third: the slope of a
    least-squares line through every evaluation from two thirds on, times the steps it spans (equal to the
-   change when there are two). Percentile-bootstrap 95% CIs over seeds. A curve is called settled when the
+   change when there are two). Student-t 95% CIs over seeds. A curve is called settled when the
    trend's CI lies within +-5 normalized points: a line through all of the last third's evaluations, not two
    single evaluations, each a few noisy episodes.
 2. Where an offrl algorithm and its d3rlpy row (``d3rlpy-<algo>``) both have runs on a dataset: offrl's mean
-   minus d3rlpy's, of the last evaluation and of the mean of the last 5, with a 95% CI from resampling each
-   library's seeds on their own (10,000 resamples), and the reading: "offrl higher" or "d3rlpy higher" only
-   when the CI excludes 0. A last row pools the datasets (each dataset's difference weighs the same,
-   seeds resampled within each dataset).
+   minus d3rlpy's, of the last evaluation and of the mean of the last 5, with Welch's 95% CI (or, with
+   ``--interval bootstrap``, one from resampling each library's seeds on their own), and the reading:
+   "offrl higher" or "d3rlpy higher" only when the CI excludes 0. A last row pools the datasets (each
+   dataset's difference weighs the same).
 
 Only completed runs count (a run still training, or stopped, is left out and counted on stderr).
 
@@ -21,8 +21,8 @@ comes from the first K of the summary's ``final.episode_returns`` (offrl runs an
 last evaluation of exactly K episodes, else from the ``offrl_last_<K>_episodes.csv`` beside the runs folder
 (``benchmarks/collect_runs.py --last-episodes K`` writes it); a run with none of these is left out.
 
-``--interval t`` makes every interval over seeds Student-t (Welch's for the differences) instead of the percentile
-bootstrap, which is too narrow over a few seeds (``benchmarks/ci_coverage.py``).
+Every interval over seeds is Student-t (Welch's for the differences); ``--interval bootstrap`` gives rliable's percentile
+bootstrap instead, which is too narrow over a few seeds (``benchmarks/ci_coverage.py``).
 
     python benchmarks/settled.py RUNS_DIR [RUNS_DIR ...] [--last-episodes K] [--interval bootstrap|t]
 """
@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 
-def _ci(values: np.ndarray, rng: np.random.Generator, interval: str = "bootstrap") -> tuple[float, float, float]:
+def _ci(values: np.ndarray, rng: np.random.Generator, interval: str = "t") -> tuple[float, float, float]:
     if len(values) < 2:
         return float(values.mean()), float("nan"), float("nan")
     if interval == "t":  # Student-t: holds its coverage over few seeds (benchmarks/ci_coverage.py)
@@ -59,11 +59,11 @@ def _trend(steps: np.ndarray, score: np.ndarray) -> float:
 
 
 def _difference(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,
-                interval: str = "bootstrap") -> tuple[float, float, float]:
-    """Mean over datasets of (offrl's seed mean - d3rlpy's seed mean), with a percentile-bootstrap CI that
-    resamples each library's seeds within each dataset, or with ``interval="t"`` Welch's interval (the
-    variance of the mean of the differences and its Welch-Satterthwaite degrees of freedom over every
-    group); CI bounds are nan when a side has a single seed."""
+                interval: str = "t") -> tuple[float, float, float]:
+    """Mean over datasets of (offrl's seed mean - d3rlpy's seed mean), with Welch's interval (the variance of
+    the mean of the differences and its Welch-Satterthwaite degrees of freedom over every group), or with
+    ``interval="bootstrap"`` a percentile-bootstrap CI that resamples each library's seeds within each
+    dataset; CI bounds are nan when a side has a single seed."""
     point = float(np.mean([a.mean() - b.mean() for a, b in pairs]))
     if any(len(a) < 2 or len(b) < 2 for a, b in pairs):
         return point, float("nan"), float("nan")
@@ -88,7 +88,7 @@ def _reading(lo: float, hi: float) -> str:
     return "offrl higher" if lo > 0 else "d3rlpy higher" if hi < 0 else "no difference shown"
 
 
-def _versus(df: pd.DataFrame, rng: np.random.Generator, interval: str = "bootstrap") -> list[str]:
+def _versus(df: pd.DataFrame, rng: np.random.Generator, interval: str = "t") -> list[str]:
     """Table 2: offrl's rows against their d3rlpy counterparts, per dataset and pooled."""
     lines, pooled = [], {}
     for (ds, algo), mine in df[~df["algo"].str.startswith("d3rlpy-")].groupby(["dataset", "algo"]):
@@ -165,7 +165,7 @@ def last_on_episodes(run: Path, summary: dict[str, Any], k: int) -> float | None
     return _scored_tables(run, k).get((ds, algo, seed, int(final.get("step", summary.get("steps", -1)))))
 
 
-def tables(runs: list[Path], last_episodes: int = 0, interval: str = "bootstrap") -> tuple[list[str], int]:
+def tables(runs: list[Path], last_episodes: int = 0, interval: str = "t") -> tuple[list[str], int]:
     """Both tables (Markdown lines) over the completed ones of these run folders
     (``<dataset>/<algo>/seed<N>``), and how many were left out (not completed, no normalized score, or, with
     ``last_episodes``, no score over that many episodes); no lines when none is left."""
@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="settled.py", add_help=False)
     parser.add_argument("roots", nargs="+", type=Path)
     parser.add_argument("--last-episodes", type=int, default=0)
-    parser.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap")
+    parser.add_argument("--interval", choices=("bootstrap", "t"), default="t")
     args = parser.parse_args(argv)
     if args.last_episodes < 0:
         print(f"settled.py: --last-episodes {args.last_episodes}: must be 0 (every episode) or more",

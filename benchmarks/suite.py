@@ -407,7 +407,7 @@ score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds th
 
 ## Machine and budget
 
-- Machine: {facts['cpu']}, {facts['cores']} cores, shared with other work (load average {facts['load_start']}
+- Machine: {facts['machine']}, shared with other work (load average {facts['load_start']}
   at the start, {facts['load_end']} at the end); no GPU.
 - Software: {facts['versions']}; d3rlpy peer: {peers}.
 - Budget: {facts['budget']}; {facts['jobs']} runs at a time, one process and one torch thread each.
@@ -420,8 +420,8 @@ score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds th
 
 ## Results
 
-Last = the final evaluation, best = the best evaluation of each run; mean over seeds with a percentile
-bootstrap 95% CI (10,000 resamples), IQM = interquartile mean. Behaviour policy = the dataset's own mean
+Last = the final evaluation, best = the best evaluation of each run; mean over seeds with a {facts['interval']},
+IQM = interquartile mean. Behaviour policy = the dataset's own mean
 episode return, normalized the same way.
 
 {table}
@@ -456,7 +456,7 @@ PEER_NOTES = """- Peer rows (`d3rlpy-*`) are d3rlpy 2.8.1 configured like offrl'
   other runs (and other people's jobs) sharing the CPU: compare it within this table only."""
 
 
-def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0, interval: str = "bootstrap") -> str:
+def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0, interval: str = "t") -> str:
     """The README's "Did the curves settle?" section (benchmarks/settled.py's tables over the completed runs,
     each last evaluation scored on its first ``last_episodes`` episodes when that is not 0), or nothing when no
     run has completed."""
@@ -475,7 +475,7 @@ def settled_section(run_dirs: Sequence[Path], runs: Path, last_episodes: int = 0
     return "\n".join([
         "## Did the curves settle, and which library ends higher?", "",
         f"`python benchmarks/settled.py {runs}{f' --last-episodes {last_episodes}' if last_episodes else ''}"
-        f"{' --interval t' if interval == 't' else ''}` "
+        f"{' --interval bootstrap' if interval == 'bootstrap' else ''}` "
         "(completed runs only): per run, the last evaluation, the mean of its last 5 evaluations,",
         "the change from the evaluation at two thirds of the run to the last, and the trend over the last third (a",
         "least-squares line through every evaluation from two thirds on, times the steps it spans); "
@@ -514,9 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="override an offrl config key for every run (repeatable; an algorithm's section applies "
                         "to that algorithm only), e.g. --set cql.backup_action=mean for an ablation row")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
-    p.add_argument("--interval", choices=("bootstrap", "t"), default="bootstrap",
-                   help="intervals over seeds: percentile bootstrap (default; too narrow over a few seeds) or "
-                   "Student-t / Welch (benchmarks/ci_coverage.py)")
+    p.add_argument("--interval", choices=("bootstrap", "t"), default="t",
+                   help="intervals over seeds: Student-t / Welch (default) or rliable's percentile bootstrap (too "
+                   "narrow over a few seeds, benchmarks/ci_coverage.py)")
     p.add_argument("--d3rlpy-python", default=None, help="a Python with d3rlpy for the peer rows (default: this one)")
     p.add_argument("--peer-algos", default="cql,discrete-cql,dqn", help="algorithms d3rlpy mirrors (default all)")
     p.add_argument("--no-peers", action="store_true", help="skip the d3rlpy peer rows")
@@ -632,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved: dict[str, Any] = {}
         record.write_text(json.dumps({"command": shown, "wall": f"{wall / 60:.1f} min", "started": started,
                                       "load_start": load_start, "load_end": _load(), "n_reused": reused,
-                                      "failed": failed, "notes": list(args.note)}, indent=1))
+                                      "failed": failed, "notes": list(args.note), "cpu": cpu_model(),
+                                      "cores": os.cpu_count(), "versions": _versions()}, indent=1))
     else:  # the training call's facts, and every note given so far: a rebuild keeps them and adds new ones
         saved = json.loads(record.read_text()) if record.is_file() else {}
         kept = [n for n in saved.get("notes", []) if isinstance(n, str)]
@@ -644,16 +645,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{max(c['eval']['episodes'], c['eval'].get('final_episodes') or 0)} after the last"
                     for c in configs.values()})
     failed = saved.get("failed", failed)
+    not_recorded = "not recorded by the training call" if args.report_only else ""  # a record from before 2026-12-07
     datasets_run = sorted({c["dataset"]["id"] for c in configs.values()})
     algos_run = sorted({c["algo"] for c in configs.values()})
     scope = (f"Datasets {', '.join(f'`{d}`' for d in datasets_run)} x offrl's {', '.join(algos_run)}"
              + (f" and d3rlpy {peer_version}'s counterparts on the same data and config" if args.d3rlpy_python else ""))
     facts = {
         "scope": scope,
-        "seeds": args.seeds, "cpu": cpu_model(), "cores": os.cpu_count(), "peers": peer_version, "jobs": args.jobs,
-        "budget": budget, "eval": "; ".join(evals),
-        "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
-        "versions": _versions(), "n_runs": len(jobs), "n_failed": len(failed),
+        "interval": ("Student-t 95% CI" if args.interval == "t" else
+                     "percentile bootstrap 95% CI (10,000 resamples)"),
+        # the machine and software the runs trained on, not the one rebuilding the report
+        "seeds": args.seeds, "peers": peer_version, "jobs": args.jobs, "budget": budget,
+        "machine": (f"{saved['cpu']}, {saved['cores']} cores" if "cpu" in saved else
+                    "not recorded by the training call (\"Trained on\" below has each run's)" if args.report_only
+                    else f"{cpu_model()}, {os.cpu_count()} cores"),
+        "eval": "; ".join(evals), "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
+        "versions": saved.get("versions", not_recorded or _versions()), "n_runs": len(jobs), "n_failed": len(failed),
         "load_start": saved.get("load_start", load_start), "load_end": saved.get("load_end", _load()),
         "n_reused": saved.get("n_reused", reused), "started": saved.get("started", started),
         "wall": saved.get("wall", "n/a (--report-only: no training in this call)" if args.report_only

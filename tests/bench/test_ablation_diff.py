@@ -31,7 +31,12 @@ def test_differences_per_dataset_and_pooled(tmp_path, capsys):
         _run(b, "offrl__y__v0", "cql", seed, [4.0] * 10)
     _run(a, "offrl__x__v0", "cql", 2, [99.0] * 10, status="running")  # not counted
     _run(b, "offrl__z__v0", "cql", 0, [1.0] * 10)  # only on one side: no row
-    assert _module().main([str(a), str(b), "--algo-a", "cql"]) == 0
+    assert _module().main([str(a), str(b), "--algo-a", "cql"]) == 0  # Welch's interval by default
+    out = capsys.readouterr().out.splitlines()
+    x = next(line for line in out if line.startswith("| offrl/x/v0 |"))
+    # A's first 5 means 10 and 12, B's 0 and 2: difference 10, standard error sqrt(2), 2 df, t = 4.303
+    assert x.startswith("| offrl/x/v0 | 2 / 2 | 11.0, 1.0, +10.0 [+3.9, +16.1] |")
+    assert _module().main([str(a), str(b), "--algo-a", "cql", "--interval", "bootstrap"]) == 0
     out = capsys.readouterr().out.splitlines()
     x = next(line for line in out if line.startswith("| offrl/x/v0 |"))
     # each side's seeds resampled on their own: A's mean is 10 or 12 or 11, B's 0 or 2 or 1 (each extreme 1/4)

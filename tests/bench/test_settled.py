@@ -131,8 +131,9 @@ def test_last_episodes_compares_like_for_like(tmp_path: Path, capsys: pytest.Cap
     assert "left out 1 run(s)" in captured.err and "episodes 0-1" in captured.err
     rows = {r[1]: r for r in _table(captured.out, "toy/") if len(r) == 9}
     assert rows["cql"][2] == "2" and rows["cql"][5].startswith("32.1 ")  # (30*4 + 40.5) / 5
-    assert rows["cql"][4].startswith("40.5 [40.0, 41.0]")  # episodes 0-1 of each seed, from the csv
-    assert rows["d3rlpy-cql"][4].startswith("32.0 [30.0, 34.0]")  # 30 (its returns 50, 70) and 34 (2 episodes)
+    # episodes 0-1 of each seed, from the csv: 40 and 41, Student-t over 2 seeds (t = 12.71, standard error 0.5)
+    assert rows["cql"][4].startswith("40.5 [34.1, 46.9]")
+    assert rows["d3rlpy-cql"][4].startswith("32.0 [6.6, 57.4]")  # 30 (its returns 50, 70) and 34 (2 episodes)
     assert rows["d3rlpy-cql"][5].startswith("30.4 ")  # (30*4 + (30 + 34) / 2) / 5
     versus = {r[0]: r for r in _table(captured.out, "toy/") if len(r) == 5}
     assert versus["toy/a-v0"][3].startswith("+8.5 [")  # 40.5 - 32.0
@@ -144,16 +145,16 @@ def test_last_episodes_compares_like_for_like(tmp_path: Path, capsys: pytest.Cap
     assert "--last-episodes -1" in capsys.readouterr().err
 
 
-def test_student_t_intervals_on_request() -> None:
+def test_student_t_intervals_by_default_bootstrap_on_request() -> None:
     from offrl.evaluation.findings import mean_ci
     from offrl.report.stats import welch_ci
 
     settled = _settled()
     rng = np.random.default_rng(0)
     a, b = np.array([21.0, 23.5, 19.8, 22.4, 20.9]), np.array([16.0, 22.1, 12.3, 19.9, 14.7])
-    assert settled._ci(a, rng, "t") == pytest.approx(mean_ci(a))
-    assert settled._difference([(a, b)], rng, "t") == pytest.approx(welch_ci(a, b))
-    boot = settled._difference([(a, b)], np.random.default_rng(0))
+    assert settled._ci(a, rng) == pytest.approx(mean_ci(a))
+    assert settled._difference([(a, b)], rng) == pytest.approx(welch_ci(a, b))
+    boot = settled._difference([(a, b)], np.random.default_rng(0), "bootstrap")
     t = settled._difference([(a, b)], rng, "t")
     assert t[2] - t[1] > boot[2] - boot[1]  # the bootstrap over 5 seeds is the narrower one
     # pooled over datasets: the mean of the differences, its variance the mean of theirs over the count squared

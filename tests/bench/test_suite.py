@@ -84,6 +84,21 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     progress = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
     assert progress and all(": reused" in ln for ln in progress), progress
 
+    # a --report-only rebuild (on another machine, say) names the machine and software the runs trained on
+    record = runs / ".suite.json"
+    saved = json.loads(record.read_text())
+    assert saved["cpu"] and saved["cores"] >= 1 and saved["versions"].startswith("offrl ")
+    record.write_text(json.dumps({**saved, "cpu": "Training CPU", "cores": 7, "versions": "offrl 0.0.9, torch 9"}))
+    rebuilt = tmp_path / "rebuilt"
+    assert _suite().main([*argv[:1], str(rebuilt), *argv[2:], "--report-only"]) == 0
+    machine = (rebuilt / "README.md").read_text()
+    assert "- Machine: Training CPU, 7 cores," in machine and "- Software: offrl 0.0.9, torch 9;" in machine
+    record.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("cpu", "cores", "versions")}))
+    assert _suite().main([*argv[:1], str(rebuilt), *argv[2:], "--report-only"]) == 0  # a record from before
+    assert '- Machine: not recorded by the training call ("Trained on" below has each run\'s), shared' in (
+        rebuilt / "README.md").read_text()
+    record.write_text(json.dumps(saved))
+
     # --completed-only reports the finished runs of a study still training, and says how many they are
     summary = runs / "offrl__cartpole__random-v0" / "dqn" / "seed1" / "summary.json"
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "running"}))
@@ -115,12 +130,19 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         assert _suite().main([*argv[:1], str(noted), *argv[2:], "--report-only", "--note", note]) == 0
     notes = (noted / "README.md").read_text().split("## Notes")[1]
     assert "- first note\n- second note\n" in notes and "Completed runs only" not in notes
-    # --interval t: Student-t intervals over seeds in the tables and the settled section, said where they show
+    # Student-t intervals over seeds by default, said where they show; --interval bootstrap gives rliable's
     student = tmp_path / "student"
-    assert _suite().main([*argv[:1], str(student), *argv[2:], "--report-only", "--interval", "t"]) == 0
+    assert _suite().main([*argv[:1], str(student), *argv[2:], "--report-only"]) == 0
     text = (student / "README.md").read_text()
-    assert "--interval t` (completed runs only)" in text and "Student-t 95% CIs (Welch's for the differences)" in text
+    assert "(completed runs only)" in text and "--interval" not in text.split("## Did the curves settle")[1]
+    assert "Student-t 95% CIs (Welch's for the differences)" in text and "mean over seeds with a Student-t 95% CI" in text
     assert "Student-t 95% CI of the mean" in (student / "index.html").read_text()
+    boot = tmp_path / "boot"
+    assert _suite().main([*argv[:1], str(boot), *argv[2:], "--report-only", "--interval", "bootstrap"]) == 0
+    text = (boot / "README.md").read_text()
+    assert "--interval bootstrap` (completed runs only)" in text and "bootstrap 95% CIs" in text
+    assert "mean over seeds with a percentile bootstrap 95% CI (10,000 resamples)" in text
+    assert "Student-t 95% CI of the mean" not in (boot / "index.html").read_text()
 
     # --first-seed adds seeds to the study: only the new seed trains, the report covers every run there
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "completed"}))
