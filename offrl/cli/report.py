@@ -63,6 +63,7 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from offrl.report import build_report
+    from offrl.report.compare import SETTLED
 
     report = build_report(args.runs, args.out, group_by=args.group_by, smooth=args.smooth, title=args.title,
                           baseline=args.baseline, interval=args.interval)
@@ -70,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"offrl: warning: {warning}", file=sys.stderr)
     for _, row in report.differences.iterrows():
         print(f"{row['dataset']}: {row['group']} minus {row['baseline']} ({int(row['n'])} / {int(row['n_baseline'])} "
-              f"seeds): last {_diff(row, 'last')}; mean of last 5 evaluations {_diff(row, 'recent')}")
+              f"seeds): last {_diff(row, 'last')}; mean of last 5 evaluations {_diff(row, 'recent')}"
+              + ("" if row["curves"] == SETTLED else f"; curves {row['curves']}, so a difference at this budget"))
     n = len(report.runs)
     print(f"report: {report.html} ({n} run(s), {len(report.summary)} experiment(s), {len(report.figures)} figure(s))")
     return 0

@@ -7,7 +7,8 @@ evaluation and for the mean of the last 5 evaluations (steadier than one), with 
 ``higher`` / ``lower`` only when the interval excludes 0. The baseline is the group whose label contains
 ``baseline`` (``offrl report --baseline``), else the first group of the dataset in label order. Groups that
 trained different budgets (runs still going, or other ``--steps``) are compared as they stand, and the reading
-says so instead of ranking them.
+says so instead of ranking them. ``curves`` says whether both groups' curves settled over the last third
+(:func:`offrl.report.aggregate.group_trend`): where one did not, the difference is one at this budget.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ import numpy as np
 import pandas as pd
 
 from offrl.errors import UserError
-from offrl.report.aggregate import Group, last_and_best, last_eval
+from offrl.report.aggregate import Group, group_trend, last_and_best, last_eval
 from offrl.report.stats import DEFAULT_INTERVAL, difference_ci, welch_ci
 
-__all__ = ["difference_table", "reading"]
+__all__ = ["curves_reading", "difference_table", "reading"]
 
 COLUMNS = ["dataset", "group", "baseline", "unit", "n", "n_baseline", "steps", "steps_baseline",
            "last_diff", "last_low", "last_high", "last_reading",
-           "recent_diff", "recent_low", "recent_high", "recent_reading"]
+           "recent_diff", "recent_low", "recent_high", "recent_reading", "curves"]
+
+
+#: ``curves`` when both groups' curves settled over the last third.
+SETTLED = "settled"
 
 
 def reading(low: float, high: float) -> str:
@@ -35,6 +40,14 @@ def reading(low: float, high: float) -> str:
     if not (math.isfinite(low) and math.isfinite(high)):
         return "no interval: one seed"
     return "higher" if low > 0 else "lower" if high < 0 else "no difference shown"
+
+
+def curves_reading(trends: dict[str, str]) -> str:
+    """``settled`` when every group's last-third trend reads settled, else which did not and how
+    (``not settled over the last third (cql still rising, d3rlpy-cql unclear)``): a difference between curves
+    still moving is a difference at this budget, not where the methods end."""
+    moving = [f"{label} {said}" for label, said in trends.items() if said != "settled"]
+    return SETTLED if not moving else f"not settled over the last third ({', '.join(moving)})"
 
 
 def _steps(group: Group) -> int:
@@ -76,6 +89,7 @@ def difference_table(groups: Sequence[Group], baseline: str | None = None, inter
         if base is None or len(part) < 2:
             continue
         base_last, base_recent = _values(base)
+        base_trend = group_trend(base, interval)["trend_reading"]
         for g in part:
             if g is base:
                 continue
@@ -83,7 +97,9 @@ def difference_table(groups: Sequence[Group], baseline: str | None = None, inter
             steps, base_steps = _steps(g), _steps(base)
             row: dict[str, Any] = {"dataset": g.dataset, "group": g.label, "baseline": base.label,
                                    "unit": g.unit.column, "n": len(g.runs), "n_baseline": len(base.runs),
-                                   "steps": steps, "steps_baseline": base_steps}
+                                   "steps": steps, "steps_baseline": base_steps,
+                                   "curves": curves_reading({g.label: group_trend(g, interval)["trend_reading"],
+                                                             base.label: base_trend})}
             for key, mine, theirs in (("last", last, base_last), ("recent", recent, base_recent)):
                 diff, low, high = diff_ci(mine, theirs)
                 if not math.isfinite(diff):

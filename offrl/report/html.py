@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from offrl.report.compare import SETTLED
 from offrl.report.plots import Figure
 from offrl.report.stats import CURVE_RESAMPLES, DEFAULT_INTERVAL, TABLE_RESAMPLES
 
@@ -222,23 +223,26 @@ def _differences(table: pd.DataFrame | None, interval: str = DEFAULT_INTERVAL) -
     rows = "".join(
         f"<tr><td class='l'>{_e(r['dataset'])}</td><td class='l'>{_e(r['group'])}</td>"
         f"<td class='l'>{_e(r['baseline'])}</td><td>{int(r['n'])} / {int(r['n_baseline'])}</td>"
-        f"<td>{cell(r, 'last')}</td><td>{cell(r, 'recent')}</td></tr>"
+        f"<td>{cell(r, 'last')}</td><td>{cell(r, 'recent')}</td>"
+        f"<td class='l'><span class='{'ci' if r['curves'] == SETTLED else 'unsettled'}'>{_e(r['curves'])}</span></td></tr>"
         for _, r in table.iterrows()
     )
     unit = "raw return" if (table["unit"] == "eval_return_mean").all() else "normalized points"
     return (
         "<h2>Differences between experiments</h2>"
-        "<table id='differences'><thead><tr><th class='l'>Dataset</th><th class='l'>Experiment</th>"
+        "<div class='wide'><table id='differences'><thead><tr><th class='l'>Dataset</th><th class='l'>Experiment</th>"
         "<th class='l'>minus baseline</th><th>Seeds</th><th>Last: difference [95% CI]</th>"
-        "<th>Mean of last 5 evaluations: difference [95% CI]</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
+        "<th>Mean of last 5 evaluations: difference [95% CI]</th><th class='l'>Curves over the last third</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
         f"<p class='note'>Seed mean minus the baseline's seed mean ({unit} where the dataset has references, raw "
         "returns otherwise), with "
         + ("Welch's 95% CI" if interval == "t" else
            "a percentile bootstrap 95% CI that resamples each experiment's seeds on their own (10,000 resamples, seed 0)")
         + ". <i>higher</i> / <i>lower</i> only when the interval excludes 0. The "
         "baseline is the first experiment of each dataset by label unless <code>offrl report --baseline</code> "
-        "names one. A difference means something only when both ran the same budget and evaluation.</p>"
+        "names one. A difference means something only when both ran the same budget and evaluation, and it is "
+        "where the methods end only when both curves settled over the last third (the trend column above); "
+        "otherwise it is a difference at this budget.</p>"
     )
 
 

@@ -389,3 +389,27 @@ def test_student_t_intervals_by_default_and_the_bootstrap_on_request(tmp_path: P
     assert "84% with 5" in boot.html.read_text()
     with pytest.raises(UserError, match="--interval z: choose one of bootstrap, t"):
         build_report([root], tmp_path / "out-z", interval="z")
+
+
+def test_a_difference_between_curves_still_moving_is_one_at_this_budget(tmp_path: Path) -> None:
+    # each difference says whether both experiments' curves settled over the last third (group_trend's reading)
+    from offrl.report.compare import SETTLED, curves_reading
+
+    root = tmp_path / "runs"
+    for seed in range(4):
+        make_run(root, algo="flat", seed=seed, final_score=60.0 + seed, plateau_from=0.3)
+        make_run(root, algo="level", seed=seed, final_score=61.0 + seed, plateau_from=0.3)
+        make_run(root, algo="rising", seed=seed, final_score=80.0 + seed)  # 0 to 80 in a line: +27 in its last third
+    rep = build_report([root], tmp_path / "out", group_by="algo")
+    diffs = rep.differences.set_index("group")
+    assert diffs.loc["level", "curves"] == SETTLED == "settled"
+    assert diffs.loc["rising", "curves"] == "not settled over the last third (rising still rising)"
+    assert curves_reading({"a": "unclear", "b": "settled", "c": "still falling"}) == (
+        "not settled over the last third (a unclear, c still falling)")
+    page = rep.html.read_text().split("Differences between experiments")[1]
+    assert "Curves over the last third" in page and "rising still rising" in page
+    result = _offrl("report", str(root), "--group-by", "algo", "--out", str(tmp_path / "cli"), cwd=tmp_path)
+    lines = {ln.split(" minus ")[0].split(": ")[1]: ln for ln in result.stdout.splitlines() if " minus " in ln}
+    assert lines["rising"].endswith("; curves not settled over the last third (rising still rising), so a difference "
+                                    "at this budget")
+    assert lines["level"].endswith("(no difference shown)")  # settled on both sides: nothing added
