@@ -83,9 +83,22 @@ def _difference(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Gener
 
 
 def _reading(lo: float, hi: float) -> str:
-    if not np.isfinite(lo):
-        return "no CI (one seed)"
     return "offrl higher" if lo > 0 else "d3rlpy higher" if hi < 0 else "no difference shown"
+
+
+def _cell(value: float, low: float, high: float, signed: bool = False) -> str:
+    """``12.3 [10.1, 14.4]``; with one seed (no interval) ``12.3 (1 seed)``, never ``[nan, nan]``."""
+    f = "{:+.1f}" if signed else "{:.1f}"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{f.format(value)} (1 seed)"
+    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
+
+
+def _diff_cell(d: float, lo: float, hi: float) -> str:
+    """``+4.4 [-1.0, +8.5] (no difference shown)``, or ``+4.4 (no CI: one seed)``."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{d:+.1f} (no CI: one seed)"
+    return f"{_cell(d, lo, hi, signed=True)} ({_reading(lo, hi)})"
 
 
 def _versus(df: pd.DataFrame, rng: np.random.Generator, interval: str = "t") -> list[str]:
@@ -100,19 +113,20 @@ def _versus(df: pd.DataFrame, rng: np.random.Generator, interval: str = "t") -> 
             pair = (mine[key].to_numpy(), peer[key].to_numpy())
             pooled.setdefault((algo, key), []).append(pair)
             d, lo, hi = _difference([pair], rng, interval)
-            cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({_reading(lo, hi)})")
+            cells.append(_diff_cell(d, lo, hi))
         lines.append(f"| {ds} | {algo} | {len(mine)} / {len(peer)} | {cells[0]} | {cells[1]} |")
     for algo in sorted({algo for algo, _ in pooled}):
         cells = []
         for key in ("last", "last5"):
             d, lo, hi = _difference(pooled[(algo, key)], rng, interval)
-            cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] ({_reading(lo, hi)})")
+            cells.append(_diff_cell(d, lo, hi))
         n = len(pooled[(algo, "last")])
         lines.append(f"| across {n} dataset{'s' * (n != 1)} | {algo} | | {cells[0]} | {cells[1]} |")
     if not lines:
         return []
-    return ["", "offrl minus d3rlpy (normalized points; mean over seeds, 95% CI from resampling each library's "
-            "seeds; across datasets: the mean of the per-dataset differences):", "",
+    how = ("Welch's 95% CI" if interval == "t" else "95% CI from resampling each library's seeds")
+    return ["", f"offrl minus d3rlpy (normalized points; mean over seeds, {how}; across datasets: the mean of the "
+            "per-dataset differences):", "",
             "| dataset | algorithm | seeds (offrl / d3rlpy) | last evaluation | mean of last 5 evaluations |",
             "|---|---|---|---|---|", *lines]
 
@@ -207,9 +221,8 @@ def tables(runs: list[Path], last_episodes: int = 0, interval: str = "t") -> tup
         c, clo, chi = _ci(g["change"].to_numpy(), rng, interval)
         t, tlo, thi = _ci(g["trend"].to_numpy(), trend_rng, interval)
         settled = "yes" if (np.isfinite(tlo) and -5 <= tlo and thi <= 5) else "no"
-        lines.append(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {a:.1f} [{alo:.1f}, {ahi:.1f}] | "
-                     f"{m:.1f} [{lo:.1f}, {hi:.1f}] | "
-                     f"{c:+.1f} [{clo:+.1f}, {chi:+.1f}] | {t:+.1f} [{tlo:+.1f}, {thi:+.1f}] | {settled} |")
+        lines.append(f"| {ds} | {algo} | {len(g)} | {g['steps'].max()} | {_cell(a, alo, ahi)} | {_cell(m, lo, hi)} | "
+                     f"{_cell(c, clo, chi, signed=True)} | {_cell(t, tlo, thi, signed=True)} | {settled} |")
     return lines + _versus(df, rng, interval), unfinished
 
 

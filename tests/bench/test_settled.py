@@ -60,8 +60,10 @@ def test_settled_and_versus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert versus["toy/a-v0"][2] == "3 / 3"
     assert versus["toy/a-v0"][3].startswith("+21.0 [") and versus["toy/a-v0"][3].endswith("(offrl higher)")
     assert versus["toy/b-v0"][3].startswith("-1.0 [") and versus["toy/b-v0"][3].endswith("(no difference shown)")
-    assert versus["toy/c-v0"][3] == "+0.0 [+nan, +nan] (no CI (one seed))"
-    assert versus["across 3 datasets"][3].endswith("(no CI (one seed))")
+    assert versus["toy/c-v0"][3] == "+0.0 (no CI: one seed)"  # never [nan, nan]
+    assert versus["across 3 datasets"][3].endswith("(no CI: one seed)")
+    one = {r[1]: r for r in _table(captured.out, "toy/c-v0") if len(r) == 9}
+    assert all(cell.endswith(" (1 seed)") for cell in one["cql"][4:8]) and "nan" not in captured.out
 
 
 def test_d3rlpy_higher_and_pooled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
