@@ -46,7 +46,7 @@ def curves_reading(trends: dict[str, str]) -> str:
     """``settled`` when every group's last-third trend reads settled, else which did not and how
     (``not settled over the last third (cql still rising, d3rlpy-cql unclear)``): a difference between curves
     still moving is a difference at this budget, not where the methods end."""
-    moving = [f"{label} {said}" for label, said in trends.items() if said != "settled"]
+    moving = [f"{label} {said}" for label, said in trends.items() if said != SETTLED]  # trend_reading's word
     return SETTLED if not moving else f"not settled over the last third ({', '.join(moving)})"
 
 

@@ -32,8 +32,8 @@ __all__ = [
 #: difference), which holds its coverage over few seeds where the bootstrap's is too narrow
 #: (benchmarks/ci_coverage.py, docs/reports.md).
 INTERVALS = ("bootstrap", "t")
-#: offrl's own reports (``offrl report``, ``--seeds``, sweeps): Student-t. The published benchmark reports were
-#: built with the bootstrap (``benchmarks/suite.py --interval``, whose default stays there until they are rebuilt).
+#: Intervals over seeds in every report (``offrl report``, ``--seeds``, sweeps, ``benchmarks/suite.py``): Student-t,
+#: which keeps its coverage over a few seeds (``benchmarks/ci_coverage.py``).
 DEFAULT_INTERVAL = "t"
 
 TABLE_RESAMPLES = 10_000  # per table cell: a few seeds, so this is cheap and the CI ends are stable
