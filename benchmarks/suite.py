@@ -34,6 +34,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -362,10 +363,13 @@ def provenance(jobs: Sequence[Job], runs: Path) -> str:
 
     machines: Counter[str] = Counter()
     digests: dict[str, Counter[str]] = {}
+    seconds: dict[str, list[float]] = {}  # cql, d3rlpy-cql, ... -> each completed run's own wall time
     for job in jobs:
         summary = read_summary(job.run_dir(runs)) if job.run_dir(runs).is_dir() else {}
         if summary.get("status") != "completed":
             continue
+        if isinstance(summary.get("wall_time"), int | float):
+            seconds.setdefault(job.run_dir(runs).parent.name, []).append(float(summary["wall_time"]))
         for machine in summary.get("machines") or ["not recorded"]:
             machines[machine] += 1
         digest = str((summary.get("dataset") or {}).get("digest") or "not recorded")[:12]
@@ -376,7 +380,20 @@ def provenance(jobs: Sequence[Job], runs: Path) -> str:
     lines += [f"- Dataset bytes: {ds}: " + ", ".join(f"{d} ({n} run{'s' * (n != 1)})" for d, n in sorted(c.items()))
               + ("" if len(c) == 1 else " (made more than once, with different bytes: the rows mix them)")
               for ds, c in sorted(digests.items())]
+    if seconds:  # what the runs cost, whatever this call reused: a rebuild's own wall time is ~0
+        lines.append("- Training time (each completed run's own wall time, evaluations included): " + "; ".join(
+            f"{algo} {_duration(sum(s))} over {len(s)} run{'s' * (len(s) != 1)}, median "
+            f"{_duration(statistics.median(s))} a run" for algo, s in sorted(seconds.items())))
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """``2.0 h``, ``45 min``, ``1.5 min``, ``12 s``: three significant figures at most, in the largest unit."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.{0 if seconds >= 600 else 1}f} min"
+    return f"{seconds:.0f} s"
 
 
 def aggregate_markdown(aggregate: Any) -> str:
@@ -414,8 +431,8 @@ score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds th
 - Evaluation: deterministic policy, {facts['eval']}, in the dataset's env; episode *i* reset with seed
   {facts['eval_seed']} + *i*, the same for every run and every evaluation. Normalized score = 100 x (R - ref_min) / (ref_max -
   ref_min), references from the dataset metadata (random policy = 0, scripted expert = 100).
-- Runs: {facts['n_runs']} ({facts['n_failed']} failed, {facts['n_reused']} reused from an earlier suite); wall time
-  {facts['wall']}, started {facts['started']}.
+- Runs: {facts['n_runs']} ({facts['n_failed']} failed, {facts['n_reused']} reused from an earlier suite); the training
+  call's wall time {facts['wall']}, started {facts['started']}.
 {facts['provenance']}
 
 ## Results

@@ -182,9 +182,10 @@ def test_provenance_names_machines_and_mixed_dataset_bytes(tmp_path: Path) -> No
     suite = _suite()
     jobs = [suite.Job("offrl/x/y-v0", "cql", seed) for seed in range(3)]
     records = [  # seed 0 resumed on a second CPU; seed 1 read other bytes; seed 2 did not finish
-        {"status": "completed", "machines": ["CPU A (avx2)", "CPU B (avx512f)"], "dataset": {"digest": "a" * 64}},
-        {"status": "completed", "machines": ["CPU A (avx2)"], "dataset": {"digest": "b" * 64}},
-        {"status": "running", "machines": ["CPU C (avx2)"], "dataset": {"digest": "a" * 64}},
+        {"status": "completed", "machines": ["CPU A (avx2)", "CPU B (avx512f)"], "dataset": {"digest": "a" * 64},
+         "wall_time": 1800.0},
+        {"status": "completed", "machines": ["CPU A (avx2)"], "dataset": {"digest": "b" * 64}, "wall_time": 5400.0},
+        {"status": "running", "machines": ["CPU C (avx2)"], "dataset": {"digest": "a" * 64}, "wall_time": 99999.0},
     ]
     for job, record in zip(jobs, records, strict=True):
         job.run_dir(tmp_path).mkdir(parents=True)
@@ -192,7 +193,16 @@ def test_provenance_names_machines_and_mixed_dataset_bytes(tmp_path: Path) -> No
     text = suite.provenance(jobs, tmp_path)
     assert "- Trained on: CPU A (avx2): 2 runs; CPU B (avx512f): 1 run" in text and "CPU C" not in text
     assert "offrl/x/y-v0: aaaaaaaaaaaa (1 run), bbbbbbbbbbbb (1 run) (made more than once" in text
+    # what the completed runs cost, whatever a rebuild reused (the unfinished run not counted)
+    assert ("- Training time (each completed run's own wall time, evaluations included): cql 2.0 h over 2 runs, "
+            "median 1.0 h a run") in text
     assert suite.provenance(jobs[2:], tmp_path) == ""  # nothing completed: no line
+    peer = suite.Job("offrl/x/y-v0", "cql", 0, peer=True)  # d3rlpy's runs are counted apart
+    peer.run_dir(tmp_path).mkdir(parents=True)
+    (peer.run_dir(tmp_path) / "summary.json").write_text(json.dumps({"status": "completed", "wall_time": 600.0}))
+    assert "cql 2.0 h over 2 runs, median 1.0 h a run; d3rlpy-cql 10 min over 1 run, median 10 min a run" in \
+        suite.provenance([*jobs, peer], tmp_path)
+    assert [suite._duration(x) for x in (7200, 3599, 599, 59)] == ["2.0 h", "60 min", "10.0 min", "59 s"]
 
 
 def test_peer_reuse_follows_what_the_peer_reads() -> None:
