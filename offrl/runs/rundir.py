@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -271,7 +272,8 @@ def package_versions() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Run:
-    """A run directory: ``dir``, and its ``summary`` (dict), ``metrics`` (DataFrame) and ``config``."""
+    """A run directory: ``dir``, and its ``summary`` (dict), ``metrics`` (DataFrame), ``config`` and ``policy()``
+    (the trained policy as a plain torch module)."""
 
     dir: Path
 
@@ -304,6 +306,29 @@ class Run:
     def checkpoint(self) -> Path:
         """``checkpoints/latest.pt`` (may not exist before the first checkpoint)."""
         return self.dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
+
+    def policy(self, checkpoint: str | os.PathLike[str] | None = None, *, device: str = "cpu"):  # -> torch.nn.Module
+        """The run's deterministic policy as a plain ``torch.nn.Module`` in eval mode, without gradients: a float32
+        batch of the env's raw observations ``[B, obs_dim]`` in, actions in the env's units out (discrete: int64
+        indices). It is the module ``offrl export`` traces, so it acts exactly like the exported file.
+        ``checkpoint``: ``checkpoints/latest.pt`` by default, else a file name in ``checkpoints/``
+        (``"step_5000.pt"``) or a path."""
+        from offrl.algos.deploy import deployable_policy
+        from offrl.runs.policy import load_policy
+
+        target = self.dir if checkpoint is None else self._checkpoint_file(checkpoint)
+        return deployable_policy(load_policy(target, device=device).policy).requires_grad_(False)
+
+    def _checkpoint_file(self, checkpoint: str | os.PathLike[str]) -> Path:
+        path = Path(checkpoint)
+        if path.exists():
+            return path
+        if (self.dir / CHECKPOINT_DIR / path).exists():
+            return self.dir / CHECKPOINT_DIR / path
+        kept = sorted((p.name for p in (self.dir / CHECKPOINT_DIR).glob("*") if not p.name.startswith(".")),
+                      key=lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)])
+        raise UserError(f"{self.dir}: no checkpoint {str(checkpoint)!r}; this run keeps "
+                        + (", ".join(kept) if kept else "none yet"))
 
     def __str__(self) -> str:
         return str(self.dir)

@@ -24,9 +24,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, pendulum: str) -> dict[str, P
     base = tmp_path_factory.mktemp("export-runs")
     cache = base / "cache"
     cartpole = train("offrl/cartpole/medium-v0", "dqn", out=base / "runs", name="dqn", steps=30, eval_every=0,
-                     progress=False, cache_dir=cache, dotlist=["dqn.hidden_sizes=[16,16]"])
+                     progress=False, cache_dir=cache, dotlist=["dqn.hidden_sizes=[16,16]", "save_trainer_interval=10"])
     pend = train(pendulum, "cql", out=base / "runs", name="cql", steps=30, eval_every=0, progress=False,
-                 cache_dir=cache, dotlist=TINY_CQL)
+                 cache_dir=cache, dotlist=[*TINY_CQL, "save_trainer_interval=10"])
     # trained on scaled observations: the export must carry the scaling (raw observations in)
     scaled_dqn = train("offrl/cartpole/medium-v0", "dqn", out=base / "runs", name="dqn-scaled", steps=30,
                        eval_every=0, progress=False, cache_dir=cache,
@@ -106,3 +106,32 @@ def test_export_bad_inputs_are_one_line(runs, offrl_cli, assert_user_error, tmp_
     assert_user_error(offrl_cli("export", str(runs["discrete"]), "--format", "onnx", "--out", str(tmp_path), env=env),
                       "--out", "is a directory")
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.pt"))
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_run_policy_is_the_module_export_ships(runs, kind, monkeypatch):
+    """``Run.policy()``: the deterministic policy as a plain module (raw observations in, env actions out), equal
+    to the run's TensorDict policy, for the latest checkpoint or one named; a wrong name is one line."""
+    from offrl import Run, UserError
+
+    monkeypatch.setenv("OFFRL_CACHE", str(runs["cache"]))
+    run = Run.load(runs[kind])
+    loaded = load_policy(run.dir)
+    gen = torch.Generator().manual_seed(1)
+    obs = 2 * torch.randn(64, loaded.dataset.data["observation"].shape[1], generator=gen)
+    policy = run.policy()
+    assert isinstance(policy, torch.nn.Module) and not policy.training
+    assert all(not p.requires_grad for p in policy.parameters())
+    got = policy(obs).numpy()
+    want = policy_actions_of(loaded.policy, obs)
+    if kind == "discrete":
+        assert got.dtype == np.int64 and (got == want.reshape(-1)).all()
+    else:
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    # a kept checkpoint by its file name: the step-0 weights act differently from the trained ones
+    first = run.policy("step_10.pt")(obs).numpy()
+    assert not np.array_equal(first, got)
+    np.testing.assert_array_equal(first, run.policy(run.dir / "checkpoints" / "step_10.pt")(obs).numpy())
+    with pytest.raises(UserError, match=r"no checkpoint 'step_7\.pt'; this run keeps latest\.pt, step_10\.pt, "
+                                        r"step_20\.pt, step_30\.pt$"):
+        run.policy("step_7.pt")
