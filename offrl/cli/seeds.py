@@ -418,6 +418,10 @@ def _aggregate(args: argparse.Namespace, runs: list[Path], stamp: str, n_seeds: 
         normalized = row["unit"] == NORMALIZED
         unit = "normalized score" if normalized else "return"
         behaviour = row["behaviour_normalized"] if normalized else row["behaviour_return"]
+        if not row.get("last_n") or row["last_n"] != row["last_n"]:  # no seed evaluated (--eval-every 0), 0 or NaN
+            print(f"{len(runs)} of {n_seeds} seeds, {row['dataset']} {row['group']}: no evaluation (eval.interval is 0: "
+                  f"--eval-every N evaluates every N steps); behaviour policy {fmt(behaviour)}")
+            continue
         print(f"{len(runs)} of {n_seeds} seeds, {row['dataset']} {row['group']}: last {unit} {_ci(row, 'last')} "
               f"(mean [95% CI over seeds]), IQM {fmt(row['last_iqm'])}; mean of last {int(row['recent_evals'])} "
               f"evaluations {_ci(row, 'recent')}; best {_ci(row, 'best')}; behaviour policy {fmt(behaviour)}")

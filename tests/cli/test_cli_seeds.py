@@ -54,6 +54,17 @@ def test_seeds_run_in_parallel_and_aggregate(cartpole, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_seeds_without_evaluation_say_so(cartpole, tmp_path):
+    """--eval-every 0: the group line says there is no score, instead of printing n/a intervals."""
+    result = offrl_cli("train", "--dataset", cartpole, *BASE, "--eval-every", "0", "--seeds", "2", "--jobs", "2",
+                       "--out", str(tmp_path), "--name", "noeval", *SETS)
+    assert result.returncode == 0, result.stderr
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("2 of 2 seeds"))
+    assert re.fullmatch(r"2 of 2 seeds, \S+ discrete-cql: no evaluation \(eval.interval is 0: --eval-every N "
+                        r"evaluates every N steps\); behaviour policy -?[\d.]+", line), line
+    assert "n/a" not in result.stdout
+
+
 def test_a_seed_of_a_group_equals_the_same_seed_alone(cartpole, tmp_path):
     """--seeds changes where runs go and how many run at once, never what a seed learns."""
     group = offrl_cli("train", "--dataset", cartpole, *BASE, "--seeds", "0,2", "--out", str(tmp_path / "g"),
