@@ -442,7 +442,7 @@ IQM = interquartile mean. Behaviour policy = the dataset's own mean
 episode return, normalized the same way.
 
 {table}
-Across datasets (last normalized score; stratified bootstrap over datasets):
+Across datasets (last normalized score; rliable's stratified bootstrap, seeds resampled within each dataset):
 
 {aggregate}
 {facts['settled']}

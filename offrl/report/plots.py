@@ -174,7 +174,7 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1, interval
     drawn_info = _save(fig, path)
     smooth_note = f", each run smoothed over {smooth} evaluations" if smooth > 1 else ""
     return Figure(path, "Learning curves",
-                  f"Deterministic-policy evaluation score per dataset; band = 95% bootstrap CI over seeds{smooth_note}. "
+                  f"Deterministic-policy evaluation score per dataset; band = 95% {method} CI over seeds{smooth_note}. "
                   "Dotted: the dataset's behaviour policy; dashed: switch to online fine-tuning.", drawn_info)
 
 

@@ -387,6 +387,11 @@ def test_student_t_intervals_by_default_and_the_bootstrap_on_request(tmp_path: P
     boot = build_report([root], tmp_path / "out-b", group_by="algo", interval="bootstrap")
     assert boot.summary.set_index("group").loc["cql", "last_low"] > row["last_low"]
     assert "84% with 5" in boot.html.read_text()
+    # the learning curves' band says which interval it draws, in the figure's title and its caption
+    assert "band = 95% Student-t CI over seeds" in page and "band = 95% bootstrap CI over seeds" not in page
+    assert "band = 95% bootstrap CI over seeds" in boot.html.read_text()
+    assert "spans (mean over seeds, Student-t 95% CI;" in page
+    assert "spans (mean over seeds, bootstrap 95% CI;" in boot.html.read_text()
     with pytest.raises(UserError, match="--interval z: choose one of bootstrap, t"):
         build_report([root], tmp_path / "out-z", interval="z")
 
