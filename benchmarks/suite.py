@@ -75,6 +75,14 @@ class Job:
         return (10.0 if self.algo == "cql" else 1.0) * (0.8 if self.peer else 1.0)
 
 
+def peer_baseline(jobs: Sequence[Job]) -> str | None:
+    """The report's baseline: d3rlpy's run of the one offrl algorithm the suite trained beside it, so that its
+    differences read offrl minus d3rlpy (as ``settled.py``'s do); None (the report's default) otherwise."""
+    ours = {job.algo for job in jobs if not job.peer}
+    theirs = {job.algo for job in jobs if job.peer}
+    return PEER_ALGOS[next(iter(ours))] if len(ours) == 1 and ours == theirs else None
+
+
 def _fail(message: str) -> None:
     """A user mistake: one line on stderr, exit status 2."""
     print(f"suite: error: {message}", file=sys.stderr)
@@ -632,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        + f"no run folder in {runs} yet: {len(jobs) - len(sources) - len(started_runs)}.")
         if not sources:
             _fail(f"--completed-only: no completed run in {runs} yet")
-    report = build_report(sources, out=out, group_by="algo", interval=args.interval,
+    report = build_report(sources, out=out, group_by="algo", interval=args.interval, baseline=peer_baseline(jobs),
                           title="offrl benchmark: bundled datasets"
                           + ("" if args.first_seed else f", {args.seeds} seeds"))
     keep = ["dataset", "group", "unit", "n_seeds", "seeds", "steps", "last_mean", "last_low", "last_high", "last_iqm",

@@ -323,3 +323,12 @@ def test_peer_mirrors_the_reward_scaling() -> None:
                                  ["ReturnBasedRewardScaler", 1000.0, None]]
     assert done.returncode == 1 and "reward_scaler=standard with reward_scale=1 and reward_bias=1 has no d3rlpy " \
                                    "equivalent" in done.stderr, done.stderr
+
+
+def test_the_report_reads_offrl_minus_d3rlpy_when_one_algorithm_ran_beside_its_peer() -> None:
+    suite = _suite()
+    cql = [suite.Job("offrl/x/y-v0", "cql", 0), suite.Job("offrl/x/y-v0", "cql", 0, peer=True)]
+    assert suite.peer_baseline(cql) == "d3rlpy-cql"
+    assert suite.peer_baseline(cql[:1]) is None  # no peer: the report's own default
+    two = [*(suite.Job("offrl/x/y-v0", a, 0, peer=p) for a in ("dqn", "discrete-cql") for p in (False, True))]
+    assert suite.peer_baseline(two) is None  # two algorithms: no single peer to subtract
