@@ -81,5 +81,5 @@ def deployable_policy(policy: Any) -> nn.Module:
         mlp = net[0] if isinstance(net, nn.Sequential) else net
         act_dim = int(rescale.action_center.numel())
         return ContinuousPolicyNet(copy.deepcopy(mlp), act_dim, rescale.action_center, rescale.action_half).eval()
-    raise UserError(f"cannot export a {type(policy).__name__} policy: offrl exports CQL's tanh actor and "
-                    "DQN / discrete CQL's Q-network")
+    raise UserError(f"a plain-module policy (offrl export, Run.policy()) is CQL's tanh actor or DQN / discrete CQL's "
+                    f"Q-network, not a {type(policy).__name__} (a multi-agent team: offrl datasets make --policy RUN rolls it out)")

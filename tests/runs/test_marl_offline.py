@@ -150,3 +150,9 @@ def test_a_trained_multi_agent_policy_records_a_dataset(tmp_path):
         dataset_from_run(run)
     with pytest.raises(UserError, match="multi-agent run's team returns are its eval_\\* columns"):
         evaluate_checkpoint(run)
+    from offrl import Run
+
+    with pytest.raises(UserError, match=r"^a plain-module policy \(offrl export, Run.policy\(\)\) is CQL's tanh actor"):
+        Run.load(run).policy()
+    assert_user_error(subprocess.run([OFFRL, "export", str(run), "--format", "torchscript"], capture_output=True,
+                                     text=True, timeout=300), "a plain-module policy")
