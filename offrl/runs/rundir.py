@@ -310,9 +310,9 @@ class Run:
     def policy(self, checkpoint: str | os.PathLike[str] | None = None, *, device: str = "cpu"):  # -> torch.nn.Module
         """The run's deterministic policy as a plain ``torch.nn.Module`` in eval mode, without gradients: a float32
         batch of the env's raw observations ``[B, obs_dim]`` in, actions in the env's units out (discrete: int64
-        indices). It is the module ``offrl export`` traces, so it acts exactly like the exported file.
-        ``checkpoint``: ``checkpoints/latest.pt`` by default, else a file name in ``checkpoints/``
-        (``"step_5000.pt"``) or a path."""
+        indices). It is the module ``offrl export`` traces (the exported file matches it to 1e-5).
+        ``checkpoint``: ``checkpoints/latest.pt`` by default, else a file name in this run's ``checkpoints/``
+        (``"step_5000.pt"``, looked up there first) or a path."""
         from offrl.algos.deploy import deployable_policy
         from offrl.runs.policy import load_policy
 
@@ -321,10 +321,10 @@ class Run:
 
     def _checkpoint_file(self, checkpoint: str | os.PathLike[str]) -> Path:
         path = Path(checkpoint)
+        if (self.dir / CHECKPOINT_DIR / path).exists():  # this run's, before a same-named file elsewhere
+            return self.dir / CHECKPOINT_DIR / path
         if path.exists():
             return path
-        if (self.dir / CHECKPOINT_DIR / path).exists():
-            return self.dir / CHECKPOINT_DIR / path
         kept = sorted((p.name for p in (self.dir / CHECKPOINT_DIR).glob("*") if not p.name.startswith(".")),
                       key=lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)])
         raise UserError(f"{self.dir}: no checkpoint {str(checkpoint)!r}; this run keeps "

@@ -109,7 +109,7 @@ def test_export_bad_inputs_are_one_line(runs, offrl_cli, assert_user_error, tmp_
 
 
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
-def test_run_policy_is_the_module_export_ships(runs, kind, monkeypatch):
+def test_run_policy_is_the_module_export_ships(runs, kind, monkeypatch, tmp_path):
     """``Run.policy()``: the deterministic policy as a plain module (raw observations in, env actions out), equal
     to the run's TensorDict policy, for the latest checkpoint or one named; a wrong name is one line."""
     from offrl import Run, UserError
@@ -132,6 +132,9 @@ def test_run_policy_is_the_module_export_ships(runs, kind, monkeypatch):
     first = run.policy("step_10.pt")(obs).numpy()
     assert not np.array_equal(first, got)
     np.testing.assert_array_equal(first, run.policy(run.dir / "checkpoints" / "step_10.pt")(obs).numpy())
+    monkeypatch.chdir(tmp_path)  # a bare name is this run's checkpoint, not a same-named file here
+    (tmp_path / "step_10.pt").write_bytes(b"not a checkpoint")
+    np.testing.assert_array_equal(first, run.policy("step_10.pt")(obs).numpy())
     with pytest.raises(UserError, match=r"no checkpoint 'step_7\.pt'; this run keeps latest\.pt, step_10\.pt, "
                                         r"step_20\.pt, step_30\.pt$"):
         run.policy("step_7.pt")
