@@ -17,7 +17,7 @@ import pandas as pd
 
 from offrl.report.compare import SETTLED
 from offrl.report.plots import Figure
-from offrl.report.stats import CURVE_RESAMPLES, DEFAULT_INTERVAL, TABLE_RESAMPLES
+from offrl.report.stats import CURVE_RESAMPLES, DEFAULT_INTERVAL, TABLE_RESAMPLES, interval_name
 
 __all__ = ["render"]
 
@@ -315,7 +315,7 @@ def render(
         "critic's V(s0) on the last evaluation's start states against the discounted return achieved from them "
         "(consistent within 10%). <i>Last third</i>: the least-squares line through each run's evaluations from two "
         f"thirds of its steps on, its slope times the steps it spans (mean over seeds, "
-        f"{'Student-t' if interval == 't' else 'bootstrap'} 95% CI; one seed: "
+        f"{interval_name(interval)} 95% CI; one seed: "
         "the line's Student-t 95% CI); <i>settled</i> when the interval lies within ±5% of the score's span (5 "
         "normalized points, or 5% of the range the raw returns cover), <i>still rising</i> or <i>falling</i> when "
         "it excludes 0 otherwise, <i>unclear</i> when it is too wide to tell. Normalized score = 100 × (R − ref min) / (ref max − ref min); "

@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from offrl.fsio import atomic_write  # noqa: E402
 from offrl.report.aggregate import Group, curve, online_switch  # noqa: E402
-from offrl.report.stats import DEFAULT_INTERVAL  # noqa: E402
+from offrl.report.stats import DEFAULT_INTERVAL, interval_name  # noqa: E402
 
 __all__ = ["Figure", "colours", "plot_alpha", "plot_diagnostics", "plot_losses", "plot_scores"]
 
@@ -168,7 +168,7 @@ def plot_scores(groups: Sequence[Group], out: Path, *, smooth: int = 1, interval
     handles = [h for h in _group_handles(groups, colour, lambda g: label.get(g.label, g.label)) if h.get_label()
                in label.values()]
     _figure_legend(fig, handles + list(extra.values()))
-    method = "Student-t" if interval == "t" else "bootstrap"
+    method = interval_name(interval)
     fig.suptitle(f"Evaluation score (mean over seeds, 95% {method} CI)", fontsize=11)
     path = out / "scores.png"
     drawn_info = _save(fig, path)

@@ -15,6 +15,7 @@ import numpy as np
 from offrl.evaluation.findings import mean_ci, t975
 
 __all__ = [
+    "interval_name",
     "CURVE_RESAMPLES",
     "DEFAULT_INTERVAL",
     "INTERVALS",
@@ -35,6 +36,11 @@ INTERVALS = ("bootstrap", "t")
 #: Intervals over seeds in every report (``offrl report``, ``--seeds``, sweeps, ``benchmarks/suite.py``): Student-t,
 #: which keeps its coverage over a few seeds (``benchmarks/ci_coverage.py``).
 DEFAULT_INTERVAL = "t"
+
+
+def interval_name(interval: str) -> str:
+    """How a report names an interval kind of :data:`INTERVALS`: ``Student-t`` or ``bootstrap``."""
+    return "Student-t" if interval == "t" else "bootstrap"
 
 TABLE_RESAMPLES = 10_000  # per table cell: a few seeds, so this is cheap and the CI ends are stable
 CURVE_RESAMPLES = 1_000  # per evaluation step of a learning curve (hundreds of steps)
