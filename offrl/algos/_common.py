@@ -107,7 +107,7 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 def named_adam(groups: dict[str, list[torch.Tensor]], lrs: dict[str, float], **kwargs: Any) -> torch.optim.Adam:
     """One Adam over named param groups (one per network), so the seed API's single ``optimizer`` still
-    carries per-network learning rates, and gradient clipping / norms can be per group."""
+    carries per-network learning rates, and gradient norms are logged per group."""
     param_groups = [{"params": list(params), "lr": lrs[name], "name": name}
                     for name, params in groups.items() if len(params)]
     return fused_adam(param_groups, **kwargs)

@@ -117,11 +117,13 @@ class TrainerConfig:
     """Also keep ``checkpoints/step_<N>.pt`` at each checkpoint."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     clip_grad_norm: bool = True
-    """torchrl semantics: True clips each param group's gradient norm to ``clip_norm``, False clips values."""
+    """torchrl semantics: True clips the gradient norm over all parameters to ``clip_norm``, False clips values."""
     clip_norm: float | None = None
     """None: no clipping (the norm is still logged)."""
     progress_bar: bool = True
     enable_logging: bool = True
+    """torchrl semantics: False drops the metric hooks (the batches' reward / action / observation
+    statistics, ``done_percentage``, ``episode_reward_mean``); losses, norms and evaluations are still logged."""
     log_rewards: bool = True
     log_observations: bool = False
     log_timings: bool = False

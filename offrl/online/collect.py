@@ -142,8 +142,10 @@ def make_collector(factory: EnvFactory, policy: Any, *, frames_per_batch: int, a
         weakref.finalize(collector, shutil.rmtree, logs, True)
         if factory.seed is not None:
             collector.set_seed(int(factory.seed))
-        return collector
-    return Collector(factory(), policy, auto_register_policy_transforms=False, **common)
+    else:
+        collector = Collector(factory(), policy, auto_register_policy_transforms=False, **common)
+    collector.offrl_seed = factory.seed  # its envs are seeded with it (the trainer does not seed them again)
+    return collector
 
 
 def _nonfinite(data: TensorDictBase) -> str | None:

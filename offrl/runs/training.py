@@ -132,7 +132,7 @@ def train(
 
     # Build everything before the folder exists: a bad input then leaves nothing behind. The logger and
     # the checkpoint path point into the future folder; neither writes before training starts.
-    logger = TidyCSVLogger(run_name, path) if cfg.enable_logging else None
+    logger = TidyCSVLogger(run_name, path)
     parts = build_components(cfg, dataset=data, env_id=env_id, logger=logger,
                              save_trainer_file=path / CHECKPOINT_DIR / LATEST_CHECKPOINT)
     meta = {"versions": package_versions(), "command": list(command),
@@ -203,7 +203,7 @@ def _resume_locked(path: Path, *, dataset: Any, algo: str | None, config: Any, d
     cfg = resumed_cfg.cfg
     check_logger_available(cfg.logger)
     check_select(select, cfg, resumed_cfg.dataset)
-    logger = TidyCSVLogger(path.name, path) if cfg.enable_logging else None
+    logger = TidyCSVLogger(path.name, path)
     latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
     parts = build_components(cfg, dataset=resumed_cfg.dataset, env_id=resumed_cfg.env_id, logger=logger,
                              save_trainer_file=latest)

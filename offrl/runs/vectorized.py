@@ -106,7 +106,7 @@ def train_vectorized(
             raise UserError(f"--name {path.name}: run folder {path} already exists; pick another --name")
     built = []
     for cfg, path in zip(cfgs, paths, strict=True):  # all of it before any folder exists
-        logger = TidyCSVLogger(path.name, path) if cfg.enable_logging else None
+        logger = TidyCSVLogger(path.name, path)
         built.append((cfg, _build(cfg, data, logger, path / CHECKPOINT_DIR / LATEST_CHECKPOINT), logger))
     group = _group([parts for _, parts, _ in built])
     meta = {"versions": package_versions(), "command": list(command),
@@ -172,7 +172,7 @@ def resume_vectorized(
             check_select(select, cfg, saved.dataset)
             if data is None or saved.dataset.digest != data.digest:
                 data = saved.dataset  # seeds of one dataset share it (and its packed rows: one gather)
-            logger = TidyCSVLogger(path.name, path) if cfg.enable_logging else None
+            logger = TidyCSVLogger(path.name, path)
             latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
             parts = _build(cfg, data, logger, latest, hold=False)
             restore_run(path, parts.trainer, latest, cfg, changed=bool(saved.changed), saved_full=saved.saved_full,

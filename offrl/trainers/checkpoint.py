@@ -148,8 +148,17 @@ class _Damaged(Exception):
     """Why a checkpoint cannot be used (the message's middle part)."""
 
 
+# what torch.load takes besides the file: its own keywords and pickle's Unpickler's
+_TORCH_LOAD_KWARGS = frozenset({"map_location", "pickle_module", "weights_only", "mmap", "encoding", "errors",
+                                "fix_imports", "buffers"})
+
+
 def _read_checked(path: Path, **kwargs: Any) -> dict[str, Any]:
-    """The state in ``path`` without its checksum entry, or :class:`_Damaged`."""
+    """The state in ``path`` without its checksum entry, or :class:`_Damaged`. ``kwargs`` go to
+    ``torch.load``; one it does not take is a TypeError (a caller's mistake, not a damaged file)."""
+    unknown = sorted(set(kwargs) - _TORCH_LOAD_KWARGS)
+    if unknown:
+        raise TypeError(f"load_from_file() got keyword arguments torch.load does not take: {', '.join(unknown)}")
     try:
         if path.is_dir():
             state = _decode(TensorDict.load_memmap(path))

@@ -28,8 +28,9 @@ class DQNTrainer(Trainer):
     averaged over the agent dimension (``[..., n_agents, 1]`` -> ``[..., 1]``) into ``aggregated_reward_key``
     / ``aggregated_episode_reward_key`` before the loss (which reads the former) and for logging. "iql":
     independent Q-learners, a ``DQNLoss`` on per-agent keys; team flags (``done_key``, ``terminated_key``)
-    and a team reward are broadcast to the agents when the batch has no per-agent ones. offrl additions as
-    in :class:`CQLTrainer`.
+    and a team reward are broadcast to the agents when the batch has no per-agent ones. ``done_key``,
+    ``terminated_key`` and ``action_key`` (where the policy writes its actions), when not the defaults, are
+    set on the loss, which reads the batch there. offrl additions as in :class:`CQLTrainer`.
     """
 
     _algo_name = "dqn"
@@ -121,6 +122,8 @@ class DQNTrainer(Trainer):
                 loss_keys["terminated"] = terminated_key
         if self._mixed:
             loss_keys["reward"] = aggregated_reward_key
+        if action_key != "action":  # where the loss reads the actions (the policy writes them there)
+            loss_keys["action"] = action_key
         if loss_keys:
             loss_module.set_keys(**loss_keys)
 
@@ -178,19 +181,18 @@ class DQNTrainer(Trainer):
     def reward_log_key(self) -> Any:
         return self.aggregated_reward_key if self._mixed else self.reward_key
 
-    def _collect_stats(self, data: TensorDictBase) -> dict[str, float]:
-        """Returns of the episodes that ended in a collected batch: the agent-averaged episode reward
-        (``aggregated_episode_reward_key`` with QMIX/VDN, the per-agent one averaged for IQL)."""
+    def _episode_returns(self, data: TensorDictBase, done: torch.Tensor) -> torch.Tensor | None:
+        """The agent-averaged episode reward of the episodes that ended (``aggregated_episode_reward_key``
+        with QMIX/VDN, the per-agent one averaged for IQL)."""
         if self._mixed:
             data = self.aggregate_rewards(data)
         key = self.aggregated_episode_reward_key if self._mixed else self.episode_reward_key
         ep_reward = data.get(("next", key), None)
-        done = data.get(("next", self.done_key), None)
-        if ep_reward is None or done is None or not bool(done.any()):
-            return {}
+        if ep_reward is None:
+            return None
         if ep_reward.ndim > done.ndim:  # per-agent episode rewards, team done
             ep_reward = ep_reward.mean(-2)
-        return {"episode_reward_mean": float(ep_reward[done].float().mean())}
+        return ep_reward[done]
 
     def _loss_terms(self, loss_td: TensorDictBase, batch: TensorDictBase
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

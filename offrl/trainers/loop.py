@@ -31,6 +31,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from offrl.data.buffer import direct_draw
 from offrl.errors import UserError
+from offrl.trainers.collectors import is_async, seed_collector
 from offrl.trainers.metrics import PHASES, TrainerMetrics
 from offrl.trainers.signals import install_stop_handlers
 from offrl.trainers.state import TrainerState, rng_state, set_rng_state
@@ -41,14 +42,6 @@ __all__ = ["EvalFn", "Trainer"]
 #: What a trainer calls to evaluate: ``(policy, step) -> {metric: value}`` (e.g. an
 #: :class:`offrl.evaluation.Evaluator`).
 EvalFn = Callable[[Any, int], dict[str, float]]
-
-
-def _is_async(collector: Any) -> bool:
-    """Whether a collector (or the collector an offrl GuardedCollector wraps) collects asynchronously."""
-    from torchrl.collectors import MultiAsyncCollector  # imported on use: collectors load slowly
-
-    inner = getattr(collector, "collector", collector)
-    return isinstance(inner, MultiAsyncCollector)
 
 
 def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
@@ -128,7 +121,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if replay_buffer is None:
             raise UserError("replay_buffer is required: the trainer samples every update from it "
                             "(OfflineDataset.replay_buffer(batch_size) for a dataset)")
-        if async_collection and (collector is None or not _is_async(collector)):
+        if async_collection and (collector is None or not is_async(collector)):
             raise UserError("async_collection=True needs an asynchronous collector (torchrl MultiAsyncCollector, "
                             "e.g. offrl.online.make_collector(..., async_collection=True)); got "
                             f"{type(getattr(collector, 'collector', collector)).__name__}")
@@ -180,6 +173,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         self._step = 0
         self._frames = 0
         self._updates_left = 0  # updates still owed to the last collected batch (a stop can cut a batch)
+        self._online_stats: dict[str, float] = {}  # the last collected batch's metrics (metrics.py)
         self._last_eval_step = -1
         self._saved_step = -1
         self._finite_step = 0  # the last step whose losses (and all before it) were checked finite
@@ -196,6 +190,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         self._eval_seconds_row = 0.0
         self._stop_reason: str | None = None
         self._stop_requested = False
+        self._stop_acted_on = False  # a train() ended under a stop request: the next train() clears it
         self.last_row: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
 
@@ -205,6 +200,8 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             random.seed(seed)
             if hasattr(replay_buffer, "set_rng"):
                 replay_buffer.set_rng(torch.Generator().manual_seed(seed))
+            if collector is not None:
+                seed_collector(collector, seed)
 
     # ----------------------------------------------------------------------------------- subclass hooks
     def _check_loss(self, loss_module: Any) -> None:
@@ -272,20 +269,27 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         try:
             yield from self._run()
         finally:
-            self._pbar.close()
+            self._end()
             restore()
 
     def _begin(self) -> None:
-        """Start a training session: stop flags cleared, the plan, the progress bar and the row clock."""
+        """Start a training session: the stop flags that ended the previous one cleared (a stop requested
+        before this session stops it at its first step, as torchrl's), the plan, the progress bar and the
+        row clock."""
         from tqdm.auto import tqdm
 
-        self._stop_requested = False
-        self._stop_reason = None
+        if self._stop_acted_on:
+            self._stop_requested, self._stop_reason, self._stop_acted_on = False, None, False
         self._planned = self.planned_steps()
         self._pbar = tqdm(total=self._planned, initial=self._step, disable=not self.progress_bar,
                           desc=self.display_name, unit="step", dynamic_ncols=True, leave=False)
         self._t_row = time.perf_counter()
         self._step_row = self._step
+
+    def _end(self) -> None:
+        """End a training session (its stop request, if any, has been acted on)."""
+        self._pbar.close()
+        self._stop_acted_on = self._stop_requested
 
     def _run(self) -> Iterator[tuple[int, dict[str, float]]]:
         # offline phase
@@ -306,8 +310,8 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
                 for data in self.collector:
                     self._frames += data.numel() * self.frame_skip
                     self.replay_buffer.extend(data.reshape(-1))
-                    if self.greedy_module is not None:
-                        self.greedy_module.step(data.numel())
+                    if self.greedy_module is not None:  # annealed by frames, as torchrl's trainer
+                        self.greedy_module.step(data.numel() * self.frame_skip)
                     self._online_stats = self._collect_stats(data)
                     self._updates_left = self.optim_steps_per_batch
                     if not (yield from self._owed_updates()):
@@ -423,7 +427,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
     def _emit(self, row: dict[str, float], phase: str) -> None:
         t0 = time.perf_counter()
         self.last_row = dict(row)
-        if self.enable_logging and self.logger is not None:
+        if self.logger is not None:
             if hasattr(self.logger, "log_row"):
                 self.logger.log_row(self._step, phase, dict(row))
             else:

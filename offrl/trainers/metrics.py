@@ -37,7 +37,11 @@ class TrainerMetrics:
         return self.reward_key
 
     def _batch_stats(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """The sampled batch's reward / action / observation statistics (torchrl's metric hooks: none without
+        ``enable_logging``)."""
         stats: dict[str, torch.Tensor] = {}
+        if not self.enable_logging:
+            return stats
         pairs = [(self.log_rewards, "reward", ("next", self.reward_log_key)),
                  (self.log_actions, "action", self.action_key),
                  (self.log_observations, "observation", self.observation_key)]
@@ -95,7 +99,7 @@ class TrainerMetrics:
             self._timings = dict.fromkeys(PHASES, 0.0)
         if self.collector is not None and self._frames:
             row["frames"] = float(self._frames)
-            row.update(getattr(self, "_online_stats", {}))
+            row.update(self._online_stats)
         if self.greedy_module is not None:
             row["epsilon"] = float(self.greedy_module.eps)
         self._acc, self._acc_n, self._acc_keys, self._acc_vec = {}, 0, None, None
@@ -103,12 +107,22 @@ class TrainerMetrics:
         return row
 
     def _collect_stats(self, data: TensorDictBase) -> dict[str, float]:
-        """Returns of the episodes that ended in a collected batch (needs a RewardSum transform)."""
-        ep_reward = data.get(("next", self.episode_reward_key), None)
+        """A collected batch's metrics (torchrl's metric hooks, none without ``enable_logging``): the share of
+        its steps that ended an episode (``done_percentage``) and, with ``log_rewards``, the mean return of
+        the episodes that ended in it (``episode_reward_mean``, needs a RewardSum transform)."""
         done = data.get(("next", self.done_key), None)
-        if ep_reward is None or done is None or not bool(done.any()):
+        if not self.enable_logging or done is None:
             return {}
-        return {"episode_reward_mean": float(ep_reward[done].float().mean())}
+        stats = {"done_percentage": float(done.float().mean())}
+        returns = self._episode_returns(data, done) if self.log_rewards and bool(done.any()) else None
+        if returns is not None:
+            stats["episode_reward_mean"] = float(returns.float().mean())
+        return stats
+
+    def _episode_returns(self, data: TensorDictBase, done: torch.Tensor) -> torch.Tensor | None:
+        """The returns of the episodes that ended in ``data`` (None without an episode reward key)."""
+        ep_reward = data.get(("next", self.episode_reward_key), None)
+        return None if ep_reward is None else ep_reward[done]
 
     def _check_pending(self) -> None:
         """:meth:`_check_finite` on the loss sums since the last row (one device sync)."""

@@ -118,6 +118,9 @@ class TrainerState:
             "step": self._step,
             "frames": self._frames,
             "updates_left": self._updates_left,
+            # the last collected batch's metrics (done_percentage, episode_reward_mean), logged with its updates
+            "online_stats": {k: torch.tensor(v, dtype=torch.float64)
+                             for k, v in self._online_stats.items()},
             "step_tensor": self._step_t.detach().cpu().clone(),
             "last_eval_step": self._last_eval_step,
             # that evaluation's per-episode returns (summary.json's final.episode_returns after a resume)
@@ -162,6 +165,7 @@ class TrainerState:
         self._finite_step = self._step
         self._frames = int(state["frames"])
         self._updates_left = int(state.get("updates_left", 0))
+        self._online_stats = {k: float(v) for k, v in (state.get("online_stats") or {}).items()}
         self._step_t.copy_(torch.as_tensor(state["step_tensor"]))
         self._last_eval_step = int(state.get("last_eval_step", -1))
         saved = state.get("last_eval_returns") or {}

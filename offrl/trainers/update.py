@@ -161,10 +161,13 @@ class UpdateStep:
         total.backward()
 
     def _optim(self, only: frozenset[int] | None = None) -> dict[str, torch.Tensor]:
-        """Clip (torchrl's semantics) per param group, step; returns each group's norm before clipping
-        (``grad_norm_<group>``). ``only``: the ids of the parameters to step; the others' gradients are
-        dropped first, so the optimizer skips them."""
+        """Clip with torchrl's semantics, step; returns each group's norm before clipping
+        (``grad_norm_<group>``). ``clip_grad_norm``: one ``clip_grad_norm_`` over every parameter of every
+        group (torchrl's trainer clips them together); else values clipped to ``clip_norm``. ``only``: the ids
+        of the parameters to step; the others' gradients are dropped first, so the optimizer skips them (and
+        the norm that is clipped is that of the parameters this pass steps)."""
         norms: dict[str, torch.Tensor] = {}
+        stepped: list[torch.Tensor] = []
         for i, group in enumerate(self.optimizer.param_groups):
             if only is not None:
                 for p in group["params"]:
@@ -173,13 +176,17 @@ class UpdateStep:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            if self.clip_grad_norm and self.clip_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm, foreach=True)
-            else:  # one foreach kernel instead of one norm per parameter
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
-                if self.clip_norm is not None:
-                    torch.nn.utils.clip_grad_value_(params, self.clip_norm)
-            norms[f"grad_norm_{group.get('name', i)}"] = norm.detach()
+            # one foreach kernel instead of one norm per parameter
+            norms[f"grad_norm_{group.get('name', i)}"] = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm([p.grad for p in params]))).detach()
+            stepped += params
+        if stepped and self.clip_norm is not None:
+            if self.clip_grad_norm:  # clip_grad_norm_'s arithmetic on the norm over all groups
+                total = torch.linalg.vector_norm(torch.stack(list(norms.values())))
+                coef = (self.clip_norm / (total + 1e-6)).clamp(max=1.0)
+                torch._foreach_mul_([p.grad for p in stepped], coef)
+            else:
+                torch.nn.utils.clip_grad_value_(stepped, self.clip_norm)
         self._optimizer_calls()[1]()
         return norms
 

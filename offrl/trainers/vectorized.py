@@ -150,7 +150,7 @@ class VectorizedSeeds:
         stats = [(first.log_rewards, "reward", ("next", first.reward_log_key)),
                  (first.log_actions, "action", first.action_key),
                  (first.log_observations, "observation", first.observation_key)]
-        self._stats = [(name, key) for enabled, name, key in stats if enabled]
+        self._stats = [(name, key) for enabled, name, key in stats if enabled and first.enable_logging]
 
     # ------------------------------------------------------------------------------------- building
     def _stack_optimizers(self) -> torch.optim.Optimizer:
@@ -220,24 +220,29 @@ class VectorizedSeeds:
 
     # ------------------------------------------------------------------------------------- the step
     def _optim(self) -> dict[str, torch.Tensor]:
-        """Per-seed gradient norms (before clipping) and clipping per param group, then the Adam step."""
+        """Per-seed gradient norms (before clipping), each seed clipped over all its groups at once (the
+        trainer's torchrl semantics), then the Adam step."""
         first = self.trainers[0]
         norms: dict[str, torch.Tensor] = {}
+        stepped: list[torch.Tensor] = []
         for i, group in enumerate(self.optimizer.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])
-            norm = torch.linalg.vector_norm(per_tensor, dim=0)  # [N]: each seed's norm over the group
-            if first.clip_grad_norm and first.clip_norm is not None:  # clip_grad_norm_'s arithmetic, per seed
-                coef = (first.clip_norm / (norm + 1e-6)).clamp(max=1.0)
-                torch._foreach_mul_(grads, [coef.view(-1, *([1] * (g.ndim - 1))) for g in grads])
-            elif first.clip_norm is not None:
-                torch.nn.utils.clip_grad_value_(params, first.clip_norm)
-            norms[f"grad_norm_{group.get('name', i)}"] = norm
+            per_tensor = torch.stack([torch.linalg.vector_norm(p.grad.reshape(p.grad.shape[0], -1), dim=1)
+                                      for p in params])
+            norms[f"grad_norm_{group.get('name', i)}"] = torch.linalg.vector_norm(per_tensor, dim=0)  # [N]
+            stepped += params
         values = list(norms.values())
-        norms["grad_norm"] = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum(0).sqrt()
+        total = values[0] if len(values) == 1 else torch.stack(values).pow(2).sum(0).sqrt()
+        if stepped and first.clip_norm is not None:
+            if first.clip_grad_norm:  # clip_grad_norm_'s arithmetic, per seed
+                coef = (first.clip_norm / (total + 1e-6)).clamp(max=1.0)
+                torch._foreach_mul_([p.grad for p in stepped],
+                                    [coef.view(-1, *([1] * (p.ndim - 1))) for p in stepped])
+            else:
+                torch.nn.utils.clip_grad_value_(stepped, first.clip_norm)
+        norms["grad_norm"] = total
         self._optimizer_step()
         return norms
 
@@ -322,7 +327,7 @@ class VectorizedSeeds:
             yield from self._run()
         finally:
             for t in self.trainers:
-                t._pbar.close()
+                t._end()
             restore()
 
     def _hooks(self, i: int, rows: Iterator[tuple[int, dict[str, float]]]) -> Iterator[tuple[int, int, dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,15 +17,15 @@ from offrl.errors import UserError
 from offrl.trainers import CQLTrainer, DQNTrainer
 
 
-def _cartpole_dqn(seed=0):
+def _cartpole_dqn(seed=0, cfg=SMALL_DQN):
     env = GymEnv("CartPole-v1", categorical_action_encoding=True)
     env.set_seed(seed)
-    parts = dqn.build(SMALL_DQN, observation_shape=(4,), action_spec=env.action_spec, seed=seed)
+    parts = dqn.build(cfg, observation_shape=(4,), action_spec=env.action_spec, seed=seed)
     return env, parts
 
 
 def test_dqn_collects_trains_and_anneals_epsilon():
-    env, parts = _cartpole_dqn()
+    env, parts = _cartpole_dqn(cfg=dataclasses.replace(SMALL_DQN, annealing_num_steps=1000))
     collector = Collector(env, parts.exploration_policy, frames_per_batch=20, total_frames=-1, auto_register_policy_transforms=False)
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=16)
     log = ListLogger()
@@ -37,8 +38,8 @@ def test_dqn_collects_trains_and_anneals_epsilon():
     trainer.train()
     assert trainer.frames == 120 and trainer.step == 6  # 3 batches of 20 env steps x frame_skip 2
     assert len(rb) == 60
-    # epsilon decays once per collected env step: 1 - 0.95 * 60 / 100
-    assert float(parts.greedy_module.eps) == pytest.approx(1.0 - 0.95 * 60 / 100, abs=1e-5)
+    # epsilon decays by frames, as torchrl's trainer anneals it (120 frames: 60 env steps x frame_skip 2)
+    assert float(parts.greedy_module.eps) == pytest.approx(1.0 - 0.95 * 120 / 1000, abs=1e-5)
     assert [(s, p) for s, p, _ in log.rows] == [(2, "online"), (4, "online"), (6, "online")]
     assert log.rows[-1][2]["frames"] == 120 and "epsilon" in log.rows[-1][2]
     after = parts.loss_module.state_dict()
@@ -106,3 +107,58 @@ def test_online_checkpoint_restores_collected_buffer(tmp_path):
     assert resumed.frames == 30 and len(rb2) == 30
     assert torch.equal(rb2[:]["observation"], rb[:]["observation"])
     assert float(parts2.greedy_module.eps) == float(parts.greedy_module.eps) < 1.0
+
+
+def _first_observation(seed):
+    env, parts = _cartpole_dqn(seed=123)  # the env's own seed differs from the trainer's
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=100, total_frames=-1,
+                          auto_register_policy_transforms=False)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100), batch_size=4)
+    trainer = DQNTrainer(collector=collector, total_frames=100, loss_module=parts.loss_module,
+                         optimizer=parts.optimizer, target_net_updater=parts.target_net_updater,
+                         replay_buffer=rb, seed=seed, progress_bar=False)
+    trainer.train()
+    data = rb[:]
+    assert data["next", "done"].any()  # the episodes after the first reset
+    return data["observation"]
+
+
+def test_seed_seeds_the_collectors_envs():
+    """torchrl's trainer calls collector.set_seed(seed): the episodes (after the reset the collector made
+    when it was built) follow the trainer's seed."""
+    assert torch.equal(_first_observation(0), _first_observation(0))
+    assert not torch.equal(_first_observation(0), _first_observation(1))
+
+
+@pytest.mark.parametrize("enable_logging,log_rewards", [(True, True), (True, False), (False, True)])
+def test_online_metric_hooks_follow_enable_logging_and_log_rewards(enable_logging, log_rewards):
+    """torchrl's metric hooks: done_percentage and the episode return under enable_logging, the latter (and the
+    batch's reward statistics) only with log_rewards; losses are logged either way."""
+    from torchrl.envs import RewardSum, TransformedEnv
+
+    env, parts = _cartpole_dqn()
+    env = TransformedEnv(env, RewardSum(in_keys=["reward"], out_keys=["reward_sum"]))  # the trainer's episode_reward_key
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=100, total_frames=-1,
+                          auto_register_policy_transforms=False)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=16)
+    log = ListLogger()
+    trainer = DQNTrainer(collector=collector, total_frames=100, loss_module=parts.loss_module,
+                         optimizer=parts.optimizer, target_net_updater=parts.target_net_updater,
+                         replay_buffer=rb, logger=log, log_interval=1, progress_bar=False,
+                         enable_logging=enable_logging, log_rewards=log_rewards)
+    trainer.train()
+    row = log.rows[-1][2]
+    assert "loss" in row and "grad_norm" in row
+    data = rb[:]
+    done = data["next", "done"].float()
+    assert done.sum() >= 1  # 100 random CartPole steps end a few episodes
+    if enable_logging:
+        assert row["done_percentage"] == pytest.approx(float(done.mean()))
+    else:
+        assert "done_percentage" not in row
+    if enable_logging and log_rewards:
+        returns = data["next", "reward_sum"][data["next", "done"]]
+        assert row["episode_reward_mean"] == pytest.approx(float(returns.mean()))
+        assert "reward_mean" in row
+    else:
+        assert "episode_reward_mean" not in row and "reward_mean" not in row

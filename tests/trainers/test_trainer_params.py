@@ -40,6 +40,27 @@ def test_clip_norm_bounds_each_groups_update(cartpole_medium, clip_norm):
         assert norm == pytest.approx(clip_norm, rel=1e-3)
 
 
+def test_clip_norm_clips_the_norm_over_all_groups(pendulum_medium):
+    """torchrl's trainer runs one clip_grad_norm_ over every parameter: CQL's actor, critic and temperature
+    groups are scaled by one factor, so the whole update's norm is clip_norm (not clip_norm per group)."""
+    trainer, parts = make_trainer("cql", pendulum_medium, offline_steps=1, log_interval=1, logger=ListLogger(),
+                                  clip_norm=1e-3)
+    trainer.optimizer = _sgd(parts)
+    before = weights(parts.loss_module)
+    trainer.train()
+    after = weights(parts.loss_module)
+    moved = [k for k in before if (after[k] - before[k]).abs().max() > 0]
+    total = torch.cat([(after[k] - before[k]).flatten() for k in moved]).norm().item()
+    row = trainer.last_row
+    groups = {k: v for k, v in row.items() if k.startswith("grad_norm_")}
+    assert len(groups) >= 2 and row["grad_norm"] == pytest.approx(math.hypot(*groups.values()), rel=1e-5)
+    assert row["grad_norm"] > 1e-2
+    assert total == pytest.approx(1e-3, rel=1e-3)
+    for name, prefix in (("grad_norm_actor", "actor_network_params"), ("grad_norm_critic", "qvalue_network_params")):
+        moved_norm, _ = _delta_norms(before, after, prefix)  # each group scaled by the same factor
+        assert moved_norm == pytest.approx(1e-3 * groups[name] / row["grad_norm"], rel=1e-3)
+
+
 def test_clip_grad_norm_false_clips_values(cartpole_medium):
     trainer, parts = make_trainer("dcql", cartpole_medium, offline_steps=1, clip_grad_norm=False, clip_norm=1e-4)
     trainer.optimizer = _sgd(parts)
@@ -67,12 +88,26 @@ def test_last_partial_interval_is_logged_with_its_mean(cartpole_medium):
     assert [s for s, _, _ in log.rows] == [5, 7]
 
 
-def test_enable_logging_false_logs_nothing(cartpole_medium):
-    log = ListLogger()
-    trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=6, log_interval=2, logger=log,
-                              enable_logging=False)
-    trainer.train()
-    assert log.rows == [] and trainer.step == 6
+def test_enable_logging_false_drops_the_metric_hooks_only(pendulum_medium):
+    """torchrl's meaning: no reward / action / observation statistics, but losses and norms are logged."""
+    rows = {}
+    for enabled in (True, False):
+        log = ListLogger()
+        trainer, _ = make_trainer("cql", pendulum_medium, offline_steps=4, log_interval=2, logger=log,
+                                  enable_logging=enabled, log_observations=True)
+        trainer.train()
+        assert [s for s, _, _ in log.rows] == [2, 4] and trainer.step == 4
+        rows[enabled] = log.rows[-1][2]
+    stats = {"reward_mean", "reward_std", "action_mean", "action_std", "observation_mean", "observation_std"}
+    assert stats <= set(rows[True]) and not stats & set(rows[False])
+    assert set(rows[True]) - stats == set(rows[False])
+    assert rows[False]["loss_qvalue"] == pytest.approx(rows[True]["loss_qvalue"], rel=1e-6)
+
+
+def test_logger_none_logs_nothing(cartpole_medium):
+    trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=6, log_interval=2, logger=None)
+    rows = list(trainer.iterate())  # rows are still yielded
+    assert [s for s, _ in rows] == [2, 4, 6] and trainer.step == 6
 
 
 def test_torchrl_logger_gets_log_scalar_per_value(cartpole_medium):
@@ -218,6 +253,27 @@ def test_request_stop_stops_at_next_boundary(cartpole_medium):
     assert trainer.step == 6
 
 
+def test_request_stop_before_train_stops_it_at_the_first_step(cartpole_medium, tmp_path):
+    """torchrl keeps a stop requested before train(): that train() does one step, checkpoints and returns."""
+    trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=50, save_trainer_file=tmp_path / "c.pt")
+    trainer.request_stop("early")
+    trainer.train()
+    assert trainer.step == 1 and trainer.stopped and trainer.stop_reason == "early"
+    assert trainer.saved_step == 1 and (tmp_path / "c.pt").exists()
+    trainer.train()  # the stop ended with the train() it stopped
+    assert trainer.step == 50 and not trainer.stopped
+
+
+def test_load_from_file_passes_torch_load_keywords_and_refuses_others(cartpole_medium, tmp_path):
+    trainer, _ = make_trainer("dqn", cartpole_medium, offline_steps=2, save_trainer_file=tmp_path / "c.pt")
+    trainer.train()
+    other, _ = make_trainer("dqn", cartpole_medium, offline_steps=2)
+    other.load_from_file(tmp_path / "c.pt", map_location="cpu", mmap=True)
+    assert other.step == 2
+    with pytest.raises(TypeError, match="bogus_kw"):
+        other.load_from_file(tmp_path / "c.pt", bogus_kw=1)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"offline_steps": 0}, "offline_steps"),
     ({"offline_steps": -1}, "offline_steps"),
@@ -253,6 +309,19 @@ def test_done_and_terminated_keys_reach_the_loss(cartpole_medium):
     trainer, parts = make_trainer("dqn", cartpole_medium, offline_steps=1, done_key="d", terminated_key="t")
     keys = parts.loss_module.tensor_keys
     assert (keys.done, keys.terminated) == ("d", "t")
+
+
+def test_action_key_is_where_the_loss_reads_actions(cartpole_medium):
+    """DQN's action_key: a batch whose actions sit under another key trains as the same batch would."""
+    trainer, parts = make_trainer("dqn", cartpole_medium, offline_steps=1, action_key="act")
+    assert parts.loss_module.tensor_keys.action == "act"
+    reference, _ = make_trainer("dqn", cartpole_medium, offline_steps=1)
+    batch = cartpole_medium.replay_buffer(32, seed=0).sample()
+    renamed = batch.clone().rename_key_("action", "act")
+    ours, theirs = trainer.update(renamed), reference.update(batch)
+    assert float(ours["loss"]) == pytest.approx(float(theirs["loss"]), rel=1e-6)
+    with pytest.raises((KeyError, AttributeError)):
+        trainer.update(batch)  # no "act" in it: not trained on
 
 
 def test_loss_module_the_trainer_cannot_drive(cartpole_medium, pendulum_medium):
