@@ -420,7 +420,7 @@ def write_readme(out: Path, *, command: str, table: str, aggregate: str, facts: 
     peers = facts["peers"]
     text = f"""# offrl benchmark report
 
-{facts['scope']}, {facts['seeds']} seeds each, trained with `offrl.train` on the dataset's bundled config (offrl's
+{facts['scope']}, {facts['seeds']}, trained with `offrl.train` on the dataset's bundled config (offrl's
 general defaults where it has none; `--steps` / `--set` overrides in the command below). Open [index.html](index.html) for the curves (normalized
 score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds the table below.
 
@@ -432,13 +432,14 @@ score, diagnostics, losses, alpha) and the per-run table; `summary.csv` holds th
 
 ## Machine and budget
 
-- Machine: {facts['machine']}, shared with other work (load average {facts['load_start']}
+- Machine of the training call: {facts['machine']}, shared with other work (load average {facts['load_start']}
   at the start, {facts['load_end']} at the end); no GPU.
 - Software: {facts['versions']}; d3rlpy peer: {peers}.
 - Budget: {facts['budget']}; {facts['jobs']} runs at a time, one process and one torch thread each.
 - Evaluation: deterministic policy, {facts['eval']}, in the dataset's env; episode *i* reset with seed
   {facts['eval_seed']} + *i*, the same for every run and every evaluation. Normalized score = 100 x (R - ref_min) / (ref_max -
-  ref_min), references from the dataset metadata (random policy = 0, scripted expert = 100).
+  ref_min), references from each dataset's metadata (offrl's Pendulum and CartPole datasets: a uniformly random
+  policy = 0, the scripted expert = 100; its MuJoCo datasets: D4RL's random and expert scores of the environment).
 - Runs: {facts['n_runs']} ({facts['n_failed']} failed, {facts['n_reused']} reused from an earlier suite); the training
   call's wall time {facts['wall']}, started {facts['started']}.
 {facts['provenance']}
@@ -680,12 +681,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interval": ("Student-t 95% CI" if args.interval == "t" else
                      "percentile bootstrap 95% CI (10,000 resamples)"),
         # the machine and software the runs trained on, not the one rebuilding the report
-        "seeds": args.seeds, "peers": peer_version, "jobs": args.jobs, "budget": budget,
+        "seeds": (f"{args.seeds} seeds each planned (completed runs only: see the notes)" if args.completed_only
+                  else f"{args.seeds} seeds each"),
+        "peers": peer_version, "jobs": args.jobs, "budget": budget,
         "machine": (f"{saved['cpu']}, {saved['cores']} cores" if "cpu" in saved else
-                    "not recorded by the training call (\"Trained on\" below has each run's)" if args.report_only
+                    "not recorded (\"Trained on\" below has each run's)" if args.report_only
                     else f"{cpu_model()}, {os.cpu_count()} cores"),
         "eval": "; ".join(evals), "eval_seed": "/".join(sorted({str(c["eval"]["seed"]) for c in configs.values()})),
-        "versions": saved.get("versions", not_recorded or _versions()), "n_runs": len(jobs), "n_failed": len(failed),
+        "versions": saved.get("versions", not_recorded or _versions()), "n_failed": len(failed),
+        "n_runs": f"{len(sources)} in this report of {len(jobs)} planned" if args.completed_only else len(jobs),
         "load_start": saved.get("load_start", load_start), "load_end": saved.get("load_end", _load()),
         "n_reused": saved.get("n_reused", reused), "started": saved.get("started", started),
         "wall": saved.get("wall", "n/a (--report-only: no training in this call)" if args.report_only

@@ -352,7 +352,7 @@ def run_bench(
     threads: int | None = 2,
     precision: str = "fp32",
     reference: bool = False,
-    n_transitions: int = N_TRANSITIONS,
+    n_transitions: int | None = None,
     warmup: int = 50,
     device: str = "cpu",
     cuda_graph: bool = False,
@@ -361,7 +361,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run ``workloads`` (``data`` included) and return ``{"environment": ..., "results": [...]}``.
 
-    ``tune``: forget this machine's kernel-route decisions first, so every layer shape is measured again
+    ``n_transitions``: the buffer size (default: 100,000 for the update workloads, as the peers; 1,000,000
+    for ``data``). ``tune``: forget this machine's kernel-route decisions first, so every layer shape is measured again
     (:mod:`offrl.algos.routes`); ``roofline``: add each workload's fp32 GEMM bound and the fraction reached."""
     if batch < 1:
         raise UserError(f"--batch must be a positive integer, got {batch}")
@@ -373,7 +374,7 @@ def run_bench(
         torch.set_num_threads(threads)
     if warmup < 0:
         raise UserError(f"--warmup must be zero or more, got {warmup}")
-    if n_transitions < batch:
+    if n_transitions is not None and n_transitions < batch:
         raise UserError(f"--transitions ({n_transitions}) must be at least --batch ({batch})")
     if precision not in ("fp32", "bf16"):
         raise UserError(f"--precision must be fp32 or bf16, got {precision!r}")
@@ -392,18 +393,18 @@ def run_bench(
     results: list[dict[str, Any]] = []
     for workload in workloads:
         if workload == "data":
-            results.append({"workload": "data", **_data_bench(batch)})
+            results.append({"workload": "data", **_data_bench(batch, n_transitions)})
             continue
         results.append(
             bench_workload(workload, updates=updates, batch=batch, precision=precision, reference=reference,
-                           n_transitions=n_transitions, warmup=warmup, device=device, cuda_graph=cuda_graph,
+                           n_transitions=n_transitions or N_TRANSITIONS, warmup=warmup, device=device, cuda_graph=cuda_graph,
                            roofline=roofline)
         )
     return {"environment": env, "results": results}
 
 
-def _data_bench(batch: int) -> dict[str, Any]:
-    result = run_data_benchmark(batch_size=batch)
+def _data_bench(batch: int, n_transitions: int | None) -> dict[str, Any]:
+    result = run_data_benchmark(**({"transitions": n_transitions} if n_transitions else {}), batch_size=batch)
     return result if isinstance(result, dict) else {"result": result}
 
 

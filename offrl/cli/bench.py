@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bf16: autocast the loss forward to bfloat16 matmuls (opt-in; default fp32)")
     p.add_argument("--warmup", type=int, default=50,
                    help="untimed updates before timing (default: 50, as the peer scripts)")
-    p.add_argument("--transitions", type=int, default=100_000,
-                   help="size of the synthetic memmapped buffer sampled from (default: 100000, as the peers)")
+    p.add_argument("--transitions", type=int, default=None,
+                   help="size of the synthetic memmapped buffer sampled from (default: 100000 for the update "
+                        "workloads, as the peers; 1000000 for data)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default) or cuda[:N]: networks, data and sampling on that device")
     p.add_argument("--cuda-graph", action="store_true",

@@ -262,6 +262,12 @@ def _make(args: argparse.Namespace) -> int:
                         f"--policy CHECKPOINT (got {', '.join(chosen) or 'none'})")
     if args.transitions is not None and args.name is None:
         raise UserError("--transitions: only with a recipe NAME (use --episodes with --policy)")
+    if args.transitions is not None:
+        from offrl.datagen.recipes import is_on_demand
+
+        if not is_on_demand(args.name):
+            raise UserError(f"--transitions: {args.name} is not an on-demand MuJoCo recipe (offrl datasets list "
+                            "names them); bundled and multi-agent recipes are made at their recipe's size: drop it")
     refs = {"ref_min": args.ref_min_score, "ref_max": args.ref_max_score}
     if args.from_run is not None:
         from offrl.datagen.from_run import dataset_from_run

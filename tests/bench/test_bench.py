@@ -149,3 +149,11 @@ def test_roofline_adds_the_other_ops_traffic_to_the_gemm_bound():
     assert r["bound_with_traffic_updates_per_s"] == pytest.approx(1 / seconds, rel=0.05)
     assert r["bound_with_traffic_updates_per_s"] < r["bound_updates_per_s"]
     assert r["fraction_of_bound_with_traffic"] > r["fraction_of_bound"]
+
+
+def test_data_workload_takes_transitions():
+    """`offrl bench data --transitions N` measures a buffer of N transitions (it used the 1,000,000 default)."""
+    proc = _run("data", "--transitions", "3000", "--batch", "16", "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+    assert result["workload"] == "data" and result["transitions"] == 3000

@@ -92,10 +92,10 @@ def test_suite_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     rebuilt = tmp_path / "rebuilt"
     assert _suite().main([*argv[:1], str(rebuilt), *argv[2:], "--report-only"]) == 0
     machine = (rebuilt / "README.md").read_text()
-    assert "- Machine: Training CPU, 7 cores," in machine and "- Software: offrl 0.0.9, torch 9;" in machine
+    assert "- Machine of the training call: Training CPU, 7 cores," in machine and "- Software: offrl 0.0.9, torch 9;" in machine
     record.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("cpu", "cores", "versions")}))
     assert _suite().main([*argv[:1], str(rebuilt), *argv[2:], "--report-only"]) == 0  # a record from before
-    assert '- Machine: not recorded by the training call ("Trained on" below has each run\'s), shared' in (
+    assert '- Machine of the training call: not recorded ("Trained on" below has each run\'s), shared' in (
         rebuilt / "README.md").read_text()
     record.write_text(json.dumps(saved))
 

@@ -122,6 +122,15 @@ def test_make_unknown_recipe_is_a_user_error():
     assert assert_user_error(out).startswith("offrl: error: no recipe named 'offrl/nope/none-v0'")
 
 
+@pytest.mark.parametrize("name", ["offrl/pendulum/medium-v0", "offrl/simple_spread-n2/medium-v0"])
+def test_make_transitions_only_for_on_demand_recipes(name, tmp_path):
+    """--transitions resizes an on-demand MuJoCo recipe; a bundled or multi-agent one is named, not reported as
+    missing, and nothing is written."""
+    out = offrl("datasets", "make", name, "--transitions", "2000", "--root", str(tmp_path))
+    assert_user_error(out, f"--transitions: {name} is not an on-demand MuJoCo recipe")
+    assert not any(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------------------------------------- bad inputs
 def _minari_cartpole(dataset_id: str) -> Path:
     space = gym.make("CartPole-v1")
