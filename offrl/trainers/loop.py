@@ -10,7 +10,8 @@ One gradient step, read top to bottom (:meth:`Trainer._run`):
 
 Offline, ``offline_steps`` such steps sample from ``replay_buffer``. With a collector, they are followed by
 the online phase: collect ``frames_per_batch`` env steps, extend the buffer, anneal epsilon, do
-``optim_steps_per_batch`` steps, until ``total_frames`` frames (``frame_skip`` frames per env step).
+``optim_steps_per_batch`` steps, until ``total_frames`` frames (``frame_skip`` frames per env step). With no
+buffer (``replay_buffer=None``, online only), each of those steps trains on the whole collected batch.
 The update step, metrics and state are mixins in their own modules (:mod:`~offrl.trainers.update`,
 :mod:`~offrl.trainers.metrics`, :mod:`~offrl.trainers.state`).
 """
@@ -118,9 +119,10 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             raise UserError("offline_steps must be > 0 when no collector is given (there is nothing else to do)")
         if collector is not None and self.total_frames == 0:
             raise UserError("total_frames must be > 0 when a collector is given")
-        if replay_buffer is None:
-            raise UserError("replay_buffer is required: the trainer samples every update from it "
-                            "(OfflineDataset.replay_buffer(batch_size) for a dataset)")
+        if replay_buffer is None and (collector is None or self.offline_steps):
+            raise UserError("replay_buffer is required for offline steps: the trainer samples them from it "
+                            "(OfflineDataset.replay_buffer(batch_size) for a dataset); without one, a collector's "
+                            "batches are trained on as collected (offline_steps=0)")
         if async_collection and (collector is None or not is_async(collector)):
             raise UserError("async_collection=True needs an asynchronous collector (torchrl MultiAsyncCollector, "
                             "e.g. offrl.online.make_collector(..., async_collection=True)); got "
@@ -130,6 +132,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if evaluator is not None and policy is None:
             raise UserError("an evaluator needs policy= (the deterministic policy, e.g. AlgoParts.policy)")
         self.replay_buffer = replay_buffer
+        self._collected: TensorDictBase | None = None  # without a buffer: the batch the updates train on
         self._draw: tuple[Any, Any] | None = None  # (buffer, its direct draw or None): see _sample
         self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(loss_module.parameters(), lr=3e-4)
         self.target_net_updater = target_net_updater
@@ -309,7 +312,10 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             if self._frames < self.total_frames:
                 for data in self.collector:
                     self._frames += data.numel() * self.frame_skip
-                    self.replay_buffer.extend(data.reshape(-1))
+                    if self.replay_buffer is not None:
+                        self.replay_buffer.extend(data.reshape(-1))
+                    else:  # torchrl's trainer without a buffer: every update of this batch trains on all of it
+                        self._collected = data.reshape(-1)
                     if self.greedy_module is not None:  # annealed by frames, as torchrl's trainer
                         self.greedy_module.step(data.numel() * self.frame_skip)
                     self._online_stats = self._collect_stats(data)
@@ -361,6 +367,9 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             self.save()
 
     def _sample(self) -> TensorDictBase:
+        if self.replay_buffer is None:
+            batch = self._collected.to(self.device, non_blocking=True)  # type: ignore[union-attr]
+            return self._prepare_batch(self._scaled(batch))
         draw = self._draw
         if draw is None or draw[0] is not self.replay_buffer:  # built once per buffer (it may be replaced)
             draw = self._draw = (self.replay_buffer, direct_draw(self.replay_buffer))

@@ -9,6 +9,7 @@ from typing import Any, Self
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 
 from offrl.errors import UserError, root_cause_line
 from offrl.trainers.checkpoint import load_checkpoint, save_checkpoint
@@ -93,15 +94,24 @@ class TrainerState:
         """The buffer's own ``state_dict()`` (sampler, writer, generator, prefetch; the storage's state: only
         the length for offrl's read-only dataset storage, the collected data for a torchrl storage)."""
         rb = self.replay_buffer
+        if rb is None:  # no buffer: the collected batch its owed updates train on (an exact resume needs it)
+            batch = self._collected
+            return {"collected": {} if batch is None else {"data": own_storage(batch.to_dict()),
+                                                          "n": torch.tensor(batch.numel())}}
         if hasattr(rb, "state_dict"):
             return {"buffer": rb.state_dict()}
         gen = getattr(rb, "_rng", None)
         return {"rng": gen.get_state() if gen is not None else None}
 
     def _load_replay_buffer_state(self, state: dict[str, Any] | None) -> None:
+        rb = self.replay_buffer
+        if rb is None:
+            saved = (state or {}).get("collected") or {}
+            self._collected = (TensorDict(saved["data"], batch_size=[int(saved["n"])]).to(self.device)
+                               if saved else None)
+            return
         if not state:
             return
-        rb = self.replay_buffer
         if state.get("buffer") is not None and hasattr(rb, "load_state_dict"):
             rb.load_state_dict(state["buffer"])
         elif state.get("rng") is not None and hasattr(rb, "set_rng"):

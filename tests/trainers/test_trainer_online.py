@@ -162,3 +162,49 @@ def test_online_metric_hooks_follow_enable_logging_and_log_rewards(enable_loggin
         assert "reward_mean" in row
     else:
         assert "episode_reward_mean" not in row and "reward_mean" not in row
+
+
+def test_no_replay_buffer_trains_on_each_collected_batch(tmp_path):
+    """torchrl's trainer without a replay buffer: each update trains on the whole collected batch; a stop in
+    the middle of a batch's updates keeps that batch in the checkpoint for the updates still owed."""
+    env, parts = _cartpole_dqn()
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=20, total_frames=-1,
+                          auto_register_policy_transforms=False)
+    seen = []
+
+    def evaluator(policy, step):
+        seen.append(trainer._last_batch["observation"].clone())
+        if step == 3:
+            trainer.request_stop("mid-batch")
+        return {}
+
+    trainer = DQNTrainer(collector=collector, total_frames=60, optim_steps_per_batch=2,
+                         loss_module=parts.loss_module, optimizer=parts.optimizer,
+                         target_net_updater=parts.target_net_updater, replay_buffer=None, policy=parts.policy,
+                         evaluator=evaluator, eval_interval=1, save_trainer_file=tmp_path / "c.pt",
+                         progress_bar=False)
+    trainer.train()
+    assert trainer.step == 3 and trainer.frames == 40 and trainer.stopped
+    assert len(seen) == 3 and all(batch.shape[0] == 20 for batch in seen)  # each update: all 20 env steps
+    assert torch.equal(seen[0], seen[1])  # both updates of the first batch train on it
+    assert not torch.equal(seen[1], seen[2])  # the next update trains on the next batch
+
+    env2, parts2 = _cartpole_dqn()
+    resumed = DQNTrainer(collector=Collector(env2, parts2.exploration_policy, frames_per_batch=20, total_frames=-1,
+                                             auto_register_policy_transforms=False),
+                         total_frames=60, optim_steps_per_batch=2, loss_module=parts2.loss_module,
+                         optimizer=parts2.optimizer, target_net_updater=parts2.target_net_updater,
+                         replay_buffer=None, progress_bar=False)
+    resumed.load_from_file(tmp_path / "c.pt")
+    assert torch.equal(resumed._collected["observation"], seen[2])  # the batch whose second update is owed
+    resumed.train()
+    assert resumed.step == 6 and resumed.frames == 60
+
+
+def test_no_replay_buffer_needs_a_collector_and_no_offline_steps():
+    env, parts = _cartpole_dqn()
+    collector = Collector(env, parts.exploration_policy, frames_per_batch=20, total_frames=-1,
+                          auto_register_policy_transforms=False)
+    with pytest.raises(UserError, match="replay_buffer is required for offline steps"):
+        DQNTrainer(collector=collector, total_frames=60, offline_steps=5, loss_module=parts.loss_module,
+                   replay_buffer=None)
