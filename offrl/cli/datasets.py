@@ -120,9 +120,11 @@ def _fmt(value: Any) -> str:
 
 def _info(args: argparse.Namespace) -> int:
     from offrl.algos.cql import NARROW_BC_WEIGHT
+    from offrl.config.ranges import check_ref_scores
     from offrl.data.coverage import action_coverage
     from offrl.data.scaling import observation_spread
 
+    check_ref_scores(args.ref_min_score, args.ref_max_score, "--ref-min-score", "--ref-max-score")
     ds = _load(args, env=args.env, ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score)
     payload = ds.info.to_dict()
     coverage = action_coverage(ds)
@@ -269,6 +271,9 @@ def _make(args: argparse.Namespace) -> int:
             raise UserError(f"--transitions: {args.name} is not an on-demand MuJoCo recipe (offrl datasets list "
                             "names them); bundled and multi-agent recipes are made at their recipe's size: drop it")
     refs = {"ref_min": args.ref_min_score, "ref_max": args.ref_max_score}
+    from offrl.config.ranges import check_ref_scores
+
+    check_ref_scores(args.ref_min_score, args.ref_max_score, "--ref-min-score", "--ref-max-score")
     if args.from_run is not None:
         from offrl.datagen.from_run import dataset_from_run
 

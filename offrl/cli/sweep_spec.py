@@ -262,7 +262,9 @@ def plan_trials(spec: SweepSpec, options: SweepOptions, root: Path) -> list[Tria
     base_set = threads_per_run(spec, options) + spec.set
     kwargs = dict(steps=spec.steps, batch_size=spec.batch_size, eval_every=spec.eval_every,
                   eval_episodes=spec.eval_episodes, cache_dir=options.cache_dir)
-    for dataset, algo in product(spec.datasets, spec.algos):
+    from offrl.config import dataset_ref
+
+    for dataset, algo in product([dataset_ref(d) for d in spec.datasets], spec.algos):
         probe = [item for item in base_set if item.split(".", 1)[0].strip() not in sections]
         _, data = compose_run_config(dataset, algo, config=spec.config, dotlist=probe, **kwargs)
         resolved = algo if algo != "auto" else _auto_algo(data)

@@ -169,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("--dataset: required (e.g. --dataset offrl/pendulum/medium-v0), or --config / --resume, "
                         "or --env ID --online-steps N to train online from scratch")
+    if args.force and args.resume is None:
+        from offrl.errors import UserError
+
+        raise UserError("--force: only with --resume (it accepts a changed config when continuing a run); drop it")
     if args.vectorize or (args.resume is not None and len(args.resume) > 1):
         from offrl.cli.seeds import run_vectorized
 

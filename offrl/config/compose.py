@@ -11,6 +11,7 @@ stage imports no data code. A run trained online from scratch in an env composes
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from offrl.config.io import load_yaml
+from offrl.config.ranges import check_ref_scores
 from offrl.config.schema import (
     ALGO_CHOICES,
     ALGO_SECTION,
@@ -41,6 +43,7 @@ __all__ = [
     "bundled_env_config_files",
     "compose_config",
     "compose_env_config",
+    "dataset_ref",
     "merge_layer",
     "nest_overrides",
     "parse_dotlist",
@@ -73,6 +76,15 @@ def bundled_env_config_files(env_id: str, algo: str) -> list[Path]:
     return [path] if path.is_file() else []
 
 
+def dataset_ref(text: str) -> str:
+    """How a run records its dataset: an existing file or folder as its absolute path (so ``offrl eval``,
+    ``--resume`` and sweep nodes find it from any working directory), an id (bundled, Minari) as given."""
+    path = Path(text).expanduser()
+    if not path.is_absolute() and path.exists():
+        return os.path.abspath(path)
+    return text
+
+
 def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
     """Merge one layer into the schema, turning OmegaConf's errors into one-line user errors."""
     try:
@@ -84,7 +96,13 @@ def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
     except ValidationError as err:
         key = err.full_key or err.key
         msg = str(err).splitlines()[0]
-        if not key:
+        if not key:  # OmegaConf names no key (a list element, a scalar for a section): find it ourselves
+            bad = _bad_leaf(base, layer)
+            if bad is not None:
+                key, value = bad
+                text = f"[{', '.join(map(str, value))}]" if isinstance(value, list) else value
+                shown = f"--set {key}={text}" if origin == "--set" else f"{origin}: {key}: {text}"
+                raise UserError(f"{shown}: expected {_expected(base, key)}") from None
             raise UserError(f"{origin}: {msg}") from None
         if origin == "--set":
             raise UserError(f"--set {key}: bad value: {msg}") from None
@@ -96,6 +114,56 @@ def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
     except ValueError as err:  # a scalar where a section belongs (dataset: 5)
         raise UserError(f"{origin}: {str(err).splitlines()[0]}; a section (like dataset:) takes key: value "
                         "pairs") from None
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a plain nested dict (lists are leaves)."""
+    if not isinstance(node, Mapping) or not node:
+        return [(prefix, node)] if prefix else []
+    out: list[tuple[str, Any]] = []
+    for key, value in node.items():
+        out += _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def _bad_leaf(base: DictConfig, layer: Any) -> tuple[str, Any] | None:
+    """The first leaf of ``layer`` that the schema ``base`` refuses on its own, as ``(key, value)``."""
+    try:
+        plain = OmegaConf.to_container(OmegaConf.create(layer), resolve=False) if not isinstance(layer, Mapping) \
+            else OmegaConf.to_container(OmegaConf.create(dict(layer)), resolve=False)
+    except (OmegaConfBaseException, ValueError):
+        return None
+    for key, value in _leaves(plain):
+        single = OmegaConf.create(nest_overrides({key: value}))
+        try:
+            OmegaConf.merge(base, single)
+        except (OmegaConfBaseException, ValueError):
+            return key, value
+    return None
+
+
+def _expected(base: DictConfig, key: str) -> str:
+    """What the schema takes at ``key``, in words (for a one-line error)."""
+    import typing
+
+    from omegaconf import ListConfig
+
+    *head, last = key.split(".")
+    parent = OmegaConf.select(base, ".".join(head)) if head else base
+    node = parent._get_node(last) if isinstance(parent, DictConfig) else None
+    if node is None:
+        return "a value of the right type (see a run's config.yaml)"
+    if isinstance(node, DictConfig):
+        return f"a section, not a value; set its keys one by one, e.g. --set {key}.<name>=VALUE"
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    ref = node._metadata.ref_type
+    if isinstance(node, ListConfig) or typing.get_origin(ref) in (list, tuple):
+        args = [a for a in typing.get_args(ref) if a is not Ellipsis]
+        plural = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+        example = " (e.g. [256,256])" if args and args[0] is int else ""
+        return f"a list of {plural.get(args[0], 'values')}{example}" if args else "a list"
+    text = words.get(ref, getattr(ref, "__name__", str(ref)))
+    return text + (" or null" if node._metadata.optional else "")
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -184,6 +252,9 @@ def compose_config(
     if not dataset_id:
         raise UserError("--dataset: required (a bundled id like offrl/pendulum/medium-v0, a Minari id or folder, "
                         "or an HDF5 file)")
+    if dataset or base is None:  # a new run, or a new --dataset: a relative path recorded as absolute
+        dataset = dataset_ref(str(dataset_id))
+        dataset_id = dataset
     if dataset:
         explicit = OmegaConf.merge(explicit, {"dataset": {"id": str(dataset)}})
         layers = [x for x in (base_layer, file_layer, explicit, set_layer) if x is not None]
@@ -203,6 +274,8 @@ def compose_config(
                     raise UserError(f"{origin}: dataset must be a section (dataset.id: ..., dataset.cache_dir: "
                                     f"...), got {layer.dataset!r}; the dataset itself is dataset.id or --dataset")
                 probe.dataset = merge_layer(probe.dataset, layer.dataset, origin)
+        check_ref_scores(probe.dataset.ref_min_score, probe.dataset.ref_max_score,
+                         "dataset.ref_min_score", "dataset.ref_max_score")
         if load is None:
             raise TypeError("compose_config: pass the loaded dataset (loaded=) or a loader (load=)")
         loaded = load(probe.dataset)
@@ -224,10 +297,11 @@ def compose_config(
             f"{str(expected)[:12]}...; the data changed (remove dataset.digest to accept it)"
         )
     cfg.dataset.digest = loaded.digest
-    cfg.dataset.path = str(loaded.source)
+    cfg.dataset.path = os.path.abspath(str(loaded.source))
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, TrainerConfig)
     _check_inactive_sections(layers, resolved_algo)
+    _check_final_episodes(obj, [x for x in (file_layer, explicit, set_layer) if x is not None])
     obj.validate()
     if obj.batch_size > len(loaded):
         raise UserError(f"--batch-size {obj.batch_size} (batch_size): larger than the dataset "
@@ -243,6 +317,18 @@ def _origin(layer: Any, file_layer: Any, config_file: Any, set_layer: Any = None
     if layer is base_layer and base_layer is not None:
         return "saved run config"
     return "arguments"
+
+
+def _check_final_episodes(cfg: Any, layers: Sequence[DictConfig]) -> None:
+    """``eval.final_episodes`` set below ``eval.episodes`` would be silently raised to it: refuse it (the
+    default, 20, is not refused: a larger --eval-episodes simply applies to the last evaluation too)."""
+    if not any(OmegaConf.select(layer, "eval.final_episodes", default=None) is not None for layer in layers):
+        return
+    final, episodes = int(cfg.eval.final_episodes), int(cfg.eval.episodes)
+    if 0 < final < episodes:
+        raise UserError(f"eval.final_episodes: {final} is below eval.episodes ({episodes}); the last evaluation "
+                        f"runs at least eval.episodes episodes: set it to {episodes} or more (or lower "
+                        "--eval-episodes)")
 
 
 def _check_inactive_sections(layers: Sequence[DictConfig], algo: str) -> None:
@@ -278,6 +364,7 @@ def compose_env_config(env_id: str, algo: str, *, overrides: Mapping[str, Any] |
     node = merge_layer(node, explicit, "arguments")
     node = merge_layer(node, set_layer, "--set")
     _check_inactive_sections([explicit, set_layer], algo)
+    _check_final_episodes(node, [explicit, set_layer, *([load_yaml(config_file)] if config_file else [])])
     cfg = OmegaConf.to_object(node)
     assert isinstance(cfg, TrainerConfig)
     if cfg.offline_steps != 0:

@@ -16,7 +16,7 @@ from offrl.config.algos import ACTOR_STDS, BACKUP_ACTIONS, UPDATE_ORDERS
 from offrl.errors import UserError
 
 __all__ = ["ACTIVATION_CHOICES", "LOSS_FUNCTION_CHOICES", "OBSERVATION_SCALERS", "REWARD_SCALERS",
-           "check_algo_ranges", "check_finite_floats"]
+           "check_algo_ranges", "check_finite_floats", "check_ref_scores"]
 
 ACTIVATION_CHOICES = ("relu", "elu", "tanh", "silu")
 LOSS_FUNCTION_CHOICES = ("l2", "l1", "smooth_l1")
@@ -86,3 +86,15 @@ def check_algo_ranges(section: str, obj: Any) -> None:
         if not ok(value):
             shown = list(value) if isinstance(value, (tuple, list)) else value
             raise UserError(f"{section}.{f.name}: {wording}, got {shown}")
+
+
+def check_ref_scores(ref_min: float | None, ref_max: float | None, min_option: str, max_option: str) -> None:
+    """Reference scores a user gives must be finite and ``min < max`` (a normalized score divides by
+    ``max - min``): one line naming both options otherwise."""
+    shown = f"{min_option} {ref_min} / {max_option} {ref_max}"
+    if any(v is not None and not math.isfinite(float(v)) for v in (ref_min, ref_max)):
+        raise UserError(f"{shown}: reference scores must be finite numbers (the returns of a random and an expert "
+                        "policy); give both as finite numbers, or drop them")
+    if ref_min is not None and ref_max is not None and float(ref_min) >= float(ref_max):
+        raise UserError(f"{shown}: the reference minimum must be below the maximum (normalized score = 100 * "
+                        f"(R - min) / (max - min)); give {min_option} < {max_option}")

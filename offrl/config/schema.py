@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from offrl.config.algos import CQLConfig, DiscreteCQLConfig, DQNConfig
 from offrl.config.marl import MARL_ALGOS, MARL_KEYS, MixingConfig
 from offrl.config.online import OnlineConfig
-from offrl.config.ranges import check_algo_ranges, check_finite_floats
+from offrl.config.ranges import check_algo_ranges, check_finite_floats, check_ref_scores
 from offrl.errors import UserError
 
 __all__ = [
@@ -194,6 +194,8 @@ class TrainerConfig:
         if self.seed < 0 or self.eval.seed < 0:
             raise UserError(f"{'seed' if self.seed < 0 else 'eval.seed'}: must be 0 or positive, got "
                             f"{min(self.seed, self.eval.seed)}")
+        check_ref_scores(self.dataset.ref_min_score, self.dataset.ref_max_score, "dataset.ref_min_score",
+                         "dataset.ref_max_score")
         check_finite_floats(self)
         check_algo_ranges(self.algo_section, self.algo_config)
         check_algo_ranges("online", self.online)
@@ -316,10 +318,13 @@ def check_algo_compatible(algo: str, dataset: Any) -> None:
         raise UserError(f"--algo {algo}: {dataset.name} is a multi-agent dataset; use --algo qmix, vdn or iql")
     if algo in MARL_ALGOS:
         if not multiagent:
+            advice = "--algo dqn or discrete-cql" if is_discrete(dataset) else "--algo cql (continuous actions)"
             raise UserError(f"--algo {algo}: {dataset.name} is a single-agent dataset; {algo} needs one with an "
-                            "agent axis (docs/multiagent.md); use dqn or discrete-cql")
+                            f"agent axis (docs/multiagent.md); use {advice}")
         return
     discrete = is_discrete(dataset)
+    if algo == "cql" and not discrete:
+        _check_action_range(dataset)
     if algo in ("dqn", "discrete-cql") and not discrete:
         raise UserError(
             f"--algo {algo}: {dataset.name} has continuous actions; {algo} needs discrete actions "
@@ -329,6 +334,26 @@ def check_algo_compatible(algo: str, dataset: Any) -> None:
         raise UserError(
             f"--algo cql: {dataset.name} has discrete actions; use --algo discrete-cql, dqn or auto"
         )
+
+
+def _check_action_range(dataset: Any) -> None:
+    """CQL's tanh policy maps onto ``[low, high]`` per action dimension: a dimension whose bounds are equal
+    (every action there the same constant, outside [-1, 1]) trains to NaN; refuse it up front."""
+    space = getattr(dataset.info, "action_space", None) or {}
+    low, high = space.get("low"), space.get("high")
+    if low is None or high is None:
+        return
+    width = 1
+    for n in space.get("shape") or [1]:
+        width *= int(n)
+    lows = list(low) if isinstance(low, (list, tuple)) else [low] * width
+    highs = list(high) if isinstance(high, (list, tuple)) else [high] * width
+    for k, (lo, hi) in enumerate(zip(lows, highs, strict=False)):
+        if lo is not None and hi is not None and float(lo) >= float(hi):
+            raise UserError(
+                f"--algo cql: {dataset.source}: the dataset's action bounds are equal on dimension {k} (low = high "
+                f"= {float(lo):g}: every action there is the same constant), so CQL's policy has no range to act "
+                "in; drop that constant column from the actions, or rescale the actions into [-1, 1]")
 
 
 def resolve_device(device: str | None) -> Any:

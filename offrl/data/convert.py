@@ -58,7 +58,8 @@ __all__ = [
     "ted_layout",
 ]
 
-CONVERTER_VERSION = 4  # 3: d3rlpy 1.x terminal-observation rows, row_rules, return distribution; 4: rows_crc32
+CONVERTER_VERSION = 5  # 3: d3rlpy 1.x terminal-observation rows, row_rules, return distribution; 4: rows_crc32;
+# 5: integer and bool vector observations stored as float32
 DEFAULT_CHUNK_BYTES = 8 << 20  # ~8 MB of packed rows per chunk; temporaries make the peak a few times that
 _HASH_BLOCK = 8 << 20
 ROWS_FILE = "rows.memmap"  # uint8 [N, row_bytes], see offrl.data.layout

@@ -58,10 +58,10 @@ def action_coverage(dataset: Any, *, seed: int = 0) -> Coverage | None:
     gen = torch.Generator().manual_seed(seed)
     ref = torch.randperm(n, generator=gen)[:_REFERENCE]
     queries = ref[torch.randperm(ref.numel(), generator=gen)[:_QUERIES]]
-    obs = data["observation"][ref].reshape(ref.numel(), -1).float()
+    obs = _flat_rows(data["observation"][ref])
     mean, std = obs.mean(0), obs.std(0).clamp_min(1e-6)
     obs = (obs - mean) / std
-    q_obs = ((data["observation"][queries].reshape(queries.numel(), -1).float()) - mean) / std
+    q_obs = (_flat_rows(data["observation"][queries]) - mean) / std
     actions = data["action"][ref].reshape(ref.numel(), -1).float()
     unit = ((actions - (high + low) / 2) / ((high - low) / 2).clamp_min(1e-12)).clamp(-1, 1)
     k = min(_NEIGHBOURS, ref.numel() - 1)
@@ -69,3 +69,12 @@ def action_coverage(dataset: Any, *, seed: int = 0) -> Coverage | None:
     idx = torch.cdist(q_obs, obs).topk(k + 1, largest=False).indices[:, 1:]
     spread = unit[idx].std(1).mean().item() * math.sqrt(3.0)
     return Coverage(action_spread=round(spread, 4))
+
+
+def _flat_rows(obs: Any) -> torch.Tensor:
+    """One float vector per row: a tensor's values, or a Dict observation's leaves concatenated in key order."""
+    if isinstance(obs, torch.Tensor):
+        return obs.reshape(obs.shape[0], -1).float()
+    rows = int(obs.batch_size[0])
+    leaves = [obs.get(key) for key in sorted(obs.keys(include_nested=True, leaves_only=True), key=str)]
+    return torch.cat([leaf.reshape(rows, -1).float() for leaf in leaves], dim=1)

@@ -23,8 +23,16 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offrl.data.d4rl import CUT_LAST_ROW_RULE, box_action_space, hdf5_errors, hdf5_value, open_hdf5
-from offrl.data.source import Chunk, RawSource, rechunk, storage_dtype
+from offrl.data.d4rl import (
+    CUT_LAST_ROW_RULE,
+    box_action_space,
+    check_flags,
+    hdf5_errors,
+    hdf5_value,
+    nan_range,
+    open_hdf5,
+)
+from offrl.data.source import Chunk, RawSource, check_numeric, rechunk, storage_dtype
 from offrl.errors import UserError
 
 __all__ = ["read_d3rlpy2", "is_d3rlpy2_file"]
@@ -57,7 +65,7 @@ def read_d3rlpy2(path: Path) -> RawSource:
                 raise UserError(
                     f"{path}: d3rlpy file without '{key}' in its columns {columns}; expected {', '.join(REQUIRED)}"
                 )
-        num = int(np.asarray(f["num_episodes"][()]))
+        num = _episode_count(f["num_episodes"][()], path)
         version = hdf5_value(f["version"][()]) if "version" in f else None
         if num <= 0:
             raise UserError(f"{path}: zero transitions (num_episodes is {num})")
@@ -97,19 +105,28 @@ def read_d3rlpy2(path: Path) -> RawSource:
                 )
             if any(f[k].dtype.kind not in "fiub" for k in keys) or act.dtype.kind not in "fiub":
                 raise UserError(f"{path}: episode {i} holds non-numeric observations or actions")
+            check_numeric(rew.dtype, f"rewards_{i}", path)
             a = np.asarray(act[()]).reshape(t, -1)
+            if discrete and a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+                raise UserError(f"{path}: 'actions_{i}' hold non-integer values but episode 0's actions are "
+                                "discrete indices; re-create the file with one kind of action")
             if t:
-                lo = a.min(axis=0) if lo is None else np.minimum(lo, a.min(axis=0))
-                hi = a.max(axis=0) if hi is None else np.maximum(hi, a.max(axis=0))
+                a_lo, a_hi = nan_range(a)
+                lo = a_lo if lo is None else np.fmin(lo, a_lo)
+                hi = a_hi if hi is None else np.fmax(hi, a_hi)
             lengths.append(t)
-            terminated.append(bool(np.asarray(f[f"terminated_{i}"][()]).reshape(-1)[0]))
+            flag = np.asarray(f[f"terminated_{i}"][()]).reshape(-1)
+            if flag.size != 1:
+                raise UserError(f"{path}: 'terminated_{i}' holds {flag.size} values; expected one 0/1 flag per episode")
+            check_flags(flag, f"terminated_{i}", 0, path)
+            terminated.append(bool(flag[0]))
     kept = [t if term else max(t - 1, 0) for t, term in zip(lengths, terminated, strict=True)]
     transitions = sum(kept)
     if transitions == 0:
         raise UserError(f"{path}: zero transitions (every episode is a single cut row)")
     assert obs_shapes is not None and lo is not None and hi is not None
     leaves = [
-        gym.spaces.Box(-np.inf, np.inf, shape=s, dtype=storage_dtype(gym.spaces.Box(0, 1, (1,), d)))
+        gym.spaces.Box(-np.inf, np.inf, shape=s, dtype=storage_dtype(gym.spaces.Box(0, 1, s, d)))
         for s, d in zip(obs_shapes, obs_dtypes, strict=True)
     ]
     obs_space: gym.Space = (
@@ -120,7 +137,7 @@ def read_d3rlpy2(path: Path) -> RawSource:
             raise UserError(f"{path}: discrete actions must be non-negative indices of shape (T, 1)")
         act_space: gym.Space = gym.spaces.Discrete(int(np.max(hi)) + 1)
     else:
-        act_space = box_action_space(lo, hi, act_shape or (1,))
+        act_space = box_action_space(lo, hi, act_shape or (1,), path)
     obs_dtypes_out = [storage_dtype(b) for b in leaves]
 
     def read_obs(f: h5py.File, i: int, a: int, b: int) -> Any:
@@ -183,6 +200,20 @@ def read_d3rlpy2(path: Path) -> RawSource:
         metadata={"env_id": None, "d3rlpy_version": version},
         rules={"cut-last-row": {"rows": dropped, "rule": CUT_LAST_ROW_RULE}} if dropped else {},
     )
+
+
+def _episode_count(value: Any, path: Path) -> int:
+    """``num_episodes`` as an int, or a UserError naming it."""
+    try:
+        num = np.asarray(value)
+        count = int(num)
+        ok = num.dtype.kind in "iu" or (num.dtype.kind == "f" and count == float(num))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path}: 'num_episodes' is {hdf5_value(value)!r}; expected the number of episodes (an "
+                        "integer): fix it or re-create the file")
+    return count
 
 
 def _head(tree: Any, m: int) -> Any:

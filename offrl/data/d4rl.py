@@ -24,6 +24,7 @@ With ``next_observations`` every row is kept; the file's last row, if it ends no
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,11 +34,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offrl.data.source import Chunk, RawSource, storage_dtype
+from offrl.data.source import Chunk, RawSource, check_numeric, storage_dtype
 from offrl.errors import UserError
 
 __all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value", "box_action_space", "check_flags",
-           "episode_rows", "float_or_none", "hdf5_metadata", "int_or_none", "pick", "source_metadata"]
+           "episode_rows", "float_or_none", "hdf5_metadata", "int_or_none", "nan_range", "pick", "source_metadata"]
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
 FLAG_KEYS = ("terminals", "timeouts", "episode_terminals")
@@ -194,6 +195,7 @@ def read_d4rl(path: Path) -> RawSource:
                             f"n_agents={obs.shape[1]} (docs/multiagent.md)")
         _row_count(f["actions"], n, "actions", path, per_row=False)
         _row_count(f["rewards"], n, "rewards", path, per_row=True)
+        check_numeric(f["rewards"].dtype, "rewards", path)
         flags = [k for k in FLAG_KEYS if k in f]
         for key in flags:
             if not isinstance(f[key], h5py.Dataset):
@@ -209,6 +211,7 @@ def read_d4rl(path: Path) -> RawSource:
                 raise UserError(
                     f"{path}: 'next_observations' has shape {shape}; expected {obs.shape} like 'observations'"
                 )
+            check_numeric(nxt.dtype, "next_observations", path)
 
         meta = hdf5_metadata(f)
         fmt = (
@@ -239,7 +242,7 @@ def read_d4rl(path: Path) -> RawSource:
                 a = _flat(a)
                 if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
                     raise UserError(f"{path}: 'actions' are marked discrete but hold non-integer values")
-            a_lo, a_hi = np.nanmin(a, axis=0), np.nanmax(a, axis=0)
+            a_lo, a_hi = nan_range(a)
             lo = a_lo if lo is None else np.minimum(lo, a_lo)
             hi = a_hi if hi is None else np.maximum(hi, a_hi)
         if kept == 0:
@@ -249,15 +252,15 @@ def read_d4rl(path: Path) -> RawSource:
             )
 
         obs_space = gym.spaces.Box(
-            -np.inf, np.inf, shape=tuple(obs.shape[1:]), dtype=storage_dtype_of(obs.dtype)
+            -np.inf, np.inf, shape=tuple(obs.shape[1:]), dtype=storage_dtype_of(obs.dtype, tuple(obs.shape[1:]))
         )
         if discrete:
             if float(lo) < 0:
                 raise UserError(f"{path}: discrete 'actions' contain negative indices ({float(lo):g})")
-            n_act = int(pick(meta, "action_size", "n_actions") or int(hi) + 1)
+            n_act = _declared_actions(meta, path) or int(hi) + 1
             act_space: gym.Space = gym.spaces.Discrete(n_act)
         else:
-            act_space = box_action_space(lo, hi, tuple(act.shape[1:]) or (1,))
+            act_space = box_action_space(lo, hi, tuple(act.shape[1:]) or (1,), path)
 
     metadata = source_metadata(meta)
     if fmt == "d3rlpy":
@@ -291,9 +294,19 @@ def read_d4rl(path: Path) -> RawSource:
     )
 
 
-def box_action_space(lo: Any, hi: Any, shape: tuple[int, ...]) -> gym.spaces.Box:
+def box_action_space(lo: Any, hi: Any, shape: tuple[int, ...], where: Path | str, key: str = "actions") -> gym.spaces.Box:
     """A continuous action space for a file that carries none: [-1, 1] when the data lie inside it
-    (every MuJoCo task), otherwise the observed range."""
+    (every MuJoCo task), otherwise the observed range (``lo``/``hi`` from :func:`nan_range`). Refuses actions
+    that are not one flat vector per row and columns without a single number."""
+    if len(shape) != 1:
+        width = int(np.prod(shape, dtype=np.int64))
+        raise UserError(f"{where}: continuous '{key}' have shape (N, {', '.join(map(str, shape))}); expected one "
+                        f"flat vector per row, (N,) or (N, d): reshape them to (N, {width})")
+    missing = np.isnan(np.asarray(lo, np.float64)) | np.isnan(np.asarray(hi, np.float64))
+    if missing.any():
+        column = int(np.flatnonzero(missing.reshape(-1))[0])
+        raise UserError(f"{where}: '{key}' column {column} is NaN in every row, so it has no range (even with "
+                        "--allow-nan); fix the data or drop the column")
     lo = np.broadcast_to(np.asarray(lo, np.float32), shape)
     hi = np.broadcast_to(np.asarray(hi, np.float32), shape)
     if np.all(lo >= -1) and np.all(hi <= 1):
@@ -301,8 +314,34 @@ def box_action_space(lo: Any, hi: Any, shape: tuple[int, ...]) -> gym.spaces.Box
     return gym.spaces.Box(lo, hi, shape=shape, dtype=np.float32)
 
 
-def storage_dtype_of(dtype: np.dtype) -> Any:
-    return storage_dtype(gym.spaces.Box(0, 1, shape=(1,), dtype=dtype))
+def nan_range(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column ``(min, max)`` over rows, ignoring NaN (NaN where a column has nothing else; no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": box_action_space names the column
+        return np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+
+
+def _declared_actions(meta: dict[str, Any], path: Path) -> int | None:
+    """The number of discrete actions a file's attributes declare (``action_size`` / ``n_actions``), else None."""
+    for name in ("action_size", "n_actions"):
+        value = pick(meta, name)
+        if value is None:
+            continue
+        try:
+            count = int(value)
+            ok = count == float(value) and count >= 0
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path}: attribute '{name}' is {value!r}; expected the number of discrete actions "
+                            "(an integer): fix or remove the attribute")
+        return count or None
+    return None
+
+
+def storage_dtype_of(dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+    """The dtype observations of this source dtype and per-row shape are stored with (:func:`storage_dtype`)."""
+    return storage_dtype(gym.spaces.Box(0, 1, shape=shape, dtype=dtype))
 
 
 def float_or_none(value: Any) -> float | None:
@@ -319,8 +358,11 @@ def int_or_none(value: Any) -> int | None:
         return None
 
 
-def check_flags(values: np.ndarray, key: str, first_row: int, path: Path) -> None:
-    flat = values.reshape(-1)
+def check_flags(values: np.ndarray, key: str, first_row: int, path: Path | str) -> None:
+    """Refuse flags (episode ends, starts) that are not 0/1: 2, -1, 0.5 or b'False' would silently count as set."""
+    flat = np.asarray(values).reshape(-1)
+    if flat.dtype.kind not in "biuf":
+        raise UserError(f"{path}: '{key}' has dtype {flat.dtype}; expected 0/1 flags")
     if flat.dtype.kind == "b":
         return
     bad = np.flatnonzero((flat != 0) & (flat != 1))

@@ -158,7 +158,7 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
             raise UserError(f"{path}: action index {hi} is outside n_actions={n_actions}; fix the attribute")
         if n_actions < 2:
             raise UserError(f"{path}: {n_actions} action per agent; Q-learning needs at least 2 (set n_actions)")
-        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(obs.shape[1:]), dtype=storage_dtype_of(obs.dtype))
+        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(obs.shape[1:]), dtype=storage_dtype_of(obs.dtype, tuple(obs.shape[1:])))
 
     multiagent = {"n_agents": n_agents, "observation_shape": [n_agents, int(obs_space.shape[-1])],
                   "n_actions": n_actions, "state_dim": state_dim, "action_masks": has_masks,

@@ -25,11 +25,12 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offrl.data.d4rl import hdf5_errors, hdf5_value, open_hdf5
+from offrl.data.d4rl import check_flags, hdf5_errors, hdf5_value, open_hdf5
 from offrl.data.source import (
     Chunk,
     RawSource,
     check_action_shape,
+    check_numeric,
     check_space,
     leaf_specs,
     rechunk,
@@ -215,10 +216,14 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
             )
         check_space(obs_space, "observation", where)
         check_space(act_space, "action", where)
+        if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) != 1:
+            raise UserError(f"{where}: the action space {act_space} is not one flat vector per step; offrl reads "
+                            "continuous actions of shape (d,): re-create the dataset with flattened actions")
         specs = leaf_specs(obs_space)
         obs_paths = [p for p, _, _ in specs]
         dtypes = {p: d for p, _, d in specs}
         want = {p: s for p, s, _ in specs}
+        declared = _declared_dtypes(obs_space)
 
         # Validation pass: shapes only (HDF5 metadata), no data read.
         total = 0
@@ -242,6 +247,12 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
                         f"{where}: {key} {label} have shape {tuple(ds.shape[1:])} but the dataset's observation "
                         f"shape is {want[path]}; every episode must have the same observation shape"
                     )
+                check_numeric(ds.dtype, f"{key}/observations" + (f"/{label}" if path else ""), main)
+                if not np.can_cast(ds.dtype, declared[path], "same_kind"):  # float data under uint8: all zeros
+                    raise UserError(
+                        f"{where}: {key} {label} are stored as {ds.dtype} but the observation space says "
+                        f"{declared[path]}; the metadata contradicts the data: fix the metadata or re-create the dataset"
+                    )
                 if ds.shape[0] != t + 1:
                     raise UserError(
                         f"{where}: {key} has {ds.shape[0]} {label} rows for {t} steps; expected {t + 1}"
@@ -250,6 +261,8 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
                 if ep[req].ndim == 0 or ep[req].shape[0] != t:
                     raise UserError(f"{where}: {key} '{req}' has {ep[req].shape} rows but 'rewards' has {t}")
             check_action_shape(act_space, ep["actions"].shape[1:], main, f"{key} actions")
+            for req in ("actions", "rewards"):
+                check_numeric(ep[req].dtype, f"{key}/{req}", main)
             total += t
             lengths.append(t)
         if total == 0:
@@ -268,11 +281,17 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
                 for a in range(0, t, chunk_rows):
                     b = min(a + chunk_rows, t)
                     obs = _read_tree(ep["observations"], obs_paths, a, b + 1, dtypes)
-                    term = np.asarray(ep["terminations"][a:b]).reshape(b - a) != 0
-                    trunc = (np.asarray(ep["truncations"][a:b]).reshape(b - a) != 0) & ~term
+                    flags = {req: np.asarray(ep[req][a:b]).reshape(b - a) for req in ("terminations", "truncations")}
+                    for req, values in flags.items():
+                        check_flags(values, f"{key}/{req}", a, main)
+                    term = flags["terminations"] != 0
+                    trunc = (flags["truncations"] != 0) & ~term
                     if b == t and not (term[-1] or trunc[-1]):
                         trunc[-1] = True  # recording stopped mid-episode: a cut, not a terminal
                     act = np.asarray(ep["actions"][a:b])
+                    if discrete and act.dtype.kind == "f" and not np.all(np.isfinite(act) & (act == np.round(act))):
+                        raise UserError(f"{main}: {key}/actions hold non-integer values under the Discrete action "
+                                        "space; the action space contradicts the data")
                     act = (
                         (act.reshape(b - a).astype(np.int64) - start)
                         if discrete
@@ -304,6 +323,16 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
         iter_chunks=iter_chunks,
         metadata=metadata,
     )
+
+
+def _declared_dtypes(space: gym.Space, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], np.dtype]:
+    """The dtype each observation leaf's space declares (not the one it is stored with), by key path."""
+    if isinstance(space, gym.spaces.Dict):
+        out: dict[tuple[str, ...], np.dtype] = {}
+        for key, sub in space.spaces.items():
+            out.update(_declared_dtypes(sub, (*prefix, str(key))))
+        return out
+    return {prefix: np.dtype(space.dtype)}
 
 
 def _slice(tree: Any, a: int, b: int) -> Any:

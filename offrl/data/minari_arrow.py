@@ -21,8 +21,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from offrl.data.d4rl import check_flags
 from offrl.data.minari import minari_metadata, minari_spaces
-from offrl.data.source import Chunk, RawSource, check_action_shape, check_space, leaf_specs, rechunk
+from offrl.data.source import (
+    Chunk,
+    RawSource,
+    check_action_shape,
+    check_numeric,
+    check_space,
+    leaf_specs,
+    rechunk,
+)
 from offrl.errors import UserError
 
 __all__ = ["read_minari_arrow", "arrow_files"]
@@ -159,8 +168,14 @@ def read_minari_arrow(
             act = _decode(
                 pa, table.column("actions").combine_chunks(), act_shape, np.dtype(np.float64), t + 1
             )[:t]
+            if discrete and not np.all(np.isfinite(act) & (act == np.round(act))):
+                raise UserError(f"{where}: episode {ep.name} actions hold non-integer values under the Discrete "
+                                "action space; the action space contradicts the data")
             act = (act.astype(np.int64) - start) if discrete else act.astype(np.float32)
             cols = {c: table.column(c).to_numpy()[:t] for c in ("rewards", "terminations", "truncations")}
+            check_numeric(cols["rewards"].dtype, f"{ep.name}/rewards", where)
+            for flag in ("terminations", "truncations"):
+                check_flags(cols[flag], f"{ep.name}/{flag}", 0, where)
             term = cols["terminations"] != 0
             trunc = (cols["truncations"] != 0) & ~term
             if not (term[-1] or trunc[-1]):

@@ -23,8 +23,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from offrl.data.d4rl import CUT_LAST_ROW_RULE, box_action_space
-from offrl.data.source import Chunk, RawSource, storage_dtype
+from offrl.data.d4rl import CUT_LAST_ROW_RULE, box_action_space, check_flags, nan_range
+from offrl.data.source import Chunk, RawSource, check_numeric, storage_dtype
 from offrl.errors import UserError
 
 __all__ = ["read_npz", "is_npz_file"]
@@ -54,6 +54,7 @@ def _array(archive: Any, key: str, path: Path) -> np.ndarray:
 def _flags(values: np.ndarray, n: int, key: str, path: Path) -> np.ndarray:
     if values.ndim == 0 or values.shape[0] != n or values.size != n:
         raise UserError(f"{path}: '{key}' has shape {values.shape}; expected ({n},) like 'obs'")
+    check_flags(values, key, 0, path)
     return values.reshape(n) != 0
 
 
@@ -87,12 +88,15 @@ def read_npz(path: Path) -> RawSource:
             raise UserError(f"{path}: 'rewards' has shape {rew.shape}; expected ({n},)")
         if act.dtype.kind not in "fiub":
             raise UserError(f"{path}: 'actions' has dtype {act.dtype}; expected numbers")
+        check_numeric(rew.dtype, "rewards", path)
         starts = _flags(_array(archive, "episode_starts", path), n, "episode_starts", path)
         starts[0] = True
         dones = _flags(_array(archive, "dones", path), n, "dones", path) if "dones" in archive.files else None
         nxt = _array(archive, "next_obs", path) if "next_obs" in archive.files else None
         if nxt is not None and nxt.shape != obs.shape:
             raise UserError(f"{path}: 'next_obs' has shape {nxt.shape}; expected {obs.shape} like 'obs'")
+        if nxt is not None:
+            check_numeric(nxt.dtype, "next_obs", path)
         returns = _array(archive, "episode_returns", path) if "episode_returns" in archive.files else None
     episodes = int(starts.sum())
     if returns is not None and returns.size != episodes:
@@ -110,7 +114,7 @@ def read_npz(path: Path) -> RawSource:
             f"{path}: zero transitions after dropping cut episode ends; add 'next_obs' to the archive"
         )
 
-    dtype = storage_dtype(gym.spaces.Box(0, 1, shape=(1,), dtype=obs.dtype))
+    dtype = storage_dtype(gym.spaces.Box(0, 1, shape=obs.shape[1:], dtype=obs.dtype))
     obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape[1:], dtype=dtype)
     obs = obs.astype(dtype, copy=False)
     discrete = act.dtype.kind in "iu"
@@ -123,7 +127,7 @@ def read_npz(path: Path) -> RawSource:
         act_space: gym.Space = gym.spaces.Discrete(int(act.max()) + 1)
     else:
         act = act.reshape(n, -1).astype(np.float32) if act.ndim == 1 else act.astype(np.float32)
-        act_space = box_action_space(np.nanmin(act, axis=0), np.nanmax(act, axis=0), tuple(act.shape[1:]))
+        act_space = box_action_space(*nan_range(act), tuple(act.shape[1:]), path)
     index = np.arange(n)
     if nxt is None:
         nxt_row = np.where(term | (index == n - 1), index, index + 1)

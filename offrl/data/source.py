@@ -29,7 +29,8 @@ import numpy as np
 
 from offrl.errors import UserError
 
-__all__ = ["Chunk", "RawSource", "check_action_shape", "check_space", "leaf_specs", "storage_dtype", "tree_map"]
+__all__ = ["Chunk", "RawSource", "check_action_shape", "check_numeric", "check_space", "leaf_specs", "storage_dtype",
+           "tree_map"]
 
 Chunk = dict[str, Any]
 
@@ -93,16 +94,26 @@ def check_action_shape(space: gym.Space, shape: tuple[int, ...], where: Path | s
                     "the action_space contradicts the data: fix the metadata or re-create the dataset")
 
 
+def check_numeric(dtype: Any, key: str, where: Path | str) -> None:
+    """Refuse an array that does not hold real numbers (bool, int, uint, float): strings would be parsed or fail
+    mid-conversion, complex numbers would lose their imaginary part."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise UserError(f"{where}: '{key}' has dtype {dtype}; expected real numbers (bool, int or float): "
+                        "fix or re-create the file")
+
+
 def storage_dtype(space: gym.Space) -> np.dtype:
-    """dtype a leaf of this space is stored with: float32 for floating Box, int64 for indices, else its own."""
+    """dtype a leaf of this space is stored with: float32 for floating Box and for integer or bool vectors (the
+    networks are float32), int64 for indices, else its own (uint8 images stay as they are)."""
     if isinstance(space, gym.spaces.Discrete):
         return np.dtype(np.int64)
     dtype = np.dtype(space.dtype)
-    if dtype.kind == "f":
+    if dtype.kind == "f" or (isinstance(space, gym.spaces.Box) and len(space.shape) <= 1 and dtype.kind in "biu"):
         return np.dtype(np.float32)
     if dtype.kind == "b":
         return np.dtype(np.bool_)
-    return dtype  # uint8 images and integer vectors stay as they are
+    return dtype
 
 
 def leaf_specs(

@@ -17,6 +17,7 @@ from offrl.config import (
     TrainerConfig,
     compose_config,
     compose_env_config,
+    dataset_ref,
     diff_configs,
     env_of_config,
     load_yaml,
@@ -195,6 +196,8 @@ def compose_resume(path: Path, *, dataset: Any, algo: str | None, config: Any, d
                                      base=saved)
     else:
         saved_dataset = OmegaConf.select(saved, "dataset.id")
+        if dataset is not None and dataset_ref(str(dataset)) == dataset_ref(str(saved_dataset)):
+            dataset = None  # the run's own dataset, named as a relative or absolute path: nothing changes
         if dataset is not None and str(dataset) != saved_dataset and not force:
             raise UserError(f"--resume {path}: the run trained on {saved_dataset}, not {dataset}; drop --dataset "
                             "(or --force to switch)")

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 # offrl.runs.assemble / compose / metrics_log import torch and torchrl (seconds): they are imported inside the
 # functions, after the checks that need neither, so a mistyped --resume or --out fails at once.
 
-__all__ = ["apply_select", "check_select", "restore_run", "run_ended", "run_started", "train"]
+__all__ = ["apply_select", "check_latest_checkpoint", "check_online_flags", "check_select", "restore_run", "run_ended",
+           "run_started", "train"]
 
 
 def train(
@@ -94,6 +95,8 @@ def train(
     values = config_values(overrides)
     if select not in (None, "fqe"):
         raise UserError(f"--select {select}: unknown selection; choose fqe")
+    if force and resume is None:
+        raise UserError("--force: only with --resume (it accepts a changed config when continuing a run); drop it")
     if command is None:
         shown = ", ".join([repr(str(dataset))] + [f"{k}={v!r}" for k, v in overrides.items()])
         command = [f"offrl.train({shown})"]
@@ -129,6 +132,7 @@ def train(
         raise UserError(f"--name {run_name}: run folder {path} already exists; pick another --name or --resume it")
     check_logger_available(cfg.logger)
     check_select(select, cfg, data)
+    check_online_flags(cfg, values)
 
     # Build everything before the folder exists: a bad input then leaves nothing behind. The logger and
     # the checkpoint path point into the future folder; neither writes before training starts.
@@ -160,6 +164,30 @@ def check_select(select: str | None, cfg: TrainerConfig, data: Any) -> None:
     if not cfg.keep_checkpoints:
         raise UserError("--select fqe: ranks the kept checkpoints, but keep_checkpoints is false; drop "
                         "--set keep_checkpoints=false")
+    info = getattr(data, "info", None)
+    if info is not None and getattr(info, "env_id", None) is None:
+        raise UserError(f"--select fqe: scores the chosen checkpoint in the dataset's env, but no evaluation env "
+                        f"is known for {data.name!r}; add --env ENV_ID (or --set dataset.env_id=ENV_ID), or drop "
+                        "--select")
+
+
+#: Flags (as config keys) that only act in an online phase, and how offrl train spells them.
+ONLINE_ONLY_FLAGS = {"optim_steps_per_batch": "--utd", "online.frames_per_batch": "--frames-per-batch",
+                     "async_collection": "--async-collection"}
+
+
+def check_online_flags(cfg: TrainerConfig, values: dict[str, Any]) -> None:
+    """A flag of the online phase on a run without one would be silently ignored (or fail deep in the
+    trainer): refuse it, saying to add ``--online-steps``."""
+    if cfg.online.steps > 0:
+        return
+    given = [key for key in ONLINE_ONLY_FLAGS if values.get(key) not in (None, False)]
+    if cfg.async_collection and "async_collection" not in given:
+        given.append("async_collection")
+    if given:
+        flag = ONLINE_ONLY_FLAGS[given[0]]
+        raise UserError(f"{flag} ({given[0]}): only acts while collecting online, and this run has no online phase; "
+                        f"add --online-steps M (env steps to fine-tune online), or drop {flag}")
 
 
 def apply_select(run: Run, select: str | None) -> Run:
@@ -198,11 +226,13 @@ def _resume_locked(path: Path, *, dataset: Any, algo: str | None, config: Any, d
     from offrl.runs.metrics_log import TidyCSVLogger, check_logger_available
 
     sweep_temporaries(path)  # what a killed process left half-written (never read: atomic writes)
+    check_latest_checkpoint(path)
     resumed_cfg = compose_resume(path, dataset=dataset, algo=algo, config=config, dotlist=dotlist,
                                  overrides=overrides, force=force)
     cfg = resumed_cfg.cfg
     check_logger_available(cfg.logger)
     check_select(select, cfg, resumed_cfg.dataset)
+    check_online_flags(cfg, overrides)
     logger = TidyCSVLogger(path.name, path)
     latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
     parts = build_components(cfg, dataset=resumed_cfg.dataset, env_id=resumed_cfg.env_id, logger=logger,
@@ -214,6 +244,26 @@ def _resume_locked(path: Path, *, dataset: Any, algo: str | None, config: Any, d
     except UserError:  # a damaged summary.json is rewritten by this session
         resumed = 1
     return _train_in(path, cfg, parts, logger, resumed=resumed, on_start=on_start)
+
+
+def check_latest_checkpoint(path: Path) -> None:
+    """A run that wrote checkpoints (a ``step_N.pt`` beside it, or steps done in summary.json) but lost
+    ``latest.pt`` is refused, naming the newest intact ``step_N.pt``, rather than restarted from step 0; a run
+    killed before its first checkpoint may restart."""
+    latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
+    if latest.exists():
+        return
+    try:
+        steps = int(read_summary(path).get("steps") or 0)
+    except (UserError, TypeError, ValueError):  # a damaged summary.json: the checkpoints alone decide
+        steps = 0
+    kept = any(p.name.startswith("step_") for p in (path / CHECKPOINT_DIR).glob("step_*"))
+    if not kept and steps <= 0:
+        return
+    from offrl.trainers.checkpoint import intact_hint
+
+    done = f" after {steps} steps" if steps > 0 else ""
+    raise UserError(f"--resume {path}: checkpoint {latest} is missing{done}{intact_hint(latest)}")
 
 
 def restore_run(path: Path, trainer: Any, latest: Path, cfg: Any, *, changed: bool, saved_full: Any,

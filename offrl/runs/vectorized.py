@@ -36,7 +36,14 @@ from offrl.runs.rundir import (
     sweep_temporaries,
 )
 from offrl.runs.summary import write_report
-from offrl.runs.training import apply_select, check_select, restore_run, run_ended, run_started
+from offrl.runs.training import (
+    apply_select,
+    check_latest_checkpoint,
+    check_select,
+    restore_run,
+    run_ended,
+    run_started,
+)
 
 __all__ = ["VECTORIZED_ALGOS", "check_resume_folders", "check_vectorizable", "resume_vectorized", "train_vectorized"]
 
@@ -164,6 +171,7 @@ def resume_vectorized(
         built, data, resumed = [], None, []
         for path in folders:
             sweep_temporaries(path)
+            check_latest_checkpoint(path)
             saved = compose_resume(path, dataset=None, algo=None, config=None, dotlist=dotlist, overrides=values,
                                    force=force)
             cfg = dataclasses.replace(saved.cfg, progress_bar=False)

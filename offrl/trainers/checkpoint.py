@@ -30,7 +30,7 @@ from tensordict import NonTensorData, TensorDict, TensorDictBase
 from offrl.errors import UserError
 from offrl.fsio import no_space_error
 
-__all__ = ["CHECKSUM_KEY", "ckpt_backend", "load_checkpoint", "save_checkpoint", "state_crc32"]
+__all__ = ["CHECKSUM_KEY", "ckpt_backend", "intact_hint", "load_checkpoint", "save_checkpoint", "state_crc32"]
 
 #: The entry of a saved state that holds the CRC-32 of the rest (:func:`state_crc32`); removed on load.
 CHECKSUM_KEY = "__offrl_crc32__"
@@ -141,7 +141,7 @@ def load_checkpoint(path: str | Path, **kwargs: Any) -> dict[str, Any]:
     try:
         return _read_checked(path, **kwargs)
     except _Damaged as why:
-        raise UserError(f"checkpoint {path} {why}{_intact_hint(path)}") from None
+        raise UserError(f"checkpoint {path} {why}{intact_hint(path)}") from None
 
 
 class _Damaged(Exception):
@@ -178,7 +178,7 @@ def _read_checked(path: Path, **kwargs: Any) -> dict[str, Any]:
     return state
 
 
-def _intact_hint(path: Path) -> str:
+def intact_hint(path: Path) -> str:
     """``; the newest intact one is step_N.pt: copy it over latest.pt`` when there is one, else advice."""
     steps = []
     for other in path.parent.glob("step_*"):

@@ -16,12 +16,12 @@ def is_async(collector: Any) -> bool:
     return isinstance(inner, MultiAsyncCollector)
 
 
-def seed_collector(collector: Any, seed: int) -> None:
+def seed_collector(collector: Any | None, seed: int) -> None:
     """Seed the collector's envs with the trainer's seed, as torchrl's trainer does (``collector.set_seed``),
     then reset it: gymnasium envs seed by resetting, and without the collector's own reset its first
     transition would pair the observation it stored before with the step of the reseeded env. A collector
     built by :func:`offrl.online.make_collector` from an env factory of this seed already is (left as is)."""
-    if getattr(collector, "offrl_seed", None) == seed or not hasattr(collector, "set_seed"):
+    if collector is None or getattr(collector, "offrl_seed", None) == seed or not hasattr(collector, "set_seed"):
         return
     collector.set_seed(seed)
     if hasattr(collector, "reset"):

@@ -10,10 +10,10 @@ One gradient step, read top to bottom (:meth:`Trainer._run`):
 
 Offline, ``offline_steps`` such steps sample from ``replay_buffer``. With a collector, they are followed by
 the online phase: collect ``frames_per_batch`` env steps, extend the buffer, anneal epsilon, do
-``optim_steps_per_batch`` steps, until ``total_frames`` frames (``frame_skip`` frames per env step). With no
-buffer (``replay_buffer=None``, online only), each of those steps trains on the whole collected batch.
-The update step, metrics and state are mixins in their own modules (:mod:`~offrl.trainers.update`,
-:mod:`~offrl.trainers.metrics`, :mod:`~offrl.trainers.state`).
+``optim_steps_per_batch`` steps, until ``total_frames`` frames (``frame_skip`` frames per env step; with
+``replay_buffer=None``, online only, each step trains on the whole collected batch). The update step, metrics
+and state are mixins in their own modules (:mod:`~offrl.trainers.update`, :mod:`~offrl.trainers.metrics`,
+:mod:`~offrl.trainers.state`).
 """
 
 from __future__ import annotations
@@ -120,9 +120,8 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
         if collector is not None and self.total_frames == 0:
             raise UserError("total_frames must be > 0 when a collector is given")
         if replay_buffer is None and (collector is None or self.offline_steps):
-            raise UserError("replay_buffer is required for offline steps: the trainer samples them from it "
-                            "(OfflineDataset.replay_buffer(batch_size) for a dataset); without one, a collector's "
-                            "batches are trained on as collected (offline_steps=0)")
+            raise UserError("replay_buffer is required for offline steps (OfflineDataset.replay_buffer(batch_size)); "
+                            "without one, a collector's batches are trained on as collected (offline_steps=0)")
         if async_collection and (collector is None or not is_async(collector)):
             raise UserError("async_collection=True needs an asynchronous collector (torchrl MultiAsyncCollector, "
                             "e.g. offrl.online.make_collector(..., async_collection=True)); got "
@@ -203,8 +202,7 @@ class Trainer(UpdateStep, TrainerMetrics, TrainerState):
             random.seed(seed)
             if hasattr(replay_buffer, "set_rng"):
                 replay_buffer.set_rng(torch.Generator().manual_seed(seed))
-            if collector is not None:
-                seed_collector(collector, seed)
+            seed_collector(collector, seed)
 
     # ----------------------------------------------------------------------------------- subclass hooks
     def _check_loss(self, loss_module: Any) -> None:

@@ -175,7 +175,8 @@ BAD = [
 @pytest.mark.parametrize(("extra", "message"), BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_what_it_cannot_batch_is_one_line_and_writes_nothing(cartpole, tmp_path, extra, message):
     out = tmp_path / "runs"
-    result = offrl_cli("train", "--dataset", cartpole, "--steps", "5", "--out", str(out), *extra, *SETS)
+    result = offrl_cli("train", "--dataset", cartpole, "--steps", "5", "--eval-episodes", "2", "--out", str(out),
+                       *extra, *SETS)
     assert_user_error(result, message)
     assert not out.exists() or not any(out.rglob("*")), "a bad input must leave no run folder"
 
