@@ -247,23 +247,23 @@ def _resume_locked(path: Path, *, dataset: Any, algo: str | None, config: Any, d
 
 
 def check_latest_checkpoint(path: Path) -> None:
-    """A run that wrote checkpoints (a ``step_N.pt`` beside it, or steps done in summary.json) but lost
-    ``latest.pt`` is refused, naming the newest intact ``step_N.pt``, rather than restarted from step 0; a run
-    killed before its first checkpoint may restart."""
+    """A run that ended (summary.json's status is not ``running``) after steps it checkpointed, but has lost
+    ``latest.pt``, is refused, naming the newest intact ``step_N.pt``, rather than restarted from step 0. A
+    killed run (still ``running``) may have died before its first checkpoint was in place: it restarts, as the
+    kill-point tests require."""
     latest = path / CHECKPOINT_DIR / LATEST_CHECKPOINT
     if latest.exists():
         return
     try:
-        steps = int(read_summary(path).get("steps") or 0)
-    except (UserError, TypeError, ValueError):  # a damaged summary.json: the checkpoints alone decide
-        steps = 0
-    kept = any(p.name.startswith("step_") for p in (path / CHECKPOINT_DIR).glob("step_*"))
-    if not kept and steps <= 0:
+        summary = read_summary(path)
+        steps = int(summary.get("steps") or 0)
+    except (UserError, TypeError, ValueError):  # a damaged summary.json: nothing says a checkpoint was written
+        return
+    if summary.get("status") in (None, "running") or steps <= 0:
         return
     from offrl.trainers.checkpoint import intact_hint
 
-    done = f" after {steps} steps" if steps > 0 else ""
-    raise UserError(f"--resume {path}: checkpoint {latest} is missing{done}{intact_hint(latest)}")
+    raise UserError(f"--resume {path}: checkpoint {latest} is missing after {steps} steps{intact_hint(latest)}")
 
 
 def restore_run(path: Path, trainer: Any, latest: Path, cfg: Any, *, changed: bool, saved_full: Any,
