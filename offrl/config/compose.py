@@ -12,11 +12,12 @@ stage imports no data code. A run trained online from scratch in an env composes
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from offrl.config.io import load_yaml
@@ -129,8 +130,8 @@ def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def _bad_leaf(base: DictConfig, layer: Any) -> tuple[str, Any] | None:
     """The first leaf of ``layer`` that the schema ``base`` refuses on its own, as ``(key, value)``."""
     try:
-        plain = OmegaConf.to_container(OmegaConf.create(layer), resolve=False) if not isinstance(layer, Mapping) \
-            else OmegaConf.to_container(OmegaConf.create(dict(layer)), resolve=False)
+        plain = OmegaConf.to_container(OmegaConf.create(dict(layer) if isinstance(layer, Mapping) else layer),
+                                       resolve=False)
     except (OmegaConfBaseException, ValueError):
         return None
     for key, value in _leaves(plain):
@@ -144,10 +145,6 @@ def _bad_leaf(base: DictConfig, layer: Any) -> tuple[str, Any] | None:
 
 def _expected(base: DictConfig, key: str) -> str:
     """What the schema takes at ``key``, in words (for a one-line error)."""
-    import typing
-
-    from omegaconf import ListConfig
-
     *head, last = key.split(".")
     parent = OmegaConf.select(base, ".".join(head)) if head else base
     node = parent._get_node(last) if isinstance(parent, DictConfig) else None

@@ -32,7 +32,7 @@ from offrl.data.d4rl import (
     nan_range,
     open_hdf5,
 )
-from offrl.data.source import Chunk, RawSource, check_numeric, rechunk, storage_dtype
+from offrl.data.source import Chunk, RawSource, check_numeric, rechunk, storage_dtype, whole_numbers
 from offrl.errors import UserError
 
 __all__ = ["read_d3rlpy2", "is_d3rlpy2_file"]
@@ -107,7 +107,7 @@ def read_d3rlpy2(path: Path) -> RawSource:
                 raise UserError(f"{path}: episode {i} holds non-numeric observations or actions")
             check_numeric(rew.dtype, f"rewards_{i}", path)
             a = np.asarray(act[()]).reshape(t, -1)
-            if discrete and a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+            if discrete and not whole_numbers(a):
                 raise UserError(f"{path}: 'actions_{i}' hold non-integer values but episode 0's actions are "
                                 "discrete indices; re-create the file with one kind of action")
             if t:

@@ -34,7 +34,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offrl.data.source import Chunk, RawSource, check_numeric, storage_dtype
+from offrl.data.source import Chunk, RawSource, check_numeric, storage_dtype, whole_numbers
 from offrl.errors import UserError
 
 __all__ = ["read_d4rl", "open_hdf5", "is_minari_file", "hdf5_errors", "hdf5_value", "box_action_space", "check_flags",
@@ -240,7 +240,7 @@ def read_d4rl(path: Path) -> RawSource:
             a = np.asarray(act[s:e])
             if discrete:
                 a = _flat(a)
-                if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+                if not whole_numbers(a):
                     raise UserError(f"{path}: 'actions' are marked discrete but hold non-integer values")
             a_lo, a_hi = nan_range(a)
             lo = a_lo if lo is None else np.minimum(lo, a_lo)

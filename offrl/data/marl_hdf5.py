@@ -37,7 +37,7 @@ from offrl.data.d4rl import (
     source_metadata,
     storage_dtype_of,
 )
-from offrl.data.source import Chunk, RawSource
+from offrl.data.source import Chunk, RawSource, whole_numbers
 from offrl.errors import UserError
 
 __all__ = ["MARKER", "is_marl_file", "read_marl_hdf5"]
@@ -140,7 +140,7 @@ def read_marl_hdf5(path: Path, name: str | None = None) -> RawSource:
                 check_flags(np.asarray(f[key][s:e]), key, s, path)
             kept += int(episode_rows(f, flags, s, e, n, has_next)["keep"].sum())
             a = np.asarray(act[s:e]).reshape(e - s, n_agents)
-            if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+            if not whole_numbers(a):
                 raise UserError(f"{path}: 'actions' hold non-integer values; the layout takes action indices")
             if a.min() < 0:
                 row = int(np.flatnonzero((a < 0).any(axis=1))[0]) + s

@@ -35,6 +35,7 @@ from offrl.data.source import (
     leaf_specs,
     rechunk,
     storage_dtype,
+    whole_numbers,
 )
 from offrl.errors import UserError
 
@@ -289,7 +290,7 @@ def read_minari(data_dir: Path, name: str, shown: Path | None = None) -> RawSour
                     if b == t and not (term[-1] or trunc[-1]):
                         trunc[-1] = True  # recording stopped mid-episode: a cut, not a terminal
                     act = np.asarray(ep["actions"][a:b])
-                    if discrete and act.dtype.kind == "f" and not np.all(np.isfinite(act) & (act == np.round(act))):
+                    if discrete and not whole_numbers(act):
                         raise UserError(f"{main}: {key}/actions hold non-integer values under the Discrete action "
                                         "space; the action space contradicts the data")
                     act = (

@@ -31,6 +31,7 @@ from offrl.data.source import (
     check_space,
     leaf_specs,
     rechunk,
+    whole_numbers,
 )
 from offrl.errors import UserError
 
@@ -168,7 +169,7 @@ def read_minari_arrow(
             act = _decode(
                 pa, table.column("actions").combine_chunks(), act_shape, np.dtype(np.float64), t + 1
             )[:t]
-            if discrete and not np.all(np.isfinite(act) & (act == np.round(act))):
+            if discrete and not whole_numbers(act):
                 raise UserError(f"{where}: episode {ep.name} actions hold non-integer values under the Discrete "
                                 "action space; the action space contradicts the data")
             act = (act.astype(np.int64) - start) if discrete else act.astype(np.float32)

@@ -30,7 +30,7 @@ import numpy as np
 from offrl.errors import UserError
 
 __all__ = ["Chunk", "RawSource", "check_action_shape", "check_numeric", "check_space", "leaf_specs", "storage_dtype",
-           "tree_map"]
+           "tree_map", "whole_numbers"]
 
 Chunk = dict[str, Any]
 
@@ -101,6 +101,11 @@ def check_numeric(dtype: Any, key: str, where: Path | str) -> None:
     if dtype.kind not in "biuf":
         raise UserError(f"{where}: '{key}' has dtype {dtype}; expected real numbers (bool, int or float): "
                         "fix or re-create the file")
+
+
+def whole_numbers(values: np.ndarray) -> bool:
+    """Whether ``values`` can be discrete action indices: integers, or floats that are all finite whole numbers."""
+    return values.dtype.kind != "f" or bool(np.all(np.isfinite(values) & (values == np.round(values))))
 
 
 def storage_dtype(space: gym.Space) -> np.dtype:
