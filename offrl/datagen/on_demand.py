@@ -13,7 +13,7 @@ from offrl.data.envs import make_env
 from offrl.data.minari import minari_root
 from offrl.data.minari_writer import write_minari_dataset
 from offrl.data.references import d4rl_reference
-from offrl.datagen.policies import ActorPolicy, fit_problem
+from offrl.datagen.policies import ACTOR_ARITHMETIC, ActorPolicy, fit_problem
 from offrl.datagen.recipes import (
     Recipe,
     file_sha256,
@@ -57,8 +57,7 @@ def make_on_demand(name: str, root: str | Path | None = None, *, transitions: in
     meta_path = target / "data" / "metadata.json"
     if meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if meta.get("offrl_recipe") == recipe_dict and meta.get("offrl_behaviour", {}) == behaviour:
+            if _made_by(json.loads(meta_path.read_text(encoding="utf-8")), recipe_dict, behaviour):
                 return target
         except (OSError, ValueError):
             pass  # unreadable: regenerate
@@ -82,6 +81,7 @@ def make_on_demand(name: str, root: str | Path | None = None, *, transitions: in
     }
     if behaviour:
         extra["offrl_behaviour"] = behaviour
+        extra["offrl_actor_arithmetic"] = ACTOR_ARITHMETIC
     try:
         return write_minari_dataset(target, recipe_episodes(recipe, env, {k: a for k, (a, _) in actors.items()}),
                                     dataset_id=recipe.name, env_spec=env.spec,
@@ -92,6 +92,13 @@ def make_on_demand(name: str, root: str | Path | None = None, *, transitions: in
                         "(or MINARI_DATASETS_PATH)") from None
     finally:
         env.close()
+
+
+def _made_by(meta: dict[str, Any], recipe_dict: dict[str, Any], behaviour: dict[str, str]) -> bool:
+    """Whether a generated dataset's metadata says it came from this recipe, these behaviour checkpoints
+    and today's actor arithmetic (a file made with float32 actors, before 2026-12-08, is regenerated)."""
+    return (meta.get("offrl_recipe") == recipe_dict and meta.get("offrl_behaviour", {}) == behaviour
+            and meta.get("offrl_actor_arithmetic") == (ACTOR_ARITHMETIC if behaviour else None))
 
 
 def _algorithm_name(recipe: Recipe, actors: dict[str, tuple[ActorPolicy, str]]) -> str:
@@ -121,7 +128,7 @@ def on_demand_status(root: str | Path | None = None) -> list[dict[str, Any]]:
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 behaviour = {rel: file_sha256(base / rel) for rel in recipe.checkpoints() if (base / rel).is_file()}
-                if meta.get("offrl_recipe") == recipe.to_dict() and meta.get("offrl_behaviour", {}) == behaviour:
+                if _made_by(meta, recipe.to_dict(), behaviour):
                     status = "ready"
             except (OSError, ValueError):
                 pass

@@ -30,6 +30,8 @@ from offrl.config.algos import ACTOR_STDS
 from offrl.data.envs import make_env
 
 __all__ = [
+    "ACTION_GRID",
+    "ACTOR_ARITHMETIC",
     "ACTOR_FORMAT",
     "ActorPolicy",
     "CARTPOLE_LQR_GAIN",
@@ -244,7 +246,8 @@ class ActorPolicy:
       action on a step.
 
     Every step draws the same numbers whatever the branch taken, from the caller's generator only.
-    Computed in float32 numpy (no torch), so rollouts are cheap and reproducible.
+    Computed in float64 numpy (no torch), each squashed action rounded to a multiple of
+    :data:`ACTION_GRID`, so that a rollout takes the same actions on every CPU (datasets/README.md).
     """
 
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], *, low: np.ndarray, high: np.ndarray,
@@ -265,6 +268,7 @@ class ActorPolicy:
         self.obs_dim = self.layers[0][0].shape[1]
         self.act_dim = self.layers[-1][0].shape[0] // 2
         self._center = (self.high + self.low) / 2
+        self._layers64 = [(w.astype(np.float64), b.astype(np.float64)) for w, b in self.layers]
         self._half = (self.high - self.low) / 2
 
     def with_noise(self, *, sample: bool | None = None, noise_std: float | None = None,
@@ -277,24 +281,26 @@ class ActorPolicy:
                            epsilon=self.epsilon if epsilon is None else epsilon, meta=self.meta)
 
     def dist_params(self, observation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(loc, scale)`` of the pre-tanh Normal, float32, for one observation or a batch."""
-        h = np.asarray(observation, dtype=np.float32)
+        """``(loc, scale)`` of the pre-tanh Normal, float64, for one observation or a batch."""
+        h = np.asarray(observation, dtype=np.float64)
         act = _ACTIVATIONS[self.activation]
-        for i, (w, b) in enumerate(self.layers):
+        for i, (w, b) in enumerate(self._layers64):
             h = h @ w.T + b
-            if i < len(self.layers) - 1:
+            if i < len(self._layers64) - 1:
                 h = act(h)
         loc, scale_param = h[..., : self.act_dim], h[..., self.act_dim:]
         if self.actor_std == "exp":
-            scale = np.exp(np.clip(scale_param, np.float32(-20.0), np.float32(2.0))).astype(np.float32)
+            scale = np.exp(np.clip(scale_param, -20.0, 2.0))
         else:
-            scale = np.logaddexp(np.float32(0.0), scale_param + _SOFTPLUS_BIAS).astype(np.float32) + np.float32(0.01)
-        return loc, np.maximum(scale, np.float32(self.scale_lb))
+            scale = np.logaddexp(0.0, scale_param + _SOFTPLUS_BIAS) + 0.01
+        return loc, np.maximum(scale, self.scale_lb)
 
     def unit_action(self, observation: np.ndarray, eps: np.ndarray | None = None) -> np.ndarray:
-        """The squashed action in ``[-1, 1]``: ``tanh(loc)`` or, with ``eps``, ``tanh(loc + scale * eps)``."""
+        """The squashed action in ``[-1, 1]``: ``tanh(loc)`` or, with ``eps``, ``tanh(loc + scale * eps)``,
+        rounded to a multiple of :data:`ACTION_GRID` (float64)."""
         loc, scale = self.dist_params(observation)
-        return np.tanh(loc if eps is None else loc + scale * np.asarray(eps, dtype=np.float32))
+        unit = np.tanh(loc if eps is None else loc + scale * np.asarray(eps, dtype=np.float64))
+        return np.round(unit / ACTION_GRID) * ACTION_GRID
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         """The deterministic action in env units."""
@@ -314,12 +320,21 @@ class ActorPolicy:
 
 
 _ACTIVATIONS = {
-    "relu": lambda x: np.maximum(x, np.float32(0.0)),
+    "relu": lambda x: np.maximum(x, 0.0),
     "tanh": np.tanh,
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))).astype(np.float32),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
 }
 # tensordict's biased_softplus(1.0, min_val=0.01): softplus(x + inv_softplus(1.0 - 0.01)) + 0.01
-_SOFTPLUS_BIAS = np.float32(np.log(np.expm1(1.0 - 0.01)))
+_SOFTPLUS_BIAS = float(np.log(np.expm1(1.0 - 0.01)))
+
+#: A trained actor's squashed actions are rounded to multiples of this (2^-16). Float64 products and
+#: transcendentals still differ in their last bits between CPUs (OpenBLAS and numpy pick SIMD kernels by the
+#: CPU's ISA: AVX2 and AVX-512 sum in other orders; measured up to 2e-14 on an action), and MuJoCo amplifies
+#: any difference into another trajectory; rounding to a grid 1e11 times coarser than that makes the actions,
+#: and so the dataset's bytes, the same on every CPU unless a value lands within 1e-14 of a rounding boundary.
+ACTION_GRID = 2.0 ** -16
+#: How a trained actor's actions are computed, recorded in the metadata of the datasets it generates.
+ACTOR_ARITHMETIC = "float64, squashed actions rounded to multiples of 2^-16"
 
 
 def load_actor(path: str | Path, *, what: str = "behaviour checkpoint") -> ActorPolicy:

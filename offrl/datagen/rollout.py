@@ -4,7 +4,8 @@ library versions that fix a generated dataset's bytes.
 
 Episode ``i`` of a recipe with seed ``s`` resets the env with ``s * 1_000_000 + i`` (recorded in the
 episode's ``seed`` attribute), and the policy draws from ``numpy.random.default_rng(s)``. With the same
-numpy / gymnasium / h5py the output is byte-identical.
+numpy / gymnasium / MuJoCo / h5py the output is byte-identical, on any CPU (trained actors compute in
+float64 and round their actions: :data:`~offrl.datagen.policies.ACTION_GRID`).
 """
 
 from __future__ import annotations

@@ -202,3 +202,36 @@ def test_datasets_list_shows_the_recipes():
     assert set(NAMES) <= set(listed)
     assert listed["offrl/walker2d/medium-replay-v0"]["policy"] == "replay"
     assert {e["status"] for e in listed.values()} == {"not generated"}  # the test's own empty Minari root
+
+
+def test_policy_driven_make_gives_the_same_bytes_whatever_kernels_the_cpu_picks(tmp_path):
+    """OpenBLAS and numpy pick their SIMD kernels by the CPU (AVX2 or AVX-512 sum in other orders); with
+    float32 actors walker2d medium-replay held other episodes on an AVX2 and an AVX-512 EPYC. Forcing other
+    kernels on this CPU stands in for another CPU: the dataset's bytes must not move."""
+    other_cpu = {"OPENBLAS_CORETYPE": "Prescott", "NPY_DISABLE_CPU_FEATURES": "AVX2 FMA3 AVX512F AVX512_SKX"}
+    name, files = "offrl/walker2d/medium-replay-v0", ("main_data.hdf5", "metadata.json")
+    procs = [subprocess.Popen([OFFRL, "datasets", "make", name, "--transitions", "6000", "--root", str(tmp_path / d)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1", **extra}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+             for d, extra in (("here", {}), ("other", other_cpu))]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    here, other = (tmp_path / d / name / "data" for d in ("here", "other"))
+    for file in files:
+        assert (here / file).read_bytes() == (other / file).read_bytes(), file
+    meta = json.loads((here / "metadata.json").read_text())
+    assert meta["offrl_actor_arithmetic"].startswith("float64")
+
+
+def test_a_dataset_made_with_float32_actors_is_made_again(tmp_path):
+    name = "offrl/hopper/medium-v0"
+    target = make_on_demand(name, tmp_path, transitions=1000)
+    meta_path = target / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["offrl_actor_arithmetic"]  # what a make before 2026-12-08 wrote
+    meta_path.write_text(json.dumps(meta))
+    status = {e["name"]: e["status"] for e in on_demand_status(tmp_path)}
+    assert status[name] == "stale"
+    make_on_demand(name, tmp_path, transitions=1000)
+    assert "offrl_actor_arithmetic" in json.loads(meta_path.read_text())
