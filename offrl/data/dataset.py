@@ -202,7 +202,15 @@ class OfflineDataset:
             raise UserError(
                 f"{self.source}: no evaluation env known for dataset {self.name!r}; pass one with --env"
             )
-        return envs.make_env(resolution, **kwargs)
+        env = envs.make_env(resolution, **kwargs)
+        stored = {"observation_shape": self.info.observation_shape, "action_space": self.info.action_space}
+        problem = env_fit_problem(stored, resolution.env_id, env.observation_space, env.action_space)
+        if problem:
+            env.close()
+            how = {"name map": "guessed from its name", "dataset env_spec": "named by its env_spec metadata"}.get(
+                resolution.source, "given")
+            raise UserError(f"{self.source}: {problem} (the env was {how}); pass the env the data were recorded in")
+        return env
 
     def normalized_score(self, returns: float | Sequence[float] | np.ndarray) -> Any:
         """``100 * (R - ref_min) / (ref_max - ref_min)``; NaN when the references are unknown."""
@@ -371,32 +379,32 @@ def check_env_fits(source: Path, stored: dict[str, Any], resolution: envs.EnvRes
         return
     env = envs.make_env(resolution)
     try:
-        obs_space, act_space = env.observation_space, env.action_space
+        problem = env_fit_problem(stored, resolution.env_id, env.observation_space, env.action_space)
     finally:
         env.close()
-    env_id = resolution.env_id
+    if problem:
+        raise UserError(f"{source}: {problem}; pass the env the data were recorded in")
+
+
+def env_fit_problem(stored: dict[str, Any], env_id: str, obs_space: gym.Space, act_space: gym.Space) -> str | None:
+    """How the data's observations / actions (``stored``: ``observation_shape``, ``action_space``) do not fit
+    env ``env_id``'s spaces, or None."""
     shape = stored.get("observation_shape")
-    if isinstance(obs_space, gym.spaces.Box) and isinstance(shape, list) and tuple(shape) != obs_space.shape:
-        raise UserError(
-            f"{source}: observations have shape {tuple(shape)} but env {env_id}'s observation space has shape "
-            f"{obs_space.shape}; pass the env the data were recorded in"
-        )
+    if isinstance(obs_space, gym.spaces.Box) and isinstance(shape, (list, tuple)) and tuple(shape) != obs_space.shape:
+        return (f"observations have shape {tuple(shape)} but env {env_id}'s observation space has shape "
+                f"{obs_space.shape}")
     act = stored.get("action_space") or {}
     if isinstance(act_space, gym.spaces.Discrete):
         if act.get("kind") != "discrete":
-            raise UserError(f"{source}: the data have continuous actions but env {env_id} has discrete ones")
+            return f"the data have continuous actions but env {env_id} has discrete ones"
         if int(act["n"]) > int(act_space.n):
-            raise UserError(
-                f"{source}: the data use {act['n']} discrete actions but env {env_id} has {int(act_space.n)}"
-            )
+            return f"the data use {act['n']} discrete actions but env {env_id} has {int(act_space.n)}"
     elif isinstance(act_space, gym.spaces.Box):
         if act.get("kind") != "continuous":
-            raise UserError(f"{source}: the data have discrete actions but env {env_id} has continuous ones")
+            return f"the data have discrete actions but env {env_id} has continuous ones"
         if tuple(act.get("shape", ())) != act_space.shape:
-            raise UserError(
-                f"{source}: actions have shape {tuple(act['shape'])} but env {env_id}'s action space has shape "
-                f"{act_space.shape}"
-            )
+            return f"actions have shape {tuple(act['shape'])} but env {env_id}'s action space has shape {act_space.shape}"
+    return None
 
 
 def cached_entries(cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:

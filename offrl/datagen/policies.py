@@ -327,11 +327,9 @@ _ACTIVATIONS = {
 # tensordict's biased_softplus(1.0, min_val=0.01): softplus(x + inv_softplus(1.0 - 0.01)) + 0.01
 _SOFTPLUS_BIAS = float(np.log(np.expm1(1.0 - 0.01)))
 
-#: A trained actor's squashed actions are rounded to multiples of this (2^-16). Float64 products and
-#: transcendentals still differ in their last bits between CPUs (OpenBLAS and numpy pick SIMD kernels by the
-#: CPU's ISA: AVX2 and AVX-512 sum in other orders; measured up to 2e-14 on an action), and MuJoCo amplifies
-#: any difference into another trajectory; rounding to a grid 1e11 times coarser than that makes the actions,
-#: and so the dataset's bytes, the same on every CPU unless a value lands within 1e-14 of a rounding boundary.
+#: A trained actor's squashed actions are rounded to multiples of this (2^-16): float64 results still differ in
+#: their last bits between CPUs (OpenBLAS and numpy pick kernels by ISA; up to 2e-14 on an action), which
+#: MuJoCo would amplify into other episodes; rounded, they agree on every CPU (datasets/README.md).
 ACTION_GRID = 2.0 ** -16
 #: How a trained actor's actions are computed, recorded in the metadata of the datasets it generates.
 ACTOR_ARITHMETIC = "float64, squashed actions rounded to multiples of 2^-16"

@@ -113,6 +113,7 @@ def env_factory(dataset: Any = None, env_id: str | None = None, *, seed: int | N
         if resolution is None:
             raise UserError(f"{dataset.name}: no env known for online fine-tuning; pass one with --env "
                             "(or --set dataset.env_id=ENV_ID)")
+        dataset.make_env(env_id).close()  # an env whose spaces do not fit the data: one line, before any worker
         target = resolution
     elif env_id is not None:
         target = envs.resolve_env(override=env_id) or env_id

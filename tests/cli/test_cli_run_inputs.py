@@ -164,3 +164,24 @@ def test_sweep_trials_get_the_absolute_dataset_path(data, tmp_path, monkeypatch)
     spec = SweepSpec(datasets=["f/ok.hdf5"], algos=["cql"], seeds=[0], steps=10)
     trials = plan_trials(spec, SweepOptions(cache_dir=str(tmp_path / "cache")), tmp_path / "sweep")
     assert [t.dataset for t in trials] == [str(tmp_path / "f" / "ok.hdf5")] and trials[0].dataset_is_path
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_an_env_guessed_from_the_file_name_that_does_not_fit_the_data_is_refused(data, tmp_path, online):
+    """Pendulum data in a file named like D4RL's hopper: the name map picks Hopper-v5 (11-dim observations),
+    which used to crash the first evaluation (or the online collector) with a matmul traceback."""
+    mujoco = pytest.importorskip("mujoco")  # noqa: F841 - Hopper-v5 must build for the shapes to be compared
+    named = tmp_path / "hopper-medium-v2.hdf5"
+    shutil.copy(data, named)
+    out = tmp_path / "runs"
+    extra = ["--eval-every", "0", "--online-steps", "50"] if online else ["--eval-every", "5"]
+    tiny = [a for s in TINY_CQL if not s.startswith("dataset.env_id") for a in ("--set", s)]  # no env given
+    line = assert_user_error(offrl_cli("train", "--dataset", str(named), "--steps", "10", "--batch-size", "16",
+                                       "--no-progress", "--out", str(out), *tiny, *extra),
+                             str(named), "Hopper-v5", "(3,)", "(11,)", "guessed from its name")
+    assert "--env" in line or online
+    _no_run(out)
+    # the right env passed explicitly trains
+    ok = offrl_cli("train", "--dataset", str(named), "--env", "Pendulum-v1", "--steps", "10", "--batch-size", "16",
+                   "--eval-every", "5", "--eval-episodes", "1", "--no-progress", "--out", str(out), *tiny)
+    assert ok.returncode == 0, ok.stderr
