@@ -286,8 +286,13 @@ def load_dataset(
         resolution = None
     if multiagent and env:
         check_marl_env_fits(resolved.path, multiagent, env)
+    named = envs.resolve_env(stored["name"]) if env else None
+    if named is not None and _env_family(named.env_id) != _env_family(env):
+        named_refs = None  # the D4RL references its name implies belong to another env than the one given
+    else:
+        named_refs = stored["name"]
     ref_min, ref_max, ref_source = references.reference_scores(
-        stored["name"], meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score
+        named_refs, meta.get("ref_min_score"), meta.get("ref_max_score"), ref_min_score, ref_max_score
     )
     ref_hint = None
     if ref_min is None and ref_max is None and resolution is not None:
@@ -371,6 +376,11 @@ def check_marl_env_fits(source: Path, multiagent: dict[str, Any], env_id: str) -
         if value != shapes[key] and not (key == "n_actions" and value < shapes[key]):
             raise UserError(f"{source}: the data have {key}={value} but env {env_id} has {shapes[key]}; pass the "
                             "env the data were recorded in")
+
+
+def _env_family(env_id: str) -> str:
+    """``Hopper-v5`` -> ``hopper`` (an env id without its version)."""
+    return references.VERSION_RE.sub("", env_id.rsplit("/", 1)[-1]).lower()
 
 
 def check_env_fits(source: Path, stored: dict[str, Any], resolution: envs.EnvResolution | None) -> None:

@@ -179,6 +179,20 @@ def test_metadata_and_d4rl_names_give_references_and_env(tmp_path):
     assert plain.info.ref_source == "dataset metadata"
 
 
+def test_the_names_references_are_dropped_for_an_env_of_another_family(tmp_path):
+    """A file named like D4RL's hopper holding Pendulum data, evaluated in the Pendulum-v1 the user passes: the
+    name's hopper references would normalize Pendulum returns (-38.5 for a mediocre policy); none are used."""
+    write_d4rl(tmp_path / "hopper-medium-v2.hdf5", obs_dim=3, act_dim=1)
+    other = load_dataset(tmp_path / "hopper-medium-v2.hdf5", env="Pendulum-v1")
+    assert (other.info.ref_min_score, other.info.ref_max_score, other.info.ref_source) == (None, None, None)
+    assert "Pendulum-v1" in (other.info.ref_hint or "")  # offrl's own Pendulum references are offered instead
+    mujoco = pytest.importorskip("mujoco")  # noqa: F841 - Hopper-v4 must build for its spaces to be checked
+    (tmp_path / "h").mkdir()
+    write_d4rl(tmp_path / "h" / "hopper-medium-v2.hdf5", obs_dim=11, act_dim=3)
+    same = load_dataset(tmp_path / "h" / "hopper-medium-v2.hdf5", env="Hopper-v4")  # another version: kept
+    assert same.info.ref_source == "D4RL table" and same.info.ref_min_score == pytest.approx(-20.272305)
+
+
 def _no_refs(tmp_path):
     write_d4rl(tmp_path / "anon.hdf5")
     return tmp_path / "anon.hdf5"
