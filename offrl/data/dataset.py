@@ -406,7 +406,8 @@ def env_fit_problem(stored: dict[str, Any], env_id: str, obs_space: gym.Space, a
     act = stored.get("action_space") or {}
     if isinstance(act_space, gym.spaces.Discrete):
         if act.get("kind") != "discrete":
-            return f"the data have continuous actions but env {env_id} has discrete ones"
+            return (f"the data have continuous actions but env {env_id} has discrete ones (discrete actions are "
+                    "read from integer arrays, or float ones under a true 'discrete_action' attribute)")
         if int(act["n"]) > int(act_space.n):
             return f"the data use {act['n']} discrete actions but env {env_id} has {int(act_space.n)}"
     elif isinstance(act_space, gym.spaces.Box):

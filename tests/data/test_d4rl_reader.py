@@ -219,3 +219,18 @@ def test_without_timeouts_the_file_end_cuts_the_last_episode(tmp_path):
     assert _np(ds, ("next", "terminated"))[:, 0].tolist() == [False] * 4 + [True] + [False] * 3
     assert _np(ds, ("next", "truncated"))[:, 0].tolist() == [False] * 7 + [True]
     assert _np(ds, ("next", "observation"))[-1, 0] == 8.0  # the dropped last row is its successor
+
+
+def test_float_zero_one_actions_in_a_discrete_env_say_how_to_mark_them_discrete(tmp_path):
+    from offrl.errors import UserError
+
+    path = tmp_path / "mine.hdf5"
+    n = 30
+    actions = (np.arange(n) % 2).astype(np.float32)  # CartPole's 0/1 stored as floats, no discrete_action attr
+    write_d4rl(path, lengths=(10, 10, 10), obs_dim=4, overrides={"actions": actions})
+    with pytest.raises(UserError, match=r"continuous actions but env CartPole-v1 has discrete ones .*'discrete_action'"):
+        load_dataset(path, env="CartPole-v1")
+    with h5py.File(path, "a") as f:  # flagged: read as the discrete actions they are
+        f.attrs["discrete_action"] = True
+    ds = load_dataset(path, env="CartPole-v1")
+    assert ds.info.discrete and ds.data["action"].unique().tolist() == [0, 1]
