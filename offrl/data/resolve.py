@@ -105,6 +105,24 @@ def _known_ids() -> list[str]:
     return ids
 
 
+def _refuse_incomplete_minari(folder: Path, text: str) -> None:
+    """A Minari dataset folder whose ``data/metadata.json`` is there but whose HDF5 data file is not (a copy or
+    a download cut short): one line that says so, instead of "not a Minari dataset" or "not found"."""
+    meta = folder / "data" / "metadata.json"
+    if not meta.is_file() or (folder / "data" / "main_data.hdf5").exists():
+        return
+    try:
+        data_format = json.loads(meta.read_text()).get("data_format", "hdf5")
+    except (OSError, ValueError, AttributeError):
+        return
+    if data_format != "hdf5":
+        return
+    recipe = _on_demand_recipe(text)
+    fix = f"`offrl datasets make {recipe}` makes it again" if recipe else "restore the file or download the dataset again"
+    raise UserError(f"{folder}: a Minari dataset whose data/main_data.hdf5 is missing (its data/metadata.json is "
+                    f"there); {fix}")
+
+
 def resolve_source(source: str | os.PathLike) -> ResolvedSource:
     """Find ``source`` on disk (see the module docstring for the order); a one-line UserError if absent."""
     text = os.fspath(source)
@@ -113,6 +131,7 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
         if path.is_dir():
             data_dir = minari_data_dir(path)
             if data_dir is None:
+                _refuse_incomplete_minari(path, text)
                 raise UserError(
                     f"{path}: a folder but not a Minari dataset (no data/main_data.hdf5 or Arrow data/metadata.json inside); pass a "
                     "<name>-vN dataset folder or an HDF5 file"
@@ -142,6 +161,8 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
         if data_dir is not None:
             name = candidate.relative_to(minari_root()).as_posix()
             return _minari_source(data_dir, name, candidate)
+        if candidate.is_dir():
+            _refuse_incomplete_minari(candidate, text)
         marl_file = _marl_file(minari_root() / text) or _marl_file(minari_root() / "offrl" / text)
         if marl_file is not None:  # a generated multi-agent dataset (offrl datasets make)
             name = marl_file.relative_to(minari_root()).with_suffix("").as_posix()

@@ -227,6 +227,13 @@ def bad_unsupported_space(tmp: Path):
     return [str(folder)], "space-v0: unsupported action space MultiBinary"
 
 
+def bad_minari_data_file_missing(tmp: Path):
+    """A real Minari dataset whose data/main_data.hdf5 went missing (a copy cut short): by folder or by id."""
+    folder = _minari_cartpole("test/cartpole/cut-v0")
+    (folder / "data" / "main_data.hdf5").unlink()
+    return ["test/cartpole/cut-v0"], "cut-v0: a Minari dataset whose data/main_data.hdf5 is missing"
+
+
 def bad_cache_not_writable(tmp: Path):
     write_d4rl(tmp / "fine.hdf5")
     (tmp / "a-file").write_text("x")
@@ -250,6 +257,7 @@ BAD_INPUTS = [
     bad_not_minari_folder,
     bad_unknown_id,
     bad_unsupported_space,
+    bad_minari_data_file_missing,
     bad_cache_not_writable,
 ]
 
