@@ -46,30 +46,26 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def completed_runs(runs: Path) -> list[Path]:
-    """Run folders ``<dataset>/<algo>/seed<N>`` under ``runs`` whose summary says completed."""
+def _run_statuses(runs: Path) -> list[tuple[Path, str | None]]:
+    """``(run folder, summary status)`` of every ``<dataset>/<algo>/seed<N>`` under ``runs`` with a readable
+    summary."""
     found = []
     for summary in sorted(runs.glob("*/*/seed*/summary.json")):
         try:
-            status = json.loads(summary.read_text()).get("status")
+            found.append((summary.parent, json.loads(summary.read_text()).get("status")))
         except (OSError, ValueError):
             continue
-        if status == "completed":
-            found.append(summary.parent)
     return found
+
+
+def completed_runs(runs: Path) -> list[Path]:
+    """Run folders ``<dataset>/<algo>/seed<N>`` under ``runs`` whose summary says completed."""
+    return [run for run, status in _run_statuses(runs) if status == "completed"]
 
 
 def unfinished_runs(runs: Path) -> list[Path]:
     """Run folders under ``runs`` that have not completed but hold a resume point."""
-    found = []
-    for summary in sorted(runs.glob("*/*/seed*/summary.json")):
-        try:
-            status = json.loads(summary.read_text()).get("status")
-        except (OSError, ValueError):
-            continue
-        if status != "completed" and _resume_point(summary.parent) is not None:
-            found.append(summary.parent)
-    return found
+    return [run for run, status in _run_statuses(runs) if status != "completed" and _resume_point(run) is not None]
 
 
 def _resume_point(run: Path) -> tuple[str, int] | None:
