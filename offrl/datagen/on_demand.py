@@ -96,7 +96,7 @@ def make_on_demand(name: str, root: str | Path | None = None, *, transitions: in
 
 def _made_by(meta: dict[str, Any], recipe_dict: dict[str, Any], behaviour: dict[str, str]) -> bool:
     """Whether a generated dataset's metadata says it came from this recipe, these behaviour checkpoints
-    and today's actor arithmetic (a file made with float32 actors, before 2026-12-08, is regenerated)."""
+    and today's actor arithmetic (a file made with float32 actors, by offrl up to commit 4789f06, is regenerated)."""
     return (meta.get("offrl_recipe") == recipe_dict and meta.get("offrl_behaviour", {}) == behaviour
             and meta.get("offrl_actor_arithmetic") == (ACTOR_ARITHMETIC if behaviour else None))
 

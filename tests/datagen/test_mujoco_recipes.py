@@ -229,7 +229,7 @@ def test_a_dataset_made_with_float32_actors_is_made_again(tmp_path):
     target = make_on_demand(name, tmp_path, transitions=1000)
     meta_path = target / "data" / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    del meta["offrl_actor_arithmetic"]  # what a make before 2026-12-08 wrote
+    del meta["offrl_actor_arithmetic"]  # what a make with float32 actors (offrl up to 4789f06) wrote
     meta_path.write_text(json.dumps(meta))
     status = {e["name"]: e["status"] for e in on_demand_status(tmp_path)}
     assert status[name] == "stale"
