@@ -63,9 +63,14 @@ def completed_runs(runs: Path) -> list[Path]:
     return [run for run, status in _run_statuses(runs) if status == "completed"]
 
 
-def unfinished_runs(runs: Path) -> list[Path]:
-    """Run folders under ``runs`` that have not completed but hold a resume point."""
-    return [run for run, status in _run_statuses(runs) if status != "completed" and _resume_point(run) is not None]
+def unfinished_runs(runs: Path) -> list[tuple[Path, tuple[str, int]]]:
+    """``(run folder, resume point)`` of the runs under ``runs`` that have not completed but hold one."""
+    found = []
+    for run, status in _run_statuses(runs):
+        point = _resume_point(run) if status != "completed" else None
+        if point is not None:
+            found.append((run, point))
+    return found
 
 
 def _resume_point(run: Path) -> tuple[str, int] | None:
@@ -89,9 +94,8 @@ def carry_in_flight(runs: Path, dest: Path) -> list[str]:
     folder replaced whole; drop the in-flight copies of runs that ``dest`` now holds as completed."""
     flight = dest.parent / "in-flight"
     done = []
-    for run in unfinished_runs(runs):
+    for run, (point, step) in unfinished_runs(runs):
         rel = run.relative_to(runs)
-        point, step = _resume_point(run)
         tmp = flight / ".tmp" / rel
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
